@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m cope_jax.bench {codec}``; each prints figures measured in one run."""

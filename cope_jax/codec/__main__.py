@@ -1,0 +1,175 @@
+"""``python -m cope_jax.codec {inspect,extract,budget,visualize}`` — the codec tools (SPEC §6).
+
+Bad input exits with status 2 and one ``error:`` line naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import warnings
+
+from cope_jax.codec.errors import ConfigError, VideoError
+from cope_jax.codec.extract import extract_primitives, iter_sampled_frames, save_npz
+from cope_jax.codec.probe import inspect_video
+from cope_jax.codec.reencode import EncodeSpec, conformant_video
+from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, token_budget
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True) -> None:
+  if with_size:
+    p.add_argument("--size", type=int, default=384,
+                   help="side of the square re-encoded frames, a multiple of 16 (default 384)")
+    p.add_argument("--quantizer", type=int, default=3,
+                   help="MPEG-4 quantiser of the re-encode, 2 (best) to 31 (default 3)")
+  p.add_argument("--fps", type=int, default=30, help="frame rate of the re-encoded video (30)")
+  p.add_argument("--gop", type=int, default=240, help="frames per GOP: one I-frame + P-frames")
+  p.add_argument("--fusion", type=int, default=30,
+                 help="frames fused into one Δ-frame, s (30 = 1 FPS at 30 fps); divides --gop")
+  p.add_argument("--keyframes-per-gop", type=int, default=1,
+                 help="K keyframes per GOP, evenly spaced, the first on the I-frame (default 1)")
+  p.add_argument("--max-gops", type=int, default=64,
+                 help="longer videos keep this many GOPs, sampled uniformly (default 64)")
+
+
+def _sampling(args) -> SamplingConfig:
+  return SamplingConfig(fps=args.fps, gop=args.gop, fusion=args.fusion,
+                        keyframes_per_gop=args.keyframes_per_gop,
+                        max_gops=args.max_gops).validate()
+
+
+class _Progress:
+  """A tqdm bar on stderr counting frames per phase (re-encode, extract); silent if quiet."""
+
+  def __init__(self, quiet: bool):
+    self.bar = None
+    if not quiet:
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self.bar = tqdm(unit=" frames", file=sys.stderr, leave=False, mininterval=0.5)
+
+  def __call__(self, phase: str) -> None:
+    if self.bar is None:
+      return
+    if self.bar.desc != phase:
+      self.bar.reset()
+      self.bar.set_description_str(phase)
+    self.bar.update()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def cmd_inspect(args) -> None:
+  print(json.dumps(inspect_video(args.video), indent=2 if args.pretty else None))
+
+
+def cmd_budget(args) -> None:
+  sampling = _sampling(args)
+  if args.duration <= 0:
+    raise ConfigError(f"--duration must be positive, got {args.duration}")
+  budget = token_budget(num_frames_for_duration(args.duration, sampling.fps), sampling)
+  print(json.dumps({"duration_s": args.duration, **budget}))
+
+
+def _check_out(path: str, suffix: str) -> None:
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise VideoError(path, f"output folder {parent} does not exist")
+  if not path.endswith(suffix):
+    raise VideoError(path, f"output file must end in {suffix}")
+
+
+def cmd_extract(args) -> None:
+  _check_out(args.out, ".npz")
+  with _Progress(args.quiet) as progress:
+    prims = extract_primitives(args.video, size=args.size, sampling=_sampling(args),
+                               quantizer=args.quantizer, on_frame=progress)
+  save_npz(prims, args.out)
+  print(f"wrote {args.out}: {len(prims.rgb)} keyframes, {len(prims.mv)} Δ-frames over "
+        f"{prims.num_frames} frames ({prims.num_frames / args.fps:.1f} s at {args.fps} fps)"
+        f"{', re-encoded' if prims.reencoded else ', used as is'}")
+
+
+def cmd_visualize(args) -> None:
+  from cope_jax.codec.visualize import render  # pylint: disable=import-outside-toplevel
+  _check_out(args.out, ".png")
+  sampling = _sampling(args)
+  spec = EncodeSpec(size=args.size, fps=sampling.fps, gop=sampling.gop,
+                    quantizer=args.quantizer).validate()
+  with _Progress(args.quiet) as progress, \
+       conformant_video(args.video, spec, on_frame=progress) as (path, _):
+    frames = list(itertools.islice(
+        iter_sampled_frames(path, sampling, keep_rgb=True, on_frame=progress,
+                            source_path=args.video), args.max_positions))
+  render(frames, args.out, title=f"{os.path.basename(args.video)}: {len(frames)} positions, "
+         f"K={sampling.keyframes_per_gop} keyframes/GOP, fusion s={sampling.fusion}")
+  print(f"wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m cope_jax.codec",
+      description="Codec primitives for CoPE-VideoLM: any video -> MPEG-4 Part 2 (30 fps, "
+                  "GOP 240, no B-frames) -> keyframes, fused motion vectors and residuals.")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  p = sub.add_parser("inspect", help="describe a video as one JSON object",
+                     description="Decode VIDEO and print codec, size, fps, frame count, "
+                                 "duration, frame types and GOP starts as JSON.")
+  p.add_argument("video")
+  p.add_argument("--pretty", action="store_true", help="indent the JSON")
+  p.set_defaults(func=cmd_inspect)
+
+  p = sub.add_parser("extract", help="video -> .npz of keyframes, motion vectors, residuals",
+                     description="Re-encode VIDEO if it does not conform, then write OUT.npz "
+                                 "with kinds, times, rgb, mv, residual (see README).")
+  p.add_argument("video")
+  p.add_argument("--out", required=True, help="output .npz (written atomically)")
+  _add_sampling_flags(p)
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(func=cmd_extract)
+
+  p = sub.add_parser("budget", help="visual tokens of a video of a given length",
+                     description="Print CoPE vs 64-frame dense visual-token counts as JSON.")
+  p.add_argument("--duration", type=float, required=True, help="video length in seconds")
+  _add_sampling_flags(p, with_size=False)
+  p.set_defaults(func=cmd_budget)
+
+  p = sub.add_parser("visualize", help="PNG of keyframes, motion fields and residual maps",
+                     description="Render the first sampled positions of VIDEO: the frame, the "
+                                 "motion field (colour = direction, arrows) and |residual|.")
+  p.add_argument("video")
+  p.add_argument("--out", required=True, help="output .png")
+  p.add_argument("--max-positions", type=int, default=16,
+                 help="how many sampled positions to draw (default 16 = two GOPs)")
+  _add_sampling_flags(p)
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(func=cmd_visualize)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  with warnings.catch_warnings():
+    warnings.simplefilter("always")
+    warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+    try:
+      args.func(args)
+    except VideoError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    except ConfigError as e:
+      print(f"error: invalid arguments: {e}", file=sys.stderr)
+      return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,18 @@
+"""The one error type the codec tools raise for bad input."""
+
+from __future__ import annotations
+
+import os
+
+
+class VideoError(Exception):
+  """A video cannot be used; ``str(err)`` is one line naming the file and the reason."""
+
+  def __init__(self, path: str | os.PathLike, reason: str):
+    self.path = os.fspath(path)
+    self.reason = reason
+    super().__init__(f"{self.path}: {reason}")
+
+
+class ConfigError(ValueError):
+  """Settings that make no sense together (e.g. a GOP not divisible by the fusion window)."""

@@ -1,0 +1,159 @@
+"""From a video file to the codec primitives of SPEC §4: keyframes, motion fields and residuals.
+
+One decode pass over the conformant (re-encoded if needed) stream. Every frame of a kept GOP
+contributes its motion vectors to the chain that is traced back to the previous sampled
+position; only the sampled positions (1 FPS by default) are converted to RGB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+
+from cope_jax.codec.errors import VideoError
+from cope_jax.codec.motion import MotionGrid, to_pixels
+from cope_jax.codec.probe import decode_frames, open_video
+from cope_jax.codec.reencode import EncodeSpec, conformant_video
+from cope_jax.codec.sampling import DELTA, KEYFRAME, SamplingConfig, plan_positions
+
+_EXPORT_MVS = {"flags2": "+export_mvs"}
+
+
+@dataclasses.dataclass
+class SampledFrame:
+  """One sampled position: a keyframe (``rgb``) or a Δ-frame (``mv`` and ``residual``)."""
+  kind: int
+  frame_index: int
+  time_s: float
+  rgb: np.ndarray | None = None       # (H, W, 3) uint8, keyframes only
+  mv: np.ndarray | None = None        # (H, W, 2) float32 backward displacement to t − s
+  residual: np.ndarray | None = None  # (H, W, 3) int16 = target − warp(reference, mv)
+  reference_rgb: np.ndarray | None = None  # Δ-frames: decoded RGB at t − s (not saved)
+  target_rgb: np.ndarray | None = None     # Δ-frames: decoded RGB at t (not saved)
+
+
+@dataclasses.dataclass
+class Primitives:
+  """All sampled positions of a video, in the layout of the ``extract`` .npz (SPEC §6)."""
+  kinds: np.ndarray     # (T,) uint8, 0 = keyframe, 1 = Δ-frame
+  times: np.ndarray     # (T,) float32 seconds
+  rgb: np.ndarray       # (K, H, W, 3) uint8
+  mv: np.ndarray        # (P, H, W, 2) float32
+  residual: np.ndarray  # (P, H, W, 3) int16
+  frame_index: np.ndarray  # (T,) int64 index in the re-encoded video
+  num_frames: int       # frames in the re-encoded video
+  reencoded: bool
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    return {"kinds": self.kinds, "times": self.times, "rgb": self.rgb, "mv": self.mv,
+            "residual": self.residual, "frame_index": self.frame_index,
+            "num_frames": np.int64(self.num_frames)}
+
+
+def count_frames(path: str) -> int:
+  """Frames in a conformant stream, from packet headers (no decoding)."""
+  with open_video(path) as (container, stream):
+    return sum(1 for p in container.demux(stream) if p.size)
+
+
+def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
+                        keep_rgb: bool = False,
+                        on_frame: Callable[[str], None] | None = None,
+                        source_path: str | None = None,
+                        num_frames: int | None = None) -> Iterator[SampledFrame]:
+  """Yields the sampled positions of a conformant video (see ``conformant_video``) in order.
+
+  ``keep_rgb`` also attaches the decoded reference and target RGB to Δ-frames (for stage-1
+  training pairs and visualisation). ``source_path`` names the user's file in errors.
+  """
+  name = source_path or conformant_path
+  sampling.validate()
+  if num_frames is None:
+    num_frames = count_frames(conformant_path)
+  plan = plan_positions(num_frames, sampling)
+  kind_at = dict(zip(plan.frames.tolist(), plan.kinds.tolist()))
+  kept_gops = set(plan.gops.tolist())
+  gop, fusion = sampling.gop, sampling.fusion
+  grid = None
+  steps, anchor_rgb = [], None
+  with open_video(conformant_path, _EXPORT_MVS) as (container, stream):
+    for index, frame in enumerate(decode_frames(name, container, stream)):
+      if on_frame is not None:
+        on_frame("extract")
+      if index // gop not in kept_gops:
+        continue
+      if grid is None:
+        grid = MotionGrid(frame.height, frame.width)
+      if index % gop:  # an I-frame starts a new chain; each P-frame adds its motion field
+        side = frame.side_data.get("MOTION_VECTORS")
+        steps.append(grid.field_from_vectors(side.to_ndarray() if side is not None else None))
+      if index % fusion:
+        continue
+      kind = kind_at.get(index)
+      if kind is None:  # a position past the end of the plan cannot happen; be explicit
+        raise VideoError(name, f"internal: frame {index} is not a planned position")
+      rgb = frame.to_ndarray(format="rgb24")
+      time_s = index / sampling.fps
+      if kind == KEYFRAME:
+        yield SampledFrame(KEYFRAME, index, time_s, rgb=rgb)
+      else:
+        field = grid.trace(steps)
+        yield SampledFrame(DELTA, index, time_s, mv=to_pixels(field),
+                           residual=grid.residual(rgb, anchor_rgb, field),
+                           reference_rgb=anchor_rgb if keep_rgb else None,
+                           target_rgb=rgb if keep_rgb else None)
+      anchor_rgb, steps = rgb, []
+
+
+def extract_primitives(path: str | os.PathLike, size: int = 384,
+                       sampling: SamplingConfig = SamplingConfig(),
+                       quantizer: int = 3, min_frames: int | None = None,
+                       on_frame: Callable[[str], None] | None = None) -> Primitives:
+  """Re-encodes ``path`` if needed and returns all its sampled positions.
+
+  Videos with fewer than ``min_frames`` frames after re-encoding (default: one fusion window
+  plus one, the least that yields a Δ-frame) are rejected with a VideoError.
+  """
+  path = os.fspath(path)
+  sampling.validate()
+  spec = EncodeSpec(size=size, fps=sampling.fps, gop=sampling.gop, quantizer=quantizer).validate()
+  min_frames = sampling.fusion + 1 if min_frames is None else min_frames
+  with conformant_video(path, spec, on_frame=on_frame) as (conformant, reencoded):
+    num_frames = count_frames(conformant)
+    if num_frames < min_frames:
+      raise VideoError(path, f"too short: {num_frames} frames at {sampling.fps} fps, need at "
+                             f"least {min_frames} (one fusion window of {sampling.fusion} + 1)")
+    frames = list(iter_sampled_frames(conformant, sampling, on_frame=on_frame, source_path=path,
+                                      num_frames=num_frames))
+  keys = [f for f in frames if f.kind == KEYFRAME]
+  deltas = [f for f in frames if f.kind == DELTA]
+  hw = (size, size)
+  return Primitives(
+      kinds=np.array([f.kind for f in frames], np.uint8),
+      times=np.array([f.time_s for f in frames], np.float32),
+      rgb=np.stack([f.rgb for f in keys]) if keys else np.zeros((0,) + hw + (3,), np.uint8),
+      mv=np.stack([f.mv for f in deltas]) if deltas else np.zeros((0,) + hw + (2,), np.float32),
+      residual=(np.stack([f.residual for f in deltas]) if deltas
+                else np.zeros((0,) + hw + (3,), np.int16)),
+      frame_index=np.array([f.frame_index for f in frames], np.int64),
+      num_frames=num_frames, reencoded=reencoded)
+
+
+def save_npz(primitives: Primitives, out_path: str | os.PathLike) -> None:
+  """Writes the .npz atomically: a crash never leaves a half-written file at ``out_path``."""
+  out_path = os.fspath(out_path)
+  tmp = f"{out_path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      np.savez(f, **primitives.arrays())
+    os.replace(tmp, out_path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+__all__ = ["DELTA", "KEYFRAME", "Primitives", "SampledFrame", "extract_primitives",
+           "iter_sampled_frames", "save_npz", "count_frames"]

@@ -1,0 +1,140 @@
+"""Opening videos safely and describing them (the ``inspect`` command)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Iterator
+
+import av
+
+from cope_jax.codec.errors import VideoError
+
+# Larger declared sizes are treated as corrupt headers, not as videos (8K is 7680×4320).
+MAX_SIDE = 16384
+MAX_PIXELS = 8192 * 8192
+
+_PICT = {av.video.frame.PictureType.I: "I", av.video.frame.PictureType.P: "P",
+         av.video.frame.PictureType.B: "B"}
+
+
+def check_path(path: str | os.PathLike) -> str:
+  """Fails with a clear VideoError for paths that cannot be a video file."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise VideoError(path, "no such file")
+  if os.path.isdir(path):
+    raise VideoError(path, "is a directory, not a video file")
+  if os.path.getsize(path) == 0:
+    raise VideoError(path, "empty file (0 bytes)")
+  return path
+
+
+@contextlib.contextmanager
+def open_video(path: str | os.PathLike,
+               decoder_options: dict | None = None) -> Iterator[tuple[av.container.InputContainer,
+                                                                       av.video.stream.VideoStream]]:
+  """Opens ``path`` and yields (container, first video stream), with all failures as VideoError."""
+  path = check_path(path)
+  try:
+    container = av.open(path, metadata_errors="ignore")
+  except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
+    raise VideoError(path, f"not a readable video file ({_short(e)})") from None
+  try:
+    if not container.streams.video:
+      kinds = sorted({s.type for s in container.streams}) or ["no"]
+      raise VideoError(path, f"no video stream (has {', '.join(kinds)} streams only)")
+    stream = container.streams.video[0]
+    w, h = stream.codec_context.width, stream.codec_context.height
+    if w <= 0 or h <= 0:
+      raise VideoError(path, f"video stream declares no frame size ({w}x{h})")
+    if w > MAX_SIDE or h > MAX_SIDE or w * h > MAX_PIXELS:
+      raise VideoError(path, f"absurd declared frame size {w}x{h} (limit {MAX_SIDE} per side, "
+                             f"{MAX_PIXELS} pixels)")
+    if decoder_options:
+      stream.codec_context.options = dict(decoder_options)
+    stream.thread_type = "AUTO"
+    yield container, stream
+  finally:
+    container.close()
+
+
+def decode_frames(path: str, container: av.container.InputContainer,
+                  stream: av.video.stream.VideoStream,
+                  on_damage: str = "warn") -> Iterator[av.VideoFrame]:
+  """Decodes the video stream, turning mid-stream corruption into a clean stop.
+
+  A packet the decoder rejects ends decoding (the frames before it are kept); with
+  ``on_damage='raise'`` it becomes a VideoError instead. A stream with no decodable frame at all
+  is always an error.
+  """
+  count = 0
+  try:
+    for packet in container.demux(stream):
+      for frame in packet.decode():
+        count += 1
+        yield frame
+  except av.error.FFmpegError as e:
+    if on_damage == "raise" or count == 0:
+      raise VideoError(path, f"decoding failed after {count} frames ({_short(e)})") from None
+    warnings.warn(f"{path}: stream damaged after {count} frames ({_short(e)}); "
+                  "using the frames before the damage", RuntimeWarning, stacklevel=2)
+  if count == 0:
+    raise VideoError(path, "no decodable video frames")
+
+
+def stream_fps(stream: av.video.stream.VideoStream) -> float:
+  rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+  return float(rate) if rate else 0.0
+
+
+def inspect_video(path: str | os.PathLike) -> dict:
+  """Describes a video: codec, size, rate, frame types and GOP structure (decodes every frame)."""
+  path = os.fspath(path)
+  with open_video(path) as (container, stream):
+    types, pts, rotation = [], [], 0
+    for frame in decode_frames(path, container, stream):
+      if not types:
+        rotation = display_rotation(frame)
+      types.append(_PICT.get(frame.pict_type, "?"))
+      pts.append(frame.pts)
+    fps = stream_fps(stream)
+    frame_types = "".join(types)
+    info = {
+        "path": path,
+        "codec": stream.codec_context.name,
+        "width": stream.codec_context.width,
+        "height": stream.codec_context.height,
+        "fps": round(fps, 4),
+        "num_frames": len(types),
+        "duration_s": round(_duration(stream, pts, fps, len(types)), 4),
+        "has_b_frames": "B" in frame_types,
+        "frame_types": frame_types,
+        "gop_starts": [i for i, t in enumerate(frame_types) if t == "I"],
+        "rotation": rotation,
+        "pix_fmt": stream.codec_context.pix_fmt,
+        "audio_streams": len(container.streams.audio),
+        "size_bytes": os.path.getsize(path),
+        "container": container.format.name,
+    }
+  return info
+
+
+def _duration(stream, pts: list, fps: float, n: int) -> float:
+  valid = [p for p in pts if p is not None]
+  if stream.time_base and len(valid) == n and n > 0:
+    span = (max(valid) - min(valid)) * stream.time_base
+    return float(span) + (1.0 / fps if fps else 0.0)
+  return n / fps if fps else 0.0
+
+
+def display_rotation(frame: av.VideoFrame) -> int:
+  """Counter-clockwise display rotation of a decoded frame in degrees: 0, 90, 180 or 270."""
+  return int(round(frame.rotation / 90.0)) * 90 % 360
+
+
+def _short(e: Exception) -> str:
+  msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+  return msg[:200]
+

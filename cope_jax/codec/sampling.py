@@ -1,0 +1,134 @@
+"""Which frames of a re-encoded video become keyframes and Δ-frames, and what they cost in tokens.
+
+The re-encoded video has a fixed GOP of ``gop`` frames (one I-frame, then P-frames). Inside a GOP
+we sample every ``fusion`` frames (1 FPS with the defaults 30/240), so a full GOP has
+``gop // fusion`` = 8 sampled *positions*. Of those, ``keyframes_per_gop`` (K) are keyframes,
+evenly spaced with the first on the I-frame (position ``floor(j * 8 / K)``); the others are
+Δ-frames, each describing the change since the previous position (t − s).
+
+Rule for the last, partial GOP: its positions are the same offsets (0, s, 2s, …) that fall inside
+it, with the same keyframe/Δ assignment; frames after its last position are not covered (as in
+any 1-FPS sampling). It therefore costs ``210·k + 10·d`` for the k keyframe and d Δ positions
+it actually contains — a 10 s video is one full GOP plus a partial GOP of 2 positions (I + Δ).
+
+Videos with more than ``max_gops`` GOPs keep ``max_gops`` of them, spread uniformly
+(``np.linspace(0, n - 1, max_gops)`` rounded down, the first and last GOP included).
+
+``token_budget`` is the single place where the token arithmetic of the paper lives; the data
+pipeline and the ``budget`` command both call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from cope_jax.codec.errors import ConfigError
+
+KEYFRAME = 0
+DELTA = 1
+
+# LLM positions per frame (paper §4.4, Tab. H.5): 14×14 pooled SigLIP tokens + one newline per
+# row for a keyframe; K_τ + K_δ = 8 Δ-tokens + one newline after each group of 4 for a Δ-frame.
+KEYFRAME_TOKENS = 196 + 14
+DELTA_TOKENS = 8 + 2
+DENSE_FRAMES = 64  # LLaVA-Video samples 64 frames uniformly, whatever the length.
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How a video is re-encoded and sampled. Defaults are the paper's."""
+  fps: int = 30
+  gop: int = 240
+  fusion: int = 30
+  keyframes_per_gop: int = 1
+  max_gops: int = 64
+
+  @property
+  def positions_per_gop(self) -> int:
+    return self.gop // self.fusion
+
+  def validate(self) -> "SamplingConfig":
+    """Raises ConfigError with a readable message if the combination makes no sense."""
+    for name in ("fps", "gop", "fusion", "keyframes_per_gop", "max_gops"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.gop % self.fusion:
+      raise ConfigError(f"gop ({self.gop}) must be divisible by fusion ({self.fusion})")
+    if self.keyframes_per_gop > self.positions_per_gop:
+      raise ConfigError(f"keyframes_per_gop ({self.keyframes_per_gop}) exceeds the "
+                       f"{self.positions_per_gop} sampled positions per GOP (gop/fusion)")
+    return self
+
+  def keyframe_offsets(self) -> np.ndarray:
+    """Frame offsets inside a GOP that are keyframes (the first is the I-frame)."""
+    p, k = self.positions_per_gop, self.keyframes_per_gop
+    return (np.arange(k) * p // k) * self.fusion
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingPlan:
+  """The sampled positions of one video, in temporal order."""
+  frames: np.ndarray  # (T,) int64 frame index in the re-encoded video
+  kinds: np.ndarray   # (T,) uint8, KEYFRAME or DELTA
+  gops: np.ndarray    # (T,) int64 index of the GOP in the video
+  num_gops: int       # GOPs in the video (before max_gops sampling)
+  fps: int
+
+  @property
+  def times(self) -> np.ndarray:
+    return (self.frames / self.fps).astype(np.float32)
+
+  @property
+  def num_keyframes(self) -> int:
+    return int(np.sum(self.kinds == KEYFRAME))
+
+  @property
+  def num_delta_frames(self) -> int:
+    return int(np.sum(self.kinds == DELTA))
+
+
+def select_gops(num_gops: int, max_gops: int) -> np.ndarray:
+  """Indices of the GOPs kept: all of them, or ``max_gops`` spread uniformly."""
+  if num_gops <= max_gops:
+    return np.arange(num_gops)
+  return np.linspace(0, num_gops - 1, max_gops).astype(np.int64)
+
+
+def plan_positions(num_frames: int, cfg: SamplingConfig) -> SamplingPlan:
+  """Sampled positions for a video of ``num_frames`` frames at ``cfg.fps``."""
+  cfg.validate()
+  if num_frames < 1:
+    raise ConfigError(f"a video needs at least one frame, got {num_frames}")
+  num_gops = -(-num_frames // cfg.gop)
+  offsets = np.arange(cfg.positions_per_gop) * cfg.fusion
+  is_key = np.isin(offsets, cfg.keyframe_offsets())
+  gop_ids = select_gops(num_gops, cfg.max_gops)
+  frames = (gop_ids[:, None] * cfg.gop + offsets[None, :]).ravel()
+  kinds = np.where(np.broadcast_to(is_key, (len(gop_ids), len(offsets))), KEYFRAME, DELTA).ravel()
+  gops = np.repeat(gop_ids, len(offsets))
+  inside = frames < num_frames  # the partial-GOP rule: keep the positions that exist
+  return SamplingPlan(frames=frames[inside], kinds=kinds[inside].astype(np.uint8),
+                      gops=gops[inside], num_gops=num_gops, fps=cfg.fps)
+
+
+def num_frames_for_duration(duration_s: float, fps: int) -> int:
+  return max(1, int(round(duration_s * fps)))
+
+
+def token_budget(num_frames: int, cfg: SamplingConfig) -> dict:
+  """Visual-token cost of a video under CoPE sampling and under 64-frame dense sampling."""
+  plan = plan_positions(num_frames, cfg)
+  cope = plan.num_keyframes * KEYFRAME_TOKENS + plan.num_delta_frames * DELTA_TOKENS
+  dense = min(DENSE_FRAMES, num_frames) * KEYFRAME_TOKENS
+  return {
+      "cope_tokens": int(cope),
+      "dense_tokens": int(dense),
+      "ratio": cope / dense,
+      "keyframes": plan.num_keyframes,
+      "delta_frames": plan.num_delta_frames,
+      "gops": int(len(np.unique(plan.gops))),
+      "gops_in_video": plan.num_gops,
+      "num_frames": int(num_frames),
+  }

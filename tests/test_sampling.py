@@ -1,0 +1,89 @@
+"""Sampling plan and token budget: the paper's numbers (SPEC §2) and the partial-GOP rule."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cope_jax.codec import __main__ as cli
+from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.sampling import (DELTA, KEYFRAME, SamplingConfig, num_frames_for_duration,
+                                     plan_positions, token_budget)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("seconds", [8, 64, 600])
+def test_kinds_and_counts(seconds, k):
+  cfg = SamplingConfig(keyframes_per_gop=k)
+  plan = plan_positions(num_frames_for_duration(seconds, 30), cfg)
+  gops_in_video = seconds * 30 // 240
+  kept = min(gops_in_video, 64)
+  assert plan.num_gops == -(-seconds * 30 // 240)
+  assert len(np.unique(plan.gops)) == kept
+  assert plan.num_keyframes == kept * k
+  assert plan.num_delta_frames == kept * (8 - k)
+  # Each GOP: keyframes evenly spaced, the first on the I-frame, then Δ-frames at 1 FPS.
+  for g in np.unique(plan.gops):
+    frames = plan.frames[plan.gops == g]
+    kinds = plan.kinds[plan.gops == g]
+    np.testing.assert_array_equal(frames, g * 240 + np.arange(8) * 30)
+    assert kinds[0] == KEYFRAME
+    np.testing.assert_array_equal(np.flatnonzero(kinds == KEYFRAME), np.arange(k) * (8 // k))
+  np.testing.assert_allclose(plan.times, plan.frames / 30)
+  assert np.all(np.diff(plan.frames) > 0)
+
+
+def test_600s_keeps_64_gops_uniformly_including_first_and_last():
+  plan = plan_positions(num_frames_for_duration(600, 30), SamplingConfig())
+  gops = np.unique(plan.gops)
+  assert plan.num_gops == 75 and len(gops) == 64
+  assert gops[0] == 0 and gops[-1] == 74
+  assert np.all(np.diff(gops) >= 1) and np.diff(gops).max() <= 2
+
+
+@pytest.mark.parametrize("k,tokens", [(1, 2240), (2, 3840), (4, 7040)])
+def test_token_budget_matches_paper_worked_example(k, tokens):
+  budget = token_budget(num_frames_for_duration(64, 30), SamplingConfig(keyframes_per_gop=k))
+  assert budget["cope_tokens"] == tokens
+  assert budget["dense_tokens"] == 13440
+  assert budget["gops"] == 8
+  assert budget["keyframes"] == 8 * k and budget["delta_frames"] == 8 * (8 - k)
+  assert budget["ratio"] == pytest.approx(tokens / 13440)
+
+
+def test_partial_gop_rule():
+  # 10 s = one full GOP + 60 frames: positions at offsets 0 and 30 of the second GOP (I + Δ).
+  plan = plan_positions(300, SamplingConfig(keyframes_per_gop=2))
+  np.testing.assert_array_equal(plan.frames, list(range(0, 240, 30)) + [240, 270])
+  assert plan.kinds[-2:].tolist() == [KEYFRAME, DELTA]
+  assert token_budget(300, SamplingConfig())["cope_tokens"] == 210 + 70 + 210 + 10
+  # A video shorter than one fusion window has just its I-frame.
+  assert plan_positions(20, SamplingConfig()).kinds.tolist() == [KEYFRAME]
+
+
+def test_fusion_changes_positions_per_gop():
+  plan = plan_positions(240, SamplingConfig(fusion=10))
+  assert len(plan.frames) == 24 and plan.num_keyframes == 1
+  # Tab. H.5: (196+14)·K + (8+2)·P per GOP.
+  assert token_budget(240, SamplingConfig(fusion=10))["cope_tokens"] == 210 + 23 * 10
+
+
+@pytest.mark.parametrize("bad", [dict(fusion=7), dict(keyframes_per_gop=9), dict(gop=0),
+                                 dict(max_gops=0)])
+def test_invalid_sampling_is_rejected(bad):
+  with pytest.raises(ConfigError):
+    SamplingConfig(**bad).validate()
+
+
+def test_budget_cli(capsys):
+  assert cli.main(["budget", "--duration", "64", "--keyframes-per-gop", "2"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  for key in ("cope_tokens", "dense_tokens", "ratio", "keyframes", "delta_frames", "gops"):
+    assert key in out
+  assert out["cope_tokens"] == 3840 and out["dense_tokens"] == 13440
+
+
+def test_budget_cli_bad_config(capsys):
+  assert cli.main(["budget", "--duration", "64", "--fusion", "7"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:") and "fusion" in err[0]
