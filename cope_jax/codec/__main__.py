@@ -6,6 +6,7 @@ Bad input exits with status 2 and one ``error:`` line naming the file and the re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -13,9 +14,8 @@ import sys
 import warnings
 
 from cope_jax.codec.errors import ConfigError, VideoError
-from cope_jax.codec.extract import extract_primitives, iter_sampled_frames, save_npz
+from cope_jax.codec.extract import extract_primitives, iter_video, save_npz
 from cope_jax.codec.probe import inspect_video
-from cope_jax.codec.reencode import EncodeSpec, conformant_video
 from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, token_budget
 
 
@@ -48,14 +48,14 @@ class _Progress:
     self.bar = None
     if not quiet:
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      self.bar = tqdm(unit=" frames", file=sys.stderr, leave=False, mininterval=0.5)
+      self.bar = tqdm(unit=" frames", file=sys.stderr, leave=False, mininterval=0.5, delay=0.5)
 
   def __call__(self, phase: str) -> None:
     if self.bar is None:
       return
     if self.bar.desc != phase:
       self.bar.reset()
-      self.bar.set_description_str(phase)
+      self.bar.set_description_str(phase, refresh=False)
     self.bar.update()
 
   def __enter__(self):
@@ -101,13 +101,10 @@ def cmd_visualize(args) -> None:
   from cope_jax.codec.visualize import render  # pylint: disable=import-outside-toplevel
   _check_out(args.out, ".png")
   sampling = _sampling(args)
-  spec = EncodeSpec(size=args.size, fps=sampling.fps, gop=sampling.gop,
-                    quantizer=args.quantizer).validate()
-  with _Progress(args.quiet) as progress, \
-       conformant_video(args.video, spec, on_frame=progress) as (path, _):
-    frames = list(itertools.islice(
-        iter_sampled_frames(path, sampling, keep_rgb=True, on_frame=progress,
-                            source_path=args.video), args.max_positions))
+  with _Progress(args.quiet) as progress, contextlib.closing(
+      iter_video(args.video, args.size, sampling, args.quantizer, keep_rgb=True,
+                 on_frame=progress)) as frames:
+    frames = list(itertools.islice(frames, args.max_positions))
   render(frames, args.out, title=f"{os.path.basename(args.video)}: {len(frames)} positions, "
          f"K={sampling.keyframes_per_gop} keyframes/GOP, fusion s={sampling.fusion}")
   print(f"wrote {args.out}")

@@ -108,26 +108,41 @@ def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
       anchor_rgb, steps = rgb, []
 
 
-def extract_primitives(path: str | os.PathLike, size: int = 384,
-                       sampling: SamplingConfig = SamplingConfig(),
-                       quantizer: int = 3, min_frames: int | None = None,
-                       on_frame: Callable[[str], None] | None = None) -> Primitives:
-  """Re-encodes ``path`` if needed and returns all its sampled positions.
+def iter_video(path: str | os.PathLike, size: int = 384,
+               sampling: SamplingConfig = SamplingConfig(), quantizer: int = 3,
+               keep_rgb: bool = False, min_frames: int | None = None,
+               on_frame: Callable[[str], None] | None = None,
+               info: dict | None = None) -> Iterator[SampledFrame]:
+  """Any video → its sampled positions: re-encodes ``path`` if needed (in a temporary folder
+  that is removed when the generator ends or is closed), then yields like ``iter_sampled_frames``.
 
   Videos with fewer than ``min_frames`` frames after re-encoding (default: one fusion window
-  plus one, the least that yields a Δ-frame) are rejected with a VideoError.
+  plus one, the least that yields a Δ-frame) are rejected with a VideoError. If ``info`` is a
+  dict, it receives ``reencoded`` and ``num_frames`` (of the conformant video).
   """
   path = os.fspath(path)
   sampling.validate()
   spec = EncodeSpec(size=size, fps=sampling.fps, gop=sampling.gop, quantizer=quantizer).validate()
   min_frames = sampling.fusion + 1 if min_frames is None else min_frames
-  with conformant_video(path, spec, on_frame=on_frame) as (conformant, reencoded):
+  with conformant_video(path, spec, on_frame=on_frame) as (conformant, was_reencoded):
     num_frames = count_frames(conformant)
+    if info is not None:
+      info.update(reencoded=was_reencoded, num_frames=num_frames)
     if num_frames < min_frames:
       raise VideoError(path, f"too short: {num_frames} frames at {sampling.fps} fps, need at "
                              f"least {min_frames} (one fusion window of {sampling.fusion} + 1)")
-    frames = list(iter_sampled_frames(conformant, sampling, on_frame=on_frame, source_path=path,
-                                      num_frames=num_frames))
+    yield from iter_sampled_frames(conformant, sampling, keep_rgb=keep_rgb, on_frame=on_frame,
+                                   source_path=path, num_frames=num_frames)
+
+
+def extract_primitives(path: str | os.PathLike, size: int = 384,
+                       sampling: SamplingConfig = SamplingConfig(),
+                       quantizer: int = 3, min_frames: int | None = None,
+                       on_frame: Callable[[str], None] | None = None) -> Primitives:
+  """All sampled positions of any video, stacked as in the ``extract`` .npz (see ``iter_video``)."""
+  info = {}
+  frames = list(iter_video(path, size, sampling, quantizer, min_frames=min_frames,
+                           on_frame=on_frame, info=info))
   keys = [f for f in frames if f.kind == KEYFRAME]
   deltas = [f for f in frames if f.kind == DELTA]
   hw = (size, size)
@@ -139,7 +154,7 @@ def extract_primitives(path: str | os.PathLike, size: int = 384,
       residual=(np.stack([f.residual for f in deltas]) if deltas
                 else np.zeros((0,) + hw + (3,), np.int16)),
       frame_index=np.array([f.frame_index for f in frames], np.int64),
-      num_frames=num_frames, reencoded=reencoded)
+      num_frames=info["num_frames"], reencoded=info["reencoded"])
 
 
 def save_npz(primitives: Primitives, out_path: str | os.PathLike) -> None:
@@ -155,5 +170,3 @@ def save_npz(primitives: Primitives, out_path: str | os.PathLike) -> None:
       os.remove(tmp)
 
 
-__all__ = ["DELTA", "KEYFRAME", "Primitives", "SampledFrame", "extract_primitives",
-           "iter_sampled_frames", "save_npz", "count_frames"]

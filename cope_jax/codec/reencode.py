@@ -154,6 +154,9 @@ def _drain(graph, ostream, out, start: int, on_frame: Callable[[str], None] | No
     except (av.error.BlockingIOError, av.error.EOFError):
       return n
     frame.pts = start + n  # constant rate from frame 0, whatever the input's first timestamp
+    # The decoder's I/P/B label survives filtering and the encoder would obey it, copying the
+    # source's GOP structure; clear it so that only gop_size places I-frames.
+    frame.pict_type = av.video.frame.PictureType.NONE
     frame.time_base = fractions.Fraction(1, ostream.average_rate)
     for packet in ostream.encode(frame):
       out.mux(packet)

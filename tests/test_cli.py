@@ -1,0 +1,182 @@
+"""The codec CLI (SPEC §6): real clips, the .npz contract, visualisation and every bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cope_jax.codec import synthetic_clips
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "cope_jax.codec", *map(str, args)],
+                        capture_output=True, text=True, timeout=300)
+
+
+def _check_npz(path, n_frames):
+  with np.load(path) as d:
+    kinds, times, rgb, mv, res = d["kinds"], d["times"], d["rgb"], d["mv"], d["residual"]
+  assert kinds.dtype == np.uint8 and times.dtype == np.float32
+  assert rgb.dtype == np.uint8 and mv.dtype == np.float32 and res.dtype == np.int16
+  positions = -(-n_frames // 30)  # one per second, all in the first (partial) GOP
+  assert kinds.tolist() == [0] + [1] * (positions - 1)
+  np.testing.assert_allclose(times, np.arange(positions), atol=1e-6)
+  assert rgb.shape == (1, 384, 384, 3)
+  assert mv.shape == (positions - 1, 384, 384, 2) and res.shape == (positions - 1, 384, 384, 3)
+  assert np.abs(mv).max() > 0 and np.abs(res).max() > 0
+
+
+@pytest.mark.parametrize("clip,expected", [
+    ("city_clip", dict(codec="mpeg2video", width=720, height=405, fps=25.0, num_frames=190,
+                       duration_s=7.6, has_b_frames=False, audio_streams=0)),
+    ("bunny_clip", dict(codec="h264", width=1280, height=720, fps=25.0, num_frames=132,
+                        duration_s=5.28, has_b_frames=False, audio_streams=1)),
+])
+def test_real_clips_inspect_and_extract(clip, expected, request, tmp_path):
+  path = request.getfixturevalue(clip)
+  r = run_cli("inspect", path)
+  assert r.returncode == 0, r.stderr
+  info = json.loads(r.stdout)
+  for key in ("codec", "width", "height", "fps", "num_frames", "duration_s", "has_b_frames",
+              "frame_types", "gop_starts"):
+    assert key in info
+  for key, value in expected.items():
+    assert info[key] == pytest.approx(value), key
+  assert len(info["frame_types"]) == info["num_frames"]
+  assert info["gop_starts"][0] == 0
+  assert all(info["frame_types"][i] == "I" for i in info["gop_starts"])
+
+  out = tmp_path / "prims.npz"
+  r = run_cli("extract", path, "--out", out, "--quiet")
+  assert r.returncode == 0, r.stderr
+  _check_npz(out, int(round(expected["duration_s"] * 30)))
+
+
+def test_extract_flags(pan_clip, tmp_path):
+  out = tmp_path / "k2.npz"
+  r = run_cli("extract", pan_clip, "--out", out, "--size", 192, "--fusion", 10,
+              "--keyframes-per-gop", 2, "--quiet")
+  assert r.returncode == 0, r.stderr
+  with np.load(out) as d:
+    # 4 s = 120 frames, one partial GOP: positions every 10 frames. The second keyframe of a
+    # full GOP would be at frame 120 (position 12 of 24), past the end: partial-GOP rule.
+    assert d["kinds"].tolist() == [0] + [1] * 11
+    assert d["mv"].shape == (11, 192, 192, 2)
+    # Fusion 10 at (2, 1) px/frame on a half-size grid: (10, 5) px per Δ-frame.
+    assert np.median(d["mv"][:, 16:-32, 16:-32, 0]) == pytest.approx(10, rel=0.1)
+
+
+def test_visualize(pan_clip, tmp_path):
+  import matplotlib.image  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "viz.png"
+  r = run_cli("visualize", pan_clip, "--out", out, "--quiet")
+  assert r.returncode == 0, r.stderr
+  img = matplotlib.image.imread(out)
+  assert img.shape[0] > 400 and img.shape[1] > 800
+  assert img[..., :3].std() > 0.1  # a picture, not a blank page
+
+
+# ---- bad input: exit 2, one `error:` line naming the file, no traceback, nothing written ----
+
+def _make_bad(kind, tmp_path):
+  p = tmp_path / f"bad_{kind}.mp4"
+  if kind == "empty":
+    p.write_bytes(b"")
+  elif kind == "text":
+    p.write_text("this is not a video\n" * 100)
+  elif kind == "truncated":
+    good = tmp_path / "good.mp4"
+    synthetic_clips.write_clip(good, synthetic_clips.pan_frames(60, 96, 160), codec="libx264")
+    p.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # the index (moov) is lost
+  elif kind == "audio_only":
+    p = tmp_path / "bad_audio_only.m4a"
+    import av  # pylint: disable=import-outside-toplevel
+    with av.open(str(p), "w") as c:
+      s = c.add_stream("aac", rate=16000)
+      frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp",
+                                         layout="mono")
+      frame.sample_rate = 16000
+      for pkt in list(s.encode(frame)) + list(s.encode(None)):
+        c.mux(pkt)
+  elif kind == "directory":
+    p = tmp_path / "a_directory.mp4"
+    p.mkdir()
+  elif kind == "missing":
+    p = tmp_path / "does_not_exist.mp4"
+  elif kind == "one_frame":
+    synthetic_clips.write_clip(p, synthetic_clips.pan_frames(1, 96, 160), codec="libx264")
+  elif kind == "shorter_than_fusion_window":
+    synthetic_clips.write_clip(p, synthetic_clips.pan_frames(15, 96, 160), codec="libx264")
+  elif kind == "absurd_size":
+    p = tmp_path / "bad_absurd.y4m"
+    p.write_bytes(b"YUV4MPEG2 W100000 H100000 F30:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\0" * 1000)
+  return p
+
+
+BAD = ["empty", "text", "truncated", "audio_only", "directory", "missing", "one_frame",
+       "shorter_than_fusion_window", "absurd_size"]
+
+
+@pytest.mark.parametrize("command", ["extract", "visualize"])
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_input(kind, command, tmp_path):
+  video = _make_bad(kind, tmp_path)
+  out = tmp_path / ("out.npz" if command == "extract" else "out.png")
+  r = run_cli(command, video, "--out", out, "--quiet")
+  assert r.returncode == 2, (r.stdout, r.stderr)
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1, r.stderr
+  assert lines[0].startswith("error: ") and str(video) in lines[0]
+  assert "Traceback" not in r.stderr
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      {video.name} | ({"good.mp4"} if kind == "truncated" else set())) or kind == "missing"
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "audio_only", "directory", "missing",
+                                  "absurd_size"])
+def test_inspect_bad_input(kind, tmp_path):
+  video = _make_bad(kind, tmp_path)
+  r = run_cli("inspect", video)
+  assert r.returncode == 2 and r.stdout == ""
+  assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_video_shorter_than_one_gop_uses_the_partial_gop_rule(tmp_path):
+  # 2 s < one 8-s GOP: positions at 0 s (I-frame, keyframe) and 1 s (Δ-frame).
+  video = tmp_path / "two_seconds.mp4"
+  synthetic_clips.write_clip(video, synthetic_clips.pan_frames(60, 96, 160), codec="libx264")
+  out = tmp_path / "p.npz"
+  r = run_cli("extract", video, "--out", out, "--quiet")
+  assert r.returncode == 0, r.stderr
+  _check_npz(out, 60)
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_damaged_stream_never_crashes(city_clip, tmp_path, damage):
+  data = bytearray(open(city_clip, "rb").read())
+  if damage == "cut":
+    data = data[: len(data) * 6 // 10]
+  else:  # overwrite a run of packets in the middle
+    mid = len(data) // 2
+    data[mid:mid + 200_000] = np.random.default_rng(0).integers(0, 256, 200_000, np.uint8).tobytes()
+  video = tmp_path / f"damaged_{damage}.mpg"
+  video.write_bytes(bytes(data))
+  out = tmp_path / "p.npz"
+  r = run_cli("extract", video, "--out", out, "--quiet")
+  assert "Traceback" not in r.stderr
+  if r.returncode == 0:  # extracted up to (or around) the damage
+    with np.load(out) as d:
+      assert len(d["kinds"]) >= 1 and d["kinds"][0] == 0
+  else:
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and not out.exists()
+
+
+def test_bad_flags_exit_2(pan_clip, tmp_path):
+  r = run_cli("extract", pan_clip, "--out", tmp_path / "x.npz", "--size", 100)
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and "16" in r.stderr
+  r = run_cli("extract", pan_clip, "--out", tmp_path / "missing_dir" / "x.npz")
+  assert r.returncode == 2 and r.stderr.startswith("error: ")

@@ -1,0 +1,115 @@
+"""Any decodable input becomes the conformant MPEG-4 Part 2 stream; conformant input is kept."""
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+from cope_jax.codec import synthetic_clips
+from cope_jax.codec.probe import inspect_video
+from cope_jax.codec.reencode import EncodeSpec, conformance_problems, conformant_video
+
+SPEC = EncodeSpec(size=384, fps=30, gop=30)  # a short GOP so that 2.5 s clips have several
+
+# name: (codec, file suffix, frame size, fps, extra write_clip arguments)
+INPUTS = {
+    "mpeg1": ("mpeg1video", ".mpg", (160, 96), 25, {}),
+    "mpeg2_bframes": ("mpeg2video", ".mpg", (160, 96), 25, {"b_frames": 2}),
+    "mpeg4_bframes": ("mpeg4", ".avi", (160, 96), 24, {"b_frames": 2}),
+    "h264_bframes": ("libx264", ".mp4", (160, 96), 30, {"b_frames": 3}),
+    "h265": ("libx265", ".mp4", (160, 96), 30, {"options": {"x265-params": "log-level=none"}}),
+    "vp8": ("libvpx", ".webm", (160, 96), 30, {}),
+    "vp9_odd_size": ("libvpx-vp9", ".webm", (161, 97), 30, {}),
+    "av1": ("libsvtav1", ".mkv", (160, 96), 30, {}),
+    "mjpeg": ("mjpeg", ".avi", (160, 96), 15, {}),
+    "h264_audio": ("libx264", ".mp4", (160, 96), 30, {"audio": True}),
+    "h264_60fps": ("libx264", ".mp4", (160, 96), 60, {}),
+}
+
+
+def _write(tmp_path, name, seconds=2.5):
+  codec, suffix, (w, h), fps, extra = INPUTS[name]
+  path = tmp_path / f"{name}{suffix}"
+  frames = synthetic_clips.pan_frames(int(seconds * fps), h, w, (1, 1), "coffee")
+  synthetic_clips.write_clip(path, frames, fps=fps, codec=codec, gop=12, **extra)
+  return path
+
+
+def _check_conformant(path, seconds):
+  info = inspect_video(path)
+  assert info["codec"] == "mpeg4"
+  assert (info["width"], info["height"]) == (384, 384)
+  assert info["fps"] == 30
+  assert not info["has_b_frames"] and set(info["frame_types"]) <= {"I", "P"}
+  assert info["gop_starts"] == list(range(0, info["num_frames"], SPEC.gop))
+  assert abs(info["num_frames"] - seconds * 30) <= 2
+  assert info["audio_streams"] == 0 and info["rotation"] == 0
+  assert conformance_problems(path, SPEC) == []
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+  """Temporary files go to a folder of this test, so we can see that they are cleaned up."""
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+  return scratch
+
+
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_any_input_becomes_conformant(tmp_path, private_tmp, name):
+  src = _write(tmp_path, name)
+  assert conformance_problems(src, SPEC)
+  with conformant_video(src, SPEC) as (path, reencoded):
+    assert reencoded and path != str(src)
+    _check_conformant(path, 2.5)
+  assert os.listdir(private_tmp) == []  # the re-encoded file is gone
+
+
+def test_variable_frame_rate(tmp_path, private_tmp):
+  rng = np.random.default_rng(0)
+  times = np.cumsum(rng.uniform(1 / 60, 1 / 15, 90))  # 15–60 fps, irregular
+  times -= times[0]
+  path = tmp_path / "vfr.mp4"
+  synthetic_clips.write_clip(path, synthetic_clips.pan_frames(90, 96, 160, (1, 0), "coffee"),
+                             codec="libx264", frame_times=times)
+  with conformant_video(path, SPEC) as (out, _):
+    _check_conformant(out, times[-1] + 1 / 30)
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+  img = np.full((120, 200, 3), 40, np.uint8)
+  img[:40, :50] = (255, 0, 0)  # a red block in the top-left corner of the coded frame
+  path = tmp_path / "rotated.mp4"
+  synthetic_clips.write_clip(path, [img] * 30, codec="libx264", rotation=90)
+  assert inspect_video(path)["rotation"] == 90
+  with conformant_video(path, SPEC) as (out, _):
+    _check_conformant(out, 1.0)
+    import av  # pylint: disable=import-outside-toplevel
+    with av.open(out) as c:
+      frame = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+  # Displayed upright (rotated 90° counter-clockwise), the block is in the bottom-left corner.
+  upright = np.rot90(img)
+  assert upright[-10, 10].tolist() == [255, 0, 0]
+  red = (frame[..., 0] > 180) & (frame[..., 1] < 80)
+  ys, xs = np.nonzero(red)
+  assert ys.mean() > 384 * 0.6 and xs.mean() < 384 * 0.4
+
+
+def test_conformant_input_is_not_reencoded(tmp_path, private_tmp):
+  path = tmp_path / "conformant.mp4"
+  synthetic_clips.write_clip(path, synthetic_clips.pan_frames(75, 384, 384, (1, 1), "coffee"),
+                             codec="mpeg4", gop=SPEC.gop)
+  assert conformance_problems(path, SPEC) == []
+  with conformant_video(path, SPEC) as (out, reencoded):
+    assert out == str(path) and not reencoded
+  assert os.listdir(private_tmp) == []
+
+
+def test_conformance_problems_name_the_reason(tmp_path):
+  path = tmp_path / "gop12.mp4"
+  synthetic_clips.write_clip(path, synthetic_clips.pan_frames(40, 384, 384, (1, 1), "coffee"),
+                             codec="mpeg4", gop=12)
+  assert any("I-frames" in p for p in conformance_problems(path, SPEC))
+  assert any("size" in p for p in conformance_problems(path, EncodeSpec(size=192, gop=12)))
