@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cope_jax.codec.motion import (QPEL, MotionGrid, reconstruct, to_pixels, to_qpel,
+from cope_jax.codec.motion import (QPEL, MotionGrid, MotionStep, reconstruct, to_pixels, to_qpel,
                                    warp_reference)
 
 _MV_DTYPE = np.dtype([("source", "<i4"), ("w", "u1"), ("h", "u1"), ("src_x", "<i2"),
@@ -69,15 +69,16 @@ def _trace_reference(steps):
 
 def test_trace_follows_each_pixel_back():
   rng = np.random.default_rng(1)
-  h, w = 24, 32
+  h, w = 24, 40  # not a multiple of 16: partial cells at the border
   grid = MotionGrid(h, w)
-  steps = []
-  for _ in range(4):
-    cells = rng.integers(-12, 12, (h // 8, w // 8, 2))
-    steps.append(np.repeat(np.repeat(cells, 8, 0), 8, 1) / 2.0)  # half-pel, block constant
-  fused = to_pixels(grid.trace([to_qpel(s) for s in steps]))
+  steps, fields = [], []
+  for cell in (8, 16, 8, 4, 8):
+    cells = rng.integers(-24, 24, (-(-h // cell), -(-w // cell), 2)).astype(np.int16)  # qpel
+    steps.append(MotionStep(cells, cell))
+    fields.append(to_pixels(grid.expand(steps[-1])))
+  fused = to_pixels(grid.trace(steps))
   # The fused field lands each pixel exactly where the per-pixel chain lands it.
-  np.testing.assert_array_equal(fused, _trace_reference(steps))
+  np.testing.assert_array_equal(fused, _trace_reference(fields))
   assert not grid.trace([]).any()
 
 

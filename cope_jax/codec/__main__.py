@@ -42,28 +42,30 @@ def _sampling(args) -> SamplingConfig:
 
 
 class _Progress:
-  """A tqdm bar on stderr counting frames per phase (re-encode, extract); silent if quiet."""
+  """Frame counters on stderr, one tqdm bar per phase (re-encode, extract); silent if quiet."""
 
   def __init__(self, quiet: bool):
-    self.bar = None
-    if not quiet:
-      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      self.bar = tqdm(unit=" frames", file=sys.stderr, leave=False, mininterval=0.5, delay=0.5)
+    self.quiet, self.phase, self.bar = quiet, None, None
 
   def __call__(self, phase: str) -> None:
-    if self.bar is None:
+    if self.quiet:
       return
-    if self.bar.desc != phase:
-      self.bar.reset()
-      self.bar.set_description_str(phase, refresh=False)
+    if phase != self.phase:
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self.close()
+      self.phase = phase
+      self.bar = tqdm(desc=phase, unit=" frames", file=sys.stderr, leave=False, delay=0.5)
     self.bar.update()
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
-    if self.bar is not None:
-      self.bar.close()
+    self.close()
 
 
 def cmd_inspect(args) -> None:

@@ -89,7 +89,7 @@ def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
         grid = MotionGrid(frame.height, frame.width)
       if index % gop:  # an I-frame starts a new chain; each P-frame adds its motion field
         side = frame.side_data.get("MOTION_VECTORS")
-        steps.append(grid.field_from_vectors(side.to_ndarray() if side is not None else None))
+        steps.append(grid.step_from_vectors(side.to_ndarray() if side is not None else None))
       if index % fusion:
         continue
       kind = kind_at.get(index)

@@ -9,20 +9,26 @@ the border. Half-pel vectors then shift a whole block consistently, and the same
 numpy (``warp_reference``) or JAX reproduces our residuals bit for bit.
 
 Fusion over s frames traces every pixel back through the chain of per-frame displacements to the
-frame t − s (CoViAR's accumulated motion vectors): from p, step to p + d_t(p), then add
-d_{t-1} read at that position, and so on; the fused field is where the pixel lands, minus p.
+frame t − s (CoViAR's accumulated motion vectors): from p, step to p + d_t(p), then add d_{t-1}
+read at the nearest pixel to that position, and so on; the fused field is where the pixel lands,
+minus p. Positions stay exact along the chain: rounding only picks which vector to read.
 
 Inside, fields are int16 in quarter pixels (``QPEL``): codec vectors are half- or quarter-pel, so
-this is exact, sums stay exact, rounding half up is an integer shift, and OpenCV's integer
-``remap`` does the gathers (about 3× faster than float maps; this runs on every decoded frame).
+this is exact, sums stay exact and rounding half up is an integer shift. A frame's motion is kept
+as a ``MotionStep`` on its block grid (8×8 cells for MPEG-4), and tracing gathers from that small
+grid with OpenCV's integer ``remap``: this runs for every decoded frame, so it must cost less
+than decoding.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
 
 QPEL = 4  # field units per pixel
+MAX_SIZE = 2048  # frame side limit: int16 quarter-pel positions saturate at ±8191 px
 
 
 def to_pixels(field_qpel: np.ndarray) -> np.ndarray:
@@ -35,67 +41,89 @@ def to_qpel(mv_pixels: np.ndarray) -> np.ndarray:
   return np.rint(np.asarray(mv_pixels, np.float32) * QPEL).astype(np.int16)
 
 
+@dataclasses.dataclass(frozen=True)
+class MotionStep:
+  """One frame's backward displacement, constant on ``cell``×``cell`` blocks (quarter-pel)."""
+  cells: np.ndarray  # (ceil(H / cell), ceil(W / cell), 2) int16
+  cell: int          # a power of two
+
+
 class MotionGrid:
   """Motion-field operations for one frame size; build once per video, reuse for every frame."""
 
   def __init__(self, height: int, width: int):
+    if not 0 < max(height, width) <= MAX_SIZE:
+      raise ValueError(f"frame size {width}x{height} outside 1..{MAX_SIZE}")
     self.height, self.width = height, width
     xs, ys = np.meshgrid(np.arange(width, dtype=np.int16), np.arange(height, dtype=np.int16))
     self._grid = np.stack([xs, ys], axis=-1)  # (H, W, 2) int16, the identity map
+    # Pixel centres in quarter-pel plus one half pixel: (p_qpel + 2) >> 2 = floor(p + 0.5).
+    self._origin = self._grid * np.int16(QPEL) + np.int16(QPEL // 2)
 
-  def field_from_vectors(self, mvs: np.ndarray | None) -> np.ndarray:
-    """(H, W, 2) int16 quarter-pel backward displacement from a MOTION_VECTORS side-data array.
+  def step_from_vectors(self, mvs: np.ndarray | None) -> MotionStep:
+    """One frame's motion from a MOTION_VECTORS side-data array (None: no vectors).
 
     Blocks without an entry (intra blocks, a frame without vectors) get zero displacement. Only
-    past-reference vectors (``source < 0``) are used: the streams we read have no B-frames.
+    past-reference vectors (``source < 0``) are used: the streams we read have no B-frames. The
+    grid is the coarsest one every block aligns to (8 px for MPEG-4 with 4MV, 16 px without).
     """
-    cells, cell = self._paint_cells(mvs)
-    full = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)
-    return full[:self.height, :self.width]
-
-  def _paint_cells(self, mvs: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """Vectors painted on the coarsest grid every block aligns to (8 px for MPEG-4 4MV)."""
     if mvs is None or not len(mvs):
-      return np.zeros((-(-self.height // 16), -(-self.width // 16), 2), np.int16), 16
+      return MotionStep(np.zeros((-(-self.height // 16), -(-self.width // 16), 2), np.int16), 16)
     mvs = mvs[mvs["source"] < 0]
     w, h = mvs["w"].astype(np.intp), mvs["h"].astype(np.intp)
     cell = int(np.gcd.reduce(np.concatenate([w, h, [16]])))
+    cell &= -cell  # the largest power of two dividing it (codec blocks are powers of two)
     ch, cw = -(-self.height // cell), -(-self.width // cell)
     scale = mvs["motion_scale"].astype(np.intp)
     q = np.stack([mvs["motion_x"] * QPEL // scale, mvs["motion_y"] * QPEL // scale], -1)
     bw, bh = w // cell, h // cell
-    # One entry per covered cell: block id, then the cell's row/column inside the block.
+    y0 = (mvs["dst_y"].astype(np.intp) - h // 2) // cell  # dst is the block centre
+    x0 = (mvs["dst_x"].astype(np.intp) - w // 2) // cell
+    cells = np.zeros((ch, cw, 2), np.int16)
+    if np.all((bw == 1) & (bh == 1)):  # the common case: every block is one cell
+      cells[np.clip(y0, 0, ch - 1), np.clip(x0, 0, cw - 1)] = q
+      return MotionStep(cells, cell)
+    # Blocks spanning several cells: one entry per covered cell.
     counts = bw * bh
     ids = np.repeat(np.arange(len(mvs)), counts)
     k = np.arange(ids.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    iy = (mvs["dst_y"].astype(np.intp) - h // 2)[ids] // cell + k // bw[ids]  # dst = block centre
-    ix = (mvs["dst_x"].astype(np.intp) - w // 2)[ids] // cell + k % bw[ids]
-    cells = np.zeros((ch, cw, 2), np.int16)
+    iy = y0[ids] + k // bw[ids]
+    ix = x0[ids] + k % bw[ids]
     cells[np.clip(iy, 0, ch - 1), np.clip(ix, 0, cw - 1)] = q[ids]
-    return cells, cell
+    return MotionStep(cells, cell)
+
+  def expand(self, step: MotionStep) -> np.ndarray:
+    """A step as a dense (H, W, 2) int16 quarter-pel field."""
+    full = np.repeat(np.repeat(step.cells, step.cell, axis=0), step.cell, axis=1)
+    return full[:self.height, :self.width]
+
+  def field_from_vectors(self, mvs: np.ndarray | None) -> np.ndarray:
+    """Dense (H, W, 2) int16 quarter-pel field of one frame's vectors."""
+    return self.expand(self.step_from_vectors(mvs))
 
   def source_map(self, field_qpel: np.ndarray) -> np.ndarray:
     """Integer gather map of ``warp``: floor(p + d + 1/2), as int16 (x, y)."""
-    return self._grid + ((field_qpel + QPEL // 2) >> 2)
+    return cv2.add(self._origin, field_qpel) >> 2
 
   def warp(self, image: np.ndarray, field_qpel: np.ndarray) -> np.ndarray:
     """image(p + d(p)): nearest pixel, rounding half up, clamped at the border."""
     return cv2.remap(image, self.source_map(field_qpel), None, cv2.INTER_NEAREST,
                      borderMode=cv2.BORDER_REPLICATE)
 
-  def trace(self, steps: list[np.ndarray]) -> np.ndarray:
-    """Fused displacement of a chain of per-frame fields, oldest first.
-
-    Every pixel of the newest frame is followed back one frame at a time; its position stays
-    exact (quarter-pel) and each older field is read at the nearest pixel to it. Rounding never
-    accumulates along the chain, unlike composing fused fields pairwise.
-    """
+  def trace(self, steps: list[MotionStep]) -> np.ndarray:
+    """Fused (H, W, 2) int16 quarter-pel displacement of a chain of steps, oldest first."""
     if not steps:
       return np.zeros((self.height, self.width, 2), np.int16)
-    position = steps[-1].copy()
+    # position = p + displacement so far, in quarter-pel, plus half a pixel (see _origin). The
+    # newest step is read at p itself; each older one at the cell holding floor(position + 0.5).
+    # cv2.add saturates instead of wrapping, should a wild chain run far off the frame.
+    position = cv2.add(self._origin, self.expand(steps[-1]))
     for step in reversed(steps[:-1]):
-      position += self.warp(step, position)
-    return position
+      cell_of = position >> (2 + step.cell.bit_length() - 1)
+      read = cv2.remap(step.cells, cell_of, None, cv2.INTER_NEAREST,
+                       borderMode=cv2.BORDER_REPLICATE)
+      position = cv2.add(position, read)
+    return cv2.subtract(position, self._origin)
 
   def residual(self, target: np.ndarray, reference: np.ndarray,
                field_qpel: np.ndarray) -> np.ndarray:

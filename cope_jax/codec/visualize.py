@@ -37,7 +37,10 @@ def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: s
   out_path = os.fspath(out_path)
   columns = min(_COLUMNS, max(len(frames), 1))
   blocks = -(-len(frames) // columns)
-  max_mag = max([float(np.abs(f.mv).max()) for f in frames if f.mv is not None] + [1.0])
+  # Colour brightness saturates at the 98th percentile of speeds: a few wild vectors (scene cuts)
+  # would otherwise make every other field look black.
+  speeds = [np.hypot(f.mv[..., 0], f.mv[..., 1]).ravel()[::7] for f in frames if f.mv is not None]
+  max_mag = max(float(np.percentile(np.concatenate(speeds), 98)), 1.0) if speeds else 1.0
   fig, axes = plt.subplots(3 * blocks, columns, figsize=(2.3 * columns + 1.5, 2.45 * 3 * blocks),
                            squeeze=False)
   for ax in axes.ravel():
@@ -63,7 +66,8 @@ def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: s
     move = -f.mv[ys, xs]
     ax.quiver(xs, ys, move[..., 0], move[..., 1], color="white", angles="xy",
               scale_units="xy", scale=1, width=0.006)
-    ax.set_title(f"motion, max {np.abs(f.mv).max():.0f}px", fontsize=8)
+    ax.set_title(f"motion, median {np.median(np.hypot(f.mv[..., 0], f.mv[..., 1])):.1f}px",
+                 fontsize=8)
     ax = axes[row + 2, col]
     magnitude = np.abs(f.residual.astype(np.float32)).mean(-1)
     heat = ax.imshow(magnitude, cmap="inferno", vmin=0, vmax=residual_max)
@@ -76,8 +80,9 @@ def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: s
     axes[3 * b + 2, 0].text(-0.08, 0.5, "residual", rotation=90, va="center", ha="right",
                             transform=axes[3 * b + 2, 0].transAxes, fontsize=9)
   if heat is not None:
-    fig.colorbar(heat, ax=axes[2::3, -1].tolist(), fraction=0.05, label="|residual| (0-255)")
-    wheel = fig.add_axes((0.92, 0.80, 0.06, 0.06 * 2.3 * columns / (2.45 * 3 * blocks)))
+    fig.subplots_adjust(right=0.9)
+    fig.colorbar(heat, cax=fig.add_axes((0.925, 0.1, 0.012, 0.25)), label="|residual| (0-255)")
+    wheel = fig.add_axes((0.91, 0.80, 0.06, 0.06 * 2.3 * columns / (2.45 * 3 * blocks)))
     r = np.linspace(-1, 1, 65)
     disc = -np.stack(np.meshgrid(r, r), axis=-1)  # colour of a movement towards each point
     wheel.imshow(flow_to_rgb(disc, 1.0) * (np.hypot(*np.moveaxis(disc, -1, 0)) <= 1)[..., None])
