@@ -87,3 +87,34 @@ def test_budget_cli_bad_config(capsys):
   assert cli.main(["budget", "--duration", "64", "--fusion", "7"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error:") and "fusion" in err[0]
+
+
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory):
+  """Conformant 32×32 MPEG-4 clips of 8 s, 64 s and 600 s (tiny frames keep 600 s cheap)."""
+  from cope_jax.codec import synthetic_clips  # pylint: disable=import-outside-toplevel
+  folder = tmp_path_factory.mktemp("long")
+  clips = {}
+  for seconds in (8, 64, 600):
+    clips[seconds] = folder / f"{seconds}s.mp4"
+    synthetic_clips.write_clip(clips[seconds],
+                               synthetic_clips.pan_frames(seconds * 30, 32, 32, (1, 0), "coffee"),
+                               codec="mpeg4", gop=240)
+  return clips
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("seconds", [8, 64, 600])
+def test_extracted_kinds_and_counts(long_clips, seconds, k):
+  from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
+  cfg = SamplingConfig(keyframes_per_gop=k, max_gops=64)
+  prims = extract_primitives(long_clips[seconds], size=32, sampling=cfg)
+  assert not prims.reencoded and prims.num_frames == seconds * 30
+  plan = plan_positions(seconds * 30, cfg)
+  kept = min(seconds // 8, 64)
+  assert len(prims.rgb) == kept * k and len(prims.mv) == kept * (8 - k)
+  np.testing.assert_array_equal(prims.kinds, plan.kinds)
+  np.testing.assert_array_equal(prims.frame_index, plan.frames)
+  np.testing.assert_allclose(prims.times, plan.frames / 30)
+  budget = token_budget(prims.num_frames, cfg)
+  assert budget["cope_tokens"] == 210 * len(prims.rgb) + 10 * len(prims.mv)
