@@ -26,7 +26,7 @@ def texture(name: str = "astronaut") -> np.ndarray:
   return np.ascontiguousarray(img[..., :3])
 
 
-def _mirror_tiled(img: np.ndarray) -> np.ndarray:
+def mirror_tiled(img: np.ndarray) -> np.ndarray:
   """Mirror-tiles an image so that indexing it modulo its size is continuous everywhere."""
   top = np.concatenate([img, img[:, ::-1]], axis=1)
   return np.concatenate([top, top[::-1]], axis=0)
@@ -35,7 +35,7 @@ def _mirror_tiled(img: np.ndarray) -> np.ndarray:
 def pan_frames(num_frames: int, height: int, width: int, velocity: tuple[int, int] = (2, 0),
                name: str = "astronaut", start: tuple[int, int] = (40, 60)) -> Iterator[np.ndarray]:
   """A camera panning over a photograph; the view moves by ``velocity`` (x, y) px per frame."""
-  canvas = _mirror_tiled(texture(name))
+  canvas = mirror_tiled(texture(name))
   ph, pw = canvas.shape[:2]
   ys, xs = np.arange(height), np.arange(width)
   for t in range(num_frames):

@@ -1,0 +1,110 @@
+"""The embedded synthetic temporal-QA dataset: ``python -m cope_jax.data synth --out DIR``.
+
+DIR gets ``videos/*.mp4`` (MPEG-4 Part 2 written through PyAV, already conformant at the chosen
+size, 30 fps, GOP 240), ``scenes.jsonl`` (the ground truth), ``questions.jsonl`` (SPEC §6 MCQ
+format plus ``family``, ``split`` and ``id``), one ``{split}.jsonl`` per split, and
+``tokenizer.json`` (a small byte-level BPE for tiny configs). Splits are by video: no video is in
+two splits. Re-running resumes: finished videos are kept.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+from typing import Iterator
+
+import numpy as np
+
+from cope_jax.codec import synthetic_clips
+from cope_jax.data.synthetic.questions import FAMILIES, MOTION_FAMILIES, questions_for_scene
+from cope_jax.data.synthetic.scene import Scene, render, sample_scene
+from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
+
+SPLITS = ("train", "validation", "test")
+
+
+def scene_for(seed: int, index: int, size: int, seconds: float) -> Scene:
+  """The scene of video ``index``: a pure function of the seed, so workers can rebuild it."""
+  return sample_scene(np.random.default_rng([seed, index]), size=size, seconds=seconds)
+
+
+def _write_video(args) -> str:
+  seed, index, size, seconds, path = args
+  if not os.path.exists(path):
+    tmp = f"{path}.tmp{os.getpid()}.mp4"
+    synthetic_clips.write_clip(tmp, render(scene_for(seed, index, size, seconds)), fps=30,
+                               codec="mpeg4", gop=240)
+    os.replace(tmp, path)
+  return path
+
+
+def _balanced_letters(rng: np.random.Generator) -> Iterator[int]:
+  while True:  # every block of four questions uses each letter once
+    yield from rng.permutation(4).tolist()
+
+
+def split_of(indices: np.ndarray, rng: np.random.Generator) -> dict[int, str]:
+  """80 / 10 / 10 by video, at least one video in each split when there are three or more."""
+  order = rng.permutation(indices)
+  n = len(order)
+  n_val = n_test = max(1, n // 10) if n >= 3 else 0
+  names = ["validation"] * n_val + ["test"] * n_test + ["train"] * (n - n_val - n_test)
+  return {int(i): s for i, s in zip(order, names)}
+
+
+def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: float = 8.0,
+             workers: int | None = None, progress: bool = True) -> dict:
+  """Writes the dataset to ``out``; returns counts per split and family."""
+  os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+  jobs = [(seed, i, size, seconds, os.path.join(out, "videos", f"{i:05d}.mp4"))
+          for i in range(videos)]
+  workers = workers or os.cpu_count() or 1
+  todo = [j for j in jobs if not os.path.exists(j[-1])]
+  if todo:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+      for _ in tqdm(pool.map(_write_video, todo), total=len(todo), desc="synth videos",
+                    unit=" videos", disable=not progress):
+        pass
+
+  rng = np.random.default_rng([seed, 1 << 30])
+  splits = split_of(np.arange(videos), rng)
+  letters = _balanced_letters(rng)
+  scenes, questions = [], []
+  for i in range(videos):
+    scene = scene_for(seed, i, size, seconds)
+    scenes.append({"video": f"videos/{i:05d}.mp4", **scene.to_json()})
+    for j, q in enumerate(questions_for_scene(scene, rng, letters)):
+      questions.append({"id": f"{i:05d}-{j}", "video": f"videos/{i:05d}.mp4",
+                        "question": q["question"], "options": q["options"],
+                        "answer": q["answer"], "family": q["family"], "split": splits[i]})
+  _write_jsonl(os.path.join(out, "scenes.jsonl"), scenes)
+  _write_jsonl(os.path.join(out, "questions.jsonl"), questions)
+  for split in SPLITS:
+    _write_jsonl(os.path.join(out, f"{split}.jsonl"), [q for q in questions if q["split"] == split])
+  corpus = [q["question"] + "\n" + "\n".join(f"{L}. {o}" for L, o in zip("ABCD", q["options"]))
+            for q in questions] + [q["answer"] for q in questions]
+  corpus += [time_instruction(seconds, list(np.arange(k) * 1.0)) for k in range(1, 65)]
+  train_small_tokenizer(corpus).save(os.path.join(out, "tokenizer.json"))
+  summary = {"videos": videos, "questions": len(questions),
+             "splits": {s: sum(v == s for v in splits.values()) for s in SPLITS},
+             "families": {f: sum(q["family"] == f for q in questions) for f in FAMILIES},
+             "letters": {L: sum(q["answer"] == L for q in questions) for L in "ABCD"},
+             "motion_families": list(MOTION_FAMILIES)}
+  with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def _write_jsonl(path: str, rows) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+  os.replace(tmp, path)
+
+
+__all__ = ["generate", "scene_for", "SPLITS", "FAMILIES", "MOTION_FAMILIES"]

@@ -1,0 +1,78 @@
+"""Four-option questions generated from a scene's ground truth, in families.
+
+``appearance`` is answerable from any keyframe. The motion families (``direction``,
+``first_mover``, ``bounces``, ``camera_pan``, ``faster``, ``first_bounce``) are decided by motion
+that happens after frame 0, when everything is still: with one keyframe per 8 s GOP, only the
+Δ-frames can answer them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cope_jax.data.synthetic.scene import COLORS, DIRECTIONS, Scene
+
+LETTERS = "ABCD"
+MOTION_FAMILIES = ("direction", "first_mover", "bounces", "camera_pan", "faster", "first_bounce")
+FAMILIES = ("appearance",) + MOTION_FAMILIES
+
+
+def _question(family: str, text: str, answer: str, distractors, rng: np.random.Generator,
+              letter: int) -> dict:
+  """Places the answer at ``letter`` (0–3) and three distinct distractors around it."""
+  others = [d for d in dict.fromkeys(distractors) if d != answer]
+  if len(others) < 3:
+    raise ValueError(f"{family}: need 3 distractors, got {others}")
+  others = list(rng.permutation(others)[:3])
+  options = others[:letter] + [answer] + others[letter:]
+  return {"family": family, "question": text, "options": [str(o) for o in options],
+          "answer": LETTERS[letter]}
+
+
+def _absent_objects(scene: Scene, rng) -> list[str]:
+  present = {s.name for s in scene.sprites}
+  candidates = [f"the {c} {s}" for c in COLORS for s in ("square", "circle", "triangle")
+                if f"{c} {s}" not in present]
+  return list(rng.permutation(candidates))
+
+
+def questions_for_scene(scene: Scene, rng: np.random.Generator, letters) -> list[dict]:
+  """One question per family (where the scene supports it). ``letters`` is an iterator of
+  answer positions (0–3), shared across the dataset so that answer letters are balanced."""
+  qs = []
+  a, b = sorted(scene.sprites, key=lambda s: s.start_frame)[:2]
+  s0 = scene.sprites[int(rng.integers(len(scene.sprites)))]
+  qs.append(_question(
+      "appearance", f"What color is the {s0.shape}?", s0.color,
+      [c for c in COLORS if c not in {x.color for x in scene.sprites if x.shape == s0.shape}],
+      rng, next(letters)))
+  qs.append(_question(
+      "direction", f"In which direction does the {s0.name} move when it starts moving?",
+      s0.first_direction(), list(DIRECTIONS), rng, next(letters)))
+  qs.append(_question(
+      "first_mover", "Which object starts moving first?", f"the {a.name}",
+      [f"the {b.name}"] + _absent_objects(scene, rng), rng, next(letters)))
+  n = len(s0.bounces)
+  if n <= 3:
+    qs.append(_question(
+        "bounces", f"How many times does the {s0.name} bounce off the edge of the frame?",
+        str(n), ["0", "1", "2", "3"], rng, next(letters)))
+  pan = {"none": "the camera does not move"}.get(scene.pan, scene.pan)
+  qs.append(_question(
+      "camera_pan", "In which direction does the camera pan?", pan,
+      list(DIRECTIONS) + ["the camera does not move"], rng, next(letters)))
+  fast, slow = sorted(scene.sprites[:2], key=lambda s: -s.speed())
+  qs.append(_question(
+      "faster", "Which object moves faster?", f"the {fast.name}",
+      [f"the {slow.name}"] + _absent_objects(scene, rng), rng, next(letters)))
+  bouncing = [(s.bounces[0][0], s) for s in scene.sprites if s.bounces]
+  if bouncing:
+    bouncing.sort(key=lambda x: x[0])
+    if len(bouncing) == 1 or bouncing[1][0] - bouncing[0][0] >= scene.fps:  # ≥ 1 s apart
+      first = bouncing[0][1]
+      others = [f"the {s.name}" for s in scene.sprites if s is not first]
+      qs.append(_question(
+          "first_bounce", "Which object bounces off the edge of the frame first?",
+          f"the {first.name}", others + ["no object bounces"] + _absent_objects(scene, rng),
+          rng, next(letters)))
+  return qs

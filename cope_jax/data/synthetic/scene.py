@@ -1,0 +1,147 @@
+"""Synthetic scenes: a camera panning over a photograph, and coloured sprites that start moving at
+different times with piecewise-constant velocities, bouncing off the frame's walls.
+
+Everything a question can ask is recorded in the ground truth (per-frame positions, camera track,
+bounce events), and everything starts still: frame 0 — the first keyframe — shows where things
+are, never how they move.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from cope_jax.codec.synthetic_clips import mirror_tiled, texture
+
+COLORS = {"red": (225, 35, 35), "green": (40, 190, 60), "blue": (40, 80, 235),
+          "yellow": (240, 215, 30), "magenta": (215, 40, 200), "cyan": (30, 205, 215)}
+SHAPES = ("square", "circle", "triangle")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+TEXTURES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
+
+
+@dataclasses.dataclass
+class Sprite:
+  color: str
+  shape: str
+  side: int
+  start_frame: int            # still before this frame
+  positions: np.ndarray       # (T, 2) float, top-left corner (x, y) per frame
+  bounces: list[tuple[int, str]]  # (frame, wall) in order
+
+  @property
+  def name(self) -> str:
+    return f"{self.color} {self.shape}"
+
+  def first_direction(self) -> str:
+    step = self.positions[self.start_frame + 1] - self.positions[self.start_frame]
+    axis = int(np.argmax(np.abs(step)))
+    return ("right" if step[0] > 0 else "left") if axis == 0 else ("down" if step[1] > 0 else "up")
+
+  def speed(self) -> float:
+    """Mean speed while moving, px/frame."""
+    moving = np.diff(self.positions[self.start_frame:], axis=0)
+    return float(np.hypot(moving[:, 0], moving[:, 1]).mean()) if len(moving) else 0.0
+
+
+@dataclasses.dataclass
+class Scene:
+  size: int
+  fps: int
+  num_frames: int
+  texture: str
+  camera: np.ndarray          # (T, 2) int, view offset into the texture per frame
+  pan: str                    # "left" / "right" / "up" / "down" / "none": where the camera turns
+  sprites: list[Sprite]
+
+  def to_json(self) -> dict:
+    return {"size": self.size, "fps": self.fps, "num_frames": self.num_frames,
+            "texture": self.texture, "pan": self.pan, "camera": self.camera.tolist(),
+            "sprites": [{"color": s.color, "shape": s.shape, "side": s.side,
+                         "start_frame": s.start_frame,
+                         "positions": np.round(s.positions, 3).tolist(),
+                         "bounces": s.bounces} for s in self.sprites]}
+
+
+def _simulate(rng: np.random.Generator, size: int, side: int, num_frames: int, start: int,
+              direction: str, speed: float) -> tuple[np.ndarray, list[tuple[int, str]]]:
+  """Straight-line motion with wall bounces; velocity is constant between bounces."""
+  hi = size - side
+  pos = rng.uniform(0.2 * hi, 0.8 * hi, 2)
+  main = np.array(DIRECTIONS[direction], float)
+  velocity = speed * (main + rng.uniform(-0.3, 0.3) * main[::-1])  # mostly along one axis
+  positions, bounces = np.zeros((num_frames, 2)), []
+  for t in range(num_frames):
+    if t > start:
+      pos = pos + velocity
+      for axis, (low_wall, high_wall) in enumerate((("left", "right"), ("top", "bottom"))):
+        if pos[axis] < 0 or pos[axis] > hi:
+          pos[axis] = -pos[axis] if pos[axis] < 0 else 2 * hi - pos[axis]
+          velocity[axis] = -velocity[axis]
+          bounces.append((t, low_wall if pos[axis] < hi / 2 else high_wall))
+    positions[t] = pos
+  return positions, bounces
+
+
+def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, seconds: float = 8.0,
+                 num_sprites: int = 2) -> Scene:
+  """A random scene whose events are well separated in time (so questions are unambiguous)."""
+  num_frames = int(round(seconds * fps))
+  side = max(8, size // 6)
+  colors = rng.choice(list(COLORS), num_sprites, replace=False)
+  shapes = rng.choice(SHAPES, num_sprites, replace=num_sprites > len(SHAPES))
+  # Start times at least 1.5 s apart, never at frame 0 (the keyframe must not reveal motion).
+  starts = np.sort(rng.choice(np.arange(int(0.5 * fps), int(0.45 * num_frames), fps // 2),
+                              num_sprites, replace=False))
+  while np.any(np.diff(starts) < 1.5 * fps):
+    starts = np.sort(rng.choice(np.arange(int(0.5 * fps), int(0.45 * num_frames), fps // 2),
+                                num_sprites, replace=False))
+  # Speeds in frame widths per second; the sprites differ by at least 1.6x.
+  speeds = rng.uniform(0.12, 0.55, num_sprites)
+  while num_sprites > 1 and max(speeds) < 1.6 * min(speeds):
+    speeds = rng.uniform(0.12, 0.55, num_sprites)
+  sprites = []
+  for color, shape, start, speed in zip(colors, shapes, starts, speeds):
+    direction = rng.choice(list(DIRECTIONS))
+    positions, bounces = _simulate(rng, size, side, num_frames, int(start), direction,
+                                   speed * size / fps)
+    sprites.append(Sprite(str(color), str(shape), side, int(start), positions, bounces))
+  pan = str(rng.choice(["none"] + list(DIRECTIONS)))
+  camera = np.zeros((num_frames, 2), np.int64)
+  if pan != "none":
+    pan_start = int(rng.integers(fps // 2, num_frames // 2))
+    step = np.array(DIRECTIONS[pan]) * max(1, size // 64)
+    camera[pan_start:] = np.arange(1, num_frames - pan_start + 1)[:, None] * step
+  return Scene(size, fps, num_frames, str(rng.choice(TEXTURES)), camera, pan, sprites)
+
+
+def _mask(shape: str, side: int) -> np.ndarray:
+  yy, xx = np.mgrid[0:side, 0:side] + 0.5
+  if shape == "circle":
+    return (xx - side / 2) ** 2 + (yy - side / 2) ** 2 <= (side / 2) ** 2
+  if shape == "triangle":
+    return (yy >= side * 0.1) & (np.abs(xx - side / 2) <= (yy - side * 0.1) * 0.55)
+  return np.ones((side, side), bool)
+
+
+def render(scene: Scene):
+  """Yields the (size, size, 3) uint8 frames of a scene."""
+  canvas = mirror_tiled(texture(scene.texture))
+  ph, pw = canvas.shape[:2]
+  idx = np.arange(scene.size)
+  shading = {}
+  for s in scene.sprites:  # a little texture inside sprites gives the codec something to track
+    yy, xx = np.mgrid[0:s.side, 0:s.side]
+    pattern = 0.8 + 0.2 * ((xx // 3 + yy // 3) % 2)
+    shading[s.name] = (pattern[..., None] * np.array(COLORS[s.color])).astype(np.uint8)
+  masks = {s.name: _mask(s.shape, s.side) for s in scene.sprites}
+  for t in range(scene.num_frames):
+    cx, cy = scene.camera[t]
+    frame = canvas[np.ix_((40 + cy + idx) % ph, (40 + cx + idx) % pw)].copy()
+    for s in scene.sprites:
+      x, y = np.rint(s.positions[t]).astype(int)
+      region = frame[y:y + s.side, x:x + s.side]
+      m = masks[s.name][:region.shape[0], :region.shape[1]]
+      region[m] = shading[s.name][:region.shape[0], :region.shape[1]][m]
+    yield frame
