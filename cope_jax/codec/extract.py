@@ -118,7 +118,8 @@ def iter_video(path: str | os.PathLike, size: int = 384,
 
   Videos with fewer than ``min_frames`` frames after re-encoding (default: one fusion window
   plus one, the least that yields a Δ-frame) are rejected with a VideoError. If ``info`` is a
-  dict, it receives ``reencoded`` and ``num_frames`` (of the conformant video).
+  dict, it receives ``reencoded``, ``num_frames`` and ``conformant_bytes`` (of the conformant
+  video).
   """
   path = os.fspath(path)
   sampling.validate()
@@ -127,7 +128,8 @@ def iter_video(path: str | os.PathLike, size: int = 384,
   with conformant_video(path, spec, on_frame=on_frame) as (conformant, was_reencoded):
     num_frames = count_frames(conformant)
     if info is not None:
-      info.update(reencoded=was_reencoded, num_frames=num_frames)
+      info.update(reencoded=was_reencoded, num_frames=num_frames,
+                  conformant_bytes=os.path.getsize(conformant))
     if num_frames < min_frames:
       raise VideoError(path, f"too short: {num_frames} frames at {sampling.fps} fps, need at "
                              f"least {min_frames} (one fusion window of {sampling.fusion} + 1)")

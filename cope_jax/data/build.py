@@ -1,0 +1,86 @@
+"""``python -m cope_jax.data build``: annotations + videos → ArrayRecord shards + report.json."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cope_jax.codec.errors import ConfigError
+from cope_jax.data import primitive_cache, sources
+from cope_jax.data.builders import BUILDERS, records
+from cope_jax.data.primitive_cache import ExtractSettings
+
+
+def load_items(source: str, out: str, annotations: str | None, videos: str | None,
+               synth_videos: int, seed: int, size: int, workers: int | None,
+               progress: bool) -> list[sources.VideoItem]:
+  if source == "llava_video":
+    if not annotations or not videos:
+      raise ConfigError("--source llava_video needs --annotations FILE.json and --videos DIR")
+    return sources.read_llava_video(annotations, videos)
+  if source == "mcq":
+    if not annotations:
+      raise ConfigError("--source mcq needs --annotations FILE.jsonl")
+    return sources.read_mcq(annotations)
+  if source == "synthetic":
+    from cope_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+    folder = annotations and os.path.dirname(annotations) or os.path.join(out, "synthetic")
+    if not annotations:
+      synthetic.generate(folder, synth_videos, seed=seed, size=size, workers=workers,
+                         progress=progress)
+    return sources.read_mcq(os.path.join(folder, "questions.jsonl"))
+  raise ConfigError(f"unknown source {source!r}")
+
+
+def shard_dir(out: str, stage: str) -> str:
+  """Where TFDS puts the shards of ``stage`` (cope_<stage>/1.0.0)."""
+  builder = BUILDERS[stage]
+  return os.path.join(out, builder.name, str(builder.VERSION))
+
+
+def build(stage: str, items: list[sources.VideoItem], out: str, settings: ExtractSettings,
+          workers: int | None = None, limit: int | None = None, progress: bool = True) -> dict:
+  """Extracts every video (in parallel, resumable) and writes the shards and report.json."""
+  if stage not in BUILDERS:
+    raise ConfigError(f"unknown stage {stage!r} (pretrain, finetune, eval)")
+  if limit is not None:
+    items = items[:limit]
+  done, skipped = primitive_cache.extract_all([it.video for it in items],
+                                              os.path.join(out, "cache"), settings, workers,
+                                              progress)
+  kept = [(i, it) for i, it in enumerate(items) if it.video in done]
+  splits = tuple(sorted({it.split for _, it in kept})) or ("train",)
+  video_seconds, conformant_bytes = 0.0, 0
+  for video in {it.video for _, it in kept}:
+    cached = primitive_cache.load(done[video])
+    video_seconds += cached.duration_s
+    conformant_bytes += cached.conformant_bytes
+
+  def examples(split):
+    for i, it in kept:
+      if it.split != split:
+        continue
+      cached = primitive_cache.load(done[it.video])
+      for j, rec in enumerate(records(stage, it.video, cached, it)):
+        yield f"{i:08d}-{j:04d}", rec
+
+  builder = BUILDERS[stage](examples=examples, splits=splits, data_dir=out)
+  builder.download_and_prepare()
+  directory = shard_dir(out, stage)
+  shard_bytes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
+                    if ".array_record" in f)
+  report = {
+      "stage": stage, "written": len({it.video for _, it in kept}), "skipped": skipped,
+      "records": {s: builder.info.splits[s].num_examples for s in splits},
+      "bytes": shard_bytes, "video_seconds": round(video_seconds, 3),
+      "bytes_per_video_second": shard_bytes / video_seconds if video_seconds else None,
+      "reencoded_mpeg4_bytes": conformant_bytes,
+      "ratio_to_reencoded_mpeg4": shard_bytes / conformant_bytes if conformant_bytes else None,
+      "shards": directory, "size": settings.size,
+      "sampling": settings.sampling.__dict__,
+  }
+  tmp = os.path.join(out, "report.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=2)
+  os.replace(tmp, os.path.join(out, "report.json"))
+  return report

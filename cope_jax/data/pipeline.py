@@ -1,0 +1,215 @@
+"""Grain pipelines over the ArrayRecord shards, for stage 1 (pairs) and stage 2 (sequences).
+
+Both: a ``MapDataset`` of example indices, sliced per process (``shard_index::shard_count``, so
+hosts see disjoint parts whose union is the dataset), shuffled with a seed (a new order every
+epoch), decoded and batched, then an ``IterDataset`` with optional worker processes. Iterator
+state (``get_state``/``set_state``) restores exactly; the same seed gives the same batches.
+
+Every batch has ``example_index`` (B,) int64: which examples it holds (logging, tests).
+
+Stage-1 batch: ``reference``, ``target`` (B, S, S, 3) float32 SigLIP-normalised frames, ``mv``
+(B, h, w, 2) float32, ``residual`` (B, h, w, 3) int16.
+
+Stage-2 batch (one example per conversation of a video):
+- ``input_ids`` (B, L) int32 — ChatML text with one ``IMAGE_TOKEN_ID`` where the visual tokens
+  go, padded with <|endoftext|>; ``text_mask`` (B, L) bool; ``loss_mask`` (B, L) bool (assistant
+  answers and their <|im_end|>). L is one of ``length_buckets``: the smallest that holds the text
+  plus the visual tokens of ``max_keyframes`` keyframes and ``max_delta_frames`` Δ-frames, so
+  the model can splice them in and keep length L. Batches of different L are the only source of
+  recompilation, bounded by the number of buckets.
+- ``pixels`` (B, K, S, S, 3) float32, ``mv`` (B, P, h, w, 2) float32, ``residual`` (B, P, h, w, 3)
+  int16, ``kinds`` (B, T) int32 (0 keyframe, 1 Δ-frame, −1 padding; temporal order),
+  ``times`` (B, T) float32; frames beyond a video's own count are zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import grain
+import numpy as np
+from PIL import Image
+
+from cope_jax.codec.sampling import DELTA_TOKENS, KEYFRAME_TOKENS
+from cope_jax.data import storage
+from cope_jax.data.tokenizer import IMAGE_PLACEHOLDER, encode_conversation, time_instruction
+
+
+def siglip_pixels(rgb: np.ndarray, size: int) -> np.ndarray:
+  """SigLIP preprocessing: bicubic resize (PIL, as Hugging Face does), x/255, mean = std = 0.5."""
+  if rgb.shape[:2] != (size, size):
+    rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+  return (rgb.astype(np.float32) / 255.0 - 0.5) / 0.5
+
+
+def with_video_prompt(turns: list, duration_s: float, times) -> list:
+  """Puts ``<image>`` and LLaVA-Video's time instruction at the start of the first user turn."""
+  turns = [tuple(t) for t in turns]
+  role, text = turns[0]
+  text = text.replace(IMAGE_PLACEHOLDER, "").lstrip("\n")
+  turns[0] = (role, f"{IMAGE_PLACEHOLDER}\n{time_instruction(duration_s, times)}\n{text}")
+  return turns
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  shards: str                 # a shard folder: …/cope_pretrain/1.0.0 or …/cope_finetune/1.0.0
+  split: str = "train"
+  batch_size: int = 8
+  seed: int = 0
+  image_size: int = 384       # vision encoder input side
+  num_epochs: int | None = None  # None: repeat forever
+  shuffle: bool = True
+  drop_remainder: bool = True
+  shard_index: int = 0        # this process (jax.process_index())
+  shard_count: int = 1        # all processes (jax.process_count())
+  worker_count: int = 0       # decoding processes (0: in the main process)
+  # stage 2 only
+  tokenizer: str = ""         # a tokenizer.json
+  max_keyframes: int = 1
+  max_delta_frames: int = 7
+  length_buckets: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def _source(cfg: PipelineConfig):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds.builder_from_directory(cfg.shards).as_data_source(cfg.split)
+
+
+def _finish(ds: grain.MapDataset, cfg: PipelineConfig, batch_fn) -> grain.IterDataset:
+  ds = ds[cfg.shard_index::cfg.shard_count]
+  if cfg.shuffle:
+    ds = ds.shuffle(seed=cfg.seed)
+  ds = ds.repeat(cfg.num_epochs)
+  ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=batch_fn)
+  ids = ds.to_iter_dataset()
+  if cfg.worker_count > 0:
+    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
+  return ids
+
+
+# ---------------------------------------------------------------- stage 1: frame pairs
+
+@dataclasses.dataclass
+class _DecodePair:
+  source: object
+  image_size: int
+
+  def __call__(self, index: int) -> dict:
+    r = self.source[int(index)]
+    return {"example_index": np.int64(index),
+            "reference": siglip_pixels(storage.decode_png(r["reference"]), self.image_size),
+            "target": siglip_pixels(storage.decode_png(r["target"]), self.image_size),
+            "mv": storage.decode_mv(r["mv"]), "residual": storage.decode_residual(r["residual"])}
+
+
+def _stack(examples) -> dict:
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def pretrain_dataset(cfg: PipelineConfig) -> grain.IterDataset:
+  source = _source(cfg)
+  ds = grain.MapDataset.range(len(source)).map(_DecodePair(source, cfg.image_size))
+  return _finish(ds, cfg, _stack)
+
+
+# ---------------------------------------------------------------- stage 2: sequences
+
+def conversation_index(source) -> np.ndarray:
+  """(N, 2) int64 (record, conversation) pairs: one training example per conversation."""
+  pairs = []
+  for i in range(len(source)):
+    n = len(json.loads(source[i]["conversations"]))
+    pairs.extend((i, j) for j in range(n))
+  return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
+@dataclasses.dataclass
+class _DecodeSequence:
+  source: object
+  pairs: np.ndarray
+  cfg: PipelineConfig
+
+  def __post_init__(self):
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+    self.tok = Tokenizer.from_file(self.cfg.tokenizer)
+    self.pad_id = self.tok.token_to_id("<|endoftext|>")
+
+  def __call__(self, index: int) -> dict:
+    record, conv = self.pairs[int(index)]
+    r = self.source[int(record)]
+    cfg = self.cfg
+    kinds, times = r["kinds"], r["times"]
+    turns = with_video_prompt(json.loads(r["conversations"])[conv], float(r["duration_s"]),
+                              times.tolist())
+    enc = encode_conversation(self.tok, turns)
+    keyframes = [siglip_pixels(storage.decode_png(b), cfg.image_size) for b in r["keyframes"]]
+    mv = [storage.decode_mv(b) for b in r["mv"]]
+    residual = [storage.decode_residual(b) for b in r["residual"]]
+    if len(keyframes) > cfg.max_keyframes or len(mv) > cfg.max_delta_frames:
+      raise ValueError(f"{r['video']!r}: {len(keyframes)} keyframes / {len(mv)} Δ-frames exceed "
+                       f"max_keyframes={cfg.max_keyframes} / max_delta_frames="
+                       f"{cfg.max_delta_frames}")
+    t_max = cfg.max_keyframes + cfg.max_delta_frames
+    return {"example_index": np.int64(index), "ids": enc.ids, "loss": enc.loss_mask,
+            "pixels": _pad(np.stack(keyframes), cfg.max_keyframes),
+            "mv": _pad(np.stack(mv), cfg.max_delta_frames) if mv else None,
+            "residual": _pad(np.stack(residual), cfg.max_delta_frames) if residual else None,
+            "kinds": np.pad(kinds.astype(np.int32), (0, t_max - len(kinds)), constant_values=-1),
+            "times": np.pad(times, (0, t_max - len(times)))}
+
+
+def _pad(a: np.ndarray, n: int) -> np.ndarray:
+  return np.concatenate([a, np.zeros((n - len(a),) + a.shape[1:], a.dtype)]) if len(a) < n else a
+
+
+def visual_tokens(cfg: PipelineConfig) -> int:
+  return cfg.max_keyframes * KEYFRAME_TOKENS + cfg.max_delta_frames * DELTA_TOKENS
+
+
+@dataclasses.dataclass
+class _BatchSequences:
+  cfg: PipelineConfig
+  pad_id: int
+  delta_shape: tuple
+
+  def __call__(self, examples) -> dict:
+    extra = visual_tokens(self.cfg) - 1  # the placeholder becomes the visual tokens
+    need = max(len(e["ids"]) for e in examples) + extra
+    length = next((b for b in self.cfg.length_buckets if b >= need), self.cfg.length_buckets[-1])
+    text = length - extra  # longer texts are truncated (like model_max_length)
+    ids = np.full((len(examples), length), self.pad_id, np.int32)
+    text_mask = np.zeros((len(examples), length), bool)
+    loss = np.zeros((len(examples), length), bool)
+    for b, e in enumerate(examples):
+      n = min(len(e["ids"]), text)
+      ids[b, :n], text_mask[b, :n], loss[b, :n] = e["ids"][:n], True, e["loss"][:n]
+    p = self.cfg.max_delta_frames
+    zeros_mv = np.zeros((p,) + self.delta_shape + (2,), np.float32)
+    zeros_res = np.zeros((p,) + self.delta_shape + (3,), np.int16)
+    return {"example_index": np.array([e["example_index"] for e in examples]),
+            "input_ids": ids, "text_mask": text_mask, "loss_mask": loss,
+            "pixels": np.stack([e["pixels"] for e in examples]),
+            "mv": np.stack([e["mv"] if e["mv"] is not None else zeros_mv for e in examples]),
+            "residual": np.stack([e["residual"] if e["residual"] is not None else zeros_res
+                                  for e in examples]),
+            "kinds": np.stack([e["kinds"] for e in examples]),
+            "times": np.stack([e["times"] for e in examples])}
+
+
+def finetune_dataset(cfg: PipelineConfig) -> grain.IterDataset:
+  if not cfg.tokenizer:
+    raise ValueError("finetune_dataset needs cfg.tokenizer (a tokenizer.json)")
+  source = _source(cfg)
+  pairs = conversation_index(source)
+  decode = _DecodeSequence(source, pairs, cfg)
+  first = source[0]
+  delta_shape = (storage.decode_mv(first["mv"][0]).shape[:2] if len(first["mv"])
+                 else storage.decode_png(first["keyframes"][0]).shape[:2])
+  ds = grain.MapDataset.range(len(pairs)).map(decode)
+  return _finish(ds, cfg, _BatchSequences(cfg, decode.pad_id, delta_shape))
+
+
+__all__ = ["PipelineConfig", "pretrain_dataset", "finetune_dataset", "siglip_pixels",
+           "with_video_prompt", "visual_tokens", "conversation_index"]

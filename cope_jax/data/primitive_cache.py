@@ -1,0 +1,121 @@
+"""Per-video extraction in worker processes, cached on disk: the resumable unit of a build.
+
+Each video's sampled positions are extracted once (all CPU cores, one process per video) into
+``CACHE/<key>.npz``, written atomically, already in shard encoding (PNG, zlib int16). A build
+that is interrupted resumes from the videos already cached; bad videos are reported with their
+reason and skipped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+
+import numpy as np
+
+from cope_jax.codec.errors import VideoError
+from cope_jax.codec.extract import iter_video
+from cope_jax.codec.sampling import DELTA, SamplingConfig
+from cope_jax.data import storage
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractSettings:
+  size: int = 384
+  sampling: SamplingConfig = SamplingConfig()
+  quantizer: int = 3
+
+  def key(self, video: str) -> str:
+    st = os.stat(video)
+    ident = json.dumps([os.path.abspath(video), st.st_size, st.st_mtime_ns, self.size,
+                        dataclasses.asdict(self.sampling), self.quantizer])
+    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+@dataclasses.dataclass
+class CachedVideo:
+  """A video's sampled positions in shard encoding. ``rgb`` holds every position's frame."""
+  kinds: np.ndarray   # (T,) uint8
+  times: np.ndarray   # (T,) float32
+  rgb: list           # T PNG bytes (keyframes, and the decoded frame at each Δ position)
+  mv: list            # P encoded motion fields, one per Δ-frame
+  residual: list      # P encoded residuals
+  num_frames: int
+  fps: int
+  conformant_bytes: int
+
+  @property
+  def duration_s(self) -> float:
+    return self.num_frames / self.fps
+
+
+def _extract_one(job: tuple[str, str, ExtractSettings]) -> tuple[str, str | None]:
+  """Worker: extracts ``video`` into ``path``; returns (video, None) or (video, reason)."""
+  video, path, settings = job
+  if os.path.exists(path):
+    return video, None
+  try:
+    info = {}
+    frames = list(iter_video(video, settings.size, settings.sampling, settings.quantizer,
+                             keep_rgb=True, info=info))
+    arrays = {"kinds": np.array([f.kind for f in frames], np.uint8),
+              "times": np.array([f.time_s for f in frames], np.float32),
+              "meta": np.array([info["num_frames"], settings.sampling.fps,
+                                info["conformant_bytes"]], np.int64)}
+    d = 0
+    for t, f in enumerate(frames):
+      rgb = f.target_rgb if f.kind == DELTA else f.rgb
+      arrays[f"rgb_{t}"] = np.frombuffer(storage.encode_png(rgb), np.uint8)
+      if f.kind == DELTA:
+        arrays[f"mv_{d}"] = np.frombuffer(storage.encode_mv(f.mv), np.uint8)
+        arrays[f"residual_{d}"] = np.frombuffer(storage.encode_residual(f.residual), np.uint8)
+        d += 1
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+      np.savez(fh, **arrays)
+    os.replace(tmp, path)
+    return video, None
+  except VideoError as e:
+    return video, e.reason
+  except Exception as e:  # pylint: disable=broad-except  (a batch job reports and goes on)
+    return video, f"unexpected {type(e).__name__}: {e}"
+
+
+def load(path: str) -> CachedVideo:
+  with np.load(path) as z:
+    kinds, times = z["kinds"], z["times"]
+    num_frames, fps, conformant_bytes = (int(x) for x in z["meta"])
+    p = int(np.sum(kinds == DELTA))
+    return CachedVideo(kinds, times, [z[f"rgb_{t}"].tobytes() for t in range(len(kinds))],
+                       [z[f"mv_{i}"].tobytes() for i in range(p)],
+                       [z[f"residual_{i}"].tobytes() for i in range(p)],
+                       num_frames, fps, conformant_bytes)
+
+
+def extract_all(videos: list[str], cache_dir: str, settings: ExtractSettings,
+                workers: int | None = None, progress: bool = True
+                ) -> tuple[dict[str, str], list[dict]]:
+  """Extracts every video (skipping those cached); returns ({video: cache path}, skipped)."""
+  os.makedirs(cache_dir, exist_ok=True)
+  done, skipped, jobs = {}, [], []
+  for video in dict.fromkeys(videos):
+    if not os.path.isfile(video):
+      skipped.append({"video": video, "reason": "no such file"})
+      continue
+    jobs.append((video, os.path.join(cache_dir, settings.key(video) + ".npz"), settings))
+  paths = {video: path for video, path, _ in jobs}
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  workers = max(1, workers or os.cpu_count() or 1)
+  ctx = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    for video, reason in tqdm(pool.map(_extract_one, jobs), total=len(jobs), desc="extract",
+                              unit=" videos", disable=not progress):
+      if reason is None:
+        done[video] = paths[video]
+      else:
+        skipped.append({"video": video, "reason": reason})
+  return done, skipped

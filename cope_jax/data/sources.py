@@ -1,0 +1,76 @@
+"""Reading the annotation formats into one list of videos with their conversations and questions.
+
+- ``llava_video``: LLaVA-Video-178K-style JSON (a list of ``{"id", "video", "conversations":
+  [{"from": "human"|"gpt", "value"}]}``, ``<image>`` in the first human turn), videos under a
+  folder.
+- ``mcq``: SPEC §6 JSONL, ``{"video", "question", "options", "answer"}`` per line (video paths
+  relative to the file's folder allowed; optional ``split``, ``family``, ``id``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+LETTERS = "ABCDEFGHIJ"
+MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+
+
+@dataclasses.dataclass
+class VideoItem:
+  """One video and everything asked about it."""
+  video: str                                   # absolute path
+  split: str = "train"
+  conversations: list = dataclasses.field(default_factory=list)  # [[(role, text), …], …]
+  questions: list = dataclasses.field(default_factory=list)      # MCQ dicts (eval records)
+
+
+def mcq_prompt(question: str, options: list[str]) -> str:
+  """lmms-eval's multiple-choice prompt (question, lettered options, answer-with-letter)."""
+  lines = [question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
+  return "\n".join(lines) + "\n" + MCQ_SUFFIX
+
+
+def read_mcq(path: str) -> list[VideoItem]:
+  """Groups the questions of an MCQ JSONL by video, keeping each line's split (default train)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  items: dict[tuple[str, str], VideoItem] = {}
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        q = json.loads(line)
+        video, question, options, answer = q["video"], q["question"], q["options"], q["answer"]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{n}: not an MCQ line ({e})") from None
+      if answer not in LETTERS[:len(options)]:
+        raise ValueError(f"{path}:{n}: answer {answer!r} is not one of the option letters")
+      video = video if os.path.isabs(video) else os.path.join(folder, video)
+      split = q.get("split", "train")
+      item = items.setdefault((video, split), VideoItem(video, split))
+      item.questions.append({"id": str(q.get("id", f"{n}")), "question": question,
+                             "options": list(options), "answer": answer,
+                             "family": q.get("family", "")})
+      item.conversations.append([("user", mcq_prompt(question, options)), ("assistant", answer)])
+  return list(items.values())
+
+
+def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
+  """LLaVA-Video-178K-style annotations: one item per entry (all in the train split)."""
+  with open(annotations) as f:
+    try:
+      entries = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{annotations}: not JSON ({e})") from None
+  items = []
+  for n, e in enumerate(entries):
+    try:
+      turns = [({"human": "user", "gpt": "assistant"}[t["from"]], t["value"])
+               for t in e["conversations"]]
+      video = e["video"]
+    except (KeyError, TypeError) as err:
+      raise ValueError(f"{annotations}: entry {n} ({e.get('id', '?')}): missing {err}") from None
+    items.append(VideoItem(os.path.join(video_dir, video), "train", [turns]))
+  return items
