@@ -85,6 +85,9 @@ def _finish(ds: grain.MapDataset, cfg: PipelineConfig, batch_fn) -> grain.IterDa
   ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=batch_fn)
   ids = ds.to_iter_dataset()
   if cfg.worker_count > 0:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; use their defaults
+      flags.FLAGS.mark_as_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
   return ids
 

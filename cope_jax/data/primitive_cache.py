@@ -8,11 +8,9 @@ reason and skipped.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 
 import numpy as np
@@ -21,6 +19,7 @@ from cope_jax.codec.errors import VideoError
 from cope_jax.codec.extract import iter_video
 from cope_jax.codec.sampling import DELTA, SamplingConfig
 from cope_jax.data import storage
+from cope_jax.data.parallel import process_pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +108,7 @@ def extract_all(videos: list[str], cache_dir: str, settings: ExtractSettings,
     jobs.append((video, os.path.join(cache_dir, settings.key(video) + ".npz"), settings))
   paths = {video: path for video, path, _ in jobs}
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  workers = max(1, workers or os.cpu_count() or 1)
-  ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+  with process_pool(workers) as pool:
     for video, reason in tqdm(pool.map(_extract_one, jobs), total=len(jobs), desc="extract",
                               unit=" videos", disable=not progress):
       if reason is None:

@@ -9,9 +9,7 @@ two splits. Re-running resumes: finished videos are kept.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
 from typing import Iterator
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from cope_jax.codec import synthetic_clips
 from cope_jax.data.synthetic.questions import FAMILIES, MOTION_FAMILIES, questions_for_scene
+from cope_jax.data.parallel import process_pool
 from cope_jax.data.synthetic.scene import Scene, render, sample_scene
 from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
 
@@ -35,7 +34,7 @@ def _write_video(args) -> str:
   if not os.path.exists(path):
     tmp = f"{path}.tmp{os.getpid()}.mp4"
     synthetic_clips.write_clip(tmp, render(scene_for(seed, index, size, seconds)), fps=30,
-                               codec="mpeg4", gop=240)
+                               codec="mpeg4", gop=240, options={"flags": "+mv4"})
     os.replace(tmp, path)
   return path
 
@@ -60,12 +59,10 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   os.makedirs(os.path.join(out, "videos"), exist_ok=True)
   jobs = [(seed, i, size, seconds, os.path.join(out, "videos", f"{i:05d}.mp4"))
           for i in range(videos)]
-  workers = workers or os.cpu_count() or 1
   todo = [j for j in jobs if not os.path.exists(j[-1])]
   if todo:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with process_pool(workers) as pool:
       for _ in tqdm(pool.map(_write_video, todo), total=len(todo), desc="synth videos",
                     unit=" videos", disable=not progress):
         pass

@@ -88,7 +88,7 @@ def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, second
                  num_sprites: int = 2) -> Scene:
   """A random scene whose events are well separated in time (so questions are unambiguous)."""
   num_frames = int(round(seconds * fps))
-  side = max(8, size // 6)
+  side = max(8, size // 4)
   colors = rng.choice(list(COLORS), num_sprites, replace=False)
   shapes = rng.choice(SHAPES, num_sprites, replace=num_sprites > len(SHAPES))
   # Start times at least 1.5 s apart, never at frame 0 (the keyframe must not reveal motion).

@@ -1,0 +1,16 @@
+"""One process pool for the data tools (synthesis, extraction)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+
+
+def process_pool(workers: int | None) -> concurrent.futures.ProcessPoolExecutor:
+  """``workers`` processes (default: all cores). Fork on Linux, so it also works from notebooks
+  and stdin scripts; spawn if JAX is already loaded here (forking its threads is unsafe)."""
+  method = "fork" if sys.platform == "linux" and "jax" not in sys.modules else "spawn"
+  return concurrent.futures.ProcessPoolExecutor(max(1, workers or os.cpu_count() or 1),
+                                                mp_context=multiprocessing.get_context(method))

