@@ -184,3 +184,16 @@ def test_llava_video_annotations(tmp_path, pan_clip):
   learned = tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist(),
                        skip_special_tokens=False)
   assert learned == "A pan.<|im_end|>Right.<|im_end|>"  # both assistant turns, nothing else
+
+
+def test_build_resumes_from_the_extraction_cache(synth_build):
+  """A rebuild re-uses every extracted video (nothing re-extracted) and rewrites the shards."""
+  out, items, _ = synth_build
+  cache = out / "cache"
+  before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+  shutil.rmtree(shard_dir(str(out), "pretrain"))  # as if the build died before writing shards
+  report = build("pretrain", items, str(out), ExtractSettings(SIZE, SamplingConfig()),
+                 workers=2, progress=False)
+  assert report["written"] == 10
+  assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before
+  assert not [p for p in cache.iterdir() if ".tmp" in p.name]

@@ -2,7 +2,7 @@
 
 import sys
 
-BENCHMARKS = {"codec": "cope_jax.bench.codec_bench"}
+BENCHMARKS = {"codec": "cope_jax.bench.codec_bench", "data": "cope_jax.bench.data_bench"}
 
 
 def main() -> None:

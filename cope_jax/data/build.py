@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 
@@ -65,7 +67,13 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
         yield f"{i:08d}-{j:04d}", rec
 
   builder = BUILDERS[stage](examples=examples, splits=splits, data_dir=out)
-  builder.download_and_prepare()
+  if progress:
+    builder.download_and_prepare()
+  else:
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
+      builder.download_and_prepare()
   directory = shard_dir(out, stage)
   shard_bytes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
                     if ".array_record" in f)
