@@ -10,6 +10,7 @@ import pytest
 from cope_jax.codec.extract import extract_primitives
 from cope_jax.data import synthetic
 from cope_jax.data.synthetic.questions import LETTERS, MOTION_FAMILIES
+from cope_jax.data.synthetic.scene import visible
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,13 @@ def _recompute(q, scene):
     return "the " + max(speed, key=speed.get)
   if q["family"] == "first_bounce":
     return "the " + min((f[0], n) for n, f in flips.items() if f)[1]
+  if q["family"] == "enters":
+    v = scene["visitor"]
+    if v is None:
+      return "no object enters"
+    inside = visible(np.asarray(v["positions"]), v["side"], scene["size"])
+    assert not inside[0] and inside.any()  # outside at the keyframe, inside later
+    return f"the {v['color']} {v['shape']}"
   raise AssertionError(q["family"])
 
 

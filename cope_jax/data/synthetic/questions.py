@@ -1,9 +1,9 @@
 """Four-option questions generated from a scene's ground truth, in families.
 
 ``appearance`` is answerable from any keyframe. The motion families (``direction``,
-``first_mover``, ``bounces``, ``camera_pan``, ``faster``, ``first_bounce``) are decided by motion
-that happens after frame 0, when everything is still: with one keyframe per 8 s GOP, only the
-Δ-frames can answer them.
+``first_mover``, ``bounces``, ``camera_pan``, ``faster``, ``first_bounce``, ``enters``) are decided
+by motion that happens after frame 0, when everything is still (and a visitor is still outside
+the frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 from cope_jax.data.synthetic.scene import COLORS, DIRECTIONS, Scene
 
 LETTERS = "ABCD"
-MOTION_FAMILIES = ("direction", "first_mover", "bounces", "camera_pan", "faster", "first_bounce")
+MOTION_FAMILIES = ("direction", "first_mover", "bounces", "camera_pan", "faster", "first_bounce",
+                   "enters")
 FAMILIES = ("appearance",) + MOTION_FAMILIES
 
 
@@ -30,7 +31,7 @@ def _question(family: str, text: str, answer: str, distractors, rng: np.random.G
 
 
 def _absent_objects(scene: Scene, rng) -> list[str]:
-  present = {s.name for s in scene.sprites}
+  present = {s.name for s in scene.sprites + ([scene.visitor] if scene.visitor else [])}
   candidates = [f"the {c} {s}" for c in COLORS for s in ("square", "circle", "triangle")
                 if f"{c} {s}" not in present]
   return list(rng.permutation(candidates))
@@ -75,4 +76,9 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters) -> list
           "first_bounce", "Which object bounces off the edge of the frame first?",
           f"the {first.name}", others + ["no object bounces"] + _absent_objects(scene, rng),
           rng, next(letters)))
+  entering = f"the {scene.visitor.name}" if scene.visitor else "no object enters"
+  qs.append(_question(
+      "enters", "Which object enters the frame after the video starts?", entering,
+      [f"the {s.name}" for s in scene.sprites] + ["no object enters"] + _absent_objects(scene, rng),
+      rng, next(letters)))
   return qs

@@ -54,14 +54,23 @@ class Scene:
   camera: np.ndarray          # (T, 2) int, view offset into the texture per frame
   pan: str                    # "left" / "right" / "up" / "down" / "none": where the camera turns
   sprites: list[Sprite]
+  visitor: Sprite | None = None  # enters the frame after the start (and may leave it)
 
   def to_json(self) -> dict:
     return {"size": self.size, "fps": self.fps, "num_frames": self.num_frames,
             "texture": self.texture, "pan": self.pan, "camera": self.camera.tolist(),
-            "sprites": [{"color": s.color, "shape": s.shape, "side": s.side,
-                         "start_frame": s.start_frame,
-                         "positions": np.round(s.positions, 3).tolist(),
-                         "bounces": s.bounces} for s in self.sprites]}
+            "sprites": [_sprite_json(s) for s in self.sprites],
+            "visitor": _sprite_json(self.visitor) if self.visitor else None}
+
+
+def _sprite_json(s: Sprite) -> dict:
+  return {"color": s.color, "shape": s.shape, "side": s.side, "start_frame": s.start_frame,
+          "positions": np.round(s.positions, 3).tolist(), "bounces": s.bounces}
+
+
+def visible(positions: np.ndarray, side: int, size: int) -> np.ndarray:
+  """(T,) bool: whether any part of a sprite at these top-left corners is inside the frame."""
+  return np.all((positions > -side) & (positions < size), axis=1)
 
 
 def _simulate(rng: np.random.Generator, size: int, side: int, num_frames: int, start: int,
@@ -98,9 +107,9 @@ def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, second
     starts = np.sort(rng.choice(np.arange(int(0.5 * fps), int(0.45 * num_frames), fps // 2),
                                 num_sprites, replace=False))
   # Speeds in frame widths per second; the sprites differ by at least 1.6x.
-  speeds = rng.uniform(0.12, 0.55, num_sprites)
+  speeds = rng.uniform(0.1, 0.4, num_sprites)
   while num_sprites > 1 and max(speeds) < 1.6 * min(speeds):
-    speeds = rng.uniform(0.12, 0.55, num_sprites)
+    speeds = rng.uniform(0.1, 0.4, num_sprites)
   sprites = []
   for color, shape, start, speed in zip(colors, shapes, starts, speeds):
     direction = rng.choice(list(DIRECTIONS))
@@ -113,7 +122,18 @@ def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, second
     pan_start = int(rng.integers(fps // 2, num_frames // 2))
     step = np.array(DIRECTIONS[pan]) * max(1, size // 64)
     camera[pan_start:] = np.arange(1, num_frames - pan_start + 1)[:, None] * step
-  return Scene(size, fps, num_frames, str(rng.choice(TEXTURES)), camera, pan, sprites)
+  visitor = None
+  if rng.random() < 0.5:  # a third object that enters after the start, crossing the frame
+    color = str(rng.choice([c for c in COLORS if c not in colors]))
+    shape = str(rng.choice(SHAPES))
+    start = int(rng.integers(fps, 4 * fps))
+    direction = np.array(DIRECTIONS[str(rng.choice(list(DIRECTIONS)))], float)
+    pos = np.where(direction != 0, np.where(direction > 0, -side - 1.0, size + 1.0),
+                   rng.uniform(0, size - side))  # just outside, on the side it comes from
+    speed = rng.uniform(0.3, 0.5) * size / fps
+    steps = np.clip(np.arange(num_frames) - start, 0, None)[:, None]
+    visitor = Sprite(color, shape, side, start, pos + steps * speed * direction, [])
+  return Scene(size, fps, num_frames, str(rng.choice(TEXTURES)), camera, pan, sprites, visitor)
 
 
 def _mask(shape: str, side: int) -> np.ndarray:
@@ -130,18 +150,22 @@ def render(scene: Scene):
   canvas = mirror_tiled(texture(scene.texture))
   ph, pw = canvas.shape[:2]
   idx = np.arange(scene.size)
+  everyone = scene.sprites + ([scene.visitor] if scene.visitor else [])
   shading = {}
-  for s in scene.sprites:  # a little texture inside sprites gives the codec something to track
+  for s in everyone:  # a little texture inside sprites gives the codec something to track
     yy, xx = np.mgrid[0:s.side, 0:s.side]
     pattern = 0.8 + 0.2 * ((xx // 3 + yy // 3) % 2)
     shading[s.name] = (pattern[..., None] * np.array(COLORS[s.color])).astype(np.uint8)
-  masks = {s.name: _mask(s.shape, s.side) for s in scene.sprites}
+  masks = {s.name: _mask(s.shape, s.side) for s in everyone}
   for t in range(scene.num_frames):
     cx, cy = scene.camera[t]
     frame = canvas[np.ix_((40 + cy + idx) % ph, (40 + cx + idx) % pw)].copy()
-    for s in scene.sprites:
+    for s in everyone:
       x, y = np.rint(s.positions[t]).astype(int)
-      region = frame[y:y + s.side, x:x + s.side]
-      m = masks[s.name][:region.shape[0], :region.shape[1]]
-      region[m] = shading[s.name][:region.shape[0], :region.shape[1]][m]
+      x0, y0 = max(x, 0), max(y, 0)  # clip sprites that are partly (or wholly) outside
+      x1, y1 = min(x + s.side, scene.size), min(y + s.side, scene.size)
+      if x0 >= x1 or y0 >= y1:
+        continue
+      m = masks[s.name][y0 - y:y1 - y, x0 - x:x1 - x]
+      frame[y0:y1, x0:x1][m] = shading[s.name][y0 - y:y1 - y, x0 - x:x1 - x][m]
     yield frame
