@@ -1,0 +1,1 @@
+"""Checkpoint converters: Hugging Face / LLaVA safetensors → our Flax parameter trees."""

@@ -1,0 +1,44 @@
+"""Hugging Face Qwen2 (``model.*``, ``lm_head.weight``) → our Qwen2 parameters."""
+
+from __future__ import annotations
+
+from cope_jax.convert.safetensors_io import CheckpointError
+from cope_jax.convert.tree import TensorSource, stack
+from cope_jax.models.qwen2 import Qwen2Config
+
+
+def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
+  if hf.get("model_type") not in (None, "qwen2"):
+    raise CheckpointError(f"expected a qwen2 model, config.json says {hf.get('model_type')!r}")
+  return Qwen2Config(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+                     intermediate_size=hf["intermediate_size"],
+                     num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+                     num_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+                     rope_theta=float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get(
+                         "rope_theta", 10000.0))),
+                     rms_eps=hf.get("rms_norm_eps", 1e-6),
+                     max_positions=hf.get("max_position_embeddings", 32768), **overrides)
+
+
+def convert(src: TensorSource, cfg: Qwen2Config, prefix: str = "model.",
+            lm_head: str = "lm_head.weight", tied: bool = False) -> dict:
+  d, hd = cfg.hidden_size, cfg.head_dim
+  layers = []
+  for i in range(cfg.num_layers):
+    p = f"{prefix}layers.{i}."
+    layers.append({
+        "input_layernorm": {"weight": src.get(p + "input_layernorm.weight", (d,))},
+        "post_attention_layernorm": {"weight": src.get(p + "post_attention_layernorm.weight",
+                                                       (d,))},
+        "self_attn": {
+            "q_proj": src.linear(p + "self_attn.q_proj", d, cfg.num_heads * hd),
+            "k_proj": src.linear(p + "self_attn.k_proj", d, cfg.num_kv_heads * hd),
+            "v_proj": src.linear(p + "self_attn.v_proj", d, cfg.num_kv_heads * hd),
+            "o_proj": src.linear(p + "self_attn.o_proj", cfg.num_heads * hd, d, bias=False)},
+        "mlp": {"gate_proj": src.linear(p + "mlp.gate_proj", d, cfg.intermediate_size, False),
+                "up_proj": src.linear(p + "mlp.up_proj", d, cfg.intermediate_size, False),
+                "down_proj": src.linear(p + "mlp.down_proj", cfg.intermediate_size, d, False)}})
+  embed = src.get(prefix + "embed_tokens.weight", (cfg.vocab_size, d))
+  head = embed if tied and lm_head not in src.tensors else src.get(lm_head, (cfg.vocab_size, d))
+  return {"embed_tokens": {"embedding": embed}, "layers": stack(layers),
+          "norm": {"weight": src.get(prefix + "norm.weight", (d,))}, "lm_head": {"kernel": head.T}}

@@ -1,0 +1,69 @@
+"""Reading safetensors checkpoints with numpy only (never pickle), bf16 included.
+
+The format is an 8-byte little-endian header size, a JSON header (name → dtype, shape, byte
+offsets) and the raw tensor bytes; sharded checkpoints list their files in
+``*.safetensors.index.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import ml_dtypes
+import numpy as np
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+           "BOOL": np.bool_}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that does not fit the expected architecture (message says what and where)."""
+
+
+def read_file(path: str) -> dict[str, np.ndarray]:
+  """All tensors of one .safetensors file (memory-mapped; floats stay in their stored dtype)."""
+  with open(path, "rb") as f:
+    try:
+      (n,) = struct.unpack("<Q", f.read(8))
+      header = json.loads(f.read(n))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
+  data = np.memmap(path, np.uint8, mode="r", offset=8 + n)
+  out = {}
+  for name, meta in header.items():
+    if name == "__metadata__":
+      continue
+    if meta["dtype"] not in _DTYPES:
+      raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
+    start, end = meta["data_offsets"]
+    out[name] = data[start:end].view(_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+  return out
+
+
+def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
+  """All tensors of a checkpoint folder (one file or an index of shards)."""
+  if os.path.isfile(directory):
+    return read_file(directory)
+  index = [f for f in os.listdir(directory) if f.endswith(".safetensors.index.json")]
+  if index:
+    with open(os.path.join(directory, index[0])) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  else:
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+  if not files:
+    raise CheckpointError(f"{directory}: no .safetensors files")
+  tensors = {}
+  for name in files:
+    tensors.update(read_file(os.path.join(directory, name)))
+  return tensors
+
+
+def read_config(directory: str) -> dict:
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{directory}: no config.json")
+  with open(path) as f:
+    return json.load(f)

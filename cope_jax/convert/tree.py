@@ -1,0 +1,45 @@
+"""Helpers to build parameter trees from named tensors, with clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cope_jax.convert.safetensors_io import CheckpointError
+
+
+class TensorSource:
+  """Named tensors of a checkpoint, read under a key prefix; remembers what was used."""
+
+  def __init__(self, tensors: dict[str, np.ndarray], what: str):
+    self.tensors, self.what, self.used = tensors, what, set()
+
+  def get(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    if key not in self.tensors:
+      near = [k for k in self.tensors if k.split(".")[-1] == key.split(".")[-1]][:3]
+      raise CheckpointError(f"{self.what}: missing tensor {key!r}"
+                            + (f" (similar: {near})" if near else ""))
+    t = self.tensors[key]
+    if tuple(t.shape) != tuple(shape):
+      raise CheckpointError(f"{self.what}: tensor {key!r} has shape {tuple(t.shape)}, the config "
+                            f"expects {tuple(shape)}")
+    if not np.issubdtype(np.dtype(t.dtype), np.floating) and t.dtype.name != "bfloat16":
+      raise CheckpointError(f"{self.what}: tensor {key!r} has dtype {t.dtype}, expected floats")
+    self.used.add(key)
+    return np.asarray(t, np.float32)
+
+  def linear(self, prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict:
+    """A torch Linear (weight (out, in)) as a Flax Dense (kernel (in, out))."""
+    out = {"kernel": self.get(f"{prefix}.weight", (n_out, n_in)).T}
+    if bias:
+      out["bias"] = self.get(f"{prefix}.bias", (n_out,))
+    return out
+
+  def unused(self, prefix: str = "") -> list[str]:
+    return sorted(k for k in self.tensors if k.startswith(prefix) and k not in self.used)
+
+
+def stack(layers: list[dict]) -> dict:
+  """Per-layer trees → one tree with a leading layer axis (our scanned layout)."""
+  if isinstance(layers[0], dict):
+    return {k: stack([layer[k] for layer in layers]) for k in layers[0]}
+  return np.stack(layers)

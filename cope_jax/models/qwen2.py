@@ -1,0 +1,179 @@
+"""Qwen2 decoder (the LLM of LLaVA-Video-7B), equal to Hugging Face's ``Qwen2ForCausalLM``.
+
+GQA attention with RoPE (rotate-half convention, theta from the config), RMSNorm, SwiGLU, biases
+on q/k/v only, untied lm_head. Layers are scanned (parameters stacked on a leading ``layers``
+axis; one layer is compiled once) and optionally rematerialised. Attention is
+``jax.nn.dot_product_attention`` (cuDNN on GPUs, XLA elsewhere) with one boolean mask that
+combines causality, padding and packed segments.
+
+KV cache (``decode=True``): the ``cache`` collection holds keys, values, a key-validity mask and
+the next slot. A call with L tokens writes slots [index, index + L) — a prefill is one call with
+the prompt, decoding is one call per token — and attends causally over the filled slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cope_jax.models.layers import RMSNorm, dense
+from cope_jax.models.sharding import constrain, param_axes
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+  vocab_size: int = 152064
+  hidden_size: int = 3584
+  intermediate_size: int = 18944
+  num_layers: int = 28
+  num_heads: int = 28
+  num_kv_heads: int = 4
+  rope_theta: float = 1e6
+  rms_eps: float = 1e-6
+  max_positions: int = 32768
+  dtype: Any = jnp.float32  # compute dtype; parameters are always float32
+  remat: bool = False
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding in Hugging Face's rotate-half layout. x: (B, L, N, D), positions (B, L)."""
+  d = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, L, D/2)
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  x1, x2 = x[..., :d // 2], x[..., d // 2:]
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def attention_mask(query_slots: jax.Array, key_slots: jax.Array, key_valid: jax.Array,
+                   query_segments: jax.Array | None = None,
+                   key_segments: jax.Array | None = None) -> jax.Array:
+  """(B, 1, Lq, Lk) bool: causal on slots, valid keys only, same packed segment only."""
+  mask = (key_slots[:, None, :] <= query_slots[:, :, None]) & key_valid[:, None, :]
+  if query_segments is not None:
+    mask &= query_segments[:, :, None] == key_segments[:, None, :]
+  return mask[:, None]
+
+
+class Attention(nn.Module):
+  cfg: Qwen2Config
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions, valid, segments):
+    cfg = self.cfg
+    b, length, _ = x.shape
+    hd = cfg.head_dim
+    q = dense(cfg.num_heads * hd, ("embed", "heads"), dtype=cfg.dtype, name="q_proj")(x)
+    k = dense(cfg.num_kv_heads * hd, ("embed", "kv_heads"), dtype=cfg.dtype, name="k_proj")(x)
+    v = dense(cfg.num_kv_heads * hd, ("embed", "kv_heads"), dtype=cfg.dtype, name="v_proj")(x)
+    q = rope(q.reshape(b, length, cfg.num_heads, hd), positions, cfg.rope_theta)
+    k = rope(k.reshape(b, length, cfg.num_kv_heads, hd), positions, cfg.rope_theta)
+    v = v.reshape(b, length, cfg.num_kv_heads, hd)
+    q = constrain(q, ("batch", "length", "act_heads", None))
+    slots = jnp.broadcast_to(jnp.arange(length), (b, length))
+    if self.decode:
+      ck = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+      cv = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+      cvalid = self.variable("cache", "valid", jnp.zeros, valid.shape, bool)
+      cindex = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+      if not self.is_initializing():  # init only sizes the cache (max length = init length)
+        i = cindex.value
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
+        cvalid.value = jax.lax.dynamic_update_slice(cvalid.value, valid, (0, i))
+        cindex.value = i + length
+        k, v, key_valid = ck.value, cv.value, cvalid.value
+        key_slots = jnp.broadcast_to(jnp.arange(k.shape[1]), (b, k.shape[1]))
+        mask = attention_mask(slots + i, key_slots, key_valid)
+      else:
+        mask = attention_mask(slots, slots, valid)
+    else:
+      mask = attention_mask(slots, slots, valid, segments, segments)
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    out = out.reshape(b, length, cfg.num_heads * hd)
+    return dense(cfg.hidden_size, ("heads", "embed"), bias=False, dtype=cfg.dtype,
+                 name="o_proj")(out)
+
+
+class MLP(nn.Module):
+  cfg: Qwen2Config
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    gate = dense(cfg.intermediate_size, ("embed", "mlp"), bias=False, dtype=cfg.dtype,
+                 name="gate_proj")(x)
+    up = dense(cfg.intermediate_size, ("embed", "mlp"), bias=False, dtype=cfg.dtype,
+               name="up_proj")(x)
+    h = constrain(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    return dense(cfg.hidden_size, ("mlp", "embed"), bias=False, dtype=cfg.dtype,
+                 name="down_proj")(h)
+
+
+class DecoderLayer(nn.Module):
+  cfg: Qwen2Config
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions, valid, segments):
+    cfg = self.cfg
+    h = RMSNorm(cfg.rms_eps, cfg.dtype, name="input_layernorm")(x)
+    x = x + Attention(cfg, self.decode, name="self_attn")(h, positions, valid, segments)
+    h = RMSNorm(cfg.rms_eps, cfg.dtype, name="post_attention_layernorm")(x)
+    x = x + MLP(cfg, name="mlp")(h)
+    return constrain(x, ("batch", "length", "act_embed")), None
+
+
+class Qwen2(nn.Module):
+  """Returns (logits (B, L, V) float32, aux) with aux = {"hidden": final hidden states}.
+
+  Call with ``input_ids`` (B, L) or ``inputs_embeds`` (B, L, D) (multimodal splicing), plus
+  ``positions`` (B, L) for RoPE (default 0..L−1), ``valid`` (B, L) bool (False = padding) and
+  ``segments`` (B, L) int for packed sequences.
+  """
+  cfg: Qwen2Config
+  decode: bool = False
+
+  def setup(self):
+    cfg = self.cfg
+    self.embed_tokens = nn.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=jnp.float32,
+        embedding_init=param_axes(nn.initializers.normal(0.02), ("vocab", "embed")))
+    layer = DecoderLayer
+    if cfg.remat:
+      layer = nn.remat(layer, policy=jax.checkpoint_policies.nothing_saveable,
+                       prevent_cse=False)
+    self.layers = nn.scan(layer, variable_axes={"params": 0, "cache": 0},
+                          split_rngs={"params": True}, in_axes=(nn.broadcast,) * 3,
+                          length=cfg.num_layers,
+                          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.decode)
+    self.norm = RMSNorm(cfg.rms_eps, cfg.dtype)
+    self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), bias=False, dtype=cfg.dtype)
+
+  def embed(self, input_ids: jax.Array) -> jax.Array:
+    return self.embed_tokens(input_ids)
+
+  def __call__(self, input_ids=None, *, inputs_embeds=None, positions=None, valid=None,
+               segments=None):
+    x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    b, length = x.shape[:2]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length), (b, length))
+    if valid is None:
+      valid = jnp.ones((b, length), bool)
+    x = constrain(x.astype(self.cfg.dtype), ("batch", "length", "act_embed"))
+    x, _ = self.layers(x, positions, valid, segments)
+    hidden = self.norm(x)
+    logits = self.lm_head(hidden).astype(jnp.float32)
+    return constrain(logits, ("batch", "length", "act_vocab")), {"hidden": hidden}

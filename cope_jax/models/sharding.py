@@ -1,0 +1,78 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes (MaxText style).
+
+Model code names logical axes where parameters are created (``param_axes``) and where
+activations are constrained (``constrain``); this table alone decides how they shard over the
+``data``, ``fsdp`` and ``tensor`` mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    # parameters
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("positions", None),
+    ("queries", None),
+)
+
+
+def make_mesh(shape: dict[str, int] | Sequence[int], devices=None) -> Mesh:
+  """A mesh with axes (data, fsdp, tensor); a size of −1 takes the remaining devices."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  sizes = [shape.get(a, 1) for a in MESH_AXES] if isinstance(shape, dict) else list(shape)
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if devices.size % known:
+      raise ValueError(f"{devices.size} devices do not divide into mesh {sizes}")
+    sizes[sizes.index(-1)] = devices.size // known
+  if int(np.prod(sizes)) != devices.size:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+                     f"have {devices.size}")
+  return Mesh(devices.reshape(sizes), MESH_AXES)
+
+
+def param_axes(init, names: tuple[str | None, ...]):
+  """An initializer that records the logical axis names of the parameter it creates."""
+  return nn.with_logical_partitioning(init, names)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Sharding constraint on an activation by logical names (a no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, names)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """NamedShardings for a tree of (boxed) abstract parameters from ``jax.eval_shape(init)``."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Batch-major arrays: the first axis over (data, fsdp), the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
