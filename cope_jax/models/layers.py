@@ -42,3 +42,42 @@ def layer_norm(eps: float, dtype: Dtype, name: str | None = None) -> nn.LayerNor
   return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
                       scale_init=param_axes(nn.initializers.ones, ("norm",)),
                       bias_init=param_axes(nn.initializers.zeros, ("norm",)), name=name)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)) with GELU."""
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, _=None):
+    b, n, d = x.shape
+    hd = d // self.num_heads
+    h = layer_norm(1e-6, self.dtype, "norm1")(x)
+    q, k, v = (dense(d, ("embed", "heads"), dtype=self.dtype, name=f"{p}_proj")(h)
+               .reshape(b, n, self.num_heads, hd) for p in "qkv")
+    a = jax.nn.dot_product_attention(q, k, v).reshape(b, n, d)
+    x = x + dense(d, ("heads", "embed"), dtype=self.dtype, name="out_proj")(a)
+    h = layer_norm(1e-6, self.dtype, "norm2")(x)
+    h = nn.gelu(dense(d * self.mlp_ratio, ("embed", "mlp"), dtype=self.dtype, name="fc1")(h),
+                approximate=False)
+    return x + dense(d, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h), None
+
+
+class Transformer(nn.Module):
+  """``num_layers`` scanned TransformerBlocks and a final LayerNorm."""
+  num_layers: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    block = nn.remat(TransformerBlock, prevent_cse=False) if self.remat else TransformerBlock
+    x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=nn.broadcast, length=self.num_layers,
+                   metadata_params={nn.PARTITION_NAME: "layers"})(
+                       self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(x, None)
+    return layer_norm(1e-6, self.dtype, "final_norm")(x)

@@ -1,0 +1,87 @@
+"""Model sizes by name: ``tiny`` (CPU tests, the demo), ``small``, ``paper`` (LLaVA-Video-7B).
+
+``python -m cope_jax.models.presets`` prints parameter counts per component for each preset
+(computed with ``jax.eval_shape``: nothing is allocated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cope_jax.models.delta_encoder import DeltaEncoderConfig, Stage1Predictor
+from cope_jax.models.llava import VideoLMConfig
+from cope_jax.models.qwen2 import Qwen2Config
+from cope_jax.models.siglip import SiglipConfig
+
+SIGLIP = {
+    "tiny": SiglipConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                         patch_size=8, image_size=64),
+    "small": SiglipConfig(hidden_size=384, intermediate_size=1536, num_layers=12, num_heads=6,
+                          patch_size=16, image_size=224),
+    "paper": SiglipConfig(),  # so400m-patch14-384, 26 of 27 layers, before post_layernorm
+}
+QWEN2 = {
+    "tiny": Qwen2Config(vocab_size=1027, hidden_size=128, intermediate_size=256, num_layers=2,
+                        num_heads=4, num_kv_heads=2, rope_theta=10000.0),
+    "small": Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                         num_layers=24, num_heads=14, num_kv_heads=2),  # Qwen2-0.5B shapes
+    "1.5b": Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                        num_layers=28, num_heads=12, num_kv_heads=2),
+    "paper": Qwen2Config(),  # Qwen2-7B
+}
+DELTA = {
+    "tiny": DeltaEncoderConfig(out_dim=64, width=64, num_layers=2, num_heads=4,
+                               resnet_widths=(16, 32, 64), motion_norm="scale", max_grid=32),
+    "compact": DeltaEncoderConfig(width=256, num_heads=4, resnet_widths=(32, 64, 128, 256)),
+    "paper": DeltaEncoderConfig(),  # appendix B: 4 layers, d = 1152, 9 heads, full ResNet-18
+}
+
+
+def video_lm(name: str, delta: str | None = None, **llm_overrides) -> VideoLMConfig:
+  """A VideoLM preset; the Δ-encoder's output width follows the vision encoder's."""
+  vision = SIGLIP[name]
+  delta_cfg = dataclasses.replace(DELTA[delta or name], out_dim=vision.hidden_size)
+  return VideoLMConfig(vision, dataclasses.replace(QWEN2[name], **llm_overrides), delta_cfg)
+
+
+def count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def parameter_counts(cfg: VideoLMConfig, codec_size: int = 384) -> dict[str, int]:
+  """Parameters per component (abstract init, no memory used)."""
+  from cope_jax.models.llava import VideoLM  # pylint: disable=import-outside-toplevel
+  s = cfg.vision.image_size
+  args = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool), jnp.zeros((1, 1, s, s, 3)),
+          jnp.zeros((1, 1, codec_size, codec_size, 2)),
+          jnp.zeros((1, 1, codec_size, codec_size, 3), jnp.int16), jnp.zeros((1, 2), jnp.int32))
+  shapes = jax.eval_shape(lambda: VideoLM(cfg).init(jax.random.key(0), *args))["params"]
+  shapes = jax.tree_util.tree_map(lambda x: x.value if hasattr(x, "value") else x, shapes,
+                                  is_leaf=lambda x: hasattr(x, "value"))
+  counts = {k: count(v) for k, v in shapes.items()}
+  grid = codec_size // 16
+  stage1 = jax.eval_shape(lambda: Stage1Predictor(cfg.delta).init(
+      jax.random.key(0), jnp.zeros((1, cfg.vision.num_patches, cfg.vision.hidden_size)),
+      jnp.zeros((1, grid * 16, grid * 16, 2)), jnp.zeros((1, grid * 16, grid * 16, 3))))["params"]
+  counts["stage1_reference_and_warped"] = count(stage1) - counts["delta_encoder"]
+  counts["total_videolm"] = sum(v for k, v in counts.items() if k != "stage1_reference_and_warped")
+  return counts
+
+
+def main() -> None:
+  for name in ("tiny", "small", "paper"):
+    deltas = ("paper", "compact") if name == "paper" else (name if name in DELTA else "compact",)
+    for delta in deltas:
+      counts = parameter_counts(video_lm(name, delta), codec_size=384 if name != "tiny" else 64)
+      print(f"{name} (Δ-encoder {delta}): " + ", ".join(f"{k} {v / 1e6:.2f}M"
+                                                        for k, v in counts.items()))
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  main()
