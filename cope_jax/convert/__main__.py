@@ -1,0 +1,99 @@
+"""``python -m cope_jax.convert {hf-forward,llava-video}`` — checkpoint conversion (SPEC §6).
+
+  hf-forward   --hf-dir DIR --inputs IN.npz --out OUT.npz
+               Loads a Hugging Face Qwen2ForCausalLM (IN: input_ids (B, L) → OUT: logits
+               (B, L, V) float32) or SiglipVisionModel (IN: pixel_values (B, 3, H, W) float32,
+               normalised → OUT: last_hidden_state (B, N, D), after post_layernorm) into our Flax
+               modules and runs them.
+  llava-video  --checkpoint DIR --out DIR [--delta paper|compact|tiny] [--seed 0]
+               Turns a LLaVA-Video / LLaVA-OneVision checkpoint (llava-hf or LLaVA-NeXT layout)
+               into an Orbax checkpoint (params + config.json) that stage-2 training starts
+               from; the Δ-encoder is initialised from --seed (stage 2 loads stage 1 over it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from cope_jax.convert.safetensors_io import CheckpointError, read_checkpoint, read_config
+
+
+def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from cope_jax.convert import qwen2_convert, siglip_convert  # pylint: disable=import-outside-toplevel
+  from cope_jax.convert.tree import TensorSource  # pylint: disable=import-outside-toplevel
+  config = read_config(hf_dir)
+  tensors = read_checkpoint(hf_dir)
+  with np.load(inputs) as f:
+    data = dict(f)
+  kind = config.get("model_type")
+  if kind == "qwen2":
+    from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel
+    if "input_ids" not in data:
+      raise CheckpointError(f"{inputs}: a Qwen2 model needs 'input_ids' (B, L)")
+    cfg = qwen2_convert.config_from_hf(config)
+    params = qwen2_convert.convert(TensorSource(tensors, hf_dir), cfg,
+                                   tied=config.get("tie_word_embeddings", False))
+    logits, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(data["input_ids"]))
+    result = {"logits": np.asarray(logits, np.float32)}
+  elif kind in ("siglip_vision_model", "siglip"):
+    from cope_jax.models.siglip import Siglip  # pylint: disable=import-outside-toplevel
+    if "pixel_values" not in data:
+      raise CheckpointError(f"{inputs}: a SigLIP model needs 'pixel_values' (B, 3, H, W)")
+    cfg = siglip_convert.config_from_hf(config, post_layernorm=True)
+    prefix = siglip_convert.find_prefix(tensors, ("vision_model.", ""))
+    params = siglip_convert.convert(TensorSource(tensors, hf_dir), cfg, prefix)
+    pixels = jnp.asarray(data["pixel_values"], jnp.float32).transpose(0, 2, 3, 1)
+    hidden, _ = Siglip(cfg).apply({"params": params}, pixels)
+    result = {"last_hidden_state": np.asarray(hidden, np.float32)}
+  else:
+    raise CheckpointError(f"{hf_dir}: model_type {kind!r} is neither qwen2 nor siglip_vision_model")
+  tmp = f"{out}.tmp{os.getpid()}.npz"
+  np.savez(tmp, **result)
+  os.replace(tmp, out)
+  print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in result.items()))
+
+
+def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  from cope_jax.convert import llava_convert  # pylint: disable=import-outside-toplevel
+  from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
+  cfg = llava_convert.config_from_checkpoint(read_config(checkpoint), delta)
+  params = llava_convert.convert(read_checkpoint(checkpoint), cfg, checkpoint)
+  params["delta_encoder"] = checkpoints.init_delta_encoder(cfg, jax.random.key(seed))
+  checkpoints.save_params(out, params, cfg)
+  print(f"wrote {out} (VideoLM parameters + config.json; Δ-encoder from seed {seed})")
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m cope_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  p = sub.add_parser("hf-forward", help="run a Hugging Face checkpoint through our modules")
+  p.add_argument("--hf-dir", required=True)
+  p.add_argument("--inputs", required=True)
+  p.add_argument("--out", required=True)
+  p = sub.add_parser("llava-video", help="LLaVA-Video checkpoint → Orbax checkpoint for stage 2")
+  p.add_argument("--checkpoint", required=True, help="folder with config.json + safetensors")
+  p.add_argument("--out", required=True, help="output folder (Orbax)")
+  p.add_argument("--delta", default="paper", choices=["paper", "compact", "tiny"],
+                 help="Δ-encoder size (default: paper, appendix B)")
+  p.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "hf-forward":
+      hf_forward(args.hf_dir, args.inputs, args.out)
+    else:
+      llava_video(args.checkpoint, os.path.abspath(args.out), args.delta, args.seed)
+  except (CheckpointError, OSError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,83 @@
+"""LLaVA-Video / LLaVA-OneVision checkpoints → our VideoLM parameters (all but the Δ-encoder).
+
+Two layouts are read, detected from the tensor names:
+- llava-hf ``LlavaOnevisionForConditionalGeneration``: ``image_newline``,
+  ``multi_modal_projector.linear_{1,2}.*``, ``vision_tower.[vision_model.]…``,
+  ``language_model.model.…`` + ``language_model.lm_head.weight`` (also the
+  ``model.language_model.…`` + ``lm_head.weight`` variant newer transformers use in memory);
+- the original LLaVA-NeXT layout (``lmms-lab/LLaVA-Video-7B-Qwen2``): ``model.mm_projector.{0,2}.*``,
+  ``model.image_newline``, ``model.vision_tower.vision_tower.vision_model.…``, and the Qwen2 keys
+  ``model.*`` + ``lm_head.weight``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cope_jax.convert import qwen2_convert, siglip_convert
+from cope_jax.convert.safetensors_io import CheckpointError
+from cope_jax.convert.tree import TensorSource
+from cope_jax.models.llava import VideoLMConfig
+from cope_jax.models.presets import DELTA, SIGLIP
+
+LAYOUTS = {
+    "llava-hf": dict(llm=("language_model.model.", "language_model.lm_head.weight"),
+                     projector=("multi_modal_projector.linear_1", "multi_modal_projector.linear_2"),
+                     newline="image_newline",
+                     vision=("vision_tower.vision_model.", "vision_tower.")),
+    "llava-hf-inner": dict(llm=("model.language_model.", "lm_head.weight"),
+                           projector=("model.multi_modal_projector.linear_1",
+                                      "model.multi_modal_projector.linear_2"),
+                           newline="model.image_newline",
+                           vision=("model.vision_tower.vision_model.", "model.vision_tower.")),
+    "llava-next": dict(llm=("model.", "lm_head.weight"),
+                       projector=("model.mm_projector.0", "model.mm_projector.2"),
+                       newline="model.image_newline",
+                       vision=("model.vision_tower.vision_tower.vision_model.",)),
+}
+
+
+def detect_layout(tensors: dict) -> str:
+  for name, layout in LAYOUTS.items():
+    if layout["newline"] in tensors and layout["projector"][0] + ".weight" in tensors:
+      return name
+  raise CheckpointError("not a LLaVA-OneVision/LLaVA-Video checkpoint: found neither "
+                        "'image_newline' + 'multi_modal_projector.*' (llava-hf) nor "
+                        "'model.image_newline' + 'model.mm_projector.*' (LLaVA-NeXT)")
+
+
+def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
+  """Our config from a llava config.json (llava-hf nested, or LLaVA-NeXT flat Qwen2 + mm_*)."""
+  if "text_config" in hf:
+    llm = qwen2_convert.config_from_hf(hf["text_config"])
+    vision = siglip_convert.config_from_hf(hf["vision_config"], post_layernorm=False)
+    if hf.get("vision_feature_layer", -1) != -1:
+      raise CheckpointError(f"vision_feature_layer={hf['vision_feature_layer']}: only -1 (the last "
+                            "layer, as LLaVA-Video) is supported")
+  elif "mm_vision_tower" in hf:
+    llm = qwen2_convert.config_from_hf({**hf, "model_type": "qwen2"})
+    if "siglip" not in hf["mm_vision_tower"]:
+      raise CheckpointError(f"vision tower {hf['mm_vision_tower']!r}: only SigLIP is supported")
+    vision = SIGLIP["paper"]  # so400m-patch14-384 with the last layer dropped
+    if hf.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+      raise CheckpointError(f"mm_projector_type {hf['mm_projector_type']!r} is not mlp2x_gelu")
+  else:
+    raise CheckpointError("config.json has neither text_config/vision_config (llava-hf) nor "
+                          "mm_vision_tower (LLaVA-NeXT)")
+  return VideoLMConfig(vision, llm, dataclasses.replace(DELTA[delta], out_dim=vision.hidden_size))
+
+
+def convert(tensors: dict, cfg: VideoLMConfig, what: str = "checkpoint") -> dict:
+  """Parameters for every VideoLM component except ``delta_encoder``."""
+  layout = LAYOUTS[detect_layout(tensors)]
+  src = TensorSource(tensors, what)
+  prefix, head = layout["llm"]
+  vision_prefix = siglip_convert.find_prefix(tensors, layout["vision"])
+  d_vis, d_llm = cfg.vision.hidden_size, cfg.llm.hidden_size
+  return {
+      "llm": qwen2_convert.convert(src, cfg.llm, prefix=prefix, lm_head=head),
+      "vision_tower": siglip_convert.convert(src, cfg.vision, vision_prefix),
+      "projector": {"linear_1": src.linear(layout["projector"][0], d_vis, d_llm),
+                    "linear_2": src.linear(layout["projector"][1], d_llm, d_llm)},
+      "image_newline": src.get(layout["newline"], (d_llm,)),
+  }

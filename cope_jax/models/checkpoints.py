@@ -1,0 +1,44 @@
+"""Saving and loading VideoLM parameters with Orbax (plus the config as JSON beside them)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cope_jax.models import config_io
+from cope_jax.models.delta_encoder import DeltaEncoder
+from cope_jax.models.llava import VideoLMConfig
+
+
+def init_delta_encoder(cfg: VideoLMConfig, key: jax.Array, codec_size: int = 64) -> dict:
+  """Fresh Δ-encoder parameters (unboxed). Their shapes do not depend on the frame size."""
+  mv = jnp.zeros((1, codec_size, codec_size, 2))
+  res = jnp.zeros((1, codec_size, codec_size, 3), jnp.int16)
+  params = DeltaEncoder(cfg.delta).init(key, mv, res)["params"]
+  return jax.tree_util.tree_map(np.asarray, unbox(params))
+
+
+def unbox(tree):
+  """Strips Flax's logical-partitioning boxes, leaving plain arrays."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  return nn.meta.unbox(tree)
+
+
+def save_params(directory: str, params: dict, cfg: VideoLMConfig) -> None:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  directory = os.path.abspath(directory)
+  os.makedirs(os.path.dirname(directory) or ".", exist_ok=True)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(directory, "params"), params, force=True)
+  config_io.save(cfg, os.path.join(directory, "config.json"))
+
+
+def load_params(directory: str) -> tuple[dict, VideoLMConfig]:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  directory = os.path.abspath(directory)
+  with ocp.StandardCheckpointer() as ckpt:
+    params = ckpt.restore(os.path.join(directory, "params"))
+  return params, config_io.load(os.path.join(directory, "config.json"))
