@@ -26,7 +26,8 @@ SIGLIP = {
     "paper": SiglipConfig(),  # so400m-patch14-384, 26 of 27 layers, before post_layernorm
 }
 QWEN2 = {
-    "tiny": Qwen2Config(vocab_size=1027, hidden_size=128, intermediate_size=256, num_layers=2,
+    # vocab ≥ the small tokenizer's 1027 and divisible by the tensor axis
+    "tiny": Qwen2Config(vocab_size=1032, hidden_size=128, intermediate_size=256, num_layers=2,
                         num_heads=4, num_kv_heads=2, rope_theta=10000.0),
     "small": Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                          num_layers=24, num_heads=14, num_kv_heads=2),  # Qwen2-0.5B shapes
@@ -42,11 +43,15 @@ DELTA = {
 }
 
 
-def video_lm(name: str, delta: str | None = None, **llm_overrides) -> VideoLMConfig:
-  """A VideoLM preset; the Δ-encoder's output width follows the vision encoder's."""
-  vision = SIGLIP[name]
-  delta_cfg = dataclasses.replace(DELTA[delta or name], out_dim=vision.hidden_size)
-  return VideoLMConfig(vision, dataclasses.replace(QWEN2[name], **llm_overrides), delta_cfg)
+def video_lm(name: str, delta: str | None = None, dtype=jnp.float32, remat: bool = False,
+             **llm_overrides) -> VideoLMConfig:
+  """A VideoLM preset; ``dtype`` (compute; parameters stay float32) and ``remat`` apply to every
+  component, and the Δ-encoder's output width follows the vision encoder's."""
+  common = dict(dtype=dtype, remat=remat)
+  vision = dataclasses.replace(SIGLIP[name], **common)
+  delta_cfg = dataclasses.replace(DELTA[delta or name], out_dim=vision.hidden_size, **common)
+  llm = dataclasses.replace(QWEN2[name], **common, **llm_overrides)
+  return VideoLMConfig(vision, llm, delta_cfg)
 
 
 def count(tree) -> int:

@@ -37,6 +37,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("conv_out", "tensor"),
     ("positions", None),
     ("queries", None),
+    ("layers", None),  # the stacked axis of scanned layers
 )
 
 

@@ -1,0 +1,164 @@
+"""The VideoLM glue, the Δ-encoder, and sharding over 8 emulated devices."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
+from cope_jax.models import presets
+from cope_jax.models.delta_encoder import DeltaEncoder, Stage1Predictor, normalise_motion
+from cope_jax.models.llava import VideoLM, interleave, splice, spliced_targets
+from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, logical_shardings,
+                                      make_mesh)
+
+
+def test_interleave_follows_kinds():
+  keys = jnp.arange(2)[:, None, None] * 100 + jnp.arange(3)[None, :, None] + 1.0  # (2, 3, 1)
+  deltas = -(jnp.arange(3)[:, None, None] * 10 + jnp.arange(2)[None, :, None] + 1.0)  # (3, 2, 1)
+  kinds = jnp.array([0, 1, 1, 0, 1, -1])
+  tokens, valid = interleave(keys, deltas, kinds)
+  expected = [1, 2, 3, -1, -2, -11, -12, 101, 102, 103, -21, -22]
+  assert tokens[:, 0].tolist() == expected
+  assert valid.tolist() == [True] * 12
+
+
+def test_interleave_padding_is_invalid_and_last():
+  keys = jnp.ones((2, 3, 1))
+  deltas = jnp.full((3, 2, 1), 2.0)
+  tokens, valid = interleave(keys, deltas, jnp.array([0, 1, -1, -1, -1]))
+  assert valid.tolist() == [True] * 5 + [False] * 7
+  assert tokens[:5, 0].tolist() == [1, 1, 1, 2, 2] and not tokens[5:].any()
+
+
+def test_splice_and_targets_against_a_python_reference():
+  rng = np.random.default_rng(0)
+  ids = np.array([[5, 6, IMAGE_TOKEN_ID, 7, 8, 9, 0, 0, 0, 0],
+                  [IMAGE_TOKEN_ID, 3, 4, 0, 0, 0, 0, 0, 0, 0]])
+  text_mask = np.array([[1] * 6 + [0] * 4, [1] * 3 + [0] * 7], bool)
+  loss = np.zeros_like(text_mask)
+  loss[0, 4:6] = True
+  loss[1, 2] = True
+  text = rng.standard_normal((2, 10, 1)).astype(np.float32)
+  visual = np.arange(1, 5, dtype=np.float32)[None, :, None].repeat(2, 0) * 100
+  vvalid = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  emb, valid, positions, text_index = splice(jnp.asarray(text), jnp.asarray(text_mask),
+                                             jnp.asarray(ids), jnp.asarray(visual),
+                                             jnp.asarray(vvalid))
+  for b in range(2):
+    p = list(ids[b]).index(IMAGE_TOKEN_ID)
+    seq = [(text[b, i, 0], text_mask[b, i], i) for i in range(p)]
+    seq += [(visual[b, j, 0], vvalid[b, j], -1) for j in range(4)]
+    seq += [(text[b, i, 0], text_mask[b, i], i) for i in range(p + 1, 10)]
+    seq = seq[:10]
+    np.testing.assert_allclose(np.asarray(emb[b, :, 0]), [s[0] for s in seq])
+    assert np.asarray(valid[b]).tolist() == [bool(s[1]) for s in seq]
+    assert np.asarray(text_index[b]).tolist() == [s[2] for s in seq]
+    ok = [bool(s[1]) for s in seq]
+    assert np.asarray(positions[b])[ok].tolist() == list(range(sum(ok)))
+  targets, weights = spliced_targets(jnp.asarray(ids), jnp.asarray(loss), text_index)
+  # Row 0: text 4 (=8) and 5 (=9) are learned; after 4 visual slots they sit at slots 7 and 8,
+  # so slots 6 and 7 predict them.
+  assert np.flatnonzero(np.asarray(weights[0])).tolist() == [6, 7]
+  assert np.asarray(targets[0])[[6, 7]].tolist() == [8, 9]
+  assert np.flatnonzero(np.asarray(weights[1])).tolist() == [4]  # text 2 at slot 5
+
+
+def test_delta_encoder_shapes_and_grid():
+  cfg = presets.DELTA["tiny"]
+  mv = jnp.zeros((3, 96, 64, 2))
+  res = jnp.zeros((3, 96, 64, 3), jnp.int16)
+  params = jax.jit(DeltaEncoder(cfg).init)(jax.random.key(0), mv, res)
+  tokens, aux = jax.jit(DeltaEncoder(cfg).apply)(params, mv, res)
+  assert tokens.shape == (3, 8, cfg.out_dim) and aux["motion"].shape == (3, 4, cfg.out_dim)
+  # The ResNet trunk lands on the motion patch grid (stride 16).
+  feats = jax.eval_shape(lambda: __import__("cope_jax.models.resnet", fromlist=["x"]).ResNet18(
+      cfg.resnet_widths).init_with_output(jax.random.key(0), res.astype(jnp.float32))[0])
+  assert feats.shape == (3, 6, 4, cfg.resnet_widths[-1])
+  with pytest.raises(ValueError, match="multiple of the 16"):
+    DeltaEncoder(cfg).apply(params, jnp.zeros((1, 40, 64, 2)), jnp.zeros((1, 40, 64, 3)))
+
+
+def test_motion_normalisation():
+  mv = jnp.array([[[[-3.0, 1.0], [5.0, 0.0]]]])
+  mm = normalise_motion(mv, dataclasses.replace(presets.DELTA["tiny"], motion_norm="minmax"))
+  assert float(mm.min()) == -1.0 and float(mm.max()) == 1.0
+  sc = normalise_motion(mv, dataclasses.replace(presets.DELTA["tiny"], motion_norm="scale",
+                                                motion_scale=5.0))
+  np.testing.assert_allclose(np.asarray(sc), np.asarray(mv) / 5.0)
+
+
+def test_compact_delta_encoder_is_under_15m_and_paper_is_not():
+  counts = {name: presets.parameter_counts(presets.video_lm("tiny", name))["delta_encoder"]
+            for name in ("compact", "paper")}
+  assert counts["compact"] < 15e6 < counts["paper"]
+
+
+def test_stage1_predictor_shapes():
+  cfg = presets.DELTA["tiny"]
+  prev = jnp.zeros((2, 64, cfg.out_dim))
+  model = Stage1Predictor(cfg)
+  args = (prev, jnp.zeros((2, 64, 64, 2)), jnp.zeros((2, 64, 64, 3)))
+  pred, _ = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), *args), *args)
+  assert pred.shape == prev.shape
+
+
+def _tiny_batch(cfg, b=4, length=64, k=1, p=3, size=64):
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 1000, (b, length)).astype(np.int32)
+  ids[:, 3] = IMAGE_TOKEN_ID
+  s = cfg.vision.image_size
+  return (jnp.asarray(ids), jnp.ones((b, length), bool),
+          jnp.asarray(rng.standard_normal((b, k, s, s, 3)), jnp.float32),
+          jnp.asarray(rng.standard_normal((b, p, size, size, 2)) * 3, jnp.float32),
+          jnp.asarray(rng.integers(-30, 30, (b, p, size, size, 3)), jnp.int16),
+          jnp.tile(jnp.array([[0, 1, 1, 1]], jnp.int32), (b, 1)))
+
+
+def test_forward_sharded_over_8_devices_equals_single_device():
+  assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+  cfg = presets.video_lm("tiny")
+  batch = _tiny_batch(cfg)
+  model = VideoLM(cfg)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), *batch)["params"])
+  single, _ = jax.jit(model.apply)({"params": params}, *batch)
+
+  mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *batch)["params"])
+  shardings = logical_shardings(abstract, mesh)
+  sharded_params = jax.device_put(params, nn.meta.unbox(shardings))
+  assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
+             for x in jax.tree_util.tree_leaves(sharded_params))
+  sharded_batch = [jax.device_put(x, batch_sharding(mesh, x.ndim)) for x in batch]
+
+  @jax.jit
+  def forward(p, *args):
+    with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+      return model.apply({"params": p}, *args)[0]
+
+  with jax.set_mesh(mesh):
+    sharded = forward(sharded_params, *sharded_batch)
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=2e-5, rtol=1e-5)
+
+
+def test_bf16_compute_and_remat():
+  cfg = presets.video_lm("tiny")
+  batch = _tiny_batch(cfg, b=2)
+  params = nn.meta.unbox(jax.jit(VideoLM(cfg).init)(jax.random.key(0), *batch)["params"])
+  ref, _ = jax.jit(VideoLM(cfg).apply)({"params": params}, *batch)
+  bf16 = presets.video_lm("tiny", dtype=jnp.bfloat16)
+  out, _ = jax.jit(VideoLM(bf16).apply)({"params": params}, *batch)
+  assert out.dtype == jnp.float32
+  assert np.abs(np.asarray(out) - np.asarray(ref)).mean() < 0.05 * np.abs(np.asarray(ref)).mean()
+  remat = presets.video_lm("tiny", remat=True)
+
+  def loss(p, c):
+    return VideoLM(c).apply({"params": p}, *batch)[0].mean()
+
+  g_ref = jax.jit(jax.grad(loss), static_argnums=1)(params, cfg)
+  g_remat = jax.jit(jax.grad(loss), static_argnums=1)(params, remat)
+  for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_remat)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
