@@ -70,6 +70,8 @@ class PipelineConfig:
   max_keyframes: int = 1
   max_delta_frames: int = 7
   length_buckets: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+  keyframe_tokens: int = KEYFRAME_TOKENS  # LLM positions per keyframe / Δ-frame (model config)
+  delta_tokens: int = DELTA_TOKENS
 
 
 def _source(cfg: PipelineConfig):
@@ -168,7 +170,7 @@ def _pad(a: np.ndarray, n: int) -> np.ndarray:
 
 
 def visual_tokens(cfg: PipelineConfig) -> int:
-  return cfg.max_keyframes * KEYFRAME_TOKENS + cfg.max_delta_frames * DELTA_TOKENS
+  return cfg.max_keyframes * cfg.keyframe_tokens + cfg.max_delta_frames * cfg.delta_tokens
 
 
 @dataclasses.dataclass

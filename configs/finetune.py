@@ -1,0 +1,54 @@
+"""Stage 2: fine-tune the VideoLM on interleaved keyframe and Δ-tokens (paper §3.4, appendix C).
+
+  python -m cope_jax.train --config=configs/finetune.py --workdir=/ckpt/stage2 \
+      --config.data_dir=/data/shards --config.init_checkpoint=/ckpt/stage2_init \
+      --config.stage1_checkpoint=/ckpt/stage1
+  python -m cope_jax.train --config=configs/finetune.py:tiny --workdir=/tmp/stage2   # CPU, minutes
+
+The default is the paper's recipe: LR 1e-5, global batch 128, 10.9 K steps, K = 4 keyframes +
+4 Δ-frames per GOP, other hyper-parameters as LLaVA-Video (AdamW, cosine, 3 % warm-up, no
+weight decay, vision tower at LR 2e-6). ``init_checkpoint`` comes from
+``python -m cope_jax.convert llava-video``; ``stage1_checkpoint`` is a stage-1 workdir.
+"""
+
+import ml_collections
+
+from cope_jax.train.config_base import base
+
+
+def get_config(arg: str = ""):
+  c = base()
+  c.stage = "finetune"
+  c.init_checkpoint = ""       # Orbax VideoLM checkpoint (vision, projector, LLM, newline)
+  c.stage1_checkpoint = ""     # a stage-1 workdir: its Δ-encoder ("" = random, said at start)
+  # Trained parts and their learning rates (LLaVA's mm_tunable_parts); the rest is frozen.
+  c.trainable = ml_collections.ConfigDict({"delta_encoder": 1e-5, "projector": 1e-5,
+                                           "llm": 1e-5, "image_newline": 1e-5,
+                                           "vision_tower": 2e-6})
+  c.tokenizer = ""             # tokenizer.json ("" = Qwen2 for real presets, synthetic for tiny)
+  c.image_size = 384
+  c.max_keyframes = 64 * 4     # padded frame counts per video (64 GOPs × K = 4)
+  c.max_delta_frames = 64 * 4
+  c.length_buckets = (8192, 16384, 32768)
+  if arg in ("", "paper"):
+    c.model.preset, c.model.delta = "paper", "paper"
+    c.model.dtype, c.model.remat = "bfloat16", True
+    c.total_steps, c.batch_size = 10_900, 128
+    c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 1e-5, 327, 0.0
+    c.log_every, c.checkpoint_every = 10, 500
+    c.mesh.fsdp = -1
+    c.mesh.data = 1
+    c.worker_count = 8
+  elif arg == "tiny":
+    c.model.preset = "tiny"
+    c.total_steps, c.batch_size = 200, 8
+    c.optim.lr, c.optim.warmup_steps = 2e-3, 20
+    c.trainable = ml_collections.ConfigDict({k: 2e-3 for k in c.trainable})
+    c.log_every, c.checkpoint_every = 10, 50
+    c.codec_size = c.image_size = 64
+    c.max_keyframes, c.max_delta_frames = 1, 7
+    c.length_buckets = (256, 384, 512)
+    c.synthetic.videos, c.synthetic.seed = 120, 0
+  else:
+    raise ValueError(f"unknown variant {arg!r} (use :tiny or the default paper recipe)")
+  return c

@@ -1,0 +1,1 @@
+"""Training: ``python -m cope_jax.train --config=configs/{pretrain,finetune}.py[:VARIANT] --workdir=DIR``."""

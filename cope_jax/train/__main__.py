@@ -1,0 +1,59 @@
+"""``python -m cope_jax.train --config=configs/{pretrain,finetune}.py[:VARIANT] --workdir=DIR``
+
+Overrides: ``--config.total_steps=50 --config.optim.lr=3e-4 …``. Re-running the same command
+resumes from the newest checkpoint (data-iterator position included); SIGTERM saves and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a recipe in configs/, e.g. "
+                                          "configs/finetune.py:tiny", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events, metrics.jsonl")
+
+
+def _distributed(config) -> None:
+  """jax.distributed.initialize when asked (config or COPE_DISTRIBUTED=1); TPU pods, SLURM and
+  GPU clusters are detected by JAX, or COPE_COORDINATOR / COPE_NUM_PROCESSES / COPE_PROCESS_ID."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if not (config.distributed or os.environ.get("COPE_DISTRIBUTED") == "1"):
+    return
+  kwargs = {}
+  if os.environ.get("COPE_COORDINATOR"):
+    kwargs = dict(coordinator_address=os.environ["COPE_COORDINATOR"],
+                  num_processes=int(os.environ["COPE_NUM_PROCESSES"]),
+                  process_id=int(os.environ["COPE_PROCESS_ID"]))
+    if jax.config.jax_platforms in (None, "", "cpu"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
+
+
+def main(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  if config is None or not workdir:
+    print("error: --config and --workdir are required (see --help)", file=sys.stderr)
+    sys.exit(2)
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  try:
+    _distributed(config)
+    import jax  # pylint: disable=import-outside-toplevel
+    from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
+    prepare.resolve(config)
+    prepare.validate(config, jax.device_count(), jax.process_count())
+    from cope_jax.train.loop import train  # pylint: disable=import-outside-toplevel
+    sys.exit(train(config, workdir))
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,40 @@
+"""Keys every recipe has (SPEC §6); the recipes in configs/ start from ``base()``."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = ""                 # "pretrain" (stage 1) or "finetune" (stage 2)
+  c.total_steps = 1000
+  c.log_every = 10
+  c.checkpoint_every = 100
+  c.keep_checkpoints = 3
+  c.seed = 0
+  c.batch_size = 8             # global, over all hosts and devices
+  c.grad_accum_steps = 1
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: the rest
+  c.distributed = False        # jax.distributed.initialize (also when COPE_DISTRIBUTED=1)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"      # cope_jax.models.presets: tiny | small | paper
+  c.model.delta = ""           # Δ-encoder preset ("" = same as preset; "compact" < 15 M)
+  c.model.dtype = "float32"    # compute dtype; parameters stay float32
+  c.model.remat = False
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = 100
+  c.optim.weight_decay = 0.0
+  c.optim.clip_norm = 1.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+
+  c.data_dir = ""              # the --out of `python -m cope_jax.data build` ("" = synthetic)
+  c.split = "train"
+  c.codec_size = 384           # re-encoded frame side of the shards
+  c.worker_count = 0           # Grain decoding processes per host
+  c.synthetic = ml_collections.ConfigDict({"videos": 0, "seed": 0})  # videos > 0: generate
+  return c

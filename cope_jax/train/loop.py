@@ -1,0 +1,185 @@
+"""The training loop shared by both stages (MaxText-style: eval_shape → shardings → jit init).
+
+State = {step, params (trained parts only), opt_state, first_bad_step}; frozen parameters are a
+separate, never-donated argument with no optimizer state. The train step is jitted with explicit
+in/out shardings and a donated state, compiled ahead of time once per batch shape (bounded by
+the length buckets), and its memory use is printed per device.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from cope_jax.codec.errors import ConfigError
+from cope_jax.models.sharding import LOGICAL_AXIS_RULES, batch_sharding, make_mesh
+from cope_jax.train.checkpointing import Checkpointer, Preemption
+from cope_jax.train.metrics_log import MetricsLog
+from cope_jax.train.optim import make_optimizer
+from cope_jax.train.tasks import TASKS, shard_folder
+
+
+def _shardings(abstract, mesh):
+  """A sharding per leaf: by its logical names if it has them, else replicated."""
+  def one(x):
+    if isinstance(x, nn.LogicallyPartitioned) and not hasattr(x.value, "shape"):
+      return x.value  # optax's MaskedNode (a frozen part's empty state) wrapped in a box
+    if isinstance(x, nn.LogicallyPartitioned):
+      return NamedSharding(mesh, nn.logical_to_mesh_axes(x.names, LOGICAL_AXIS_RULES))
+    return NamedSharding(mesh, PartitionSpec())
+  return jax.tree_util.tree_map(one, abstract,
+                                is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def _place(tree, shardings, what: str):
+  """Loaded numpy parameters onto their shardings, checking the structure and shapes."""
+  want = jax.tree_util.tree_structure(shardings)
+  if jax.tree_util.tree_structure(tree) != want:
+    raise ConfigError(f"{what}: the loaded parameters do not match the model (different tree)")
+  return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), tree,
+                                shardings)
+
+
+def _accumulated(loss_fn, params, batch, steps: int):
+  """Mean loss, metrics and gradients over ``steps`` micro-batches (gradient accumulation)."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if steps == 1:
+    (loss, metrics), grads = grad_fn(params, batch)
+    return loss, metrics, grads
+  micro = jax.tree_util.tree_map(lambda x: x.reshape((steps, -1) + x.shape[1:]), batch)
+
+  def body(carry, mb):
+    (loss, metrics), grads = grad_fn(params, mb)
+    return jax.tree_util.tree_map(jnp.add, carry, (loss, metrics, grads)), None
+
+  (loss, metrics), grads = grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], micro))
+  total, _ = jax.lax.scan(body, (loss, metrics, grads),
+                          jax.tree_util.tree_map(lambda x: x[1:], micro))
+  return jax.tree_util.tree_map(lambda x: x / steps, total)
+
+
+def train(config, workdir: str) -> int:
+  """Trains until ``total_steps``; returns a process exit status."""
+  os.makedirs(workdir, exist_ok=True)
+  task = TASKS[config.stage](config, shard_folder(config.data_dir, config.stage))
+  mesh = make_mesh(dict(config.mesh))
+  main = jax.process_index() == 0
+  rng = jax.random.key(config.seed)
+
+  trained_abstract, _ = jax.eval_shape(task.init_params, rng)
+  part_lrs = task.trained_parts(trained_abstract)
+  tx, schedules = make_optimizer(config.optim, config.total_steps, part_lrs)
+  lr_of = schedules[next(iter(part_lrs))]
+
+  def init_all(key):
+    trained, frozen = task.init_params(key)
+    state = {"step": jnp.array(0, jnp.int32), "params": trained, "opt_state": tx.init(trained),
+             "first_bad_step": jnp.array(-1, jnp.int32)}
+    return state, frozen
+
+  abstract_state, abstract_frozen = jax.eval_shape(init_all, rng)
+  state_sh, frozen_sh = _shardings(abstract_state, mesh), _shardings(abstract_frozen, mesh)
+  with jax.set_mesh(mesh):
+    state, frozen = jax.jit(lambda k: nn.meta.unbox(init_all(k)),
+                            out_shardings=(state_sh, frozen_sh))(rng)
+
+  iterator = iter(task.dataset(jax.process_index(), jax.process_count()))
+  ckpt = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
+  abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                    nn.meta.unbox(abstract_state), state_sh)
+  restored = ckpt.restore(abstract)
+  if restored is not None:
+    step0, state, data_state = restored
+    iterator.set_state(data_state)
+    print(f"resumed from step {step0} in {ckpt.directory}", flush=True)
+  else:
+    trained_over, frozen_over, note = task.pretrained()
+    print(note, flush=True)
+    for k, v in trained_over.items():
+      state["params"][k] = _place(v, state_sh["params"][k], k)
+    for k, v in frozen_over.items():
+      frozen[k] = _place(v, frozen_sh[k], k)
+
+  def step_fn(state, frozen, batch):
+    loss_fn = lambda params, b: task.loss(params, frozen, b)  # noqa: E731
+    loss, metrics, grads = _accumulated(loss_fn, state["params"], batch, config.grad_accum_steps)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731  (skip a non-finite update)
+        lambda n, o: jnp.where(ok, n, o), new, old)
+    new = {"step": state["step"] + 1, "params": keep(params, state["params"]),
+           "opt_state": keep(opt_state, state["opt_state"]),
+           "first_bad_step": jnp.where((state["first_bad_step"] < 0) & ~ok, state["step"] + 1,
+                                       state["first_bad_step"])}
+    return new, {**metrics, "grad_norm": grad_norm, "learning_rate": lr_of(state["step"])}
+
+  compiled = {}
+
+  def run_step(state, frozen, batch):
+    key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+    if key not in compiled:
+      batch_sh = {k: batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+      jitted = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
+                       out_shardings=(state_sh, None), donate_argnums=(0,))
+      with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        start = time.perf_counter()
+        compiled[key] = jitted.lower(state, frozen, batch).compile()
+      mem = compiled[key].memory_analysis()
+      if main and mem is not None:
+        per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                      + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+        print(f"compiled the train step for batch shapes {dict(key)} in "
+              f"{time.perf_counter() - start:.1f} s; memory per device: {per_device / 2**20:.1f} MiB "
+              f"(arguments {mem.argument_size_in_bytes / 2**20:.1f}, temporaries "
+              f"{mem.temp_size_in_bytes / 2**20:.1f})", flush=True)
+    with jax.set_mesh(mesh):
+      return compiled[key](state, frozen, batch)
+
+  preemption = Preemption()
+  step = int(jax.device_get(state["step"]))
+  log = MetricsLog(workdir, config.total_steps, step, main)
+  status = 0
+  try:
+    while step < config.total_steps:
+      local = next(iterator)
+      local.pop("example_index", None)
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+               for k, v in local.items()}
+      log.count_tokens(task.tokens(local) * jax.process_count())
+      state, metrics = run_step(state, frozen, batch)
+      step += 1
+      logging = step % config.log_every == 0 or step == config.total_steps
+      saving = step % config.checkpoint_every == 0 or step == config.total_steps
+      if logging or saving or preemption.requested:
+        bad = int(jax.device_get(state["first_bad_step"]))
+        if bad >= 0:
+          print(f"error: the loss or the gradients became NaN/inf at step {bad}; stopping. The "
+                f"last good checkpoint is kept in {ckpt.directory} (lower optim.lr or check the "
+                "data)", file=sys.stderr, flush=True)
+          status = 1
+          break
+      if logging:
+        log.write(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
+      if saving or preemption.requested:
+        ckpt.save(step, state, iterator.get_state(), force=True)
+      if preemption.requested or ckpt.manager.reached_preemption(step):
+        ckpt.save(step, state, iterator.get_state(), force=True)
+        print(f"SIGTERM: saved step {step} and stopping; re-run the same command to resume",
+              flush=True)
+        break
+  finally:
+    ckpt.close()
+    log.close()
+    preemption.restore_handler()
+  return status
+

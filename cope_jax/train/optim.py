@@ -1,0 +1,31 @@
+"""AdamW with linear warm-up + cosine decay, global-norm clipping, weight-decay masks and one
+learning rate per trained part (LLaVA's per-part learning rates)."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def schedule(peak: float, warmup: int, total: int) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(total, warmup + 1),
+                                            end_value=0.0)
+
+
+def decay_mask(params):
+  """Weight decay on matrices and kernels only: not on biases, norms or 1-D vectors."""
+  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(optim, total_steps: int, part_lrs: dict[str, float]) -> tuple[
+    optax.GradientTransformation, dict[str, optax.Schedule]]:
+  """One AdamW per top-level part of the trained parameters (``part_lrs``: part → peak LR)."""
+  schedules = {part: schedule(lr, optim.warmup_steps, total_steps)
+               for part, lr in part_lrs.items()}
+  transforms = {part: optax.adamw(s, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
+                                  mask=decay_mask) for part, s in schedules.items()}
+  labels = lambda params: {k: jax.tree_util.tree_map(lambda _: k, v)  # noqa: E731
+                           for k, v in params.items()}
+  tx = optax.chain(optax.clip_by_global_norm(optim.clip_norm),
+                   optax.multi_transform(transforms, labels))
+  return tx, schedules

@@ -1,0 +1,128 @@
+"""Everything checked (and the tiny recipes' data made) before anything compiles."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cope_jax.codec.errors import ConfigError
+
+STAGE2_PARTS = ("vision_tower", "projector", "delta_encoder", "llm", "image_newline")
+
+
+def _cache_root() -> str:
+  return os.environ.get("COPE_CACHE") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cope_jax")
+
+
+def synthetic_data(config) -> str:
+  """Generates (once, cached) the embedded synthetic dataset and both stages' shards."""
+  from cope_jax.codec.sampling import SamplingConfig  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.build import build, load_items, shard_dir  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
+  s = config.synthetic
+  out = os.path.join(_cache_root(), "synthetic",
+                     f"v1_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
+  if all(os.path.exists(os.path.join(shard_dir(out, st), "dataset_info.json"))
+         for st in ("pretrain", "finetune")):
+    return out
+  print(f"making the synthetic dataset ({s.videos} videos) in {out} (once; cached)", flush=True)
+  items = load_items("synthetic", out, None, None, s.videos, s.seed, config.codec_size, None,
+                     progress=True)
+  for stage in ("pretrain", "finetune"):
+    build(stage, items, out, ExtractSettings(config.codec_size, SamplingConfig()), progress=True)
+  return out
+
+
+def resolve(config) -> None:
+  """Fills ``data_dir`` (and the tokenizer for stage 2) in place; makes tiny data if asked."""
+  with config.unlocked():
+    if not config.data_dir and config.synthetic.videos > 0:
+      config.data_dir = synthetic_data(config)
+    if config.stage == "finetune" and not config.tokenizer:
+      synthetic_tok = os.path.join(config.data_dir, "synthetic", "tokenizer.json")
+      if config.model.preset == "tiny" and os.path.exists(synthetic_tok):
+        config.tokenizer = synthetic_tok
+      else:
+        from cope_jax.data.tokenizer import qwen2_tokenizer, _cache_dir  # pylint: disable=import-outside-toplevel
+        qwen2_tokenizer()
+        config.tokenizer = os.path.join(_cache_dir(), "qwen2_tokenizer.json")
+
+
+def validate(config, device_count: int, process_count: int = 1) -> None:
+  """Raises ConfigError naming what is wrong and how to fix it."""
+  from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.sharding import MESH_AXES  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
+  if config.stage not in ("pretrain", "finetune"):
+    raise ConfigError(f"stage must be pretrain or finetune, got {config.stage!r}")
+  for key in ("total_steps", "log_every", "checkpoint_every", "batch_size", "grad_accum_steps"):
+    if config[key] < 1:
+      raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+  sizes = [config.mesh.get(a, 1) for a in MESH_AXES]
+  known = 1
+  for s in sizes:
+    known *= s if s != -1 else 1
+  if sizes.count(-1) > 1 or device_count % known or (-1 not in sizes and known != device_count):
+    raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} does not multiply to the "
+                      f"{device_count} devices (use -1 for one axis to take the rest)")
+  data_parallel = (device_count // known if sizes[0] == -1 else sizes[0]) * (
+      device_count // known if sizes[1] == -1 else sizes[1])
+  if config.batch_size % data_parallel:
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the data-parallel "
+                      f"size data × fsdp = {data_parallel}")
+  if config.batch_size % process_count:
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by {process_count} hosts")
+  if (config.batch_size // process_count) % config.grad_accum_steps:
+    raise ConfigError(f"the per-host batch {config.batch_size // process_count} is not divisible "
+                      f"by grad_accum_steps {config.grad_accum_steps}")
+  cfg = model_config(config)
+  if not config.data_dir:
+    raise ConfigError(f"no data_dir: build shards with `python -m cope_jax.data build --stage "
+                      f"{config.stage} --source llava_video --annotations … --videos … --out DIR` "
+                      f"and pass --config.data_dir=DIR (or try the :tiny variant)")
+  shards = shard_dir(config.data_dir, config.stage)
+  if not os.path.exists(os.path.join(shards, "dataset_info.json")):
+    raise ConfigError(f"no {config.stage} shards in {config.data_dir} (expected {shards}): run "
+                      f"`python -m cope_jax.data build --stage {config.stage} … --out "
+                      f"{config.data_dir}` (or try the :tiny variant)")
+  report = os.path.join(config.data_dir, "report.json")
+  if os.path.exists(report):
+    with open(report) as f:
+      r = json.load(f)
+    sampling = r.get("sampling", {})
+    if sampling and sampling["gop"] % sampling["fusion"]:
+      raise ConfigError(f"shards in {config.data_dir}: GOP {sampling['gop']} is not divisible by "
+                        f"the fusion window {sampling['fusion']}")
+    if r.get("size") and r["size"] != config.codec_size:
+      raise ConfigError(f"shards in {config.data_dir} have frames of {r['size']} px but "
+                        f"codec_size is {config.codec_size}")
+  if config.codec_size % cfg.delta.patch:
+    raise ConfigError(f"codec_size {config.codec_size} is not a multiple of the Δ-encoder's "
+                      f"{cfg.delta.patch}-pixel patches")
+  for key in ("vision_checkpoint", "init_checkpoint", "stage1_checkpoint"):
+    path = config.get(key, "")
+    if path and not os.path.isdir(path):
+      raise ConfigError(f"{key} {path!r} does not exist")
+  if config.stage == "pretrain" and config.model.preset != "tiny" and not config.vision_checkpoint:
+    raise ConfigError("stage 1 needs the frozen vision encoder: --config.vision_checkpoint=DIR "
+                      "from `python -m cope_jax.convert llava-video` (or try :tiny)")
+  if config.stage == "finetune":
+    unknown = set(config.trainable) - set(STAGE2_PARTS)
+    if unknown or not config.trainable:
+      raise ConfigError(f"trainable parts must be a non-empty subset of {STAGE2_PARTS}, got "
+                        f"{sorted(config.trainable)}")
+    if config.model.preset != "tiny" and not config.init_checkpoint:
+      raise ConfigError("stage 2 starts from LLaVA-Video: --config.init_checkpoint=DIR from "
+                        "`python -m cope_jax.convert llava-video` (or try :tiny)")
+    visual = (config.max_keyframes * cfg.keyframe_tokens
+              + config.max_delta_frames * cfg.delta_tokens)
+    longest = max(config.length_buckets)
+    if visual + 32 > longest:
+      raise ConfigError(f"the visual tokens ({visual} = {config.max_keyframes} keyframes × "
+                        f"{cfg.keyframe_tokens} + {config.max_delta_frames} Δ-frames × "
+                        f"{cfg.delta_tokens}) leave no room for text in the longest length bucket "
+                        f"({longest})")
+    if longest > cfg.llm.max_positions:
+      raise ConfigError(f"length bucket {longest} exceeds the LLM's {cfg.llm.max_positions} "
+                        "positions")

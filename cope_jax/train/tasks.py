@@ -1,0 +1,154 @@
+"""What each stage trains: parameters (trained / frozen), loss, data and pretrained weights."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cope_jax.data.pipeline import PipelineConfig, finetune_dataset, pretrain_dataset
+from cope_jax.models import presets
+from cope_jax.models.delta_encoder import Stage1Predictor, patchwise_mse
+from cope_jax.models.llava import VideoLM, spliced_targets
+from cope_jax.models.siglip import Siglip
+
+
+def model_config(config):
+  return presets.video_lm(config.model.preset, config.model.delta or None,
+                          dtype=jnp.dtype(config.model.dtype), remat=config.model.remat)
+
+
+def _pipeline(config, stage: str, shards: str, shard_index: int, shard_count: int, **extra):
+  return PipelineConfig(shards=shards, split=config.split,
+                        batch_size=config.batch_size // shard_count, seed=config.seed,
+                        shard_index=shard_index, shard_count=shard_count,
+                        worker_count=config.worker_count, **extra)
+
+
+class PretrainTask:
+  """Stage 1: frozen SigLIP; Δ-encoder + reference + warped transformers, patch-wise MSE."""
+  stage = "pretrain"
+
+  def __init__(self, config, shards: str):
+    self.config, self.shards = config, shards
+    self.cfg = model_config(config)
+    self.vision = Siglip(self.cfg.vision)
+    self.predictor = Stage1Predictor(self.cfg.delta)
+
+  def init_params(self, rng):
+    s, c = self.cfg.vision.image_size, self.config.codec_size
+    vision = self.vision.init(rng, jnp.zeros((1, s, s, 3)))["params"]
+    tokens = jnp.zeros((1, self.cfg.vision.num_patches, self.cfg.vision.hidden_size))
+    trained = self.predictor.init(rng, tokens, jnp.zeros((1, c, c, 2)),
+                                  jnp.zeros((1, c, c, 3), jnp.int16))["params"]
+    return dict(trained), {"vision_tower": vision}
+
+  def trained_parts(self, trained) -> dict[str, float]:
+    return {k: self.config.optim.lr for k in trained}
+
+  def pretrained(self) -> tuple[dict, dict, str]:
+    """(trained overrides, frozen overrides, message)."""
+    path = self.config.vision_checkpoint
+    if not path:
+      return {}, {}, ("no vision_checkpoint: the frozen vision encoder is RANDOM (fine for :tiny "
+                      "smoke runs; real runs use the converted LLaVA-Video SigLIP)")
+    from cope_jax.models.checkpoints import load_params  # pylint: disable=import-outside-toplevel
+    params, _ = load_params(path)
+    return {}, {"vision_tower": params["vision_tower"]}, f"vision encoder from {path}"
+
+  def loss(self, trained, frozen, batch):
+    vis = lambda x: jax.lax.stop_gradient(  # noqa: E731
+        self.vision.apply({"params": frozen["vision_tower"]}, x)[0].astype(jnp.float32))
+    previous, target = vis(batch["reference"]), vis(batch["target"])
+    pred, _ = self.predictor.apply({"params": trained}, previous, batch["mv"], batch["residual"])
+    loss = patchwise_mse(pred, target).mean()
+    cos = optax.cosine_similarity(pred, target, epsilon=1e-6).mean()
+    return loss, {"loss": loss, "cosine_to_target": cos,
+                  "copy_reference_mse": patchwise_mse(previous, target).mean()}
+
+  def dataset(self, shard_index: int, shard_count: int):
+    return pretrain_dataset(_pipeline(self.config, "pretrain", self.shards, shard_index,
+                                      shard_count, image_size=self.cfg.vision.image_size))
+
+  def tokens(self, batch) -> int:
+    return int(batch["reference"].shape[0]) * self.cfg.vision.num_patches
+
+
+class FinetuneTask:
+  """Stage 2: the VideoLM, next-token loss on the answers; trained parts from the config."""
+  stage = "finetune"
+
+  def __init__(self, config, shards: str):
+    self.config, self.shards = config, shards
+    self.cfg = model_config(config)
+    self.model = VideoLM(self.cfg)
+
+  def _dummy(self):
+    c, s = self.config, self.cfg.vision.image_size
+    return (jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool),
+            jnp.zeros((1, c.max_keyframes, s, s, 3)),
+            jnp.zeros((1, c.max_delta_frames, c.codec_size, c.codec_size, 2)),
+            jnp.zeros((1, c.max_delta_frames, c.codec_size, c.codec_size, 3), jnp.int16),
+            jnp.zeros((1, c.max_keyframes + c.max_delta_frames), jnp.int32))
+
+  def init_params(self, rng):
+    params = self.model.init(rng, *self._dummy())["params"]
+    parts = dict(self.config.trainable)
+    return ({k: v for k, v in params.items() if k in parts},
+            {k: v for k, v in params.items() if k not in parts})
+
+  def trained_parts(self, trained) -> dict[str, float]:
+    return {k: float(self.config.trainable[k]) for k in trained}
+
+  def pretrained(self) -> tuple[dict, dict, str]:
+    from cope_jax.models.checkpoints import load_params  # pylint: disable=import-outside-toplevel
+    loaded, notes = {}, []
+    if self.config.init_checkpoint:
+      params, _ = load_params(self.config.init_checkpoint)
+      loaded.update({k: v for k, v in params.items() if k != "delta_encoder"})
+      notes.append(f"vision, projector, LLM from {self.config.init_checkpoint}")
+    else:
+      notes.append("no init_checkpoint: vision, projector and LLM start RANDOM (fine for :tiny)")
+    if self.config.stage1_checkpoint:
+      from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
+      stage1 = latest_params(self.config.stage1_checkpoint)
+      loaded["delta_encoder"] = stage1["delta_encoder"]
+      notes.append(f"Δ-encoder from stage 1 at {self.config.stage1_checkpoint}")
+    else:
+      notes.append("no stage1_checkpoint: the Δ-encoder starts from RANDOM weights")
+    parts = set(self.config.trainable)
+    return ({k: v for k, v in loaded.items() if k in parts},
+            {k: v for k, v in loaded.items() if k not in parts}, "; ".join(notes))
+
+  def loss(self, trained, frozen, batch):
+    logits, aux = self.model.apply({"params": {**trained, **frozen}}, batch["input_ids"],
+                                   batch["text_mask"], batch["pixels"], batch["mv"],
+                                   batch["residual"], batch["kinds"])
+    targets, weights = spliced_targets(batch["input_ids"], batch["loss_mask"], aux["text_index"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    n = jnp.maximum(weights.sum(), 1)
+    loss = jnp.where(weights, ce, 0).sum() / n
+    correct = jnp.where(weights, jnp.argmax(logits, -1) == targets, False).sum() / n
+    return loss, {"loss": loss, "answer_token_accuracy": correct,
+                  "answer_tokens": weights.sum().astype(jnp.float32)}
+
+  def dataset(self, shard_index: int, shard_count: int):
+    c = self.config
+    return finetune_dataset(_pipeline(
+        c, "finetune", self.shards, shard_index, shard_count, image_size=c.image_size,
+        tokenizer=c.tokenizer, max_keyframes=c.max_keyframes, max_delta_frames=c.max_delta_frames,
+        length_buckets=tuple(c.length_buckets), keyframe_tokens=self.cfg.keyframe_tokens,
+        delta_tokens=self.cfg.delta_tokens))
+
+  def tokens(self, batch) -> int:
+    return int(np.prod(batch["input_ids"].shape))
+
+
+TASKS = {"pretrain": PretrainTask, "finetune": FinetuneTask}
+
+
+def shard_folder(data_dir: str, stage: str) -> str:
+  from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
+  return shard_dir(data_dir, stage)
+
