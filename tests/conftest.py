@@ -4,6 +4,10 @@ import os
 
 # Sharding is always exercised: 8 emulated CPU devices, set before anything imports JAX.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Training tests start many short runs of the same recipes: share compiled executables.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~/.cache"), "cope_jax", "jax_cache_tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import pathlib
 import subprocess

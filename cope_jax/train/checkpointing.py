@@ -29,14 +29,19 @@ class Checkpointer:
 
   def restore(self, abstract_state):
     """(step, state, data_state) of the newest readable checkpoint, or None if there is none."""
+    unreadable = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return step, out.state, out.data
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
         warnings.warn(f"checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: "
                       f"{str(e)[:200]}); falling back to the previous one", RuntimeWarning)
+        unreadable.append(step)
+        continue
+      for bad in unreadable:  # training goes on from here and will write those steps again
+        self.manager.delete(bad)
+      return step, out.state, out.data
     return None
 
   def wait(self) -> None:
@@ -50,7 +55,8 @@ class Checkpointer:
 def latest_params(workdir: str) -> dict:
   """The trained parameters of a workdir's newest readable checkpoint (as numpy arrays)."""
   manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+                                  options=ocp.CheckpointManagerOptions(
+                                      read_only=True, create=False, save_interval_steps=0))
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:

@@ -170,13 +170,14 @@ def train(config, workdir: str) -> int:
           break
       if logging:
         log.write(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
-      if saving or preemption.requested:
-        ckpt.save(step, state, iterator.get_state(), force=True)
       if preemption.requested or ckpt.manager.reached_preemption(step):
         ckpt.save(step, state, iterator.get_state(), force=True)
+        ckpt.wait()
         print(f"SIGTERM: saved step {step} and stopping; re-run the same command to resume",
               flush=True)
         break
+      if saving:
+        ckpt.save(step, state, iterator.get_state(), force=True)
   finally:
     ckpt.close()
     log.close()
