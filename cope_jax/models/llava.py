@@ -180,6 +180,10 @@ class VideoLM(nn.Module):
     logits, aux = self.llm(inputs_embeds=emb, positions=positions, valid=valid)
     return logits, {**aux, "valid": valid, "positions": positions, "text_index": text_index}
 
+  def continue_text(self, input_ids, positions, valid):
+    """Text-only continuation (generated tokens, later turns): the LLM on its KV cache."""
+    return self.llm(input_ids, positions=positions, valid=valid)
+
 
 def spliced_targets(input_ids: jax.Array, loss_mask: jax.Array, text_index: jax.Array):
   """Next-token targets and weights in the spliced layout: slot o predicts slot o + 1."""

@@ -1,0 +1,1 @@
+"""Inference: KV-cache generation, the three-line API, evaluation, retrieval."""
