@@ -75,12 +75,13 @@ class Generator:
     return mutated["cache"], next_logits, positions[jnp.arange(ids.shape[0]), last] + 1
 
   def generate(self, inputs: tuple, options: SamplingOptions = SamplingOptions(),
-               zero_delta: bool = False, reserve: int = 0):
+               zero_delta: bool = False, reserve: int = 0, start: float | None = None):
     """``inputs`` = (input_ids, text_mask, pixels, mv, residual, kinds), batch-major, the text
-    padded to a bucket. ``reserve`` adds cache slots for follow-up turns. Returns (token lists,
-    timings with ``ttft_s`` and ``e2e_s``, a Chat for follow-ups)."""
+    padded to a bucket. ``reserve`` adds cache slots for follow-up turns; ``start`` is when the
+    clock for ``ttft_s`` / ``e2e_s`` started (default: now). Returns (token lists, timings, a
+    Chat for follow-ups)."""
     b, length = inputs[0].shape
-    start = time.perf_counter()
+    start = time.perf_counter() if start is None else start
     cache = self.empty_cache(b, length + options.max_new_tokens + reserve)
     cache, logits, position = self._prefill(cache, inputs, zero_delta=zero_delta)
     return self._decode_loop(cache, logits, position, options, start)

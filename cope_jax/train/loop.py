@@ -70,6 +70,11 @@ def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
   os.makedirs(workdir, exist_ok=True)
   task = TASKS[config.stage](config, shard_folder(config.data_dir, config.stage))
+  if jax.process_index() == 0:  # what inference needs to rebuild the model from this workdir
+    from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
+    config_io.save(task.cfg, os.path.join(workdir, "model_config.json"))
+    with open(os.path.join(workdir, "train_config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
   mesh = make_mesh(dict(config.mesh))
   main = jax.process_index() == 0
   rng = jax.random.key(config.seed)

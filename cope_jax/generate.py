@@ -1,0 +1,52 @@
+"""``python -m cope_jax.generate --workdir DIR --video VIDEO --question TEXT [--mode …] [--json]``
+
+Answers a question about a video with a trained model (SPEC §6). With ``--json`` prints
+``answer``, ``ttft_s``, ``e2e_s``, ``visual_tokens``, ``prompt_tokens`` (and ``extract_s``,
+``mode``, ``new_tokens``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cope_jax.codec.errors import VideoError
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m cope_jax.generate", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="a stage-2 workdir or converted checkpoint")
+  parser.add_argument("--video", required=True)
+  parser.add_argument("--question", required=True)
+  parser.add_argument("--mode", default="cope", choices=["cope", "keyframes", "dense",
+                                                         "cope_zero_delta"])
+  parser.add_argument("--keyframes-per-gop", type=int, default=1)
+  parser.add_argument("--max-new-tokens", type=int, default=64)
+  parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  parser.add_argument("--top-p", type=float, default=1.0)
+  parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+  args = parser.parse_args(argv)
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  try:
+    model = CoPE.load(args.workdir)
+    answer = model.ask(args.video, args.question, args.mode, args.keyframes_per_gop,
+                       args.max_new_tokens, args.temperature, args.top_p)
+  except (VideoError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.json:
+    print(json.dumps(answer.to_json()))
+  else:
+    print(answer.text)
+    print(f"[{answer.mode}: {answer.visual_tokens} visual tokens, TTFT {answer.ttft_s:.3f} s, "
+          f"end-to-end {answer.e2e_s:.3f} s, extraction {answer.extract_s:.3f} s]",
+          file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,27 @@
+"""Multiple-choice answer parsing in the lmms-eval manner (SPEC §5)."""
+
+from __future__ import annotations
+
+import re
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def parse_letter(text: str, num_options: int = 4) -> str | None:
+  """The chosen option letter, or None: "(B)", "B.", "B) red", "The answer is C.", "c" → B/B/B/C/C.
+
+  Order: a reply that is just a letter; a letter opening the reply ("B. red", "(B)"); "answer
+  is X"; else the first standalone capital letter among the options.
+  """
+  valid = LETTERS[:num_options]
+  t = text.strip()
+  if len(t) == 1 and t.upper() in valid:
+    return t.upper()
+  m = re.match(rf"^\(?([{valid}])(?:[\).:,\s]|$)", t)
+  if m:
+    return m.group(1)
+  m = re.search(rf"answer(?: is|:)?\s*\(?([{valid}])\b", t, flags=re.IGNORECASE)
+  if m:
+    return m.group(1).upper()
+  m = re.search(rf"\b([{valid}])\b", t)
+  return m.group(1) if m else None

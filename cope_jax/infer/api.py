@@ -1,0 +1,171 @@
+"""The three-line API::
+
+    from cope_jax.infer.api import CoPE
+    model = CoPE.load("/tmp/stage2")                      # a stage-2 workdir or a converted checkpoint
+    print(model.ask("video.mp4", "What happens?").text)   # also .ttft_s, .e2e_s, .extract_s, …
+
+Video → codec primitives (re-encoded if needed) → keyframe and Δ-tokens → KV-cache generation.
+``extract_s`` is the video-to-primitives time; ``ttft_s`` runs from primitives in memory to the
+first generated token (preprocessing, tokenising, prefill, first sample); ``e2e_s`` to the last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from cope_jax.codec.sampling import DELTA, KEYFRAME, SamplingConfig
+from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
+from cope_jax.data.tokenizer import generation_prompt
+
+MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
+BUCKETS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+@dataclasses.dataclass
+class Answer:
+  text: str
+  mode: str
+  ttft_s: float
+  e2e_s: float
+  extract_s: float
+  visual_tokens: int
+  prompt_tokens: int
+  new_tokens: int
+
+  def to_json(self) -> dict:
+    return {"answer": self.text, **{k: v for k, v in dataclasses.asdict(self).items()
+                                    if k != "text"}}
+
+
+@dataclasses.dataclass
+class VideoInputs:
+  """A video's frames for one mode, before preprocessing."""
+  kinds: np.ndarray
+  times: np.ndarray
+  rgb: np.ndarray
+  mv: np.ndarray
+  residual: np.ndarray
+  duration_s: float
+  extract_s: float
+
+
+class CoPE:
+
+  def __init__(self, cfg, params, tokenizer, codec_size: int, image_size: int):
+    from cope_jax.infer.generation import Generator  # pylint: disable=import-outside-toplevel
+    self.cfg, self.tok = cfg, tokenizer
+    self.codec_size, self.image_size = codec_size, image_size
+    self.generator = Generator(cfg, params, tokenizer.token_to_id("<|im_end|>"),
+                               tokenizer.token_to_id("<|endoftext|>"))
+
+  @classmethod
+  def load(cls, path: str, tokenizer: str | None = None) -> "CoPE":
+    """A stage-2 workdir (newest checkpoint; frozen parts from its init_checkpoint) or a folder
+    written by ``convert llava-video``."""
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+    from cope_jax.models import checkpoints, config_io  # pylint: disable=import-outside-toplevel
+    if os.path.exists(os.path.join(path, "model_config.json")):
+      cfg = config_io.load(os.path.join(path, "model_config.json"))
+      with open(os.path.join(path, "train_config.json")) as f:
+        train = json.load(f)
+      from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
+      params = dict(latest_params(path))
+      if set(params) != {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}:
+        if not train.get("init_checkpoint"):
+          raise FileNotFoundError(f"{path}: the checkpoint lacks {sorted(params)} frozen parts and "
+                                  "the run had no init_checkpoint to take them from")
+        base, _ = checkpoints.load_params(train["init_checkpoint"])
+        params = {**base, **params}
+      codec, image = train["codec_size"], train.get("image_size", cfg.vision.image_size)
+      tokenizer = tokenizer or train.get("tokenizer")
+    elif os.path.exists(os.path.join(path, "config.json")):
+      params, cfg = checkpoints.load_params(path)
+      codec, image = 384, cfg.vision.image_size
+    else:
+      raise FileNotFoundError(f"{path}: neither a training workdir (model_config.json) nor a "
+                              "converted checkpoint (config.json)")
+    if not tokenizer:
+      from cope_jax.data.tokenizer import _cache_dir, qwen2_tokenizer  # pylint: disable=import-outside-toplevel
+      qwen2_tokenizer()
+      tokenizer = os.path.join(_cache_dir(), "qwen2_tokenizer.json")
+    return cls(cfg, params, Tokenizer.from_file(tokenizer), codec, image)
+
+  def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
+                   dense_frames: int = 64) -> VideoInputs:
+    """The frames a mode uses: CoPE positions, keyframes only, or 64 uniform RGB frames."""
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    start = time.perf_counter()
+    if mode == "dense":
+      return self._dense(video, dense_frames, start)
+    from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
+    p = extract_primitives(video, size=self.codec_size,
+                           sampling=SamplingConfig(keyframes_per_gop=keyframes_per_gop))
+    kinds, times, mv, residual = p.kinds, p.times, p.mv, p.residual
+    if mode == "keyframes":
+      keep = kinds == KEYFRAME
+      kinds, times = kinds[keep], times[keep]
+      mv, residual = mv[:0], residual[:0]
+    return VideoInputs(kinds, times, p.rgb, mv, residual, p.num_frames / 30.0,
+                       time.perf_counter() - start)
+
+  def _dense(self, video, n, start) -> VideoInputs:
+    from cope_jax.codec.extract import count_frames  # pylint: disable=import-outside-toplevel
+    from cope_jax.codec.probe import decode_frames, open_video  # pylint: disable=import-outside-toplevel
+    from cope_jax.codec.reencode import EncodeSpec, conformant_video  # pylint: disable=import-outside-toplevel
+    with conformant_video(video, EncodeSpec(size=self.codec_size)) as (path, _):
+      total = count_frames(path)
+      wanted = np.unique(np.linspace(0, total - 1, min(n, total)).astype(int))
+      frames, keep = [], set(wanted.tolist())
+      with open_video(path) as (container, stream):
+        for i, frame in enumerate(decode_frames(video, container, stream)):
+          if i in keep:
+            frames.append(frame.to_ndarray(format="rgb24"))
+    rgb = np.stack(frames)
+    c = self.codec_size
+    return VideoInputs(np.zeros(len(rgb), np.uint8), (wanted / 30.0).astype(np.float32), rgb,
+                       np.zeros((0, c, c, 2), np.float32), np.zeros((0, c, c, 3), np.int16),
+                       total / 30.0, time.perf_counter() - start)
+
+  def model_inputs(self, v: VideoInputs, question: str):
+    """Batch-of-one model inputs (text padded to a length bucket) and the token counts."""
+    kf, dt = self.cfg.keyframe_tokens, self.cfg.delta_tokens
+    visual = int(np.sum(v.kinds == KEYFRAME) * kf + np.sum(v.kinds == DELTA) * dt)
+    turns = with_video_prompt([("user", question)], v.duration_s, v.times.tolist())
+    ids = generation_prompt(self.tok, turns[0][1])
+    need = len(ids) - 1 + len(v.rgb) * kf + max(len(v.mv), 1) * dt
+    length = next((b for b in BUCKETS if b >= need), None)
+    if length is None or length > self.cfg.llm.max_positions:
+      raise ValueError(f"{need} prompt positions exceed the model's {self.cfg.llm.max_positions}")
+    text = np.full((1, length), self.tok.token_to_id("<|endoftext|>"), np.int32)
+    text[0, :len(ids)] = ids
+    mask = np.zeros((1, length), bool)
+    mask[0, :len(ids)] = True
+    pixels = np.stack([siglip_pixels(f, self.image_size) for f in v.rgb])[None]
+    c = self.codec_size
+    mv = v.mv if len(v.mv) else np.zeros((1, c, c, 2), np.float32)  # one ignored Δ slot
+    residual = v.residual if len(v.residual) else np.zeros((1, c, c, 3), np.int16)
+    kinds = v.kinds.astype(np.int32)[None]
+    return (text, mask, pixels, mv[None], residual[None], kinds), visual, len(ids) - 1 + visual
+
+  def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
+          max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+          inputs: VideoInputs | None = None) -> Answer:
+    """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames)."""
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
+    v = inputs or self.video_inputs(video, mode, keyframes_per_gop)
+    start = time.perf_counter()  # primitives in memory
+    batch, visual, prompt_tokens = self.model_inputs(v, question)
+    batch = tuple(jnp.asarray(x) for x in batch)
+    tokens, timings, _ = self.generator.generate(
+        batch, SamplingOptions(max_new_tokens, temperature, top_p),
+        zero_delta=mode == "cope_zero_delta", start=start)
+    ids = [t for t in tokens[0] if t != self.generator.eos_id]
+    return Answer(self.tok.decode(ids).strip(), mode, timings["ttft_s"], timings["e2e_s"],
+                  v.extract_s, visual, prompt_tokens, timings["new_tokens"])

@@ -1,0 +1,67 @@
+"""Answer parsing, the generate CLI and evaluate in every mode, on a briefly trained tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cope_jax.infer.answers import parse_letter
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize("text,letter", [
+    ("(B)", "B"), ("The answer is C.", "C"), ("c", "C"), ("B. red", "B"), ("no letter at all", None),
+    ("D", "D"), ("A red square", "A"), ("Answer: (d)", "D"), ("E", None), ("  B)  ", "B"),
+    ("I think it is B", "B"),
+])
+def test_parse_letter(text, letter):
+  assert parse_letter(text, 4) == letter
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("stage2")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/finetune.py:tiny",
+                      f"--workdir={workdir}", "--config.total_steps=2",
+                      "--config.synthetic.videos=24"], capture_output=True, text=True,
+                     timeout=600, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  config = json.loads((workdir / "train_config.json").read_text())
+  return workdir, os.path.join(config["data_dir"], "synthetic")
+
+
+def test_generate_cli_json(tiny_workdir):
+  workdir, synth = tiny_workdir
+  video = os.path.join(synth, "videos", "00000.mp4")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
+                      "--video", video, "--question", "What moves?", "--json",
+                      "--max-new-tokens", "4"], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout)
+  for key in ("answer", "ttft_s", "e2e_s", "visual_tokens", "prompt_tokens", "extract_s"):
+    assert key in out
+  assert out["visual_tokens"] == 20 + 7 * 10 and 0 < out["ttft_s"] <= out["e2e_s"]
+
+
+def test_evaluate_every_mode(tiny_workdir, tmp_path):
+  workdir, synth = tiny_workdir
+  tokens = {}
+  for mode in ("cope", "keyframes", "dense", "cope_zero_delta"):
+    out = tmp_path / f"{mode}.json"
+    r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
+                        "--data", os.path.join(synth, "test.jsonl"), "--mode", mode, "--out",
+                        str(out), "--limit", "3", "--quiet"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for key in ("accuracy", "n", "mode", "visual_tokens_mean", "families"):
+      assert key in res
+    assert res["mode"] == mode and res["n"] == 3 and 0 <= res["accuracy"] <= 1
+    log = [json.loads(l) for l in open(tmp_path / f"{mode}.log.jsonl")]
+    assert len(log) == 3 and all("predicted" in row for row in log)
+    tokens[mode] = res["visual_tokens_mean"]
+  # 8 s videos, K = 1: 1 keyframe (20 tokens at tiny scale) + 7 Δ-frames (10 each); dense: 64.
+  assert tokens == {"cope": 90, "keyframes": 20, "dense": 64 * 20, "cope_zero_delta": 90}
