@@ -2,7 +2,8 @@
 
 import sys
 
-BENCHMARKS = {"codec": "cope_jax.bench.codec_bench", "data": "cope_jax.bench.data_bench"}
+BENCHMARKS = {"codec": "cope_jax.bench.codec_bench", "data": "cope_jax.bench.data_bench",
+              "ttft": "cope_jax.bench.ttft_bench"}
 
 
 def main() -> None:
