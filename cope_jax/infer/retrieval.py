@@ -1,0 +1,106 @@
+"""Next-frame retrieval (paper H.6): find frame t among all of a video's frames.
+
+Query (ours): the stage-1 model's prediction of frame t's vision tokens from frame t−1's tokens
+and the codec primitives to t. Query (baseline): frame t−1's own vision tokens (RGB only).
+Database: the vision tokens of every sampled frame of the video except t−1. Embeddings are the
+mean over tokens; similarity is cosine; Recall@k counts the queries whose frame t ranks in the
+top k.
+
+  python -m cope_jax.infer.retrieval --workdir STAGE1_WORKDIR --videos a.mp4 b.mp4 …
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def recall_at_k(queries: np.ndarray, database: np.ndarray, targets: np.ndarray,
+                excluded: np.ndarray, ks=(1, 2, 5)) -> dict[str, float]:
+  """queries (N, D), database (M, D), targets/excluded (N,) database indices → Recall@k."""
+  q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
+  d = database / np.linalg.norm(database, axis=1, keepdims=True).clip(1e-12)
+  sim = q @ d.T
+  sim[np.arange(len(q)), excluded] = -np.inf  # the query frame itself is not a candidate
+  target_sim = sim[np.arange(len(q)), targets]
+  rank = (sim > target_sim[:, None]).sum(axis=1)  # 0 = best
+  return {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
+
+
+def load_stage1(workdir: str):
+  """(PretrainTask, trained params, frozen params) of a stage-1 workdir."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import PretrainTask  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(workdir, "train_config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  task = PretrainTask(config, shards="")
+  # The frozen encoder is what training used: its checkpoint, or the same seeded random init.
+  _, frozen = jax.jit(task.init_params)(jax.random.key(config.seed))
+  frozen = nn.meta.unbox(frozen)
+  _, frozen_over, _ = task.pretrained()
+  frozen.update(frozen_over)
+  return task, latest_params(workdir), frozen
+
+
+def video_embeddings(task, trained, frozen, video: str) -> dict[str, np.ndarray]:
+  """Per sampled frame: vision-token embeddings, and the stage-1 predictions for Δ-frames."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.extract import iter_video  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.pipeline import siglip_pixels  # pylint: disable=import-outside-toplevel
+  s = task.cfg.vision.image_size
+  frames = list(iter_video(video, size=task.config.codec_size, keep_rgb=True))
+  rgb = [f.rgb if f.rgb is not None else f.target_rgb for f in frames]
+  vision = jax.jit(lambda x: task.vision.apply({"params": frozen["vision_tower"]}, x)[0])
+  tokens = np.concatenate([np.asarray(vision(jnp.asarray(siglip_pixels(r, s)[None])))
+                           for r in rgb])
+  predict = jax.jit(lambda prev, mv, res: task.predictor.apply({"params": trained}, prev, mv,
+                                                               res)[0])
+  preds, positions = [], []
+  for t, f in enumerate(frames):
+    if t and f.mv is not None:
+      preds.append(np.asarray(predict(jnp.asarray(tokens[t - 1:t]), jnp.asarray(f.mv[None]),
+                                      jnp.asarray(f.residual[None])))[0])
+      positions.append(t)
+  return {"frames": tokens.mean(axis=1), "predicted": np.stack(preds).mean(axis=1),
+          "positions": np.asarray(positions)}
+
+
+def evaluate_videos(workdir: str, videos: list[str]) -> dict:
+  task, trained, frozen = load_stage1(workdir)
+  ours, rgb = [], []
+  for video in videos:
+    e = video_embeddings(task, trained, frozen, video)
+    t = e["positions"]
+    ours.append(recall_at_k(e["predicted"], e["frames"], t, t - 1))
+    rgb.append(recall_at_k(e["frames"][t - 1], e["frames"], t, t - 1))
+  mean = lambda rows: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
+  return {"cope": mean(ours), "rgb_only": mean(rgb), "videos": len(videos)}
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m cope_jax.infer.retrieval", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="a stage-1 workdir")
+  parser.add_argument("--videos", nargs="+", required=True)
+  parser.add_argument("--out", help="write the results JSON here too")
+  args = parser.parse_args(argv)
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.ERROR)
+  results = evaluate_videos(args.workdir, args.videos)
+  print(json.dumps(results, indent=2))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

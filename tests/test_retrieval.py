@@ -1,0 +1,47 @@
+"""Next-frame retrieval: Recall@k on constructed cases, and the stage-1 driver end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from cope_jax.infer.retrieval import recall_at_k
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def test_recall_at_k_known_answers():
+  database = np.eye(6)
+  targets = np.array([1, 2, 3, 4])
+  excluded = targets - 1
+  # Perfect queries: the target itself.
+  assert recall_at_k(database[targets], database, targets, excluded) == {
+      "recall@1": 1.0, "recall@2": 1.0, "recall@5": 1.0}
+  # Each query is closest to frame target+1, then to its target: rank 2 for all.
+  queries = 0.9 * database[(targets + 1) % 6] + 0.5 * database[targets]
+  r = recall_at_k(queries, database, targets, excluded)
+  assert r["recall@1"] == 0.0 and r["recall@2"] == 1.0
+  # The excluded frame never counts, even when it is the most similar.
+  queries = database[excluded] + 0.1 * database[targets]
+  assert recall_at_k(queries, database, targets, excluded)["recall@1"] == 1.0
+
+
+def test_retrieval_driver_on_a_stage1_workdir(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/pretrain.py:tiny",
+                      f"--workdir={tmp_path}", "--config.total_steps=2",
+                      "--config.synthetic.videos=24"], capture_output=True, text=True,
+                     timeout=600, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  data = json.loads((tmp_path / "train_config.json").read_text())["data_dir"]
+  video = os.path.join(data, "synthetic", "videos", "00001.mp4")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.infer.retrieval", "--workdir", str(tmp_path),
+                      "--videos", video, "--out", str(tmp_path / "r.json")], capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads((tmp_path / "r.json").read_text())
+  for who in ("cope", "rgb_only"):
+    assert set(res[who]) == {"recall@1", "recall@2", "recall@5"}
+    assert all(0 <= v <= 1 for v in res[who].values())
+  assert res["rgb_only"]["recall@5"] <= 1 and res["videos"] == 1
