@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Shared helpers for the launch scripts: fail fast, dry runs, per-worker log prefixes.
+# shellcheck shell=bash
+
+DRY_RUN=${DRY_RUN:-0}
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+# require VAR [VAR …]: stop at once, naming every variable that is unset or empty.
+require() {
+  local missing=()
+  local name
+  for name in "$@"; do
+    if [[ -z "${!name:-}" ]]; then
+      missing+=("$name")
+    fi
+  done
+  if ((${#missing[@]})); then
+    die "set ${missing[*]} (see --help)"
+  fi
+}
+
+# run CMD …: execute, or with --dry-run print the exact command (shell-quoted) instead.
+run() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    printf '%q ' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+# prefix NAME: prepend "[NAME] " to every line of stdin (per-worker log streams).
+prefix() {
+  local line
+  while IFS= read -r line; do
+    printf '[%s] %s\n' "$1" "$line"
+  done
+}
+
+# The training command every worker runs (CONFIG, WORKDIR, optional DATA_DIR and EXTRA_FLAGS).
+train_command() {
+  local cmd="python -m cope_jax.train --config=${CONFIG} --workdir=${WORKDIR}"
+  if [[ -n "${DATA_DIR:-}" ]]; then
+    cmd+=" --config.data_dir=${DATA_DIR}"
+  fi
+  if [[ -n "${EXTRA_FLAGS:-}" ]]; then
+    cmd+=" ${EXTRA_FLAGS}"
+  fi
+  printf '%s' "$cmd"
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Train on GPU hosts: one multi-GPU host, several hosts over ssh or SLURM, or N local processes
+# (CPU, gloo) that exercise the same multi-host path on one machine.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=launch/common.sh
+source "$HERE/common.sh"
+
+usage() {
+  cat <<'USAGE'
+usage: launch/gpu.sh [--dry-run] COMMAND
+
+Commands:
+  host      train on this machine's GPUs (one process sees them all: 8×H100/H200 is one mesh)
+  ssh       train on HOSTS (space-separated) over ssh; the first host coordinates
+  slurm     submit an sbatch job of NODES nodes × GPUS_PER_NODE (jax.distributed reads SLURM)
+  local     start PROCESSES processes here, each with DEVICES_PER_PROCESS emulated CPU devices,
+            through the same multi-host entry point (what the tests run)
+
+Environment (required: CONFIG, WORKDIR):
+  CONFIG, WORKDIR, DATA_DIR, EXTRA_FLAGS   as for the trainer (see launch/tpu.sh --help)
+  HOSTS           ssh: "gpu1 gpu2 …"      PORT   coordinator port (default 12355)
+  REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
+  NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
+  PROCESSES, DEVICES_PER_PROCESS          local (defaults 2, 4)
+
+--dry-run prints the exact commands instead of running them.
+USAGE
+}
+
+host() {
+  run bash -c "cd '$HERE/..' && $(train_command)"
+}
+
+ssh_hosts() {
+  require HOSTS
+  local host_list
+  read -r -a host_list <<<"${HOSTS:?}"
+  local coordinator="${host_list[0]}:${PORT:-12355}" repo="${REPO_DIR:-$HERE/..}"
+  local pids=() i
+  for i in "${!host_list[@]}"; do
+    local cmd="cd $repo && COPE_DISTRIBUTED=1 COPE_COORDINATOR=$coordinator"
+    cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(train_command)"
+    if [[ "$DRY_RUN" == 1 ]]; then
+      run ssh "${host_list[$i]}" "$cmd"
+    else
+      # The command is built here on purpose: each host gets its own process id.
+      # shellcheck disable=SC2029
+      ssh "${host_list[$i]}" "$cmd" 2>&1 | prefix "${host_list[$i]}" &
+      pids+=($!)
+    fi
+  done
+  local status=0 pid
+  for pid in "${pids[@]}"; do
+    wait "$pid" || status=1
+  done
+  return $status
+}
+
+slurm() {
+  local script
+  script=$(cat <<SBATCH
+#!/bin/bash
+#SBATCH --job-name=cope_jax
+#SBATCH --nodes=${NODES:-2}
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=${GPUS_PER_NODE:-8}
+${PARTITION:+#SBATCH --partition=$PARTITION}
+#SBATCH --requeue
+cd $HERE/..
+srun env COPE_DISTRIBUTED=1 $(train_command)
+SBATCH
+)
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "$script"
+  else
+    sbatch <<<"$script"
+  fi
+}
+
+local_processes() {
+  local n=${PROCESSES:-2} port=${PORT:-12355}
+  local pids=() i
+  for ((i = 0; i < n; i++)); do
+    local env=(COPE_DISTRIBUTED=1 "COPE_COORDINATOR=localhost:$port" "COPE_NUM_PROCESSES=$n"
+      "COPE_PROCESS_ID=$i" JAX_PLATFORMS=cpu
+      "XLA_FLAGS=--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-4}")
+    if [[ "$DRY_RUN" == 1 ]]; then
+      run env "${env[@]}" bash -c "cd '$HERE/..' && $(train_command)"
+    else
+      (cd "$HERE/.." && env "${env[@]}" bash -c "$(train_command)") 2>&1 | prefix "process $i" &
+      pids+=($!)
+    fi
+  done
+  local status=0 pid
+  for pid in "${pids[@]}"; do
+    wait "$pid" || status=1
+  done
+  return $status
+}
+
+main() {
+  if [[ "${1:-}" == "--dry-run" ]]; then
+    DRY_RUN=1
+    shift
+  fi
+  local command=${1:-}
+  case "$command" in
+    -h | --help | help | "")
+      usage
+      [[ -n "$command" ]] || exit 2
+      ;;
+    host | ssh | slurm | local)
+      require CONFIG WORKDIR
+      case "$command" in
+        host) host ;;
+        ssh) ssh_hosts ;;
+        slurm) slurm ;;
+        local) local_processes ;;
+      esac
+      ;;
+    *) die "unknown command '$command' (see --help)" ;;
+  esac
+}
+
+main "$@"
