@@ -27,8 +27,10 @@ def get_config(arg: str = ""):
                                            "vision_tower": 2e-6})
   c.tokenizer = ""             # tokenizer.json ("" = Qwen2 for real presets, synthetic for tiny)
   c.image_size = 384
-  c.max_keyframes = 64 * 4     # padded frame counts per video (64 GOPs × K = 4)
-  c.max_delta_frames = 64 * 4
+  # Padded frame counts per video: 32 GOPs × (K = 4 keyframes + 4 Δ-frames) = 28,160 visual
+  # tokens, which fits the 32,768-token context with the text (build with --max-gops 32).
+  c.max_keyframes = 32 * 4
+  c.max_delta_frames = 32 * 4
   c.length_buckets = (8192, 16384, 32768)
   if arg in ("", "paper"):
     c.model.preset, c.model.delta = "paper", "paper"

@@ -66,41 +66,103 @@ def _accumulated(loss_fn, params, batch, steps: int):
   return jax.tree_util.tree_map(lambda x: x / steps, total)
 
 
+class TrainProgram:
+  """Abstract state, shardings, optimizer and the compiled train step of one config and mesh."""
+
+  def __init__(self, config, task, mesh):
+    self.config, self.task, self.mesh = config, task, mesh
+    self.rng = jax.random.key(config.seed)
+    trained_abstract, _ = jax.eval_shape(task.init_params, self.rng)
+    part_lrs = task.trained_parts(trained_abstract)
+    self.tx, schedules = make_optimizer(config.optim, config.total_steps, part_lrs)
+    self.lr_of = schedules[next(iter(part_lrs))]
+    boxed_state, boxed_frozen = jax.eval_shape(self._init_boxed, self.rng)
+    self.state_sh, self.frozen_sh = _shardings(boxed_state, mesh), _shardings(boxed_frozen, mesh)
+    with_sh = lambda tree, sh: jax.tree_util.tree_map(  # noqa: E731
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+    self.abstract_state = with_sh(nn.meta.unbox(boxed_state), self.state_sh)
+    self.abstract_frozen = with_sh(nn.meta.unbox(boxed_frozen), self.frozen_sh)
+    self._compiled = {}
+
+  def _init_boxed(self, key):
+    trained, frozen = self.task.init_params(key)
+    state = {"step": jnp.array(0, jnp.int32), "params": trained,
+             "opt_state": self.tx.init(trained), "first_bad_step": jnp.array(-1, jnp.int32)}
+    return state, frozen
+
+  def init(self):
+    """Concrete (state, frozen), created directly on their shardings."""
+    with jax.set_mesh(self.mesh):
+      return jax.jit(lambda k: nn.meta.unbox(self._init_boxed(k)),
+                     out_shardings=(self.state_sh, self.frozen_sh))(self.rng)
+
+  def _step(self, state, frozen, batch):
+    loss_fn = lambda params, b: self.task.loss(params, frozen, b)  # noqa: E731
+    loss, metrics, grads = _accumulated(loss_fn, state["params"], batch,
+                                        self.config.grad_accum_steps)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731  (skip a non-finite update)
+        lambda n, o: jnp.where(ok, n, o), new, old)
+    new = {"step": state["step"] + 1, "params": keep(params, state["params"]),
+           "opt_state": keep(opt_state, state["opt_state"]),
+           "first_bad_step": jnp.where((state["first_bad_step"] < 0) & ~ok, state["step"] + 1,
+                                       state["first_bad_step"])}
+    return new, {**metrics, "grad_norm": grad_norm, "learning_rate": self.lr_of(state["step"])}
+
+  def compile(self, batch, verbose: bool = True):
+    """The AOT-compiled step for these batch shapes (arrays or ShapeDtypeStructs); cached."""
+    key = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
+    if key not in self._compiled:
+      batch_sh = {k: batch_sharding(self.mesh, len(v.shape)) for k, v in batch.items()}
+      abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
+                        for k, v in batch.items()}
+      jitted = jax.jit(self._step, in_shardings=(self.state_sh, self.frozen_sh, batch_sh),
+                       out_shardings=(self.state_sh, None), donate_argnums=(0,))
+      start = time.perf_counter()
+      with jax.set_mesh(self.mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        compiled = jitted.lower(self.abstract_state, self.abstract_frozen,
+                                abstract_batch).compile()
+      self._compiled[key] = compiled
+      if verbose:
+        print(f"compiled the train step for batch shapes {dict((k, s) for k, s, _ in key)} in "
+              f"{time.perf_counter() - start:.1f} s; {memory_report(compiled)}", flush=True)
+    return self._compiled[key]
+
+  def run(self, state, frozen, batch):
+    compiled = self.compile(batch, verbose=jax.process_index() == 0)
+    with jax.set_mesh(self.mesh):
+      return compiled(state, frozen, batch)
+
+
+def memory_report(compiled) -> str:
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return "memory per device: not reported by this backend"
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+           - mem.alias_size_in_bytes)
+  return (f"memory per device: {total / 2**30:.3f} GiB (arguments "
+          f"{mem.argument_size_in_bytes / 2**30:.3f}, temporaries {mem.temp_size_in_bytes / 2**30:.3f}"
+          f", outputs {mem.output_size_in_bytes / 2**30:.3f}, aliased {mem.alias_size_in_bytes / 2**30:.3f})")
+
+
 def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
   os.makedirs(workdir, exist_ok=True)
   task = TASKS[config.stage](config, shard_folder(config.data_dir, config.stage))
-  if jax.process_index() == 0:  # what inference needs to rebuild the model from this workdir
+  main = jax.process_index() == 0
+  if main:  # what inference needs to rebuild the model from this workdir
     from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
     config_io.save(task.cfg, os.path.join(workdir, "model_config.json"))
     with open(os.path.join(workdir, "train_config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-  mesh = make_mesh(dict(config.mesh))
-  main = jax.process_index() == 0
-  rng = jax.random.key(config.seed)
-
-  trained_abstract, _ = jax.eval_shape(task.init_params, rng)
-  part_lrs = task.trained_parts(trained_abstract)
-  tx, schedules = make_optimizer(config.optim, config.total_steps, part_lrs)
-  lr_of = schedules[next(iter(part_lrs))]
-
-  def init_all(key):
-    trained, frozen = task.init_params(key)
-    state = {"step": jnp.array(0, jnp.int32), "params": trained, "opt_state": tx.init(trained),
-             "first_bad_step": jnp.array(-1, jnp.int32)}
-    return state, frozen
-
-  abstract_state, abstract_frozen = jax.eval_shape(init_all, rng)
-  state_sh, frozen_sh = _shardings(abstract_state, mesh), _shardings(abstract_frozen, mesh)
-  with jax.set_mesh(mesh):
-    state, frozen = jax.jit(lambda k: nn.meta.unbox(init_all(k)),
-                            out_shardings=(state_sh, frozen_sh))(rng)
-
+  program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
+  state, frozen = program.init()
   iterator = iter(task.dataset(jax.process_index(), jax.process_count()))
   ckpt = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-  abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                    nn.meta.unbox(abstract_state), state_sh)
-  restored = ckpt.restore(abstract)
+  restored = ckpt.restore(program.abstract_state)
   if restored is not None:
     step0, state, data_state = restored
     iterator.set_state(data_state)
@@ -109,46 +171,10 @@ def train(config, workdir: str) -> int:
     trained_over, frozen_over, note = task.pretrained()
     print(note, flush=True)
     for k, v in trained_over.items():
-      state["params"][k] = _place(v, state_sh["params"][k], k)
+      state["params"][k] = _place(v, program.state_sh["params"][k], k)
     for k, v in frozen_over.items():
-      frozen[k] = _place(v, frozen_sh[k], k)
-
-  def step_fn(state, frozen, batch):
-    loss_fn = lambda params, b: task.loss(params, frozen, b)  # noqa: E731
-    loss, metrics, grads = _accumulated(loss_fn, state["params"], batch, config.grad_accum_steps)
-    grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731  (skip a non-finite update)
-        lambda n, o: jnp.where(ok, n, o), new, old)
-    new = {"step": state["step"] + 1, "params": keep(params, state["params"]),
-           "opt_state": keep(opt_state, state["opt_state"]),
-           "first_bad_step": jnp.where((state["first_bad_step"] < 0) & ~ok, state["step"] + 1,
-                                       state["first_bad_step"])}
-    return new, {**metrics, "grad_norm": grad_norm, "learning_rate": lr_of(state["step"])}
-
-  compiled = {}
-
-  def run_step(state, frozen, batch):
-    key = tuple((k, v.shape) for k, v in sorted(batch.items()))
-    if key not in compiled:
-      batch_sh = {k: batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-      jitted = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
-                       out_shardings=(state_sh, None), donate_argnums=(0,))
-      with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-        start = time.perf_counter()
-        compiled[key] = jitted.lower(state, frozen, batch).compile()
-      mem = compiled[key].memory_analysis()
-      if main and mem is not None:
-        per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                      + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
-        print(f"compiled the train step for batch shapes {dict(key)} in "
-              f"{time.perf_counter() - start:.1f} s; memory per device: {per_device / 2**20:.1f} MiB "
-              f"(arguments {mem.argument_size_in_bytes / 2**20:.1f}, temporaries "
-              f"{mem.temp_size_in_bytes / 2**20:.1f})", flush=True)
-    with jax.set_mesh(mesh):
-      return compiled[key](state, frozen, batch)
+      frozen[k] = _place(v, program.frozen_sh[k], k)
+  mesh = program.mesh
 
   preemption = Preemption()
   step = int(jax.device_get(state["step"]))
@@ -161,7 +187,7 @@ def train(config, workdir: str) -> int:
       batch = {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
                for k, v in local.items()}
       log.count_tokens(task.tokens(local) * jax.process_count())
-      state, metrics = run_step(state, frozen, batch)
+      state, metrics = program.run(state, frozen, batch)
       step += 1
       logging = step % config.log_every == 0 or step == config.total_steps
       saving = step % config.checkpoint_every == 0 or step == config.total_steps
