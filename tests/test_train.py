@@ -139,3 +139,12 @@ def test_finetune_tiny_with_stage1_checkpoint(tmp_path):
   assert "Δ-encoder from stage 1" in r.stdout
   m = metrics(tmp_path / "s2")
   assert m[-1]["loss"] < m[0]["loss"] and "answer_token_accuracy" in m[-1]
+
+
+def test_aot_tool_prints_memory_per_device():
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot", "--config=configs/finetune.py:tiny",
+                      "--devices=4", "--config.mesh.fsdp=2", "--config.mesh.data=2"],
+                     capture_output=True, text=True, timeout=600,
+                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "4 devices" in r.stdout and "memory per device:" in r.stdout and "GiB" in r.stdout
