@@ -3,7 +3,7 @@
 import sys
 
 BENCHMARKS = {"codec": "cope_jax.bench.codec_bench", "data": "cope_jax.bench.data_bench",
-              "ttft": "cope_jax.bench.ttft_bench"}
+              "ttft": "cope_jax.bench.ttft_bench", "train": "cope_jax.bench.train_bench"}
 
 
 def main() -> None:

@@ -1,0 +1,80 @@
+"""Train-step throughput and MFU: FLOPs from XLA's cost analysis of the compiled step, divided
+by the measured step time and the devices' peak.
+
+  python -m cope_jax.bench train --config=configs/finetune.py:tiny --steps 5
+  python -m cope_jax.bench train --config=configs/finetune.py --peak-tflops 989 \\
+      --config.model.preset=1.5b …     # on an H100/H200 (bf16 dense peak 989 TFLOP/s)
+
+Batches are random arrays of the recipe's largest shapes (throughput does not depend on values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0}  # bf16, dense
+
+
+def step_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m cope_jax.bench train", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="configs/…py[:VARIANT]")
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--peak-tflops", type=float, default=None,
+                      help="per-device peak (default: by device kind, if known)")
+  args, overrides = parser.parse_known_args(argv)
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.sharding import make_mesh  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.aot import abstract_batch  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.loop import TrainProgram  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import TASKS  # pylint: disable=import-outside-toplevel
+  config_flags.DEFINE_config_file("config", None, "recipe", lock_config=False)
+  flags.FLAGS([__name__, f"--config={args.config}", *overrides])
+  config = flags.FLAGS.config
+  task = TASKS[config.stage](config, shards="")
+  program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
+  shapes = abstract_batch(config, task)
+  rng = np.random.default_rng(0)
+  batch = {}
+  for k, s in shapes.items():
+    if s.dtype == np.bool_:
+      batch[k] = np.ones(s.shape, bool)
+    elif np.issubdtype(s.dtype, np.integer):
+      batch[k] = rng.integers(0, 8, s.shape).astype(s.dtype)
+    else:
+      batch[k] = rng.standard_normal(s.shape).astype(s.dtype)
+  if "kinds" in batch:  # a valid interleaving: keyframes first, then Δ-frames
+    k = config.max_keyframes
+    batch["kinds"][:] = np.r_[np.zeros(k), np.ones(config.max_delta_frames)].astype(np.int32)
+    batch["input_ids"][:, 3] = -200
+  from cope_jax.models.sharding import batch_sharding  # pylint: disable=import-outside-toplevel
+  batch = {k: jax.device_put(v, batch_sharding(program.mesh, v.ndim)) for k, v in batch.items()}
+  state, frozen = program.init()
+  compiled = program.compile(batch)
+  flops = step_flops(compiled)
+  state, metrics = program.run(state, frozen, batch)  # warm-up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    state, metrics = program.run(state, frozen, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / args.steps
+  kind = jax.devices()[0].device_kind
+  peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
+  achieved = flops / seconds / jax.device_count()
+  print(f"{config.stage} {config.model.preset} on {jax.device_count()}× {kind}: "
+        f"{seconds * 1e3:.1f} ms/step, {flops / 1e12:.3f} TFLOP/step (XLA cost analysis), "
+        f"{achieved / 1e12:.3f} TFLOP/s per device"
+        + (f", MFU {achieved / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s" if peak else
+           " (no peak known for this device: pass --peak-tflops for MFU)"))
