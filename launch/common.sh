@@ -52,3 +52,12 @@ train_command() {
   fi
   printf '%s' "$cmd"
 }
+
+# wait_all PID …: wait for every background job; fail if any failed.
+wait_all() {
+  local status=0 pid
+  for pid in "$@"; do
+    wait "$pid" || status=1
+  done
+  return $status
+}

@@ -50,11 +50,7 @@ ssh_hosts() {
       pids+=($!)
     fi
   done
-  local status=0 pid
-  for pid in "${pids[@]}"; do
-    wait "$pid" || status=1
-  done
-  return $status
+  wait_all "${pids[@]}"
 }
 
 slurm() {
@@ -92,11 +88,7 @@ local_processes() {
       pids+=($!)
     fi
   done
-  local status=0 pid
-  for pid in "${pids[@]}"; do
-    wait "$pid" || status=1
-  done
-  return $status
+  wait_all "${pids[@]}"
 }
 
 main() {

@@ -93,11 +93,7 @@ train() {
       --worker="$w" --command="$cmd" 2>&1 | prefix "worker $w" &
     pids+=($!)
   done
-  local status=0 pid
-  for pid in "${pids[@]}"; do
-    wait "$pid" || status=1
-  done
-  return $status
+  wait_all "${pids[@]}"
 }
 
 preempted() {
