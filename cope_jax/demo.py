@@ -2,8 +2,9 @@
 
 Today it runs the first stage of the pipeline, the codec: a clip with known motion (or your
 video) → re-encoded MPEG-4 → keyframes, fused motion vectors and residuals, checked for exact
-reconstruction, with their token budget and a picture. The training and evaluation stages are
-added as they are built; ``DIR/results.json`` says which stages ran.
+reconstruction, with their token budget and a picture. The data, training and evaluation tools
+exist (see README) but are not yet chained into the demo; ``DIR/results.json`` says which
+stages ran.
 """
 
 from __future__ import annotations
@@ -94,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   results = {"stages_run": ["codec"],
-             "stages_not_built_yet": ["data", "base_videolm", "stage1", "stage2", "evaluate"],
+             "stages_not_in_the_demo_yet": ["data", "base_videolm", "stage1", "stage2",
+                                            "evaluate"],
              "codec": codec}
   path = os.path.join(args.workdir, "results.json")
   with open(path + ".tmp", "w") as f:
     json.dump(results, f, indent=2)
   os.replace(path + ".tmp", path)
-  _log(f"wrote {path}. Training and evaluation stages are not built yet (see README).")
+  _log(f"wrote {path}. Training and evaluation are not chained into the demo yet; run them with "
+       "python -m cope_jax.train / evaluate (see README).")
   return 0
 
 
