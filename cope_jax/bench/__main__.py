@@ -3,7 +3,8 @@
 import sys
 
 BENCHMARKS = {"codec": "cope_jax.bench.codec_bench", "data": "cope_jax.bench.data_bench",
-              "ttft": "cope_jax.bench.ttft_bench", "train": "cope_jax.bench.train_bench"}
+              "ttft": "cope_jax.bench.ttft_bench", "train": "cope_jax.bench.train_bench",
+              "flops": "cope_jax.bench.flops_bench"}
 
 
 def main() -> None:

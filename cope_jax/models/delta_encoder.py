@@ -46,6 +46,7 @@ class DeltaEncoderConfig:
   max_grid: int = 64            # largest H/16 or W/16 (position tables)
   dtype: Any = jnp.float32
   remat: bool = False
+  scan: bool = True
 
   @property
   def num_tokens(self) -> int:
@@ -90,7 +91,7 @@ class QueryTransformer(nn.Module):
     b = features.shape[0]
     x = jnp.concatenate([features, jnp.broadcast_to(queries.astype(features.dtype),
                                                     (b,) + queries.shape)], axis=1)
-    x = Transformer(cfg.num_layers, cfg.num_heads, cfg.mlp_ratio, cfg.dtype, cfg.remat,
+    x = Transformer(cfg.num_layers, cfg.num_heads, cfg.mlp_ratio, cfg.dtype, cfg.remat, cfg.scan,
                     name="transformer")(x)[:, -self.num_queries:]
     if cfg.width != cfg.out_dim:
       x = dense(cfg.out_dim, ("embed", "embed"), dtype=cfg.dtype, name="out")(x)
@@ -141,7 +142,7 @@ class Stage1Predictor(nn.Module):
       x = jnp.concatenate([tokens.astype(cfg.dtype), extra], axis=1)
       if cfg.width != cfg.out_dim:
         x = dense(cfg.width, ("embed", "embed"), dtype=cfg.dtype, name=f"{name}_in")(x)
-      x = Transformer(cfg.num_layers, cfg.num_heads, cfg.mlp_ratio, cfg.dtype, cfg.remat,
+      x = Transformer(cfg.num_layers, cfg.num_heads, cfg.mlp_ratio, cfg.dtype, cfg.remat, cfg.scan,
                       name=name)(x)[:, :n]
       if cfg.width != cfg.out_dim:
         x = dense(cfg.out_dim, ("embed", "embed"), dtype=cfg.dtype, name=f"{name}_out")(x)

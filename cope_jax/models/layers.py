@@ -72,12 +72,17 @@ class Transformer(nn.Module):
   mlp_ratio: int = 4
   dtype: Dtype = jnp.float32
   remat: bool = False
+  scan: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     block = nn.remat(TransformerBlock, prevent_cse=False) if self.remat else TransformerBlock
-    x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=nn.broadcast, length=self.num_layers,
-                   metadata_params={nn.PARTITION_NAME: "layers"})(
-                       self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(x, None)
+    if self.scan:
+      x, _ = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=nn.broadcast, length=self.num_layers,
+                     metadata_params={nn.PARTITION_NAME: "layers"})(
+                         self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(x, None)
+    else:
+      for i in range(self.num_layers):
+        x, _ = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, None)
     return layer_norm(1e-6, self.dtype, "final_norm")(x)

@@ -44,10 +44,10 @@ DELTA = {
 
 
 def video_lm(name: str, delta: str | None = None, dtype=jnp.float32, remat: bool = False,
-             **llm_overrides) -> VideoLMConfig:
+             scan: bool = True, **llm_overrides) -> VideoLMConfig:
   """A VideoLM preset; ``dtype`` (compute; parameters stay float32) and ``remat`` apply to every
   component, and the Δ-encoder's output width follows the vision encoder's."""
-  common = dict(dtype=dtype, remat=remat)
+  common = dict(dtype=dtype, remat=remat, scan=scan)
   vision = dataclasses.replace(SIGLIP[name], **common)
   delta_cfg = dataclasses.replace(DELTA[delta or name], out_dim=vision.hidden_size, **common)
   llm = dataclasses.replace(QWEN2[name], **common, **llm_overrides)

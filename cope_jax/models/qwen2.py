@@ -37,6 +37,7 @@ class Qwen2Config:
   max_positions: int = 32768
   dtype: Any = jnp.float32  # compute dtype; parameters are always float32
   remat: bool = False
+  scan: bool = True  # False: a Python loop (XLA's cost analysis counts a scanned body once)
 
   @property
   def head_dim(self) -> int:
@@ -154,10 +155,13 @@ class Qwen2(nn.Module):
     if cfg.remat:
       layer = nn.remat(layer, policy=jax.checkpoint_policies.nothing_saveable,
                        prevent_cse=False)
-    self.layers = nn.scan(layer, variable_axes={"params": 0, "cache": 0},
-                          split_rngs={"params": True}, in_axes=(nn.broadcast,) * 3,
-                          length=cfg.num_layers,
-                          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.decode)
+    if cfg.scan:
+      self.layers = nn.scan(layer, variable_axes={"params": 0, "cache": 0},
+                            split_rngs={"params": True}, in_axes=(nn.broadcast,) * 3,
+                            length=cfg.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.decode)
+    else:
+      self.layer_list = [layer(cfg, self.decode) for _ in range(cfg.num_layers)]
     self.norm = RMSNorm(cfg.rms_eps, cfg.dtype)
     self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), bias=False, dtype=cfg.dtype)
 
@@ -173,7 +177,11 @@ class Qwen2(nn.Module):
     if valid is None:
       valid = jnp.ones((b, length), bool)
     x = constrain(x.astype(self.cfg.dtype), ("batch", "length", "act_embed"))
-    x, _ = self.layers(x, positions, valid, segments)
+    if self.cfg.scan:
+      x, _ = self.layers(x, positions, valid, segments)
+    else:
+      for layer in self.layer_list:
+        x, _ = layer(x, positions, valid, segments)
     hidden = self.norm(x)
     logits = self.lm_head(hidden).astype(jnp.float32)
     return constrain(logits, ("batch", "length", "act_vocab")), {"hidden": hidden}

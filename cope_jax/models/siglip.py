@@ -31,6 +31,7 @@ class SiglipConfig:
   post_layernorm: bool = False
   dtype: Any = jnp.float32
   remat: bool = False
+  scan: bool = True  # False: a Python loop (for FLOP counting)
 
   @property
   def grid(self) -> int:
@@ -82,9 +83,13 @@ class Siglip(nn.Module):
                      (cfg.num_patches, cfg.hidden_size), jnp.float32)
     x = constrain(x + pos.astype(cfg.dtype), ("batch", "length", "act_embed"))
     layer = nn.remat(EncoderLayer, prevent_cse=False) if cfg.remat else EncoderLayer
-    x, _ = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=nn.broadcast, length=cfg.num_layers,
-                   metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")(x, None)
+    if cfg.scan:
+      x, _ = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=nn.broadcast, length=cfg.num_layers,
+                     metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")(x, None)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = layer(cfg, name=f"layers_{i}")(x, None)
     if cfg.post_layernorm:
       x = layer_norm(cfg.eps, cfg.dtype, "post_layernorm")(x)
     return x, {}

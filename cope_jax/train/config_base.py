@@ -23,6 +23,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.delta = ""           # Δ-encoder preset ("" = same as preset; "compact" < 15 M)
   c.model.dtype = "float32"    # compute dtype; parameters stay float32
   c.model.remat = False
+  c.model.scan = True          # scanned layers (compile once); False only for FLOP counting
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4

@@ -1,0 +1,99 @@
+"""FLOPs per component of the prefill (time to first token), from XLA's cost analysis of the
+lowered forward passes — no weights are allocated — and the FLOP-bound TTFT at a given peak.
+Layers are unrolled for the count: XLA's cost analysis counts a scanned loop body only once.
+
+  python -m cope_jax.bench flops --preset paper --seconds 64 --peak-tflops 989
+
+Components: the vision tower on the keyframes, the Δ-encoder on the Δ-frames, the projector, and
+the LLM prefill over the whole prompt (visual tokens + ``--text-tokens``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from cope_jax.bench.ttft_bench import bench_config, settings
+from cope_jax.models import presets
+
+
+def unscanned(cfg):
+  """The same model with Python-loop layers (identical FLOPs; countable by XLA)."""
+  return dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, scan=False),
+                             llm=dataclasses.replace(cfg.llm, scan=False),
+                             delta=dataclasses.replace(cfg.delta, scan=False))
+
+
+def _flops(fn, *shapes) -> float:
+  cost = jax.jit(fn).lower(*shapes).cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,
+                    codec_size: int = 384) -> dict[str, float]:
+  from cope_jax.models.delta_encoder import DeltaEncoder  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.llava import Projector  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.siglip import Siglip  # pylint: disable=import-outside-toplevel
+  sds = jax.ShapeDtypeStruct
+  s, c = cfg.vision.image_size, codec_size
+  params = lambda module, *args: jax.eval_shape(  # noqa: E731
+      lambda *a: module.init(jax.random.key(0), *a), *args)
+  out = {}
+  vision = Siglip(cfg.vision)
+  if keyframes:
+    px = sds((keyframes, s, s, 3), jnp.float32)
+    out["vision"] = _flops(lambda p, x: vision.apply(p, x)[0], params(vision, px), px)
+  else:
+    out["vision"] = 0.0
+  delta = DeltaEncoder(cfg.delta)
+  if delta_frames:
+    mv, res = sds((delta_frames, c, c, 2), jnp.float32), sds((delta_frames, c, c, 3), jnp.int16)
+    out["delta_encoder"] = _flops(lambda p, a, b: delta.apply(p, a, b)[0], params(delta, mv, res),
+                                  mv, res)
+  else:
+    out["delta_encoder"] = 0.0
+  proj = Projector(cfg.llm.hidden_size)
+  n = keyframes * cfg.vision.num_patches + delta_frames * cfg.delta.num_tokens
+  x = sds((1, n, cfg.vision.hidden_size), jnp.float32)
+  out["projector"] = _flops(proj.apply, params(proj, x), x)
+  length = keyframes * cfg.keyframe_tokens + delta_frames * cfg.delta_tokens + text_tokens
+  llm = Qwen2(cfg.llm)
+  ids = sds((1, length), jnp.int32)
+  out["llm_prefill"] = _flops(lambda p, i: llm.apply(p, i)[0], params(llm, ids), ids)
+  out["total"] = sum(out.values())
+  out["prompt_tokens"] = length
+  return out
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m cope_jax.bench flops", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", default="bench", choices=["bench", "tiny", "small", "paper"])
+  parser.add_argument("--seconds", type=float, default=64.0)
+  parser.add_argument("--delta", default=None, choices=["tiny", "compact", "paper"],
+                      help="Δ-encoder preset (default: the preset's own)")
+  parser.add_argument("--text-tokens", type=int, default=80)
+  parser.add_argument("--peak-tflops", type=float, default=None,
+                      help="per-device peak, for the FLOP-bound TTFT (e.g. 989 for H100 bf16)")
+  args = parser.parse_args(argv)
+  cfg = unscanned(bench_config() if args.preset == "bench"
+                  else presets.video_lm(args.preset, args.delta))
+  print(f"prefill FLOPs per component, preset {args.preset} (Δ-encoder "
+        f"{args.delta or args.preset}), {args.seconds:.0f} s video "
+        f"(XLA cost analysis of the lowered forward passes):")
+  dense_total = None
+  for name, (k, p, _) in settings(args.seconds).items():
+    f = component_flops(cfg, k, p, args.text_tokens)
+    dense_total = dense_total or f["total"]
+    parts = ", ".join(f"{key} {f[key] / 1e12:.3f}" for key in ("vision", "delta_encoder",
+                                                                "projector", "llm_prefill"))
+    bound = (f"; FLOP-bound TTFT {f['total'] / (args.peak_tflops * 1e12) * 1e3:.1f} ms"
+             if args.peak_tflops else "")
+    print(f"  {name:16s} {f['prompt_tokens']:6d} tokens  TFLOP: {parts}; total "
+          f"{f['total'] / 1e12:.3f} ({1 - f['total'] / dense_total:.1%} less than dense){bound}")
