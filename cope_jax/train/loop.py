@@ -176,6 +176,7 @@ def train(config, workdir: str) -> int:
       frozen[k] = _place(v, program.frozen_sh[k], k)
   mesh = program.mesh
 
+  profile = tuple(int(x) for x in config.profile_steps.split(":")) if config.profile_steps else ()
   preemption = Preemption()
   step = int(jax.device_get(state["step"]))
   log = MetricsLog(workdir, config.total_steps, step, main)
@@ -187,8 +188,15 @@ def train(config, workdir: str) -> int:
       batch = {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
                for k, v in local.items()}
       log.count_tokens(task.tokens(local) * jax.process_count())
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
       state, metrics = program.run(state, frozen, batch)
       step += 1
+      if profile and step == profile[1]:
+        jax.block_until_ready(metrics)
+        jax.profiler.stop_trace()
+        print(f"profile of steps {profile[0]}–{profile[1]} in {workdir}/profile (open it with "
+              "TensorBoard's profile plugin or Perfetto)", flush=True)
       logging = step % config.log_every == 0 or step == config.total_steps
       saving = step % config.checkpoint_every == 0 or step == config.total_steps
       if logging or saving or preemption.requested:
