@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 
@@ -23,14 +24,21 @@ def synthetic_data(config) -> str:
   s = config.synthetic
   out = os.path.join(_cache_root(), "synthetic",
                      f"v1_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
-  if all(os.path.exists(os.path.join(shard_dir(out, st), "dataset_info.json"))
-         for st in ("pretrain", "finetune")):
+  done = lambda: all(os.path.exists(os.path.join(shard_dir(out, st), "dataset_info.json"))  # noqa: E731
+                     for st in ("pretrain", "finetune"))
+  if done():
     return out
-  print(f"making the synthetic dataset ({s.videos} videos) in {out} (once; cached)", flush=True)
-  items = load_items("synthetic", out, None, None, s.videos, s.seed, config.codec_size, None,
-                     progress=True)
-  for stage in ("pretrain", "finetune"):
-    build(stage, items, out, ExtractSettings(config.codec_size, SamplingConfig()), progress=True)
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out + ".lock", "w") as lock:  # several runs may start on a fresh machine at once
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done():
+      print(f"making the synthetic dataset ({s.videos} videos) in {out} (once; cached)",
+            flush=True)
+      items = load_items("synthetic", out, None, None, s.videos, s.seed, config.codec_size, None,
+                         progress=True)
+      for stage in ("pretrain", "finetune"):
+        build(stage, items, out, ExtractSettings(config.codec_size, SamplingConfig()),
+              progress=True)
   return out
 
 
