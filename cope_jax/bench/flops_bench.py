@@ -65,7 +65,9 @@ def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,
   length = keyframes * cfg.keyframe_tokens + delta_frames * cfg.delta_tokens + text_tokens
   llm = Qwen2(cfg.llm)
   ids = sds((1, length), jnp.int32)
-  out["llm_prefill"] = _flops(lambda p, i: llm.apply(p, i)[0], params(llm, ids), ids)
+  last = jnp.full((1,), length - 1)  # a prefill computes the logits of the last slot only
+  out["llm_prefill"] = _flops(lambda p, i: llm.apply(p, i, logits_at=last)[0], params(llm, ids),
+                              ids)
   out["total"] = sum(out.values())
   out["prompt_tokens"] = length
   return out

@@ -60,11 +60,10 @@ class Generator:
 
   def _prefill_impl(self, cache, inputs, zero_delta=False):
     (logits, aux), mutated = self.model.apply({"params": self.params, "cache": cache}, *inputs,
-                                              zero_delta=zero_delta, mutable=["cache"])
-    last = jnp.max(jnp.where(aux["valid"], jnp.arange(logits.shape[1]), 0), axis=1)
-    next_logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
-    next_position = jnp.take_along_axis(aux["positions"], last[:, None], axis=1)[:, 0] + 1
-    return mutated["cache"], next_logits, next_position
+                                              zero_delta=zero_delta, last_only=True,
+                                              mutable=["cache"])
+    next_position = jnp.take_along_axis(aux["positions"], aux["last"][:, None], axis=1)[:, 0] + 1
+    return mutated["cache"], logits[:, 0], next_position
 
   def _continue_impl(self, cache, ids, positions, valid):
     (logits, _), mutated = self.model.apply({"params": self.params, "cache": cache}, ids,

@@ -171,14 +171,19 @@ class VideoLM(nn.Module):
     deltas = deltas.reshape((b, p) + deltas.shape[1:])
     return jax.vmap(interleave)(keys, deltas, kinds)
 
-  def __call__(self, input_ids, text_mask, pixels, mv, residual, kinds, zero_delta: bool = False):
+  def __call__(self, input_ids, text_mask, pixels, mv, residual, kinds, zero_delta: bool = False,
+               last_only: bool = False):
+    """``last_only``: logits (B, 1, V) of each row's last valid slot only (prefill for TTFT)."""
     visual, visual_valid = self.visual_tokens(pixels, mv, residual, kinds, zero_delta)
     text = self.llm.embed(jnp.where(input_ids == IMAGE_TOKEN_ID, 0, input_ids))
     emb, valid, positions, text_index = splice(text, text_mask, input_ids,
                                                visual.astype(text.dtype), visual_valid)
     emb = constrain(emb, ("batch", "length", "act_embed"))
-    logits, aux = self.llm(inputs_embeds=emb, positions=positions, valid=valid)
-    return logits, {**aux, "valid": valid, "positions": positions, "text_index": text_index}
+    last = jnp.max(jnp.where(valid, jnp.arange(valid.shape[1]), 0), axis=1)
+    logits, aux = self.llm(inputs_embeds=emb, positions=positions, valid=valid,
+                           logits_at=last if last_only else None)
+    return logits, {**aux, "valid": valid, "positions": positions, "text_index": text_index,
+                    "last": last}
 
   def continue_text(self, input_ids, positions, valid):
     """Text-only continuation (generated tokens, later turns): the LLM on its KV cache."""

@@ -140,8 +140,9 @@ class Qwen2(nn.Module):
   """Returns (logits (B, L, V) float32, aux) with aux = {"hidden": final hidden states}.
 
   Call with ``input_ids`` (B, L) or ``inputs_embeds`` (B, L, D) (multimodal splicing), plus
-  ``positions`` (B, L) for RoPE (default 0..L−1), ``valid`` (B, L) bool (False = padding) and
-  ``segments`` (B, L) int for packed sequences.
+  ``positions`` (B, L) for RoPE (default 0..L−1), ``valid`` (B, L) bool (False = padding),
+  ``segments`` (B, L) int for packed sequences, and ``logits_at`` (B,) to compute the logits of
+  one slot per row only (B, 1, V).
   """
   cfg: Qwen2Config
   decode: bool = False
@@ -169,7 +170,7 @@ class Qwen2(nn.Module):
     return self.embed_tokens(input_ids)
 
   def __call__(self, input_ids=None, *, inputs_embeds=None, positions=None, valid=None,
-               segments=None):
+               segments=None, logits_at=None):
     x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
     b, length = x.shape[:2]
     if positions is None:
@@ -183,5 +184,7 @@ class Qwen2(nn.Module):
       for layer in self.layer_list:
         x, _ = layer(x, positions, valid, segments)
     hidden = self.norm(x)
+    if logits_at is not None:  # (B,) slots: a prefill needs one row of logits, not L (× vocab)
+      hidden = jnp.take_along_axis(hidden, logits_at[:, None, None], axis=1)
     logits = self.lm_head(hidden).astype(jnp.float32)
     return constrain(logits, ("batch", "length", "act_vocab")), {"hidden": hidden}
