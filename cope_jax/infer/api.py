@@ -90,9 +90,8 @@ class CoPE:
       raise FileNotFoundError(f"{path}: neither a training workdir (model_config.json) nor a "
                               "converted checkpoint (config.json)")
     if not tokenizer:
-      from cope_jax.data.tokenizer import _cache_dir, qwen2_tokenizer  # pylint: disable=import-outside-toplevel
-      qwen2_tokenizer()
-      tokenizer = os.path.join(_cache_dir(), "qwen2_tokenizer.json")
+      from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
+      tokenizer = qwen2_tokenizer_file()
     return cls(cfg, params, Tokenizer.from_file(tokenizer), codec, image)
 
   def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,

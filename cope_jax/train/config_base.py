@@ -40,3 +40,19 @@ def base() -> ml_collections.ConfigDict:
   c.worker_count = 0           # Grain decoding processes per host
   c.synthetic = ml_collections.ConfigDict({"videos": 0, "seed": 0})  # videos > 0: generate
   return c
+
+
+def paper_scale(c: ml_collections.ConfigDict) -> None:
+  """LLaVA-Video-7B shapes with the appendix-B Δ-encoder, bf16 + remat, fully sharded params."""
+  c.model.preset, c.model.delta = "paper", "paper"
+  c.model.dtype, c.model.remat = "bfloat16", True
+  c.mesh.fsdp, c.mesh.data = -1, 1
+  c.worker_count = 8
+
+
+def tiny_scale(c: ml_collections.ConfigDict) -> None:
+  """The CPU recipe: tiny models on the embedded synthetic data (made and cached on first use)."""
+  c.model.preset = "tiny"
+  c.log_every, c.checkpoint_every = 10, 50
+  c.codec_size = 64
+  c.synthetic.videos, c.synthetic.seed = 120, 0

@@ -24,7 +24,8 @@ from cope_jax.models.sharding import LOGICAL_AXIS_RULES, batch_sharding, make_me
 from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
 from cope_jax.train.optim import make_optimizer
-from cope_jax.train.tasks import TASKS, shard_folder
+from cope_jax.data.build import shard_dir
+from cope_jax.train.tasks import TASKS
 
 
 def _shardings(abstract, mesh):
@@ -151,7 +152,7 @@ def memory_report(compiled) -> str:
 def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
   os.makedirs(workdir, exist_ok=True)
-  task = TASKS[config.stage](config, shard_folder(config.data_dir, config.stage))
+  task = TASKS[config.stage](config, shard_dir(config.data_dir, config.stage))
   main = jax.process_index() == 0
   if main:  # what inference needs to rebuild the model from this workdir
     from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel

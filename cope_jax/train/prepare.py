@@ -7,13 +7,9 @@ import json
 import os
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.data.tokenizer import cache_dir, qwen2_tokenizer_file
 
 STAGE2_PARTS = ("vision_tower", "projector", "delta_encoder", "llm", "image_newline")
-
-
-def _cache_root() -> str:
-  return os.environ.get("COPE_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cope_jax")
 
 
 def synthetic_data(config) -> str:
@@ -22,7 +18,7 @@ def synthetic_data(config) -> str:
   from cope_jax.data.build import build, load_items, shard_dir  # pylint: disable=import-outside-toplevel
   from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
   s = config.synthetic
-  out = os.path.join(_cache_root(), "synthetic",
+  out = os.path.join(cache_dir(), "synthetic",
                      f"v1_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
   done = lambda: all(os.path.exists(os.path.join(shard_dir(out, st), "dataset_info.json"))  # noqa: E731
                      for st in ("pretrain", "finetune"))
@@ -52,9 +48,7 @@ def resolve(config) -> None:
       if config.model.preset == "tiny" and os.path.exists(synthetic_tok):
         config.tokenizer = synthetic_tok
       else:
-        from cope_jax.data.tokenizer import qwen2_tokenizer, _cache_dir  # pylint: disable=import-outside-toplevel
-        qwen2_tokenizer()
-        config.tokenizer = os.path.join(_cache_dir(), "qwen2_tokenizer.json")
+        config.tokenizer = qwen2_tokenizer_file()
 
 
 def validate(config, device_count: int, process_count: int = 1) -> None:

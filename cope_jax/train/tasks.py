@@ -149,7 +149,3 @@ class FinetuneTask:
 TASKS = {"pretrain": PretrainTask, "finetune": FinetuneTask}
 
 
-def shard_folder(data_dir: str, stage: str) -> str:
-  from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
-  return shard_dir(data_dir, stage)
-
