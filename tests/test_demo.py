@@ -1,19 +1,59 @@
-"""The README's main command, in its quick form."""
+"""The README's main command, in its quick form: the whole chain runs, every loss falls,
+results.json is complete, and a second run resumes instead of starting over."""
 
 import json
 import subprocess
 import sys
 
+MODES = {"dense": 160, "keyframes": 20, "keyframes_stage2": 20, "cope": 90, "cope_zero_delta": 90}
+
+
+def _demo(workdir):
+  r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(workdir),
+                      "--quick"], capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r.stdout, json.loads((workdir / "results.json").read_text())
+
 
 def test_demo_quick(tmp_path):
-  r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(tmp_path),
-                      "--quick"], capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr
-  results = json.loads((tmp_path / "results.json").read_text())
+  stdout, results = _demo(tmp_path)
+  assert results["stages_run"] == ["codec", "data", "training", "evaluation", "retrieval",
+                                   "report"]
   codec = results["codec"]
-  assert results["stages_run"] == ["codec"]
   assert codec["reconstruction_exact"] is True
   assert codec["keyframes"] == 1 and codec["delta_frames"] == 3
   assert codec["mean_abs_residual"] < 0.5 * codec["mean_abs_frame_difference"]
   assert codec["tokens_64s"]["cope_tokens"] == 2240
-  assert (tmp_path / "codec.png").stat().st_size > 10_000
+
+  data = results["data"]
+  assert data["videos"] == results["settings"]["videos"] and data["splits"]["test"] >= 1
+  for stage in ("base", "stage1", "stage2"):
+    t = results["training"][stage]
+    assert t["steps"] == results["settings"][f"{stage}_steps"], stage
+    assert t["loss_fell"] is True, (stage, t["first"], t["last"])
+  n_test = results["evaluation"]["cope"]["n"]
+  assert n_test > 0
+  for mode, tokens in MODES.items():
+    r = results["evaluation"][mode]
+    assert r["n"] == n_test and not r["skipped"], mode
+    assert r["visual_tokens_mean"] == tokens, mode
+    assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["motion_accuracy"] <= 1.0
+    assert r["ttft_median_s"] > 0
+    assert "appearance" in r["families"] and sum(f["n"] for f in r["families"].values()) == n_test
+  ret = results["retrieval"]
+  assert ret["videos"] == data["splits"]["test"]
+  assert set(ret["cope"]) == set(ret["rgb_only"]) == {"recall@1", "recall@2", "recall@5"}
+  assert set(results["targets"]) == {"motion_cope_vs_keyframes", "motion_zero_delta_vs_cope",
+                                     "visual_tokens", "ttft", "retrieval_recall@1"}
+  assert all(isinstance(t["met"], bool) for t in results["targets"].values())
+  assert results["targets"]["visual_tokens"]["met"] is True  # 90 of 160 … checked on the sizes
+  for plot in results["plots"].values():
+    with open(plot, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "cope_zero_delta" in stdout and "target " in stdout
+
+  # Re-running resumes: nothing is trained or evaluated again, the results are the same.
+  stdout2, again = _demo(tmp_path)
+  assert "] training" not in stdout2 and "[evaluate]" not in stdout2
+  assert again["evaluation"] == results["evaluation"]
+  assert again["training"]["stage2"]["last"] == results["training"]["stage2"]["last"]

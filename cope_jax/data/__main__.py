@@ -29,7 +29,7 @@ def cmd_build(args) -> None:
   sampling = SamplingConfig(fusion=args.fusion, keyframes_per_gop=args.keyframes_per_gop,
                             max_gops=args.max_gops).validate()
   items = load_items(args.source, args.out, args.annotations, args.videos, args.synth_videos,
-                     args.seed, args.size, args.workers, not args.quiet)
+                     args.seed, args.size, args.workers, not args.quiet, args.conversations)
   report = build(args.stage, items, args.out, ExtractSettings(args.size, sampling),
                  workers=args.workers, limit=args.limit, progress=not args.quiet)
   skipped = report["skipped"]
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-gops", type=int, default=64)
   p.add_argument("--synth-videos", type=int, default=200,
                  help="videos to generate for --source synthetic without --annotations")
+  p.add_argument("--conversations", choices=["question", "video"], default="question",
+                 help="MCQ sources: one single-turn conversation per question (default), or one "
+                      "multi-turn conversation per video with all its questions (shuffled)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_build)

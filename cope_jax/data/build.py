@@ -15,7 +15,7 @@ from cope_jax.data.primitive_cache import ExtractSettings
 
 def load_items(source: str, out: str, annotations: str | None, videos: str | None,
                synth_videos: int, seed: int, size: int, workers: int | None,
-               progress: bool) -> list[sources.VideoItem]:
+               progress: bool, conversations: str = "question") -> list[sources.VideoItem]:
   if source == "llava_video":
     if not annotations or not videos:
       raise ConfigError("--source llava_video needs --annotations FILE.json and --videos DIR")
@@ -23,14 +23,14 @@ def load_items(source: str, out: str, annotations: str | None, videos: str | Non
   if source == "mcq":
     if not annotations:
       raise ConfigError("--source mcq needs --annotations FILE.jsonl")
-    return sources.read_mcq(annotations)
+    return sources.read_mcq(annotations, conversations, seed)
   if source == "synthetic":
     from cope_jax.data import synthetic  # pylint: disable=import-outside-toplevel
     folder = annotations and os.path.dirname(annotations) or os.path.join(out, "synthetic")
     if not annotations:
       synthetic.generate(folder, synth_videos, seed=seed, size=size, workers=workers,
                          progress=progress)
-    return sources.read_mcq(os.path.join(folder, "questions.jsonl"))
+    return sources.read_mcq(os.path.join(folder, "questions.jsonl"), conversations, seed)
   raise ConfigError(f"unknown source {source!r}")
 
 

@@ -32,8 +32,19 @@ def mcq_prompt(question: str, options: list[str]) -> str:
   return "\n".join(lines) + "\n" + MCQ_SUFFIX
 
 
-def read_mcq(path: str) -> list[VideoItem]:
-  """Groups the questions of an MCQ JSONL by video, keeping each line's split (default train)."""
+CONVERSATIONS = ("question", "video")
+
+
+def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[VideoItem]:
+  """Groups the questions of an MCQ JSONL by video, keeping each line's split (default train).
+
+  ``conversations``: ``question`` makes one single-turn conversation per question (what
+  evaluation asks); ``video`` makes one multi-turn conversation per video holding all its
+  questions in a seeded random order, as LLaVA-Video-178K's multi-turn QA does — one pass over
+  the visual tokens then trains every answer.
+  """
+  if conversations not in CONVERSATIONS:
+    raise ValueError(f"conversations must be one of {CONVERSATIONS}, got {conversations!r}")
   folder = os.path.dirname(os.path.abspath(path))
   items: dict[tuple[str, str], VideoItem] = {}
   with open(path) as f:
@@ -54,6 +65,11 @@ def read_mcq(path: str) -> list[VideoItem]:
                              "options": list(options), "answer": answer,
                              "family": q.get("family", "")})
       item.conversations.append([("user", mcq_prompt(question, options)), ("assistant", answer)])
+  if conversations == "video":
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    for n, item in enumerate(items.values()):
+      order = np.random.default_rng([seed, n]).permutation(len(item.conversations))
+      item.conversations = [[turn for i in order for turn in item.conversations[i]]]
   return list(items.values())
 
 

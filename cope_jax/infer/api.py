@@ -64,9 +64,11 @@ class CoPE:
                                tokenizer.token_to_id("<|endoftext|>"))
 
   @classmethod
-  def load(cls, path: str, tokenizer: str | None = None) -> "CoPE":
+  def load(cls, path: str, tokenizer: str | None = None,
+           codec_size: int | None = None) -> "CoPE":
     """A stage-2 workdir (newest checkpoint; frozen parts from its init_checkpoint) or a folder
-    written by ``convert llava-video``."""
+    written by ``convert llava-video``. ``codec_size``: the re-encoded frame side (default: the
+    workdir's, or the paper's 384 for a converted checkpoint)."""
     from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
     from cope_jax.models import checkpoints, config_io  # pylint: disable=import-outside-toplevel
     if os.path.exists(os.path.join(path, "model_config.json")):
@@ -81,11 +83,12 @@ class CoPE:
                                   "the run had no init_checkpoint to take them from")
         base, _ = checkpoints.load_params(train["init_checkpoint"])
         params = {**base, **params}
-      codec, image = train["codec_size"], train.get("image_size", cfg.vision.image_size)
+      codec = codec_size or train["codec_size"]
+      image = train.get("image_size", cfg.vision.image_size)
       tokenizer = tokenizer or train.get("tokenizer")
     elif os.path.exists(os.path.join(path, "config.json")):
       params, cfg = checkpoints.load_params(path)
-      codec, image = 384, cfg.vision.image_size
+      codec, image = codec_size or 384, cfg.vision.image_size
     else:
       raise FileNotFoundError(f"{path}: neither a training workdir (model_config.json) nor a "
                               "converted checkpoint (config.json)")

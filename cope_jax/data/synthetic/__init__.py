@@ -3,8 +3,10 @@
 DIR gets ``videos/*.mp4`` (MPEG-4 Part 2 written through PyAV, already conformant at the chosen
 size, 30 fps, GOP 240), ``scenes.jsonl`` (the ground truth), ``questions.jsonl`` (SPEC §6 MCQ
 format plus ``family``, ``split`` and ``id``), one ``{split}.jsonl`` per split, and
-``tokenizer.json`` (a small byte-level BPE for tiny configs). Splits are by video: no video is in
-two splits. Re-running resumes: finished videos are kept.
+``train_conversations.json`` (LLaVA-Video-178K format, train split: per video a caption, then its
+questions in random order, each open-ended or multiple-choice at random, the two other kinds of
+LLaVA-Video-178K annotation), and ``tokenizer.json`` (a small byte-level BPE for tiny configs).
+Splits are by video: no video is in two splits. Re-running resumes: finished videos are kept.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Iterator
 import numpy as np
 
 from cope_jax.codec import synthetic_clips
-from cope_jax.data.synthetic.questions import FAMILIES, MOTION_FAMILIES, questions_for_scene
+from cope_jax.data.sources import mcq_prompt
+from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, caption,
+                                               questions_for_scene)
 from cope_jax.data.parallel import process_pool
 from cope_jax.data.synthetic.scene import Scene, render, sample_scene
 from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
@@ -70,20 +74,29 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   rng = np.random.default_rng([seed, 1 << 30])
   splits = split_of(np.arange(videos), rng)
   letters = _balanced_letters(rng)
-  scenes, questions = [], []
+  scenes, questions, conversations = [], [], []
   for i in range(videos):
     scene = scene_for(seed, i, size, seconds)
-    scenes.append({"video": f"videos/{i:05d}.mp4", **scene.to_json()})
-    for j, q in enumerate(questions_for_scene(scene, rng, letters)):
+    scenes.append({"video": f"videos/{i:05d}.mp4", "caption": caption(scene), **scene.to_json()})
+    qs = questions_for_scene(scene, rng, letters)
+    for j, q in enumerate(qs):
       questions.append({"id": f"{i:05d}-{j}", "video": f"videos/{i:05d}.mp4",
                         "question": q["question"], "options": q["options"],
-                        "answer": q["answer"], "family": q["family"], "split": splits[i]})
+                        "answer": q["answer"], "family": q["family"],
+                        "open_answer": q["open_answer"], "split": splits[i]})
+    if splits[i] == "train":
+      conversations.append(_training_conversation(f"videos/{i:05d}.mp4", caption(scene), qs,
+                                                  np.random.default_rng([seed, i, 7])))
   _write_jsonl(os.path.join(out, "scenes.jsonl"), scenes)
   _write_jsonl(os.path.join(out, "questions.jsonl"), questions)
   for split in SPLITS:
     _write_jsonl(os.path.join(out, f"{split}.jsonl"), [q for q in questions if q["split"] == split])
-  corpus = [q["question"] + "\n" + "\n".join(f"{L}. {o}" for L, o in zip("ABCD", q["options"]))
-            for q in questions] + [q["answer"] for q in questions]
+  with open(os.path.join(out, "train_conversations.json.tmp"), "w") as f:
+    json.dump(conversations, f)
+  os.replace(os.path.join(out, "train_conversations.json.tmp"),
+             os.path.join(out, "train_conversations.json"))
+  corpus = [t["value"] for c in conversations for t in c["conversations"]]
+  corpus += [mcq_prompt(q["question"], q["options"]) for q in questions]
   corpus += [time_instruction(seconds, list(np.arange(k) * 1.0)) for k in range(1, 65)]
   train_small_tokenizer(corpus).save(os.path.join(out, "tokenizer.json"))
   summary = {"videos": videos, "questions": len(questions),
@@ -94,6 +107,24 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary
+
+
+DESCRIBE = "Describe what happens in the video."
+
+
+def _training_conversation(video: str, text: str, qs: list[dict],
+                           rng: np.random.Generator) -> dict:
+  """LLaVA-Video-178K format: the caption, then every question (random order), each asked
+  open-ended or as multiple choice (coin flip)."""
+  turns = [("human", f"<image>\n{DESCRIBE}"), ("gpt", text)]
+  for k in rng.permutation(len(qs)):
+    q = qs[k]
+    if rng.random() < 0.5:
+      turns += [("human", q["question"]), ("gpt", q["open_answer"])]
+    else:
+      turns += [("human", mcq_prompt(q["question"], q["options"])), ("gpt", q["answer"])]
+  return {"id": video, "video": video,
+          "conversations": [{"from": who, "value": value} for who, value in turns]}
 
 
 def _write_jsonl(path: str, rows) -> None:

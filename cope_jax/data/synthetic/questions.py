@@ -1,4 +1,4 @@
-"""Four-option questions generated from a scene's ground truth, in families.
+"""Four-option questions generated from a scene's ground truth, in families; and a caption.
 
 ``appearance`` is answerable from any keyframe. The motion families (``direction``,
 ``first_mover``, ``bounces``, ``camera_pan``, ``faster``, ``first_bounce``, ``enters``) are decided
@@ -27,7 +27,7 @@ def _question(family: str, text: str, answer: str, distractors, rng: np.random.G
   others = list(rng.permutation(others)[:3])
   options = others[:letter] + [answer] + others[letter:]
   return {"family": family, "question": text, "options": [str(o) for o in options],
-          "answer": LETTERS[letter]}
+          "answer": LETTERS[letter], "open_answer": str(answer)}
 
 
 def _absent_objects(scene: Scene, rng) -> list[str]:
@@ -82,3 +82,24 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters) -> list
       [f"the {s.name}" for s in scene.sprites] + ["no object enters"] + _absent_objects(scene, rng),
       rng, next(letters)))
   return qs
+
+
+def _times(n: int) -> str:
+  return {0: "does not bounce", 1: "bounces once", 2: "bounces twice"}.get(n, f"bounces {n} times")
+
+
+def caption(scene: Scene) -> str:
+  """A detailed caption in temporal order (LLaVA-Video-178K's first kind of annotation): who
+  moves first and where, how often each object bounces, the camera, and any visitor."""
+  order = sorted(scene.sprites, key=lambda s: s.start_frame)
+  parts = [f"There is a {' and a '.join(s.name for s in order)} on a {scene.texture} picture."]
+  for i, s in enumerate(order):
+    when = "First" if i == 0 else "Then"
+    parts.append(f"{when} the {s.name} starts moving {s.first_direction()}; it {_times(len(s.bounces))}.")
+  fast = max(scene.sprites, key=lambda s: s.speed())
+  parts.append(f"The {fast.name} is faster.")
+  parts.append("The camera does not move." if scene.pan == "none" else
+               f"The camera pans {scene.pan}.")
+  parts.append(f"The {scene.visitor.name} enters the frame." if scene.visitor else
+               "No object enters the frame.")
+  return " ".join(parts)

@@ -1,33 +1,21 @@
-"""``python -m cope_jax.demo --workdir DIR [--quick] [--video FILE]`` — the end-to-end demo.
-
-Today it runs the first stage of the pipeline, the codec: a clip with known motion (or your
-video) → re-encoded MPEG-4 → keyframes, fused motion vectors and residuals, checked for exact
-reconstruction, with their token budget and a picture. The data, training and evaluation tools
-exist (see README) but are not yet chained into the demo; ``DIR/results.json`` says which
-stages ran.
-"""
+"""The demo's first stage, the codec: a clip with known motion (or your video) → re-encoded
+MPEG-4 → keyframes, fused motion vectors and residuals, checked for exact reconstruction, with
+their token budget and a picture."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 
 import numpy as np
 
 from cope_jax.codec import synthetic_clips
-from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.extract import extract_primitives, iter_video, save_npz
 from cope_jax.codec.motion import reconstruct
 from cope_jax.codec.probe import inspect_video
 from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, token_budget
 from cope_jax.codec.visualize import render
-
-
-def _log(msg: str) -> None:
-  print(msg, flush=True)
+from cope_jax.demo.progress import log
 
 
 def run_codec_stage(workdir: str, video: str | None, seconds: int) -> dict:
@@ -35,18 +23,18 @@ def run_codec_stage(workdir: str, video: str | None, seconds: int) -> dict:
   if video is None:
     video = os.path.join(workdir, "pan.mp4")
     if not os.path.exists(video):
-      _log(f"[codec] writing a {seconds} s H.264 clip with known motion: {video}")
+      log(f"[codec] writing a {seconds} s H.264 clip with known motion: {video}")
       frames = synthetic_clips.pan_frames(seconds * 30, 360, 640, (3, 1), "coffee")
       synthetic_clips.write_clip(video, frames, fps=30, codec="libx264", b_frames=2)
   info = inspect_video(video)
-  _log(f"[codec] input: {info['codec']} {info['width']}x{info['height']} {info['fps']} fps, "
+  log(f"[codec] input: {info['codec']} {info['width']}x{info['height']} {info['fps']} fps, "
        f"{info['num_frames']} frames, B-frames: {info['has_b_frames']}")
   start = time.perf_counter()
   prims = extract_primitives(video, sampling=sampling)
   seconds_taken = time.perf_counter() - start
   npz = os.path.join(workdir, "primitives.npz")
   save_npz(prims, npz)
-  _log(f"[codec] {len(prims.rgb)} keyframes + {len(prims.mv)} Δ-frames in {seconds_taken:.2f} s "
+  log(f"[codec] {len(prims.rgb)} keyframes + {len(prims.mv)} Δ-frames in {seconds_taken:.2f} s "
        f"-> {npz}")
 
   # Exactness: the stored primitives rebuild every sampled frame from the one before it.
@@ -64,13 +52,13 @@ def run_codec_stage(workdir: str, video: str | None, seconds: int) -> dict:
   residual = float(np.mean([np.abs(r).mean() for r in prims.residual]))
   plain = float(np.mean([np.abs(f.target_rgb.astype(np.int16) - f.reference_rgb).mean()
                          for f in with_rgb if f.kind == 1]))
-  _log(f"[codec] chained reconstruction exact: {exact}; mean |residual| {residual:.1f} vs "
+  log(f"[codec] chained reconstruction exact: {exact}; mean |residual| {residual:.1f} vs "
        f"{plain:.1f} for the plain frame difference")
   png = os.path.join(workdir, "codec.png")
   render(with_rgb[:16], png, title=f"{os.path.basename(video)}: codec primitives")
   budget = token_budget(prims.num_frames, sampling)
   budget_64s = token_budget(num_frames_for_duration(64, 30), sampling)
-  _log(f"[codec] tokens for this video: {budget['cope_tokens']} (CoPE, K=1) vs "
+  log(f"[codec] tokens for this video: {budget['cope_tokens']} (CoPE, K=1) vs "
        f"{budget['dense_tokens']} (64 dense frames); for 64 s: {budget_64s['cope_tokens']} vs "
        f"{budget_64s['dense_tokens']}; picture -> {png}")
   return {"video": video, "input": {k: info[k] for k in ("codec", "width", "height", "fps",
@@ -79,33 +67,3 @@ def run_codec_stage(workdir: str, video: str | None, seconds: int) -> dict:
           "extract_seconds": seconds_taken, "reconstruction_exact": exact,
           "mean_abs_residual": residual, "mean_abs_frame_difference": plain,
           "tokens": budget, "tokens_64s": budget_64s, "picture": png}
-
-
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.demo", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="folder for every output")
-  parser.add_argument("--quick", action="store_true", help="a shorter clip (CI)")
-  parser.add_argument("--video", help="use this video instead of the generated clip")
-  args = parser.parse_args(argv)
-  os.makedirs(args.workdir, exist_ok=True)
-  try:
-    codec = run_codec_stage(args.workdir, args.video, seconds=4 if args.quick else 16)
-  except (VideoError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  results = {"stages_run": ["codec"],
-             "stages_not_in_the_demo_yet": ["data", "base_videolm", "stage1", "stage2",
-                                            "evaluate"],
-             "codec": codec}
-  path = os.path.join(args.workdir, "results.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(path + ".tmp", path)
-  _log(f"wrote {path}. Training and evaluation are not chained into the demo yet; run them with "
-       "python -m cope_jax.train / evaluate (see README).")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -1,0 +1,15 @@
+"""``python -m cope_jax.demo --workdir DIR [--quick]``: the paper's central claims, small, on a CPU.
+
+1. codec: a clip with known motion → keyframes, motion vectors, residuals (exact reconstruction);
+2. data: synthetic temporal-QA videos → dense-frame shards and CoPE shards;
+3. base: a small SigLIP-shaped encoder + Qwen2-shaped LLM trained from scratch on dense RGB
+   frames (the stand-in for LLaVA-Video);
+4. stage 1: the Δ-encoder pre-trained against the base model's frozen vision encoder;
+5. stage 2: fine-tuning on one keyframe + Δ-frames per GOP;
+6. evaluation on the held-out split: dense / keyframes / cope / cope_zero_delta (accuracy overall
+   and per question family, visual tokens, TTFT) and next-frame retrieval vs RGB only.
+
+Writes ``DIR/results.json`` (after every stage), prints the table, saves ``DIR/losses.png`` and
+``DIR/pareto.png``. Re-running resumes: finished stages are kept, training resumes from its
+newest checkpoint.
+"""

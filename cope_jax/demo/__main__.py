@@ -1,0 +1,94 @@
+"""Entry point of ``python -m cope_jax.demo``; see the package docstring."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import cope_jax.demo as demo_package
+from cope_jax.codec.errors import ConfigError, VideoError
+from cope_jax.demo.progress import log
+from cope_jax.demo.recipe import FULL, QUICK, Paths
+
+
+def _write(path: str, results: dict) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def _machine() -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
+          "devices": jax.device_count()}
+
+
+def run(workdir: str, quick: bool, video: str | None) -> dict:
+  from cope_jax.demo import report, stages  # pylint: disable=import-outside-toplevel
+  from cope_jax.demo.codec_stage import run_codec_stage  # pylint: disable=import-outside-toplevel
+  from cope_jax.demo.recipe import base_config, stage1_config, stage2_config  # pylint: disable=import-outside-toplevel
+  settings = QUICK if quick else FULL
+  paths = Paths(os.path.abspath(workdir))
+  out = os.path.join(paths.root, "results.json")
+  start = time.perf_counter()
+  results = {"quick": quick, "settings": settings.__dict__, "machine": _machine(),
+             "stages_run": []}
+
+  def done(stage: str, value) -> None:
+    results[stage] = value
+    results["stages_run"].append(stage)
+    results["elapsed_s"] = round(time.perf_counter() - start, 1)
+    _write(out, results)
+
+  done("codec", run_codec_stage(paths.root, video, settings.codec_seconds))
+  done("data", stages.make_data(settings, paths))
+  training = {}
+  base = base_config(settings, paths)
+  training["base"] = stages.train_stage("base", base, paths.base)
+  stages.export_base(paths, base)
+  training["stage1"] = stages.train_stage("stage1", stage1_config(settings, paths), paths.stage1)
+  training["stage2"] = stages.train_stage("stage2", stage2_config(settings, paths), paths.stage2)
+  done("training", training)
+  modes = report.evaluate_modes(settings, paths, results["data"]["motion_families"])
+  done("evaluation", modes)
+  ret = report.retrieval(paths)
+  done("retrieval", ret)
+  results["targets"] = report.targets(modes, ret)
+  results["plots"] = report.plots(training, modes, paths.root)
+  done("report", {"table": report.table(modes, ret).splitlines()})
+  return results
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m cope_jax.demo",
+                                   description=demo_package.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="folder for every output (resumable)")
+  parser.add_argument("--quick", action="store_true",
+                      help="a few videos and steps: checks the whole path in minutes (CI)")
+  parser.add_argument("--video", help="use this video in the codec stage instead of the "
+                                      "generated clip")
+  args = parser.parse_args(argv)
+  os.makedirs(args.workdir, exist_ok=True)
+  try:
+    results = run(args.workdir, args.quick, args.video)
+  except (VideoError, ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print("\n" + "\n".join(results["report"]["table"]))
+  for name, t in results["targets"].items():
+    print(f"target {name}: {'met' if t['met'] else 'MISSED'} ({t['need']}; "
+          + ", ".join(f"{k} {v:.3f}" for k, v in t.items() if isinstance(v, float)) + ")")
+  print(f"\nresults: {os.path.join(args.workdir, 'results.json')}; plots: "
+        f"{results['plots']['losses']}, {results['plots']['pareto']} "
+        f"({results['elapsed_s'] / 60:.1f} min)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,115 @@
+"""The demo's sizes (full and ``--quick``) and its three training recipes.
+
+The recipes start from ``configs/finetune.py:tiny`` and ``configs/pretrain.py:tiny`` (the CPU
+recipes) and change only what the demo's chain needs: which shards, which checkpoints, which
+parts train, how many frames and steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+import ml_collections
+
+import cope_jax
+from cope_jax.codec.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+  videos: int                 # synthetic 8 s videos (80 / 10 / 10 train / validation / test)
+  base_steps: int             # base VideoLM on dense RGB frames
+  stage1_steps: int
+  stage2_steps: int
+  codec_seconds: int          # length of the codec stage's clip
+  size: int = 64              # frame side of the synthetic videos and of the codec primitives
+  dense_frames: int = 20      # frames per video for the base model and the dense baseline
+  batch_size: int = 8
+  lr: float = 2e-3
+  checkpoint_every: int = 100
+  log_every: int = 20
+  seed: int = 0
+
+
+FULL = DemoSettings(videos=600, base_steps=300, stage1_steps=400, stage2_steps=400,
+                    codec_seconds=16)
+QUICK = DemoSettings(videos=24, base_steps=12, stage1_steps=12, stage2_steps=12, codec_seconds=4,
+                     checkpoint_every=6, log_every=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+  """Where each stage writes, under the demo's workdir."""
+  root: str
+
+  def __getattr__(self, name: str) -> str:
+    folders = {"synthetic": "data/synthetic", "dense_shards": "data/dense",
+               "cope_shards": "data/cope", "base": "base", "base_checkpoint": "base/export",
+               "stage1": "stage1", "stage2": "stage2", "evaluation": "evaluation"}
+    if name not in folders:
+      raise AttributeError(name)
+    return os.path.join(self.root, folders[name])
+
+  @property
+  def tokenizer(self) -> str:
+    return os.path.join(self.synthetic, "tokenizer.json")
+
+
+def load_recipe(name: str, variant: str) -> ml_collections.ConfigDict:
+  """``configs/<name>.py:<variant>`` of the source checkout this package is installed from."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(cope_jax.__file__))),
+                      "configs", f"{name}.py")
+  if not os.path.exists(path):
+    raise ConfigError(f"{path} not found: the demo reads the recipes in configs/ of a source "
+                      "checkout (pip install -e .)")
+  spec = importlib.util.spec_from_file_location(f"cope_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def _common(c: ml_collections.ConfigDict, s: DemoSettings, steps: int) -> None:
+  c.total_steps, c.batch_size, c.seed = steps, s.batch_size, s.seed
+  c.optim.lr, c.optim.warmup_steps = s.lr, max(1, steps // 20)
+  c.log_every, c.checkpoint_every = min(s.log_every, steps), s.checkpoint_every
+  c.codec_size = s.size
+  c.synthetic.videos = 0  # the demo makes its own data
+
+
+def base_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
+  """The stand-in for LLaVA-Video: SigLIP-shaped encoder, projector and Qwen2-shaped LLM trained
+  from scratch on ``dense_frames`` RGB frames per video (no Δ-frames: one padded slot)."""
+  c = load_recipe("finetune", "tiny")
+  _common(c, s, s.base_steps)
+  c.data_dir, c.tokenizer = p.dense_shards, p.tokenizer
+  c.max_keyframes, c.max_delta_frames = s.dense_frames, 1
+  c.length_buckets = (768, 1024, 1280)  # 20 frames + 8 questions: 1182
+  c.trainable = ml_collections.ConfigDict({k: s.lr for k in ("vision_tower", "projector", "llm",
+                                                              "image_newline")})
+  return c
+
+
+def stage1_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
+  """Δ-encoder pre-training against the base model's (now frozen) vision encoder."""
+  c = load_recipe("pretrain", "tiny")
+  _common(c, s, s.stage1_steps)
+  c.batch_size = 2 * s.batch_size  # frame pairs are small
+  c.data_dir, c.vision_checkpoint = p.cope_shards, p.base_checkpoint
+  return c
+
+
+def stage2_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
+  """Fine-tuning on one keyframe + seven Δ-frames per video, from the base model and stage 1;
+  the vision tower at a fifth of the learning rate (the paper's 2e-6 vs 1e-5)."""
+  c = load_recipe("finetune", "tiny")
+  _common(c, s, s.stage2_steps)
+  c.data_dir, c.tokenizer = p.cope_shards, p.tokenizer
+  c.init_checkpoint, c.stage1_checkpoint = p.base_checkpoint, p.stage1
+  c.max_keyframes, c.max_delta_frames = 1, 7
+  c.length_buckets = (512, 640, 768, 896)  # 1 + 7 frames + 8 questions: 789
+  c.trainable = ml_collections.ConfigDict(
+      {"delta_encoder": s.lr, "projector": s.lr, "llm": s.lr, "image_newline": s.lr,
+       "vision_tower": s.lr / 5})
+  return c

@@ -1,0 +1,153 @@
+"""The demo's evaluation (four modes, next-frame retrieval), its targets, table and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from cope_jax.demo.progress import log
+from cope_jax.demo.recipe import DemoSettings, Paths
+
+# (result name, model, mode). ``keyframes`` is the paper's baseline (the base model given the
+# keyframes only); ``keyframes_stage2`` is the same for the fine-tuned model. The targets compare
+# CoPE with the better of the two.
+RUNS = (("dense", "base", "dense"), ("keyframes", "base", "keyframes"),
+        ("keyframes_stage2", "stage2", "keyframes"), ("cope", "stage2", "cope"),
+        ("cope_zero_delta", "stage2", "cope_zero_delta"))
+
+
+def _motion_accuracy(result: dict, motion_families) -> float:
+  fams = [result["families"][f] for f in motion_families if f in result["families"]]
+  n = sum(f["n"] for f in fams)
+  return sum(f["accuracy"] * f["n"] for f in fams) / n if n else 0.0
+
+
+def evaluate_modes(s: DemoSettings, p: Paths, motion_families) -> dict:
+  """Every mode on the held-out split (cached per mode in ``evaluation/``)."""
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
+  questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
+  os.makedirs(p.evaluation, exist_ok=True)
+  models, results = {}, {}
+  for name, which, mode in RUNS:
+    path = os.path.join(p.evaluation, f"{name}.json")
+    if not os.path.exists(path):
+      if which not in models:
+        models[which] = (CoPE.load(p.stage2) if which == "stage2" else
+                         CoPE.load(p.base_checkpoint, tokenizer=p.tokenizer, codec_size=s.size))
+      log(f"[evaluate] {name}: {len(questions)} held-out questions")
+      r = evaluate(models[which], questions, mode, log_path=path.replace(".json", ".log.jsonl"),
+                   dense_frames=s.dense_frames)
+      r["model"] = which
+      r["motion_accuracy"] = _motion_accuracy(r, motion_families)
+      with open(path + ".tmp", "w") as f:
+        json.dump(r, f, indent=2)
+      os.replace(path + ".tmp", path)
+    with open(path) as f:
+      results[name] = json.load(f)
+  return results
+
+
+def retrieval(p: Paths) -> dict:
+  """Next-frame retrieval of the stage-1 model vs RGB only, on the held-out videos."""
+  path = os.path.join(p.evaluation, "retrieval.json")
+  if not os.path.exists(path):
+    from cope_jax.infer.retrieval import evaluate_videos  # pylint: disable=import-outside-toplevel
+    with open(os.path.join(p.synthetic, "test.jsonl")) as f:
+      videos = sorted({json.loads(line)["video"] for line in f if line.strip()})
+    log(f"[retrieval] next-frame retrieval on {len(videos)} held-out videos")
+    r = evaluate_videos(p.stage1, [os.path.join(p.synthetic, v) for v in videos])
+    with open(path + ".tmp", "w") as f:
+      json.dump(r, f, indent=2)
+    os.replace(path + ".tmp", path)
+  with open(path) as f:
+    return json.load(f)
+
+
+def targets(modes: dict, ret: dict) -> dict:
+  """The issue's targets, each with the measured values and whether it is met."""
+  cope = modes["cope"]
+  keyframes = max(modes["keyframes"]["motion_accuracy"],
+                  modes["keyframes_stage2"]["motion_accuracy"])
+  dense = modes["dense"]
+  checks = {
+      "motion_cope_vs_keyframes": {
+          "cope": cope["motion_accuracy"], "keyframes": keyframes, "need": "cope >= keyframes + 0.15",
+          "met": cope["motion_accuracy"] >= keyframes + 0.15},
+      "motion_zero_delta_vs_cope": {
+          "cope_zero_delta": modes["cope_zero_delta"]["motion_accuracy"],
+          "cope": cope["motion_accuracy"], "need": "cope_zero_delta <= cope - 0.10",
+          "met": modes["cope_zero_delta"]["motion_accuracy"] <= cope["motion_accuracy"] - 0.10},
+      "visual_tokens": {
+          "cope": cope["visual_tokens_mean"], "dense": dense["visual_tokens_mean"],
+          "ratio": cope["visual_tokens_mean"] / dense["visual_tokens_mean"],
+          "need": "ratio <= 0.25",
+          "met": cope["visual_tokens_mean"] <= 0.25 * dense["visual_tokens_mean"]},
+      "ttft": {
+          "cope_s": cope["ttft_median_s"], "dense_s": dense["ttft_median_s"],
+          "reduction": 1 - cope["ttft_median_s"] / dense["ttft_median_s"],
+          "need": "reduction >= 0.60",
+          "met": cope["ttft_median_s"] <= 0.4 * dense["ttft_median_s"]},
+      "retrieval_recall@1": {
+          "cope": ret["cope"]["recall@1"], "rgb_only": ret["rgb_only"]["recall@1"],
+          "need": "cope > rgb_only", "met": ret["cope"]["recall@1"] > ret["rgb_only"]["recall@1"]},
+  }
+  return checks
+
+
+def table(modes: dict, ret: dict) -> str:
+  head = (f"{'mode':<18}{'model':<8}{'visual tok':>11}{'TTFT ms':>9}{'all':>7}{'motion':>8}"
+          f"{'appear.':>9}")
+  lines = [head, "-" * len(head)]
+  for name, r in modes.items():
+    appearance = r["families"].get("appearance", {}).get("accuracy", float("nan"))
+    lines.append(f"{name:<18}{r['model']:<8}{r['visual_tokens_mean']:>11.0f}"
+                 f"{1000 * r['ttft_median_s']:>9.1f}{r['accuracy']:>7.1%}"
+                 f"{r['motion_accuracy']:>8.1%}{appearance:>9.1%}")
+  lines.append(f"next-frame retrieval R@1: stage-1 prediction {ret['cope']['recall@1']:.1%} vs "
+               f"RGB only {ret['rgb_only']['recall@1']:.1%} ({ret['videos']} videos)")
+  return "\n".join(lines)
+
+
+def plots(training: dict, modes: dict, out_dir: str) -> dict[str, str]:
+  """losses.png (every stage's loss curve) and pareto.png (accuracy vs visual tokens)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  names = [n for n in ("base", "stage1", "stage2") if n in training]
+  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
+  for ax, name in zip(np.atleast_1d(axes), names):
+    curve = training[name]["curve"]
+    ax.plot(curve["step"], curve["loss"], label="loss")
+    copy = training[name]["last"].get("copy_reference_mse")
+    if copy is not None:
+      ax.axhline(copy, color="gray", ls="--", label="copy the reference")
+      ax.legend(fontsize=8)
+    ax.set_title({"base": "base VideoLM (dense RGB)", "stage1": "stage 1: Δ-encoder",
+                  "stage2": "stage 2: keyframes + Δ"}[name], fontsize=10)
+    ax.set_xlabel("step")
+  fig.tight_layout()
+  losses = os.path.join(out_dir, "losses.png")
+  fig.savefig(losses, dpi=110)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for name, r in modes.items():
+    ax.scatter(r["visual_tokens_mean"], r["motion_accuracy"], marker="o", s=40)
+    ax.annotate(name, (r["visual_tokens_mean"], r["motion_accuracy"]), fontsize=8,
+                xytext=(4, 4), textcoords="offset points")
+    ax.scatter(r["visual_tokens_mean"], r["accuracy"], marker="x", color="gray", s=30)
+  ax.axhline(0.25, color="gray", ls=":", lw=1)
+  ax.set_xscale("log")
+  ax.set_xlabel("visual tokens per video")
+  ax.set_ylabel("accuracy (o: motion questions, x: all)")
+  ax.set_title("accuracy vs visual tokens (held-out split)", fontsize=10)
+  fig.tight_layout()
+  pareto = os.path.join(out_dir, "pareto.png")
+  fig.savefig(pareto, dpi=110)
+  plt.close(fig)
+  return {"losses": losses, "pareto": pareto}

@@ -1,0 +1,102 @@
+"""The demo's data and training stages; each one is skipped when its output is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.demo.progress import log
+from cope_jax.demo.recipe import DemoSettings, Paths
+
+
+def _shards_done(out: str, stage: str) -> bool:
+  from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
+  return os.path.exists(os.path.join(shard_dir(out, stage), "dataset_info.json"))
+
+
+def make_data(s: DemoSettings, p: Paths) -> dict:
+  """Synthetic videos and questions; dense-frame shards (base model) and CoPE shards (stages 1
+  and 2) of the train split. Training conversations are LLaVA-Video-178K-style: a caption, then
+  each question open-ended or multiple-choice; the held-out split is multiple-choice only."""
+  from cope_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.build import build  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.sources import read_llava_video  # pylint: disable=import-outside-toplevel
+  summary_path = os.path.join(p.synthetic, "summary.json")
+  if not os.path.exists(summary_path):
+    log(f"[data] generating {s.videos} synthetic videos ({s.size}² px, 8 s) and their questions")
+    synthetic.generate(p.synthetic, s.videos, seed=s.seed, size=s.size)
+  with open(summary_path) as f:
+    summary = json.load(f)
+  items = read_llava_video(os.path.join(p.synthetic, "train_conversations.json"), p.synthetic)
+  positions = 240 // s.dense_frames
+  dense = SamplingConfig(fusion=positions, keyframes_per_gop=s.dense_frames)
+  for out, stage, sampling in ((p.dense_shards, "finetune", dense),
+                               (p.cope_shards, "pretrain", SamplingConfig()),
+                               (p.cope_shards, "finetune", SamplingConfig())):
+    if not _shards_done(out, stage):
+      log(f"[data] {stage} shards in {out} (keyframes per 8 s GOP: {sampling.keyframes_per_gop},"
+          f" sampled every {sampling.fusion} frames)")
+      report = build(stage, items, out, ExtractSettings(s.size, sampling))
+      if report["skipped"]:
+        log(f"[data] skipped {len(report['skipped'])} videos: {report['skipped'][:3]}")
+  return {"videos": summary["videos"], "questions": summary["questions"],
+          "splits": summary["splits"], "families": summary["families"],
+          "motion_families": summary["motion_families"]}
+
+
+def _losses(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  by_step = {r["step"]: r for r in rows}  # a resumed run may log a step twice
+  return [by_step[k] for k in sorted(by_step)]
+
+
+def train_stage(name: str, config, workdir: str) -> dict:
+  """Runs (or resumes) one training recipe; returns its logged curve and a summary."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.loop import train  # pylint: disable=import-outside-toplevel
+  curve = _losses(workdir)
+  if not curve or curve[-1]["step"] < config.total_steps:
+    log(f"[{name}] training {config.total_steps} steps, batch {config.batch_size} -> {workdir}")
+    prepare.resolve(config)
+    prepare.validate(config, jax.device_count(), jax.process_count())
+    if train(config, workdir) != 0:
+      raise RuntimeError(f"{name}: training stopped with an error (see above)")
+    curve = _losses(workdir)
+  keys = [k for k in curve[0] if k not in ("step", "learning_rate", "steps_per_s",
+                                           "tokens_per_s")]
+  summary = {"steps": curve[-1]["step"], "first": {k: curve[0][k] for k in keys},
+             "last": {k: curve[-1][k] for k in keys},
+             "steps_per_s": float(np.median([r["steps_per_s"] for r in curve[1:]] or [0.0])),
+             "curve": {"step": [r["step"] for r in curve], "loss": [r["loss"] for r in curve]}}
+  summary["loss_fell"] = bool(summary["last"]["loss"] < summary["first"]["loss"])
+  extra = ", copy-reference MSE {:.4f}".format(summary["last"]["copy_reference_mse"]) \
+      if "copy_reference_mse" in summary["last"] else ""
+  log(f"[{name}] loss {summary['first']['loss']:.4f} -> {summary['last']['loss']:.4f}{extra}")
+  return summary
+
+
+def export_base(p: Paths, config) -> None:
+  """The base workdir's newest parameters as a checkpoint stage 1 and stage 2 start from (the
+  Δ-encoder, which the base model never used, is a fresh initialisation)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
+  if os.path.exists(os.path.join(p.base_checkpoint, "config.json")):
+    return
+  cfg = model_config(config)
+  params = dict(latest_params(p.base))
+  params["delta_encoder"] = checkpoints.init_delta_encoder(cfg, jax.random.key(config.seed),
+                                                           config.codec_size)
+  tmp = p.base_checkpoint + ".tmp"
+  checkpoints.save_params(tmp, params, cfg)
+  os.replace(tmp, p.base_checkpoint)
