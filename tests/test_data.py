@@ -11,7 +11,7 @@ import pytest
 
 from cope_jax.codec.extract import extract_primitives
 from cope_jax.codec.sampling import SamplingConfig
-from cope_jax.data import storage
+from cope_jax.data import sources, storage
 from cope_jax.data.build import build, load_items, shard_dir
 from cope_jax.data.pipeline import (PipelineConfig, finetune_dataset, pretrain_dataset,
                                     siglip_pixels)
@@ -197,3 +197,24 @@ def test_build_resumes_from_the_extraction_cache(synth_build):
   assert report["written"] == 10
   assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before
   assert not [p for p in cache.iterdir() if ".tmp" in p.name]
+
+
+def test_mcq_conversations_per_video(tmp_path, pan_clip):
+  """``conversations="video"``: one multi-turn conversation per video holding each question
+  once, in a seeded order; the default keeps one single-turn conversation per question."""
+  lines = [{"video": pan_clip, "question": f"Q{i}?", "options": ["a", "b"], "answer": "AB"[i % 2]}
+           for i in range(5)]
+  path = tmp_path / "q.jsonl"
+  path.write_text("\n".join(json.dumps(l) for l in lines))
+  single = sources.read_mcq(str(path))
+  assert len(single) == 1 and len(single[0].conversations) == 5
+  per_video = sources.read_mcq(str(path), "video", seed=3)
+  turns = per_video[0].conversations
+  assert len(turns) == 1 and len(turns[0]) == 10
+  asked = [t[1].split("\n")[0] for t in turns[0][::2]]
+  assert sorted(asked) == [f"Q{i}?" for i in range(5)]
+  for (_, q), (role, a) in zip(turns[0][::2], turns[0][1::2]):
+    assert role == "assistant" and a == "AB"[int(q[1]) % 2]
+  assert per_video[0].conversations == sources.read_mcq(str(path), "video", seed=3)[0].conversations
+  with pytest.raises(ValueError, match="conversations"):
+    sources.read_mcq(str(path), "dialogue")

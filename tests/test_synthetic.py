@@ -129,3 +129,43 @@ def test_video_motion_matches_ground_truth(synth):
   assert checked >= 10
   assert right_direction / checked >= 0.85, (right_direction, checked)
   assert close / checked >= 0.6, (close, checked)
+
+
+def test_captions_and_training_conversations(synth):
+  """The caption states each sprite's first direction, bounce count, the camera and the visitor
+  from the ground truth; the LLaVA-Video-style conversations cover the train split only, start
+  with the caption and ask every question once (open-ended = the right option's text)."""
+  out, _, questions, scenes = synth
+  for scene in scenes.values():
+    text = scene["caption"]
+    for s in scene["sprites"]:
+      name = f"{s['color']} {s['shape']}"
+      moves = np.diff(np.asarray(s["positions"]), axis=0)
+      step = moves[np.flatnonzero(np.abs(moves).sum(1) > 0)[0]]
+      assert f"the {name} starts moving {_direction(step)}" in text
+    pan = "The camera does not move." if scene["pan"] == "none" else f"The camera pans {scene['pan']}."
+    assert pan in text
+    v = scene["visitor"]
+    assert (f"The {v['color']} {v['shape']} enters" if v else "No object enters") in text
+  conversations = json.load(open(out / "train_conversations.json"))
+  train_videos = {q["video"] for q in questions if q["split"] == "train"}
+  assert {c["video"] for c in conversations} == train_videos
+  by_video = collections.defaultdict(list)
+  for q in questions:
+    by_video[q["video"]].append(q)
+  kinds = collections.Counter()
+  for c in conversations:
+    turns = c["conversations"]
+    assert turns[0]["value"].startswith("<image>\n") and turns[1]["from"] == "gpt"
+    assert turns[1]["value"] == scenes[c["video"]]["caption"]
+    asked = turns[2:]
+    assert len(asked) == 2 * len(by_video[c["video"]])
+    for human, gpt in zip(asked[::2], asked[1::2]):
+      q = next(q for q in by_video[c["video"]] if human["value"].startswith(q["question"]))
+      if "\nA. " in human["value"]:
+        assert gpt["value"] == q["answer"]
+        kinds["mcq"] += 1
+      else:
+        assert gpt["value"] == q["options"][LETTERS.index(q["answer"])] == q["open_answer"]
+        kinds["open"] += 1
+  assert kinds["mcq"] > 0 and kinds["open"] > 0

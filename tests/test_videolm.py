@@ -97,13 +97,24 @@ def test_compact_delta_encoder_is_under_15m_and_paper_is_not():
   assert counts["compact"] < 15e6 < counts["paper"]
 
 
-def test_stage1_predictor_shapes():
+def test_stage1_predictor_starts_from_copying_the_reference():
+  """At initialisation the prediction is the previous frame's tokens (the RGB-only baseline),
+  whatever the motion; after one gradient step towards another target it moves."""
   cfg = presets.DELTA["tiny"]
-  prev = jnp.zeros((2, 64, cfg.out_dim))
+  rng = np.random.default_rng(0)
+  prev = jnp.asarray(rng.standard_normal((2, 64, cfg.out_dim)) * 3, jnp.float32)
   model = Stage1Predictor(cfg)
-  args = (prev, jnp.zeros((2, 64, 64, 2)), jnp.zeros((2, 64, 64, 3)))
-  pred, _ = jax.jit(model.apply)(jax.jit(model.init)(jax.random.key(0), *args), *args)
+  args = (prev, jnp.asarray(rng.standard_normal((2, 64, 64, 2)) * 4, jnp.float32),
+          jnp.asarray(rng.integers(-40, 40, (2, 64, 64, 3)), jnp.int16))
+  params = jax.jit(model.init)(jax.random.key(0), *args)
+  pred, _ = jax.jit(model.apply)(params, *args)
   assert pred.shape == prev.shape
+  np.testing.assert_allclose(pred, prev, atol=1e-6)
+  target = prev + 1.0
+  loss = lambda p: jnp.mean((model.apply(p, *args)[0] - target) ** 2)  # noqa: E731
+  grads = jax.grad(loss)(params)
+  stepped = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+  assert float(loss(stepped)) < float(loss(params))
 
 
 def _tiny_batch(cfg, b=4, length=64, k=1, p=3, size=64):

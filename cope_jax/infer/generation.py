@@ -51,12 +51,18 @@ class Generator:
                             donate_argnums=(0,))
     self._continue = jax.jit(self._continue_impl, donate_argnums=(0,))
     self._sample = jax.jit(sample, static_argnames=("temperature", "top_p"))
+    self._zero_cache = {}
 
   def empty_cache(self, batch: int, length: int):
-    ids = jnp.zeros((batch, length), jnp.int32)
-    shapes = jax.eval_shape(lambda: self.model.init(
-        jax.random.key(0), ids, ids, jnp.ones_like(ids, bool), method=VideoLM.continue_text))
-    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+    # Tracing the model for the cache's shapes costs tens of milliseconds — more than a tiny
+    # model's whole prefill — so it is done once per shape, outside the TTFT clock's hot path.
+    if (batch, length) not in self._zero_cache:
+      ids = jnp.zeros((batch, length), jnp.int32)
+      shapes = jax.eval_shape(lambda: self.model.init(
+          jax.random.key(0), ids, ids, jnp.ones_like(ids, bool), method=VideoLM.continue_text))
+      self._zero_cache[(batch, length)] = jax.jit(lambda: jax.tree_util.tree_map(
+          lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"]))
+    return self._zero_cache[(batch, length)]()
 
   def _prefill_impl(self, cache, inputs, zero_delta=False):
     (logits, aux), mutated = self.model.apply({"params": self.params, "cache": cache}, *inputs,

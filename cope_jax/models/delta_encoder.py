@@ -139,14 +139,17 @@ class Stage1Predictor(nn.Module):
     n = previous_tokens.shape[1]
 
     def branch(name, tokens, extra):
+      # Each branch edits the tokens it is given: its output projection starts at zero, so
+      # training starts from "copy the reference frame" (the RGB-only baseline) and learns
+      # what motion and residuals change (the paper leaves the branches' output layer open).
       x = jnp.concatenate([tokens.astype(cfg.dtype), extra], axis=1)
       if cfg.width != cfg.out_dim:
-        x = dense(cfg.width, ("embed", "embed"), dtype=cfg.dtype, name=f"{name}_in")(x)
+        x = dense(cfg.width, ("embed", None), dtype=cfg.dtype, name=f"{name}_in")(x)
       x = Transformer(cfg.num_layers, cfg.num_heads, cfg.mlp_ratio, cfg.dtype, cfg.remat, cfg.scan,
                       name=name)(x)[:, :n]
-      if cfg.width != cfg.out_dim:
-        x = dense(cfg.out_dim, ("embed", "embed"), dtype=cfg.dtype, name=f"{name}_out")(x)
-      return x
+      update = dense(cfg.out_dim, (None, "embed"), dtype=cfg.dtype, init_std=0.0,
+                     name=f"{name}_out")(x)
+      return tokens.astype(jnp.float32) + update.astype(jnp.float32)
 
     reference = branch("reference_transformer", previous_tokens, aux["motion"])
     prediction = branch("warped_transformer", reference, aux["residual"])
