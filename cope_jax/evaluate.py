@@ -109,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
   results = evaluate(model, questions, args.mode, args.keyframes_per_gop,
                      log_path=os.path.splitext(args.out)[0] + ".log.jsonl",
                      progress=not args.quiet, dense_frames=args.dense_frames)
-  tmp = args.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, args.out)
+  from cope_jax.json_files import write_json  # pylint: disable=import-outside-toplevel
+  write_json(args.out, results)
   print(f"{args.mode}: accuracy {results['accuracy']:.3f} on {results['n']} questions, "
         f"{results['visual_tokens_mean']:.0f} visual tokens, TTFT {results['ttft_mean_s']:.3f} s")
   return 0

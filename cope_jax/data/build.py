@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 
 from cope_jax.codec.errors import ConfigError
 from cope_jax.data import primitive_cache, sources
 from cope_jax.data.builders import BUILDERS, records
 from cope_jax.data.primitive_cache import ExtractSettings
+from cope_jax.json_files import write_json
 
 
 def load_items(source: str, out: str, annotations: str | None, videos: str | None,
@@ -87,8 +87,5 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
       "shards": directory, "size": settings.size,
       "sampling": settings.sampling.__dict__,
   }
-  tmp = os.path.join(out, "report.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=2)
-  os.replace(tmp, os.path.join(out, "report.json"))
+  write_json(os.path.join(out, "report.json"), report)
   return report

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -11,14 +10,8 @@ import time
 
 import cope_jax.demo as demo_package
 from cope_jax.codec.errors import ConfigError, VideoError
-from cope_jax.demo.progress import log
 from cope_jax.demo.recipe import FULL, QUICK, Paths
-
-
-def _write(path: str, results: dict) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(path + ".tmp", path)
+from cope_jax.json_files import write_json
 
 
 def _machine() -> dict:
@@ -43,7 +36,7 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
     results[stage] = value
     results["stages_run"].append(stage)
     results["elapsed_s"] = round(time.perf_counter() - start, 1)
-    _write(out, results)
+    write_json(out, results)
 
   done("codec", run_codec_stage(paths.root, video, settings.codec_seconds))
   done("data", stages.make_data(settings, paths))

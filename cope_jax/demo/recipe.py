@@ -41,22 +41,20 @@ QUICK = DemoSettings(videos=16, base_steps=8, stage1_steps=8, stage2_steps=8, co
                      dense_frames=8, checkpoint_every=4, log_every=4)
 
 
-@dataclasses.dataclass(frozen=True)
 class Paths:
   """Where each stage writes, under the demo's workdir."""
-  root: str
 
-  def __getattr__(self, name: str) -> str:
-    folders = {"synthetic": "data/synthetic", "dense_shards": "data/dense",
-               "cope_shards": "data/cope", "base": "base", "base_checkpoint": "base/export",
-               "stage1": "stage1", "stage2": "stage2", "evaluation": "evaluation"}
-    if name not in folders:
-      raise AttributeError(name)
-    return os.path.join(self.root, folders[name])
-
-  @property
-  def tokenizer(self) -> str:
-    return os.path.join(self.synthetic, "tokenizer.json")
+  def __init__(self, root: str):
+    self.root = root
+    self.synthetic = os.path.join(root, "data", "synthetic")
+    self.tokenizer = os.path.join(self.synthetic, "tokenizer.json")
+    self.dense_shards = os.path.join(root, "data", "dense")
+    self.cope_shards = os.path.join(root, "data", "cope")
+    self.base = os.path.join(root, "base")
+    self.base_checkpoint = os.path.join(self.base, "export")
+    self.stage1 = os.path.join(root, "stage1")
+    self.stage2 = os.path.join(root, "stage2")
+    self.evaluation = os.path.join(root, "evaluation")
 
 
 def load_recipe(name: str, variant: str) -> ml_collections.ConfigDict:

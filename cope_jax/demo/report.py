@@ -9,6 +9,7 @@ import numpy as np
 
 from cope_jax.demo.progress import log
 from cope_jax.demo.recipe import DemoSettings, Paths
+from cope_jax.json_files import write_json
 
 # (result name, model, mode). ``keyframes`` is the paper's baseline (the base model given the
 # keyframes only); ``keyframes_stage2`` is the same for the fine-tuned model. The targets compare
@@ -44,9 +45,7 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families) -> dict:
                    dense_frames=s.dense_frames)
       r["model"] = which
       r["motion_accuracy"] = _motion_accuracy(r, motion_families)
-      with open(path + ".tmp", "w") as f:
-        json.dump(r, f, indent=2)
-      os.replace(path + ".tmp", path)
+      write_json(path, r)
     with open(path) as f:
       results[name] = json.load(f)
   return results
@@ -61,9 +60,7 @@ def retrieval(p: Paths) -> dict:
       videos = sorted({json.loads(line)["video"] for line in f if line.strip()})
     log(f"[retrieval] next-frame retrieval on {len(videos)} held-out videos")
     r = evaluate_videos(p.stage1, [os.path.join(p.synthetic, v) for v in videos])
-    with open(path + ".tmp", "w") as f:
-      json.dump(r, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(path, r)
   with open(path) as f:
     return json.load(f)
 

@@ -24,6 +24,7 @@ from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, captio
 from cope_jax.data.parallel import process_pool
 from cope_jax.data.synthetic.scene import Scene, render, sample_scene
 from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
+from cope_jax.json_files import write_json
 
 SPLITS = ("train", "validation", "test")
 
@@ -91,10 +92,7 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   _write_jsonl(os.path.join(out, "questions.jsonl"), questions)
   for split in SPLITS:
     _write_jsonl(os.path.join(out, f"{split}.jsonl"), [q for q in questions if q["split"] == split])
-  with open(os.path.join(out, "train_conversations.json.tmp"), "w") as f:
-    json.dump(conversations, f)
-  os.replace(os.path.join(out, "train_conversations.json.tmp"),
-             os.path.join(out, "train_conversations.json"))
+  write_json(os.path.join(out, "train_conversations.json"), conversations, indent=None)
   corpus = [t["value"] for c in conversations for t in c["conversations"]]
   corpus += [mcq_prompt(q["question"], q["options"]) for q in questions]
   corpus += [time_instruction(seconds, list(np.arange(k) * 1.0)) for k in range(1, 65)]
