@@ -1,5 +1,6 @@
 """Data: shards round-trip, resumable iterators, per-process sharding, bad videos, tokenizers."""
 
+import itertools
 import json
 import os
 import shutil
@@ -163,27 +164,37 @@ def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
 
 
 def test_llava_video_annotations(tmp_path, pan_clip):
+  """Entries naming the same video become one item (decoded and stored once) with one training
+  example per entry; only assistant turns carry loss."""
   shutil.copy(pan_clip, tmp_path / "clip.mp4")
   ann = tmp_path / "ann.json"
-  ann.write_text(json.dumps([{"id": "x1", "video": "clip.mp4", "conversations": [
-      {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A pan."},
-      {"from": "human", "value": "Which way?"}, {"from": "gpt", "value": "Right."}]}]))
+  ann.write_text(json.dumps([
+      {"id": "x1", "video": "clip.mp4", "conversations": [
+          {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A pan."},
+          {"from": "human", "value": "Which way?"}, {"from": "gpt", "value": "Right."}]},
+      {"id": "x2", "video": "clip.mp4", "conversations": [
+          {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Grass."}]}]))
   items = load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
+  assert len(items) == 1 and len(items[0].conversations) == 2
   assert items[0].conversations[0][0] == ("user", "<image>\nWhat happens?")
+  assert items[0].conversations[1] == [("user", "<image>\nDescribe it."), ("assistant", "Grass.")]
   report = build("finetune", items, str(tmp_path / "o"), ExtractSettings(64, SamplingConfig()),
                  workers=1, progress=False)
   assert report["written"] == 1 and report["records"] == {"train": 1}
   tok_path = tmp_path / "tok.json"
   from cope_jax.data.tokenizer import train_small_tokenizer  # pylint: disable=import-outside-toplevel
-  train_small_tokenizer(["What happens? A pan. Which way? Right."]).save(str(tok_path))
+  train_small_tokenizer(["What happens? A pan. Which way? Right. Describe it. Grass."]).save(
+      str(tok_path))
   cfg = PipelineConfig(shards=shard_dir(str(tmp_path / "o"), "finetune"), batch_size=1,
                        image_size=64, tokenizer=str(tok_path), max_delta_frames=3)
-  batch = next(iter(finetune_dataset(cfg)))
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   tok = Tokenizer.from_file(str(tok_path))
-  learned = tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist(),
-                       skip_special_tokens=False)
-  assert learned == "A pan.<|im_end|>Right.<|im_end|>"  # both assistant turns, nothing else
+  learned = set()
+  for batch in itertools.islice(iter(finetune_dataset(cfg)), 2):
+    learned.add(tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist(),
+                           skip_special_tokens=False))
+  # both conversations, their assistant turns and nothing else
+  assert learned == {"A pan.<|im_end|>Right.<|im_end|>", "Grass.<|im_end|>"}
 
 
 def test_build_resumes_from_the_extraction_cache(synth_build):

@@ -9,6 +9,7 @@ import pytest
 
 from cope_jax.codec.extract import extract_primitives
 from cope_jax.data import synthetic
+from cope_jax.data.synthetic import DESCRIBE
 from cope_jax.data.synthetic.questions import LETTERS, MOTION_FAMILIES
 from cope_jax.data.synthetic.scene import visible
 
@@ -133,8 +134,9 @@ def test_video_motion_matches_ground_truth(synth):
 
 def test_captions_and_training_conversations(synth):
   """The caption states each sprite's first direction, bounce count, the camera and the visitor
-  from the ground truth; the LLaVA-Video-style conversations cover the train split only, start
-  with the caption and ask every question once (open-ended = the right option's text)."""
+  from the ground truth; the LLaVA-Video-style conversations cover the train split only, two per
+  video: the caption alone, and every question once (open-ended = the right option's text) with no
+  caption in its context (it states the answers)."""
   out, _, questions, scenes = synth
   for scene in scenes.values():
     text = scene["caption"]
@@ -149,7 +151,7 @@ def test_captions_and_training_conversations(synth):
     assert (f"The {v['color']} {v['shape']} enters" if v else "No object enters") in text
   conversations = json.load(open(out / "train_conversations.json"))
   train_videos = {q["video"] for q in questions if q["split"] == "train"}
-  assert {c["video"] for c in conversations} == train_videos
+  assert collections.Counter(c["video"] for c in conversations) == {v: 2 for v in train_videos}
   by_video = collections.defaultdict(list)
   for q in questions:
     by_video[q["video"]].append(q)
@@ -157,15 +159,23 @@ def test_captions_and_training_conversations(synth):
   for c in conversations:
     turns = c["conversations"]
     assert turns[0]["value"].startswith("<image>\n") and turns[1]["from"] == "gpt"
-    assert turns[1]["value"] == scenes[c["video"]]["caption"]
-    asked = turns[2:]
-    assert len(asked) == 2 * len(by_video[c["video"]])
-    for human, gpt in zip(asked[::2], asked[1::2]):
-      q = next(q for q in by_video[c["video"]] if human["value"].startswith(q["question"]))
-      if "\nA. " in human["value"]:
+    assert sum("<image>" in t["value"] for t in turns) == 1
+    if turns[0]["value"] == "<image>\n" + DESCRIBE:
+      assert len(turns) == 2 and turns[1]["value"] == scenes[c["video"]]["caption"]
+      kinds["caption"] += 1
+      continue
+    assert all(scenes[c["video"]]["caption"] not in t["value"] for t in turns)
+    asked_how = collections.defaultdict(list)
+    for human, gpt in zip(turns[::2], turns[1::2]):
+      asked = human["value"].removeprefix("<image>\n")
+      q = next(q for q in by_video[c["video"]] if asked.startswith(q["question"]))
+      if "\nA. " in asked:
         assert gpt["value"] == q["answer"]
-        kinds["mcq"] += 1
+        asked_how[q["id"]].append("mcq")
       else:
         assert gpt["value"] == q["options"][LETTERS.index(q["answer"])] == q["open_answer"]
-        kinds["open"] += 1
-  assert kinds["mcq"] > 0 and kinds["open"] > 0
+        asked_how[q["id"]].append("open")
+    assert {k: len(v) for k, v in asked_how.items()} == {q["id"]: 1 for q in by_video[c["video"]]}
+    kinds.update("+".join(how) for how in asked_how.values())
+  assert kinds["caption"] == len(train_videos)
+  assert set(kinds) == {"caption", "open", "mcq"}

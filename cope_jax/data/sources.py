@@ -74,13 +74,15 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
 
 
 def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
-  """LLaVA-Video-178K-style annotations: one item per entry (all in the train split)."""
+  """LLaVA-Video-178K-style annotations (all in the train split): one item per video, holding the
+  conversations of all its entries in file order (the dataset annotates a video several times:
+  caption, open-ended and multiple-choice QA), so each video is decoded and stored once."""
   with open(annotations) as f:
     try:
       entries = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{annotations}: not JSON ({e})") from None
-  items = []
+  items: dict[str, VideoItem] = {}
   for n, e in enumerate(entries):
     try:
       turns = [({"human": "user", "gpt": "assistant"}[t["from"]], t["value"])
@@ -88,5 +90,6 @@ def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
       video = e["video"]
     except (KeyError, TypeError) as err:
       raise ValueError(f"{annotations}: entry {n} ({e.get('id', '?')}): missing {err}") from None
-    items.append(VideoItem(os.path.join(video_dir, video), "train", [turns]))
-  return items
+    path = os.path.join(video_dir, video)
+    items.setdefault(path, VideoItem(path, "train")).conversations.append(turns)
+  return list(items.values())

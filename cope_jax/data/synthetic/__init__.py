@@ -3,9 +3,9 @@
 DIR gets ``videos/*.mp4`` (MPEG-4 Part 2 written through PyAV, already conformant at the chosen
 size, 30 fps, GOP 240), ``scenes.jsonl`` (the ground truth), ``questions.jsonl`` (SPEC §6 MCQ
 format plus ``family``, ``split`` and ``id``), one ``{split}.jsonl`` per split, and
-``train_conversations.json`` (LLaVA-Video-178K format, train split: per video a caption, then its
-questions in random order, each open-ended or multiple-choice at random, the two other kinds of
-LLaVA-Video-178K annotation), and ``tokenizer.json`` (a small byte-level BPE for tiny configs).
+``train_conversations.json`` (LLaVA-Video-178K format, train split: per video two entries, a
+caption and a multi-turn conversation of its questions in random order, each open-ended or
+multiple-choice at random, the two other kinds of LLaVA-Video-178K annotation), and ``tokenizer.json`` (a small byte-level BPE for tiny configs).
 Splits are by video: no video is in two splits. Re-running resumes: finished videos are kept.
 """
 
@@ -86,8 +86,8 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
                         "answer": q["answer"], "family": q["family"],
                         "open_answer": q["open_answer"], "split": splits[i]})
     if splits[i] == "train":
-      conversations.append(_training_conversation(f"videos/{i:05d}.mp4", caption(scene), qs,
-                                                  np.random.default_rng([seed, i, 7])))
+      conversations += _training_conversations(f"videos/{i:05d}.mp4", caption(scene), qs,
+                                               np.random.default_rng([seed, i, 7]))
   _write_jsonl(os.path.join(out, "scenes.jsonl"), scenes)
   _write_jsonl(os.path.join(out, "questions.jsonl"), questions)
   for split in SPLITS:
@@ -110,19 +110,26 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
 DESCRIBE = "Describe what happens in the video."
 
 
-def _training_conversation(video: str, text: str, qs: list[dict],
-                           rng: np.random.Generator) -> dict:
-  """LLaVA-Video-178K format: the caption, then every question (random order), each asked
-  open-ended or as multiple choice (coin flip)."""
-  turns = [("human", f"<image>\n{DESCRIBE}"), ("gpt", text)]
+def _training_conversations(video: str, text: str, qs: list[dict],
+                            rng: np.random.Generator) -> list[dict]:
+  """LLaVA-Video-178K format, two entries: the caption; and every question (random order), each
+  asked open-ended or as multiple choice (coin flip).
+
+  They are separate conversations because the caption states every answer: asked after it, the
+  questions are answered by copying from the caption in context, which teaches nothing about the
+  video (the first demo's model learned exactly that and was at chance on held-out questions)."""
+  qa = []
   for k in rng.permutation(len(qs)):
     q = qs[k]
     if rng.random() < 0.5:
-      turns += [("human", q["question"]), ("gpt", q["open_answer"])]
+      qa += [("human", q["question"]), ("gpt", q["open_answer"])]
     else:
-      turns += [("human", mcq_prompt(q["question"], q["options"])), ("gpt", q["answer"])]
-  return {"id": video, "video": video,
-          "conversations": [{"from": who, "value": value} for who, value in turns]}
+      qa += [("human", mcq_prompt(q["question"], q["options"])), ("gpt", q["answer"])]
+  qa[0] = ("human", f"<image>\n{qa[0][1]}")
+  return [{"id": f"{video}#{kind}", "video": video,
+           "conversations": [{"from": who, "value": value} for who, value in turns]}
+          for kind, turns in (("caption", [("human", f"<image>\n{DESCRIBE}"), ("gpt", text)]),
+                              ("qa", qa))]
 
 
 def _write_jsonl(path: str, rows) -> None:
