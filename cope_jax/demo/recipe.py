@@ -85,7 +85,7 @@ def base_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
   _common(c, s, s.base_steps)
   c.data_dir, c.tokenizer = p.dense_shards, p.tokenizer
   c.max_keyframes, c.max_delta_frames = s.dense_frames, 1
-  c.length_buckets = (1024, 1152)  # 20 frames + caption + 8 questions: 803–1081
+  c.length_buckets = (1024, 1152)  # 20 frames + a caption: 652–658; + 8 questions: 730–1006
   c.trainable = ml_collections.ConfigDict({k: s.lr for k in ("vision_tower", "projector", "llm",
                                                               "image_newline")})
   return c
@@ -108,7 +108,7 @@ def stage2_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
   c.data_dir, c.tokenizer = p.cope_shards, p.tokenizer
   c.init_checkpoint, c.stage1_checkpoint = p.base_checkpoint, p.stage1
   c.max_keyframes, c.max_delta_frames = 1, 7
-  c.length_buckets = (640, 768)  # 1 + 7 frames + caption + 8 questions: 410–688
+  c.length_buckets = (640, 768)  # 1 + 7 frames + a caption: 259–265; + 8 questions: 337–613
   c.trainable = ml_collections.ConfigDict(
       {"delta_encoder": s.lr, "projector": s.lr, "llm": s.lr, "image_newline": s.lr,
        "vision_tower": s.lr / 5})

@@ -19,8 +19,9 @@ def _shards_done(out: str, stage: str) -> bool:
 
 def make_data(s: DemoSettings, p: Paths) -> dict:
   """Synthetic videos and questions; dense-frame shards (base model) and CoPE shards (stages 1
-  and 2) of the train split. Training conversations are LLaVA-Video-178K-style: a caption, then
-  each question open-ended or multiple-choice; the held-out split is multiple-choice only."""
+  and 2) of the train split. Training conversations are LLaVA-Video-178K-style, two per video: a
+  caption; and each question open-ended or multiple-choice; the held-out split is multiple-choice
+  only."""
   from cope_jax.data import synthetic  # pylint: disable=import-outside-toplevel
   from cope_jax.data.build import build  # pylint: disable=import-outside-toplevel
   from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
