@@ -4,7 +4,7 @@ import sys
 
 BENCHMARKS = {"codec": "cope_jax.bench.codec_bench", "data": "cope_jax.bench.data_bench",
               "ttft": "cope_jax.bench.ttft_bench", "train": "cope_jax.bench.train_bench",
-              "flops": "cope_jax.bench.flops_bench"}
+              "flops": "cope_jax.bench.flops_bench", "letter": "cope_jax.bench.letter_step_bench"}
 
 
 def main() -> None:
