@@ -179,3 +179,18 @@ def test_captions_and_training_conversations(synth):
     kinds.update("+".join(how) for how in asked_how.values())
   assert kinds["caption"] == len(train_videos)
   assert set(kinds) == {"caption", "open", "mcq"}
+
+
+def test_letter_step_examples(synth):
+  """bench letter: the loss position holds the right option's letter, right after the
+  multiple-choice prompt, and the open-ended answer is in the context before it."""
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  from cope_jax.bench.letter_step_bench import letter_examples  # pylint: disable=import-outside-toplevel
+  out, _, questions, _ = synth
+  tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+  ids, at = letter_examples(questions[:20], tok)
+  for q, row, i in zip(questions[:20], ids, at):
+    assert tok.decode([int(row[i])]) == q["answer"]
+    before = tok.decode(row[:i].tolist(), skip_special_tokens=False)
+    assert before.endswith("<|im_start|>assistant\n")
+    assert q["open_answer"] in before and "\nA. " in before

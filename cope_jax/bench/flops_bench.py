@@ -16,6 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from cope_jax.bench.train_bench import step_flops
 from cope_jax.bench.ttft_bench import bench_config, settings
 from cope_jax.models import presets
 
@@ -28,10 +29,7 @@ def unscanned(cfg):
 
 
 def _flops(fn, *shapes) -> float:
-  cost = jax.jit(fn).lower(*shapes).cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", 0.0)) if cost else 0.0
+  return step_flops(jax.jit(fn).lower(*shapes))
 
 
 def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,

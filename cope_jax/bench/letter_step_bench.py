@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> None:
   opt = tx.init(params)
 
   def loss_and_accuracy(p, ids, at):
-    logits, _ = model.apply(p, ids)
-    at_letter = jnp.take_along_axis(logits, (at - 1)[:, None, None], 1)[:, 0]
+    at_letter = model.apply(p, ids, logits_at=at - 1)[0][:, 0]  # the slot that predicts it
     target = jnp.take_along_axis(ids, at[:, None], 1)[:, 0]
     loss = optax.softmax_cross_entropy_with_integer_labels(at_letter, target).mean()
     return loss, (at_letter.argmax(-1) == target).mean()

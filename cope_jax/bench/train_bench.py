@@ -17,6 +17,7 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0}  # 
 
 
 def step_flops(lowered) -> float:
+  """FLOPs of a lowered computation from XLA's cost analysis (0 where the backend has none)."""
   cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]

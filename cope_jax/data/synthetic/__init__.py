@@ -5,8 +5,9 @@ size, 30 fps, GOP 240), ``scenes.jsonl`` (the ground truth), ``questions.jsonl``
 format plus ``family``, ``split`` and ``id``), one ``{split}.jsonl`` per split, and
 ``train_conversations.json`` (LLaVA-Video-178K format, train split: per video two entries, a
 caption and a multi-turn conversation of its questions in random order, each open-ended or
-multiple-choice at random, the two other kinds of LLaVA-Video-178K annotation), and ``tokenizer.json`` (a small byte-level BPE for tiny configs).
-Splits are by video: no video is in two splits. Re-running resumes: finished videos are kept.
+multiple-choice at random, the two other kinds of LLaVA-Video-178K annotation), and
+``tokenizer.json`` (a small byte-level BPE for tiny configs). Splits are by video: no video is in
+two splits. Re-running resumes: finished videos are kept.
 """
 
 from __future__ import annotations

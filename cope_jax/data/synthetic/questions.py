@@ -95,7 +95,8 @@ def caption(scene: Scene) -> str:
   parts = [f"There is a {' and a '.join(s.name for s in order)} on a {scene.texture} picture."]
   for i, s in enumerate(order):
     when = "First" if i == 0 else "Then"
-    parts.append(f"{when} the {s.name} starts moving {s.first_direction()}; it {_times(len(s.bounces))}.")
+    parts.append(f"{when} the {s.name} starts moving {s.first_direction()}; "
+                 f"it {_times(len(s.bounces))}.")
   fast = max(scene.sprites, key=lambda s: s.speed())
   parts.append(f"The {fast.name} is faster.")
   parts.append("The camera does not move." if scene.pan == "none" else
