@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 
 import jax
@@ -43,6 +44,11 @@ def letter_examples(questions: list[dict], tok) -> tuple[np.ndarray, np.ndarray]
   return ids, at
 
 
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m cope_jax.bench letter", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,11 +62,25 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--every", type=int, default=100)
   args = parser.parse_args(argv)
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
-  tok = Tokenizer.from_file(args.tokenizer)
-  with open(args.questions) as f:
-    questions = [json.loads(line) for line in f if line.strip()]
-  train_ids, train_at = letter_examples([q for q in questions if q["split"] == "train"], tok)
-  test_ids, test_at = letter_examples([q for q in questions if q["split"] == "test"], tok)
+  try:
+    tok = Tokenizer.from_file(args.tokenizer)
+  except Exception as e:  # pylint: disable=broad-except  # tokenizers raises a plain Exception
+    _fail(f"{args.tokenizer}: {e}")
+  try:
+    with open(args.questions) as f:
+      questions = [json.loads(line) for line in f if line.strip()]
+  except (OSError, ValueError) as e:
+    _fail(f"{args.questions}: {e}")
+  if not questions or not all("open_answer" in q and "split" in q for q in questions):
+    _fail(f"{args.questions}: needs open_answer and split on every line (the synthetic "
+          "questions.jsonl)")
+  train = [q for q in questions if q["split"] == "train"]
+  test = [q for q in questions if q["split"] == "test"]
+  if not train or not test:
+    _fail(f"{args.questions}: needs train and test questions (the synthetic questions.jsonl, not "
+          "one split's file)")
+  train_ids, train_at = letter_examples(train, tok)
+  test_ids, test_at = letter_examples(test, tok)
   model = Qwen2(dataclasses.replace(QWEN2["tiny"], num_layers=args.layers))
   params = model.init(jax.random.key(0), jnp.zeros((1, LENGTH), jnp.int32))
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, args.steps // 20),
