@@ -3,6 +3,7 @@ checkpoints, NaN guard, validation errors, gradient accumulation (two-process tr
 tests/test_launch.py, through the launcher)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -147,4 +148,31 @@ def test_aot_tool_prints_memory_per_device():
                      capture_output=True, text=True, timeout=600,
                      cwd=os.path.dirname(os.path.dirname(__file__)))
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "4 devices" in r.stdout and "memory per device:" in r.stdout and "GiB" in r.stdout
+  assert "4 cpu devices" in r.stdout and "memory per device:" in r.stdout and "GiB" in r.stdout
+
+
+def test_aot_accelerator_topologies(monkeypatch):
+  """--topology: v4-N is N/2 chips (one JAX device per chip), 8xh100 one 8-GPU host; bad
+  names and a missing accelerator compiler give one clear error each."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  from cope_jax.train import aot_targets  # pylint: disable=import-outside-toplevel
+  devices = aot_targets.compile_only_devices
+  for name, shape in aot_targets.V4_TOPOLOGIES.items():
+    assert 2 * math.prod(int(n) for n in shape.split("x")) == int(name.split("-")[1])
+  with pytest.raises(SystemExit, match="expected one of v4-8"):
+    devices("v5e-8")
+  asked = {}
+
+  def no_libtpu(**kwargs):
+    asked.update(kwargs)
+    raise RuntimeError("JAX TPU support not installed")
+  monkeypatch.setattr(topologies, "get_topology_desc", no_libtpu)
+  with pytest.raises(SystemExit, match=r"pip install '\.\[tpu\]'"):
+    devices("v4-32")
+  assert asked["topology_name"] == "v4:2x2x4" and asked["platform"] == "tpu"
+  with pytest.raises(SystemExit, match=r"pip install '\.\[gpu\]'"):
+    devices("8xh100")
+  assert asked["platform"] == "cuda" and asked["topology"] == "1x1x8"
+  assert "NVIDIA H100" in asked["target_config"]
+  with pytest.raises(SystemExit, match="expected one of"):
+    devices("v4:2x2")

@@ -7,7 +7,8 @@ question open-ended, gives the right answer as the assistant's turn, then asks t
 with lmms-eval's multiple-choice prompt; the loss is on the answer letter only. The answer is in
 context, so what is learned is the letter step alone — find the option whose text matches and
 answer with its (shuffled) letter — which a pre-trained Qwen2 brings to LLaVA-Video and the
-demo's from-scratch LLM must learn. Prints held-out letter accuracy every ``--every`` steps.
+demo's from-scratch LLM must learn. Prints held-out letter accuracy every ``--every`` steps, and
+per question family at the end.
 """
 
 from __future__ import annotations
@@ -111,3 +112,10 @@ def main(argv: list[str] | None = None) -> None:
       _, acc = evaluate(params, jnp.asarray(test_ids), jnp.asarray(test_at))
       print(f"step {s:5d}  loss {float(loss):.3f}  held-out letter accuracy {float(acc):.3f}  "
             f"({time.perf_counter() - start:.0f} s)", flush=True)
+  # Per family: single-word options (a colour, a direction, a count) against object names that
+  # differ in colour and shape together; all must be matched to the answer to find the letter.
+  at_letter = model.apply(params, jnp.asarray(test_ids), logits_at=jnp.asarray(test_at) - 1)[0]
+  right = np.asarray(at_letter[:, 0].argmax(-1)) == test_ids[np.arange(len(test_ids)), test_at]
+  families = np.array([q["family"] for q in test])
+  print("held-out letter accuracy per family: " + ", ".join(
+      f"{f} {right[families == f].mean():.2f}" for f in sorted(set(families))))

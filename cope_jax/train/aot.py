@@ -1,17 +1,25 @@
-"""Ahead-of-time compile of a recipe's train step on a mesh of N devices, without data or
-accelerators: prints the memory per device that XLA plans (arguments, temporaries, outputs).
+"""Ahead-of-time compile of a recipe's train step on a mesh, without data or accelerators: prints
+the memory per device that XLA plans (arguments, temporaries, outputs).
 
-  python -m cope_jax.train.aot --config=configs/finetune.py --devices=16 \\
+  # a TPU v4 slice, by the TPU compiler on this CPU (needs libtpu: pip install '.[tpu]')
+  python -m cope_jax.train.aot --config=configs/finetune.py --topology=v4-32 \\
       --config.mesh.fsdp=16 --config.mesh.data=1 --config.grad_accum_steps=8
+  # one 8×H100 host, by the CUDA compiler on this CPU (needs pip install '.[gpu]')
+  python -m cope_jax.train.aot --config=configs/pretrain.py --topology=8xh100 --config.mesh.data=8
+  # N emulated CPU devices (no extra install; the CPU backend's plan, not an accelerator's)
+  python -m cope_jax.train.aot --config=configs/finetune.py --devices=16 --config.mesh.fsdp=16
 
-It emulates N CPU devices (XLA_FLAGS), so the numbers are the CPU backend's plan for the same
-sharded program: close to, not equal to, what a TPU or GPU compiler plans.
+With ``--topology`` the step is lowered for compile-only devices (``aot_targets``), so the
+figures are that accelerator compiler's plan. ``--devices`` emulates N CPU devices (XLA_FLAGS):
+the same sharded program, but CPU XLA's plan.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+from cope_jax.train import aot_targets
 
 
 def abstract_batch(config, task) -> dict:
@@ -32,7 +40,7 @@ def abstract_batch(config, task) -> dict:
           "kinds": sds((b, k + p), jnp.int32), "times": sds((b, k + p), jnp.float32)}
 
 
-def main(argv) -> None:
+def main(argv, topology: str | None = None) -> None:
   del argv
   from absl import flags  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
@@ -40,22 +48,41 @@ def main(argv) -> None:
   from cope_jax.train.loop import TrainProgram  # pylint: disable=import-outside-toplevel
   from cope_jax.train.tasks import TASKS  # pylint: disable=import-outside-toplevel
   config = flags.FLAGS.config
+  devices = aot_targets.compile_only_devices(topology) if topology else jax.devices()
   task = TASKS[config.stage](config, shards="")
-  program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
-  print(f"{config.stage} {config.model.preset}: {jax.device_count()} devices, mesh "
-        f"{dict(program.mesh.shape)}, global batch {config.batch_size}, grad_accum "
-        f"{config.grad_accum_steps}, dtype {config.model.dtype}, remat {config.model.remat}",
-        flush=True)
+  program = TrainProgram(config, task, make_mesh(dict(config.mesh), devices))
+  print(f"{config.stage} {config.model.preset}: {len(devices)} {devices[0].device_kind} devices"
+        f"{f' ({topology})' if topology else ''}, mesh {dict(program.mesh.shape)}, global batch "
+        f"{config.batch_size}, grad_accum {config.grad_accum_steps}, dtype {config.model.dtype}, "
+        f"remat {config.model.remat}", flush=True)
   program.compile(abstract_batch(config, task))
 
 
+def _pop_flag(name: str) -> str | None:
+  value = next((a.split("=", 1)[1] for a in sys.argv if a.startswith(f"--{name}=")), None)
+  sys.argv = [a for a in sys.argv if not a.startswith(f"--{name}=")]
+  return value
+
+
 if __name__ == "__main__":
-  devices = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "8")
-  sys.argv = [a for a in sys.argv if not a.startswith("--devices=")]
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  topology_flag, devices_flag = _pop_flag("topology"), _pop_flag("devices")
+  if topology_flag and devices_flag:
+    raise SystemExit("error: give --topology (an accelerator's compiler) or --devices (CPU), "
+                     "not both")
+  if not topology_flag:
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_flag or 8}"
+  elif topology_flag in aot_targets.GPU_HOSTS:
+    # Without a device the GPU compiler cannot autotune Triton GEMM tiles (it fails on the small
+    # sharded matrices): plan with cuBLAS GEMMs, which changes kernels, not buffers.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_gpu_enable_triton_gemm=false").strip()
+  # The step is traced on the CPU backend either way; accelerator devices are compile-only
+  # (JAX_PLATFORMS=cpu also keeps the CUDA plugin from looking for a driver).
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v4-8")  # quiets libtpu's host probing
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   from absl import app, logging  # pylint: disable=ungrouped-imports
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "a recipe in configs/", lock_config=True)
   logging.set_verbosity(logging.WARNING)
-  app.run(main)
+  app.run(lambda argv: main(argv, topology_flag))
