@@ -194,3 +194,34 @@ def test_letter_step_examples(synth):
     before = tok.decode(row[:i].tolist(), skip_special_tokens=False)
     assert before.endswith("<|im_start|>assistant\n")
     assert q["open_answer"] in before and "\nA. " in before
+
+
+def test_letter_step_variants(synth):
+  """bench letter's variants: a fresh option order keeps the right option's text; a leading
+  space makes the open answer the same tokens as its option; the bare matching task's letter
+  names the option equal to its first word."""
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  from cope_jax.bench import letter_step_bench as bench  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.sources import LETTERS  # pylint: disable=import-outside-toplevel
+  out, _, questions, _ = synth
+  tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+  rng = np.random.default_rng(0)
+  orders = set()
+  for q in questions[:40]:
+    r = bench.reshuffled(q, rng)
+    assert sorted(r["options"]) == sorted(q["options"])
+    assert r["options"][LETTERS.index(r["answer"])] == q["options"][LETTERS.index(q["answer"])]
+    orders.add(r["answer"] != q["answer"])
+  assert orders == {True, False}
+  word_q = next(q for q in questions if q["family"] == "appearance")
+  ids, at = bench.letter_examples([word_q], tok, answer_prefix=" ")
+  answer_ids = tok.encode(" " + word_q["open_answer"], add_special_tokens=False).ids
+  row = ids[0, :at[0]].tolist()
+  starts = [i for i in range(len(row)) if row[i:i + len(answer_ids)] == answer_ids]
+  assert len(starts) == 2  # in the assistant's open answer and in its option line
+  ids, at = bench.matching_examples(tok, 50, rng)
+  assert ids.shape == (50, 19) and (at == 18).all()
+  for row in ids:
+    options = {tok.decode([int(row[i])]): row[i + 2] for i in (2, 6, 10, 14)}
+    assert len(set(options.values())) == 4
+    assert tok.decode([int(options[tok.decode([int(row[18])])])]) == tok.decode([int(row[0])])

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cope_jax.data.sources import mcq_prompt
+from cope_jax.data.sources import LETTERS, mcq_prompt
 from cope_jax.data.tokenizer import encode_conversation
 from cope_jax.models.presets import QWEN2
 from cope_jax.models.qwen2 import Qwen2
@@ -32,17 +32,44 @@ from cope_jax.models.qwen2 import Qwen2
 LENGTH = 160  # a question, its answer and its multiple-choice form: under 110 tokens
 
 
-def letter_examples(questions: list[dict], tok) -> tuple[np.ndarray, np.ndarray]:
-  """(N, LENGTH) token ids and (N,) position of the answer letter."""
+def letter_examples(questions: list[dict], tok,
+                    answer_prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """(N, LENGTH) token ids and (N,) position of the answer letter. ``answer_prefix=" "`` makes
+  the open answer the same tokens as its option (`` yellow``, not ``yellow``)."""
   ids = np.zeros((len(questions), LENGTH), np.int32)
   at = np.zeros(len(questions), np.int32)
   for i, q in enumerate(questions):
-    enc = encode_conversation(tok, [("user", q["question"]), ("assistant", q["open_answer"]),
+    enc = encode_conversation(tok, [("user", q["question"]),
+                                    ("assistant", answer_prefix + q["open_answer"]),
                                     ("user", mcq_prompt(q["question"], q["options"])),
                                     ("assistant", q["answer"])])
     ids[i, :len(enc.ids)] = enc.ids
     at[i] = np.flatnonzero(enc.loss_mask)[-2]  # the letter, before the final <|im_end|>
   return ids, at
+
+
+def reshuffled(q: dict, rng: np.random.Generator) -> dict:
+  """The question with its options in a fresh order and the answer letter to match."""
+  options = list(q["options"])
+  right = options[LETTERS.index(q["answer"])]
+  rng.shuffle(options)
+  return dict(q, options=options, answer=LETTERS[options.index(right)])
+
+
+def matching_examples(tok, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """The bare matching task: ``word \\n A. w1 \\n B. w2 \\n C. w3 \\n D. w4 \\n letter`` with one
+  wi = word, all one-token words of the tokenizer; (n, 19) ids and the letter's position."""
+  vocab = tok.get_vocab()
+  words = np.array(sorted(i for t, i in vocab.items() if t[:1] == "Ġ" and t[1:].isalpha()
+                          and len(t) > 2))
+  letters, nl, dot = np.array([vocab[c] for c in LETTERS[:4]]), vocab["Ċ"], vocab["."]
+  options = np.stack([rng.choice(words, 4, replace=False) for _ in range(n)])
+  right = rng.integers(4, size=n)
+  cols = [options[np.arange(n), right], np.full(n, nl)]
+  for k in range(4):
+    cols += [np.full(n, letters[k]), np.full(n, dot), options[:, k], np.full(n, nl)]
+  ids = np.stack(cols + [letters[right]], 1).astype(np.int32)
+  return ids, np.full(n, ids.shape[1] - 1, np.int32)
 
 
 def _fail(message: str) -> None:
@@ -61,6 +88,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--lr", type=float, default=2e-3)
   parser.add_argument("--every", type=int, default=100)
+  parser.add_argument("--fresh-options", action="store_true", help="a new option order for every "
+                      "training example (default: each question's one order)")
+  parser.add_argument("--answer-space", action="store_true", help="the open answer with a "
+                      "leading space, so it is the same tokens as its option")
+  parser.add_argument("--match-steps", type=int, default=0, help="first train this many steps "
+                      "(batch 256) on the bare matching task: a word, four lettered one-word "
+                      "options, answer the letter")
   args = parser.parse_args(argv)
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   try:
@@ -80,13 +114,15 @@ def main(argv: list[str] | None = None) -> None:
   if not train or not test:
     _fail(f"{args.questions}: needs train and test questions (the synthetic questions.jsonl, not "
           "one split's file)")
-  train_ids, train_at = letter_examples(train, tok)
-  test_ids, test_at = letter_examples(test, tok)
+  rng = np.random.default_rng(0)
+  prefix = " " if args.answer_space else ""
+  if args.fresh_options:
+    picks = rng.integers(len(train), size=args.steps * args.batch)
+    train = [reshuffled(train[i], rng) for i in picks]
+  train_ids, train_at = letter_examples(train, tok, prefix)
+  test_ids, test_at = letter_examples(test, tok, prefix)
   model = Qwen2(dataclasses.replace(QWEN2["tiny"], num_layers=args.layers))
   params = model.init(jax.random.key(0), jnp.zeros((1, LENGTH), jnp.int32))
-  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, args.steps // 20),
-                                                      args.steps), weight_decay=0.0)
-  opt = tx.init(params)
 
   def loss_and_accuracy(p, ids, at):
     at_letter = model.apply(p, ids, logits_at=at - 1)[0][:, 0]  # the slot that predicts it
@@ -94,24 +130,46 @@ def main(argv: list[str] | None = None) -> None:
     loss = optax.softmax_cross_entropy_with_integer_labels(at_letter, target).mean()
     return loss, (at_letter.argmax(-1) == target).mean()
 
-  @jax.jit
-  def step(p, o, ids, at):
-    (loss, _), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(p, ids, at)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
-
   evaluate = jax.jit(loss_and_accuracy)
-  rng = np.random.default_rng(0)
   start = time.perf_counter()
+
+  def train_phase(params, name, steps, batch_of, held_out):
+    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, steps // 20), steps),
+                     weight_decay=0.0)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(p, o, ids, at):
+      (loss, _), grads = jax.value_and_grad(loss_and_accuracy, has_aux=True)(p, ids, at)
+      updates, o = tx.update(grads, o, p)
+      return optax.apply_updates(p, updates), o, loss
+
+    for s in range(1, steps + 1):
+      params, opt, loss = step(params, opt, *map(jnp.asarray, batch_of(s)))
+      if s % args.every == 0 or s == steps:
+        _, acc = evaluate(params, *map(jnp.asarray, held_out))
+        print(f"{name} step {s:5d}  loss {float(loss):.3f}  held-out letter accuracy "
+              f"{float(acc):.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+    return params
+
+  if args.match_steps:
+    match = matching_examples(tok, args.match_steps * 256 + 2000, rng)
+    print(f"bare matching task, batch 256: {args.match_steps * 256} training / 2000 held-out")
+    params = train_phase(params, "matching", args.match_steps,
+                         lambda s: (match[0][(s - 1) * 256:s * 256],
+                                    match[1][(s - 1) * 256:s * 256]),
+                         (match[0][-2000:], match[1][-2000:]))
+  order = "fresh option orders" if args.fresh_options else "one option order per question"
   print(f"letter step, {args.layers}-layer tiny Qwen2, batch {args.batch}: {len(train_ids)} "
-        f"training / {len(test_ids)} held-out questions")
-  for s in range(1, args.steps + 1):
-    pick = rng.integers(len(train_ids), size=args.batch)
-    params, opt, loss = step(params, opt, jnp.asarray(train_ids[pick]), jnp.asarray(train_at[pick]))
-    if s % args.every == 0 or s == args.steps:
-      _, acc = evaluate(params, jnp.asarray(test_ids), jnp.asarray(test_at))
-      print(f"step {s:5d}  loss {float(loss):.3f}  held-out letter accuracy {float(acc):.3f}  "
-            f"({time.perf_counter() - start:.0f} s)", flush=True)
+        f"training examples ({order}) / {len(test_ids)} held-out questions")
+  if args.fresh_options:  # each example once
+    batch_of = lambda s: (train_ids[(s - 1) * args.batch:s * args.batch],  # noqa: E731
+                          train_at[(s - 1) * args.batch:s * args.batch])
+  else:
+    def batch_of(_):
+      pick = rng.integers(len(train_ids), size=args.batch)
+      return train_ids[pick], train_at[pick]
+  params = train_phase(params, "letter", args.steps, batch_of, (test_ids, test_at))
   # Per family: single-word options (a colour, a direction, a count) against object names that
   # differ in colour and shape together; all must be matched to the answer to find the letter.
   at_letter = model.apply(params, jnp.asarray(test_ids), logits_at=jnp.asarray(test_at) - 1)[0]
