@@ -25,6 +25,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"    # compute dtype; parameters stay float32
   c.model.remat = False
   c.model.scan = True          # scanned layers (compile once); False only for FLOP counting
+  c.model.attention_chunk = 0  # LLM queries per attention block (0 = all; bounds the scores)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
@@ -46,6 +47,9 @@ def paper_scale(c: ml_collections.ConfigDict) -> None:
   """LLaVA-Video-7B shapes with the appendix-B Δ-encoder, bf16 + remat, fully sharded params."""
   c.model.preset, c.model.delta = "paper", "paper"
   c.model.dtype, c.model.remat = "bfloat16", True
+  # 32K-token sequences: 1024 queries per block keep the scores at 1024 × 32K per head (the
+  # whole matrix would need 285 GB of temporaries per TPU v4 chip; see the AOT table).
+  c.model.attention_chunk = 1024
   c.mesh.fsdp, c.mesh.data = -1, 1
   c.worker_count = 8
 

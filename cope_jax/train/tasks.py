@@ -17,7 +17,8 @@ from cope_jax.models.siglip import Siglip
 def model_config(config):
   return presets.video_lm(config.model.preset, config.model.delta or None,
                           dtype=jnp.dtype(config.model.dtype), remat=config.model.remat,
-                          scan=config.model.get("scan", True))
+                          scan=config.model.get("scan", True),
+                          attention_chunk=config.model.get("attention_chunk", 0))
 
 
 def _pipeline(config, stage: str, shards: str, shard_index: int, shard_count: int, **extra):
