@@ -176,3 +176,33 @@ def test_aot_accelerator_topologies(monkeypatch):
   assert "NVIDIA H100" in asked["target_config"]
   with pytest.raises(SystemExit, match="expected one of"):
     devices("v4:2x2")
+
+
+def test_blocked_cross_entropy_equals_whole():
+  """loss_chunk: the summed cross-entropy, correct count and gradients are those of the whole
+  (B, L, vocab) logits, with L not a multiple of the block."""
+  from cope_jax.train.tasks import blocked_cross_entropy  # pylint: disable=import-outside-toplevel
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+  hidden = jax.random.normal(k1, (2, 37, 16))
+  w = jax.random.normal(k2, (16, 50))
+  targets = jax.random.randint(k3, (2, 37), 0, 50)
+  weights = jax.random.bernoulli(k4, 0.5, (2, 37))
+  head = lambda h, w: h @ w  # noqa: E731
+  results = {}
+  for block in (0, 8):
+    f = lambda w, b=block: blocked_cross_entropy(lambda h: head(h, w), hidden, targets,  # noqa: E731
+                                                 weights, b)
+    ce, correct = f(w)
+    grad = jax.grad(lambda w: f(w)[0])(w)
+    results[block] = (ce, correct, grad)
+  np.testing.assert_allclose(results[8][0], results[0][0], rtol=1e-5)
+  assert int(results[8][1]) == int(results[0][1])
+  np.testing.assert_allclose(results[8][2], results[0][2], rtol=1e-4, atol=1e-6)
+  expected = optax_ce(hidden @ w, targets, weights)
+  np.testing.assert_allclose(results[0][0], expected, rtol=1e-5)
+
+
+def optax_ce(logits, targets, weights):
+  logp = jax.nn.log_softmax(logits, -1)
+  picked = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  return float(-(picked * weights).sum())

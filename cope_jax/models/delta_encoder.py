@@ -110,6 +110,10 @@ class DeltaEncoder(nn.Module):
     p = cfg.patch
     if h % p or w % p:
       raise ValueError(f"motion field {h}x{w} is not a multiple of the {p}-pixel patch")
+    # Frames along the batch axes: XLA's propagation otherwise follows the fsdp-sharded weights
+    # and runs every device's Δ-frames on every device.
+    mv = constrain(mv, ("batch", None, None, None))
+    residual = constrain(residual, ("batch", None, None, None))
     x = normalise_motion(mv.astype(jnp.float32), cfg).astype(cfg.dtype)
     x = x.reshape(b, h // p, p, w // p, p, 2).transpose(0, 1, 3, 2, 4, 5)
     x = x.reshape(b, h // p, w // p, p * p * 2)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cope_jax.models.sharding import param_axes
+from cope_jax.models.sharding import constrain, param_axes
 
 Dtype = Any
 
@@ -62,7 +62,8 @@ class TransformerBlock(nn.Module):
     h = layer_norm(1e-6, self.dtype, "norm2")(x)
     h = nn.gelu(dense(d * self.mlp_ratio, ("embed", "mlp"), dtype=self.dtype, name="fc1")(h),
                 approximate=False)
-    return x + dense(d, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h), None
+    x = x + dense(d, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+    return constrain(x, ("batch", "length", "act_embed")), None
 
 
 class Transformer(nn.Module):

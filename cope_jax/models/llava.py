@@ -172,8 +172,9 @@ class VideoLM(nn.Module):
     return jax.vmap(interleave)(keys, deltas, kinds)
 
   def __call__(self, input_ids, text_mask, pixels, mv, residual, kinds, zero_delta: bool = False,
-               last_only: bool = False):
-    """``last_only``: logits (B, 1, V) of each row's last valid slot only (prefill for TTFT)."""
+               last_only: bool = False, with_logits: bool = True):
+    """``last_only``: logits (B, 1, V) of each row's last valid slot only (prefill for TTFT);
+    ``with_logits=False``: no logits, the caller applies ``lm_head`` to aux["hidden"] rows."""
     visual, visual_valid = self.visual_tokens(pixels, mv, residual, kinds, zero_delta)
     text = self.llm.embed(jnp.where(input_ids == IMAGE_TOKEN_ID, 0, input_ids))
     emb, valid, positions, text_index = splice(text, text_mask, input_ids,
@@ -181,9 +182,13 @@ class VideoLM(nn.Module):
     emb = constrain(emb, ("batch", "length", "act_embed"))
     last = jnp.max(jnp.where(valid, jnp.arange(valid.shape[1]), 0), axis=1)
     logits, aux = self.llm(inputs_embeds=emb, positions=positions, valid=valid,
-                           logits_at=last if last_only else None)
+                           logits_at=last if last_only else None, with_logits=with_logits)
     return logits, {**aux, "valid": valid, "positions": positions, "text_index": text_index,
                     "last": last}
+
+  def lm_head(self, hidden: jax.Array) -> jax.Array:
+    """The LLM's output head on final hidden states (B, L, D) → float32 logits (B, L, V)."""
+    return self.llm.head(hidden)
 
   def continue_text(self, input_ids, positions, valid):
     """Text-only continuation (generated tokens, later turns): the LLM on its KV cache."""

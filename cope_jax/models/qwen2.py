@@ -201,7 +201,7 @@ class Qwen2(nn.Module):
     return self.embed_tokens(input_ids)
 
   def __call__(self, input_ids=None, *, inputs_embeds=None, positions=None, valid=None,
-               segments=None, logits_at=None):
+               segments=None, logits_at=None, with_logits: bool = True):
     x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
     b, length = x.shape[:2]
     if positions is None:
@@ -215,7 +215,13 @@ class Qwen2(nn.Module):
       for layer in self.layer_list:
         x, _ = layer(x, positions, valid, segments)
     hidden = self.norm(x)
+    if not with_logits:  # the caller applies ``head`` to the rows it needs, in blocks
+      return None, {"hidden": hidden}
     if logits_at is not None:  # (B,) slots: a prefill needs one row of logits, not L (× vocab)
       hidden = jnp.take_along_axis(hidden, logits_at[:, None, None], axis=1)
+    return self.head(hidden), {"hidden": hidden}
+
+  def head(self, hidden: jax.Array) -> jax.Array:
+    """Final hidden states (B, L, D) → float32 logits (B, L, V)."""
     logits = self.lm_head(hidden).astype(jnp.float32)
-    return constrain(logits, ("batch", "length", "act_vocab")), {"hidden": hidden}
+    return constrain(logits, ("batch", "length", "act_vocab"))

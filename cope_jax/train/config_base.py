@@ -26,6 +26,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.remat = False
   c.model.scan = True          # scanned layers (compile once); False only for FLOP counting
   c.model.attention_chunk = 0  # LLM queries per attention block (0 = all; bounds the scores)
+  c.model.loss_chunk = 0       # positions per block of training logits (0 = all; bounds L × vocab)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
@@ -50,6 +51,7 @@ def paper_scale(c: ml_collections.ConfigDict) -> None:
   # 32K-token sequences: 1024 queries per block keep the scores at 1024 × 32K per head (the
   # whole matrix would need 285 GB of temporaries per TPU v4 chip; see the AOT table).
   c.model.attention_chunk = 1024
+  c.model.loss_chunk = 1024    # the whole (32K, 152K) logits are 20 GB per sequence in float32
   c.mesh.fsdp, c.mesh.data = -1, 1
   c.worker_count = 8
 

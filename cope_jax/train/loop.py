@@ -20,7 +20,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cope_jax.codec.errors import ConfigError
-from cope_jax.models.sharding import LOGICAL_AXIS_RULES, batch_sharding, make_mesh
+from cope_jax.models.sharding import LOGICAL_AXIS_RULES, batch_sharding, constrain, make_mesh
 from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
 from cope_jax.train.optim import make_optimizer
@@ -55,15 +55,22 @@ def _accumulated(loss_fn, params, batch, steps: int):
   if steps == 1:
     (loss, metrics), grads = grad_fn(params, batch)
     return loss, metrics, grads
-  micro = jax.tree_util.tree_map(lambda x: x.reshape((steps, -1) + x.shape[1:]), batch)
+  # Micro-batch s takes rows s, s + steps, s + 2·steps, …: each device's rows of the sharded
+  # batch split evenly over the steps, so every micro-batch stays spread over all devices with
+  # no data moved (rows s·m … s·m + m − 1 would put a whole micro-batch on one device).
+  micro = jax.tree_util.tree_map(
+      lambda x: constrain(x.reshape((-1, steps) + x.shape[1:]).swapaxes(0, 1),
+                          (None, "batch") + (None,) * (x.ndim - 1)), batch)
 
   def body(carry, mb):
     (loss, metrics), grads = grad_fn(params, mb)
     return jax.tree_util.tree_map(jnp.add, carry, (loss, metrics, grads)), None
 
-  (loss, metrics), grads = grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], micro))
-  total, _ = jax.lax.scan(body, (loss, metrics, grads),
-                          jax.tree_util.tree_map(lambda x: x[1:], micro))
+  # Scan over all micro-batches from zeros (slicing off the first would copy the rest).
+  first = jax.tree_util.tree_map(lambda x: x[0], micro)
+  (loss, metrics), grads = jax.eval_shape(grad_fn, params, first)
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, metrics, grads))
+  total, _ = jax.lax.scan(body, zeros, micro)
   return jax.tree_util.tree_map(lambda x: x / steps, total)
 
 

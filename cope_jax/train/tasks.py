@@ -124,15 +124,16 @@ class FinetuneTask:
             {k: v for k, v in loaded.items() if k not in parts}, "; ".join(notes))
 
   def loss(self, trained, frozen, batch):
-    logits, aux = self.model.apply({"params": {**trained, **frozen}}, batch["input_ids"],
-                                   batch["text_mask"], batch["pixels"], batch["mv"],
-                                   batch["residual"], batch["kinds"])
+    variables = {"params": {**trained, **frozen}}
+    _, aux = self.model.apply(variables, batch["input_ids"], batch["text_mask"], batch["pixels"],
+                              batch["mv"], batch["residual"], batch["kinds"], with_logits=False)
     targets, weights = spliced_targets(batch["input_ids"], batch["loss_mask"], aux["text_index"])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    head = lambda h: self.model.apply(variables, h, method=VideoLM.lm_head)  # noqa: E731
+    ce_sum, correct = blocked_cross_entropy(head, aux["hidden"], targets, weights,
+                                            self.config.model.get("loss_chunk", 0))
     n = jnp.maximum(weights.sum(), 1)
-    loss = jnp.where(weights, ce, 0).sum() / n
-    correct = jnp.where(weights, jnp.argmax(logits, -1) == targets, False).sum() / n
-    return loss, {"loss": loss, "answer_token_accuracy": correct,
+    loss = ce_sum / n
+    return loss, {"loss": loss, "answer_token_accuracy": correct / n,
                   "answer_tokens": weights.sum().astype(jnp.float32)}
 
   def dataset(self, shard_index: int, shard_count: int):
@@ -145,6 +146,27 @@ class FinetuneTask:
 
   def tokens(self, batch) -> int:
     return int(np.prod(batch["input_ids"].shape))
+
+
+def blocked_cross_entropy(head, hidden, targets, weights, block: int = 0):
+  """Summed next-token cross-entropy and correct count over weighted positions, with the
+  (B, L, vocab) logits made ``block`` positions at a time (0 = all at once) and rematerialised:
+  at 32K tokens and Qwen2's 152K vocabulary the whole matrix is 20 GB per sequence in float32."""
+  def one(args):
+    h, t, w = args
+    logits = head(h)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, t)
+    return jnp.where(w, ce, 0).sum(), jnp.where(w, jnp.argmax(logits, -1) == t, False).sum()
+
+  length = hidden.shape[1]
+  if not block or length <= block:
+    return one((hidden, targets, weights))
+  pad = -length % block
+  padded = [jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+            for a in (hidden, targets, weights)]  # padded positions have weight 0
+  blocks = [a.reshape(a.shape[0], -1, block, *a.shape[2:]).swapaxes(0, 1) for a in padded]
+  ce, correct = jax.lax.map(jax.checkpoint(one), tuple(blocks))
+  return ce.sum(), correct.sum()
 
 
 TASKS = {"pretrain": PretrainTask, "finetune": FinetuneTask}
