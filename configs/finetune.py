@@ -9,6 +9,10 @@ The default is the paper's recipe: LR 1e-5, global batch 128, 10.9 K steps, K = 
 4 Δ-frames per GOP, other hyper-parameters as LLaVA-Video (AdamW, cosine, 3 % warm-up, no
 weight decay, vision tower at LR 2e-6). ``init_checkpoint`` comes from
 ``python -m cope_jax.convert llava-video``; ``stage1_checkpoint`` is a stage-1 workdir.
+
+Meshes per machine and their memory per device (AOT, ``python -m cope_jax.train.aot
+--topology=8xh100|v4-32|…``): README, "Launching on TPU pods and GPU hosts". 8×H100: fsdp 8, 16
+accumulation steps, 61 GiB; TPU v4: a v4-128 with fsdp 64 and 16K-token sequences, 25 GiB.
 """
 
 import ml_collections
