@@ -190,19 +190,20 @@ def test_blocked_cross_entropy_equals_whole():
   head = lambda h, w: h @ w  # noqa: E731
   results = {}
   for block in (0, 8):
-    f = lambda w, b=block: blocked_cross_entropy(lambda h: head(h, w), hidden, targets,  # noqa: E731
-                                                 weights, b)
+    def f(w, b=block):
+      return blocked_cross_entropy(lambda h: head(h, w), hidden, targets, weights, b)
     ce, correct = f(w)
     grad = jax.grad(lambda w: f(w)[0])(w)
     results[block] = (ce, correct, grad)
   np.testing.assert_allclose(results[8][0], results[0][0], rtol=1e-5)
   assert int(results[8][1]) == int(results[0][1])
   np.testing.assert_allclose(results[8][2], results[0][2], rtol=1e-4, atol=1e-6)
-  expected = optax_ce(hidden @ w, targets, weights)
+  expected = summed_cross_entropy(hidden @ w, targets, weights)
   np.testing.assert_allclose(results[0][0], expected, rtol=1e-5)
 
 
-def optax_ce(logits, targets, weights):
+def summed_cross_entropy(logits, targets, weights):
+  """The plain definition: minus the weighted sum of the targets' log-probabilities."""
   logp = jax.nn.log_softmax(logits, -1)
   picked = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
   return float(-(picked * weights).sum())

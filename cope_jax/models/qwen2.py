@@ -83,7 +83,8 @@ def attend(q, k, v, query_slots, key_slots, key_valid, query_segments=None, key_
     return jax.nn.dot_product_attention(q, k, v, mask=attention_mask(
         query_slots, key_slots, key_valid, query_segments, key_segments))
   pad = -lq % chunk
-  edge = lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2), mode="edge")  # noqa: E731
+  edge = lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2),  # noqa: E731
+                           mode="edge")
   blocks = lambda a: a.reshape(a.shape[0], -1, chunk, *a.shape[2:]).swapaxes(0, 1)  # noqa: E731
   segments = None if query_segments is None else blocks(edge(query_segments))
 
