@@ -87,3 +87,11 @@ class Transformer(nn.Module):
       for i in range(self.num_layers):
         x, _ = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, None)
     return layer_norm(1e-6, self.dtype, "final_norm")(x)
+
+
+def length_blocks(x: jax.Array, block: int, mode: str = "constant") -> jax.Array:
+  """(B, L, …) → (⌈L / block⌉, B, block, …): axis 1 cut into blocks for ``jax.lax.map``, the
+  last one padded (``mode`` as in ``jnp.pad``: zeros, or ``"edge"`` to repeat the last row)."""
+  pad = -x.shape[1] % block
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), mode=mode)
+  return x.reshape(x.shape[0], -1, block, *x.shape[2:]).swapaxes(0, 1)

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cope_jax.models.layers import RMSNorm, dense
+from cope_jax.models.layers import RMSNorm, dense, length_blocks
 from cope_jax.models.sharding import constrain, param_axes
 
 
@@ -82,11 +82,8 @@ def attend(q, k, v, query_slots, key_slots, key_valid, query_segments=None, key_
   if not chunk or lq <= chunk:
     return jax.nn.dot_product_attention(q, k, v, mask=attention_mask(
         query_slots, key_slots, key_valid, query_segments, key_segments))
-  pad = -lq % chunk
-  edge = lambda a: jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2),  # noqa: E731
-                           mode="edge")
-  blocks = lambda a: a.reshape(a.shape[0], -1, chunk, *a.shape[2:]).swapaxes(0, 1)  # noqa: E731
-  segments = None if query_segments is None else blocks(edge(query_segments))
+  blocks = lambda a: length_blocks(a, chunk, mode="edge")  # noqa: E731
+  segments = None if query_segments is None else blocks(query_segments)
 
   @jax.checkpoint
   def block(args):
@@ -94,8 +91,8 @@ def attend(q, k, v, query_slots, key_slots, key_valid, query_segments=None, key_
     mask = attention_mask(slots, key_slots, key_valid, segs, key_segments)
     return jax.nn.dot_product_attention(q_block, k, v, mask=mask)
 
-  out = jax.lax.map(block, (blocks(edge(q)), blocks(edge(query_slots)), segments))
-  return out.swapaxes(0, 1).reshape(q.shape[0], lq + pad, *q.shape[2:])[:, :lq]
+  out = jax.lax.map(block, (blocks(q), blocks(query_slots), segments))
+  return out.swapaxes(0, 1).reshape(q.shape[0], -1, *q.shape[2:])[:, :lq]
 
 
 class Attention(nn.Module):

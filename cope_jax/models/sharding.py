@@ -12,6 +12,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -55,11 +56,10 @@ def make_mesh(shape: dict[str, int] | Sequence[int], devices=None) -> Mesh:
   if int(np.prod(sizes)) != devices.size:
     raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
                      f"have {devices.size}")
-  if devices.flat[0].platform == "tpu":  # follow the ICI torus, as MaxText does
-    from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
-    return Mesh(mesh_utils.create_device_mesh(sizes, list(devices.flat),
-                                              allow_split_physical_axes=True), MESH_AXES)
-  return Mesh(devices.reshape(sizes), MESH_AXES)
+  # JAX's device layout: along the ICI torus on TPUs (as MaxText does), by id on GPUs, in
+  # order elsewhere.
+  return Mesh(mesh_utils.create_device_mesh(sizes, list(devices.flat),
+                                            allow_split_physical_axes=True), MESH_AXES)
 
 
 def param_axes(init, names: tuple[str | None, ...]):

@@ -10,6 +10,7 @@ import optax
 from cope_jax.data.pipeline import PipelineConfig, finetune_dataset, pretrain_dataset
 from cope_jax.models import presets
 from cope_jax.models.delta_encoder import Stage1Predictor, patchwise_mse
+from cope_jax.models.layers import length_blocks
 from cope_jax.models.llava import VideoLM, spliced_targets
 from cope_jax.models.siglip import Siglip
 
@@ -158,14 +159,11 @@ def blocked_cross_entropy(head, hidden, targets, weights, block: int = 0):
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, t)
     return jnp.where(w, ce, 0).sum(), jnp.where(w, jnp.argmax(logits, -1) == t, False).sum()
 
-  length = hidden.shape[1]
-  if not block or length <= block:
+  if not block or hidden.shape[1] <= block:
     return one((hidden, targets, weights))
-  pad = -length % block
-  padded = [jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-            for a in (hidden, targets, weights)]  # padded positions have weight 0
-  blocks = [a.reshape(a.shape[0], -1, block, *a.shape[2:]).swapaxes(0, 1) for a in padded]
-  ce, correct = jax.lax.map(jax.checkpoint(one), tuple(blocks))
+  # Zero padding: padded positions have weight 0.
+  ce, correct = jax.lax.map(jax.checkpoint(one), tuple(
+      length_blocks(a, block) for a in (hidden, targets, weights)))
   return ce.sum(), correct.sum()
 
 
