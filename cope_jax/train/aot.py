@@ -9,8 +9,10 @@ the memory per device that XLA plans (arguments, temporaries, outputs).
   # N emulated CPU devices (no extra install; the CPU backend's plan, not an accelerator's)
   python -m cope_jax.train.aot --config=configs/finetune.py --devices=16 --config.mesh.fsdp=16
 
-With ``--topology`` the step is lowered for compile-only devices (``aot_targets``), so the
-figures are that accelerator compiler's plan. ``--devices`` emulates N CPU devices (XLA_FLAGS):
+``--topology``: v4-8, v4-16, v4-32, v4-64, v4-128, v4-256, v4-512, v4-1024, v4:AxBxC (a TPU v4
+slice, one device per chip) or 8xh100 (one 8-GPU host; an H200 plans the same). The step is
+lowered for compile-only devices (``aot_targets``), so the figures are that accelerator
+compiler's plan. ``--devices`` emulates N CPU devices (XLA_FLAGS):
 the same sharded program, but CPU XLA's plan.
 """
 
