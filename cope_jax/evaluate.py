@@ -6,6 +6,10 @@ decoding, stop at <|im_end|>, the first standalone option letter, exact match. M
 baseline), ``cope_zero_delta`` (Δ-tokens zeroed, paper H.3). Writes RESULTS.json (``accuracy``,
 ``n``, ``mode``, ``visual_tokens_mean``, per-family accuracy, mean TTFT) and a per-question log
 RESULTS.log.jsonl. Unreadable videos are skipped and listed.
+
+``--open-ended`` asks the same questions without their options and scores an exact match (case
+and a final period aside) with the right option's text: what the model knows about the video
+apart from the multiple-choice letter step.
 """
 
 from __future__ import annotations
@@ -20,29 +24,55 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 
+ANSWER_FORMATS = ("letter", "open")
+
+
+def normalize_answer(text: str) -> str:
+  """An open answer for exact matching: stripped, lower case, no final period."""
+  return text.strip().lower().rstrip(".").strip()
+
+
+def right_option(q: dict) -> str:
+  """The text of the right option (the synthetic data's ``open_answer`` where given)."""
+  from cope_jax.infer.answers import LETTERS  # pylint: disable=import-outside-toplevel
+  return q.get("open_answer") or q["options"][LETTERS.index(q["answer"])]
+
 
 def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1,
-             max_new_tokens: int = 8, log_path: str | None = None, progress: bool = True,
-             dense_frames: int = 64) -> dict:
+             max_new_tokens: int | None = None, log_path: str | None = None,
+             progress: bool = True, dense_frames: int = 64, answer_format: str = "letter") -> dict:
+  """Accuracy of ``model`` on ``questions`` in ``mode``: multiple choice scored by the option
+  letter (``answer_format="letter"``, lmms-eval's protocol), or the question alone scored by an
+  exact match with the right option's text (``"open"``)."""
+  if answer_format not in ANSWER_FORMATS:
+    raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}")
+  if max_new_tokens is None:  # a letter; or the longest option text, "the camera does not move"
+    max_new_tokens = 8 if answer_format == "letter" else 16
   from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.answers import parse_letter  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   rows, skipped, cache = [], [], {}
   log = open(log_path, "w") if log_path else None
   try:
-    for q in tqdm(questions, desc=f"evaluate {mode}", unit=" questions", disable=not progress):
+    desc = f"evaluate {mode}" + (" (open-ended)" if answer_format == "open" else "")
+    for q in tqdm(questions, desc=desc, unit=" questions", disable=not progress):
       try:
         if q["video"] not in cache:  # questions share videos: extract once
           cache = {q["video"]: model.video_inputs(q["video"], mode, keyframes_per_gop,
                                                   dense_frames)}
-        answer = model.ask(q["video"], mcq_prompt(q["question"], q["options"]), mode,
-                           keyframes_per_gop, max_new_tokens, inputs=cache[q["video"]])
+        prompt = (mcq_prompt(q["question"], q["options"]) if answer_format == "letter" else
+                  q["question"])
+        answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
+                           inputs=cache[q["video"]])
       except VideoError as e:
         skipped.append({"video": q["video"], "reason": e.reason})
         continue
-      letter = parse_letter(answer.text, len(q["options"]))
-      row = {"id": q.get("id"), "family": q.get("family", ""), "answer": q["answer"],
-             "predicted": letter, "correct": letter == q["answer"], "output": answer.text,
+      if answer_format == "letter":
+        expected, predicted = q["answer"], parse_letter(answer.text, len(q["options"]))
+      else:
+        expected, predicted = normalize_answer(right_option(q)), normalize_answer(answer.text)
+      row = {"id": q.get("id"), "family": q.get("family", ""), "answer": expected,
+             "predicted": predicted, "correct": predicted == expected, "output": answer.text,
              "visual_tokens": answer.visual_tokens, "ttft_s": answer.ttft_s}
       rows.append(row)
       if log:
@@ -53,7 +83,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   families = collections.defaultdict(list)
   for r in rows:
     families[r["family"]].append(r["correct"])
-  return {"mode": mode, "n": len(rows),
+  return {"mode": mode, "answer_format": answer_format, "n": len(rows),
           "accuracy": float(np.mean([r["correct"] for r in rows])) if rows else 0.0,
           "visual_tokens_mean": float(np.mean([r["visual_tokens"] for r in rows])) if rows else 0,
           "ttft_mean_s": float(np.mean([r["ttft_s"] for r in rows])) if rows else 0.0,
@@ -95,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's)")
   parser.add_argument("--out", required=True, help="RESULTS.json (+ RESULTS.log.jsonl)")
   parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
+  parser.add_argument("--open-ended", action="store_true",
+                      help="ask without the options; score an exact match with the right "
+                      "option's text (a probe of what the model knows apart from the letter)")
   parser.add_argument("--quiet", action="store_true")
   args = parser.parse_args(argv)
   from absl import logging  # pylint: disable=import-outside-toplevel
@@ -108,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   results = evaluate(model, questions, args.mode, args.keyframes_per_gop,
                      log_path=os.path.splitext(args.out)[0] + ".log.jsonl",
-                     progress=not args.quiet, dense_frames=args.dense_frames)
+                     progress=not args.quiet, dense_frames=args.dense_frames,
+                     answer_format="open" if args.open_ended else "letter")
   from cope_jax.json_files import write_json  # pylint: disable=import-outside-toplevel
   write_json(args.out, results)
-  print(f"{args.mode}: accuracy {results['accuracy']:.3f} on {results['n']} questions, "
+  print(f"{args.mode}{' (open-ended)' if args.open_ended else ''}: accuracy {results['accuracy']:.3f} on {results['n']} questions, "
         f"{results['visual_tokens_mean']:.0f} visual tokens, TTFT {results['ttft_mean_s']:.3f} s")
   return 0
 

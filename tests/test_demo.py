@@ -17,8 +17,8 @@ def _demo(workdir):
 
 def test_demo_quick(tmp_path):
   stdout, results = _demo(tmp_path)
-  assert results["stages_run"] == ["codec", "data", "training", "evaluation", "retrieval",
-                                   "report"]
+  assert results["stages_run"] == ["codec", "data", "training", "evaluation", "open_ended",
+                                   "retrieval", "report"]
   codec = results["codec"]
   assert codec["reconstruction_exact"] is True
   assert codec["keyframes"] == 1 and codec["delta_frames"] == 3
@@ -40,6 +40,11 @@ def test_demo_quick(tmp_path):
     assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["motion_accuracy"] <= 1.0
     assert r["ttft_median_s"] > 0
     assert "appearance" in r["families"] and sum(f["n"] for f in r["families"].values()) == n_test
+  assert set(results["open_ended"]) == {"keyframes_stage2", "cope", "cope_zero_delta"}
+  for name, r in results["open_ended"].items():
+    assert r["answer_format"] == "open" and r["n"] == n_test and not r["skipped"], name
+    assert r["visual_tokens_mean"] == MODES[name], name
+    assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["motion_accuracy"] <= 1.0
   ret = results["retrieval"]
   assert ret["videos"] == data["splits"]["test"]
   assert set(ret["cope"]) == set(ret["rgb_only"]) == {"recall@1", "recall@2", "recall@5"}
@@ -51,10 +56,11 @@ def test_demo_quick(tmp_path):
   for plot in results["plots"].values():
     with open(plot, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  assert "cope_zero_delta" in stdout and "target " in stdout
+  assert "cope_zero_delta" in stdout and "target " in stdout and "open-ended probe" in stdout
 
   # Re-running resumes: nothing is trained or evaluated again, the results are the same.
   stdout2, again = _demo(tmp_path)
   assert "] training" not in stdout2 and "[evaluate]" not in stdout2
   assert again["evaluation"] == results["evaluation"]
+  assert again["open_ended"] == results["open_ended"]
   assert again["training"]["stage2"]["last"] == results["training"]["stage2"]["last"]

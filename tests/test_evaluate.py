@@ -4,9 +4,11 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
+from cope_jax.evaluate import evaluate
 from cope_jax.infer.answers import parse_letter
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -65,3 +67,63 @@ def test_evaluate_every_mode(tiny_workdir, tmp_path):
     tokens[mode] = res["visual_tokens_mean"]
   # 8 s videos, K = 1: 1 keyframe (20 tokens at tiny scale) + 7 Δ-frames (10 each); dense: 64.
   assert tokens == {"cope": 90, "keyframes": 20, "dense": 64 * 20, "cope_zero_delta": 90}
+
+
+class _ScriptedModel:
+  """Stands in for ``CoPE``: records each prompt and answers from a script."""
+
+  def __init__(self, replies):
+    self.replies, self.prompts = list(replies), []
+
+  def video_inputs(self, video, mode, keyframes_per_gop, dense_frames):
+    return video
+
+  def ask(self, video, prompt, mode, keyframes_per_gop, max_new_tokens, inputs):
+    self.prompts.append(prompt)
+    return types.SimpleNamespace(text=self.replies.pop(0), visual_tokens=90, ttft_s=0.01)
+
+
+QUESTIONS = [
+    {"video": "a.mp4", "question": "In which direction does the camera pan?", "family": "camera_pan",
+     "options": ["up", "left", "down", "the camera does not move"], "answer": "B",
+     "open_answer": "left"},
+    {"video": "a.mp4", "question": "What color is the square?", "family": "appearance",
+     "options": ["red", "blue", "green", "cyan"], "answer": "C"},  # no open_answer: the option
+    {"video": "b.mp4", "question": "How many times does it bounce?", "family": "bounces",
+     "options": ["0", "1", "2", "3"], "answer": "A", "open_answer": "0"},
+]
+
+
+def test_evaluate_open_ended_asks_without_options_and_matches_the_right_option():
+  model = _ScriptedModel(["Left.", "green", "1"])
+  res = evaluate(model, QUESTIONS, "cope", answer_format="open", progress=False)
+  assert model.prompts == [q["question"] for q in QUESTIONS]  # no options, no letter suffix
+  assert res["answer_format"] == "open" and res["n"] == 3
+  assert res["accuracy"] == pytest.approx(2 / 3)  # case and a final period aside; "1" != "0"
+  assert {f: v["accuracy"] for f, v in res["families"].items()} == {
+      "camera_pan": 1.0, "appearance": 1.0, "bounces": 0.0}
+
+
+def test_evaluate_letter_format_scores_the_parsed_letter():
+  model = _ScriptedModel(["B", "The answer is A.", "A"])
+  res = evaluate(model, QUESTIONS, "cope", progress=False)
+  assert all("\nA. " in p and p.startswith(q["question"]) for p, q in zip(model.prompts, QUESTIONS))
+  assert res["answer_format"] == "letter" and res["accuracy"] == pytest.approx(2 / 3)
+  with pytest.raises(ValueError, match="answer_format"):
+    evaluate(model, QUESTIONS, "cope", answer_format="options")
+
+
+def test_evaluate_cli_open_ended(tiny_workdir, tmp_path):
+  workdir, synth = tiny_workdir
+  out = tmp_path / "open.json"
+  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
+                      "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
+                      "--limit", "3", "--quiet", "--open-ended"], capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "(open-ended)" in r.stdout
+  res = json.loads(out.read_text())
+  assert res["answer_format"] == "open" and res["n"] == 3
+  questions = [json.loads(l) for l in open(os.path.join(synth, "test.jsonl"))][:3]
+  log = [json.loads(l) for l in open(tmp_path / "open.log.jsonl")]
+  assert [row["answer"] for row in log] == [q["open_answer"].lower() for q in questions]

@@ -49,11 +49,14 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
   done("training", training)
   modes = report.evaluate_modes(settings, paths, results["data"]["motion_families"])
   done("evaluation", modes)
+  open_ended = report.evaluate_modes(settings, paths, results["data"]["motion_families"],
+                                     answer_format="open")
+  done("open_ended", open_ended)
   ret = report.retrieval(paths)
   done("retrieval", ret)
   results["targets"] = report.targets(modes, ret)
   results["plots"] = report.plots(training, modes, paths.root)
-  done("report", {"table": report.table(modes, ret).splitlines()})
+  done("report", {"table": report.table(modes, ret, open_ended).splitlines()})
   return results
 
 

@@ -25,24 +25,34 @@ def _motion_accuracy(result: dict, motion_families) -> float:
   return sum(f["accuracy"] * f["n"] for f in fams) / n if n else 0.0
 
 
-def evaluate_modes(s: DemoSettings, p: Paths, motion_families) -> dict:
-  """Every mode on the held-out split (cached per mode in ``evaluation/``)."""
+# The same held-out questions asked open-ended, on the fine-tuned model: what it knows about the
+# video apart from the multiple-choice letter step (a diagnostic, not one of the targets).
+OPEN_ENDED_RUNS = ("keyframes_stage2", "cope", "cope_zero_delta")
+
+
+def evaluate_modes(s: DemoSettings, p: Paths, motion_families,
+                   answer_format: str = "letter") -> dict:
+  """Every mode on the held-out split (cached per mode in ``evaluation/``); with
+  ``answer_format="open"``, the ``OPEN_ENDED_RUNS`` asked open-ended (``evaluation/open_*``)."""
   from absl import logging  # pylint: disable=import-outside-toplevel
   from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
   questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
   os.makedirs(p.evaluation, exist_ok=True)
+  runs = RUNS if answer_format == "letter" else [r for r in RUNS if r[0] in OPEN_ENDED_RUNS]
+  prefix = "" if answer_format == "letter" else "open_"
   models, results = {}, {}
-  for name, which, mode in RUNS:
-    path = os.path.join(p.evaluation, f"{name}.json")
+  for name, which, mode in runs:
+    path = os.path.join(p.evaluation, f"{prefix}{name}.json")
     if not os.path.exists(path):
       if which not in models:
         models[which] = (CoPE.load(p.stage2) if which == "stage2" else
                          CoPE.load(p.base_checkpoint, tokenizer=p.tokenizer, codec_size=s.size))
-      log(f"[evaluate] {name}: {len(questions)} held-out questions")
+      log(f"[evaluate] {name}{' open-ended' if prefix else ''}: {len(questions)} held-out "
+          "questions")
       r = evaluate(models[which], questions, mode, log_path=path.replace(".json", ".log.jsonl"),
-                   dense_frames=s.dense_frames)
+                   dense_frames=s.dense_frames, answer_format=answer_format)
       r["model"] = which
       r["motion_accuracy"] = _motion_accuracy(r, motion_families)
       write_json(path, r)
@@ -96,7 +106,7 @@ def targets(modes: dict, ret: dict) -> dict:
   return checks
 
 
-def table(modes: dict, ret: dict) -> str:
+def table(modes: dict, ret: dict, open_ended: dict | None = None) -> str:
   head = (f"{'mode':<18}{'model':<8}{'visual tok':>11}{'TTFT ms':>9}{'all':>7}{'motion':>8}"
           f"{'appear.':>9}")
   lines = [head, "-" * len(head)]
@@ -107,6 +117,14 @@ def table(modes: dict, ret: dict) -> str:
                  f"{r['motion_accuracy']:>8.1%}{appearance:>9.1%}")
   lines.append(f"next-frame retrieval R@1: stage-1 prediction {ret['cope']['recall@1']:.1%} vs "
                f"RGB only {ret['rgb_only']['recall@1']:.1%} ({ret['videos']} videos)")
+  if open_ended:
+    families = sorted({f for r in open_ended.values() for f in r["families"]})
+    lines += ["", "open-ended probe (the same questions without options; exact match with the "
+              "right option; not a target)",
+              f"{'mode':<18}{'all':>7}{'motion':>8}" + "".join(f"{f[:11]:>12}" for f in families)]
+    for name, r in open_ended.items():
+      lines.append(f"{name:<18}{r['accuracy']:>7.1%}{r['motion_accuracy']:>8.1%}" + "".join(
+          f"{r['families'].get(f, {}).get('accuracy', float('nan')):>12.1%}" for f in families))
   return "\n".join(lines)
 
 
