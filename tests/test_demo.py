@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 MODES = {"dense": 160, "keyframes": 20, "keyframes_stage2": 20, "cope": 90, "cope_zero_delta": 90}
 
 
@@ -63,4 +65,7 @@ def test_demo_quick(tmp_path):
   assert "] training" not in stdout2 and "[evaluate]" not in stdout2
   assert again["evaluation"] == results["evaluation"]
   assert again["open_ended"] == results["open_ended"]
+  assert again["elapsed_s_all_runs"] == pytest.approx(
+      results["elapsed_s_all_runs"] + again["elapsed_s"], abs=0.15)  # each rounded to 0.1 s
+  assert "with the earlier runs it resumed" in stdout2
   assert again["training"]["stage2"]["last"] == results["training"]["stage2"]["last"]

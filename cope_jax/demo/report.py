@@ -128,9 +128,12 @@ def table(modes: dict, ret: dict, open_ended: dict | None = None) -> str:
   return "\n".join(lines)
 
 
-def plots(training: dict, modes: dict, out_dir: str) -> dict[str, str]:
-  """losses.png (every stage's loss curve) and pareto.png (accuracy vs visual tokens)."""
+def plots(training: dict, modes: dict, out_dir: str,
+          open_ended: dict | None = None) -> dict[str, str]:
+  """losses.png (every stage's loss curve) and pareto.png (accuracy vs visual tokens; with
+  ``open_ended``, the probe's motion accuracy too)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   names = [n for n in ("base", "stage1", "stage2") if n in training]
@@ -156,10 +159,20 @@ def plots(training: dict, modes: dict, out_dir: str) -> dict[str, str]:
     ax.annotate(name, (r["visual_tokens_mean"], r["motion_accuracy"]), fontsize=8,
                 xytext=(4, 4), textcoords="offset points")
     ax.scatter(r["visual_tokens_mean"], r["accuracy"], marker="x", color="gray", s=30)
+  for name, r in (open_ended or {}).items():
+    ax.scatter(r["visual_tokens_mean"], r["motion_accuracy"], marker="^", color="black", s=30)
+    ax.annotate(f"{name} (open-ended)", (r["visual_tokens_mean"], r["motion_accuracy"]),
+                fontsize=7, color="dimgray", xytext=(6, 1), textcoords="offset points",
+                va="center")
   ax.axhline(0.25, color="gray", ls=":", lw=1)
   ax.set_xscale("log")
+  ax.set_xticks(sorted({r["visual_tokens_mean"] for r in modes.values()}))
+  ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  ax.set_xlim(right=ax.get_xlim()[1] * 2)  # room for the labels right of the points
   ax.set_xlabel("visual tokens per video")
-  ax.set_ylabel("accuracy (o: motion questions, x: all)")
+  ax.set_ylabel("accuracy (o: motion questions, x: all)" if not open_ended else
+                "accuracy (o: motion, x: all;\n^: motion, asked open-ended)")
   ax.set_title("accuracy vs visual tokens (held-out split)", fontsize=10)
   fig.tight_layout()
   pareto = os.path.join(out_dir, "pareto.png")
