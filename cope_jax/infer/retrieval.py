@@ -49,35 +49,40 @@ def load_stage1(workdir: str):
   return task, latest_params(workdir), frozen
 
 
-def video_embeddings(task, trained, frozen, video: str) -> dict[str, np.ndarray]:
-  """Per sampled frame: vision-token embeddings, and the stage-1 predictions for Δ-frames."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from cope_jax.codec.extract import iter_video  # pylint: disable=import-outside-toplevel
-  from cope_jax.data.pipeline import siglip_pixels  # pylint: disable=import-outside-toplevel
-  s = task.cfg.vision.image_size
-  frames = list(iter_video(video, size=task.config.codec_size, keep_rgb=True))
-  rgb = [f.rgb if f.rgb is not None else f.target_rgb for f in frames]
-  vision = jax.jit(lambda x: task.vision.apply({"params": frozen["vision_tower"]}, x)[0])
-  tokens = np.concatenate([np.asarray(vision(jnp.asarray(siglip_pixels(r, s)[None])))
-                           for r in rgb])
-  predict = jax.jit(lambda prev, mv, res: task.predictor.apply({"params": trained}, prev, mv,
-                                                               res)[0])
-  preds, positions = [], []
-  for t, f in enumerate(frames):
-    if t and f.mv is not None:
-      preds.append(np.asarray(predict(jnp.asarray(tokens[t - 1:t]), jnp.asarray(f.mv[None]),
-                                      jnp.asarray(f.residual[None])))[0])
-      positions.append(t)
-  return {"frames": tokens.mean(axis=1), "predicted": np.stack(preds).mean(axis=1),
-          "positions": np.asarray(positions)}
+class Stage1Embedder:
+  """A stage-1 model's two embeddings of a video, each one jitted call over all its frames.
+
+  Built once per evaluation: the jitted functions compile once per frame count (every video of
+  a dataset with one length shares them) instead of once per video."""
+
+  def __init__(self, task, trained, frozen):
+    import jax  # pylint: disable=import-outside-toplevel
+    self.task = task
+    self._vision = jax.jit(lambda x: task.vision.apply({"params": frozen["vision_tower"]}, x)[0])
+    self._predict = jax.jit(lambda prev, mv, res: task.predictor.apply(
+        {"params": trained}, prev, mv, res)[0])
+
+  def __call__(self, video: str) -> dict[str, np.ndarray]:
+    """Per sampled frame: vision-token embeddings, and the stage-1 predictions for Δ-frames."""
+    from cope_jax.codec.extract import iter_video  # pylint: disable=import-outside-toplevel
+    from cope_jax.data.pipeline import siglip_pixels  # pylint: disable=import-outside-toplevel
+    size = self.task.cfg.vision.image_size
+    frames = list(iter_video(video, size=self.task.config.codec_size, keep_rgb=True))
+    rgb = [f.rgb if f.rgb is not None else f.target_rgb for f in frames]
+    tokens = np.asarray(self._vision(np.stack([siglip_pixels(r, size) for r in rgb])))
+    positions = np.asarray([t for t, f in enumerate(frames) if t and f.mv is not None])
+    preds = np.asarray(self._predict(tokens[positions - 1],
+                                     np.stack([frames[t].mv for t in positions]),
+                                     np.stack([frames[t].residual for t in positions])))
+    return {"frames": tokens.mean(axis=1), "predicted": preds.mean(axis=1),
+            "positions": positions}
 
 
 def evaluate_videos(workdir: str, videos: list[str]) -> dict:
-  task, trained, frozen = load_stage1(workdir)
+  embed = Stage1Embedder(*load_stage1(workdir))
   ours, rgb = [], []
   for video in videos:
-    e = video_embeddings(task, trained, frozen, video)
+    e = embed(video)
     t = e["positions"]
     ours.append(recall_at_k(e["predicted"], e["frames"], t, t - 1))
     rgb.append(recall_at_k(e["frames"][t - 1], e["frames"], t, t - 1))
