@@ -70,7 +70,9 @@ class Stage1Embedder:
     frames = list(iter_video(video, size=self.task.config.codec_size, keep_rgb=True))
     rgb = [f.rgb if f.rgb is not None else f.target_rgb for f in frames]
     tokens = np.asarray(self._vision(np.stack([siglip_pixels(r, size) for r in rgb])))
-    positions = np.asarray([t for t, f in enumerate(frames) if t and f.mv is not None])
+    positions = np.asarray([t for t, f in enumerate(frames) if t and f.mv is not None], np.int64)
+    if not len(positions):
+      raise ValueError(f"{video}: no Δ-frame after the first sampled frame, nothing to retrieve")
     preds = np.asarray(self._predict(tokens[positions - 1],
                                      np.stack([frames[t].mv for t in positions]),
                                      np.stack([frames[t].residual for t in positions])))
