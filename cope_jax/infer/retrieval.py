@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from cope_jax.codec.errors import VideoError
+
 
 def recall_at_k(queries: np.ndarray, database: np.ndarray, targets: np.ndarray,
                 excluded: np.ndarray, ks=(1, 2, 5)) -> dict[str, float]:
@@ -72,7 +74,7 @@ class Stage1Embedder:
     tokens = np.asarray(self._vision(np.stack([siglip_pixels(r, size) for r in rgb])))
     positions = np.asarray([t for t, f in enumerate(frames) if t and f.mv is not None], np.int64)
     if not len(positions):
-      raise ValueError(f"{video}: no Δ-frame after the first sampled frame, nothing to retrieve")
+      raise VideoError(video, "no Δ-frame after the first sampled frame: nothing to retrieve")
     preds = np.asarray(self._predict(tokens[positions - 1],
                                      np.stack([frames[t].mv for t in positions]),
                                      np.stack([frames[t].residual for t in positions])))
@@ -101,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.ERROR)
-  results = evaluate_videos(args.workdir, args.videos)
+  try:
+    results = evaluate_videos(args.workdir, args.videos)
+  except VideoError as e:  # one line on stderr, exit status 2 (SPEC §6)
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   print(json.dumps(results, indent=2))
   if args.out:
     with open(args.out, "w") as f:
