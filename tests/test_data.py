@@ -139,6 +139,15 @@ def test_stage2_batches_use_length_buckets_and_mask_answers(synth_build):
       assert ids[loss][-1] == im_end and (ids == -200).sum() == 1
 
 
+def test_truncated_answers_warn(synth_build):
+  """Text longer than the largest bucket is cut from the end, where the answers are: say so."""
+  out, _, _ = synth_build
+  cfg = _cfg(out, "finetune", length_buckets=(300,), num_epochs=1, shuffle=False)
+  with pytest.warns(UserWarning, match="answer tokens cut off"):
+    batches = list(finetune_dataset(cfg))
+  assert {b["input_ids"].shape[1] for b in batches} == {300}
+
+
 def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
   videos = tmp_path / "videos"
   videos.mkdir()
@@ -208,6 +217,22 @@ def test_build_resumes_from_the_extraction_cache(synth_build):
   assert report["written"] == 10
   assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before
   assert not [p for p in cache.iterdir() if ".tmp" in p.name]
+  # A rebuild over existing shards with other items writes them (TFDS alone would keep the old
+  # shards under a report of the new ones); then the full set again for the tests that follow.
+  full = _records_on_disk(out)
+  fewer = build("pretrain", [it for it in items if it.split == "train"][:3], str(out),
+                ExtractSettings(SIZE, SamplingConfig()), workers=2, progress=False)
+  assert fewer["written"] == 3 and _records_on_disk(out) == fewer["records"]
+  assert fewer["records"]["train"] < full["train"]
+  build("pretrain", items, str(out), ExtractSettings(SIZE, SamplingConfig()), workers=2,
+        progress=False)
+  assert _records_on_disk(out) == full
+
+
+def _records_on_disk(out) -> dict:
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  info = tfds.builder_from_directory(shard_dir(str(out), "pretrain")).info
+  return {name: split.num_examples for name, split in info.splits.items()}
 
 
 def test_mcq_conversations_per_video(tmp_path, pan_clip):

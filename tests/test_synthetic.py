@@ -7,11 +7,12 @@ import os
 import numpy as np
 import pytest
 
+from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.extract import extract_primitives
 from cope_jax.data import synthetic
 from cope_jax.data.synthetic import DESCRIBE
 from cope_jax.data.synthetic.questions import LETTERS, MOTION_FAMILIES
-from cope_jax.data.synthetic.scene import visible
+from cope_jax.data.synthetic.scene import min_seconds, sample_scene, visible
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +226,19 @@ def test_letter_step_variants(synth):
     options = {tok.decode([int(row[i])]): row[i + 2] for i in (2, 6, 10, 14)}
     assert len(set(options.values())) == 4
     assert tok.decode([int(options[tok.decode([int(row[18])])])]) == tok.decode([int(row[0])])
+
+
+def test_regenerating_with_other_settings_is_refused(tmp_path):
+  """Existing videos are kept on a re-run (resume), so other settings must not silently pair
+  them with new ground truth; too short a video is refused up front (it used to hang)."""
+  synthetic.generate(str(tmp_path), 2, seed=0, size=32, workers=1, progress=False)
+  first = (tmp_path / "videos" / "00000.mp4").read_bytes()
+  synthetic.generate(str(tmp_path), 2, seed=0, size=32, workers=1, progress=False)  # resumes
+  assert (tmp_path / "videos" / "00000.mp4").read_bytes() == first
+  with pytest.raises(ConfigError, match="seed"):
+    synthetic.generate(str(tmp_path), 2, seed=1, size=64, workers=1, progress=False)
+  with pytest.raises(ConfigError, match="too short"):
+    synthetic.generate(str(tmp_path / "short"), 2, seconds=4, workers=1, progress=False)
+  shortest = min_seconds()
+  scene = sample_scene(np.random.default_rng(0), size=32, seconds=shortest)
+  assert len(scene.camera) == round(shortest * 30)

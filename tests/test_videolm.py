@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cope_jax.codec.errors import ConfigError
 from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
 from cope_jax.models import presets
 from cope_jax.models.delta_encoder import DeltaEncoder, Stage1Predictor, normalise_motion
@@ -92,7 +93,8 @@ def test_motion_normalisation():
 
 
 def test_compact_delta_encoder_is_under_15m_and_paper_is_not():
-  counts = {name: presets.parameter_counts(presets.video_lm("tiny", name))["delta_encoder"]
+  # at the paper's vision width (1152), which sets the output projection's size
+  counts = {name: presets.parameter_counts(presets.video_lm("paper", name))["delta_encoder"]
             for name in ("compact", "paper")}
   assert counts["compact"] < 15e6 < counts["paper"]
 
@@ -153,6 +155,25 @@ def test_forward_sharded_over_8_devices_equals_single_device():
   with jax.set_mesh(mesh):
     sharded = forward(sharded_params, *sharded_batch)
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("delta", sorted(presets.DELTA))
+def test_every_delta_encoder_shards(delta):
+  """Each Δ-encoder's parameters map to mesh shardings (a logical name used twice in one
+  parameter is an error there); compact and paper project their width to the vision width."""
+  cfg = presets.video_lm("tiny", delta)
+  batch = _tiny_batch(cfg)
+  abstract = jax.eval_shape(lambda: VideoLM(cfg).init(jax.random.key(0), *batch)["params"])
+  shardings = jax.tree_util.tree_leaves(logical_shardings(abstract, make_mesh({"fsdp": 8})))
+  assert shardings and all(len(x.mesh.devices.flat) == 8 for x in shardings)
+
+
+def test_every_preset_builds():
+  for name, (_, vision, _) in presets.PRESETS.items():
+    cfg = presets.video_lm(name)
+    assert cfg.vision == presets.SIGLIP[vision] and cfg.delta.out_dim == cfg.vision.hidden_size
+  with pytest.raises(ConfigError, match="unknown model preset"):
+    presets.video_lm("huge")
 
 
 def test_bf16_compute_and_remat():

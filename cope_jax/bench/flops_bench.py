@@ -74,7 +74,7 @@ def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m cope_jax.bench flops", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="bench", choices=["bench", "tiny", "small", "paper"])
+  parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS])
   parser.add_argument("--seconds", type=float, default=64.0)
   parser.add_argument("--delta", default=None, choices=["tiny", "compact", "paper"],
                       help="Δ-encoder preset (default: the preset's own)")
@@ -84,8 +84,10 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   cfg = unscanned(bench_config() if args.preset == "bench"
                   else presets.video_lm(args.preset, args.delta))
-  print(f"prefill FLOPs per component, preset {args.preset} (Δ-encoder "
-        f"{args.delta or args.preset}), {args.seconds:.0f} s video "
+  delta = args.delta or (presets.PRESETS[args.preset][2] if args.preset in presets.PRESETS
+                         else args.preset)
+  print(f"prefill FLOPs per component, preset {args.preset} (Δ-encoder {delta}), "
+        f"{args.seconds:.0f} s video "
         f"(XLA cost analysis of the lowered forward passes):")
   dense_total = None
   for name, (k, p, _) in settings(args.seconds).items():

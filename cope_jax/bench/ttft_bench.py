@@ -116,7 +116,7 @@ def plot_tokens(rows: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m cope_jax.bench ttft", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="bench", choices=["bench", "tiny", "small", "paper"])
+  parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS])
   parser.add_argument("--seconds", type=float, default=64.0)
   parser.add_argument("--new-tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=2)

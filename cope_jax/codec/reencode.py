@@ -20,6 +20,7 @@ import av
 import av.filter
 
 from cope_jax.codec.errors import ConfigError, VideoError
+from cope_jax.codec.motion import MAX_SIZE
 from cope_jax.codec.probe import decode_frames, display_rotation, open_video
 
 # FFmpeg filter chains that turn a frame rotated by the key (degrees counter-clockwise, as PyAV
@@ -39,6 +40,9 @@ class EncodeSpec:
   def validate(self) -> "EncodeSpec":
     if self.size < 16 or self.size % 16:
       raise ConfigError(f"size must be a positive multiple of 16 (macroblock grid), got {self.size}")
+    if self.size > MAX_SIZE:
+      raise ConfigError(f"size must be at most {MAX_SIZE} (motion-vector positions are int16 "
+                        f"quarter-pels), got {self.size}")
     if not 1 <= self.fps <= 240:
       raise ConfigError(f"fps must be in [1, 240], got {self.fps}")
     if self.gop < 1:

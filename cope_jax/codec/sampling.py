@@ -14,8 +14,9 @@ it actually contains — a 10 s video is one full GOP plus a partial GOP of 2 po
 Videos with more than ``max_gops`` GOPs keep ``max_gops`` of them, spread uniformly
 (``np.linspace(0, n - 1, max_gops)`` rounded down, the first and last GOP included).
 
-``token_budget`` is the single place where the token arithmetic of the paper lives; the data
-pipeline and the ``budget`` command both call it.
+``token_budget`` is the single place where a video's token arithmetic of the paper lives (the
+``budget`` command prints it); the data pipeline instead reserves the padded slots of a batch,
+``max_keyframes`` × keyframe tokens + ``max_delta_frames`` × Δ tokens of the model's config.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 
 from cope_jax.codec.errors import ConfigError
 from cope_jax.data import primitive_cache, sources
@@ -26,11 +27,12 @@ def load_items(source: str, out: str, annotations: str | None, videos: str | Non
     return sources.read_mcq(annotations, conversations, seed)
   if source == "synthetic":
     from cope_jax.data import synthetic  # pylint: disable=import-outside-toplevel
-    folder = annotations and os.path.dirname(annotations) or os.path.join(out, "synthetic")
     if not annotations:
+      folder = os.path.join(out, "synthetic")
       synthetic.generate(folder, synth_videos, seed=seed, size=size, workers=workers,
                          progress=progress)
-    return sources.read_mcq(os.path.join(folder, "questions.jsonl"), conversations, seed)
+      annotations = os.path.join(folder, "questions.jsonl")
+    return sources.read_mcq(annotations, conversations, seed)
   raise ConfigError(f"unknown source {source!r}")
 
 
@@ -66,6 +68,9 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
       for j, rec in enumerate(records(stage, it.video, cached, it)):
         yield f"{i:08d}-{j:04d}", rec
 
+  # TFDS keeps a dataset folder that exists; the extracted primitives are cached, so a rebuild
+  # (other videos, splits or sampling) rewrites the shards rather than reporting stale ones.
+  shutil.rmtree(shard_dir(out, stage), ignore_errors=True)
   builder = BUILDERS[stage](examples=examples, splits=splits, data_dir=out)
   if progress:
     builder.download_and_prepare()

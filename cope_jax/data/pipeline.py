@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import grain
 import numpy as np
@@ -190,6 +191,11 @@ class _BatchSequences:
     for b, e in enumerate(examples):
       n = min(len(e["ids"]), text)
       ids[b, :n], text_mask[b, :n], loss[b, :n] = e["ids"][:n], True, e["loss"][:n]
+      if e["loss"][n:].any():
+        # One message per setting (Python shows each distinct warning once), not per example.
+        warnings.warn(f"answer tokens cut off: a conversation is longer than {text} text tokens "
+                      f"(the largest of length_buckets={self.cfg.length_buckets} minus "
+                      f"{extra + 1} visual tokens); raise the largest bucket", stacklevel=2)
     p = self.cfg.max_delta_frames
     zeros_mv = np.zeros((p,) + self.delta_shape + (2,), np.float32)
     zeros_res = np.zeros((p,) + self.delta_shape + (3,), np.int16)

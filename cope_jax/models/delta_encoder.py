@@ -94,7 +94,8 @@ class QueryTransformer(nn.Module):
     x = Transformer(cfg.num_layers, cfg.num_heads, cfg.mlp_ratio, cfg.dtype, cfg.remat, cfg.scan,
                     name="transformer")(x)[:, -self.num_queries:]
     if cfg.width != cfg.out_dim:
-      x = dense(cfg.out_dim, ("embed", "embed"), dtype=cfg.dtype, name="out")(x)
+      # Output axis unsharded: one logical name may not appear twice in a parameter.
+      x = dense(cfg.out_dim, ("embed", None), dtype=cfg.dtype, name="out")(x)
     return x
 
 

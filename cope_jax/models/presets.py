@@ -1,4 +1,5 @@
-"""Model sizes by name: ``tiny`` (CPU tests, the demo), ``small``, ``paper`` (LLaVA-Video-7B).
+"""Model sizes by name: ``tiny`` (CPU tests, the demo), ``small`` (Qwen2-0.5B shapes), ``1.5b``,
+``paper`` (LLaVA-Video-7B).
 
 ``python -m cope_jax.models.presets`` prints parameter counts per component for each preset
 (computed with ``jax.eval_shape``: nothing is allocated).
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cope_jax.codec.errors import ConfigError
 from cope_jax.models.delta_encoder import DeltaEncoderConfig, Stage1Predictor
 from cope_jax.models.llava import VideoLMConfig
 from cope_jax.models.qwen2 import Qwen2Config
@@ -43,14 +45,27 @@ DELTA = {
 }
 
 
+# Each preset's LLM (QWEN2), vision encoder (SIGLIP) and default Δ-encoder (DELTA): LLaVA-Video
+# and LLaVA-OneVision pair every Qwen2 size above the tiny ones with the so400m encoder.
+PRESETS = {"tiny": ("tiny", "tiny", "tiny"), "small": ("small", "small", "compact"),
+           "1.5b": ("1.5b", "paper", "compact"), "paper": ("paper", "paper", "paper")}
+
+
 def video_lm(name: str, delta: str | None = None, dtype=jnp.float32, remat: bool = False,
              scan: bool = True, **llm_overrides) -> VideoLMConfig:
-  """A VideoLM preset; ``dtype`` (compute; parameters stay float32) and ``remat`` apply to every
-  component, and the Δ-encoder's output width follows the vision encoder's."""
+  """A VideoLM preset (``PRESETS``); ``delta`` picks another Δ-encoder (``DELTA``). ``dtype``
+  (compute; parameters stay float32) and ``remat`` apply to every component, and the
+  Δ-encoder's output width follows the vision encoder's."""
+  if name not in PRESETS:
+    raise ConfigError(f"unknown model preset {name!r}; one of {sorted(PRESETS)}")
+  if delta and delta not in DELTA:
+    raise ConfigError(f"unknown Δ-encoder preset {delta!r}; one of {sorted(DELTA)}")
+  llm_name, vision_name, delta_name = PRESETS[name]
   common = dict(dtype=dtype, remat=remat, scan=scan)
-  vision = dataclasses.replace(SIGLIP[name], **common)
-  delta_cfg = dataclasses.replace(DELTA[delta or name], out_dim=vision.hidden_size, **common)
-  llm = dataclasses.replace(QWEN2[name], **common, **llm_overrides)
+  vision = dataclasses.replace(SIGLIP[vision_name], **common)
+  delta_cfg = dataclasses.replace(DELTA[delta or delta_name], out_dim=vision.hidden_size,
+                                  **common)
+  llm = dataclasses.replace(QWEN2[llm_name], **common, **llm_overrides)
   return VideoLMConfig(vision, llm, delta_cfg)
 
 
@@ -79,9 +94,8 @@ def parameter_counts(cfg: VideoLMConfig, codec_size: int = 384) -> dict[str, int
 
 
 def main() -> None:
-  for name in ("tiny", "small", "paper"):
-    deltas = ("paper", "compact") if name == "paper" else (name if name in DELTA else "compact",)
-    for delta in deltas:
+  for name, (_, _, default_delta) in PRESETS.items():
+    for delta in dict.fromkeys((default_delta, "compact")):
       counts = parameter_counts(video_lm(name, delta), codec_size=384 if name != "tiny" else 64)
       print(f"{name} (Δ-encoder {delta}): " + ", ".join(f"{k} {v / 1e6:.2f}M"
                                                         for k, v in counts.items()))

@@ -20,7 +20,7 @@ def base() -> ml_collections.ConfigDict:
   c.profile_steps = ""         # e.g. "5:8": jax.profiler trace of those steps in WORKDIR/profile
 
   c.model = ml_collections.ConfigDict()
-  c.model.preset = "tiny"      # cope_jax.models.presets: tiny | small | paper
+  c.model.preset = "tiny"      # cope_jax.models.presets: tiny | small | 1.5b | paper
   c.model.delta = ""           # Δ-encoder preset ("" = same as preset; "compact" < 15 M)
   c.model.dtype = "float32"    # compute dtype; parameters stay float32
   c.model.remat = False

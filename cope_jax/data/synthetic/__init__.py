@@ -19,11 +19,12 @@ from typing import Iterator
 import numpy as np
 
 from cope_jax.codec import synthetic_clips
+from cope_jax.codec.errors import ConfigError
 from cope_jax.data.sources import mcq_prompt
 from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, caption,
                                                questions_for_scene)
 from cope_jax.data.parallel import process_pool
-from cope_jax.data.synthetic.scene import Scene, render, sample_scene
+from cope_jax.data.synthetic.scene import Scene, check_seconds, render, sample_scene
 from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
 from cope_jax.json_files import write_json
 
@@ -45,6 +46,19 @@ def _write_video(args) -> str:
   return path
 
 
+def _check_video_settings(folder: str, settings: dict) -> None:
+  path = os.path.join(folder, "settings.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      made = json.load(f)
+    if made != settings:
+      raise ConfigError(f"{folder} holds videos made with {made}, not {settings}: use another "
+                        "--out, or delete that folder to regenerate")
+  else:
+    os.makedirs(folder, exist_ok=True)
+    write_json(path, settings)
+
+
 def _balanced_letters(rng: np.random.Generator) -> Iterator[int]:
   while True:  # every block of four questions uses each letter once
     yield from rng.permutation(4).tolist()
@@ -61,8 +75,14 @@ def split_of(indices: np.ndarray, rng: np.random.Generator) -> dict[int, str]:
 
 def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: float = 8.0,
              workers: int | None = None, progress: bool = True) -> dict:
-  """Writes the dataset to ``out``; returns counts per split and family."""
-  os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+  """Writes the dataset to ``out``; returns counts per split and family.
+
+  Videos already in ``out/videos`` are kept (an interrupted run resumes), so they must have been
+  made with the same seed, size and length: ``out/videos/settings.json`` records them, and a
+  mismatch is an error rather than ground truth that describes other videos."""
+  check_seconds(seconds)
+  _check_video_settings(os.path.join(out, "videos"), {"seed": seed, "size": size,
+                                                      "seconds": seconds})
   jobs = [(seed, i, size, seconds, os.path.join(out, "videos", f"{i:05d}.mp4"))
           for i in range(videos)]
   todo = [j for j in jobs if not os.path.exists(j[-1])]
@@ -103,8 +123,7 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
              "families": {f: sum(q["family"] == f for q in questions) for f in FAMILIES},
              "letters": {L: sum(q["answer"] == L for q in questions) for L in "ABCD"},
              "motion_families": list(MOTION_FAMILIES)}
-  with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  write_json(os.path.join(out, "summary.json"), summary)
   return summary
 
 

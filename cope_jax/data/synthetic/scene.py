@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.synthetic_clips import mirror_tiled, texture
 
 COLORS = {"red": (225, 35, 35), "green": (40, 190, 60), "blue": (40, 80, 235),
@@ -93,6 +94,26 @@ def _simulate(rng: np.random.Generator, size: int, side: int, num_frames: int, s
   return positions, bounces
 
 
+def start_candidates(fps: int, num_frames: int) -> np.ndarray:
+  """Frames where an object may start moving: every 0.5 s from 0.5 s to 45 % of the video."""
+  return np.arange(int(0.5 * fps), int(0.45 * num_frames), fps // 2)
+
+
+def min_seconds(num_sprites: int = 2, fps: int = 30) -> float:
+  """The shortest video whose start window holds ``num_sprites`` starts 1.5 s apart."""
+  seconds = 1.0
+  while len(start_candidates(fps, int(round(seconds * fps)))) < 3 * (num_sprites - 1) + 1:
+    seconds += 0.5
+  return seconds
+
+
+def check_seconds(seconds: float, num_sprites: int = 2, fps: int = 30) -> None:
+  if len(start_candidates(fps, int(round(seconds * fps)))) < 3 * (num_sprites - 1) + 1:
+    raise ConfigError(f"{seconds:g} s is too short for {num_sprites} objects that start moving "
+                      f"1.5 s apart in the first 45 % of the video; use at least "
+                      f"{min_seconds(num_sprites, fps):g} s")
+
+
 def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, seconds: float = 8.0,
                  num_sprites: int = 2) -> Scene:
   """A random scene whose events are well separated in time (so questions are unambiguous)."""
@@ -101,11 +122,11 @@ def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, second
   colors = rng.choice(list(COLORS), num_sprites, replace=False)
   shapes = rng.choice(SHAPES, num_sprites, replace=num_sprites > len(SHAPES))
   # Start times at least 1.5 s apart, never at frame 0 (the keyframe must not reveal motion).
-  starts = np.sort(rng.choice(np.arange(int(0.5 * fps), int(0.45 * num_frames), fps // 2),
-                              num_sprites, replace=False))
+  check_seconds(seconds, num_sprites, fps)
+  candidates = start_candidates(fps, num_frames)
+  starts = np.sort(rng.choice(candidates, num_sprites, replace=False))
   while np.any(np.diff(starts) < 1.5 * fps):
-    starts = np.sort(rng.choice(np.arange(int(0.5 * fps), int(0.45 * num_frames), fps // 2),
-                                num_sprites, replace=False))
+    starts = np.sort(rng.choice(candidates, num_sprites, replace=False))
   # Speeds in frame widths per second; the sprites differ by at least 1.6x.
   speeds = rng.uniform(0.1, 0.4, num_sprites)
   while num_sprites > 1 and max(speeds) < 1.6 * min(speeds):
