@@ -17,8 +17,8 @@ def qwen2_dir(root: str, vocab: int, heads: int, kv_heads: int, seed: int = 0) -
     model = Qwen2ForCausalLM(Qwen2Config(
         vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=False,
-        rope_theta=10000.0))
-    _randomise_norms(model)
+        rope_theta=1e6, rms_norm_eps=1e-5))  # not the defaults: a parsing slip would show
+    _randomise_norms_and_biases(model)
     model.save_pretrained(path)
   return path
 
@@ -30,7 +30,7 @@ def siglip_dir(root: str) -> str:
   if not os.path.exists(path):
     torch.manual_seed(1)
     model = SiglipVisionModel(SiglipVisionConfig(**VISION))
-    _randomise_norms(model)
+    _randomise_norms_and_biases(model)
     model.save_pretrained(path)
   return path
 
@@ -45,23 +45,25 @@ def onevision_dir(root: str) -> str:
     cfg = LlavaOnevisionConfig(
         text_config=Qwen2Config(vocab_size=1030, hidden_size=64, intermediate_size=128,
                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                tie_word_embeddings=False, rope_theta=10000.0).to_dict(),
+                                tie_word_embeddings=False, rope_theta=1e6,
+                                rms_norm_eps=1e-5).to_dict(),
         vision_config=SiglipVisionConfig(**VISION).to_dict(), image_token_index=1029,
         video_token_index=1028, vision_feature_layer=-1)
     model = LlavaOnevisionForConditionalGeneration(cfg)
-    _randomise_norms(model)
+    _randomise_norms_and_biases(model)
     with torch.no_grad():
       model.model.image_newline.normal_()
     model.save_pretrained(path)
   return path
 
 
-def _randomise_norms(model) -> None:
-  """Norm weights start at 1 and biases at 0; random values catch swapped or missing ones."""
+def _randomise_norms_and_biases(model) -> None:
+  """Norm weights start at 1 and biases at 0 (Qwen2's q/k/v biases too); random values catch a
+  swapped or missing one."""
   import torch  # pylint: disable=import-outside-toplevel
   with torch.no_grad():
     for name, p in model.named_parameters():
-      if "norm" in name:
+      if "norm" in name or name.endswith("bias"):
         p.add_(0.1 * torch.randn_like(p))
 
 

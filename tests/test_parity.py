@@ -121,6 +121,17 @@ def test_hf_forward_cli(hf_root, tmp_path, kind):
       ref = SiglipVisionModel.from_pretrained(path).eval()(
           pixel_values=torch.tensor(inputs["pixel_values"])).last_hidden_state.numpy()
     assert np.abs(out["last_hidden_state"] - ref).max() <= 1e-4
+  # bad inputs: one error line, exit status 2
+  bad = ({"input_ids": np.array([[0, 1001]])} if kind == "qwen2"
+         else {"pixel_values": hf_models.rng_inputs((2, 3, 50, 56))})
+  np.savez(tmp_path / "bad.npz", **bad)
+  (tmp_path / "junk.npz").write_text("not numpy")
+  for name in ("bad.npz", "junk.npz"):
+    r = subprocess.run([sys.executable, "-m", "cope_jax.convert", "hf-forward", "--hf-dir", path,
+                        "--inputs", str(tmp_path / name), "--out", str(tmp_path / "x.npz")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def _get_2d_pool_and_grid(features, newline, grid):
@@ -214,6 +225,10 @@ def test_llava_next_layout_converts_identically(hf_root, tmp_path):
   flat = {**hf_cfg["text_config"], "model_type": "llava_qwen",
           "mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu"}
   (tmp_path / "config.json").write_text(json.dumps(flat))
+  # the flat config gives the same LLM (vision is so400m by name: LLaVA-NeXT stores no config)
+  assert llava_convert.config_from_checkpoint(read_config(str(tmp_path))).llm == cfg.llm
+  with pytest.raises(CheckpointError, match="mm_newline_position"):
+    llava_convert.config_from_checkpoint({**flat, "mm_newline_position": "one_token"})
   next_params = llava_convert.convert(read_checkpoint(str(tmp_path)), cfg, str(tmp_path))
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(next_params)):
     np.testing.assert_array_equal(a, b)

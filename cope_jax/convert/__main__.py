@@ -28,27 +28,38 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
   from cope_jax.convert.tree import TensorSource  # pylint: disable=import-outside-toplevel
   config = read_config(hf_dir)
   tensors = read_checkpoint(hf_dir)
-  with np.load(inputs) as f:
-    data = dict(f)
+  try:
+    with np.load(inputs) as f:
+      data = dict(f)
+  except ValueError as e:  # not an .npz (numpy refuses pickles and junk with ValueError)
+    raise CheckpointError(f"{inputs}: not a .npz of arrays ({e})") from e
   kind = config.get("model_type")
   if kind == "qwen2":
     from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel
-    if "input_ids" not in data:
-      raise CheckpointError(f"{inputs}: a Qwen2 model needs 'input_ids' (B, L)")
+    ids = data.get("input_ids")
     cfg = qwen2_convert.config_from_hf(config)
+    if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
+      raise CheckpointError(f"{inputs}: a Qwen2 model needs integer 'input_ids' (B, L)")
+    if ids.size and not 0 <= ids.min() <= ids.max() < cfg.vocab_size:
+      raise CheckpointError(f"{inputs}: input_ids must lie in [0, {cfg.vocab_size}), got "
+                            f"[{ids.min()}, {ids.max()}]")
     params = qwen2_convert.convert(TensorSource(tensors, hf_dir), cfg,
                                    tied=config.get("tie_word_embeddings", False))
-    logits, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(data["input_ids"]))
+    logits, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(ids))
     result = {"logits": np.asarray(logits, np.float32)}
   elif kind in ("siglip_vision_model", "siglip"):
     from cope_jax.models.siglip import Siglip  # pylint: disable=import-outside-toplevel
-    if "pixel_values" not in data:
-      raise CheckpointError(f"{inputs}: a SigLIP model needs 'pixel_values' (B, 3, H, W)")
     cfg = siglip_convert.config_from_hf(config, post_layernorm=True)
+    pixels = data.get("pixel_values")
+    want = (3, cfg.image_size, cfg.image_size)
+    if pixels is None or pixels.ndim != 4 or pixels.shape[1:] != want:
+      raise CheckpointError(f"{inputs}: a SigLIP model needs 'pixel_values' (B, {want[0]}, "
+                            f"{want[1]}, {want[2]}), got "
+                            f"{None if pixels is None else pixels.shape}")
     prefix = siglip_convert.find_prefix(tensors, ("vision_model.", ""))
     params = siglip_convert.convert(TensorSource(tensors, hf_dir), cfg, prefix)
-    pixels = jnp.asarray(data["pixel_values"], jnp.float32).transpose(0, 2, 3, 1)
-    hidden, _ = Siglip(cfg).apply({"params": params}, pixels)
+    hidden, _ = Siglip(cfg).apply({"params": params},
+                                  jnp.asarray(pixels, jnp.float32).transpose(0, 2, 3, 1))
     result = {"last_hidden_state": np.asarray(hidden, np.float32)}
   else:
     raise CheckpointError(f"{hf_dir}: model_type {kind!r} is neither qwen2 nor siglip_vision_model")
@@ -62,8 +73,10 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from cope_jax.convert import llava_convert  # pylint: disable=import-outside-toplevel
   from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
-  cfg = llava_convert.config_from_checkpoint(read_config(checkpoint), delta)
-  params = llava_convert.convert(read_checkpoint(checkpoint), cfg, checkpoint)
+  hf = read_config(checkpoint)
+  cfg = llava_convert.config_from_checkpoint(hf, delta)
+  params = llava_convert.convert(read_checkpoint(checkpoint), cfg, checkpoint,
+                                 tied=llava_convert.tied_embeddings(hf))
   params["delta_encoder"] = checkpoints.init_delta_encoder(cfg, jax.random.key(seed))
   checkpoints.save_params(out, params, cfg)
   print(f"wrote {out} (VideoLM parameters + config.json; Δ-encoder from seed {seed})")

@@ -59,23 +59,35 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
     if "siglip" not in hf["mm_vision_tower"]:
       raise CheckpointError(f"vision tower {hf['mm_vision_tower']!r}: only SigLIP is supported")
     vision = SIGLIP["paper"]  # so400m-patch14-384 with the last layer dropped
-    if hf.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
-      raise CheckpointError(f"mm_projector_type {hf['mm_projector_type']!r} is not mlp2x_gelu")
+    # LLaVA-Video's token layout, which VideoLM implements: 2×2 bilinear pooling of each frame's
+    # grid, a newline after every row. OneVision's video setting differs (one newline token).
+    for key, expected in (("mm_projector_type", "mlp2x_gelu"), ("mm_newline_position", "grid"),
+                          ("mm_spatial_pool_mode", "bilinear"), ("mm_spatial_pool_stride", 2)):
+      if hf.get(key, expected) != expected:
+        raise CheckpointError(f"{key}={hf[key]!r}: only {expected!r} (LLaVA-Video's layout) is "
+                              "supported")
   else:
     raise CheckpointError("config.json has neither text_config/vision_config (llava-hf) nor "
                           "mm_vision_tower (LLaVA-NeXT)")
   return VideoLMConfig(vision, llm, dataclasses.replace(DELTA[delta], out_dim=vision.hidden_size))
 
 
-def convert(tensors: dict, cfg: VideoLMConfig, what: str = "checkpoint") -> dict:
-  """Parameters for every VideoLM component except ``delta_encoder``."""
+def tied_embeddings(hf: dict) -> bool:
+  """Whether the LLM's output head is its input embedding (no ``lm_head.weight`` stored)."""
+  return bool(hf.get("text_config", hf).get("tie_word_embeddings", False))
+
+
+def convert(tensors: dict, cfg: VideoLMConfig, what: str = "checkpoint",
+            tied: bool = False) -> dict:
+  """Parameters for every VideoLM component except ``delta_encoder``; ``tied``: see
+  ``tied_embeddings``."""
   layout = LAYOUTS[detect_layout(tensors)]
   src = TensorSource(tensors, what)
   prefix, head = layout["llm"]
   vision_prefix = siglip_convert.find_prefix(tensors, layout["vision"])
   d_vis, d_llm = cfg.vision.hidden_size, cfg.llm.hidden_size
   return {
-      "llm": qwen2_convert.convert(src, cfg.llm, prefix=prefix, lm_head=head),
+      "llm": qwen2_convert.convert(src, cfg.llm, prefix=prefix, lm_head=head, tied=tied),
       "vision_tower": siglip_convert.convert(src, cfg.vision, vision_prefix),
       "projector": {"linear_1": src.linear(layout["projector"][0], d_vis, d_llm),
                     "linear_2": src.linear(layout["projector"][1], d_llm, d_llm)},

@@ -8,10 +8,10 @@ from cope_jax.convert.safetensors_io import CheckpointError
 
 
 class TensorSource:
-  """Named tensors of a checkpoint, read under a key prefix; remembers what was used."""
+  """Named tensors of a checkpoint, read under a key prefix."""
 
   def __init__(self, tensors: dict[str, np.ndarray], what: str):
-    self.tensors, self.what, self.used = tensors, what, set()
+    self.tensors, self.what = tensors, what
 
   def get(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
     if key not in self.tensors:
@@ -24,7 +24,6 @@ class TensorSource:
                             f"expects {tuple(shape)}")
     if not np.issubdtype(np.dtype(t.dtype), np.floating) and t.dtype.name != "bfloat16":
       raise CheckpointError(f"{self.what}: tensor {key!r} has dtype {t.dtype}, expected floats")
-    self.used.add(key)
     return np.asarray(t, np.float32)
 
   def linear(self, prefix: str, n_in: int, n_out: int, bias: bool = True) -> dict:
@@ -33,9 +32,6 @@ class TensorSource:
     if bias:
       out["bias"] = self.get(f"{prefix}.bias", (n_out,))
     return out
-
-  def unused(self, prefix: str = "") -> list[str]:
-    return sorted(k for k in self.tensors if k.startswith(prefix) and k not in self.used)
 
 
 def stack(layers: list[dict]) -> dict:

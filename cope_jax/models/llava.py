@@ -88,7 +88,8 @@ def delta_layout(delta_tokens: jax.Array, newline: jax.Array, motion: int) -> ja
 
 def interleave(key_tokens: jax.Array, delta_tokens: jax.Array, kinds: jax.Array):
   """One video: (K, Tk, D) keyframe and (P, Td, D) Δ-frame tokens in the order of ``kinds``
-  (T,) (0 keyframe, 1 Δ-frame, −1 padding) → (K·Tk + P·Td, D) tokens and a validity mask."""
+  (T,) (0 keyframe, 1 Δ-frame, −1 padding) → (K·Tk + P·Td, D) tokens and a validity mask.
+  K and P are at least 1 (padded slots, ``kinds`` −1, when a video has none)."""
   tk, td = key_tokens.shape[1], delta_tokens.shape[1]
   slots = key_tokens.shape[0] * tk + delta_tokens.shape[0] * td
   lengths = jnp.where(kinds == 0, tk, jnp.where(kinds == 1, td, 0))

@@ -3,7 +3,8 @@
 GQA attention with RoPE (rotate-half convention, theta from the config), RMSNorm, SwiGLU, biases
 on q/k/v only, untied lm_head. Layers are scanned (parameters stacked on a leading ``layers``
 axis; one layer is compiled once) and optionally rematerialised. Attention is
-``jax.nn.dot_product_attention`` (cuDNN on GPUs, XLA elsewhere) with one boolean mask that
+``jax.nn.dot_product_attention`` (its XLA implementation, which JAX uses unless cuDNN is
+named) with one boolean mask that
 combines causality, padding and packed segments, optionally in blocks of queries
 (``attention_chunk``) so long sequences never hold all (L, L) scores at once.
 

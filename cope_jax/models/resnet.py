@@ -4,7 +4,8 @@ A plain ResNet-18 reaches stride 32 (stem 4, then stages ×1, ×2, ×2, ×2). We
 stage but run the last one at stride 1 with dilation 2 (as DeepLab does), so features land on
 the same H/16 × W/16 grid as the 16×16 motion patches. GroupNorm replaces BatchNorm: the model
 stays a pure function of its parameters (no batch statistics to carry), and small per-device
-batches do not hurt it. ``stages`` < 4 truncates (the compact Δ-encoder uses 3: stride 16 too).
+batches do not hurt it. The number of stages is ``len(widths)``: fewer than 4 truncates (the
+tiny Δ-encoder uses 3: stride 16 too).
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
     # parameters
@@ -31,7 +30,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
-    ("head_dim", None),
     ("vocab", "tensor"),
     ("norm", None),
     ("conv_in", None),
