@@ -51,11 +51,14 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.answers import parse_letter  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  rows, skipped, cache = [], [], {}
+  rows, skipped, cache = [], {}, {}
   log = open(log_path, "w") if log_path else None
   try:
     desc = f"evaluate {mode}" + (" (open-ended)" if answer_format == "open" else "")
     for q in tqdm(questions, desc=desc, unit=" questions", disable=not progress):
+      if q["video"] in skipped:  # unreadable: tried once
+        skipped[q["video"]]["questions"] += 1
+        continue
       try:
         if q["video"] not in cache:  # questions share videos: extract once
           cache = {q["video"]: model.video_inputs(q["video"], mode, keyframes_per_gop,
@@ -65,7 +68,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
         answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
                            inputs=cache[q["video"]])
       except VideoError as e:
-        skipped.append({"video": q["video"], "reason": e.reason})
+        skipped[q["video"]] = {"video": q["video"], "reason": e.reason, "questions": 1}
         continue
       if answer_format == "letter":
         expected, predicted = q["answer"], parse_letter(answer.text, len(q["options"]))
@@ -83,17 +86,18 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   families = collections.defaultdict(list)
   for r in rows:
     families[r["family"]].append(r["correct"])
+  def mean(key, reduce=np.mean):  # None when no question could be asked
+    return float(reduce([r[key] for r in rows])) if rows else None
+
   return {"mode": mode, "answer_format": answer_format, "n": len(rows),
-          "accuracy": float(np.mean([r["correct"] for r in rows])) if rows else 0.0,
-          "visual_tokens_mean": float(np.mean([r["visual_tokens"] for r in rows])) if rows else 0,
-          "ttft_mean_s": float(np.mean([r["ttft_s"] for r in rows])) if rows else 0.0,
-          # the median leaves out the first call of each prompt shape, which compiles
-          "ttft_median_s": float(np.median([r["ttft_s"] for r in rows])) if rows else 0.0,
+          "accuracy": mean("correct"), "visual_tokens_mean": mean("visual_tokens"),
+          # both leave out compilation (each new prompt bucket's first call)
+          "ttft_mean_s": mean("ttft_s"), "ttft_median_s": mean("ttft_s", np.median),
           "keyframes_per_gop": keyframes_per_gop,
           **({"dense_frames": dense_frames} if mode == "dense" else {}),
           "families": {f: {"accuracy": float(np.mean(v)), "n": len(v)}
                        for f, v in sorted(families.items())},
-          "skipped": skipped}
+          "skipped": list(skipped.values())}
 
 
 def read_questions(path: str, limit: int | None = None) -> list[dict]:
@@ -116,7 +120,8 @@ def read_questions(path: str, limit: int | None = None) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m cope_jax.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--workdir", required=True,
+                      help="a stage-2 training workdir or a converted checkpoint folder")
   parser.add_argument("--data", required=True, help="MCQ JSONL (SPEC §6)")
   parser.add_argument("--mode", default="cope", choices=["cope", "keyframes", "dense",
                                                          "cope_zero_delta"])
@@ -128,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--open-ended", action="store_true",
                       help="ask without the options; score an exact match with the right "
                       "option's text (a probe of what the model knows apart from the letter)")
-  parser.add_argument("--quiet", action="store_true")
+  parser.add_argument("--quiet", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   try:
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+      raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
     questions = read_questions(args.data, args.limit)
     model = CoPE.load(args.workdir)
   except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
@@ -145,8 +152,14 @@ def main(argv: list[str] | None = None) -> int:
                      answer_format="open" if args.open_ended else "letter")
   from cope_jax.json_files import write_json  # pylint: disable=import-outside-toplevel
   write_json(args.out, results)
-  print(f"{args.mode}{' (open-ended)' if args.open_ended else ''}: accuracy {results['accuracy']:.3f} on {results['n']} questions, "
-        f"{results['visual_tokens_mean']:.0f} visual tokens, TTFT {results['ttft_mean_s']:.3f} s")
+  label = args.mode + (" (open-ended)" if args.open_ended else "")
+  if not results["n"]:
+    print(f"error: {label}: no question could be asked ({len(results['skipped'])} unreadable "
+          f"videos, see {args.out})", file=sys.stderr)
+    return 2
+  print(f"{label}: accuracy {results['accuracy']:.3f} on {results['n']} questions, "
+        f"{results['visual_tokens_mean']:.0f} visual tokens, TTFT {results['ttft_median_s']:.3f} s "
+        "(median)")
   return 0
 
 

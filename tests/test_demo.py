@@ -69,3 +69,9 @@ def test_demo_quick(tmp_path):
       results["elapsed_s_all_runs"] + again["elapsed_s"], abs=0.15)  # each rounded to 0.1 s
   assert "with the earlier runs it resumed" in stdout2
   assert again["training"]["stage2"]["last"] == results["training"]["stage2"]["last"]
+
+  # The same workdir without --quick is refused: its data, checkpoints and evaluations are the
+  # quick run's and must not show up as the full demo's.
+  r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(tmp_path)],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and "--quick" in r.stderr

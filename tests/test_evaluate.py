@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 
 @pytest.mark.parametrize("text,letter", [
     ("(B)", "B"), ("The answer is C.", "C"), ("c", "C"), ("B. red", "B"), ("no letter at all", None),
+    ("The answer is a dog.", None), ("Answer: D", "D"),
     ("D", "D"), ("A red square", "A"), ("Answer: (d)", "D"), ("E", None), ("  B)  ", "B"),
     ("I think it is B", "B"),
 ])

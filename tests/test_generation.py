@@ -39,27 +39,34 @@ def _row(inputs, b):
   return tuple(x[b:b + 1] for x in inputs)
 
 
+def _recomputed_next(cfg, params, inputs, b, n, appended):
+  """The greedy next token of row ``b`` (``n`` prompt tokens) with ``appended`` text tokens after
+  its prompt, recomputed from scratch without a cache."""
+  ids, mask = np.array(inputs[0][b]), np.array(inputs[1][b])
+  ids[n:n + len(appended)], mask[n:n + len(appended)] = appended, True
+  logits, aux = jax.jit(VideoLM(cfg).apply)({"params": params}, jnp.asarray(ids[None]),
+                                            jnp.asarray(mask[None]),
+                                            *[x[b:b + 1] for x in inputs[2:]])
+  last = int(np.max(np.flatnonzero(np.asarray(aux["valid"][0]))))
+  return int(jnp.argmax(logits[0, last]))
+
+
 def test_cached_decoding_equals_recomputing_every_token(setup):
   cfg, params, inputs, lengths = setup
-  gen = Generator(cfg, params, eos_id=-1, pad_id=PAD)  # no stop: compare every step
+  gen = Generator(cfg, params, eos_id=-1)  # no stop: compare every step
   tokens, timings, _ = gen.generate(inputs, SamplingOptions(max_new_tokens=6))
   assert timings["ttft_s"] > 0 and timings["e2e_s"] >= timings["ttft_s"]
-  full = jax.jit(VideoLM(cfg).apply)
+  assert timings["compile_s"] > 0 and gen.compile_s == timings["compile_s"]
   for b, n in enumerate(lengths):
-    ids, mask = np.array(inputs[0][b]), np.array(inputs[1][b])
     for t, token in enumerate(tokens[b]):
-      # The prompt with the first t generated tokens appended as text, recomputed from scratch.
-      ids_t, mask_t = ids.copy(), mask.copy()
-      ids_t[n:n + t], mask_t[n:n + t] = tokens[b][:t], True
-      logits, aux = full({"params": params}, jnp.asarray(ids_t[None]), jnp.asarray(mask_t[None]),
-                         *[x[b:b + 1] for x in inputs[2:]])
-      last = int(np.max(np.flatnonzero(np.asarray(aux["valid"][0]))))
-      assert int(jnp.argmax(logits[0, last])) == token, (b, t)
+      assert _recomputed_next(cfg, params, inputs, b, n, tokens[b][:t]) == token, (b, t)
+  _, again, _ = gen.generate(inputs, SamplingOptions(max_new_tokens=2))
+  assert again["compile_s"] == 0  # the same shapes: nothing compiles, nothing left out
 
 
 def test_batched_generation_equals_one_by_one(setup):
   cfg, params, inputs, _ = setup
-  gen = Generator(cfg, params, eos_id=-1, pad_id=PAD)
+  gen = Generator(cfg, params, eos_id=-1)
   batched, _, _ = gen.generate(inputs, SamplingOptions(max_new_tokens=5))
   for b in range(2):
     alone, _, _ = gen.generate(_row(inputs, b), SamplingOptions(max_new_tokens=5))
@@ -68,9 +75,9 @@ def test_batched_generation_equals_one_by_one(setup):
 
 def test_stop_at_eos_and_follow_up_reuses_the_cache(setup):
   cfg, params, inputs, _ = setup
-  probe = Generator(cfg, params, eos_id=-1, pad_id=PAD)
+  probe = Generator(cfg, params, eos_id=-1)
   first, _, _ = probe.generate(_row(inputs, 0), SamplingOptions(max_new_tokens=4))
-  gen = Generator(cfg, params, eos_id=first[0][1], pad_id=PAD)  # "eos" = the 2nd token
+  gen = Generator(cfg, params, eos_id=first[0][1])  # "eos" = the 2nd token
   out, _, chat = gen.generate(_row(inputs, 0), SamplingOptions(max_new_tokens=4), reserve=16)
   assert out[0] == first[0][:2]
   more, timings, chat2 = gen.follow_up(chat, np.array([[5, 6, 7]]),
@@ -79,7 +86,26 @@ def test_stop_at_eos_and_follow_up_reuses_the_cache(setup):
   with pytest.raises(ValueError, match="continued already"):
     gen.follow_up(chat, np.array([[5]]))
   with pytest.raises(ValueError, match="cache slots"):
-    gen.follow_up(chat2, np.zeros((1, 40), np.int32), SamplingOptions(max_new_tokens=3))
+    gen.follow_up(chat2, np.zeros((1, 80), np.int32), SamplingOptions(max_new_tokens=3))
+
+
+def test_follow_up_equals_recomputing_the_whole_conversation(setup):
+  """The answer's last token (here its stop token) goes into the cache before the follow-up;
+  a row that finished early adds nothing after its stop token."""
+  cfg, params, inputs, lengths = setup
+  probe, _, _ = Generator(cfg, params, eos_id=-1).generate(inputs,
+                                                           SamplingOptions(max_new_tokens=4))
+  eos = probe[0][1]  # row 0 stops after 2 tokens, row 1 (which never says it) runs to 4
+  assert eos not in probe[0][:1] + probe[1]
+  gen = Generator(cfg, params, eos_id=eos)
+  answers, _, chat = gen.generate(inputs, SamplingOptions(max_new_tokens=4), reserve=8)
+  assert answers == [probe[0][:2], probe[1]]
+  question = np.array([[5, 6, 7], [8, 9, 10]])
+  more, _, _ = gen.follow_up(chat, question, SamplingOptions(max_new_tokens=3))
+  for b, n in enumerate(lengths):
+    history = answers[b] + question[b].tolist()
+    for t, token in enumerate(more[b]):
+      assert _recomputed_next(cfg, params, inputs, b, n, history + more[b][:t]) == token, (b, t)
 
 
 def test_sampling_top_p_and_temperature():

@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--peak-tflops", type=float, default=None,
                       help="per-device peak, for the FLOP-bound TTFT (e.g. 989 for H100 bf16)")
   args = parser.parse_args(argv)
+  if args.preset == "bench" and args.delta:
+    parser.error("--delta picks the Δ-encoder of a named preset; bench has its own (tiny)")
   cfg = unscanned(bench_config() if args.preset == "bench"
                   else presets.video_lm(args.preset, args.delta))
-  delta = args.delta or (presets.PRESETS[args.preset][2] if args.preset in presets.PRESETS
-                         else args.preset)
+  delta = args.delta or (presets.PRESETS[args.preset][2] if args.preset != "bench" else "tiny")
   print(f"prefill FLOPs per component, preset {args.preset} (Δ-encoder {delta}), "
         f"{args.seconds:.0f} s video "
         f"(XLA cost analysis of the lowered forward passes):")

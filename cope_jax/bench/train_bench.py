@@ -63,9 +63,11 @@ def main(argv: list[str] | None = None) -> None:
   batch = {k: jax.device_put(v, batch_sharding(program.mesh, v.ndim)) for k, v in batch.items()}
   state, frozen = program.init()
   program.compile(batch)
-  # FLOPs from the same step with unrolled layers: XLA counts a scanned body only once.
+  # FLOPs from the same step with unrolled layers and unblocked attention and loss: XLA counts
+  # the body of a scan (or lax.map) only once.
   with config.unlocked():
     config.model.scan = False
+    config.model.attention_chunk = config.model.loss_chunk = 0
   flat = TrainProgram(config, TASKS[config.stage](config, shards=""), program.mesh)
   flops = step_flops(jax.jit(flat._step).lower(  # pylint: disable=protected-access
       flat.abstract_state, flat.abstract_frozen, shapes))

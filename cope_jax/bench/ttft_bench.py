@@ -64,7 +64,7 @@ def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
     if params is None:
       params = nn.meta.unbox(jax.jit(VideoLM(cfg).init)(jax.random.key(0), *map(jnp.asarray,
                                                                                  host))["params"])
-      gen = Generator(cfg, params, eos_id=-1, pad_id=0)
+      gen = Generator(cfg, params, eos_id=-1)
     best = None
     for i in range(repeats + 1):  # the first call compiles
       start = time.perf_counter()
@@ -116,11 +116,14 @@ def plot_tokens(rows: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m cope_jax.bench ttft", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS])
-  parser.add_argument("--seconds", type=float, default=64.0)
-  parser.add_argument("--new-tokens", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=2)
-  parser.add_argument("--plot", default="tokens_vs_length.png")
+  parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS],
+                      help="model size (default bench: the paper's token geometry, narrow layers)")
+  parser.add_argument("--seconds", type=float, default=64.0, help="video length (default 64)")
+  parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated (default 64)")
+  parser.add_argument("--repeats", type=int, default=2,
+                      help="timed runs per setting after a compiling one; the best is kept")
+  parser.add_argument("--plot", default="tokens_vs_length.png",
+                      help="where to save the tokens-vs-video-length plot")
   args = parser.parse_args(argv)
   cfg = bench_config() if args.preset == "bench" else presets.video_lm(args.preset)
   table = token_table()

@@ -32,12 +32,30 @@ def _earlier_seconds(results_path: str) -> float:
     return 0.0
 
 
+def _check_workdir(root: str, made_with: dict) -> None:
+  """A workdir resumes only with the settings it was made with: stale data, checkpoints and
+  cached evaluations of a --quick run must not show up in a full run's results."""
+  path = os.path.join(root, "settings.json")
+  made_with = json.loads(json.dumps(made_with))
+  if os.path.exists(path):
+    with open(path) as f:
+      earlier = json.load(f)
+    if earlier != made_with:
+      was = "--quick" if earlier.get("quick") else "the full settings"
+      now = "--quick" if made_with["quick"] else "the full settings"
+      raise ConfigError(f"{root} was made with {was}" + (" (other sizes)" if was == now else "")
+                        + f"; this run asks for {now}: use another --workdir")
+  else:
+    write_json(path, made_with)
+
+
 def run(workdir: str, quick: bool, video: str | None) -> dict:
   from cope_jax.demo import report, stages  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.codec_stage import run_codec_stage  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.recipe import base_config, stage1_config, stage2_config  # pylint: disable=import-outside-toplevel
   settings = QUICK if quick else FULL
   paths = Paths(os.path.abspath(workdir))
+  _check_workdir(paths.root, {"quick": quick, **settings.__dict__})
   out = os.path.join(paths.root, "results.json")
   start, earlier = time.perf_counter(), _earlier_seconds(out)
   results = {"quick": quick, "settings": settings.__dict__, "machine": _machine(),

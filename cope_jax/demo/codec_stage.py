@@ -25,7 +25,9 @@ def run_codec_stage(workdir: str, video: str | None, seconds: int) -> dict:
     if not os.path.exists(video):
       log(f"[codec] writing a {seconds} s H.264 clip with known motion: {video}")
       frames = synthetic_clips.pan_frames(seconds * 30, 360, 640, (3, 1), "coffee")
-      synthetic_clips.write_clip(video, frames, fps=30, codec="libx264", b_frames=2)
+      tmp = f"{video}.tmp{os.getpid()}.mp4"  # an interrupted write leaves no broken clip
+      synthetic_clips.write_clip(tmp, frames, fps=30, codec="libx264", b_frames=2)
+      os.replace(tmp, video)
   info = inspect_video(video)
   log(f"[codec] input: {info['codec']} {info['width']}x{info['height']} {info['fps']} fps, "
        f"{info['num_frames']} frames, B-frames: {info['has_b_frames']}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-LETTERS = "ABCDEFGHIJ"
+from cope_jax.data.sources import LETTERS
 
 
 def parse_letter(text: str, num_options: int = 4) -> str | None:
@@ -20,8 +20,9 @@ def parse_letter(text: str, num_options: int = 4) -> str | None:
   m = re.match(rf"^\(?([{valid}])(?:[\).:,\s]|$)", t)
   if m:
     return m.group(1)
-  m = re.search(rf"answer(?: is|:)?\s*\(?([{valid}])\b", t, flags=re.IGNORECASE)
+  # a capital letter, or one in parentheses: "the answer is a dog" names no option
+  m = re.search(rf"(?i:answer)(?: is|:)?\s*(?:\(([{valid}{valid.lower()}])\)|([{valid}])\b)", t)
   if m:
-    return m.group(1).upper()
+    return (m.group(1) or m.group(2)).upper()
   m = re.search(rf"\b([{valid}])\b", t)
   return m.group(1) if m else None

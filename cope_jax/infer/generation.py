@@ -1,10 +1,13 @@
 """Jit-compiled generation with a KV cache: prefill once, then one token per step.
 
 Prompts (text with the visual tokens spliced in) are padded to a length bucket, so a new prompt
-length reuses a compiled prefill; the cache holds the bucket plus ``max_new_tokens`` slots, so
-the decode step compiles once per bucket. Rows of a batch generate independently (their own RoPE
-positions; padding slots are invalid keys) and stop at <|im_end|>. ``Chat`` keeps the cache
-between turns (paper appendix I): a follow-up question is appended, not re-encoded.
+length reuses a compiled prefill; the cache holds the bucket plus ``max_new_tokens`` (+ a
+follow-up ``reserve``) rounded up to 64 slots, so the decode step compiles once per bucket. Each
+step is compiled ahead of time on its first shape and the time it took is reported as
+``compile_s``, apart from ``ttft_s`` and ``e2e_s``. Rows of a batch generate independently (their
+own RoPE positions; padding slots and a finished row's later steps are invalid keys) and stop at
+<|im_end|>. ``Chat`` keeps the cache between turns (paper appendix I): a follow-up question is
+appended, after the previous answer's last token, not re-encoded.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ class SamplingOptions:
   top_p: float = 1.0
   seed: int = 0
 
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
 
 def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
   """(B, V) logits → (B,) token ids: greedy, or temperature + nucleus (top-p) sampling."""
@@ -41,27 +48,49 @@ def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) 
   return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
 
 
-class Generator:
-  """Generation for one model; compiled functions are cached per (bucket, batch) shape."""
+CACHE_ROUNDING = 64  # extra cache slots are rounded up to this: other max_new_tokens reuse it
 
-  def __init__(self, cfg: VideoLMConfig, params: dict, eos_id: int, pad_id: int):
-    self.cfg, self.params, self.eos_id, self.pad_id = cfg, params, eos_id, pad_id
+
+class Generator:
+  """Generation for one model; compiled steps are kept per (shape, static argument)."""
+
+  def __init__(self, cfg: VideoLMConfig, params: dict, eos_id: int):
+    self.cfg, self.params, self.eos_id = cfg, params, eos_id
     self.model = VideoLM(cfg, decode=True)
-    self._prefill = jax.jit(self._prefill_impl, static_argnames=("zero_delta",),
-                            donate_argnums=(0,))
-    self._continue = jax.jit(self._continue_impl, donate_argnums=(0,))
-    self._sample = jax.jit(sample, static_argnames=("temperature", "top_p"))
+    self._jitted = {
+        "prefill": jax.jit(self._prefill_impl, static_argnames=("zero_delta",),
+                           donate_argnums=(0,)),
+        "continue": jax.jit(self._continue_impl, donate_argnums=(0,)),
+        "sample": jax.jit(sample, static_argnames=("temperature", "top_p")),
+    }
+    self._executables = {}
     self._zero_cache = {}
+    self.compile_s = 0.0  # total time spent compiling, so that timings can leave it out
+
+  def _call(self, name: str, *args, **static):
+    """Runs a step through its executable, compiling it (AOT) on the first call per shape."""
+    signature = (name, tuple(sorted(static.items())), jax.tree_util.tree_structure(args),
+                 tuple((x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves(args)))
+    executable = self._executables.get(signature)
+    if executable is None:
+      t = time.perf_counter()
+      executable = self._jitted[name].lower(*args, **static).compile()
+      self._executables[signature] = executable
+      self.compile_s += time.perf_counter() - t
+    return executable(*args)
 
   def empty_cache(self, batch: int, length: int):
     # Tracing the model for the cache's shapes costs tens of milliseconds — more than a tiny
-    # model's whole prefill — so it is done once per shape, outside the TTFT clock's hot path.
+    # model's whole prefill — so it is done once per shape and counted as compilation.
     if (batch, length) not in self._zero_cache:
+      t = time.perf_counter()
       ids = jnp.zeros((batch, length), jnp.int32)
       shapes = jax.eval_shape(lambda: self.model.init(
           jax.random.key(0), ids, ids, jnp.ones_like(ids, bool), method=VideoLM.continue_text))
-      self._zero_cache[(batch, length)] = jax.jit(lambda: jax.tree_util.tree_map(
-          lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"]))
+      zeros = jax.jit(lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                     shapes["cache"])).lower().compile()
+      self._zero_cache[(batch, length)] = zeros
+      self.compile_s += time.perf_counter() - t
     return self._zero_cache[(batch, length)]()
 
   def _prefill_impl(self, cache, inputs, zero_delta=False):
@@ -72,12 +101,15 @@ class Generator:
     return mutated["cache"], logits[:, 0], next_position
 
   def _continue_impl(self, cache, ids, positions, valid):
+    """Appends ``ids`` (B, L); a row with no valid token keeps its position."""
     (logits, _), mutated = self.model.apply({"params": self.params, "cache": cache}, ids,
                                             positions, valid, method=VideoLM.continue_text,
                                             mutable=["cache"])
     last = jnp.max(jnp.where(valid, jnp.arange(ids.shape[1]), 0), axis=1)
     next_logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
-    return mutated["cache"], next_logits, positions[jnp.arange(ids.shape[0]), last] + 1
+    rows = jnp.arange(ids.shape[0])
+    next_position = jnp.where(valid.any(axis=1), positions[rows, last] + 1, positions[:, 0])
+    return mutated["cache"], next_logits, next_position
 
   def generate(self, inputs: tuple, options: SamplingOptions = SamplingOptions(),
                zero_delta: bool = False, reserve: int = 0, start: float | None = None):
@@ -85,57 +117,72 @@ class Generator:
     padded to a bucket. ``reserve`` adds cache slots for follow-up turns; ``start`` is when the
     clock for ``ttft_s`` / ``e2e_s`` started (default: now). Returns (token lists, timings, a
     Chat for follow-ups)."""
-    b, length = inputs[0].shape
     start = time.perf_counter() if start is None else start
-    cache = self.empty_cache(b, length + options.max_new_tokens + reserve)
-    cache, logits, position = self._prefill(cache, inputs, zero_delta=zero_delta)
-    return self._decode_loop(cache, logits, position, options, start)
+    compiled_before = self.compile_s
+    b, length = inputs[0].shape
+    extra = -(-(options.max_new_tokens + reserve) // CACHE_ROUNDING) * CACHE_ROUNDING
+    cache = self.empty_cache(b, length + extra)
+    cache, logits, position = self._call("prefill", cache, inputs, zero_delta=zero_delta)
+    return self._decode_loop(cache, logits, position, options, start, compiled_before)
 
-  def _decode_loop(self, cache, logits, position, options, start):
+  def _decode_loop(self, cache, logits, position, options, start, compiled_before):
     key = jax.random.key(options.seed)
     b = logits.shape[0]
     out, done = [[] for _ in range(b)], np.zeros(b, bool)
     ttft = None
     for i in range(options.max_new_tokens):
       key, sub = jax.random.split(key)
-      token = self._sample(logits, sub, options.temperature, options.top_p)
+      token = self._call("sample", logits, sub, temperature=options.temperature,
+                         top_p=options.top_p)
       token_host = np.asarray(token)
       if ttft is None:
-        ttft = time.perf_counter() - start
-      for r in range(b):
-        if not done[r]:
-          out[r].append(int(token_host[r]))
-          done[r] = token_host[r] == self.eos_id
+        ttft = time.perf_counter() - start - (self.compile_s - compiled_before)
+      generating = ~done  # rows whose token this is (a finished row's later ones are dropped)
+      for r in np.flatnonzero(generating):
+        out[r].append(int(token_host[r]))
+        done[r] = token_host[r] == self.eos_id
       if done.all() or i == options.max_new_tokens - 1:
         break
-      cache, logits, position = self._continue(cache, token[:, None].astype(jnp.int32),
-                                               position[:, None], jnp.ones((b, 1), bool))
-    timings = {"ttft_s": ttft, "e2e_s": time.perf_counter() - start,
+      cache, logits, position = self._call("continue", cache, token[:, None].astype(jnp.int32),
+                                           position[:, None], jnp.asarray(generating)[:, None])
+    timings = {"ttft_s": ttft,
+               "e2e_s": time.perf_counter() - start - (self.compile_s - compiled_before),
+               "compile_s": self.compile_s - compiled_before,
                "new_tokens": max(len(o) for o in out)}
-    return out, timings, Chat(self, cache, position, done)
+    # The last step's tokens are not in the cache yet: a follow-up appends them first.
+    return out, timings, Chat(self, cache, position, token.astype(jnp.int32),
+                              jnp.asarray(generating))
 
   def follow_up(self, chat: "Chat", ids: np.ndarray, options: SamplingOptions = SamplingOptions()):
-    """Appends ``ids`` (B, L) text tokens to a conversation's cache and generates again."""
+    """Appends the previous answer's last token and ``ids`` (B, L) text tokens to a
+    conversation's cache and generates again."""
     start = time.perf_counter()
+    compiled_before = self.compile_s
     b, length = ids.shape
     if chat.cache is None:
       raise ValueError("this Chat was continued already: use the Chat that call returned")
     attention = chat.cache["llm"]["layers"]["self_attn"]  # stacked over layers
     index, capacity = int(attention["index"].max()), attention["key"].shape[2]
-    if index + length + options.max_new_tokens > capacity:
-      raise ValueError(f"the conversation needs {index + length + options.max_new_tokens} cache "
-                       f"slots, it has {capacity}: pass a larger reserve= to generate()")
-    positions = chat.position[:, None] + jnp.arange(length)[None, :]
+    if index + 1 + length + options.max_new_tokens > capacity:
+      raise ValueError(f"the conversation needs {index + 1 + length + options.max_new_tokens} "
+                       f"cache slots, it has {capacity}: pass a larger reserve= to generate()")
+    pending = chat.pending_valid.astype(jnp.int32)[:, None]
+    ids = jnp.concatenate([chat.pending[:, None], jnp.asarray(ids, jnp.int32)], axis=1)
+    positions = chat.position[:, None] + jnp.concatenate(
+        [jnp.zeros((b, 1), jnp.int32), pending + jnp.arange(length)[None, :]], axis=1)
+    valid = jnp.concatenate([chat.pending_valid[:, None], jnp.ones((b, length), bool)], axis=1)
     cache, chat.cache = chat.cache, None  # donated to the step below
-    cache, logits, position = self._continue(cache, jnp.asarray(ids, jnp.int32), positions,
-                                             jnp.ones((b, length), bool))
-    return self._decode_loop(cache, logits, position, options, start)
+    cache, logits, position = self._call("continue", cache, ids, positions, valid)
+    return self._decode_loop(cache, logits, position, options, start, compiled_before)
 
 
 @dataclasses.dataclass
 class Chat:
-  """The state of a conversation after an answer: its cache and next RoPE positions."""
+  """The state of a conversation after an answer: its cache, the answer's last token (not in the
+  cache yet; ``pending_valid`` False for rows that had finished before it), and the next RoPE
+  positions."""
   generator: Generator
   cache: dict
   position: jax.Array
-  done: np.ndarray
+  pending: jax.Array
+  pending_valid: jax.Array
