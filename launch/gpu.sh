@@ -59,7 +59,7 @@ slurm() {
 #!/bin/bash
 #SBATCH --job-name=cope_jax
 #SBATCH --nodes=${NODES:-2}
-#SBATCH --ntasks-per-node=1
+#SBATCH --ntasks-per-node=${GPUS_PER_NODE:-8}
 #SBATCH --gpus-per-node=${GPUS_PER_NODE:-8}
 ${PARTITION:+#SBATCH --partition=$PARTITION}
 #SBATCH --requeue

@@ -13,7 +13,7 @@ usage: launch/tpu.sh [--dry-run] COMMAND
 
 Commands:
   create    request the slice as a queued resource (SPOT=1 for spot capacity) and wait for it
-  install   copy this repository to every worker and pip install it with the [tpu] extra
+  install   copy the committed tree (git archive HEAD) to every worker, pip install [tpu]
   train     run `python -m cope_jax.train` on all workers (jax.distributed is detected on TPU
             pods) and stream their logs, each line prefixed with its worker
   watch     train, and whenever a spot slice is preempted: recreate it, reinstall, train again
@@ -27,8 +27,8 @@ Environment (required: PROJECT, ZONE, TPU_NAME, ACCELERATOR; train/watch also CO
   TPU_NAME      name of the slice      ACCELERATOR   v4-8 | v4-32 | v4-128 | …
   RUNTIME       TPU VM image (default tpu-ubuntu2204-base)
   SPOT          1 for spot capacity (cheaper, preemptible; use `watch`)
-  CONFIG        e.g. configs/finetune.py      WORKDIR   gs://bucket/run (Orbax writes to GCS)
-  DATA_DIR      gs://bucket/shards (optional; --config.data_dir)
+  CONFIG        e.g. configs/finetune.py      WORKDIR   /gcs/bucket/run (a gcsfuse mount)
+  DATA_DIR      /gcs/bucket/shards (optional; --config.data_dir)
   EXTRA_FLAGS   more trainer flags, e.g. "--config.mesh.fsdp=-1 --config.mesh.data=1"
   REPO_DIR      where the project goes on the workers (default ~/cope_jax)
 
@@ -71,9 +71,13 @@ ssh_all() {
 }
 
 install() {
-  local repo="${REPO_DIR:-~/cope_jax}"
-  gcloud_tpu tpu-vm scp --worker=all --recurse "$HERE/.." "$TPU_NAME:$repo"
-  ssh_all --command="cd $repo && python3 -m pip install -q -e '.[tpu]'"
+  # The committed tree (git archive HEAD), not the folder: no virtualenv, .git or local runs.
+  local repo="${REPO_DIR:-~/cope_jax}" src tarball
+  src=$(cd "$HERE/.." && pwd)
+  tarball="${TMPDIR:-/tmp}/cope_jax_src.tar.gz"
+  run git -C "$src" archive --format=tar.gz -o "$tarball" HEAD
+  gcloud_tpu tpu-vm scp --worker=all "$tarball" "$TPU_NAME:/tmp/cope_jax_src.tar.gz"
+  ssh_all --command="mkdir -p $repo && tar -xzf /tmp/cope_jax_src.tar.gz -C $repo && cd $repo && python3 -m pip install -q -e '.[tpu]'"
 }
 
 train() {

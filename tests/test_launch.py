@@ -18,8 +18,8 @@ def sh(script, *args, **env):
 
 
 V4_32 = dict(PROJECT="my-project", ZONE="us-central2-b", TPU_NAME="cope-v4-32",
-             ACCELERATOR="v4-32", CONFIG="configs/finetune.py", WORKDIR="gs://bucket/run",
-             DATA_DIR="gs://bucket/shards")
+             ACCELERATOR="v4-32", CONFIG="configs/finetune.py", WORKDIR="/gcs/bucket/run",
+             DATA_DIR="/gcs/bucket/shards")
 
 
 def test_tpu_dry_run_v4_32():
@@ -29,8 +29,10 @@ def test_tpu_dry_run_v4_32():
   assert "--worker=all" in r.stdout and "--zone=us-central2-b" in r.stdout
   assert "--project=my-project" in r.stdout
   assert "python\\ -m\\ cope_jax.train\\ --config=configs/finetune.py" in r.stdout
-  assert "--workdir=gs://bucket/run\\ --config.data_dir=gs://bucket/shards" in r.stdout
+  assert "--workdir=/gcs/bucket/run\\ --config.data_dir=/gcs/bucket/shards" in r.stdout
   assert "COPE_DISTRIBUTED=1" in r.stdout
+  r = sh(TPU, "--dry-run", "install", **V4_32)  # the committed tree, no virtualenv or .git
+  assert r.returncode == 0 and "archive --format=tar.gz" in r.stdout and "--recurse" not in r.stdout
   r = sh(TPU, "--dry-run", "create", SPOT="1", **V4_32)
   assert "queued-resources create cope-v4-32" in r.stdout
   assert "--accelerator-type=v4-32" in r.stdout and "--spot" in r.stdout
@@ -60,6 +62,8 @@ def test_gpu_dry_runs():
   assert "COPE_COORDINATOR=g1:12355" in r.stdout and "COPE_PROCESS_ID=1" in r.stdout
   r = sh(GPU, "--dry-run", "slurm", CONFIG="configs/finetune.py", WORKDIR="/ckpt", NODES="4")
   assert "#SBATCH --nodes=4" in r.stdout and "srun env COPE_DISTRIBUTED=1" in r.stdout
+  # one process per GPU: JAX's SLURM detection gives each task the GPU of its SLURM_LOCALID
+  assert "#SBATCH --ntasks-per-node=8" in r.stdout
 
 
 def test_shellcheck_clean():

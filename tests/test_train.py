@@ -48,17 +48,35 @@ def test_pretrain_tiny_learns_and_logs(tmp_path):
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
 
 
+def _vision_checkpoint(path) -> str:
+  """A tiny VideoLM checkpoint whose vision tower is not the one a run initialises itself."""
+  from cope_jax.models import checkpoints, presets  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.llava import VideoLM  # pylint: disable=import-outside-toplevel
+  cfg = presets.video_lm("tiny")
+  s = cfg.vision.image_size
+  args = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool), jnp.zeros((1, 1, s, s, 3)),
+          jnp.zeros((1, 1, 64, 64, 2)), jnp.zeros((1, 1, 64, 64, 3), jnp.int16),
+          jnp.zeros((1, 2), jnp.int32))
+  params = checkpoints.unbox(VideoLM(cfg).init(jax.random.key(7), *args)["params"])
+  checkpoints.save_params(str(path), params, cfg)
+  return f"--config.vision_checkpoint={path}"
+
+
 def test_resume_is_exact(tmp_path):
+  """Trained parts, optimizer and data order from the checkpoint; the frozen vision encoder
+  from its own checkpoint again (it is not saved with the run)."""
   straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-  assert run("pretrain.py:tiny", straight, "--config.total_steps=8").returncode == 0
-  assert run("pretrain.py:tiny", interrupted, "--config.total_steps=4").returncode == 0
-  r = run("pretrain.py:tiny", interrupted, "--config.total_steps=8")
+  vision = _vision_checkpoint(tmp_path / "vision")
+  assert run("pretrain.py:tiny", straight, "--config.total_steps=8", vision).returncode == 0
+  assert run("pretrain.py:tiny", interrupted, "--config.total_steps=4", vision).returncode == 0
+  r = run("pretrain.py:tiny", interrupted, "--config.total_steps=8", vision)
   assert r.returncode == 0 and "resumed from step 4" in r.stdout
   a = {x["step"]: x["loss"] for x in metrics(straight)}
   b = {x["step"]: x["loss"] for x in metrics(interrupted)}
   # Same data order (iterator state restored) and same parameters: the same losses.
   for step in range(5, 9):
     assert b[step] == pytest.approx(a[step], rel=1e-5), step
+  assert "vision encoder from" in r.stdout
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
@@ -88,7 +106,17 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
         fh.write(b"garbage")
   r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=10")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "falling back" in r.stderr and "resumed from step 4" in r.stdout
+  assert "trying an older one" in r.stderr and "resumed from step 4" in r.stdout
+  assert os.listdir(tmp_path / "checkpoints_unreadable") == ["8"]  # kept, out of the way
+  assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["4", "8", "10"]
+
+
+def test_checkpoints_of_another_model_stop_the_run(tmp_path):
+  """None restores (another Δ-encoder): an error, not a silent start from scratch."""
+  assert run("pretrain.py:tiny", tmp_path, "--config.total_steps=4").returncode == 0
+  r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=8", "--config.model.delta=compact")
+  assert r.returncode == 2 and "restores into this config" in r.stderr, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr and os.listdir(tmp_path / "checkpoints") == ["4"]
 
 
 def test_nan_stops_the_run_naming_the_step(tmp_path):
@@ -106,11 +134,20 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
     (["--config.batch_size=7"], "not divisible by the data-parallel"),
     (["--config.grad_accum_steps=3"], "grad_accum_steps"),
     (["--config.data_dir=/nonexistent", "--config.synthetic.videos=0"], "no pretrain shards"),
+    (["--config.profile_steps=5"], "profile_steps"),
+    (["--config.data_dir=gs://bucket/shards"], "gcsfuse"),
+    (["--config.optim.lrr=1"], "lrr"),
 ])
 def test_validation_errors(tmp_path, overrides, message):
   r = run("pretrain.py:tiny", tmp_path, *overrides)
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error:")
   assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_variant_is_one_error_line(tmp_path):
+  r = run("pretrain.py:bogus", tmp_path, timeout=120)
+  assert r.returncode == 2 and r.stderr.startswith("error:") and "bogus" in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_paper_recipe_without_data_stops_at_once(tmp_path):

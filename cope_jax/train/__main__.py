@@ -33,6 +33,23 @@ def _distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with an unknown recipe variant or config key, or a bad value, as one
+  ``error:`` line and exit status 2 (SPEC §6) rather than a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  (ml_collections raises several kinds)
+    if isinstance(e.__context__, KeyError):  # an unknown field of the recipe
+      message = f"unknown config field {e.__context__.args[0]}"
+    else:
+      message = str(e)
+    if "Traceback (most recent call last):" in message:  # a recipe's own error, as text
+      head, tail = message.split("Traceback (most recent call last):", 1)
+      message = head + tail.strip().splitlines()[-1]
+    print(f"error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO
@@ -45,6 +62,7 @@ def main(argv) -> None:
     _distributed(config)
     import jax  # pylint: disable=import-outside-toplevel
     from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
+    prepare.check_local_path("--workdir", workdir)
     prepare.resolve(config)
     prepare.validate(config, jax.device_count(), jax.process_count())
     from cope_jax.train.loop import train  # pylint: disable=import-outside-toplevel
@@ -56,4 +74,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -3,16 +3,21 @@
 ``WORKDIR/checkpoints/<step>/`` holds ``state`` (step, trained parameters, optimizer state) and
 ``data`` (the Grain iterator state as JSON). Saves are asynchronous and atomic (Orbax writes a
 temporary folder and renames it); the last ``keep`` are kept. Restoring tries the newest step
-first and falls back to older ones, with a warning, if a checkpoint is incomplete or corrupt.
+first and falls back to older ones, with a warning, if a checkpoint is incomplete or corrupt
+(moved aside to ``WORKDIR/checkpoints_unreadable/``, since training will write those steps
+again); when none restores, the run stops with an error instead of starting over.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import warnings
 
 import orbax.checkpoint as ocp
+
+from cope_jax.codec.errors import ConfigError
 
 
 class Checkpointer:
@@ -29,20 +34,35 @@ class Checkpointer:
 
   def restore(self, abstract_state):
     """(step, state, data_state) of the newest readable checkpoint, or None if there is none."""
-    unreadable = []
+    unreadable, first_error = [], None
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
-        warnings.warn(f"checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: "
-                      f"{str(e)[:200]}); falling back to the previous one", RuntimeWarning)
+        first_error = first_error or f"{type(e).__name__}: {str(e)[:300]}"
+        warnings.warn(f"checkpoint {step} in {self.directory} is unreadable ({first_error}); "
+                      "trying an older one", RuntimeWarning)
         unreadable.append(step)
         continue
-      for bad in unreadable:  # training goes on from here and will write those steps again
-        self.manager.delete(bad)
+      self._move_aside(unreadable)  # training goes on from here and writes those steps again
       return step, out.state, out.data
+    if unreadable:
+      raise ConfigError(f"no checkpoint in {self.directory} restores into this config (newest: "
+                        f"{first_error}); was the run started with other model settings? Use "
+                        "its settings, or another --workdir")
     return None
+
+  def _move_aside(self, steps) -> None:
+    if not steps:
+      return
+    aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      target = os.path.join(aside, str(step))
+      shutil.rmtree(target, ignore_errors=True)  # an older copy of the same step
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -71,15 +91,21 @@ def latest_params(workdir: str) -> dict:
 
 
 class Preemption:
-  """SIGTERM (spot VMs, TPU maintenance) sets a flag; the loop saves and exits at the next step."""
+  """SIGTERM (spot VMs, TPU maintenance) sets a flag; the loop saves and exits at the next step.
 
-  def __init__(self):
+  One process only: with several, a flag local to the host that got the signal would stop it
+  alone and hang the others in their next collective. There JAX's coordination service catches
+  SIGTERM and Orbax's ``reached_preemption(step)`` tells every host at the same step (MaxText
+  does the same), so no handler is installed."""
+
+  def __init__(self, install: bool = True):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = signal.signal(signal.SIGTERM, self._handle) if install else None
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
   def restore_handler(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

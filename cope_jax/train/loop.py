@@ -171,21 +171,22 @@ def train(config, workdir: str) -> int:
   iterator = iter(task.dataset(jax.process_index(), jax.process_count()))
   ckpt = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
   restored = ckpt.restore(program.abstract_state)
+  # Frozen parts are not in the checkpoints: load them on every start, a resume included.
+  trained_over, frozen_over, note = task.pretrained()
+  print(note, flush=True)
+  for k, v in frozen_over.items():
+    frozen[k] = _place(v, program.frozen_sh[k], k)
   if restored is not None:
     step0, state, data_state = restored
     iterator.set_state(data_state)
     print(f"resumed from step {step0} in {ckpt.directory}", flush=True)
   else:
-    trained_over, frozen_over, note = task.pretrained()
-    print(note, flush=True)
     for k, v in trained_over.items():
       state["params"][k] = _place(v, program.state_sh["params"][k], k)
-    for k, v in frozen_over.items():
-      frozen[k] = _place(v, program.frozen_sh[k], k)
   mesh = program.mesh
 
   profile = tuple(int(x) for x in config.profile_steps.split(":")) if config.profile_steps else ()
-  preemption = Preemption()
+  preemption = Preemption(install=jax.process_count() == 1)
   step = int(jax.device_get(state["step"]))
   log = MetricsLog(workdir, config.total_steps, step, main)
   status = 0

@@ -51,6 +51,14 @@ def resolve(config) -> None:
         config.tokenizer = qwen2_tokenizer_file()
 
 
+def check_local_path(name: str, path: str) -> None:
+  """Paths are read and written with the local file API: a bucket must be mounted."""
+  if "://" in path:
+    raise ConfigError(f"{name}={path}: URLs are not supported; mount the bucket with Cloud "
+                      "Storage FUSE on every host (gcsfuse --implicit-dirs BUCKET /gcs/BUCKET) and "
+                      "pass the mounted path")
+
+
 def validate(config, device_count: int, process_count: int = 1) -> None:
   """Raises ConfigError naming what is wrong and how to fix it."""
   from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
@@ -61,6 +69,17 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
   for key in ("total_steps", "log_every", "checkpoint_every", "batch_size", "grad_accum_steps"):
     if config[key] < 1:
       raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+  for key in ("data_dir", "init_checkpoint", "stage1_checkpoint", "vision_checkpoint",
+              "tokenizer"):
+    check_local_path(f"--config.{key}", str(config.get(key) or ""))
+  if config.profile_steps:
+    try:
+      first, last = (int(x) for x in config.profile_steps.split(":"))
+    except ValueError:
+      first = last = -1
+    if not 0 <= first < last:
+      raise ConfigError(f"profile_steps must be FIRST:LAST with 0 <= FIRST < LAST (e.g. 5:8), got "
+                        f"{config.profile_steps!r}")
   sizes = [config.mesh.get(a, 1) for a in MESH_AXES]
   known = 1
   for s in sizes:
