@@ -14,8 +14,8 @@ from cope_jax.codec.extract import extract_primitives
 from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.data import sources, storage
 from cope_jax.data.build import build, load_items, shard_dir
-from cope_jax.data.pipeline import (PipelineConfig, finetune_dataset, pretrain_dataset,
-                                    siglip_pixels)
+from cope_jax.data.pipeline import (SEQUENCE_INDEX, PipelineConfig, conversation_index,
+                                    finetune_dataset, pretrain_dataset, siglip_pixels)
 from cope_jax.data.primitive_cache import ExtractSettings
 
 SIZE = 64
@@ -137,6 +137,32 @@ def test_stage2_batches_use_length_buckets_and_mask_answers(synth_build):
       answer = tok.decode(ids[loss].tolist(), skip_special_tokens=False)
       assert answer in {f"{L}<|im_end|>" for L in "ABCD"}
       assert ids[loss][-1] == im_end and (ids == -200).sum() == 1
+
+
+def test_conversation_index_from_the_sequence_index(synth_build):
+  """The build writes each record's conversation and frame counts, so the pipeline need not
+  decode every record (frames included) at start; a stale index is ignored."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  out, _, _ = synth_build
+  shards = shard_dir(str(out), "finetune")
+  source = tfds.builder_from_directory(shards).as_data_source("train")
+  decoded = conversation_index(source)  # no side file given: every record decoded
+  assert len(decoded) > len(source)
+  counts = json.loads(open(os.path.join(shards, SEQUENCE_INDEX)).read())
+  assert [row[0] for row in counts["train"]] == [source[i]["video"].decode()
+                                                 for i in range(len(source))]
+  # the index is used (the records are not decoded again) and gives the same pairs
+  reads = []
+  counting = type("Counting", (), {"__len__": lambda self: len(source),
+                                   "__getitem__": lambda self, i: reads.append(i) or source[i]})()
+  np.testing.assert_array_equal(conversation_index(counting, shards, "train"), decoded)
+  assert sorted(reads) == [0, len(source) - 1]
+  assert all(row[2:] == [1, 7] for row in counts["train"])  # 8 s videos: 1 keyframe, 7 Δ-frames
+  stale = os.path.join(str(out), "stale")
+  os.makedirs(stale, exist_ok=True)
+  with open(os.path.join(stale, SEQUENCE_INDEX), "w") as f:
+    json.dump({"train": counts["train"][:-1]}, f)
+  np.testing.assert_array_equal(conversation_index(source, stale, "train"), decoded)
 
 
 def test_truncated_answers_warn(synth_build):

@@ -144,6 +144,12 @@ def test_validation_errors(tmp_path, overrides, message):
   assert message in r.stderr and "Traceback" not in r.stderr
 
 
+def test_videos_longer_than_the_frame_slots_stop_before_training(tmp_path):
+  r = run("finetune.py:tiny", tmp_path, "--config.max_delta_frames=3")
+  assert r.returncode == 2 and "7 Δ-frames, more than max_delta_frames=3" in r.stderr, r.stderr
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
 def test_unknown_variant_is_one_error_line(tmp_path):
   r = run("pretrain.py:bogus", tmp_path, timeout=120)
   assert r.returncode == 2 and r.stderr.startswith("error:") and "bogus" in r.stderr

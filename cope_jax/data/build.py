@@ -7,9 +7,13 @@ import io
 import os
 import shutil
 
+import numpy as np
+
 from cope_jax.codec.errors import ConfigError
 from cope_jax.data import primitive_cache, sources
 from cope_jax.data.builders import BUILDERS, records
+from cope_jax.codec.sampling import DELTA, KEYFRAME
+from cope_jax.data.pipeline import SEQUENCE_INDEX
 from cope_jax.data.primitive_cache import ExtractSettings
 from cope_jax.json_files import write_json
 
@@ -54,11 +58,12 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
                                               progress)
   kept = [(i, it) for i, it in enumerate(items) if it.video in done]
   splits = tuple(sorted({it.split for _, it in kept})) or ("train",)
-  video_seconds, conformant_bytes = 0.0, 0
+  video_seconds, conformant_bytes, frames = 0.0, 0, {}
   for video in {it.video for _, it in kept}:
     cached = primitive_cache.load(done[video])
     video_seconds += cached.duration_s
     conformant_bytes += cached.conformant_bytes
+    frames[video] = (int(np.sum(cached.kinds == KEYFRAME)), int(np.sum(cached.kinds == DELTA)))
 
   def examples(split):
     for i, it in kept:
@@ -80,6 +85,10 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
     with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
       builder.download_and_prepare()
   directory = shard_dir(out, stage)
+  if stage == "finetune":  # read at start instead of decoding every record (frames included)
+    write_json(os.path.join(directory, SEQUENCE_INDEX),
+               {s: [[it.video, len(it.conversations), *frames[it.video]]
+                    for _, it in kept if it.split == s] for s in splits}, indent=None)
   shard_bytes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
                     if ".array_record" in f)
   report = {

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 
 import grain
@@ -122,12 +123,38 @@ def pretrain_dataset(cfg: PipelineConfig) -> grain.IterDataset:
 
 # ---------------------------------------------------------------- stage 2: sequences
 
-def conversation_index(source) -> np.ndarray:
+# Written by the stage-2 build next to the shards: per split, [video, conversations, keyframes,
+# Δ-frames] for each record in order.
+SEQUENCE_INDEX = "sequence_index.json"
+
+
+def read_sequence_index(shards: str, split: str) -> list | None:
+  try:
+    with open(os.path.join(shards, SEQUENCE_INDEX)) as f:
+      return json.load(f)[split]
+  except (OSError, KeyError, ValueError):
+    return None
+
+
+def _video_name(record) -> str:
+  name = record["video"]
+  return name.decode() if isinstance(name, bytes) else name
+
+
+def _conversation_counts(source, shards: str, split: str) -> list[int]:
+  """Conversations per record: from the sequence index (checked against the first and last
+  record), else by decoding every record — slow at scale, as each holds its frames."""
+  rows = read_sequence_index(shards, split)
+  if rows is not None and len(rows) == len(source) and (not rows or (
+      _video_name(source[0]) == rows[0][0] and _video_name(source[len(rows) - 1]) == rows[-1][0])):
+    return [row[1] for row in rows]
+  return [len(json.loads(source[i]["conversations"])) for i in range(len(source))]
+
+
+def conversation_index(source, shards: str = "", split: str = "train") -> np.ndarray:
   """(N, 2) int64 (record, conversation) pairs: one training example per conversation."""
-  pairs = []
-  for i in range(len(source)):
-    n = len(json.loads(source[i]["conversations"]))
-    pairs.extend((i, j) for j in range(n))
+  pairs = [(i, j) for i, n in enumerate(_conversation_counts(source, shards, split))
+           for j in range(n)]
   return np.asarray(pairs, np.int64).reshape(-1, 2)
 
 
@@ -213,7 +240,7 @@ def finetune_dataset(cfg: PipelineConfig) -> grain.IterDataset:
   if not cfg.tokenizer:
     raise ValueError("finetune_dataset needs cfg.tokenizer (a tokenizer.json)")
   source = _source(cfg)
-  pairs = conversation_index(source)
+  pairs = conversation_index(source, cfg.shards, cfg.split)
   decode = _DecodeSequence(source, pairs, cfg)
   first = source[0]
   delta_shape = (storage.decode_mv(first["mv"][0]).shape[:2] if len(first["mv"])

@@ -58,21 +58,21 @@ def _extract_one(job: tuple[str, str, ExtractSettings]) -> tuple[str, str | None
   if os.path.exists(path):
     return video, None
   try:
-    info = {}
-    frames = list(iter_video(video, settings.size, settings.sampling, settings.quantizer,
-                             keep_rgb=True, info=info))
-    arrays = {"kinds": np.array([f.kind for f in frames], np.uint8),
-              "times": np.array([f.time_s for f in frames], np.float32),
-              "meta": np.array([info["num_frames"], settings.sampling.fps,
-                                info["conformant_bytes"]], np.int64)}
-    d = 0
-    for t, f in enumerate(frames):
+    # Each frame is encoded as it comes (a long video's raw frames never all sit in memory).
+    info, arrays, kinds, times, d = {}, {}, [], [], 0
+    for t, f in enumerate(iter_video(video, settings.size, settings.sampling,
+                                     settings.quantizer, keep_rgb=True, info=info)):
+      kinds.append(f.kind)
+      times.append(f.time_s)
       rgb = f.target_rgb if f.kind == DELTA else f.rgb
       arrays[f"rgb_{t}"] = np.frombuffer(storage.encode_png(rgb), np.uint8)
       if f.kind == DELTA:
         arrays[f"mv_{d}"] = np.frombuffer(storage.encode_mv(f.mv), np.uint8)
         arrays[f"residual_{d}"] = np.frombuffer(storage.encode_residual(f.residual), np.uint8)
         d += 1
+    arrays.update(kinds=np.array(kinds, np.uint8), times=np.array(times, np.float32),
+                  meta=np.array([info["num_frames"], settings.sampling.fps,
+                                 info["conformant_bytes"]], np.int64))
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as fh:
       np.savez(fh, **arrays)

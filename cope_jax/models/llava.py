@@ -86,7 +86,8 @@ def delta_layout(delta_tokens: jax.Array, newline: jax.Array, motion: int) -> ja
   return jnp.concatenate([delta_tokens[:, :motion], nl, delta_tokens[:, motion:], nl], axis=1)
 
 
-def interleave(key_tokens: jax.Array, delta_tokens: jax.Array, kinds: jax.Array):
+def interleave(key_tokens: jax.Array, delta_tokens: jax.Array,
+               kinds: jax.Array) -> tuple[jax.Array, jax.Array]:
   """One video: (K, Tk, D) keyframe and (P, Td, D) Δ-frame tokens in the order of ``kinds``
   (T,) (0 keyframe, 1 Δ-frame, −1 padding) → (K·Tk + P·Td, D) tokens and a validity mask.
   K and P are at least 1 (padded slots, ``kinds`` −1, when a video has none)."""
@@ -107,7 +108,7 @@ def interleave(key_tokens: jax.Array, delta_tokens: jax.Array, kinds: jax.Array)
 
 
 def splice(text: jax.Array, text_valid: jax.Array, input_ids: jax.Array, visual: jax.Array,
-           visual_valid: jax.Array):
+           visual_valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Insert (B, V, D) visual tokens at each row's IMAGE_TOKEN_ID; keep length L.
 
   Returns embeddings (B, L, D), valid (B, L), positions (B, L), and ``text_index`` (B, L): the
@@ -161,7 +162,8 @@ class VideoLM(nn.Module):
       tokens = jnp.zeros_like(tokens)
     return delta_layout(self.projector(tokens), self.image_newline, self.cfg.delta.motion_queries)
 
-  def visual_tokens(self, pixels, mv, residual, kinds, zero_delta: bool = False):
+  def visual_tokens(self, pixels: jax.Array, mv: jax.Array, residual: jax.Array,
+                    kinds: jax.Array, zero_delta: bool = False) -> tuple[jax.Array, jax.Array]:
     """Per video: (B, K, …) keyframes + (B, P, …) Δ-frames → (B, V, D) tokens and validity."""
     b, k = pixels.shape[:2]
     p = mv.shape[1]
@@ -172,8 +174,9 @@ class VideoLM(nn.Module):
     deltas = deltas.reshape((b, p) + deltas.shape[1:])
     return jax.vmap(interleave)(keys, deltas, kinds)
 
-  def __call__(self, input_ids, text_mask, pixels, mv, residual, kinds, zero_delta: bool = False,
-               last_only: bool = False, with_logits: bool = True):
+  def __call__(self, input_ids: jax.Array, text_mask: jax.Array, pixels: jax.Array,
+               mv: jax.Array, residual: jax.Array, kinds: jax.Array, zero_delta: bool = False,
+               last_only: bool = False, with_logits: bool = True) -> tuple[jax.Array | None, dict]:
     """``last_only``: logits (B, 1, V) of each row's last valid slot only (prefill for TTFT);
     ``with_logits=False``: no logits, the caller applies ``lm_head`` to aux["hidden"] rows."""
     visual, visual_valid = self.visual_tokens(pixels, mv, residual, kinds, zero_delta)
@@ -191,12 +194,14 @@ class VideoLM(nn.Module):
     """The LLM's output head on final hidden states (B, L, D) → float32 logits (B, L, V)."""
     return self.llm.head(hidden)
 
-  def continue_text(self, input_ids, positions, valid):
+  def continue_text(self, input_ids: jax.Array, positions: jax.Array,
+                    valid: jax.Array) -> tuple[jax.Array, dict]:
     """Text-only continuation (generated tokens, later turns): the LLM on its KV cache."""
     return self.llm(input_ids, positions=positions, valid=valid)
 
 
-def spliced_targets(input_ids: jax.Array, loss_mask: jax.Array, text_index: jax.Array):
+def spliced_targets(input_ids: jax.Array, loss_mask: jax.Array,
+                    text_index: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Next-token targets and weights in the spliced layout: slot o predicts slot o + 1."""
   nxt = jnp.concatenate([text_index[:, 1:], jnp.full_like(text_index[:, :1], -1)], axis=1)
   ok = nxt >= 0

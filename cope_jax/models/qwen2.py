@@ -71,8 +71,9 @@ def attention_mask(query_slots: jax.Array, key_slots: jax.Array, key_valid: jax.
   return mask[:, None]
 
 
-def attend(q, k, v, query_slots, key_slots, key_valid, query_segments=None, key_segments=None,
-           chunk: int = 0) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array,
+           key_slots: jax.Array, key_valid: jax.Array, query_segments: jax.Array | None = None,
+           key_segments: jax.Array | None = None, chunk: int = 0) -> jax.Array:
   """Masked attention (B, Lq, N, D) in blocks of ``chunk`` queries (0 = one block).
 
   Each block is exact (its queries see every key) and rematerialised, so the (chunk, Lk) scores

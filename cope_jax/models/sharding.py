@@ -71,9 +71,16 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-  """NamedShardings for a tree of (boxed) abstract parameters from ``jax.eval_shape(init)``."""
-  specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  """A NamedSharding per leaf of an abstract tree from ``jax.eval_shape`` (parameters, or a
+  whole train state): by its logical names where it was created with them, else replicated."""
+  def one(x):
+    if isinstance(x, nn.LogicallyPartitioned) and not hasattr(x.value, "shape"):
+      return x.value  # optax's MaskedNode (a frozen part's empty state) wrapped in a box
+    if isinstance(x, nn.LogicallyPartitioned):
+      return NamedSharding(mesh, nn.logical_to_mesh_axes(x.names, rules))
+    return NamedSharding(mesh, PartitionSpec())
+  return jax.tree_util.tree_map(one, abstract_tree,
+                                is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -17,27 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from cope_jax.codec.errors import ConfigError
-from cope_jax.models.sharding import LOGICAL_AXIS_RULES, batch_sharding, constrain, make_mesh
+from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain,
+                                      logical_shardings, make_mesh)
 from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
 from cope_jax.train.optim import make_optimizer
 from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
-
-
-def _shardings(abstract, mesh):
-  """A sharding per leaf: by its logical names if it has them, else replicated."""
-  def one(x):
-    if isinstance(x, nn.LogicallyPartitioned) and not hasattr(x.value, "shape"):
-      return x.value  # optax's MaskedNode (a frozen part's empty state) wrapped in a box
-    if isinstance(x, nn.LogicallyPartitioned):
-      return NamedSharding(mesh, nn.logical_to_mesh_axes(x.names, LOGICAL_AXIS_RULES))
-    return NamedSharding(mesh, PartitionSpec())
-  return jax.tree_util.tree_map(one, abstract,
-                                is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
 
 
 def _place(tree, shardings, what: str):
@@ -85,7 +73,8 @@ class TrainProgram:
     self.tx, schedules = make_optimizer(config.optim, config.total_steps, part_lrs)
     self.lr_of = schedules[next(iter(part_lrs))]
     boxed_state, boxed_frozen = jax.eval_shape(self._init_boxed, self.rng)
-    self.state_sh, self.frozen_sh = _shardings(boxed_state, mesh), _shardings(boxed_frozen, mesh)
+    self.state_sh = logical_shardings(boxed_state, mesh)
+    self.frozen_sh = logical_shardings(boxed_frozen, mesh)
     with_sh = lambda tree, sh: jax.tree_util.tree_map(  # noqa: E731
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
     self.abstract_state = with_sh(nn.meta.unbox(boxed_state), self.state_sh)

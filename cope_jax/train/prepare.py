@@ -18,8 +18,9 @@ def synthetic_data(config) -> str:
   from cope_jax.data.build import build, load_items, shard_dir  # pylint: disable=import-outside-toplevel
   from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
   s = config.synthetic
+  # v2: the stage-2 shards carry sequence_index.json (older caches are rebuilt once)
   out = os.path.join(cache_dir(), "synthetic",
-                     f"v1_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
+                     f"v2_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
   done = lambda: all(os.path.exists(os.path.join(shard_dir(out, st), "dataset_info.json"))  # noqa: E731
                      for st in ("pretrain", "finetune"))
   if done():
@@ -57,6 +58,20 @@ def check_local_path(name: str, path: str) -> None:
     raise ConfigError(f"{name}={path}: URLs are not supported; mount the bucket with Cloud "
                       "Storage FUSE on every host (gcsfuse --implicit-dirs BUCKET /gcs/BUCKET) and "
                       "pass the mounted path")
+
+
+def _check_sequence_lengths(config, shards: str) -> None:
+  """Every training video's keyframes and Δ-frames fit the batch's slots (else the input
+  pipeline would stop the run when it reaches the longest one)."""
+  from cope_jax.data.pipeline import read_sequence_index  # pylint: disable=import-outside-toplevel
+  rows = read_sequence_index(shards, "train") or []
+  for i, (name, limit) in enumerate((("keyframes", config.max_keyframes),
+                                     ("Δ-frames", config.max_delta_frames))):
+    longest = max(rows, key=lambda r: r[2 + i], default=None)  # pylint: disable=cell-var-from-loop
+    if longest is not None and longest[2 + i] > limit:
+      key = "max_keyframes" if i == 0 else "max_delta_frames"
+      raise ConfigError(f"{longest[0]} has {longest[2 + i]} {name}, more than {key}={limit}: "
+                        f"raise --config.{key}, or rebuild the shards with fewer --max-gops")
 
 
 def validate(config, device_count: int, process_count: int = 1) -> None:
@@ -129,6 +144,7 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
     raise ConfigError("stage 1 needs the frozen vision encoder: --config.vision_checkpoint=DIR "
                       "from `python -m cope_jax.convert llava-video` (or try :tiny)")
   if config.stage == "finetune":
+    _check_sequence_lengths(config, shards)
     unknown = set(config.trainable) - set(STAGE2_PARTS)
     if unknown or not config.trainable:
       raise ConfigError(f"trainable parts must be a non-empty subset of {STAGE2_PARTS}, got "
