@@ -56,7 +56,7 @@ def test_cached_decoding_equals_recomputing_every_token(setup):
   gen = Generator(cfg, params, eos_id=-1)  # no stop: compare every step
   tokens, timings, _ = gen.generate(inputs, SamplingOptions(max_new_tokens=6))
   assert timings["ttft_s"] > 0 and timings["e2e_s"] >= timings["ttft_s"]
-  assert timings["compile_s"] > 0 and gen.compile_s == timings["compile_s"]
+  assert timings["compile_s"] > 0
   for b, n in enumerate(lengths):
     for t, token in enumerate(tokens[b]):
       assert _recomputed_next(cfg, params, inputs, b, n, tokens[b][:t]) == token, (b, t)

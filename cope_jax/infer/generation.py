@@ -2,9 +2,10 @@
 
 Prompts (text with the visual tokens spliced in) are padded to a length bucket, so a new prompt
 length reuses a compiled prefill; the cache holds the bucket plus ``max_new_tokens`` (+ a
-follow-up ``reserve``) rounded up to 64 slots, so the decode step compiles once per bucket. Each
-step is compiled ahead of time on its first shape and the time it took is reported as
-``compile_s``, apart from ``ttft_s`` and ``e2e_s``. Rows of a batch generate independently (their
+follow-up ``reserve``) rounded up to 64 slots, so the decode step compiles once per bucket. The
+time JAX spends tracing and compiling during a call (new shapes, and the small eager operations
+that compile on first use) is reported as ``compile_s``, apart from ``ttft_s`` and ``e2e_s``
+(from ``jax.monitoring``'s compilation events). Rows of a batch generate independently (their
 own RoPE positions; padding slots and a finished row's later steps are invalid keys) and stop at
 <|im_end|>. ``Chat`` keeps the cache between turns (paper appendix I): a follow-up question is
 appended, after the previous answer's last token, not re-encoded.
@@ -49,48 +50,51 @@ def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) 
 
 
 CACHE_ROUNDING = 64  # extra cache slots are rounded up to this: other max_new_tokens reuse it
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+class _CompileClock:
+  """Seconds JAX has spent tracing, lowering and compiling in this process since the first
+  Generator was made (a listener registered then, not at import)."""
+  seconds = 0.0
+  _listening = False
+
+  @classmethod
+  def start(cls) -> None:
+    if not cls._listening:
+      jax.monitoring.register_event_duration_secs_listener(cls._on_event)
+      cls._listening = True
+
+  @classmethod
+  def _on_event(cls, name: str, seconds: float, **_) -> None:
+    if name in _COMPILE_EVENTS:
+      cls.seconds += seconds
 
 
 class Generator:
-  """Generation for one model; compiled steps are kept per (shape, static argument)."""
+  """Generation for one model; jitted steps compile once per shape."""
 
   def __init__(self, cfg: VideoLMConfig, params: dict, eos_id: int):
+    _CompileClock.start()
     self.cfg, self.params, self.eos_id = cfg, params, eos_id
     self.model = VideoLM(cfg, decode=True)
-    self._jitted = {
-        "prefill": jax.jit(self._prefill_impl, static_argnames=("zero_delta",),
-                           donate_argnums=(0,)),
-        "continue": jax.jit(self._continue_impl, donate_argnums=(0,)),
-        "sample": jax.jit(sample, static_argnames=("temperature", "top_p")),
-    }
-    self._executables = {}
+    self._prefill = jax.jit(self._prefill_impl, static_argnames=("zero_delta",),
+                            donate_argnums=(0,))
+    self._continue = jax.jit(self._continue_impl, donate_argnums=(0,))
+    self._sample = jax.jit(sample, static_argnames=("temperature", "top_p"))
     self._zero_cache = {}
-    self.compile_s = 0.0  # total time spent compiling, so that timings can leave it out
-
-  def _call(self, name: str, *args, **static):
-    """Runs a step through its executable, compiling it (AOT) on the first call per shape."""
-    signature = (name, tuple(sorted(static.items())), jax.tree_util.tree_structure(args),
-                 tuple((x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves(args)))
-    executable = self._executables.get(signature)
-    if executable is None:
-      t = time.perf_counter()
-      executable = self._jitted[name].lower(*args, **static).compile()
-      self._executables[signature] = executable
-      self.compile_s += time.perf_counter() - t
-    return executable(*args)
 
   def empty_cache(self, batch: int, length: int):
     # Tracing the model for the cache's shapes costs tens of milliseconds — more than a tiny
-    # model's whole prefill — so it is done once per shape and counted as compilation.
+    # model's whole prefill — so it is done once per shape (and counted as compilation).
     if (batch, length) not in self._zero_cache:
-      t = time.perf_counter()
       ids = jnp.zeros((batch, length), jnp.int32)
       shapes = jax.eval_shape(lambda: self.model.init(
           jax.random.key(0), ids, ids, jnp.ones_like(ids, bool), method=VideoLM.continue_text))
-      zeros = jax.jit(lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                                     shapes["cache"])).lower().compile()
-      self._zero_cache[(batch, length)] = zeros
-      self.compile_s += time.perf_counter() - t
+      self._zero_cache[(batch, length)] = jax.jit(lambda: jax.tree_util.tree_map(
+          lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"]))
     return self._zero_cache[(batch, length)]()
 
   def _prefill_impl(self, cache, inputs, zero_delta=False):
@@ -118,11 +122,11 @@ class Generator:
     clock for ``ttft_s`` / ``e2e_s`` started (default: now). Returns (token lists, timings, a
     Chat for follow-ups)."""
     start = time.perf_counter() if start is None else start
-    compiled_before = self.compile_s
+    compiled_before = _CompileClock.seconds
     b, length = inputs[0].shape
     extra = -(-(options.max_new_tokens + reserve) // CACHE_ROUNDING) * CACHE_ROUNDING
     cache = self.empty_cache(b, length + extra)
-    cache, logits, position = self._call("prefill", cache, inputs, zero_delta=zero_delta)
+    cache, logits, position = self._prefill(cache, inputs, zero_delta=zero_delta)
     return self._decode_loop(cache, logits, position, options, start, compiled_before)
 
   def _decode_loop(self, cache, logits, position, options, start, compiled_before):
@@ -132,22 +136,21 @@ class Generator:
     ttft = None
     for i in range(options.max_new_tokens):
       key, sub = jax.random.split(key)
-      token = self._call("sample", logits, sub, temperature=options.temperature,
-                         top_p=options.top_p)
+      token = self._sample(logits, sub, temperature=options.temperature, top_p=options.top_p)
       token_host = np.asarray(token)
       if ttft is None:
-        ttft = time.perf_counter() - start - (self.compile_s - compiled_before)
+        ttft = time.perf_counter() - start - (_CompileClock.seconds - compiled_before)
       generating = ~done  # rows whose token this is (a finished row's later ones are dropped)
       for r in np.flatnonzero(generating):
         out[r].append(int(token_host[r]))
         done[r] = token_host[r] == self.eos_id
       if done.all() or i == options.max_new_tokens - 1:
         break
-      cache, logits, position = self._call("continue", cache, token[:, None].astype(jnp.int32),
-                                           position[:, None], jnp.asarray(generating)[:, None])
-    timings = {"ttft_s": ttft,
-               "e2e_s": time.perf_counter() - start - (self.compile_s - compiled_before),
-               "compile_s": self.compile_s - compiled_before,
+      cache, logits, position = self._continue(cache, token[:, None].astype(jnp.int32),
+                                               position[:, None], jnp.asarray(generating)[:, None])
+    compile_s = _CompileClock.seconds - compiled_before
+    timings = {"ttft_s": ttft, "e2e_s": time.perf_counter() - start - compile_s,
+               "compile_s": compile_s,
                "new_tokens": max(len(o) for o in out)}
     # The last step's tokens are not in the cache yet: a follow-up appends them first.
     return out, timings, Chat(self, cache, position, token.astype(jnp.int32),
@@ -157,7 +160,7 @@ class Generator:
     """Appends the previous answer's last token and ``ids`` (B, L) text tokens to a
     conversation's cache and generates again."""
     start = time.perf_counter()
-    compiled_before = self.compile_s
+    compiled_before = _CompileClock.seconds
     b, length = ids.shape
     if chat.cache is None:
       raise ValueError("this Chat was continued already: use the Chat that call returned")
@@ -172,7 +175,7 @@ class Generator:
         [jnp.zeros((b, 1), jnp.int32), pending + jnp.arange(length)[None, :]], axis=1)
     valid = jnp.concatenate([chat.pending_valid[:, None], jnp.ones((b, length), bool)], axis=1)
     cache, chat.cache = chat.cache, None  # donated to the step below
-    cache, logits, position = self._call("continue", cache, ids, positions, valid)
+    cache, logits, position = self._continue(cache, ids, positions, valid)
     return self._decode_loop(cache, logits, position, options, start, compiled_before)
 
 
