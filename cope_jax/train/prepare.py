@@ -64,14 +64,14 @@ def _check_sequence_lengths(config, shards: str) -> None:
   """Every training video's keyframes and Δ-frames fit the batch's slots (else the input
   pipeline would stop the run when it reaches the longest one)."""
   from cope_jax.data.pipeline import read_sequence_index  # pylint: disable=import-outside-toplevel
-  rows = read_sequence_index(shards, "train") or []
-  for i, (name, limit) in enumerate((("keyframes", config.max_keyframes),
-                                     ("Δ-frames", config.max_delta_frames))):
-    longest = max(rows, key=lambda r: r[2 + i], default=None)  # pylint: disable=cell-var-from-loop
-    if longest is not None and longest[2 + i] > limit:
-      key = "max_keyframes" if i == 0 else "max_delta_frames"
-      raise ConfigError(f"{longest[0]} has {longest[2 + i]} {name}, more than {key}={limit}: "
-                        f"raise --config.{key}, or rebuild the shards with fewer --max-gops")
+  rows = read_sequence_index(shards, "train") or []  # [video, conversations, keyframes, Δ]
+  for column, name, key in ((2, "keyframes", "max_keyframes"),
+                            (3, "Δ-frames", "max_delta_frames")):
+    longest = max(rows, key=lambda row, c=column: row[c], default=None)
+    if longest is not None and longest[column] > config[key]:
+      raise ConfigError(f"{longest[0]} has {longest[column]} {name}, more than {key}="
+                        f"{config[key]}: raise --config.{key}, or rebuild the shards with fewer "
+                        "--max-gops")
 
 
 def validate(config, device_count: int, process_count: int = 1) -> None:
