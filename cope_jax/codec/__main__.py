@@ -22,7 +22,8 @@ from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, tok
 def _add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True) -> None:
   if with_size:
     p.add_argument("--size", type=int, default=384,
-                   help="side of the square re-encoded frames, a multiple of 16 (default 384)")
+                   help="side of the square re-encoded frames, a multiple of 16 up to 2048 "
+                   "(default 384)")
     p.add_argument("--quantizer", type=int, default=3,
                    help="MPEG-4 quantiser of the re-encode, 2 (best) to 31 (default 3)")
   p.add_argument("--fps", type=int, default=30, help="frame rate of the re-encoded video (30)")

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--videos", type=int, default=200, help="number of videos (default 200)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--size", type=int, default=96, help="frame side in pixels (default 96)")
-  p.add_argument("--seconds", type=float, default=8.0, help="video length (default 8 = 1 GOP)")
+  p.add_argument("--seconds", type=float, default=8.0,
+                 help="video length, at least 4.5 (default 8 = 1 GOP)")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_synth)

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.sampling import DELTA, KEYFRAME
 from cope_jax.data import primitive_cache, sources
 from cope_jax.data.builders import BUILDERS, records
-from cope_jax.codec.sampling import DELTA, KEYFRAME
 from cope_jax.data.pipeline import SEQUENCE_INDEX
 from cope_jax.data.primitive_cache import ExtractSettings
 from cope_jax.json_files import write_json

@@ -145,8 +145,9 @@ def _conversation_counts(source, shards: str, split: str) -> list[int]:
   """Conversations per record: from the sequence index (checked against the first and last
   record), else by decoding every record — slow at scale, as each holds its frames."""
   rows = read_sequence_index(shards, split)
-  if rows is not None and len(rows) == len(source) and (not rows or (
-      _video_name(source[0]) == rows[0][0] and _video_name(source[len(rows) - 1]) == rows[-1][0])):
+  ends = (0, len(rows) - 1) if rows else ()
+  if rows is not None and len(rows) == len(source) and all(
+      _video_name(source[i]) == rows[i][0] for i in ends):
     return [row[1] for row in rows]
   return [len(json.loads(source[i]["conversations"])) for i in range(len(source))]
 

@@ -12,7 +12,7 @@ import time
 import cope_jax.demo as demo_package
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.demo.recipe import FULL, QUICK, Paths
-from cope_jax.json_files import write_json
+from cope_jax.json_files import earlier_settings, write_json
 
 
 def _machine() -> dict:
@@ -35,18 +35,12 @@ def _earlier_seconds(results_path: str) -> float:
 def _check_workdir(root: str, made_with: dict) -> None:
   """A workdir resumes only with the settings it was made with: stale data, checkpoints and
   cached evaluations of a --quick run must not show up in a full run's results."""
-  path = os.path.join(root, "settings.json")
-  made_with = json.loads(json.dumps(made_with))
-  if os.path.exists(path):
-    with open(path) as f:
-      earlier = json.load(f)
-    if earlier != made_with:
-      was = "--quick" if earlier.get("quick") else "the full settings"
-      now = "--quick" if made_with["quick"] else "the full settings"
-      raise ConfigError(f"{root} was made with {was}" + (" (other sizes)" if was == now else "")
-                        + f"; this run asks for {now}: use another --workdir")
-  else:
-    write_json(path, made_with)
+  earlier = earlier_settings(os.path.join(root, "settings.json"), made_with)
+  if earlier is not None:
+    was = "--quick" if earlier.get("quick") else "the full settings"
+    now = "--quick" if made_with["quick"] else "the full settings"
+    raise ConfigError(f"{root} was made with {was}" + (" (other sizes)" if was == now else "")
+                      + f"; this run asks for {now}: use another --workdir")
 
 
 def run(workdir: str, quick: bool, video: str | None) -> dict:

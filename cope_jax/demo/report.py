@@ -51,7 +51,8 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families,
                          CoPE.load(p.base_checkpoint, tokenizer=p.tokenizer, codec_size=s.size))
       log(f"[evaluate] {name}{' open-ended' if prefix else ''}: {len(questions)} held-out "
           "questions")
-      r = evaluate(models[which], questions, mode, log_path=os.path.splitext(path)[0] + ".log.jsonl",
+      r = evaluate(models[which], questions, mode,
+                   log_path=os.path.splitext(path)[0] + ".log.jsonl",
                    dense_frames=s.dense_frames, answer_format=answer_format)
       r["model"] = which
       r["motion_accuracy"] = _motion_accuracy(r, motion_families)

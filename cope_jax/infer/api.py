@@ -7,7 +7,8 @@
 Video → codec primitives (re-encoded if needed) → keyframe and Δ-tokens → KV-cache generation.
 ``extract_s`` is the video-to-primitives time; ``ttft_s`` runs from primitives in memory to the
 first generated token (preprocessing, tokenising, prefill, first sample); ``e2e_s`` to the last;
-both leave out ``compile_s``, the one-off compilation of a new prompt bucket.
+both leave out ``compile_s``, the time JAX spent compiling during the call (a new prompt
+bucket, small eager operations on first use).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Answer:
   ttft_s: float
   e2e_s: float
   extract_s: float
-  compile_s: float  # compiling the model's steps for new shapes (left out of ttft_s and e2e_s)
+  compile_s: float  # JAX's compilation during the call (left out of ttft_s and e2e_s)
   visual_tokens: int
   prompt_tokens: int
   new_tokens: int

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   print(json.dumps(results, indent=2))
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
+    from cope_jax.json_files import write_json  # pylint: disable=import-outside-toplevel
+    write_json(args.out, results)
   return 0
 
 

@@ -26,7 +26,7 @@ from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, captio
 from cope_jax.data.parallel import process_pool
 from cope_jax.data.synthetic.scene import Scene, check_seconds, render, sample_scene
 from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
-from cope_jax.json_files import write_json
+from cope_jax.json_files import earlier_settings, write_json
 
 SPLITS = ("train", "validation", "test")
 
@@ -44,19 +44,6 @@ def _write_video(args) -> str:
                                codec="mpeg4", gop=240, options={"flags": "+mv4"})
     os.replace(tmp, path)
   return path
-
-
-def _check_video_settings(folder: str, settings: dict) -> None:
-  path = os.path.join(folder, "settings.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      made = json.load(f)
-    if made != settings:
-      raise ConfigError(f"{folder} holds videos made with {made}, not {settings}: use another "
-                        "--out, or delete that folder to regenerate")
-  else:
-    os.makedirs(folder, exist_ok=True)
-    write_json(path, settings)
 
 
 def _balanced_letters(rng: np.random.Generator) -> Iterator[int]:
@@ -81,8 +68,12 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   made with the same seed, size and length: ``out/videos/settings.json`` records them, and a
   mismatch is an error rather than ground truth that describes other videos."""
   check_seconds(seconds)
-  _check_video_settings(os.path.join(out, "videos"), {"seed": seed, "size": size,
-                                                      "seconds": seconds})
+  folder, settings = os.path.join(out, "videos"), {"seed": seed, "size": size, "seconds": seconds}
+  os.makedirs(folder, exist_ok=True)
+  made = earlier_settings(os.path.join(folder, "settings.json"), settings)
+  if made is not None:
+    raise ConfigError(f"{folder} holds videos made with {made}, not {settings}: use another "
+                      "--out, or delete that folder to regenerate")
   jobs = [(seed, i, size, seconds, os.path.join(out, "videos", f"{i:05d}.mp4"))
           for i in range(videos)]
   todo = [j for j in jobs if not os.path.exists(j[-1])]

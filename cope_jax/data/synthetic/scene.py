@@ -99,16 +99,21 @@ def start_candidates(fps: int, num_frames: int) -> np.ndarray:
   return np.arange(int(0.5 * fps), int(0.45 * num_frames), fps // 2)
 
 
+def _starts_fit(seconds: float, num_sprites: int, fps: int) -> bool:
+  """Whether the start window holds ``num_sprites`` starts 1.5 s (3 candidates) apart."""
+  return len(start_candidates(fps, int(round(seconds * fps)))) >= 3 * (num_sprites - 1) + 1
+
+
 def min_seconds(num_sprites: int = 2, fps: int = 30) -> float:
-  """The shortest video whose start window holds ``num_sprites`` starts 1.5 s apart."""
+  """The shortest video, in half seconds, whose start window fits ``num_sprites`` starts."""
   seconds = 1.0
-  while len(start_candidates(fps, int(round(seconds * fps)))) < 3 * (num_sprites - 1) + 1:
+  while not _starts_fit(seconds, num_sprites, fps):
     seconds += 0.5
   return seconds
 
 
 def check_seconds(seconds: float, num_sprites: int = 2, fps: int = 30) -> None:
-  if len(start_candidates(fps, int(round(seconds * fps)))) < 3 * (num_sprites - 1) + 1:
+  if not _starts_fit(seconds, num_sprites, fps):
     raise ConfigError(f"{seconds:g} s is too short for {num_sprites} objects that start moving "
                       f"1.5 s apart in the first 45 % of the video; use at least "
                       f"{min_seconds(num_sprites, fps):g} s")
