@@ -1,11 +1,12 @@
 """Training end to end on the tiny recipes: losses fall, exact resume, SIGTERM, corrupt
-checkpoints, NaN guard, validation errors, gradient accumulation (two-process training:
-tests/test_launch.py, through the launcher)."""
+checkpoints, NaN guard, validation errors, gradient accumulation, and two processes (a SIGTERM
+on one host, exact resume; the launcher's local mode: tests/test_launch.py)."""
 
 import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +96,58 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert "SIGTERM: saved step" in out
   saved = int(out.split("SIGTERM: saved step ")[1].split()[0])
   assert str(saved) in os.listdir(tmp_path / "checkpoints")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, *overrides):
+  """The multi-host path on one machine (launch/gpu.sh local): 2 processes × 4 CPU devices."""
+  port = _free_port()
+  return [subprocess.Popen(
+      train_cmd("pretrain.py:tiny", workdir, "--config.checkpoint_every=100000", *overrides),
+      env=dict(os.environ, COPE_DISTRIBUTED="1", COPE_COORDINATOR=f"localhost:{port}",
+               COPE_NUM_PROCESSES="2", COPE_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      cwd=os.path.dirname(os.path.dirname(__file__))) for i in range(2)]
+
+
+def _finish(procs) -> list[str]:
+  outs = []
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    outs.append(out)
+  return outs
+
+
+def test_two_process_sigterm_on_one_host_and_exact_resume(tmp_path):
+  """A preemption notice reaches one host only: every host saves the same step and exits (JAX's
+  coordination service and Orbax's preemption sync point), and resuming on two processes gives
+  the losses of an uninterrupted two-process run (each process restores its own data position)."""
+  straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+  _finish(_two_processes(straight, "--config.total_steps=12"))
+  procs = _two_processes(interrupted, "--config.total_steps=12")
+  deadline = time.time() + 300
+  while time.time() < deadline and not (os.path.exists(interrupted / "metrics.jsonl")
+                                        and len(metrics(interrupted)) >= 2):
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)  # host 1 only
+  outs = _finish(procs)
+  saved = [int(out.split("SIGTERM: saved step ")[1].split()[0]) for out in outs]
+  assert saved[0] == saved[1] < 12
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(
+      os.listdir(interrupted / "checkpoints" / str(saved[0]) / "data"))
+  outs = _finish(_two_processes(interrupted, "--config.total_steps=12"))
+  assert all(f"resumed from step {saved[0]}" in out for out in outs)
+  a = {x["step"]: x["loss"] for x in metrics(straight)}
+  b = {x["step"]: x["loss"] for x in metrics(interrupted)}
+  for step in range(saved[0] + 1, 13):
+    assert b[step] == pytest.approx(a[step], rel=1e-5), step
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path):

@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state and the data iterator, with fallback and preemption.
 
 ``WORKDIR/checkpoints/<step>/`` holds ``state`` (step, trained parameters, optimizer state) and
-``data`` (the Grain iterator state as JSON). Saves are asynchronous and atomic (Orbax writes a
+``data`` (the Grain iterator state, one ``process_<i>-of-<n>.json`` per process as MaxText saves
+it: each process reads its own slice of the data, so each restores its own position). Saves are asynchronous and atomic (Orbax writes a
 temporary folder and renames it); the last ``keep`` are kept. Restoring tries the newest step
 first and falls back to older ones, with a warning, if a checkpoint is incomplete or corrupt
 (moved aside to ``WORKDIR/checkpoints_unreadable/``, since training will write those steps
@@ -15,6 +16,7 @@ import shutil
 import signal
 import warnings
 
+import grain
 import orbax.checkpoint as ocp
 
 from cope_jax.codec.errors import ConfigError
@@ -26,19 +28,24 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
-            save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=True))
+            save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
 
-  def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
+  def save(self, step: int, state, iterator, force: bool = False) -> bool:
     return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=force)
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
+                             force=force)
 
-  def restore(self, abstract_state):
-    """(step, state, data_state) of the newest readable checkpoint, or None if there is none."""
+  def restore(self, abstract_state, iterator):
+    """(step, state) of the newest readable checkpoint, or None if there is none; ``iterator``
+    is set to that checkpoint's data position."""
     unreadable, first_error = [], None
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(iterator)))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
         first_error = first_error or f"{type(e).__name__}: {str(e)[:300]}"
         warnings.warn(f"checkpoint {step} in {self.directory} is unreadable ({first_error}); "
@@ -46,7 +53,7 @@ class Checkpointer:
         unreadable.append(step)
         continue
       self._move_aside(unreadable)  # training goes on from here and writes those steps again
-      return step, out.state, out.data
+      return step, out.state
     if unreadable:
       raise ConfigError(f"no checkpoint in {self.directory} restores into this config (newest: "
                         f"{first_error}); was the run started with other model settings? Use "

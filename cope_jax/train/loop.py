@@ -159,15 +159,14 @@ def train(config, workdir: str) -> int:
   state, frozen = program.init()
   iterator = iter(task.dataset(jax.process_index(), jax.process_count()))
   ckpt = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-  restored = ckpt.restore(program.abstract_state)
+  restored = ckpt.restore(program.abstract_state, iterator)
   # Frozen parts are not in the checkpoints: load them on every start, a resume included.
   trained_over, frozen_over, note = task.pretrained()
   print(note, flush=True)
   for k, v in frozen_over.items():
     frozen[k] = _place(v, program.frozen_sh[k], k)
   if restored is not None:
-    step0, state, data_state = restored
-    iterator.set_state(data_state)
+    step0, state = restored
     print(f"resumed from step {step0} in {ckpt.directory}", flush=True)
   else:
     for k, v in trained_over.items():
@@ -208,13 +207,13 @@ def train(config, workdir: str) -> int:
       if logging:
         log.write(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
       if preemption.requested or ckpt.manager.reached_preemption(step):
-        ckpt.save(step, state, iterator.get_state(), force=True)
+        ckpt.save(step, state, iterator, force=True)
         ckpt.wait()
         print(f"SIGTERM: saved step {step} and stopping; re-run the same command to resume",
               flush=True)
         break
       if saving:
-        ckpt.save(step, state, iterator.get_state(), force=True)
+        ckpt.save(step, state, iterator, force=True)
   finally:
     ckpt.close()
     log.close()
