@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from cope_jax.train.loop import _accumulated
+from ports import free_port
 
 FAST = ["--config.log_every=1", "--config.synthetic.videos=24", "--config.checkpoint_every=4"]
 
@@ -98,15 +98,9 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert str(saved) in os.listdir(tmp_path / "checkpoints")
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _two_processes(workdir, *overrides):
   """The multi-host path on one machine (launch/gpu.sh local): 2 processes × 4 CPU devices."""
-  port = _free_port()
+  port = free_port()
   return [subprocess.Popen(
       train_cmd("pretrain.py:tiny", workdir, "--config.checkpoint_every=100000", *overrides),
       env=dict(os.environ, COPE_DISTRIBUTED="1", COPE_COORDINATOR=f"localhost:{port}",
@@ -125,6 +119,7 @@ def _finish(procs) -> list[str]:
   return outs
 
 
+@pytest.mark.xdist_group("processes")
 def test_two_process_sigterm_on_one_host_and_exact_resume(tmp_path):
   """A preemption notice reaches one host only: every host saves the same step and exits (JAX's
   coordination service and Orbax's preemption sync point), and resuming on two processes gives
