@@ -1,5 +1,7 @@
 """Generation: cached decoding equals full recomputation; batched equals one by one; sampling."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import numpy as np
 import pytest
 
 from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
-from cope_jax.infer.generation import Generator, SamplingOptions, sample
+from cope_jax.infer.generation import Generator, SamplingOptions, cache_slots, sample
 from cope_jax.models import presets
 from cope_jax.models.llava import VideoLM
 
@@ -106,6 +108,25 @@ def test_follow_up_equals_recomputing_the_whole_conversation(setup):
     history = answers[b] + question[b].tolist()
     for t, token in enumerate(more[b]):
       assert _recomputed_next(cfg, params, inputs, b, n, history + more[b][:t]) == token, (b, t)
+
+
+def test_follow_up_fits_the_cache_exactly_and_works_with_unscanned_layers(setup):
+  """A follow-up that fills the cache to its last slot is accepted (one more token is refused),
+  and the cache is found whether the layers are scanned or a Python list."""
+  cfg, _, inputs, _ = setup
+  unscanned = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, scan=False))
+  params = nn.meta.unbox(jax.jit(VideoLM(unscanned).init)(jax.random.key(1), *inputs)["params"])
+  gen = Generator(unscanned, params, eos_id=-1)
+  _, _, chat = gen.generate(_row(inputs, 0), SamplingOptions(max_new_tokens=2))
+  used, capacity = cache_slots(chat.cache)
+  assert "layer_list_0" in chat.cache["llm"] and used > 0
+  new_tokens = 3
+  fits = capacity - used - new_tokens  # pending token + question + 2 of the 3 new tokens
+  with pytest.raises(ValueError, match="cache slots"):
+    gen.follow_up(chat, np.full((1, fits + 1), 5, np.int32), SamplingOptions(new_tokens))
+  more, _, chat2 = gen.follow_up(chat, np.full((1, fits), 5, np.int32),
+                                 SamplingOptions(new_tokens))
+  assert len(more[0]) == new_tokens and cache_slots(chat2.cache) == (capacity, capacity)
 
 
 def test_sampling_top_p_and_temperature():

@@ -223,6 +223,53 @@ def test_gradient_accumulation_equals_one_big_batch():
   np.testing.assert_allclose(one[2]["w"], four[2]["w"], rtol=1e-5)
 
 
+def test_gradient_accumulation_of_a_per_token_mean():
+  """Micro-batches with different numbers of answer tokens: the accumulated loss and gradients
+  are the whole batch's per-token mean, as without accumulation."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((8, 5, 3)), jnp.float32)
+  mask = jnp.asarray(rng.random((8, 5)) < np.linspace(0.1, 0.9, 8)[:, None], jnp.float32)
+  params = {"w": jnp.ones(3)}
+
+  def loss_fn(p, batch):
+    n = batch["mask"].sum()
+    loss = jnp.sum(batch["mask"] * (batch["x"] @ p["w"]) ** 2) / jnp.maximum(n, 1)
+    return loss, {"loss": loss, "answer_tokens": n}
+
+  one = _accumulated(loss_fn, params, {"x": x, "mask": mask}, 1, "answer_tokens")
+  for steps in (2, 4):
+    many = _accumulated(loss_fn, params, {"x": x, "mask": mask}, steps, "answer_tokens")
+    np.testing.assert_allclose(many[0], one[0], rtol=1e-5)
+    np.testing.assert_allclose(many[2]["w"], one[2]["w"], rtol=1e-5)
+    assert float(many[1]["answer_tokens"]) == float(mask.sum())
+  # The old mean of micro-batch means differs on this batch.
+  plain = _accumulated(loss_fn, params, {"x": x, "mask": mask}, 4)
+  assert abs(float(plain[0]) - float(one[0])) > 1e-3
+
+
+def test_weight_decay_skips_norms_and_biases_of_scanned_layers():
+  """Scanned layers stack a norm's (D,) scale or a bias into (layers, D): still not decayed."""
+  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  from cope_jax.models import presets  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.llava import VideoLM  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.optim import decay_mask  # pylint: disable=import-outside-toplevel
+  cfg = presets.video_lm("tiny")
+  args = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool), jnp.zeros((1, 1, 64, 64, 3)),
+          jnp.zeros((1, 1, 64, 64, 2)), jnp.zeros((1, 1, 64, 64, 3), jnp.int16),
+          jnp.zeros((1, 2), jnp.int32))
+  params = nn.meta.unbox(jax.eval_shape(lambda: VideoLM(cfg).init(jax.random.key(0), *args)))
+  decayed = {jax.tree_util.keystr(k): v
+             for k, v in jax.tree_util.tree_leaves_with_path(decay_mask(params["params"]))}
+  assert decayed["['llm']['layers']['self_attn']['q_proj']['kernel']"]
+  assert decayed["['llm']['embed_tokens']['embedding']"]
+  for name in ("['llm']['layers']['input_layernorm']['weight']",
+               "['llm']['layers']['self_attn']['q_proj']['bias']",
+               "['vision_tower']['layers']['layer_norm1']['scale']",
+               "['image_newline']"):
+    assert not decayed[name], name
+  assert not any(v for k, v in decayed.items() if "norm" in k.lower() or k.endswith("['bias']"))
+
+
 def test_finetune_tiny_with_stage1_checkpoint(tmp_path):
   assert run("pretrain.py:tiny", tmp_path / "s1", "--config.total_steps=2").returncode == 0
   r = run("finetune.py:tiny", tmp_path / "s2", "--config.total_steps=6",

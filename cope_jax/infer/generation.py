@@ -73,6 +73,18 @@ class _CompileClock:
       cls.seconds += seconds
 
 
+def cache_slots(cache) -> tuple[int, int]:
+  """(slots written, capacity) of a KV cache, for scanned layers or a list of them."""
+  used, capacity = 0, 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+    name = getattr(path[-1], "key", None)
+    if name == "index":
+      used = max(used, int(jnp.max(leaf)))
+    elif name == "key":
+      capacity = leaf.shape[-3]  # (…, B, L, kv heads, head dim)
+  return used, capacity
+
+
 class Generator:
   """Generation for one model; jitted steps compile once per shape."""
 
@@ -164,10 +176,10 @@ class Generator:
     b, length = ids.shape
     if chat.cache is None:
       raise ValueError("this Chat was continued already: use the Chat that call returned")
-    attention = chat.cache["llm"]["layers"]["self_attn"]  # stacked over layers
-    index, capacity = int(attention["index"].max()), attention["key"].shape[2]
-    if index + 1 + length + options.max_new_tokens > capacity:
-      raise ValueError(f"the conversation needs {index + 1 + length + options.max_new_tokens} "
+    used, capacity = cache_slots(chat.cache)
+    # The pending token and ``ids`` go in now, then every new token but the last.
+    if used + 1 + length + options.max_new_tokens - 1 > capacity:
+      raise ValueError(f"the conversation needs {used + length + options.max_new_tokens} "
                        f"cache slots, it has {capacity}: pass a larger reserve= to generate()")
     pending = chat.pending_valid.astype(jnp.int32)[:, None]
     ids = jnp.concatenate([chat.pending[:, None], jnp.asarray(ids, jnp.int32)], axis=1)

@@ -162,7 +162,10 @@ class Stage1Predictor(nn.Module):
 
 
 def patchwise_mse(prediction: jax.Array, target: jax.Array) -> jax.Array:
-  """Eq. 10: mean over patches (and channels) of the squared error, per example."""
+  """Eq. 10 divided by the token width d, per example: the squared error averaged over patches
+  and channels (eq. 10 sums the channels). A constant factor, so the minimiser and AdamW's
+  steps are the same; only gradient clipping (``optim.clip_norm``) sees the scale, and losses
+  stay comparable across model widths."""
   return jnp.mean(jnp.square(prediction - target.astype(jnp.float32)), axis=(1, 2))
 
 

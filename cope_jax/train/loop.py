@@ -37,8 +37,12 @@ def _place(tree, shardings, what: str):
                                 shardings)
 
 
-def _accumulated(loss_fn, params, batch, steps: int):
-  """Mean loss, metrics and gradients over ``steps`` micro-batches (gradient accumulation)."""
+def _accumulated(loss_fn, params, batch, steps: int, weight: str | None = None):
+  """Loss, metrics and gradients of the whole batch from ``steps`` micro-batches (gradient
+  accumulation). A loss that is a mean over a count that varies between micro-batches (answer
+  tokens: ``weight`` names that count in the metrics) is weighted by it, so the result is the
+  whole batch's mean and does not depend on ``steps``; without ``weight`` every micro-batch
+  counts the same."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if steps == 1:
     (loss, metrics), grads = grad_fn(params, batch)
@@ -52,14 +56,20 @@ def _accumulated(loss_fn, params, batch, steps: int):
 
   def body(carry, mb):
     (loss, metrics), grads = grad_fn(params, mb)
-    return jax.tree_util.tree_map(jnp.add, carry, (loss, metrics, grads)), None
+    w = metrics[weight] if weight else jnp.float32(1.0)
+    weighted = jax.tree_util.tree_map(lambda x: x * w, ((loss, metrics), grads))
+    return jax.tree_util.tree_map(jnp.add, carry, (weighted, w)), None
 
   # Scan over all micro-batches from zeros (slicing off the first would copy the rest).
   first = jax.tree_util.tree_map(lambda x: x[0], micro)
-  (loss, metrics), grads = jax.eval_shape(grad_fn, params, first)
-  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, metrics, grads))
-  total, _ = jax.lax.scan(body, zeros, micro)
-  return jax.tree_util.tree_map(lambda x: x / steps, total)
+  shapes = (jax.eval_shape(grad_fn, params, first), jax.ShapeDtypeStruct((), jnp.float32))
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  (total, total_weight), _ = jax.lax.scan(body, zeros, micro)
+  (loss, metrics), grads = jax.tree_util.tree_map(
+      lambda x: x / jnp.maximum(total_weight, 1e-9), total)
+  if weight:
+    metrics = {**metrics, weight: total_weight}  # a count adds up
+  return loss, metrics, grads
 
 
 class TrainProgram:
@@ -96,7 +106,7 @@ class TrainProgram:
   def _step(self, state, frozen, batch):
     loss_fn = lambda params, b: self.task.loss(params, frozen, b)  # noqa: E731
     loss, metrics, grads = _accumulated(loss_fn, state["params"], batch,
-                                        self.config.grad_accum_steps)
+                                        self.config.grad_accum_steps, self.task.loss_weight)
     grad_norm = optax.global_norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])

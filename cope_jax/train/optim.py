@@ -13,8 +13,13 @@ def schedule(peak: float, warmup: int, total: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-  """Weight decay on matrices and kernels only: not on biases, norms or 1-D vectors."""
-  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  """Weight decay on matrices, kernels and embeddings; not on biases, norms or single vectors.
+  Decided by name: scanned layers stack a norm's (D,) scale into (layers, D)."""
+  def decayed(path, p) -> bool:
+    names = [str(getattr(k, "key", k)) for k in path]
+    return (p.ndim >= 2 and names[-1] not in ("bias", "scale")
+            and not any("norm" in n for n in names))
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(optim, total_steps: int, part_lrs: dict[str, float]) -> tuple[

@@ -32,6 +32,7 @@ def _pipeline(config, stage: str, shards: str, shard_index: int, shard_count: in
 class PretrainTask:
   """Stage 1: frozen SigLIP; Δ-encoder + reference + warped transformers, patch-wise MSE."""
   stage = "pretrain"
+  loss_weight = None  # every micro-batch has the same number of patches
 
   def __init__(self, config, shards: str):
     self.config, self.shards = config, shards
@@ -81,6 +82,7 @@ class PretrainTask:
 class FinetuneTask:
   """Stage 2: the VideoLM, next-token loss on the answers; trained parts from the config."""
   stage = "finetune"
+  loss_weight = "answer_tokens"  # the loss is a mean over them (see loop._accumulated)
 
   def __init__(self, config, shards: str):
     self.config, self.shards = config, shards
