@@ -2,11 +2,12 @@
 
 ``WORKDIR/checkpoints/<step>/`` holds ``state`` (step, trained parameters, optimizer state) and
 ``data`` (the Grain iterator state, one ``process_<i>-of-<n>.json`` per process as MaxText saves
-it: each process reads its own slice of the data, so each restores its own position). Saves are asynchronous and atomic (Orbax writes a
-temporary folder and renames it); the last ``keep`` are kept. Restoring tries the newest step
-first and falls back to older ones, with a warning, if a checkpoint is incomplete or corrupt
-(moved aside to ``WORKDIR/checkpoints_unreadable/``, since training will write those steps
-again); when none restores, the run stops with an error instead of starting over.
+it: each process reads its own slice of the data, so each restores its own position). Saves are
+asynchronous and atomic (Orbax writes a temporary folder and renames it); the last ``keep`` are
+kept. Restoring tries the newest step first and falls back to older ones, with a warning, if a
+checkpoint is incomplete or corrupt (moved aside to ``WORKDIR/checkpoints_unreadable/``, since
+training will write those steps again); when none restores, the run stops with an error instead
+of starting over.
 """
 
 from __future__ import annotations
