@@ -178,9 +178,10 @@ class Generator:
       raise ValueError("this Chat was continued already: use the Chat that call returned")
     used, capacity = cache_slots(chat.cache)
     # The pending token and ``ids`` go in now, then every new token but the last.
-    if used + 1 + length + options.max_new_tokens - 1 > capacity:
-      raise ValueError(f"the conversation needs {used + length + options.max_new_tokens} "
-                       f"cache slots, it has {capacity}: pass a larger reserve= to generate()")
+    need = used + 1 + length + options.max_new_tokens - 1
+    if need > capacity:
+      raise ValueError(f"the conversation needs {need} cache slots, it has {capacity}: pass a "
+                       "larger reserve= to generate()")
     pending = chat.pending_valid.astype(jnp.int32)[:, None]
     ids = jnp.concatenate([chat.pending[:, None], jnp.asarray(ids, jnp.int32)], axis=1)
     positions = chat.position[:, None] + jnp.concatenate(

@@ -4,9 +4,9 @@ GQA attention with RoPE (rotate-half convention, theta from the config), RMSNorm
 on q/k/v only, untied lm_head. Layers are scanned (parameters stacked on a leading ``layers``
 axis; one layer is compiled once) and optionally rematerialised. Attention is
 ``jax.nn.dot_product_attention`` (its XLA implementation, which JAX uses unless cuDNN is
-named) with one boolean mask that
-combines causality, padding and packed segments, optionally in blocks of queries
-(``attention_chunk``) so long sequences never hold all (L, L) scores at once.
+named) with one boolean mask that combines causality, padding and packed segments, optionally
+in blocks of queries (``attention_chunk``) so long sequences never hold all (L, L) scores at
+once.
 
 KV cache (``decode=True``): the ``cache`` collection holds keys, values, a key-validity mask and
 the next slot. A call with L tokens writes slots [index, index + L) — a prefill is one call with
