@@ -83,6 +83,34 @@ def test_delta_encoder_shapes_and_grid():
     DeltaEncoder(cfg).apply(params, jnp.zeros((1, 40, 64, 2)), jnp.zeros((1, 40, 64, 3)))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_resnet_stem_and_group_norm_equal_the_textbook_layers(dtype):
+  """The space-to-depth stem and the per-channel GroupNorm compute nn.Conv (7×7, stride 2,
+  SAME) and nn.GroupNorm with the same parameters, on a non-square frame."""
+  from cope_jax.models.resnet import GroupNorm, Stem  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 48, 32, 3)) * 2 + 0.5, jnp.float32)
+  ours = Stem(8, dtype)
+  params = ours.init(jax.random.key(0), x)
+  textbook = nn.Conv(8, (7, 7), strides=(2, 2), padding="SAME", use_bias=False)
+  ref = textbook.apply({"params": {"kernel": nn.meta.unbox(params["params"]["kernel"])}}, x)
+  tol = 1e-5 if dtype == jnp.float32 else 5e-2
+  np.testing.assert_allclose(np.asarray(ours.apply(params, x), np.float32), ref,
+                             rtol=tol, atol=tol * np.abs(ref).max())
+  with pytest.raises(ValueError, match="even height and width"):
+    ours.apply(params, x[:, :47])
+
+  y = jnp.asarray(rng.standard_normal((2, 6, 10, 16)) * 3 + 1, jnp.float32)
+  norm = {"scale": jnp.asarray(rng.standard_normal(16), jnp.float32),
+          "bias": jnp.asarray(rng.standard_normal(16), jnp.float32)}
+  ref = nn.GroupNorm(num_groups=4).apply({"params": norm}, y)
+  out = GroupNorm(4, dtype=dtype).apply({"params": norm}, y)
+  assert out.dtype == dtype
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=tol, atol=tol * 10)
+  assert jax.tree_util.tree_structure(nn.meta.unbox(GroupNorm(4).init(jax.random.key(0), y))) \
+      == jax.tree_util.tree_structure(nn.GroupNorm(num_groups=4).init(jax.random.key(0), y))
+
+
 def test_motion_normalisation():
   mv = jnp.array([[[[-3.0, 1.0], [5.0, 0.0]]]])
   mm = normalise_motion(mv, dataclasses.replace(presets.DELTA["tiny"], motion_norm="minmax"))
@@ -155,6 +183,27 @@ def test_forward_sharded_over_8_devices_equals_single_device():
   with jax.set_mesh(mesh):
     sharded = forward(sharded_params, *sharded_batch)
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=2e-5, rtol=1e-5)
+
+
+def test_keyframes_only_runs_no_delta_encoder():
+  """A video without Δ-frames (the dense and keyframes modes) passes zero Δ slots: the tokens
+  equal those of a padded Δ slot, and the Δ-encoder's parameters are not even needed."""
+  cfg = presets.video_lm("tiny")
+  ids, mask, pixels, mv, residual, _ = _tiny_batch(cfg, b=2, k=2)
+  kinds = jnp.array([[0, 0, -1], [0, -1, -1]], jnp.int32)
+  model = VideoLM(cfg)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, pixels, mv[:, :1],
+                                             residual[:, :1], kinds)["params"])
+  padded, pv = model.apply({"params": params}, pixels, mv[:, :1], residual[:, :1], kinds,
+                           method=VideoLM.visual_tokens)
+  without = {k: v for k, v in params.items() if k != "delta_encoder"}
+  none, nv = jax.jit(lambda p: model.apply({"params": p}, pixels, mv[:, :0], residual[:, :0],
+                                           kinds, method=VideoLM.visual_tokens))(without)
+  n = 2 * cfg.keyframe_tokens
+  assert none.shape[1] == n and padded.shape[1] == n + cfg.delta_tokens
+  np.testing.assert_array_equal(np.asarray(nv), np.asarray(pv)[:, :n])
+  np.testing.assert_allclose(np.asarray(none), np.asarray(padded)[:, :n], rtol=1e-6)
+  assert not np.asarray(pv)[:, n:].any()
 
 
 @pytest.mark.parametrize("delta", sorted(presets.DELTA))

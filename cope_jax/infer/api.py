@@ -149,7 +149,7 @@ class CoPE:
     visual = int(np.sum(v.kinds == KEYFRAME) * kf + np.sum(v.kinds == DELTA) * dt)
     turns = with_video_prompt([("user", question)], v.duration_s, v.times.tolist())
     ids = generation_prompt(self.tok, turns[0][1])
-    need = len(ids) - 1 + len(v.rgb) * kf + max(len(v.mv), 1) * dt
+    need = len(ids) - 1 + len(v.rgb) * kf + len(v.mv) * dt
     length = prompt_bucket(need)
     if length > self.cfg.llm.max_positions:
       raise ValueError(f"{need} prompt positions exceed the model's {self.cfg.llm.max_positions}")
@@ -158,11 +158,10 @@ class CoPE:
     mask = np.zeros((1, length), bool)
     mask[0, :len(ids)] = True
     pixels = np.stack([siglip_pixels(f, self.image_size) for f in v.rgb])[None]
-    c = self.codec_size
-    mv = v.mv if len(v.mv) else np.zeros((1, c, c, 2), np.float32)  # one ignored Δ slot
-    residual = v.residual if len(v.residual) else np.zeros((1, c, c, 3), np.int16)
     kinds = v.kinds.astype(np.int32)[None]
-    return (text, mask, pixels, mv[None], residual[None], kinds), visual, len(ids) - 1 + visual
+    # No Δ-frames (dense, keyframes): (1, 0, H, W, …) primitives, and no Δ-encoder runs.
+    return ((text, mask, pixels, v.mv[None], v.residual[None], kinds), visual,
+            len(ids) - 1 + visual)
 
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,

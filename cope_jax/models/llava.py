@@ -90,7 +90,7 @@ def interleave(key_tokens: jax.Array, delta_tokens: jax.Array,
                kinds: jax.Array) -> tuple[jax.Array, jax.Array]:
   """One video: (K, Tk, D) keyframe and (P, Td, D) Δ-frame tokens in the order of ``kinds``
   (T,) (0 keyframe, 1 Δ-frame, −1 padding) → (K·Tk + P·Td, D) tokens and a validity mask.
-  K and P are at least 1 (padded slots, ``kinds`` −1, when a video has none)."""
+  K is at least 1; P may be 0 (keyframes only). Padded slots have ``kinds`` −1."""
   tk, td = key_tokens.shape[1], delta_tokens.shape[1]
   slots = key_tokens.shape[0] * tk + delta_tokens.shape[0] * td
   lengths = jnp.where(kinds == 0, tk, jnp.where(kinds == 1, td, 0))
@@ -100,9 +100,10 @@ def interleave(key_tokens: jax.Array, delta_tokens: jax.Array,
   j = s - (ends[t] - lengths[t])
   key_index = jnp.cumsum(kinds == 0)[t] - 1
   delta_index = jnp.cumsum(kinds == 1)[t] - 1
-  from_key = key_tokens[jnp.clip(key_index, 0), jnp.clip(j, 0, tk - 1)]
-  from_delta = delta_tokens[jnp.clip(delta_index, 0), jnp.clip(j, 0, td - 1)]
-  tokens = jnp.where((kinds[t] == 0)[:, None], from_key, from_delta)
+  tokens = key_tokens[jnp.clip(key_index, 0), jnp.clip(j, 0, tk - 1)]
+  if delta_tokens.shape[0]:
+    from_delta = delta_tokens[jnp.clip(delta_index, 0), jnp.clip(j, 0, td - 1)]
+    tokens = jnp.where((kinds[t] == 0)[:, None], tokens, from_delta)
   valid = s < ends[-1]
   return jnp.where(valid[:, None], tokens, 0), valid
 
@@ -164,14 +165,19 @@ class VideoLM(nn.Module):
 
   def visual_tokens(self, pixels: jax.Array, mv: jax.Array, residual: jax.Array,
                     kinds: jax.Array, zero_delta: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Per video: (B, K, …) keyframes + (B, P, …) Δ-frames → (B, V, D) tokens and validity."""
+    """Per video: (B, K, …) keyframes + (B, P, …) Δ-frames → (B, V, D) tokens and validity.
+    P = 0 (the ``dense`` and ``keyframes`` modes) runs no Δ-encoder at all."""
     b, k = pixels.shape[:2]
     p = mv.shape[1]
     keys = self.keyframe_tokens(pixels.reshape((b * k,) + pixels.shape[2:]))
-    deltas = self.delta_frame_tokens(mv.reshape((b * p,) + mv.shape[2:]),
-                                     residual.reshape((b * p,) + residual.shape[2:]), zero_delta)
     keys = keys.reshape((b, k) + keys.shape[1:])
-    deltas = deltas.reshape((b, p) + deltas.shape[1:])
+    if p:
+      deltas = self.delta_frame_tokens(mv.reshape((b * p,) + mv.shape[2:]),
+                                       residual.reshape((b * p,) + residual.shape[2:]),
+                                       zero_delta)
+      deltas = deltas.reshape((b, p) + deltas.shape[1:])
+    else:
+      deltas = jnp.zeros((b, 0, self.cfg.delta_tokens, keys.shape[-1]), keys.dtype)
     return jax.vmap(interleave)(keys, deltas, kinds)
 
   def __call__(self, input_ids: jax.Array, text_mask: jax.Array, pixels: jax.Array,

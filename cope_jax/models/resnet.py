@@ -6,6 +6,12 @@ the same H/16 × W/16 grid as the 16×16 motion patches. GroupNorm replaces Batc
 stays a pure function of its parameters (no batch statistics to carry), and small per-device
 batches do not hurt it. The number of stages is ``len(widths)``: fewer than 4 truncates (the
 tiny Δ-encoder uses 3: stride 16 too).
+
+Two layers compute the same function as the textbook ones, faster, with the same parameters:
+the 7×7 stride-2 stem runs as a 4×4 stride-1 conv over a 2×2 space-to-depth input (as
+MLPerf's TPU ResNets do), and GroupNorm reduces per channel before pooling channels into
+groups. On a CPU at the demo's sizes they make the tiny Δ-encoder ~30 % faster; they change
+results only by float rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from cope_jax.models.sharding import param_axes
 
@@ -28,9 +35,58 @@ def _conv(features, kernel, stride=1, dilation=1, dtype=jnp.float32, name=None):
 
 
 def _norm(features, dtype, name=None):
-  return nn.GroupNorm(num_groups=min(32, features // 2), dtype=dtype, param_dtype=jnp.float32,
-                      scale_init=param_axes(nn.initializers.ones, ("norm",)),
-                      bias_init=param_axes(nn.initializers.zeros, ("norm",)), name=name)
+  return GroupNorm(num_groups=min(32, features // 2), dtype=dtype, name=name)
+
+
+class GroupNorm(nn.Module):
+  """``nn.GroupNorm`` (ε = 1e-6, variance as E[x²] − E[x]², parameters ``scale`` and ``bias``)
+  over (B, H, W, C). Flax reshapes to (B, H, W, G, C/G) and reduces three strided axes, which
+  XLA's CPU backend runs ~4× slower than reducing (B, H·W, C) per channel and then averaging
+  the G groups' channels (equal counts, so the group means are the same)."""
+  num_groups: int
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    if c % self.num_groups:
+      raise ValueError(f"{c} channels do not split into {self.num_groups} groups")
+    scale = self.param("scale", param_axes(nn.initializers.ones, ("norm",)), (c,), jnp.float32)
+    bias = self.param("bias", param_axes(nn.initializers.zeros, ("norm",)), (c,), jnp.float32)
+    per_group = c // self.num_groups
+    flat = x.astype(jnp.float32).reshape(b, h * w, c)
+    group_mean = lambda v: v.mean(1).reshape(b, self.num_groups, per_group).mean(-1)  # noqa: E731
+    mean, mean_sq = group_mean(flat), group_mean(jnp.square(flat))
+    inv = lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+    mul = jnp.repeat(inv, per_group, axis=1) * scale
+    add = bias - jnp.repeat(mean, per_group, axis=1) * mul
+    return (x.astype(jnp.float32) * mul[:, None, None] + add[:, None, None]).astype(self.dtype)
+
+
+class Stem(nn.Module):
+  """The 7×7 stride-2 "SAME" conv, as a 4×4 stride-1 conv over the 2×2 space-to-depth of the
+  input padded by (2, 4): the kernel is zero-padded to 8×8 and regrouped the same way (output
+  pixel i reads input rows 2i − 2 … 2i + 4 either way). The kernel keeps nn.Conv's name and
+  shape (7, 7, C, F). Needs even H and W."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    if h % 2 or w % 2:
+      raise ValueError(f"the ResNet stem needs an even height and width, got {h}x{w}")
+    kernel = self.param("kernel", param_axes(nn.initializers.he_normal(),
+                                             (None, None, "conv_in", "conv_out")),
+                        (7, 7, c, self.features), jnp.float32)
+    x = jnp.pad(x.astype(self.dtype), ((0, 0), (2, 4), (2, 4), (0, 0)))
+    x = x.reshape(b, h // 2 + 3, 2, w // 2 + 3, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, h // 2 + 3, w // 2 + 3, 4 * c)
+    k = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0))).reshape(4, 2, 4, 2, c, self.features)
+    k = k.transpose(0, 2, 1, 3, 4, 5).reshape(4, 4, 4 * c, self.features).astype(self.dtype)
+    return lax.conv_general_dilated(x, k, (1, 1), "VALID",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class BasicBlock(nn.Module):
@@ -56,7 +112,9 @@ class ResNet18(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (B, H, W, C) → (B, H/16, W/16, widths[-1])."""
-    x = nn.relu(_norm(self.widths[0], self.dtype)(_conv(self.widths[0], 7, 2, 1, self.dtype)(x)))
+    # "Conv_0": the name nn.Conv had here, so checkpoints keep loading.
+    stem = Stem(self.widths[0], self.dtype, name="Conv_0")
+    x = nn.relu(_norm(self.widths[0], self.dtype)(stem(x)))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     strides = (1, 2, 2, 1)[:len(self.widths)]
     dilations = (1, 1, 1, 2)[:len(self.widths)]
