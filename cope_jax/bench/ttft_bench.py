@@ -46,7 +46,7 @@ def settings(seconds: float) -> dict[str, tuple[int, int, np.ndarray]]:
 def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
             codec_size: int = 384) -> list[dict]:
   from cope_jax.infer.generation import Generator, SamplingOptions  # pylint: disable=import-outside-toplevel
-  from cope_jax.models.llava import VideoLM  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.llava import VideoLM, init_inputs  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   s, c = cfg.vision.image_size, codec_size
@@ -60,11 +60,9 @@ def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
     host = (ids, np.ones((1, length), bool), rng.standard_normal((1, k, s, s, 3), np.float32),
             rng.standard_normal((1, p, c, c, 2), np.float32),
             rng.integers(-30, 30, (1, p, c, c, 3)).astype(np.int16), kinds[None])
-    if params is None:  # with one Δ-frame, so that the Δ-encoder's parameters exist
-      one = (host[:3] + (np.zeros((1, 1, c, c, 2), np.float32), np.zeros((1, 1, c, c, 3), np.int16),
-                         np.concatenate([kinds, [1]])[None]))
-      params = nn.meta.unbox(jax.jit(VideoLM(cfg).init)(jax.random.key(0), *map(jnp.asarray,
-                                                                                 one))["params"])
+    if params is None:
+      params = nn.meta.unbox(jax.jit(VideoLM(cfg).init)(jax.random.key(0),
+                                                        *init_inputs(cfg, c))["params"])
       gen = Generator(cfg, params, eos_id=-1)
     best = None
     for i in range(repeats + 1):  # the first call compiles

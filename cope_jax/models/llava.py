@@ -101,7 +101,7 @@ def interleave(key_tokens: jax.Array, delta_tokens: jax.Array,
   key_index = jnp.cumsum(kinds == 0)[t] - 1
   delta_index = jnp.cumsum(kinds == 1)[t] - 1
   tokens = key_tokens[jnp.clip(key_index, 0), jnp.clip(j, 0, tk - 1)]
-  if delta_tokens.shape[0]:
+  if delta_tokens.shape[0]:  # (a gather from an empty axis is an error)
     from_delta = delta_tokens[jnp.clip(delta_index, 0), jnp.clip(j, 0, td - 1)]
     tokens = jnp.where((kinds[t] == 0)[:, None], tokens, from_delta)
   valid = s < ends[-1]
@@ -131,6 +131,17 @@ def splice(text: jax.Array, text_valid: jax.Array, input_ids: jax.Array, visual:
   positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
   text_index = jnp.where(src_ok, src, -1)
   return emb, valid, positions, text_index
+
+
+def init_inputs(cfg: VideoLMConfig, codec_size: int, keyframes: int = 1,
+                delta_frames: int = 1, length: int = 8) -> tuple[jax.Array, ...]:
+  """Zero inputs of a batch of one, for ``VideoLM(cfg).init`` (with ``delta_frames`` ≥ 1, so
+  that the Δ-encoder's parameters are made)."""
+  s, c = cfg.vision.image_size, codec_size
+  return (jnp.zeros((1, length), jnp.int32), jnp.ones((1, length), bool),
+          jnp.zeros((1, keyframes, s, s, 3)), jnp.zeros((1, delta_frames, c, c, 2)),
+          jnp.zeros((1, delta_frames, c, c, 3), jnp.int16),
+          jnp.zeros((1, keyframes + delta_frames), jnp.int32))
 
 
 class VideoLM(nn.Module):

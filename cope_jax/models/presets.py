@@ -75,11 +75,8 @@ def count(tree) -> int:
 
 def parameter_counts(cfg: VideoLMConfig, codec_size: int = 384) -> dict[str, int]:
   """Parameters per component (abstract init, no memory used)."""
-  from cope_jax.models.llava import VideoLM  # pylint: disable=import-outside-toplevel
-  s = cfg.vision.image_size
-  args = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool), jnp.zeros((1, 1, s, s, 3)),
-          jnp.zeros((1, 1, codec_size, codec_size, 2)),
-          jnp.zeros((1, 1, codec_size, codec_size, 3), jnp.int16), jnp.zeros((1, 2), jnp.int32))
+  from cope_jax.models.llava import VideoLM, init_inputs  # pylint: disable=import-outside-toplevel
+  args = init_inputs(cfg, codec_size)
   shapes = jax.eval_shape(lambda: VideoLM(cfg).init(jax.random.key(0), *args))["params"]
   shapes = jax.tree_util.tree_map(lambda x: x.value if hasattr(x, "value") else x, shapes,
                                   is_leaf=lambda x: hasattr(x, "value"))

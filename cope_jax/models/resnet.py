@@ -55,13 +55,14 @@ class GroupNorm(nn.Module):
     scale = self.param("scale", param_axes(nn.initializers.ones, ("norm",)), (c,), jnp.float32)
     bias = self.param("bias", param_axes(nn.initializers.zeros, ("norm",)), (c,), jnp.float32)
     per_group = c // self.num_groups
-    flat = x.astype(jnp.float32).reshape(b, h * w, c)
+    x32 = x.astype(jnp.float32)
+    flat = x32.reshape(b, h * w, c)
     group_mean = lambda v: v.mean(1).reshape(b, self.num_groups, per_group).mean(-1)  # noqa: E731
     mean, mean_sq = group_mean(flat), group_mean(jnp.square(flat))
     inv = lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
     mul = jnp.repeat(inv, per_group, axis=1) * scale
     add = bias - jnp.repeat(mean, per_group, axis=1) * mul
-    return (x.astype(jnp.float32) * mul[:, None, None] + add[:, None, None]).astype(self.dtype)
+    return (x32 * mul[:, None, None] + add[:, None, None]).astype(self.dtype)
 
 
 class Stem(nn.Module):

@@ -11,7 +11,7 @@ from cope_jax.data.pipeline import PipelineConfig, finetune_dataset, pretrain_da
 from cope_jax.models import presets
 from cope_jax.models.delta_encoder import Stage1Predictor, patchwise_mse
 from cope_jax.models.layers import length_blocks
-from cope_jax.models.llava import VideoLM, spliced_targets
+from cope_jax.models.llava import VideoLM, init_inputs, spliced_targets
 from cope_jax.models.siglip import Siglip
 
 
@@ -89,16 +89,10 @@ class FinetuneTask:
     self.cfg = model_config(config)
     self.model = VideoLM(self.cfg)
 
-  def _dummy(self):
-    c, s = self.config, self.cfg.vision.image_size
-    return (jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool),
-            jnp.zeros((1, c.max_keyframes, s, s, 3)),
-            jnp.zeros((1, c.max_delta_frames, c.codec_size, c.codec_size, 2)),
-            jnp.zeros((1, c.max_delta_frames, c.codec_size, c.codec_size, 3), jnp.int16),
-            jnp.zeros((1, c.max_keyframes + c.max_delta_frames), jnp.int32))
-
   def init_params(self, rng):
-    params = self.model.init(rng, *self._dummy())["params"]
+    c = self.config
+    params = self.model.init(rng, *init_inputs(self.cfg, c.codec_size, c.max_keyframes,
+                                               c.max_delta_frames))["params"]
     parts = dict(self.config.trainable)
     return ({k: v for k, v in params.items() if k in parts},
             {k: v for k, v in params.items() if k not in parts})
