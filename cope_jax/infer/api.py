@@ -167,12 +167,12 @@ class CoPE:
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
           inputs: VideoInputs | None = None) -> Answer:
     """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames)."""
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    import jax  # pylint: disable=import-outside-toplevel
     from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
     v = inputs or self.video_inputs(video, mode, keyframes_per_gop)
     start = time.perf_counter()  # primitives in memory
     batch, visual, prompt_tokens = self.model_inputs(v, question)
-    batch = tuple(jnp.asarray(x) for x in batch)
+    batch = jax.device_put(batch)  # one transfer call for the six arrays
     tokens, timings, _ = self.generator.generate(
         batch, SamplingOptions(max_new_tokens, temperature, top_p),
         zero_delta=mode == "cope_zero_delta", start=start)

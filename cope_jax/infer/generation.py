@@ -92,32 +92,38 @@ class Generator:
     _CompileClock.start()
     self.cfg, self.params, self.eos_id = cfg, params, eos_id
     self.model = VideoLM(cfg, decode=True)
-    self._prefill = jax.jit(self._prefill_impl, static_argnames=("zero_delta",),
-                            donate_argnums=(0,))
-    self._continue = jax.jit(self._continue_impl, donate_argnums=(0,))
-    self._sample = jax.jit(sample, static_argnames=("temperature", "top_p"))
-    self._zero_cache = {}
+    # Every step samples its next token in the same jitted call (one dispatch per token), and
+    # the prefill makes its own empty cache: at a tiny model's size, separate dispatches for the
+    # cache, the sampling and the key split cost as much as a tenth of the time to first token.
+    self._prefill = jax.jit(self._prefill_impl,
+                            static_argnames=("zero_delta", "cache_length", "temperature", "top_p"))
+    self._continue = jax.jit(self._continue_impl, static_argnames=("temperature", "top_p"),
+                             donate_argnums=(0,))
+    self._cache_shapes = {}
 
-  def empty_cache(self, batch: int, length: int):
-    # Tracing the model for the cache's shapes costs tens of milliseconds — more than a tiny
-    # model's whole prefill — so it is done once per shape (and counted as compilation).
-    if (batch, length) not in self._zero_cache:
+  def _empty_cache(self, batch: int, length: int):
+    """Zeros of the KV cache's shapes (inside a jitted step). Tracing the model for the shapes
+    costs tens of milliseconds, so they are found once per (batch, length)."""
+    if (batch, length) not in self._cache_shapes:
       ids = jnp.zeros((batch, length), jnp.int32)
       shapes = jax.eval_shape(lambda: self.model.init(
           jax.random.key(0), ids, ids, jnp.ones_like(ids, bool), method=VideoLM.continue_text))
-      self._zero_cache[(batch, length)] = jax.jit(lambda: jax.tree_util.tree_map(
-          lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"]))
-    return self._zero_cache[(batch, length)]()
+      self._cache_shapes[(batch, length)] = shapes["cache"]
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                  self._cache_shapes[(batch, length)])
 
-  def _prefill_impl(self, cache, inputs, zero_delta=False):
+  def _prefill_impl(self, inputs, key, zero_delta, cache_length, temperature, top_p):
+    cache = self._empty_cache(inputs[0].shape[0], cache_length)
     (logits, aux), mutated = self.model.apply({"params": self.params, "cache": cache}, *inputs,
                                               zero_delta=zero_delta, last_only=True,
                                               mutable=["cache"])
     next_position = jnp.take_along_axis(aux["positions"], aux["last"][:, None], axis=1)[:, 0] + 1
-    return mutated["cache"], logits[:, 0], next_position
+    key, sub = jax.random.split(key)
+    return mutated["cache"], sample(logits[:, 0], sub, temperature, top_p), next_position, key
 
-  def _continue_impl(self, cache, ids, positions, valid):
-    """Appends ``ids`` (B, L); a row with no valid token keeps its position."""
+  def _continue_impl(self, cache, ids, positions, valid, key, temperature, top_p):
+    """Appends ``ids`` (B, L) and samples the next token; a row with no valid token keeps its
+    position."""
     (logits, _), mutated = self.model.apply({"params": self.params, "cache": cache}, ids,
                                             positions, valid, method=VideoLM.continue_text,
                                             mutable=["cache"])
@@ -125,7 +131,8 @@ class Generator:
     next_logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
     rows = jnp.arange(ids.shape[0])
     next_position = jnp.where(valid.any(axis=1), positions[rows, last] + 1, positions[:, 0])
-    return mutated["cache"], next_logits, next_position
+    key, sub = jax.random.split(key)
+    return (mutated["cache"], sample(next_logits, sub, temperature, top_p), next_position, key)
 
   def generate(self, inputs: tuple, options: SamplingOptions = SamplingOptions(),
                zero_delta: bool = False, reserve: int = 0, start: float | None = None):
@@ -137,18 +144,19 @@ class Generator:
     compiled_before = _CompileClock.seconds
     b, length = inputs[0].shape
     extra = -(-(options.max_new_tokens + reserve) // CACHE_ROUNDING) * CACHE_ROUNDING
-    cache = self.empty_cache(b, length + extra)
-    cache, logits, position = self._prefill(cache, inputs, zero_delta=zero_delta)
-    return self._decode_loop(cache, logits, position, options, start, compiled_before)
+    step = self._prefill(inputs, jax.random.key(options.seed), zero_delta=zero_delta,
+                         cache_length=length + extra, temperature=options.temperature,
+                         top_p=options.top_p)
+    return self._decode_loop(step, options, start, compiled_before)
 
-  def _decode_loop(self, cache, logits, position, options, start, compiled_before):
-    key = jax.random.key(options.seed)
-    b = logits.shape[0]
+  def _decode_loop(self, step, options, start, compiled_before):
+    """``step`` = (cache, first token (B,), its next position, key) from the prefill or a
+    follow-up's first step."""
+    cache, token, position, key = step
+    b = token.shape[0]
     out, done = [[] for _ in range(b)], np.zeros(b, bool)
     ttft = None
     for i in range(options.max_new_tokens):
-      key, sub = jax.random.split(key)
-      token = self._sample(logits, sub, temperature=options.temperature, top_p=options.top_p)
       token_host = np.asarray(token)
       if ttft is None:
         ttft = time.perf_counter() - start - (_CompileClock.seconds - compiled_before)
@@ -158,8 +166,10 @@ class Generator:
         done[r] = token_host[r] == self.eos_id
       if done.all() or i == options.max_new_tokens - 1:
         break
-      cache, logits, position = self._continue(cache, token[:, None].astype(jnp.int32),
-                                               position[:, None], jnp.asarray(generating)[:, None])
+      cache, token, position, key = self._continue(
+          cache, token[:, None].astype(jnp.int32), position[:, None],
+          jnp.asarray(generating)[:, None], key, temperature=options.temperature,
+          top_p=options.top_p)
     compile_s = _CompileClock.seconds - compiled_before
     timings = {"ttft_s": ttft, "e2e_s": time.perf_counter() - start - compile_s,
                "compile_s": compile_s,
@@ -188,8 +198,9 @@ class Generator:
         [jnp.zeros((b, 1), jnp.int32), pending + jnp.arange(length)[None, :]], axis=1)
     valid = jnp.concatenate([chat.pending_valid[:, None], jnp.ones((b, length), bool)], axis=1)
     cache, chat.cache = chat.cache, None  # donated to the step below
-    cache, logits, position = self._continue(cache, ids, positions, valid)
-    return self._decode_loop(cache, logits, position, options, start, compiled_before)
+    step = self._continue(cache, ids, positions, valid, jax.random.key(options.seed),
+                          temperature=options.temperature, top_p=options.top_p)
+    return self._decode_loop(step, options, start, compiled_before)
 
 
 @dataclasses.dataclass
