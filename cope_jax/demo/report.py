@@ -25,25 +25,21 @@ def _motion_accuracy(result: dict, motion_families) -> float:
   return sum(f["accuracy"] * f["n"] for f in fams) / n if n else 0.0
 
 
-# The same held-out questions asked open-ended, on the fine-tuned model: what it knows about the
-# video apart from the multiple-choice letter step (a diagnostic, not one of the targets).
-OPEN_ENDED_RUNS = ("keyframes_stage2", "cope", "cope_zero_delta")
-
-
 def evaluate_modes(s: DemoSettings, p: Paths, motion_families,
                    answer_format: str = "letter") -> dict:
-  """Every mode on the held-out split (cached per mode in ``evaluation/``); with
-  ``answer_format="open"``, the ``OPEN_ENDED_RUNS`` asked open-ended (``evaluation/open_*``)."""
+  """Every run on the held-out split (cached per run in ``evaluation/``). With
+  ``answer_format="open"`` the same questions without their options (``evaluation/open_*``): what
+  each model knows about the video apart from the multiple-choice letter step (a diagnostic, not
+  one of the targets)."""
   from absl import logging  # pylint: disable=import-outside-toplevel
   from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
   questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
   os.makedirs(p.evaluation, exist_ok=True)
-  runs = RUNS if answer_format == "letter" else [r for r in RUNS if r[0] in OPEN_ENDED_RUNS]
   prefix = "" if answer_format == "letter" else "open_"
   models, results = {}, {}
-  for name, which, mode in runs:
+  for name, which, mode in RUNS:
     path = os.path.join(p.evaluation, f"{prefix}{name}.json")
     if not os.path.exists(path):
       if which not in models:
