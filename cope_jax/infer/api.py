@@ -149,7 +149,7 @@ class CoPE:
     visual = int(np.sum(v.kinds == KEYFRAME) * kf + np.sum(v.kinds == DELTA) * dt)
     turns = with_video_prompt([("user", question)], v.duration_s, v.times.tolist())
     ids = generation_prompt(self.tok, turns[0][1])
-    need = len(ids) - 1 + len(v.rgb) * kf + len(v.mv) * dt
+    need = len(ids) - 1 + visual  # the placeholder becomes the visual tokens
     length = prompt_bucket(need)
     if length > self.cfg.llm.max_positions:
       raise ValueError(f"{need} prompt positions exceed the model's {self.cfg.llm.max_positions}")
@@ -160,8 +160,7 @@ class CoPE:
     pixels = np.stack([siglip_pixels(f, self.image_size) for f in v.rgb])[None]
     kinds = v.kinds.astype(np.int32)[None]
     # No Δ-frames (dense, keyframes): (1, 0, H, W, …) primitives, and no Δ-encoder runs.
-    return ((text, mask, pixels, v.mv[None], v.residual[None], kinds), visual,
-            len(ids) - 1 + visual)
+    return (text, mask, pixels, v.mv[None], v.residual[None], kinds), visual, need
 
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
