@@ -36,6 +36,10 @@ def get_config(arg: str = ""):
   c.max_keyframes = 32 * 4
   c.max_delta_frames = 32 * 4
   c.length_buckets = (8192, 16384, 32768)
+  # > 0: batches of conversations of similar length (sorted within windows of this many global
+  # batches), so short ones are not padded to the longest bucket. Off here: the padded frames
+  # (28,160 tokens) put every paper-recipe batch in the 32K bucket anyway.
+  c.group_by_length = 0
   if arg in ("", "paper"):
     paper_scale(c)
     c.total_steps, c.batch_size = 10_900, 128

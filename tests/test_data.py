@@ -15,7 +15,8 @@ from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.data import sources, storage
 from cope_jax.data.build import build, load_items, shard_dir
 from cope_jax.data.pipeline import (SEQUENCE_INDEX, PipelineConfig, conversation_index,
-                                    finetune_dataset, pretrain_dataset, siglip_pixels)
+                                    conversation_sizes, finetune_dataset, pad_to_length,
+                                    pretrain_dataset, siglip_pixels)
 from cope_jax.data.primitive_cache import ExtractSettings
 
 SIZE = 64
@@ -79,11 +80,12 @@ def test_round_trip_matches_codec_extract(synth_build):
   np.testing.assert_array_equal(storage.decode_residual(first["residual"]), prims.residual[0])
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_iterator_state_restores_exactly(synth_build, stage):
+@pytest.mark.parametrize("stage,extra", [("pretrain", {}), ("finetune", {}),
+                                         ("finetune", {"group_by_length": 2})])
+def test_iterator_state_restores_exactly(synth_build, stage, extra):
   out, _, _ = synth_build
   make = pretrain_dataset if stage == "pretrain" else finetune_dataset
-  cfg = _cfg(out, stage)
+  cfg = _cfg(out, stage, **extra)
   it = iter(make(cfg))
   for _ in range(2):
     next(it)
@@ -109,14 +111,15 @@ def test_same_seed_same_batches_and_workers_change_nothing(synth_build):
     np.testing.assert_array_equal(w["mv"], i["mv"])
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-def test_two_processes_see_disjoint_halves(synth_build, stage):
+@pytest.mark.parametrize("stage,extra", [("pretrain", {}), ("finetune", {}),
+                                         ("finetune", {"group_by_length": 2})])
+def test_two_processes_see_disjoint_halves(synth_build, stage, extra):
   out, _, _ = synth_build
   make = pretrain_dataset if stage == "pretrain" else finetune_dataset
   seen = []
   for index in range(2):
     cfg = _cfg(out, stage, shard_index=index, shard_count=2, num_epochs=1, batch_size=1,
-               drop_remainder=False)
+               drop_remainder=False, **extra)
     seen.append({int(b["example_index"][0]) for b in make(cfg)})
   total = len(list(make(_cfg(out, stage, num_epochs=1, batch_size=1, drop_remainder=False))))
   assert not seen[0] & seen[1]
@@ -157,12 +160,60 @@ def test_conversation_index_from_the_sequence_index(synth_build):
                                    "__getitem__": lambda self, i: reads.append(i) or source[i]})()
   np.testing.assert_array_equal(conversation_index(counting, shards, "train"), decoded)
   assert sorted(reads) == [0, len(source) - 1]
-  assert all(row[2:] == [1, 7] for row in counts["train"])  # 8 s videos: 1 keyframe, 7 Δ-frames
+  assert all(row[2:4] == [1, 7] for row in counts["train"])  # 8 s videos: 1 keyframe, 7 Δ-frames
+  # and each conversation's characters, the same as decoding the records gives
+  np.testing.assert_array_equal(conversation_sizes(counting, decoded, shards, "train"),
+                                conversation_sizes(source, decoded))
   stale = os.path.join(str(out), "stale")
   os.makedirs(stale, exist_ok=True)
   with open(os.path.join(stale, SEQUENCE_INDEX), "w") as f:
     json.dump({"train": counts["train"][:-1]}, f)
   np.testing.assert_array_equal(conversation_index(source, stale, "train"), decoded)
+
+
+def test_length_grouping_puts_short_conversations_in_short_buckets(synth_build):
+  """Grouped, the captions' batches run at the small bucket instead of the questions' one; one
+  epoch still holds every example once."""
+  out, _, _ = synth_build
+  one_by_one = finetune_dataset(_cfg(out, "finetune", batch_size=1, num_epochs=1, shuffle=False,
+                                     length_buckets=(1024,)))
+  needs = [int(b["text_mask"].sum()) - 1 + 210 + 7 * 10 for b in one_by_one]
+  short = int(np.median(needs))  # a bucket for the shorter half of the conversations
+  epoch = dict(num_epochs=1, drop_remainder=False, length_buckets=(short, 1024))
+
+  def lengths(**kw):
+    batches = list(finetune_dataset(_cfg(out, "finetune", **epoch, **kw)))
+    return ([b["input_ids"].shape[1] for b in batches],
+            sorted(int(i) for b in batches for i in b["example_index"]))
+
+  plain, plain_examples = lengths()
+  grouped, grouped_examples = lengths(group_by_length=4)
+  assert grouped_examples == plain_examples == list(range(len(needs)))
+  assert grouped.count(short) >= len(grouped) // 3 > plain.count(short)
+  assert sum(grouped) < sum(plain)
+
+
+def test_hosts_agree_on_one_length(synth_build, monkeypatch):
+  """A batch padded to a longer bucket is the batch the pipeline makes at that bucket; a host
+  pads to the longest bucket any host picked."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import FinetuneTask  # pylint: disable=import-outside-toplevel
+  out, _, _ = synth_build
+  short = next(iter(finetune_dataset(_cfg(out, "finetune", length_buckets=(512, 1024)))))
+  long = next(iter(finetune_dataset(_cfg(out, "finetune", length_buckets=(1024,)))))
+  assert short["input_ids"].shape[1] == 512
+  task = FinetuneTask.__new__(FinetuneTask)
+  task.config = type("C", (), {"tokenizer": _cfg(out, "finetune").tokenizer})()
+  monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 1024]))
+  padded = task.common_shapes(short)
+  for key in long:
+    np.testing.assert_array_equal(padded[key], long[key])
+  monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 256]))
+  assert task.common_shapes(short) is short
+  pad_id = Tokenizer.from_file(_cfg(out, "finetune").tokenizer).token_to_id("<|endoftext|>")
+  with pytest.raises(ValueError, match="cannot pad"):
+    pad_to_length(long, 512, pad_id)
 
 
 def test_truncated_answers_warn(synth_build):

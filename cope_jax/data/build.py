@@ -87,7 +87,8 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   directory = shard_dir(out, stage)
   if stage == "finetune":  # read at start instead of decoding every record (frames included)
     write_json(os.path.join(directory, SEQUENCE_INDEX),
-               {s: [[it.video, len(it.conversations), *frames[it.video]]
+               {s: [[it.video, len(it.conversations), *frames[it.video],
+                     [sum(len(text) for _, text in c) for c in it.conversations]]
                     for _, it in kept if it.split == s] for s in splits}, indent=None)
   shard_bytes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
                     if ".array_record" in f)

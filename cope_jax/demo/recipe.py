@@ -41,6 +41,10 @@ QUICK = DemoSettings(videos=16, base_steps=8, stage1_steps=8, stage2_steps=8, co
                      dense_frames=8, checkpoint_every=4, log_every=4)
 
 
+# Batches of similar length, sorted within 16 batches (128 conversations, about half captions).
+GROUP_BY_LENGTH = 16
+
+
 class Paths:
   """Where each stage writes, under the demo's workdir."""
 
@@ -85,7 +89,9 @@ def base_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
   _common(c, s, s.base_steps)
   c.data_dir, c.tokenizer = p.dense_shards, p.tokenizer
   c.max_keyframes, c.max_delta_frames = s.dense_frames, 1
-  c.length_buckets = (1024, 1152)  # 20 frames + a caption: 652–658; + 8 questions: 730–1006
+  # 20 frames + a caption: 652–658 positions; + 8 questions: 730–1006. Grouped by length, the
+  # captions' batches run at 672 instead of 1024.
+  c.length_buckets, c.group_by_length = (672, 1024, 1152), GROUP_BY_LENGTH
   c.trainable = ml_collections.ConfigDict({k: s.lr for k in ("vision_tower", "projector", "llm",
                                                               "image_newline")})
   return c
@@ -108,7 +114,9 @@ def stage2_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
   c.data_dir, c.tokenizer = p.cope_shards, p.tokenizer
   c.init_checkpoint, c.stage1_checkpoint = p.base_checkpoint, p.stage1
   c.max_keyframes, c.max_delta_frames = 1, 7
-  c.length_buckets = (640, 768)  # 1 + 7 frames + a caption: 259–265; + 8 questions: 337–613
+  # 1 + 7 frames + a caption: 259–265 positions; + 8 questions: 337–613 (median 465). Grouped by
+  # length: captions at 272, the shorter questions at 512, the rest at 640.
+  c.length_buckets, c.group_by_length = (272, 512, 640, 768), GROUP_BY_LENGTH
   c.trainable = ml_collections.ConfigDict(
       {"delta_encoder": s.lr, "projector": s.lr, "llm": s.lr, "image_newline": s.lr,
        "vision_tower": s.lr / 5})

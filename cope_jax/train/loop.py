@@ -192,6 +192,8 @@ def train(config, workdir: str) -> int:
     while step < config.total_steps:
       local = next(iterator)
       local.pop("example_index", None)
+      if jax.process_count() > 1:
+        local = task.common_shapes(local)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
                for k, v in local.items()}
       log.count_tokens(task.tokens(local) * jax.process_count())

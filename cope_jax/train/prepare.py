@@ -18,9 +18,9 @@ def synthetic_data(config) -> str:
   from cope_jax.data.build import build, load_items, shard_dir  # pylint: disable=import-outside-toplevel
   from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
   s = config.synthetic
-  # v2: the stage-2 shards carry sequence_index.json (older caches are rebuilt once)
+  # v3: the stage-2 shards' sequence_index.json has conversation sizes (older caches are rebuilt)
   out = os.path.join(cache_dir(), "synthetic",
-                     f"v2_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
+                     f"v3_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
   done = lambda: all(os.path.exists(os.path.join(shard_dir(out, st), "dataset_info.json"))  # noqa: E731
                      for st in ("pretrain", "finetune"))
   if done():
@@ -163,3 +163,6 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
     if longest > cfg.llm.max_positions:
       raise ConfigError(f"length bucket {longest} exceeds the LLM's {cfg.llm.max_positions} "
                         "positions")
+    if config.group_by_length < 0:
+      raise ConfigError(f"group_by_length must be >= 0 (0 = off, N = sort within windows of N "
+                        f"batches), got {config.group_by_length}")

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cope_jax.data.pipeline import PipelineConfig, finetune_dataset, pretrain_dataset
+from cope_jax.data.pipeline import (PipelineConfig, finetune_dataset, pad_to_length,
+                                    pretrain_dataset)
 from cope_jax.models import presets
 from cope_jax.models.delta_encoder import Stage1Predictor, patchwise_mse
 from cope_jax.models.layers import length_blocks
@@ -78,6 +79,9 @@ class PretrainTask:
   def tokens(self, batch) -> int:
     return int(batch["reference"].shape[0]) * self.cfg.vision.num_patches
 
+  def common_shapes(self, local: dict) -> dict:
+    return local  # frame pairs: one shape on every host
+
 
 class FinetuneTask:
   """Stage 2: the VideoLM, next-token loss on the answers; trained parts from the config."""
@@ -138,11 +142,24 @@ class FinetuneTask:
     return finetune_dataset(_pipeline(
         c, "finetune", self.shards, shard_index, shard_count, image_size=c.image_size,
         tokenizer=c.tokenizer, max_keyframes=c.max_keyframes, max_delta_frames=c.max_delta_frames,
-        length_buckets=tuple(c.length_buckets), keyframe_tokens=self.cfg.keyframe_tokens,
+        length_buckets=tuple(c.length_buckets), group_by_length=c.group_by_length,
+        keyframe_tokens=self.cfg.keyframe_tokens,
         delta_tokens=self.cfg.delta_tokens))
 
   def tokens(self, batch) -> int:
     return int(np.prod(batch["input_ids"].shape))
+
+  def common_shapes(self, local: dict) -> dict:
+    """Each host picks its batch's length bucket from its own examples, and a global array needs
+    one shape: every host pads to the longest among them."""
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+    length = int(np.max(multihost_utils.process_allgather(
+        np.int32(local["input_ids"].shape[1]))))
+    if length == local["input_ids"].shape[1]:
+      return local
+    pad_id = Tokenizer.from_file(self.config.tokenizer).token_to_id("<|endoftext|>")
+    return pad_to_length(local, length, pad_id)
 
 
 def blocked_cross_entropy(head, hidden, targets, weights, block: int = 0):
