@@ -198,6 +198,12 @@ def test_videos_longer_than_the_frame_slots_stop_before_training(tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
+def test_negative_length_grouping_is_refused(tmp_path):
+  r = run("finetune.py:tiny", tmp_path, "--config.group_by_length=-1")
+  assert r.returncode == 2 and "group_by_length must be >= 0" in r.stderr, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+
+
 def test_unknown_variant_is_one_error_line(tmp_path):
   r = run("pretrain.py:bogus", tmp_path, timeout=120)
   assert r.returncode == 2 and r.stderr.startswith("error:") and "bogus" in r.stderr

@@ -13,7 +13,7 @@ from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.sampling import DELTA, KEYFRAME
 from cope_jax.data import primitive_cache, sources
 from cope_jax.data.builders import BUILDERS, records
-from cope_jax.data.pipeline import SEQUENCE_INDEX
+from cope_jax.data.pipeline import SEQUENCE_INDEX, conversation_characters
 from cope_jax.data.primitive_cache import ExtractSettings
 from cope_jax.json_files import write_json
 
@@ -88,7 +88,7 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   if stage == "finetune":  # read at start instead of decoding every record (frames included)
     write_json(os.path.join(directory, SEQUENCE_INDEX),
                {s: [[it.video, len(it.conversations), *frames[it.video],
-                     [sum(len(text) for _, text in c) for c in it.conversations]]
+                     [conversation_characters(c) for c in it.conversations]]
                     for _, it in kept if it.split == s] for s in splits}, indent=None)
   shard_bytes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
                     if ".array_record" in f)

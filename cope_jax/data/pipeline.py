@@ -178,7 +178,8 @@ def conversation_index(source, shards: str = "", split: str = "train") -> np.nda
   return np.asarray(pairs, np.int64).reshape(-1, 2)
 
 
-def _characters(conversation) -> int:
+def conversation_characters(conversation) -> int:
+  """The length-grouping size of a conversation ([(role, text), …]): its characters."""
   return sum(len(text) for _, text in conversation)
 
 
@@ -191,7 +192,7 @@ def conversation_sizes(source, pairs: np.ndarray, shards: str = "",
   if rows is not None and all(len(row) > 4 for row in rows):
     per_record = [row[4] for row in rows]
   else:
-    per_record = [[_characters(c) for c in json.loads(source[i]["conversations"])]
+    per_record = [[conversation_characters(c) for c in json.loads(source[i]["conversations"])]
                   for i in range(len(source))]
   return np.array([per_record[r][c] for r, c in pairs], np.int64)
 
