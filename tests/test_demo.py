@@ -17,6 +17,9 @@ def _demo(workdir):
   return r.stdout, json.loads((workdir / "results.json").read_text())
 
 
+# The heaviest test: it runs on the worker of the two-process tests, one after another, as it
+# would starve their CPU collectives (seen once: a two-process run timed out beside it).
+@pytest.mark.xdist_group("processes")
 def test_demo_quick(tmp_path):
   stdout, results = _demo(tmp_path)
   assert results["stages_run"] == ["codec", "data", "training", "evaluation", "open_ended",

@@ -115,7 +115,7 @@ def stage2_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
   c.init_checkpoint, c.stage1_checkpoint = p.base_checkpoint, p.stage1
   c.max_keyframes, c.max_delta_frames = 1, 7
   # 1 + 7 frames + a caption: 259–265 positions; + 8 questions: 337–613. Not grouped by length:
-  # grouped (captions at 272, the shorter questions at 512) it ran 1.6× faster, but what the
+  # grouped (captions at 272, the shorter questions at 512) it ran 1.3× faster, but what the
   # Δ-tokens taught halved (README, the demo).
   c.length_buckets = (640, 768)
   c.trainable = ml_collections.ConfigDict(
