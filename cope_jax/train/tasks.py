@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,13 +155,16 @@ class FinetuneTask:
     """Each host picks its batch's length bucket from its own examples, and a global array needs
     one shape: every host pads to the longest among them."""
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
     length = int(np.max(multihost_utils.process_allgather(
         np.int32(local["input_ids"].shape[1]))))
     if length == local["input_ids"].shape[1]:
       return local
-    pad_id = Tokenizer.from_file(self.config.tokenizer).token_to_id("<|endoftext|>")
-    return pad_to_length(local, length, pad_id)
+    return pad_to_length(local, length, self.pad_id)
+
+  @functools.cached_property
+  def pad_id(self) -> int:
+    from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+    return Tokenizer.from_file(self.config.tokenizer).token_to_id("<|endoftext|>")
 
 
 def blocked_cross_entropy(head, hidden, targets, weights, block: int = 0):
