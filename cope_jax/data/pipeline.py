@@ -152,49 +152,53 @@ def _video_name(record) -> str:
   return name.decode() if isinstance(name, bytes) else name
 
 
-def _index_rows(source, shards: str, split: str) -> list | None:
-  """The sequence index's rows, if they match the records (checked at the first and last)."""
-  rows = read_sequence_index(shards, split)
-  ends = (0, len(rows) - 1) if rows else ()
-  if rows is not None and len(rows) == len(source) and all(
-      _video_name(source[i]) == rows[i][0] for i in ends):
-    return rows
-  return None
-
-
-def _conversation_counts(source, shards: str, split: str) -> list[int]:
-  """Conversations per record: from the sequence index, else by decoding every record — slow
-  at scale, as each holds its frames."""
-  rows = _index_rows(source, shards, split)
-  if rows is not None:
-    return [row[1] for row in rows]
-  return [len(json.loads(source[i]["conversations"])) for i in range(len(source))]
-
-
-def conversation_index(source, shards: str = "", split: str = "train") -> np.ndarray:
-  """(N, 2) int64 (record, conversation) pairs: one training example per conversation."""
-  pairs = [(i, j) for i, n in enumerate(_conversation_counts(source, shards, split))
-           for j in range(n)]
-  return np.asarray(pairs, np.int64).reshape(-1, 2)
-
-
 def conversation_characters(conversation) -> int:
   """The length-grouping size of a conversation ([(role, text), …]): its characters."""
   return sum(len(text) for _, text in conversation)
 
 
-def conversation_sizes(source, pairs: np.ndarray, shards: str = "",
-                       split: str = "train") -> np.ndarray:
-  """Characters of each (record, conversation) pair's text — what length grouping sorts by (its
-  correlation with the token count is 0.99 on the demo's data). From the sequence index, else by
-  decoding every record."""
-  rows = _index_rows(source, shards, split)
-  if rows is not None and all(len(row) > 4 for row in rows):
+def _sequence_rows(source, shards: str, split: str) -> list:
+  """The sequence index's rows if they match the records (checked at the first and last), else
+  the same rows (video, conversations, —, —, sizes) decoded from every record — slow at scale, as
+  each holds its frames."""
+  rows = read_sequence_index(shards, split)
+  ends = (0, len(rows) - 1) if rows else ()
+  if rows is not None and len(rows) == len(source) and all(
+      _video_name(source[i]) == rows[i][0] for i in ends):
+    return rows
+  decoded = []
+  for i in range(len(source)):
+    r = source[i]
+    conversations = json.loads(r["conversations"])
+    decoded.append([_video_name(r), len(conversations), None, None,
+                    [conversation_characters(c) for c in conversations]])
+  return decoded
+
+
+def _pairs(rows: list) -> np.ndarray:
+  pairs = [(i, j) for i, row in enumerate(rows) for j in range(row[1])]
+  return np.asarray(pairs, np.int64).reshape(-1, 2)
+
+
+def _sizes(source, pairs: np.ndarray, rows: list) -> np.ndarray:
+  if all(len(row) > 4 for row in rows):
     per_record = [row[4] for row in rows]
-  else:
+  else:  # an index written before it held sizes
     per_record = [[conversation_characters(c) for c in json.loads(source[i]["conversations"])]
                   for i in range(len(source))]
   return np.array([per_record[r][c] for r, c in pairs], np.int64)
+
+
+def conversation_index(source, shards: str = "", split: str = "train") -> np.ndarray:
+  """(N, 2) int64 (record, conversation) pairs: one training example per conversation."""
+  return _pairs(_sequence_rows(source, shards, split))
+
+
+def conversation_sizes(source, pairs: np.ndarray, shards: str = "",
+                       split: str = "train") -> np.ndarray:
+  """Characters of each (record, conversation) pair's text — what length grouping sorts by (its
+  correlation with the token count is 0.99 on the demo's data)."""
+  return _sizes(source, pairs, _sequence_rows(source, shards, split))
 
 
 @dataclasses.dataclass
@@ -291,12 +295,13 @@ def finetune_dataset(cfg: PipelineConfig) -> grain.IterDataset:
   if not cfg.tokenizer:
     raise ValueError("finetune_dataset needs cfg.tokenizer (a tokenizer.json)")
   source = _source(cfg)
-  pairs = conversation_index(source, cfg.shards, cfg.split)
+  rows = _sequence_rows(source, cfg.shards, cfg.split)  # read once for pairs and sizes
+  pairs = _pairs(rows)
   decode = _DecodeSequence(source, pairs, cfg)
   first = source[0]
   delta_shape = (storage.decode_mv(first["mv"][0]).shape[:2] if len(first["mv"])
                  else storage.decode_png(first["keyframes"][0]).shape[:2])
-  sizes = conversation_sizes(source, pairs, cfg.shards, cfg.split) if cfg.group_by_length else None
+  sizes = _sizes(source, pairs, rows) if cfg.group_by_length else None
   return _finish(len(pairs), cfg, decode, _BatchSequences(cfg, decode.pad_id, delta_shape), sizes)
 
 
