@@ -9,7 +9,9 @@ RESULTS.log.jsonl. Unreadable videos are skipped and listed.
 
 ``--open-ended`` asks the same questions without their options and scores an exact match (case
 and a final period aside) with the right option's text: what the model knows about the video
-apart from the multiple-choice letter step.
+apart from the multiple-choice letter step. ``--rank-options`` asks the question alone too and
+picks the option whose text (then <|im_end|>) the model finds most likely, as lm-eval-harness
+scores multiple choice for base models: nothing is generated (no TTFT).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 
-ANSWER_FORMATS = ("letter", "open")
+ANSWER_FORMATS = ("letter", "open", "ranked")
 
 
 def normalize_answer(text: str) -> str:
@@ -40,43 +42,61 @@ def right_option(q: dict) -> str:
 
 def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1,
              max_new_tokens: int | None = None, log_path: str | None = None,
-             progress: bool = True, dense_frames: int = 64, answer_format: str = "letter") -> dict:
+             progress: bool = True, dense_frames: int = 64, answer_format: str = "letter",
+             frames: dict | None = None) -> dict:
   """Accuracy of ``model`` on ``questions`` in ``mode``: multiple choice scored by the option
-  letter (``answer_format="letter"``, lmms-eval's protocol), or the question alone scored by an
-  exact match with the right option's text (``"open"``)."""
+  letter (``answer_format="letter"``, lmms-eval's protocol); or the question alone, scored by an
+  exact match of the answer with the right option's text (``"open"``) or by which option's text
+  the model finds most likely (``"ranked"``). ``frames``: a dict that keeps every video's
+  extracted frames, to share between calls that ask about the same videos (by default only the
+  current video's are kept)."""
   if answer_format not in ANSWER_FORMATS:
     raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}")
   if max_new_tokens is None:  # a letter; or the longest option text, "the camera does not move"
     max_new_tokens = 8 if answer_format == "letter" else 16
   from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
-  from cope_jax.infer.answers import parse_letter  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.answers import LETTERS, parse_letter  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  rows, skipped, cache = [], {}, {}
+  rows, skipped = [], {}
+  store = {} if frames is None else frames
+  kind = "cope" if mode == "cope_zero_delta" else mode  # the frames a mode reads
   log = open(log_path, "w") if log_path else None
   try:
-    desc = f"evaluate {mode}" + (" (open-ended)" if answer_format == "open" else "")
+    desc = f"evaluate {mode}" + {"letter": "", "open": " (open-ended)",
+                                 "ranked": " (options ranked)"}[answer_format]
     for q in tqdm(questions, desc=desc, unit=" questions", disable=not progress):
       if q["video"] in skipped:  # unreadable: tried once
         skipped[q["video"]]["questions"] += 1
         continue
       try:
-        if q["video"] not in cache:  # questions share videos: extract once
-          cache = {q["video"]: model.video_inputs(q["video"], mode, keyframes_per_gop,
-                                                  dense_frames)}
-        prompt = (mcq_prompt(q["question"], q["options"]) if answer_format == "letter" else
-                  q["question"])
-        answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
-                           inputs=cache[q["video"]])
+        key = (q["video"], kind, keyframes_per_gop, dense_frames, model.codec_size)
+        if key not in store:  # questions share videos: extract once
+          if frames is None:
+            store.clear()
+          store[key] = model.video_inputs(q["video"], mode, keyframes_per_gop, dense_frames)
+        if answer_format == "ranked":
+          answer = model.rank_options(q["video"], q["question"], q["options"], mode,
+                                      keyframes_per_gop, inputs=store[key])
+        else:
+          prompt = (mcq_prompt(q["question"], q["options"]) if answer_format == "letter" else
+                    q["question"])
+          answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
+                             inputs=store[key])
       except VideoError as e:
         skipped[q["video"]] = {"video": q["video"], "reason": e.reason, "questions": 1}
         continue
-      if answer_format == "letter":
+      if answer_format == "ranked":
+        expected, predicted = q["answer"], LETTERS[answer.best]
+        output, ttft = [round(x, 4) for x in answer.log_likelihoods], None
+      elif answer_format == "letter":
         expected, predicted = q["answer"], parse_letter(answer.text, len(q["options"]))
+        output, ttft = answer.text, answer.ttft_s
       else:
         expected, predicted = normalize_answer(right_option(q)), normalize_answer(answer.text)
+        output, ttft = answer.text, answer.ttft_s
       row = {"id": q.get("id"), "family": q.get("family", ""), "answer": expected,
-             "predicted": predicted, "correct": predicted == expected, "output": answer.text,
-             "visual_tokens": answer.visual_tokens, "ttft_s": answer.ttft_s}
+             "predicted": predicted, "correct": predicted == expected, "output": output,
+             "visual_tokens": answer.visual_tokens, "ttft_s": ttft}
       rows.append(row)
       if log:
         log.write(json.dumps(row) + "\n")
@@ -86,8 +106,9 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   families = collections.defaultdict(list)
   for r in rows:
     families[r["family"]].append(r["correct"])
-  def mean(key, reduce=np.mean):  # None when no question could be asked
-    return float(reduce([r[key] for r in rows])) if rows else None
+  def mean(key, reduce=np.mean):  # None when no question could be asked (or nothing generated)
+    values = [r[key] for r in rows if r[key] is not None]
+    return float(reduce(values)) if values else None
 
   return {"mode": mode, "answer_format": answer_format, "n": len(rows),
           "accuracy": mean("correct"), "visual_tokens_mean": mean("visual_tokens"),
@@ -130,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's)")
   parser.add_argument("--out", required=True, help="RESULTS.json (+ RESULTS.log.jsonl)")
   parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
-  parser.add_argument("--open-ended", action="store_true",
-                      help="ask without the options; score an exact match with the right "
-                      "option's text (a probe of what the model knows apart from the letter)")
+  formats = parser.add_mutually_exclusive_group()
+  formats.add_argument("--open-ended", action="store_true",
+                       help="ask without the options; score an exact match with the right "
+                       "option's text (a probe of what the model knows apart from the letter)")
+  formats.add_argument("--rank-options", action="store_true",
+                       help="ask without the options; pick the option whose text the model "
+                       "finds most likely (lm-eval-harness's scoring for base models; no TTFT)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
   from absl import logging  # pylint: disable=import-outside-toplevel
@@ -149,17 +174,20 @@ def main(argv: list[str] | None = None) -> int:
   results = evaluate(model, questions, args.mode, args.keyframes_per_gop,
                      log_path=os.path.splitext(args.out)[0] + ".log.jsonl",
                      progress=not args.quiet, dense_frames=args.dense_frames,
-                     answer_format="open" if args.open_ended else "letter")
+                     answer_format=("open" if args.open_ended else
+                                    "ranked" if args.rank_options else "letter"))
   from cope_jax.json_files import write_json  # pylint: disable=import-outside-toplevel
   write_json(args.out, results)
-  label = args.mode + (" (open-ended)" if args.open_ended else "")
+  label = args.mode + (" (open-ended)" if args.open_ended else
+                       " (options ranked)" if args.rank_options else "")
   if not results["n"]:
     print(f"error: {label}: no question could be asked ({len(results['skipped'])} unreadable "
           f"videos, see {args.out})", file=sys.stderr)
     return 2
+  ttft = ("" if results["ttft_median_s"] is None else
+          f", TTFT {results['ttft_median_s']:.3f} s (median)")
   print(f"{label}: accuracy {results['accuracy']:.3f} on {results['n']} questions, "
-        f"{results['visual_tokens_mean']:.0f} visual tokens, TTFT {results['ttft_median_s']:.3f} s "
-        "(median)")
+        f"{results['visual_tokens_mean']:.0f} visual tokens{ttft}")
   return 0
 
 

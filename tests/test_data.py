@@ -193,9 +193,9 @@ def test_length_grouping_puts_short_conversations_in_short_buckets(synth_build):
   assert sum(grouped) < sum(plain)
 
 
-def test_hosts_agree_on_one_length(synth_build, monkeypatch):
+def test_hosts_agree_on_one_length(synth_build, monkeypatch, capsys):
   """A batch padded to a longer bucket is the batch the pipeline makes at that bucket; a host
-  pads to the longest bucket any host picked."""
+  pads to the longest bucket any host picked, and says so once."""
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   from cope_jax.train.tasks import FinetuneTask  # pylint: disable=import-outside-toplevel
@@ -205,10 +205,13 @@ def test_hosts_agree_on_one_length(synth_build, monkeypatch):
   assert short["input_ids"].shape[1] == 512
   task = FinetuneTask.__new__(FinetuneTask)
   task.config = type("C", (), {"tokenizer": _cfg(out, "finetune").tokenizer})()
+  task._told_padding = False  # pylint: disable=protected-access
   monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 1024]))
   padded = task.common_shapes(short)
   for key in long:
     np.testing.assert_array_equal(padded[key], long[key])
+  task.common_shapes(short)
+  assert capsys.readouterr().out.count("padded this host's batch from 512 to 1024") == 1
   monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.array([x, 256]))
   assert task.common_shapes(short) is short
   pad_id = Tokenizer.from_file(_cfg(out, "finetune").tokenizer).token_to_id("<|endoftext|>")

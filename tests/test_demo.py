@@ -23,7 +23,7 @@ def _demo(workdir):
 def test_demo_quick(tmp_path):
   stdout, results = _demo(tmp_path)
   assert results["stages_run"] == ["codec", "data", "training", "evaluation", "open_ended",
-                                   "retrieval", "report"]
+                                   "ranked_options", "retrieval", "report"]
   codec = results["codec"]
   assert codec["reconstruction_exact"] is True
   assert codec["keyframes"] == 1 and codec["delta_frames"] == 3
@@ -45,11 +45,12 @@ def test_demo_quick(tmp_path):
     assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["motion_accuracy"] <= 1.0
     assert r["ttft_median_s"] > 0
     assert "appearance" in r["families"] and sum(f["n"] for f in r["families"].values()) == n_test
-  assert set(results["open_ended"]) == set(results["evaluation"])
-  for name, r in results["open_ended"].items():
-    assert r["answer_format"] == "open" and r["n"] == n_test and not r["skipped"], name
-    assert r["visual_tokens_mean"] == MODES[name], name
-    assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["motion_accuracy"] <= 1.0
+  for probe, answer_format in (("open_ended", "open"), ("ranked_options", "ranked")):
+    assert set(results[probe]) == set(results["evaluation"])
+    for name, r in results[probe].items():
+      assert r["answer_format"] == answer_format and r["n"] == n_test and not r["skipped"], name
+      assert r["visual_tokens_mean"] == MODES[name], name
+      assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["motion_accuracy"] <= 1.0
   ret = results["retrieval"]
   assert ret["videos"] == data["splits"]["test"]
   assert set(ret["cope"]) == set(ret["rgb_only"]) == {"recall@1", "recall@2", "recall@5"}
@@ -62,12 +63,14 @@ def test_demo_quick(tmp_path):
     with open(plot, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert "cope_zero_delta" in stdout and "target " in stdout and "open-ended probe" in stdout
+  assert "options-ranked probe" in stdout
 
   # Re-running resumes: nothing is trained or evaluated again, the results are the same.
   stdout2, again = _demo(tmp_path)
   assert "] training" not in stdout2 and "[evaluate]" not in stdout2
   assert again["evaluation"] == results["evaluation"]
   assert again["open_ended"] == results["open_ended"]
+  assert again["ranked_options"] == results["ranked_options"]
   assert again["elapsed_s_all_runs"] == pytest.approx(
       results["elapsed_s_all_runs"] + again["elapsed_s"], abs=0.15)  # each rounded to 0.1 s
   assert "with the earlier runs it resumed" in stdout2

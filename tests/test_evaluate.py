@@ -6,6 +6,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from cope_jax.evaluate import evaluate
@@ -71,7 +72,8 @@ def test_evaluate_every_mode(tiny_workdir, tmp_path):
 
 
 class _ScriptedModel:
-  """Stands in for ``CoPE``: records each prompt and answers from a script."""
+  """Stands in for ``CoPE``: records each prompt and answers (or ranks options) from a script."""
+  codec_size = 64
 
   def __init__(self, replies):
     self.replies, self.prompts = list(replies), []
@@ -82,6 +84,12 @@ class _ScriptedModel:
   def ask(self, video, prompt, mode, keyframes_per_gop, max_new_tokens, inputs):
     self.prompts.append(prompt)
     return types.SimpleNamespace(text=self.replies.pop(0), visual_tokens=90, ttft_s=0.01)
+
+  def rank_options(self, video, question, options, mode, keyframes_per_gop, inputs):
+    self.prompts.append(question)
+    best = self.replies.pop(0)
+    return types.SimpleNamespace(log_likelihoods=[-1.0 - (i != best) for i in range(len(options))],
+                                 best=best, visual_tokens=90)
 
 
 QUESTIONS = [
@@ -105,6 +113,33 @@ def test_evaluate_open_ended_asks_without_options_and_matches_the_right_option()
       "camera_pan": 1.0, "appearance": 1.0, "bounces": 0.0}
 
 
+def test_evaluate_ranked_options_asks_without_options_and_scores_the_best_option():
+  model = _ScriptedModel([1, 0, 0])
+  res = evaluate(model, QUESTIONS, "cope", answer_format="ranked", progress=False)
+  assert model.prompts == [q["question"] for q in QUESTIONS]
+  assert res["answer_format"] == "ranked" and res["accuracy"] == pytest.approx(2 / 3)
+  assert res["ttft_median_s"] is None and res["visual_tokens_mean"] == 90  # nothing generated
+
+
+def test_evaluate_shares_extracted_frames_between_calls():
+  calls = []
+
+  class Counting(_ScriptedModel):
+    def video_inputs(self, video, mode, keyframes_per_gop, dense_frames):
+      calls.append((video, mode))
+      return video
+
+  frames = {}
+  for mode, fmt in (("cope", "letter"), ("cope_zero_delta", "open"), ("dense", "letter")):
+    evaluate(Counting(["A"] * 3), QUESTIONS, mode, answer_format=fmt, progress=False,
+             frames=frames)
+  # two videos, once per kind of frames (cope_zero_delta reads cope's)
+  assert calls == [("a.mp4", "cope"), ("b.mp4", "cope"), ("a.mp4", "dense"), ("b.mp4", "dense")]
+  calls.clear()
+  evaluate(Counting(["A"] * 3), QUESTIONS, "cope", progress=False)  # no store: once per video
+  assert calls == [("a.mp4", "cope"), ("b.mp4", "cope")]
+
+
 def test_evaluate_letter_format_scores_the_parsed_letter():
   model = _ScriptedModel(["B", "The answer is A.", "A"])
   res = evaluate(model, QUESTIONS, "cope", progress=False)
@@ -114,7 +149,7 @@ def test_evaluate_letter_format_scores_the_parsed_letter():
     evaluate(model, QUESTIONS, "cope", answer_format="options")
 
 
-def test_evaluate_cli_open_ended(tiny_workdir, tmp_path):
+def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):
   workdir, synth = tiny_workdir
   out = tmp_path / "open.json"
   r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
@@ -130,3 +165,23 @@ def test_evaluate_cli_open_ended(tiny_workdir, tmp_path):
   # the right option's text (test.jsonl keeps SPEC §6's keys: no open_answer)
   assert [row["answer"] for row in log] == [q["options"]["ABCD".index(q["answer"])].lower()
                                             for q in questions]
+
+  out = tmp_path / "ranked.json"
+  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
+                      "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
+                      "--limit", "3", "--quiet", "--rank-options"], capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "(options ranked)" in r.stdout and "TTFT" not in r.stdout
+  res = json.loads(out.read_text())
+  assert res["answer_format"] == "ranked" and res["n"] == 3 and res["ttft_median_s"] is None
+  log = [json.loads(l) for l in open(tmp_path / "ranked.log.jsonl")]
+  for row, q in zip(log, questions):  # the predicted letter is the most likely option's
+    assert len(row["output"]) == len(q["options"]) and all(x < 0 for x in row["output"])
+    assert row["predicted"] == "ABCD"[int(np.argmax(row["output"]))]
+    assert row["answer"] == q["answer"]
+  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
+                      "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
+                      "--open-ended", "--rank-options"], capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 2 and "not allowed with" in r.stderr

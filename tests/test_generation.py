@@ -129,6 +129,45 @@ def test_follow_up_fits_the_cache_exactly_and_works_with_unscanned_layers(setup)
   assert len(more[0]) == new_tokens and cache_slots(chat2.cache) == (capacity, capacity)
 
 
+def _recomputed_log_likelihood(cfg, params, inputs, b, n, continuation, zero_delta=False):
+  """log p(continuation | row ``b``'s prompt of ``n`` tokens), from one full forward pass."""
+  ids, mask = np.array(inputs[0][b]), np.array(inputs[1][b])
+  ids[n:n + len(continuation)], mask[n:n + len(continuation)] = continuation, True
+  logits, aux = jax.jit(VideoLM(cfg).apply, static_argnames="zero_delta")(
+      {"params": params}, jnp.asarray(ids[None]), jnp.asarray(mask[None]),
+      *[x[b:b + 1] for x in inputs[2:]], zero_delta=zero_delta)
+  slots = np.flatnonzero(np.asarray(aux["valid"][0]))[-len(continuation) - 1:-1]
+  log_p = np.asarray(jax.nn.log_softmax(logits[0]))
+  return float(sum(log_p[slot, token] for slot, token in zip(slots, continuation)))
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_score_equals_the_log_likelihood_of_a_full_forward_pass(setup, scan):
+  """Continuations of 1, 3 and 9 tokens (padded to 16) share one prefill; each one's score is
+  what a forward pass over the prompt and that continuation gives; zeroed Δ-tokens too (the
+  unscanned layers' cache, a list, is checked on one row)."""
+  cfg, params, inputs, lengths = setup
+  if not scan:
+    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, scan=False))
+    params = nn.meta.unbox(jax.jit(VideoLM(cfg).init)(jax.random.key(1), *inputs)["params"])
+    lengths = lengths[:1]
+  gen = Generator(cfg, params, eos_id=-1)
+  continuations = [[7], [11, 12, 13], list(range(20, 29))]
+  for b, n in enumerate(lengths):
+    scores = {}
+    for zero_delta in (False, True):
+      scores[zero_delta] = gen.score(_row(inputs, b), continuations, zero_delta=zero_delta)
+      expected = [_recomputed_log_likelihood(cfg, params, inputs, b, n, c, zero_delta)
+                  for c in continuations]
+      np.testing.assert_allclose(scores[zero_delta], expected, rtol=1e-5, atol=1e-4)
+      assert np.all(scores[zero_delta] < 0)
+    assert np.abs(scores[True] - scores[False]).max() > 1e-3  # the Δ-tokens matter
+  with pytest.raises(ValueError, match="one prompt"):
+    gen.score(inputs, continuations)
+  with pytest.raises(ValueError, match="at least one"):
+    gen.score(_row(inputs, 0), [[5], []])
+
+
 def test_sampling_top_p_and_temperature():
   logits = jnp.log(jnp.array([[0.6, 0.3, 0.05, 0.05]]))
   keys = jax.random.split(jax.random.key(0), 400)

@@ -78,12 +78,16 @@ def test_shellcheck_clean():
 
 @pytest.mark.xdist_group("processes")
 def test_local_mode_trains_with_two_processes(tmp_path):
-  """The multi-host path on one machine: 2 processes × 4 CPU devices, gloo collectives."""
-  r = sh(GPU, "local", CONFIG="configs/pretrain.py:tiny", WORKDIR=str(tmp_path),
-         EXTRA_FLAGS="--config.total_steps=3 --config.log_every=1 --config.synthetic.videos=24",
+  """The multi-host path on one machine: 2 processes × 4 CPU devices, gloo collectives, stage 2.
+  Length buckets 8 positions apart make the hosts' halves of a batch pick different buckets
+  (the tiny conversations take 230–250 positions): the hosts agree on the longer one and pad."""
+  r = sh(GPU, "local", CONFIG="configs/finetune.py:tiny", WORKDIR=str(tmp_path),
+         EXTRA_FLAGS="--config.total_steps=3 --config.log_every=1 --config.synthetic.videos=24 "
+                     "--config.length_buckets=232,240,248,256",
          PROCESSES="2", DEVICES_PER_PROCESS="4", PORT=str(free_port()))
   # The first error is at the start (the other process then aborts in its next collective).
   assert r.returncode == 0, r.stdout[:4000] + "\n…\n" + r.stdout[-2000:] + r.stderr[-2000:]
   assert "[process 0] step 3/3" in r.stdout
+  assert "padded this host's batch from 240 to 248 positions" in r.stdout
   steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")]
   assert steps == [1, 2, 3]

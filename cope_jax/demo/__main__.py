@@ -71,16 +71,19 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
   training["stage1"] = stages.train_stage("stage1", stage1_config(settings, paths), paths.stage1)
   training["stage2"] = stages.train_stage("stage2", stage2_config(settings, paths), paths.stage2)
   done("training", training)
-  modes = report.evaluate_modes(settings, paths, results["data"]["motion_families"])
+  frames = {}  # each held-out video's frames per mode, extracted once for every evaluation
+  motion = results["data"]["motion_families"]
+  modes = report.evaluate_modes(settings, paths, motion, frames=frames)
   done("evaluation", modes)
-  open_ended = report.evaluate_modes(settings, paths, results["data"]["motion_families"],
-                                     answer_format="open")
-  done("open_ended", open_ended)
+  probes = {}
+  for answer_format, key in (("open", "open_ended"), ("ranked", "ranked_options")):
+    probes[answer_format] = report.evaluate_modes(settings, paths, motion, answer_format, frames)
+    done(key, probes[answer_format])
   ret = report.retrieval(paths)
   done("retrieval", ret)
   results["targets"] = report.targets(modes, ret)
-  results["plots"] = report.plots(training, modes, paths.root, open_ended)
-  done("report", {"table": report.table(modes, ret, open_ended).splitlines()})
+  results["plots"] = report.plots(training, modes, paths.root, probes)
+  done("report", {"table": report.table(modes, ret, probes).splitlines()})
   return results
 
 

@@ -25,19 +25,26 @@ def _motion_accuracy(result: dict, motion_families) -> float:
   return sum(f["accuracy"] * f["n"] for f in fams) / n if n else 0.0
 
 
-def evaluate_modes(s: DemoSettings, p: Paths, motion_families,
-                   answer_format: str = "letter") -> dict:
-  """Every run on the held-out split (cached per run in ``evaluation/``). With
-  ``answer_format="open"`` the same questions without their options (``evaluation/open_*``): what
-  each model knows about the video apart from the multiple-choice letter step (a diagnostic, not
-  one of the targets)."""
+# Result files per answer format, and how the progress lines name the two probes.
+PREFIX = {"letter": "", "open": "open_", "ranked": "ranked_"}
+PROBE = {"letter": "", "open": " open-ended", "ranked": " options ranked"}
+
+
+def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: str = "letter",
+                   frames: dict | None = None) -> dict:
+  """Every run on the held-out split (cached per run in ``evaluation/``). Two probes of what
+  each model knows about the video apart from the multiple-choice letter step (diagnostics, not
+  targets) ask the same questions without their options: ``answer_format="open"`` scores the
+  answer's exact match with the right option (``evaluation/open_*``), ``"ranked"`` which option's
+  text the model finds most likely (``evaluation/ranked_*``). ``frames`` keeps the extracted
+  frames between calls."""
   from absl import logging  # pylint: disable=import-outside-toplevel
   from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
   questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
   os.makedirs(p.evaluation, exist_ok=True)
-  prefix = "" if answer_format == "letter" else "open_"
+  prefix = PREFIX[answer_format]
   models, results = {}, {}
   for name, which, mode in RUNS:
     path = os.path.join(p.evaluation, f"{prefix}{name}.json")
@@ -45,11 +52,10 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families,
       if which not in models:
         models[which] = (CoPE.load(p.stage2) if which == "stage2" else
                          CoPE.load(p.base_checkpoint, tokenizer=p.tokenizer, codec_size=s.size))
-      log(f"[evaluate] {name}{' open-ended' if prefix else ''}: {len(questions)} held-out "
-          "questions")
+      log(f"[evaluate] {name}{PROBE[answer_format]}: {len(questions)} held-out questions")
       r = evaluate(models[which], questions, mode,
                    log_path=os.path.splitext(path)[0] + ".log.jsonl",
-                   dense_frames=s.dense_frames, answer_format=answer_format)
+                   dense_frames=s.dense_frames, answer_format=answer_format, frames=frames)
       r["model"] = which
       r["motion_accuracy"] = _motion_accuracy(r, motion_families)
       write_json(path, r)
@@ -103,7 +109,8 @@ def targets(modes: dict, ret: dict) -> dict:
   return checks
 
 
-def table(modes: dict, ret: dict, open_ended: dict | None = None) -> str:
+def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None) -> str:
+  """The targets' runs, retrieval, and each probe (``{"open": …, "ranked": …}``) per family."""
   head = (f"{'mode':<18}{'model':<8}{'visual tok':>11}{'TTFT ms':>9}{'all':>7}{'motion':>8}"
           f"{'appear.':>9}")
   lines = [head, "-" * len(head)]
@@ -114,21 +121,24 @@ def table(modes: dict, ret: dict, open_ended: dict | None = None) -> str:
                  f"{r['motion_accuracy']:>8.1%}{appearance:>9.1%}")
   lines.append(f"next-frame retrieval R@1: stage-1 prediction {ret['cope']['recall@1']:.1%} vs "
                f"RGB only {ret['rgb_only']['recall@1']:.1%} ({ret['videos']} videos)")
-  if open_ended:
-    families = sorted({f for r in open_ended.values() for f in r["families"]})
-    lines += ["", "open-ended probe (the same questions without options; exact match with the "
-              "right option; not a target)",
+  titles = {"open": "open-ended probe (the same questions without options; exact match with "
+                    "the right option; not a target)",
+            "ranked": "options-ranked probe (the same questions without options; the option "
+                      "the model finds most likely; not a target)"}
+  for probe, results in (probes or {}).items():
+    families = sorted({f for r in results.values() for f in r["families"]})
+    lines += ["", titles[probe],
               f"{'mode':<18}{'all':>7}{'motion':>8}" + "".join(f"{f[:11]:>12}" for f in families)]
-    for name, r in open_ended.items():
+    for name, r in results.items():
       lines.append(f"{name:<18}{r['accuracy']:>7.1%}{r['motion_accuracy']:>8.1%}" + "".join(
           f"{r['families'].get(f, {}).get('accuracy', float('nan')):>12.1%}" for f in families))
   return "\n".join(lines)
 
 
 def plots(training: dict, modes: dict, out_dir: str,
-          open_ended: dict | None = None) -> dict[str, str]:
-  """losses.png (every stage's loss curve) and pareto.png (accuracy vs visual tokens; with
-  ``open_ended``, the probe's motion accuracy too)."""
+          probes: dict[str, dict] | None = None) -> dict[str, str]:
+  """losses.png (every stage's loss curve) and pareto.png (accuracy vs visual tokens, and each
+  probe's motion accuracy)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
@@ -150,26 +160,40 @@ def plots(training: dict, modes: dict, out_dir: str,
   fig.savefig(losses, dpi=110)
   plt.close(fig)
 
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  fig, ax = plt.subplots(figsize=(8.5, 4.2))
   for name, r in modes.items():
     ax.scatter(r["visual_tokens_mean"], r["motion_accuracy"], marker="o", s=40)
     ax.annotate(name, (r["visual_tokens_mean"], r["motion_accuracy"]), fontsize=8,
                 xytext=(4, 4), textcoords="offset points")
     ax.scatter(r["visual_tokens_mean"], r["accuracy"], marker="x", color="gray", s=30)
-  for name, r in (open_ended or {}).items():
+  probes = probes or {}
+  for name, r in probes.get("open", {}).items():
     ax.scatter(r["visual_tokens_mean"], r["motion_accuracy"], marker="^", color="black", s=30)
     ax.annotate(f"{name} (open-ended)", (r["visual_tokens_mean"], r["motion_accuracy"]),
                 fontsize=7, color="dimgray", xytext=(6, 1), textcoords="offset points",
                 va="center")
+  most = max(r["visual_tokens_mean"] for r in modes.values())
+  for name, r in probes.get("ranked", {}).items():
+    ax.scatter(r["visual_tokens_mean"], r["motion_accuracy"], marker="s", facecolors="none",
+               edgecolors="black", s=30)
+    left = r["visual_tokens_mean"] < most  # left of the point, clear of the other labels
+    ax.annotate(f"{name} (ranked)", (r["visual_tokens_mean"], r["motion_accuracy"]),
+                fontsize=7, color="dimgray", xytext=(-6 if left else 6, 0),
+                textcoords="offset points", va="center", ha="right" if left else "left")
   ax.axhline(0.25, color="gray", ls=":", lw=1)
   ax.set_xscale("log")
   ax.set_xticks(sorted({r["visual_tokens_mean"] for r in modes.values()}))
   ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
   ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-  ax.set_xlim(right=ax.get_xlim()[1] * 2)  # room for the labels right of the points
+  ax.set_xlim(ax.get_xlim()[0] / 2.5, ax.get_xlim()[1] * 2)  # room for the points' labels
   ax.set_xlabel("visual tokens per video")
-  ax.set_ylabel("accuracy (o: motion questions, x: all)" if not open_ended else
-                "accuracy (o: motion, x: all;\n^: motion, asked open-ended)")
+  ax.set_ylabel("accuracy")
+  marks = [("o", "motion, multiple choice (the targets)"), ("x", "all, multiple choice")]
+  marks += [m for k, m in (("open", ("^", "motion, open-ended")),
+                           ("ranked", ("s", "motion, options ranked"))) if k in probes]
+  handles = [plt.Line2D([], [], ls="", marker=m, color="black", mfc="none" if m == "s" else None,
+                        label=label) for m, label in marks]
+  ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   ax.set_title("accuracy vs visual tokens (held-out split)", fontsize=10)
   fig.tight_layout()
   pareto = os.path.join(out_dir, "pareto.png")

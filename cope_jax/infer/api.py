@@ -3,6 +3,7 @@
     from cope_jax.infer.api import CoPE
     model = CoPE.load("/tmp/stage2")                      # a stage-2 workdir or a converted checkpoint
     print(model.ask("video.mp4", "What happens?").text)   # also .ttft_s, .e2e_s, .extract_s, …
+    model.rank_options("video.mp4", "Where does it go?", ["left", "right"]).best  # 0 or 1
 
 Video → codec primitives (re-encoded if needed) → keyframe and Δ-tokens → KV-cache generation.
 ``extract_s`` is the video-to-primitives time; ``ttft_s`` runs from primitives in memory to the
@@ -50,6 +51,15 @@ class Answer:
   def to_json(self) -> dict:
     return {"answer": self.text, **{k: v for k, v in dataclasses.asdict(self).items()
                                     if k != "text"}}
+
+
+@dataclasses.dataclass
+class RankedOptions:
+  log_likelihoods: list[float]  # of each option's text and <|im_end|> as the whole answer
+  best: int                     # the index of the most likely option
+  mode: str
+  visual_tokens: int
+  prompt_tokens: int
 
 
 @dataclasses.dataclass
@@ -178,3 +188,21 @@ class CoPE:
     ids = [t for t in tokens[0] if t != self.generator.eos_id]
     return Answer(self.tok.decode(ids).strip(), mode, timings["ttft_s"], timings["e2e_s"],
                   v.extract_s, timings["compile_s"], visual, prompt_tokens, timings["new_tokens"])
+
+  def rank_options(self, video: str, question: str, options: list[str], mode: str = "cope",
+                   keyframes_per_gop: int = 1, inputs: VideoInputs | None = None) -> RankedOptions:
+    """Ranks ``options`` by the model's log-likelihood of each one's text, then <|im_end|>, as the
+    answer to ``question`` asked alone (lm-eval-harness's multiple-choice scoring, for models
+    that do not follow the "answer with the option's letter" instruction); nothing is
+    generated."""
+    import jax  # pylint: disable=import-outside-toplevel
+    if not options:
+      raise ValueError("rank_options needs at least one option")
+    v = inputs or self.video_inputs(video, mode, keyframes_per_gop)
+    batch, visual, prompt_tokens = self.model_inputs(v, question)
+    answers = [self.tok.encode(o, add_special_tokens=False).ids + [self.generator.eos_id]
+               for o in options]
+    scores = self.generator.score(jax.device_put(batch), answers,
+                                  zero_delta=mode == "cope_zero_delta")
+    return RankedOptions([float(x) for x in scores], int(np.argmax(scores)), mode, visual,
+                         prompt_tokens)

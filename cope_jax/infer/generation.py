@@ -73,6 +73,13 @@ class _CompileClock:
       cls.seconds += seconds
 
 
+def _repeat_rows(path, leaf: jax.Array, n: int) -> jax.Array:
+  """A KV-cache leaf of batch one repeated to ``n`` rows (the batch axis counts from the end:
+  key and value (…, B, L, heads, dim), valid (…, B, L); the write index has none)."""
+  axis = {"key": -4, "value": -4, "valid": -2}.get(getattr(path[-1], "key", None))
+  return leaf if axis is None else jnp.repeat(leaf, n, axis=axis)
+
+
 def cache_slots(cache) -> tuple[int, int]:
   """(slots written, capacity) of a KV cache, for scanned layers or a list of them."""
   used, capacity = 0, 0
@@ -98,6 +105,7 @@ class Generator:
                             static_argnames=("zero_delta", "cache_length", "temperature", "top_p"))
     self._continue = jax.jit(self._continue_impl, static_argnames=("temperature", "top_p"),
                              donate_argnums=(0,))
+    self._score = jax.jit(self._score_impl, static_argnames=("zero_delta", "cache_length"))
 
   def _empty_cache(self, batch: int, length: int):
     """Zeros of the KV cache's shapes, made inside the prefill (traced once per shape)."""
@@ -127,6 +135,45 @@ class Generator:
     next_position = jnp.where(valid.any(axis=1), positions[rows, last] + 1, positions[:, 0])
     key, sub = jax.random.split(key)
     return (mutated["cache"], sample(next_logits, sub, temperature, top_p), next_position, key)
+
+  def _score_impl(self, inputs, ids, valid, zero_delta, cache_length):
+    """Log-likelihood (N,) of N continuations ``ids`` (N, L) after one prompt (batch of one): the
+    prompt's cache, copied N times, serves every continuation."""
+    cache = self._empty_cache(1, cache_length)
+    (logits, aux), mutated = self.model.apply({"params": self.params, "cache": cache}, *inputs,
+                                              zero_delta=zero_delta, last_only=True,
+                                              mutable=["cache"])
+    n = ids.shape[0]
+    cache = jax.tree_util.tree_map_with_path(lambda path, x: _repeat_rows(path, x, n),
+                                             mutated["cache"])
+    start = jnp.take_along_axis(aux["positions"], aux["last"][:, None], axis=1)[:, 0] + 1
+    positions = jnp.broadcast_to(start[:, None] + jnp.arange(ids.shape[1]), ids.shape)
+    (next_logits, _), _ = self.model.apply({"params": self.params, "cache": cache}, ids,
+                                           positions, valid, method=VideoLM.continue_text,
+                                           mutable=["cache"])
+    first = jax.nn.log_softmax(logits[0, 0].astype(jnp.float32))[ids[:, 0]]
+    rest = jnp.take_along_axis(jax.nn.log_softmax(next_logits[:, :-1].astype(jnp.float32)),
+                               ids[:, 1:, None], axis=-1)[..., 0]
+    return first + jnp.sum(jnp.where(valid[:, 1:], rest, 0.0), axis=1)
+
+  def score(self, inputs: tuple, continuations: list[list[int]],
+            zero_delta: bool = False) -> np.ndarray:
+    """The log-likelihood of each continuation (token ids, e.g. an option's text and
+    <|im_end|>) after the prompt in ``inputs`` (as for ``generate``, batch of one), float32
+    (N,). Continuations are padded to a multiple of 8 tokens, so new lengths seldom compile."""
+    if inputs[0].shape[0] != 1:
+      raise ValueError(f"score takes one prompt, got a batch of {inputs[0].shape[0]}")
+    if not continuations or not all(continuations):
+      raise ValueError("score needs at least one continuation, each of at least one token")
+    width = -(-max(map(len, continuations)) // 8) * 8
+    ids = np.zeros((len(continuations), width), np.int32)
+    valid = np.zeros((len(continuations), width), bool)
+    for i, c in enumerate(continuations):
+      ids[i, :len(c)], valid[i, :len(c)] = c, True
+    length = inputs[0].shape[1]
+    cache_length = length + -(-width // CACHE_ROUNDING) * CACHE_ROUNDING
+    return np.asarray(self._score(inputs, ids, valid, zero_delta=zero_delta,
+                                  cache_length=cache_length))
 
   def generate(self, inputs: tuple, options: SamplingOptions = SamplingOptions(),
                zero_delta: bool = False, reserve: int = 0, start: float | None = None):

@@ -94,6 +94,7 @@ class FinetuneTask:
     self.config, self.shards = config, shards
     self.cfg = model_config(config)
     self.model = VideoLM(self.cfg)
+    self._told_padding = False
 
   def init_params(self, rng):
     c = self.config
@@ -157,8 +158,13 @@ class FinetuneTask:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     length = int(np.max(multihost_utils.process_allgather(
         np.int32(local["input_ids"].shape[1]))))
-    if length == local["input_ids"].shape[1]:
+    own = local["input_ids"].shape[1]
+    if length == own:
       return local
+    if not self._told_padding:  # once per run: the steps that pad run at the longer length
+      print(f"padded this host's batch from {own} to {length} "
+            "positions, another host's longest bucket (later paddings not printed)", flush=True)
+      self._told_padding = True
     return pad_to_length(local, length, self.pad_id)
 
   @functools.cached_property
