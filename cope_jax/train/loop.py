@@ -133,6 +133,10 @@ class TrainProgram:
         compiled = jitted.lower(self.abstract_state, self.abstract_frozen,
                                 abstract_batch).compile()
       self._compiled[key] = compiled
+      if jax.process_count() > 1:
+        # Gloo (CPU collectives) gives every process 30 s to reach a new collective; a host whose
+        # compilation ends later than that (a loaded machine) would fail the step that follows.
+        _wait_for_every_process(f"cope_compiled_{len(self._compiled)}")
       if verbose:
         print(f"compiled the train step for batch shapes {dict((k, s) for k, s, _ in key)} in "
               f"{time.perf_counter() - start:.1f} s; {memory_report(compiled)}", flush=True)
@@ -142,6 +146,13 @@ class TrainProgram:
     compiled = self.compile(batch, verbose=jax.process_index() == 0)
     with jax.set_mesh(self.mesh):
       return compiled(state, frozen, batch)
+
+
+def _wait_for_every_process(name: str, minutes: int = 30) -> None:
+  """A barrier on JAX's coordination service (as Orbax's multihost utilities use it): no
+  collective, so no collective timeout. ``name`` must be new to every process."""
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=minutes * 60_000)
 
 
 def memory_report(compiled) -> str:
@@ -168,6 +179,10 @@ def train(config, workdir: str) -> int:
   program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
   state, frozen = program.init()
   iterator = iter(task.dataset(jax.process_index(), jax.process_count()))
+  if jax.process_count() > 1:
+    # Orbax's first sync (creating the checkpoint folder) is a collective, which Gloo gives 30 s:
+    # hosts meet here first, on the coordination service, however long each took to get here.
+    _wait_for_every_process("cope_started")
   ckpt = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
   restored = ckpt.restore(program.abstract_state, iterator)
   # Frozen parts are not in the checkpoints: load them on every start, a resume included.
