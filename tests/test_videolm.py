@@ -127,6 +127,17 @@ def test_compact_delta_encoder_is_under_15m_and_paper_is_not():
   assert counts["compact"] < 15e6 < counts["paper"]
 
 
+def test_demo_delta_encoder_costs_less_than_a_keyframe_as_the_papers_does():
+  """Appendix B's Δ-encoder on a 384² Δ-frame costs 0.28× so400m on a keyframe; the demo's costs
+  under the tiny SigLIP's keyframe (0.65×, XLA's count), the tiny one over twice as much."""
+  from cope_jax.bench.flops_bench import component_flops, unscanned  # pylint: disable=import-outside-toplevel
+  ratio = {}
+  for name in ("tiny", "demo"):
+    f = component_flops(unscanned(presets.video_lm("tiny", name)), 1, 1, 8, codec_size=64)
+    ratio[name] = f["delta_encoder"] / f["vision"]
+  assert ratio["demo"] < 0.7 and ratio["tiny"] > 2.0
+
+
 def test_stage1_predictor_starts_from_copying_the_reference():
   """At initialisation the prediction is the previous frame's tokens (the RGB-only baseline),
   whatever the motion; after one gradient step towards another target it moves."""
