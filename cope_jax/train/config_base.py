@@ -21,7 +21,7 @@ def base() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"      # cope_jax.models.presets: tiny | small | 1.5b | paper
-  c.model.delta = ""           # Δ-encoder preset ("" = same as preset; "compact" < 15 M)
+  c.model.delta = ""           # Δ-encoder preset ("" = same as preset; "compact" < 15 M; "demo")
   c.model.dtype = "float32"    # compute dtype; parameters stay float32
   c.model.remat = False
   c.model.scan = True          # scanned layers (compile once); False only for FLOP counting
