@@ -37,13 +37,14 @@ QWEN2 = {
                         num_layers=28, num_heads=12, num_kv_heads=2),
     "paper": Qwen2Config(),  # Qwen2-7B
 }
+_TINY_DELTA = DeltaEncoderConfig(out_dim=64, width=64, num_layers=2, num_heads=4,
+                                 resnet_widths=(16, 32, 64), motion_norm="scale", max_grid=32)
 DELTA = {
-    "tiny": DeltaEncoderConfig(out_dim=64, width=64, num_layers=2, num_heads=4,
-                               resnet_widths=(16, 32, 64), motion_norm="scale", max_grid=32),
-    # The demo's: a Δ-frame costs less than a keyframe, as in the paper (XLA's FLOP counts: 0.65×
-    # the tiny SigLIP's keyframe; "tiny" 2.3×; appendix B's vs so400m at 384²: 0.28×).
-    "demo": DeltaEncoderConfig(out_dim=64, width=32, num_layers=1, num_heads=2,
-                               resnet_widths=(8, 16, 32), motion_norm="scale", max_grid=32),
+    "tiny": _TINY_DELTA,
+    # The tiny one shrunk so that a Δ-frame costs less than a keyframe, as in the paper (XLA's
+    # FLOP counts: 0.65× the tiny SigLIP's keyframe; "tiny" 2.3×; appendix B's vs so400m: 0.28×).
+    "demo": dataclasses.replace(_TINY_DELTA, width=32, num_layers=1, num_heads=2,
+                                resnet_widths=(8, 16, 32)),
     "compact": DeltaEncoderConfig(width=256, num_heads=4, resnet_widths=(32, 64, 128, 256)),
     "paper": DeltaEncoderConfig(),  # appendix B: 4 layers, d = 1152, 9 heads, full ResNet-18
 }
