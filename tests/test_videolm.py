@@ -257,8 +257,9 @@ def test_bf16_compute_and_remat():
 
 
 def test_attention_in_query_blocks_equals_all_at_once():
-  """attention_chunk: blocks of queries (with padding to a multiple, packed segments, padded
-  keys) give the same outputs and gradients as one block, training and KV-cached prefill."""
+  """attention_chunk: blocks of queries (a shorter last block, packed segments, padded keys;
+  causally truncated keys in training) give the same outputs and gradients as one block,
+  training and KV-cached prefill (into a larger cache, and in prefill mode)."""
   from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel
   cfg = presets.QWEN2["tiny"]
   b, length = 2, 45  # not a multiple of the block
@@ -278,9 +279,16 @@ def test_attention_in_query_blocks_equals_all_at_once():
   np.testing.assert_allclose(l2, l1, rtol=1e-5)
   for a, c in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
     np.testing.assert_allclose(c, a, atol=2e-6, rtol=2e-4)
-  # KV-cached prefill of the first sequence (decode mode) against the blocked training pass.
-  cached = Qwen2(dataclasses.replace(cfg, attention_chunk=16), decode=True)
-  cache = cached.init(jax.random.key(0), ids[:1, :40])["cache"]
-  prefill, _ = cached.apply({**params, "cache": cache}, ids[:1, :40], mutable=["cache"])
+  # KV-cached prefill of the first sequence (decode mode) against the blocked training pass;
+  # a prefill-mode call (its own keys only, causally truncated blocks) writes the same cache.
+  blocked_cfg = dataclasses.replace(cfg, attention_chunk=16)
+  cached = Qwen2(blocked_cfg, decode=True)
+  cache = cached.init(jax.random.key(0), ids[:1, :64])["cache"]  # 24 slots left after 40
+  prefill, filled = cached.apply({**params, "cache": cache}, ids[:1, :40], mutable=["cache"])
   np.testing.assert_allclose(prefill[0], whole.apply(params, ids[:1, :40])[0], atol=2e-5,
                              rtol=2e-5)
+  fresh, filled_fresh = Qwen2(blocked_cfg, decode=True, prefill=True).apply(
+      {**params, "cache": cache}, ids[:1, :40], mutable=["cache"])
+  np.testing.assert_allclose(fresh[0], prefill[0], atol=2e-5, rtol=2e-5)
+  for a, c in zip(jax.tree_util.tree_leaves(filled), jax.tree_util.tree_leaves(filled_fresh)):
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=2e-5, rtol=2e-5)

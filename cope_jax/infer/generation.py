@@ -107,6 +107,8 @@ class Generator:
     _CompileClock.start()
     self.cfg, self.params, self.eos_id = cfg, params, eos_id
     self.model = VideoLM(cfg, decode=True)
+    # The same parameters and cache; its calls fill an empty cache (attending within the prompt).
+    self.prefill_model = VideoLM(cfg, decode=True, prefill=True)
     # Each step samples its next token in the same jitted call, one dispatch per new token (on
     # the demo's model, 64 new tokens took 51 ms end to end, 60 ms with separate dispatches).
     self._prefill = jax.jit(self._prefill_impl,
@@ -124,9 +126,9 @@ class Generator:
 
   def _prefill_impl(self, inputs, key, zero_delta, cache_length, temperature, top_p):
     cache = self._empty_cache(inputs[0].shape[0], cache_length)
-    (logits, aux), mutated = self.model.apply({"params": self.params, "cache": cache}, *inputs,
-                                              zero_delta=zero_delta, last_only=True,
-                                              mutable=["cache"])
+    (logits, aux), mutated = self.prefill_model.apply(
+        {"params": self.params, "cache": cache}, *inputs, zero_delta=zero_delta, last_only=True,
+        mutable=["cache"])
     next_position = jnp.take_along_axis(aux["positions"], aux["last"][:, None], axis=1)[:, 0] + 1
     key, sub = jax.random.split(key)
     return mutated["cache"], sample(logits[:, 0], sub, temperature, top_p), next_position, key
@@ -148,9 +150,9 @@ class Generator:
     """Log-likelihood (N,) of N continuations ``ids`` (N, L) after one prompt (batch of one): the
     prompt's cache, copied N times, serves every continuation."""
     cache = self._empty_cache(1, cache_length)
-    (logits, aux), mutated = self.model.apply({"params": self.params, "cache": cache}, *inputs,
-                                              zero_delta=zero_delta, last_only=True,
-                                              mutable=["cache"])
+    (logits, aux), mutated = self.prefill_model.apply(
+        {"params": self.params, "cache": cache}, *inputs, zero_delta=zero_delta, last_only=True,
+        mutable=["cache"])
     n = ids.shape[0]
     cache = jax.tree_util.tree_map_with_path(lambda path, x: _repeat_rows(path, x, n),
                                              mutated["cache"])

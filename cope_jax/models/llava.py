@@ -149,6 +149,7 @@ class VideoLM(nn.Module):
   ``positions`` and ``text_index``. Batches follow cope_jax.data.pipeline (stage 2)."""
   cfg: VideoLMConfig
   decode: bool = False
+  prefill: bool = False  # with decode: a call fills an empty KV cache (Qwen2's prefill)
 
   def setup(self):
     cfg = self.cfg
@@ -158,7 +159,7 @@ class VideoLM(nn.Module):
     self.image_newline = self.param("image_newline",
                                     param_axes(nn.initializers.normal(0.02), ("embed",)),
                                     (cfg.llm.hidden_size,), jnp.float32)
-    self.llm = Qwen2(cfg.llm, self.decode)
+    self.llm = Qwen2(cfg.llm, self.decode, self.prefill)
 
   def keyframe_tokens(self, pixels: jax.Array) -> jax.Array:
     """(N, S, S, 3) → (N, 210, D_llm) (paper scale)."""

