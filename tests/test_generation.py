@@ -1,6 +1,7 @@
 """Generation: cached decoding equals full recomputation; batched equals one by one; sampling."""
 
 import dataclasses
+import re
 
 import flax.linen as nn
 import jax
@@ -108,6 +109,32 @@ def test_follow_up_equals_recomputing_the_whole_conversation(setup):
     history = answers[b] + question[b].tolist()
     for t, token in enumerate(more[b]):
       assert _recomputed_next(cfg, params, inputs, b, n, history + more[b][:t]) == token, (b, t)
+
+
+def test_generators_of_one_config_share_compiled_programs_with_their_own_weights(setup):
+  """The weights are an argument of the jitted steps, not constants compiled into them: a second
+  checkpoint of the same configuration reuses the first one's compiled prefill and answers
+  with its own weights (the greedy tokens of a full recomputation)."""
+  cfg, params, inputs, lengths = setup
+  other = nn.meta.unbox(jax.jit(VideoLM(cfg).init)(jax.random.key(7), *inputs)["params"])
+  first, second = Generator(cfg, params, eos_id=-1), Generator(cfg, other, eos_id=-1)
+  row = _row(inputs, 0)
+  answer = first.generate(row, SamplingOptions(max_new_tokens=1))[0][0]
+  compiled = first._programs.prefill._cache_size()  # pylint: disable=protected-access
+  again, timings, _ = second.generate(row, SamplingOptions(max_new_tokens=1))
+  assert second._programs is first._programs  # pylint: disable=protected-access
+  assert first._programs.prefill._cache_size() == compiled  # pylint: disable=protected-access
+  assert timings["compile_s"] == 0.0
+  assert answer == [_recomputed_next(cfg, params, inputs, 0, lengths[0], [])]
+  assert again[0] == [_recomputed_next(cfg, other, inputs, 0, lengths[0], [])]
+  assert answer != again[0]  # the seeds give different weights and here different tokens
+  lowered = first._programs.prefill.lower(  # pylint: disable=protected-access
+      params, row, jax.random.key(0), zero_delta=False, cache_length=128, temperature=0.0,
+      top_p=1.0).as_text()
+  biggest = max(x.size for x in jax.tree_util.tree_leaves(params))
+  constants = re.findall(r"stablehlo.constant dense<[^>]*> : tensor<([^>]*)>", lowered)
+  assert constants  # the pattern finds the program's small constants
+  assert max(np.prod([int(d) for d in shape.split("x")[:-1]]) for shape in constants) < biggest
 
 
 def test_follow_up_fits_the_cache_exactly_and_works_with_unscanned_layers(setup):

@@ -71,13 +71,16 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
   training["stage1"] = stages.train_stage("stage1", stage1_config(settings, paths), paths.stage1)
   training["stage2"] = stages.train_stage("stage2", stage2_config(settings, paths), paths.stage2)
   done("training", training)
-  frames = {}  # each held-out video's frames per mode, extracted once for every evaluation
+  # Each held-out video's frames per mode, extracted once, and each model, loaded once, for every
+  # evaluation (the two models share their compiled programs: one model configuration).
+  frames, models = {}, {}
   motion = results["data"]["motion_families"]
-  modes = report.evaluate_modes(settings, paths, motion, frames=frames)
+  modes = report.evaluate_modes(settings, paths, motion, frames=frames, models=models)
   done("evaluation", modes)
   probes = {}
   for answer_format, key in (("open", "open_ended"), ("ranked", "ranked_options")):
-    probes[answer_format] = report.evaluate_modes(settings, paths, motion, answer_format, frames)
+    probes[answer_format] = report.evaluate_modes(settings, paths, motion, answer_format, frames,
+                                                    models)
     done(key, probes[answer_format])
   ret = report.retrieval(paths)
   done("retrieval", ret)

@@ -31,13 +31,13 @@ PROBE = {"letter": "", "open": " open-ended", "ranked": " options ranked"}
 
 
 def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: str = "letter",
-                   frames: dict | None = None) -> dict:
+                   frames: dict | None = None, models: dict | None = None) -> dict:
   """Every run on the held-out split (cached per run in ``evaluation/``). Two probes of what
   each model knows about the video apart from the multiple-choice letter step (diagnostics, not
   targets) ask the same questions without their options: ``answer_format="open"`` scores the
   answer's exact match with the right option (``evaluation/open_*``), ``"ranked"`` which option's
   text the model finds most likely (``evaluation/ranked_*``). ``frames`` keeps the extracted
-  frames between calls."""
+  frames between calls, ``models`` the loaded models."""
   from absl import logging  # pylint: disable=import-outside-toplevel
   from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
@@ -45,7 +45,8 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
   questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
   os.makedirs(p.evaluation, exist_ok=True)
   prefix = PREFIX[answer_format]
-  models, results = {}, {}
+  models = {} if models is None else models
+  results = {}
   for name, which, mode in RUNS:
     path = os.path.join(p.evaluation, f"{prefix}{name}.json")
     if not os.path.exists(path):

@@ -100,22 +100,26 @@ def cache_slots(cache) -> tuple[int, int]:
   return used, capacity
 
 
-class Generator:
-  """Generation for one model; jitted steps compile once per shape."""
+class _Programs:
+  """The jitted prefill, decode step and scoring of one model configuration; the parameters are
+  an argument."""
 
-  def __init__(self, cfg: VideoLMConfig, params: dict, eos_id: int):
-    _CompileClock.start()
-    self.cfg, self.params, self.eos_id = cfg, params, eos_id
+  @classmethod
+  @functools.lru_cache(maxsize=8)
+  def of(cls, cfg: VideoLMConfig) -> "_Programs":
+    return cls(cfg)
+
+  def __init__(self, cfg: VideoLMConfig):
     self.model = VideoLM(cfg, decode=True)
     # The same parameters and cache; its calls fill an empty cache (attending within the prompt).
     self.prefill_model = VideoLM(cfg, decode=True, prefill=True)
     # Each step samples its next token in the same jitted call, one dispatch per new token (on
     # the demo's model, 64 new tokens took 51 ms end to end, 60 ms with separate dispatches).
-    self._prefill = jax.jit(self._prefill_impl,
-                            static_argnames=("zero_delta", "cache_length", "temperature", "top_p"))
-    self._continue = jax.jit(self._continue_impl, static_argnames=("temperature", "top_p"),
-                             donate_argnums=(0,))
-    self._score = jax.jit(self._score_impl, static_argnames=("zero_delta", "cache_length"))
+    self.prefill = jax.jit(self._prefill_impl,
+                           static_argnames=("zero_delta", "cache_length", "temperature", "top_p"))
+    self.continue_ = jax.jit(self._continue_impl, static_argnames=("temperature", "top_p"),
+                             donate_argnums=(1,))
+    self.score = jax.jit(self._score_impl, static_argnames=("zero_delta", "cache_length"))
 
   def _empty_cache(self, batch: int, length: int):
     """Zeros of the KV cache's shapes, made inside the prefill (traced once per shape)."""
@@ -124,19 +128,19 @@ class Generator:
         jax.random.key(0), ids, ids, jnp.ones_like(ids, bool), method=VideoLM.continue_text))
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
-  def _prefill_impl(self, inputs, key, zero_delta, cache_length, temperature, top_p):
+  def _prefill_impl(self, params, inputs, key, zero_delta, cache_length, temperature, top_p):
     cache = self._empty_cache(inputs[0].shape[0], cache_length)
     (logits, aux), mutated = self.prefill_model.apply(
-        {"params": self.params, "cache": cache}, *inputs, zero_delta=zero_delta, last_only=True,
+        {"params": params, "cache": cache}, *inputs, zero_delta=zero_delta, last_only=True,
         mutable=["cache"])
     next_position = jnp.take_along_axis(aux["positions"], aux["last"][:, None], axis=1)[:, 0] + 1
     key, sub = jax.random.split(key)
     return mutated["cache"], sample(logits[:, 0], sub, temperature, top_p), next_position, key
 
-  def _continue_impl(self, cache, ids, positions, valid, key, temperature, top_p):
+  def _continue_impl(self, params, cache, ids, positions, valid, key, temperature, top_p):
     """Appends ``ids`` (B, L) and samples the next token; a row with no valid token keeps its
     position."""
-    (logits, _), mutated = self.model.apply({"params": self.params, "cache": cache}, ids,
+    (logits, _), mutated = self.model.apply({"params": params, "cache": cache}, ids,
                                             positions, valid, method=VideoLM.continue_text,
                                             mutable=["cache"])
     last = jnp.max(jnp.where(valid, jnp.arange(ids.shape[1]), 0), axis=1)
@@ -146,25 +150,47 @@ class Generator:
     key, sub = jax.random.split(key)
     return (mutated["cache"], sample(next_logits, sub, temperature, top_p), next_position, key)
 
-  def _score_impl(self, inputs, ids, valid, zero_delta, cache_length):
+  def _score_impl(self, params, inputs, ids, valid, zero_delta, cache_length):
     """Log-likelihood (N,) of N continuations ``ids`` (N, L) after one prompt (batch of one): the
     prompt's cache, copied N times, serves every continuation."""
     cache = self._empty_cache(1, cache_length)
     (logits, aux), mutated = self.prefill_model.apply(
-        {"params": self.params, "cache": cache}, *inputs, zero_delta=zero_delta, last_only=True,
+        {"params": params, "cache": cache}, *inputs, zero_delta=zero_delta, last_only=True,
         mutable=["cache"])
     n = ids.shape[0]
     cache = jax.tree_util.tree_map_with_path(lambda path, x: _repeat_rows(path, x, n),
                                              mutated["cache"])
     start = jnp.take_along_axis(aux["positions"], aux["last"][:, None], axis=1)[:, 0] + 1
     positions = jnp.broadcast_to(start[:, None] + jnp.arange(ids.shape[1]), ids.shape)
-    (next_logits, _), _ = self.model.apply({"params": self.params, "cache": cache}, ids,
+    (next_logits, _), _ = self.model.apply({"params": params, "cache": cache}, ids,
                                            positions, valid, method=VideoLM.continue_text,
                                            mutable=["cache"])
     first = jax.nn.log_softmax(logits[0, 0].astype(jnp.float32))[ids[:, 0]]
     rest = jnp.take_along_axis(jax.nn.log_softmax(next_logits[:, :-1].astype(jnp.float32)),
                                ids[:, 1:, None], axis=-1)[..., 0]
     return first + jnp.sum(jnp.where(valid[:, 1:], rest, 0.0), axis=1)
+
+
+class Generator:
+  """Generation for one model. The jitted steps take the parameters as an argument (closed over,
+  they would be compiled into each program as constants: a second copy of the weights per
+  executable, and a 7B model's would hardly compile), so every Generator of one
+  ``VideoLMConfig`` shares them: a shape compiles once per process, whichever checkpoint is
+  loaded."""
+
+  def __init__(self, cfg: VideoLMConfig, params: dict, eos_id: int):
+    _CompileClock.start()
+    self.cfg, self.params, self.eos_id = cfg, params, eos_id
+    self._programs = _Programs.of(cfg)
+
+  def _prefill(self, inputs, key, **static):
+    return self._programs.prefill(self.params, inputs, key, **static)
+
+  def _continue(self, cache, ids, positions, valid, key, **static):
+    return self._programs.continue_(self.params, cache, ids, positions, valid, key, **static)
+
+  def _score(self, inputs, ids, valid, **static):
+    return self._programs.score(self.params, inputs, ids, valid, **static)
 
   def score(self, inputs: tuple, continuations: list[list[int]],
             zero_delta: bool = False) -> np.ndarray:

@@ -59,10 +59,11 @@ class Stage1Embedder:
 
   def __init__(self, task, trained, frozen):
     import jax  # pylint: disable=import-outside-toplevel
-    self.task = task
-    self._vision = jax.jit(lambda x: task.vision.apply({"params": frozen["vision_tower"]}, x)[0])
-    self._predict = jax.jit(lambda prev, mv, res: task.predictor.apply(
-        {"params": trained}, prev, mv, res)[0])
+    self.task, self.trained, self.vision_params = task, trained, frozen["vision_tower"]
+    # The weights are arguments: closed over, they would be compiled in as constants.
+    self._vision = jax.jit(lambda params, x: task.vision.apply({"params": params}, x)[0])
+    self._predict = jax.jit(lambda params, prev, mv, res: task.predictor.apply(
+        {"params": params}, prev, mv, res)[0])
 
   def __call__(self, video: str) -> dict[str, np.ndarray]:
     """Per sampled frame: vision-token embeddings, and the stage-1 predictions for Δ-frames."""
@@ -71,11 +72,12 @@ class Stage1Embedder:
     size = self.task.cfg.vision.image_size
     frames = list(iter_video(video, size=self.task.config.codec_size, keep_rgb=True))
     rgb = [f.rgb if f.rgb is not None else f.target_rgb for f in frames]
-    tokens = np.asarray(self._vision(np.stack([siglip_pixels(r, size) for r in rgb])))
+    pixels = np.stack([siglip_pixels(r, size) for r in rgb])
+    tokens = np.asarray(self._vision(self.vision_params, pixels))
     positions = np.asarray([t for t, f in enumerate(frames) if t and f.mv is not None], np.int64)
     if not len(positions):
       raise VideoError(video, "no Δ-frame after the first sampled frame: nothing to retrieve")
-    preds = np.asarray(self._predict(tokens[positions - 1],
+    preds = np.asarray(self._predict(self.trained, tokens[positions - 1],
                                      np.stack([frames[t].mv for t in positions]),
                                      np.stack([frames[t].residual for t in positions])))
     return {"frames": tokens.mean(axis=1), "predicted": preds.mean(axis=1),
