@@ -113,8 +113,9 @@ def test_follow_up_equals_recomputing_the_whole_conversation(setup):
 
 def test_generators_of_one_config_share_compiled_programs_with_their_own_weights(setup):
   """The weights are an argument of the jitted steps, not constants compiled into them: a second
-  checkpoint of the same configuration reuses the first one's compiled prefill and answers
-  with its own weights (the greedy tokens of a full recomputation)."""
+  checkpoint of the same configuration, on the device or on the host, reuses the first one's
+  compiled prefill and answers with its own weights (the greedy tokens of a full
+  recomputation)."""
   cfg, params, inputs, lengths = setup
   other = nn.meta.unbox(jax.jit(VideoLM(cfg).init)(jax.random.key(7), *inputs)["params"])
   first, second = Generator(cfg, params, eos_id=-1), Generator(cfg, other, eos_id=-1)
@@ -125,6 +126,10 @@ def test_generators_of_one_config_share_compiled_programs_with_their_own_weights
   assert second._programs is first._programs  # pylint: disable=protected-access
   assert first._programs.prefill._cache_size() == compiled  # pylint: disable=protected-access
   assert timings["compile_s"] == 0.0
+  # Host weights (as a converted checkpoint loads) are placed once and share the program too.
+  host = Generator(cfg, jax.tree_util.tree_map(np.asarray, other), eos_id=-1)
+  assert host.generate(row, SamplingOptions(max_new_tokens=1))[0] == again
+  assert first._programs.prefill._cache_size() == compiled  # pylint: disable=protected-access
   assert answer == [_recomputed_next(cfg, params, inputs, 0, lengths[0], [])]
   assert again[0] == [_recomputed_next(cfg, other, inputs, 0, lengths[0], [])]
   assert answer != again[0]  # the seeds give different weights and here different tokens

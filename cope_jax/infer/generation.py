@@ -100,6 +100,16 @@ def cache_slots(cache) -> tuple[int, int]:
   return used, capacity
 
 
+def _on_device(params: dict) -> dict:
+  """The weights on the first device, once: host (numpy) weights would be copied to it on every
+  call, and weights restored with a one-device mesh sharding would compile the programs again
+  (another input sharding). Weights sharded over several devices stay as they are."""
+  device = jax.devices()[0]
+  return jax.tree_util.tree_map(
+      lambda x: x if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1
+      else jax.device_put(x, device), params)
+
+
 class _Programs:
   """The jitted prefill, decode step and scoring of one model configuration; the parameters are
   an argument."""
@@ -180,7 +190,7 @@ class Generator:
 
   def __init__(self, cfg: VideoLMConfig, params: dict, eos_id: int):
     _CompileClock.start()
-    self.cfg, self.params, self.eos_id = cfg, params, eos_id
+    self.cfg, self.params, self.eos_id = cfg, _on_device(params), eos_id
     self._programs = _Programs.of(cfg)
 
   def _prefill(self, inputs, key, **static):
