@@ -69,6 +69,8 @@ class PipelineConfig:
   shard_index: int = 0        # this process (jax.process_index())
   shard_count: int = 1        # all processes (jax.process_count())
   worker_count: int = 0       # decoding processes (0: in the main process)
+  read_threads: int = 16      # decoding threads per process (Grain's default)
+  prefetch_batches: int = 8   # batches decoded ahead per process (Grain's default is 500)
   # stage 2 only
   tokenizer: str = ""         # a tokenizer.json
   max_keyframes: int = 1
@@ -99,7 +101,10 @@ def _finish(n: int, cfg: PipelineConfig, decode, batch_fn,
   if cfg.shard_count > 1:
     ds = ProcessPart(ds, cfg.batch_size, cfg.shard_index, cfg.shard_count)
   ds = ds.map(decode).batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=batch_fn)
-  ids = ds.to_iter_dataset()
+  # Batches are what is prefetched here: Grain's default of 500 elements ahead would decode
+  # hundreds of batches no step may ever use, on the cores the training step needs.
+  ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                             prefetch_buffer_size=cfg.prefetch_batches))
   if cfg.worker_count > 0:
     from absl import flags  # pylint: disable=import-outside-toplevel
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; use their defaults

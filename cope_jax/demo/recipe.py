@@ -87,11 +87,12 @@ def _common(c: ml_collections.ConfigDict, s: DemoSettings, steps: int) -> None:
 
 def base_config(s: DemoSettings, p: Paths) -> ml_collections.ConfigDict:
   """The stand-in for LLaVA-Video: SigLIP-shaped encoder, projector and Qwen2-shaped LLM trained
-  from scratch on ``dense_frames`` RGB frames per video (no Δ-frames: one padded slot)."""
+  from scratch on ``dense_frames`` RGB frames per video (no Δ-frames: the Δ-encoder, whose
+  parameters the model still has, does not run)."""
   c = load_recipe("finetune", "tiny")
   _common(c, s, s.base_steps)
   c.data_dir, c.tokenizer = p.dense_shards, p.tokenizer
-  c.max_keyframes, c.max_delta_frames = s.dense_frames, 1
+  c.max_keyframes, c.max_delta_frames = s.dense_frames, 0
   # 20 frames + a caption: 652–658 positions; + 8 questions: 730–1006. Grouped by length, the
   # captions' batches run at 672 instead of 1024.
   c.length_buckets, c.group_by_length = (672, 1024, 1152), GROUP_BY_LENGTH

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.models.checkpoints import run_initialiser
 from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain,
                                       logical_shardings, make_mesh)
 from cope_jax.train.checkpointing import Checkpointer, Preemption
@@ -113,9 +114,9 @@ class TrainProgram:
                "opt_state": self.tx.init(trained), "first_bad_step": jnp.array(-1, jnp.int32)},
               frozen)
 
+    jitted = jax.jit(init, out_shardings=(self.state_sh, self.frozen_sh), donate_argnums=(1, 2))
     with jax.set_mesh(self.mesh):
-      return jax.jit(init, out_shardings=(self.state_sh, self.frozen_sh), donate_argnums=(1, 2))(
-          self.rng, trained_given, frozen_given)
+      return run_initialiser(jitted, self.rng, trained_given, frozen_given)
 
   def _step(self, state, frozen, batch):
     loss_fn = lambda params, b: self.task.loss(params, frozen, b)  # noqa: E731

@@ -29,7 +29,8 @@ def _pipeline(config, stage: str, shards: str, shard_index: int, shard_count: in
   return PipelineConfig(shards=shards, split=config.split,
                         batch_size=config.batch_size // shard_count, seed=config.seed,
                         shard_index=shard_index, shard_count=shard_count,
-                        worker_count=config.worker_count, **extra)
+                        worker_count=config.worker_count, read_threads=config.read_threads,
+                        prefetch_batches=config.prefetch_batches, **extra)
 
 
 class PretrainTask:
@@ -98,8 +99,10 @@ class FinetuneTask:
 
   def init_params(self, rng):
     c = self.config
+    # At least one Δ-frame, so that every recipe's parameters hold a Δ-encoder (a base model
+    # trained on RGB frames only, max_delta_frames=0, has the same tree as stage 2).
     params = self.model.init(rng, *init_inputs(self.cfg, c.codec_size, c.max_keyframes,
-                                               c.max_delta_frames))["params"]
+                                               max(1, c.max_delta_frames)))["params"]
     parts = dict(self.config.trainable)
     return ({k: v for k, v in params.items() if k in parts},
             {k: v for k, v in params.items() if k not in parts})
