@@ -99,6 +99,33 @@ def test_iterator_state_restores_exactly(synth_build, stage, extra):
       np.testing.assert_array_equal(got[key], want[key])
 
 
+def test_decodes_only_prefetch_batches_ahead(synth_build, monkeypatch):
+  """Prefetching counts batches: after the first batch, at most `prefetch_batches` more are
+  decoded however long the consumer waits (Grain's default, 500 ahead, decoded the whole
+  dataset several times over while a train step compiled)."""
+  import threading  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from cope_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  out, _, _ = synth_build
+  decoded, lock, decode_mv = [0], threading.Lock(), storage.decode_mv
+
+  def counting_decode_mv(blob):
+    with lock:
+      decoded[0] += 1
+    return decode_mv(blob)
+
+  monkeypatch.setattr(pipeline.storage, "decode_mv", counting_decode_mv)
+  cfg = _cfg(out, "pretrain", read_threads=2, prefetch_batches=2)  # 70 pairs: 23 batches of 3
+  it = iter(pretrain_dataset(cfg))
+  next(it)
+  time.sleep(1.0)  # room for an unbounded prefetcher to run ahead
+  assert cfg.batch_size <= decoded[0] <= (1 + cfg.prefetch_batches + 1) * cfg.batch_size
+  for _ in range(3):
+    next(it)
+  time.sleep(0.5)
+  assert decoded[0] <= (4 + cfg.prefetch_batches + 1) * cfg.batch_size
+
+
 def test_same_seed_same_batches_and_workers_change_nothing(synth_build):
   out, _, _ = synth_build
   a = [next(iter(pretrain_dataset(_cfg(out, "pretrain"))))["example_index"] for _ in range(2)]
