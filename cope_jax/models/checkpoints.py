@@ -18,7 +18,7 @@ def init_delta_encoder(cfg: VideoLMConfig, key: jax.Array, codec_size: int = 64)
   mv = jnp.zeros((1, codec_size, codec_size, 2))
   res = jnp.zeros((1, codec_size, codec_size, 3), jnp.int16)
   # One jitted program: run eagerly, each of init's hundreds of operations compiled on its own
-  # (24 s for the demo's Δ-encoder on a 2-core CPU; 6 s jitted, unoptimised).
+  # (24 s for the demo's Δ-encoder on a 2-core CPU; 4 s jitted, unoptimised).
   params = run_initialiser(jax.jit(DeltaEncoder(cfg.delta).init), key, mv, res)["params"]
   return jax.tree_util.tree_map(np.asarray, unbox(params))
 

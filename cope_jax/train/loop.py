@@ -92,8 +92,9 @@ class TrainProgram:
     self.abstract_frozen = with_sh(nn.meta.unbox(boxed_frozen), self.frozen_sh)
     self._compiled = {}
 
-  def _init_boxed(self, key):
+  def _init_boxed(self, key, trained_given: dict | None = None, frozen_given: dict | None = None):
     trained, frozen = self.task.init_params(key)
+    trained, frozen = {**trained, **(trained_given or {})}, {**frozen, **(frozen_given or {})}
     state = {"step": jnp.array(0, jnp.int32), "params": trained,
              "opt_state": self.tx.init(trained), "first_bad_step": jnp.array(-1, jnp.int32)}
     return state, frozen
@@ -107,13 +108,8 @@ class TrainProgram:
                      for k, v in (trained_given or {}).items()}
     frozen_given = {k: _place(v, self.frozen_sh[k], k) for k, v in (frozen_given or {}).items()}
 
-    def init(key, trained_given, frozen_given):
-      trained, frozen = nn.meta.unbox(self.task.init_params(key))
-      trained, frozen = {**trained, **trained_given}, {**frozen, **frozen_given}
-      return ({"step": jnp.array(0, jnp.int32), "params": trained,
-               "opt_state": self.tx.init(trained), "first_bad_step": jnp.array(-1, jnp.int32)},
-              frozen)
-
+    init = lambda key, trained, frozen: nn.meta.unbox(  # noqa: E731
+        self._init_boxed(key, trained, frozen))
     jitted = jax.jit(init, out_shardings=(self.state_sh, self.frozen_sh), donate_argnums=(1, 2))
     with jax.set_mesh(self.mesh):
       return run_initialiser(jitted, self.rng, trained_given, frozen_given)
