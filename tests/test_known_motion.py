@@ -40,7 +40,7 @@ def test_pan_displacement_residual_and_reconstruction(pan_clip, fusion):
 
 
 def test_wrong_sign_would_be_worse(pan_clip):
-  """The sign convention check of SPEC §4: the opposite sign predicts far worse."""
+  """The sign convention check: the opposite sign predicts far worse."""
   for f in _delta_frames(pan_clip, 30):
     right = np.abs(f.residual).mean()
     wrong = np.abs(f.target_rgb.astype(np.int16) - warp_reference(f.reference_rgb, -f.mv)).mean()

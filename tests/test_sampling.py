@@ -1,4 +1,4 @@
-"""Sampling plan and token budget: the paper's numbers (SPEC §2) and the partial-GOP rule."""
+"""Sampling plan and token budget: the paper's numbers and the partial-GOP rule."""
 
 import json
 

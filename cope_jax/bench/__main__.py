@@ -2,17 +2,34 @@
 
 import sys
 
-BENCHMARKS = {"codec": "cope_jax.bench.codec_bench", "data": "cope_jax.bench.data_bench",
-              "ttft": "cope_jax.bench.ttft_bench", "train": "cope_jax.bench.train_bench",
-              "flops": "cope_jax.bench.flops_bench", "letter": "cope_jax.bench.letter_step_bench"}
+# name: (module, what it measures)
+BENCHMARKS = {
+    "codec": ("cope_jax.bench.codec_bench", "codec extraction speed vs plain decoding"),
+    "data": ("cope_jax.bench.data_bench", "data loader samples/s per core, shard bytes"),
+    "ttft": ("cope_jax.bench.ttft_bench", "time to first token: 64 dense frames vs CoPE"),
+    "train": ("cope_jax.bench.train_bench", "train-step throughput and MFU"),
+    "flops": ("cope_jax.bench.flops_bench", "prefill FLOPs per component, FLOP-bound TTFT"),
+    "letter": ("cope_jax.bench.letter_step_bench",
+               "how fast a from-scratch LLM learns the multiple-choice letter step"),
+}
+
+
+def _usage() -> str:
+  lines = [f"usage: python -m cope_jax.bench {{{','.join(BENCHMARKS)}}} [flags]", "",
+           "benchmarks (python -m cope_jax.bench NAME --help for a benchmark's flags):"]
+  lines += [f"  {name:8s}{what}" for name, (_, what) in BENCHMARKS.items()]
+  return "\n".join(lines)
 
 
 def main() -> None:
+  if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help"):
+    print(_usage())
+    return
   if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
-    print(f"usage: python -m cope_jax.bench {{{','.join(BENCHMARKS)}}} [--help]", file=sys.stderr)
+    print(_usage(), file=sys.stderr)
     sys.exit(2)
   import importlib  # pylint: disable=import-outside-toplevel
-  importlib.import_module(BENCHMARKS[sys.argv[1]]).main(sys.argv[2:])
+  importlib.import_module(BENCHMARKS[sys.argv[1]][0]).main(sys.argv[2:])
 
 
 if __name__ == "__main__":

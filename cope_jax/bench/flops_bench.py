@@ -74,11 +74,13 @@ def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m cope_jax.bench flops", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS])
-  parser.add_argument("--seconds", type=float, default=64.0)
-  parser.add_argument("--delta", default=None, choices=["tiny", "compact", "paper"],
+  parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS],
+                      help="model size (default bench: the paper's token geometry, narrow layers)")
+  parser.add_argument("--seconds", type=float, default=64.0, help="video length (default 64)")
+  parser.add_argument("--delta", default=None, choices=list(presets.DELTA),
                       help="Δ-encoder preset (default: the preset's own)")
-  parser.add_argument("--text-tokens", type=int, default=80)
+  parser.add_argument("--text-tokens", type=int, default=80,
+                      help="text tokens in the prompt besides the visual ones (default 80)")
   parser.add_argument("--peak-tflops", type=float, default=None,
                       help="per-device peak, for the FLOP-bound TTFT (e.g. 989 for H100 bf16)")
   args = parser.parse_args(argv)
@@ -99,4 +101,4 @@ def main(argv: list[str] | None = None) -> None:
     bound = (f"; FLOP-bound TTFT {f['total'] / (args.peak_tflops * 1e12) * 1e3:.1f} ms"
              if args.peak_tflops else "")
     print(f"  {name:16s} {f['prompt_tokens']:6d} tokens  TFLOP: {parts}; total "
-          f"{f['total'] / 1e12:.3f} ({1 - f['total'] / dense_total:.1%} less than dense){bound}")
+          f"{f['total'] / 1e12:.3f} ({f['total'] / dense_total - 1:+.1%} vs dense){bound}")

@@ -120,9 +120,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--seconds", type=float, default=64.0, help="video length (default 64)")
   parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated (default 64)")
   parser.add_argument("--repeats", type=int, default=2,
-                      help="timed runs per setting after a compiling one; the best is kept")
+                      help="timed runs per setting after a compiling one; the best is kept "
+                      "(default 2)")
   parser.add_argument("--plot", default="tokens_vs_length.png",
-                      help="where to save the tokens-vs-video-length plot")
+                      help="where to save the tokens-vs-video-length plot "
+                      "(default tokens_vs_length.png)")
   args = parser.parse_args(argv)
   cfg = bench_config() if args.preset == "bench" else presets.video_lm(args.preset)
   table = token_table()

@@ -1,4 +1,4 @@
-"""``python -m cope_jax.codec {inspect,extract,budget,visualize}`` — the codec tools (SPEC §6).
+"""``python -m cope_jax.codec {inspect,extract,budget,visualize}`` — the codec tools.
 
 Bad input exits with status 2 and one ``error:`` line naming the file and the reason.
 """
@@ -26,10 +26,13 @@ def _add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True) -> N
                    "(default 384)")
     p.add_argument("--quantizer", type=int, default=3,
                    help="MPEG-4 quantiser of the re-encode, 2 (best) to 31 (default 3)")
-  p.add_argument("--fps", type=int, default=30, help="frame rate of the re-encoded video (30)")
-  p.add_argument("--gop", type=int, default=240, help="frames per GOP: one I-frame + P-frames")
+  p.add_argument("--fps", type=int, default=30,
+                 help="frame rate of the re-encoded video (default 30)")
+  p.add_argument("--gop", type=int, default=240,
+                 help="frames per GOP: one I-frame + P-frames (default 240)")
   p.add_argument("--fusion", type=int, default=30,
-                 help="frames fused into one Δ-frame, s (30 = 1 FPS at 30 fps); divides --gop")
+                 help="frames fused into one Δ-frame, s; divides --gop "
+                      "(default 30: 1 FPS at 30 fps)")
   p.add_argument("--keyframes-per-gop", type=int, default=1,
                  help="K keyframes per GOP, evenly spaced, the first on the I-frame (default 1)")
   p.add_argument("--max-gops", type=int, default=64,

@@ -1,4 +1,4 @@
-"""From a video file to the codec primitives of SPEC §4: keyframes, motion fields and residuals.
+"""From a video file to the codec primitives: keyframes, motion fields and residuals.
 
 One decode pass over the conformant (re-encoded if needed) stream. Every frame of a kept GOP
 contributes its motion vectors to the chain that is traced back to the previous sampled
@@ -37,7 +37,7 @@ class SampledFrame:
 
 @dataclasses.dataclass
 class Primitives:
-  """All sampled positions of a video, in the layout of the ``extract`` .npz (SPEC §6)."""
+  """All sampled positions of a video, in the layout of the ``extract`` .npz."""
   kinds: np.ndarray     # (T,) uint8, 0 = keyframe, 1 = Δ-frame
   times: np.ndarray     # (T,) float32 seconds
   rgb: np.ndarray       # (K, H, W, 3) uint8

@@ -1,8 +1,9 @@
 """Dense motion fields from FFmpeg's exported motion vectors, warping, fusion and residuals.
 
-Convention (SPEC §4): a displacement field ``d`` of shape (H, W, 2), x then y, in pixels, is the
-*backward* displacement: the prediction of the target frame at pixel p is the reference frame at
-p + d(p), and ``target = warp(reference, d) + residual`` holds exactly (int16 residual).
+Convention (checked by the tests): a displacement field ``d`` of shape (H, W, 2), x then y, in
+pixels, is the *backward* displacement: the prediction of the target frame at pixel p is the
+reference frame at p + d(p), and ``target = warp(reference, d) + residual`` holds exactly (int16
+residual).
 
 ``warp`` samples the nearest reference pixel, rounding half up — floor(p + d + 0.5) — clamped at
 the border. Half-pel vectors then shift a whole block consistently, and the same rule written in

@@ -1,4 +1,4 @@
-"""Re-encoding any decodable video into the stream the method expects (SPEC §4).
+"""Re-encoding any decodable video into the stream the method expects.
 
 Target: MPEG-4 Part 2, constant ``fps``, a GOP of exactly ``gop`` frames (no scene-cut
 I-frames), no B-frames, squashed to ``size``×``size`` (like LLaVA's resize, no crop), display

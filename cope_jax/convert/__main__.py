@@ -1,4 +1,4 @@
-"""``python -m cope_jax.convert {hf-forward,llava-video}`` — checkpoint conversion (SPEC §6).
+"""``python -m cope_jax.convert {hf-forward,llava-video}`` — checkpoint conversion.
 
   hf-forward   --hf-dir DIR --inputs IN.npz --out OUT.npz
                Loads a Hugging Face Qwen2ForCausalLM (IN: input_ids (B, L) → OUT: logits
@@ -87,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("hf-forward", help="run a Hugging Face checkpoint through our modules")
-  p.add_argument("--hf-dir", required=True)
-  p.add_argument("--inputs", required=True)
-  p.add_argument("--out", required=True)
+  p.add_argument("--hf-dir", required=True,
+                 help="a Qwen2ForCausalLM or SiglipVisionModel folder (config.json + safetensors)")
+  p.add_argument("--inputs", required=True,
+                 help="IN.npz: input_ids (B, L) for Qwen2, pixel_values (B, 3, H, W) for SigLIP")
+  p.add_argument("--out", required=True,
+                 help="OUT.npz: logits (B, L, V), or last_hidden_state (B, N, D)")
   p = sub.add_parser("llava-video", help="LLaVA-Video checkpoint → Orbax checkpoint for stage 2")
   p.add_argument("--checkpoint", required=True, help="folder with config.json + safetensors")
   p.add_argument("--out", required=True, help="output folder (Orbax)")

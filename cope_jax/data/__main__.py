@@ -1,8 +1,10 @@
-"""``python -m cope_jax.data {synth,build}`` — datasets of codec primitives (SPEC §6).
+"""``python -m cope_jax.data {synth,build}`` — datasets of codec primitives.
 
   synth  --out DIR --videos N --seed S      the embedded synthetic temporal-QA dataset
   build  --stage {pretrain,finetune,eval} --source {llava_video,mcq,synthetic} --out DIR
          [--annotations FILE] [--videos DIR] [--workers N] [--limit N]
+
+``python -m cope_jax.data COMMAND --help`` explains each command's options.
 """
 
 from __future__ import annotations
@@ -42,20 +44,33 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m cope_jax.data", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  p = sub.add_parser("synth", help="generate the synthetic temporal-QA dataset")
-  p.add_argument("--out", required=True)
+  p = sub.add_parser("synth", help="generate the synthetic temporal-QA dataset",
+                     description="Renders moving sprites into H.264 videos (the real codec path) "
+                     "and writes OUT/videos/, OUT/scenes.jsonl (ground truth), "
+                     "OUT/questions.jsonl (multiple choice, with a train/validation/test split), "
+                     "OUT/train_conversations.json (LLaVA-Video-178K format) and a tokenizer.")
+  p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--videos", type=int, default=200, help="number of videos (default 200)")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="scenes and splits (default 0)")
   p.add_argument("--size", type=int, default=96, help="frame side in pixels (default 96)")
   p.add_argument("--seconds", type=float, default=8.0,
                  help="video length, at least 4.5 (default 8 = 1 GOP)")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-  p.add_argument("--quiet", action="store_true")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_synth)
 
-  p = sub.add_parser("build", help="extract videos into ArrayRecord shards (resumable)")
-  p.add_argument("--stage", required=True, choices=["pretrain", "finetune", "eval"])
-  p.add_argument("--source", required=True, choices=["llava_video", "mcq", "synthetic"])
+  p = sub.add_parser("build", help="extract videos into ArrayRecord shards (resumable)",
+                     description="Extracts each video's codec primitives (in worker processes, "
+                     "cached in OUT/cache/ so an interrupted build resumes) and writes TFDS "
+                     "ArrayRecord shards plus OUT/report.json (written, skipped videos with "
+                     "their reason, bytes).")
+  p.add_argument("--stage", required=True, choices=["pretrain", "finetune", "eval"],
+                 help="pretrain: one Δ-frame pair per record (stage 1); finetune: one video "
+                      "with its conversations per record (stage 2); eval: one question per record")
+  p.add_argument("--source", required=True, choices=["llava_video", "mcq", "synthetic"],
+                 help="llava_video: LLaVA-Video-178K JSON + --videos; mcq: an MCQ JSONL "
+                      "(video, question, options, answer per line); synthetic: the embedded "
+                      "synthetic dataset")
   p.add_argument("--annotations", help="LLaVA-Video JSON, or MCQ JSONL (synthetic: its "
                                        "questions.jsonl, else one is generated in OUT/synthetic)")
   p.add_argument("--videos", help="folder of the videos named in LLaVA-Video annotations")
@@ -63,16 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   p.add_argument("--limit", type=int, default=None, help="only the first N items")
   p.add_argument("--size", type=int, default=384, help="re-encoded frame side (default 384)")
-  p.add_argument("--fusion", type=int, default=30)
-  p.add_argument("--keyframes-per-gop", type=int, default=1)
-  p.add_argument("--max-gops", type=int, default=64)
+  p.add_argument("--fusion", type=int, default=30,
+                 help="frames between sampled positions, whose motion and residuals make one "
+                      "Δ-frame (default 30: 1 FPS at 30 fps)")
+  p.add_argument("--keyframes-per-gop", type=int, default=1,
+                 help="K, RGB keyframes sampled per GOP (default 1; the paper recipe's stage 2: 4)")
+  p.add_argument("--max-gops", type=int, default=64,
+                 help="GOPs kept per video, sampled uniformly (default 64; the paper recipe's "
+                      "stage 2: 32)")
   p.add_argument("--synth-videos", type=int, default=200,
-                 help="videos to generate for --source synthetic without --annotations")
+                 help="videos to generate for --source synthetic without --annotations "
+                      "(default 200)")
   p.add_argument("--conversations", choices=["question", "video"], default="question",
                  help="MCQ sources: one single-turn conversation per question (default), or one "
                       "multi-turn conversation per video with all its questions (shuffled)")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--quiet", action="store_true")
+  p.add_argument("--seed", type=int, default=0,
+                 help="the synthetic data's seed and the order of --conversations video "
+                      "(default 0)")
+  p.add_argument("--quiet", action="store_true", help="no progress bars")
   p.set_defaults(func=cmd_build)
   return parser
 

@@ -3,7 +3,7 @@
 - ``llava_video``: LLaVA-Video-178K-style JSON (a list of ``{"id", "video", "conversations":
   [{"from": "human"|"gpt", "value"}]}``, ``<image>`` in the first human turn), videos under a
   folder.
-- ``mcq``: SPEC §6 JSONL, ``{"video", "question", "options", "answer"}`` per line (video paths
+- ``mcq``: the MCQ JSONL, ``{"video", "question", "options", "answer"}`` per line (video paths
   relative to the file's folder allowed; optional ``split``, ``family``, ``id``).
 """
 

@@ -6,13 +6,15 @@
    frames (the stand-in for LLaVA-Video);
 4. stage 1: the Δ-encoder pre-trained against the base model's frozen vision encoder;
 5. stage 2: fine-tuning on one keyframe + Δ-frames per GOP;
-6. evaluation on the held-out split: dense / keyframes / cope / cope_zero_delta (accuracy overall
-   and per question family, visual tokens, TTFT) and next-frame retrieval vs RGB only; and an
-   open-ended probe (the fine-tuned model's keyframe-only, cope and Δ-zeroed modes asked the same
-   questions without options): what the model knows about the video apart from the
-   multiple-choice letter step, which a from-scratch LLM learns slowly.
+6. evaluation on the held-out split: dense and keyframes (the base model), keyframes, cope and
+   cope_zero_delta (the fine-tuned one) — accuracy overall and per question family, visual
+   tokens, TTFT — and next-frame retrieval vs RGB only; then two probes over the same five runs,
+   the questions asked without their options: open-ended (exact match with the right option's
+   text) and options ranked by likelihood — what each model knows about the video apart from
+   the multiple-choice letter step, which a from-scratch LLM learns slowly.
 
 Writes ``DIR/results.json`` (after every stage), prints the table, saves ``DIR/losses.png`` and
 ``DIR/pareto.png``. Re-running resumes: finished stages are kept, training resumes from its
-newest checkpoint.
+newest checkpoint. A workdir made with other settings (``--quick`` or not) is refused with exit
+status 2 rather than mixed.
 """

@@ -1,4 +1,4 @@
-"""Multiple-choice answer parsing in the lmms-eval manner (SPEC §5)."""
+"""Multiple-choice answer parsing in the lmms-eval manner."""
 
 from __future__ import annotations
 

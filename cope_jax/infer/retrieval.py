@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
   logging.set_verbosity(logging.ERROR)
   try:
     results = evaluate_videos(args.workdir, args.videos)
-  except VideoError as e:  # one line on stderr, exit status 2 (SPEC §6)
+  except VideoError as e:  # one line on stderr, exit status 2
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(json.dumps(results, indent=2))

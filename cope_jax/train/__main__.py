@@ -1,7 +1,10 @@
 """``python -m cope_jax.train --config=configs/{pretrain,finetune}.py[:VARIANT] --workdir=DIR``
 
-Overrides: ``--config.total_steps=50 --config.optim.lr=3e-4 …``. Re-running the same command
-resumes from the newest checkpoint (data-iterator position included); SIGTERM saves and exits.
+Overrides: ``--config.total_steps=50 --config.optim.lr=3e-4 …``. Every recipe's keys, with a
+comment each, are in cope_jax/train/config_base.py; the recipes (configs/pretrain.py,
+configs/finetune.py) add their stage's keys and the ``:tiny`` variant. Re-running the same
+command resumes from the newest checkpoint (data-iterator position included); SIGTERM saves and
+exits.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def _distributed(config) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with an unknown recipe variant or config key, or a bad value, as one
-  ``error:`` line and exit status 2 (SPEC §6) rather than a traceback."""
+  ``error:`` line and exit status 2 rather than a traceback."""
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except  (ml_collections raises several kinds)

@@ -1,4 +1,4 @@
-"""Keys every recipe has (SPEC §6); the recipes in configs/ start from ``base()``."""
+"""Keys every recipe has; the recipes in configs/ start from ``base()``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The embedded synthetic temporal-QA dataset: ``python -m cope_jax.data synth --out DIR``.
 
 DIR gets ``videos/*.mp4`` (MPEG-4 Part 2 written through PyAV, already conformant at the chosen
-size, 30 fps, GOP 240), ``scenes.jsonl`` (the ground truth), ``questions.jsonl`` (SPEC §6 MCQ
+size, 30 fps, GOP 240), ``scenes.jsonl`` (the ground truth), ``questions.jsonl`` (the MCQ
 format plus ``family``, ``split`` and ``id``), one ``{split}.jsonl`` per split, and
 ``train_conversations.json`` (LLaVA-Video-178K format, train split: per video two entries, a
 caption and a multi-turn conversation of its questions in random order, each open-ended or
