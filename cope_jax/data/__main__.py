@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("synth", help="generate the synthetic temporal-QA dataset",
-                     description="Renders moving sprites into H.264 videos (the real codec path) "
+                     description="Renders moving sprites into MPEG-4 videos (the real codec path) "
                      "and writes OUT/videos/, OUT/scenes.jsonl (ground truth), "
                      "OUT/questions.jsonl (multiple choice, with a train/validation/test split), "
                      "OUT/train_conversations.json (LLaVA-Video-178K format) and a tokenizer.")
