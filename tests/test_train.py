@@ -295,6 +295,17 @@ def test_aot_tool_prints_memory_per_device():
   assert "4 cpu devices" in r.stdout and "memory per device:" in r.stdout and "GiB" in r.stdout
 
 
+def test_aot_flags_in_either_form(monkeypatch):
+  """--topology / --devices are read before absl (they decide XLA_FLAGS): both --flag=value and
+  --flag value work, and the rest of the command line is left for absl."""
+  from cope_jax.train.aot import _pop_flag  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(sys, "argv", ["aot", "--config=c.py", "--topology", "8xh100", "--devices=4",
+                                    "--config.mesh.data=8"])
+  assert _pop_flag("topology") == "8xh100" and _pop_flag("devices") == "4"
+  assert sys.argv == ["aot", "--config=c.py", "--config.mesh.data=8"]
+  assert _pop_flag("topology") is None
+
+
 def test_aot_accelerator_topologies(monkeypatch):
   """--topology: v4-N is N/2 chips (one JAX device per chip), 8xh100 one 8-GPU host; bad
   names and a missing accelerator compiler give one clear error each."""

@@ -61,8 +61,18 @@ def main(argv, topology: str | None = None) -> None:
 
 
 def _pop_flag(name: str) -> str | None:
-  value = next((a.split("=", 1)[1] for a in sys.argv if a.startswith(f"--{name}=")), None)
-  sys.argv = [a for a in sys.argv if not a.startswith(f"--{name}=")]
+  """``--name=value`` or ``--name value``, taken out of sys.argv before absl parses the rest (it
+  must be read before JAX starts: it decides XLA_FLAGS)."""
+  args, value, rest = sys.argv[1:], None, []
+  while args:
+    a = args.pop(0)
+    if a.startswith(f"--{name}="):
+      value = a.split("=", 1)[1]
+    elif a == f"--{name}" and args:
+      value = args.pop(0)
+    else:
+      rest.append(a)
+  sys.argv = sys.argv[:1] + rest
   return value
 
 
