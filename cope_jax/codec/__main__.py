@@ -16,33 +16,8 @@ import warnings
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.extract import extract_primitives, iter_video, save_npz
 from cope_jax.codec.probe import inspect_video
-from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, token_budget
-
-
-def _add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True) -> None:
-  if with_size:
-    p.add_argument("--size", type=int, default=384,
-                   help="side of the square re-encoded frames, a multiple of 16 up to 2048 "
-                   "(default 384)")
-    p.add_argument("--quantizer", type=int, default=3,
-                   help="MPEG-4 quantiser of the re-encode, 2 (best) to 31 (default 3)")
-  p.add_argument("--fps", type=int, default=30,
-                 help="frame rate of the re-encoded video (default 30)")
-  p.add_argument("--gop", type=int, default=240,
-                 help="frames per GOP: one I-frame + P-frames (default 240)")
-  p.add_argument("--fusion", type=int, default=30,
-                 help="frames fused into one Δ-frame, s; divides --gop "
-                      "(default 30: 1 FPS at 30 fps)")
-  p.add_argument("--keyframes-per-gop", type=int, default=1,
-                 help="K keyframes per GOP, evenly spaced, the first on the I-frame (default 1)")
-  p.add_argument("--max-gops", type=int, default=64,
-                 help="longer videos keep this many GOPs, sampled uniformly (default 64)")
-
-
-def _sampling(args) -> SamplingConfig:
-  return SamplingConfig(fps=args.fps, gop=args.gop, fusion=args.fusion,
-                        keyframes_per_gop=args.keyframes_per_gop,
-                        max_gops=args.max_gops).validate()
+from cope_jax.codec.sampling import num_frames_for_duration, token_budget
+from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
 
 
 class _Progress:
@@ -77,7 +52,7 @@ def cmd_inspect(args) -> None:
 
 
 def cmd_budget(args) -> None:
-  sampling = _sampling(args)
+  sampling = sampling_from_args(args)
   if args.duration <= 0:
     raise ConfigError(f"--duration must be positive, got {args.duration}")
   budget = token_budget(num_frames_for_duration(args.duration, sampling.fps), sampling)
@@ -95,7 +70,7 @@ def _check_out(path: str, suffix: str) -> None:
 def cmd_extract(args) -> None:
   _check_out(args.out, ".npz")
   with _Progress(args.quiet) as progress:
-    prims = extract_primitives(args.video, size=args.size, sampling=_sampling(args),
+    prims = extract_primitives(args.video, size=args.size, sampling=sampling_from_args(args),
                                quantizer=args.quantizer, on_frame=progress)
   save_npz(prims, args.out)
   print(f"wrote {args.out}: {len(prims.rgb)} keyframes, {len(prims.mv)} Δ-frames over "
@@ -106,7 +81,7 @@ def cmd_extract(args) -> None:
 def cmd_visualize(args) -> None:
   from cope_jax.codec.visualize import render  # pylint: disable=import-outside-toplevel
   _check_out(args.out, ".png")
-  sampling = _sampling(args)
+  sampling = sampling_from_args(args)
   with _Progress(args.quiet) as progress, contextlib.closing(
       iter_video(args.video, args.size, sampling, args.quantizer, keep_rgb=True,
                  on_frame=progress)) as frames:
@@ -135,14 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  "with kinds, times, rgb, mv, residual (see README).")
   p.add_argument("video")
   p.add_argument("--out", required=True, help="output .npz (written atomically)")
-  _add_sampling_flags(p)
+  add_sampling_flags(p)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_extract)
 
   p = sub.add_parser("budget", help="visual tokens of a video of a given length",
                      description="Print CoPE vs 64-frame dense visual-token counts as JSON.")
   p.add_argument("--duration", type=float, required=True, help="video length in seconds")
-  _add_sampling_flags(p, with_size=False)
+  add_sampling_flags(p, with_size=False)
   p.set_defaults(func=cmd_budget)
 
   p = sub.add_parser("visualize", help="PNG of keyframes, motion fields and residual maps",
@@ -152,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output .png")
   p.add_argument("--max-positions", type=int, default=16,
                  help="how many sampled positions to draw (default 16 = two GOPs)")
-  _add_sampling_flags(p)
+  add_sampling_flags(p)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_visualize)
   return parser

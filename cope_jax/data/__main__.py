@@ -14,7 +14,7 @@ import json
 import sys
 
 from cope_jax.codec.errors import ConfigError
-from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
 
 
 def cmd_synth(args) -> None:
@@ -28,12 +28,11 @@ def cmd_synth(args) -> None:
 def cmd_build(args) -> None:
   from cope_jax.data.build import build, load_items  # pylint: disable=import-outside-toplevel
   from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
-  sampling = SamplingConfig(fusion=args.fusion, keyframes_per_gop=args.keyframes_per_gop,
-                            max_gops=args.max_gops).validate()
+  settings = ExtractSettings(args.size, sampling_from_args(args), args.quantizer)  # checked first
   items = load_items(args.source, args.out, args.annotations, args.videos, args.synth_videos,
                      args.seed, args.size, args.workers, not args.quiet, args.conversations)
-  report = build(args.stage, items, args.out, ExtractSettings(args.size, sampling),
-                 workers=args.workers, limit=args.limit, progress=not args.quiet)
+  report = build(args.stage, items, args.out, settings, workers=args.workers, limit=args.limit,
+                 progress=not args.quiet)
   skipped = report["skipped"]
   print(f"wrote {report['written']} videos -> {report['records']} records, "
         f"{report['bytes'] / 1e6:.1f} MB in {report['shards']}; skipped {len(skipped)}"
@@ -77,15 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output folder (shards, cache/, report.json)")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   p.add_argument("--limit", type=int, default=None, help="only the first N items")
-  p.add_argument("--size", type=int, default=384, help="re-encoded frame side (default 384)")
-  p.add_argument("--fusion", type=int, default=30,
-                 help="frames between sampled positions, whose motion and residuals make one "
-                      "Δ-frame (default 30: 1 FPS at 30 fps)")
-  p.add_argument("--keyframes-per-gop", type=int, default=1,
-                 help="K, RGB keyframes sampled per GOP (default 1; the paper recipe's stage 2: 4)")
-  p.add_argument("--max-gops", type=int, default=64,
-                 help="GOPs kept per video, sampled uniformly (default 64; the paper recipe's "
-                      "stage 2: 32)")
+  add_sampling_flags(p)
   p.add_argument("--synth-videos", type=int, default=200,
                  help="videos to generate for --source synthetic without --annotations "
                       "(default 200)")

@@ -1,0 +1,35 @@
+"""The re-encode and sampling flags shared by the command lines that extract primitives
+(``python -m cope_jax.codec`` and ``python -m cope_jax.data build``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from cope_jax.codec.sampling import SamplingConfig
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True) -> None:
+  if with_size:
+    p.add_argument("--size", type=int, default=384,
+                   help="side of the square re-encoded frames, a multiple of 16 up to 2048 "
+                   "(default 384)")
+    p.add_argument("--quantizer", type=int, default=3,
+                   help="MPEG-4 quantiser of the re-encode, 2 (best) to 31 (default 3)")
+  p.add_argument("--fps", type=int, default=30,
+                 help="frame rate of the re-encoded video (default 30)")
+  p.add_argument("--gop", type=int, default=240,
+                 help="frames per GOP: one I-frame + P-frames (default 240)")
+  p.add_argument("--fusion", type=int, default=30,
+                 help="frames fused into one Δ-frame, s; divides --gop "
+                      "(default 30: 1 FPS at 30 fps)")
+  p.add_argument("--keyframes-per-gop", type=int, default=1,
+                 help="K keyframes per GOP, evenly spaced, the first on the I-frame (default 1)")
+  p.add_argument("--max-gops", type=int, default=64,
+                 help="longer videos keep this many GOPs, sampled uniformly (default 64)")
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
+  """The validated SamplingConfig of the flags above (ConfigError if they do not fit)."""
+  return SamplingConfig(fps=args.fps, gop=args.gop, fusion=args.fusion,
+                        keyframes_per_gop=args.keyframes_per_gop,
+                        max_gops=args.max_gops).validate()
