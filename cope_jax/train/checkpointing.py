@@ -23,6 +23,7 @@ import shutil
 import signal
 import warnings
 
+from absl import logging as absl_logging
 import grain
 import jax
 import orbax.checkpoint as ocp
@@ -34,11 +35,16 @@ REPLICA_PARALLEL_MIN_BYTES = 16 << 20
 
 def _use_one_replica_per_process() -> None:
   """Registers the jax.Array handler of the module docstring (Orbax keeps one global registry,
-  which StandardCheckpointHandler reads)."""
-  ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(
-          use_replica_parallel=jax.process_count() > 1,
-          min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
+  which StandardCheckpointHandler reads). Orbax logs a warning on every override: muted."""
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=jax.process_count() > 1,
+            min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 class Checkpointer:
