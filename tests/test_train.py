@@ -355,6 +355,12 @@ def test_blocked_cross_entropy_equals_whole():
   np.testing.assert_allclose(results[8][2], results[0][2], rtol=1e-4, atol=1e-6)
   expected = summed_cross_entropy(hidden @ w, targets, weights)
   np.testing.assert_allclose(results[0][0], expected, rtol=1e-5)
+  # The correct count is that of argmax == target, here with half the targets the argmax.
+  best = jnp.argmax(hidden @ w, -1)
+  targets = jnp.where(jax.random.bernoulli(k1, 0.5, targets.shape), best, targets)
+  for block in (0, 8):
+    _, correct = blocked_cross_entropy(lambda h: head(h, w), hidden, targets, weights, block)
+    assert int(correct) == int(jnp.sum(weights & (best == targets))) > 10
 
 
 def summed_cross_entropy(logits, targets, weights):
