@@ -384,7 +384,11 @@ def test_first_save_of_a_replicated_state_compiles_no_slicing_programs(tmp_path)
   iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
   next(iterator)
   compiled = []
-  listener = lambda event, *_, **__: compiled.append(event) if "backend_compile" in event else None  # noqa: E731
+
+  def listener(event, *_, **__):
+    if "backend_compile" in event:
+      compiled.append(event)
+
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     ckpt = Checkpointer(str(tmp_path), every=1, keep=1)
@@ -399,3 +403,4 @@ def test_first_save_of_a_replicated_state_compiles_no_slicing_programs(tmp_path)
   assert step == 1
   for k, v in state.items():
     np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(v))
+  ckpt.close()
