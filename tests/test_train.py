@@ -1,6 +1,7 @@
 """Training end to end on the tiny recipes: losses fall, exact resume, SIGTERM, corrupt
-checkpoints, NaN guard, validation errors, gradient accumulation, and two processes (a SIGTERM
-on one host, exact resume; the launcher's local mode: tests/test_launch.py)."""
+checkpoints (and the first save's compilations), NaN guard, validation errors, AOT memory, and two
+processes (a SIGTERM on one host, exact resume; the launcher's local mode: tests/test_launch.py).
+The train step's math in-process: tests/test_train_math.py."""
 
 import json
 import math
@@ -15,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cope_jax.train.loop import _accumulated
 from ports import free_port
 
 FAST = ["--config.log_every=1", "--config.synthetic.videos=24", "--config.checkpoint_every=4"]
@@ -215,67 +215,6 @@ def test_paper_recipe_without_data_stops_at_once(tmp_path):
   assert r.returncode == 2 and "error: no data_dir" in r.stderr and ":tiny" in r.stderr
 
 
-def test_gradient_accumulation_equals_one_big_batch():
-  x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 3)), jnp.float32)
-  params = {"w": jnp.ones(3)}
-
-  def loss_fn(p, batch):
-    loss = jnp.mean((batch["x"] @ p["w"]) ** 2)
-    return loss, {"loss": loss}
-
-  one = _accumulated(loss_fn, params, {"x": x}, 1)
-  four = _accumulated(loss_fn, params, {"x": x}, 4)
-  np.testing.assert_allclose(one[0], four[0], rtol=1e-6)
-  np.testing.assert_allclose(one[2]["w"], four[2]["w"], rtol=1e-5)
-
-
-def test_gradient_accumulation_of_a_per_token_mean():
-  """Micro-batches with different numbers of answer tokens: the accumulated loss and gradients
-  are the whole batch's per-token mean, as without accumulation."""
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((8, 5, 3)), jnp.float32)
-  mask = jnp.asarray(rng.random((8, 5)) < np.linspace(0.1, 0.9, 8)[:, None], jnp.float32)
-  params = {"w": jnp.ones(3)}
-
-  def loss_fn(p, batch):
-    n = batch["mask"].sum()
-    loss = jnp.sum(batch["mask"] * (batch["x"] @ p["w"]) ** 2) / jnp.maximum(n, 1)
-    return loss, {"loss": loss, "answer_tokens": n}
-
-  one = _accumulated(loss_fn, params, {"x": x, "mask": mask}, 1, "answer_tokens")
-  for steps in (2, 4):
-    many = _accumulated(loss_fn, params, {"x": x, "mask": mask}, steps, "answer_tokens")
-    np.testing.assert_allclose(many[0], one[0], rtol=1e-5)
-    np.testing.assert_allclose(many[2]["w"], one[2]["w"], rtol=1e-5)
-    assert float(many[1]["answer_tokens"]) == float(mask.sum())
-  # The old mean of micro-batch means differs on this batch.
-  plain = _accumulated(loss_fn, params, {"x": x, "mask": mask}, 4)
-  assert abs(float(plain[0]) - float(one[0])) > 1e-3
-
-
-def test_weight_decay_skips_norms_and_biases_of_scanned_layers():
-  """Scanned layers stack a norm's (D,) scale or a bias into (layers, D): still not decayed."""
-  from flax import linen as nn  # pylint: disable=import-outside-toplevel
-  from cope_jax.models import presets  # pylint: disable=import-outside-toplevel
-  from cope_jax.models.llava import VideoLM  # pylint: disable=import-outside-toplevel
-  from cope_jax.train.optim import decay_mask  # pylint: disable=import-outside-toplevel
-  cfg = presets.video_lm("tiny")
-  args = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool), jnp.zeros((1, 1, 64, 64, 3)),
-          jnp.zeros((1, 1, 64, 64, 2)), jnp.zeros((1, 1, 64, 64, 3), jnp.int16),
-          jnp.zeros((1, 2), jnp.int32))
-  params = nn.meta.unbox(jax.eval_shape(lambda: VideoLM(cfg).init(jax.random.key(0), *args)))
-  decayed = {jax.tree_util.keystr(k): v
-             for k, v in jax.tree_util.tree_leaves_with_path(decay_mask(params["params"]))}
-  assert decayed["['llm']['layers']['self_attn']['q_proj']['kernel']"]
-  assert decayed["['llm']['embed_tokens']['embedding']"]
-  for name in ("['llm']['layers']['input_layernorm']['weight']",
-               "['llm']['layers']['self_attn']['q_proj']['bias']",
-               "['vision_tower']['layers']['layer_norm1']['scale']",
-               "['image_newline']"):
-    assert not decayed[name], name
-  assert not any(v for k, v in decayed.items() if "norm" in k.lower() or k.endswith("['bias']"))
-
-
 def test_finetune_tiny_with_stage1_checkpoint(tmp_path):
   assert run("pretrain.py:tiny", tmp_path / "s1", "--config.total_steps=2").returncode == 0
   r = run("finetune.py:tiny", tmp_path / "s2", "--config.total_steps=6",
@@ -331,43 +270,6 @@ def test_aot_accelerator_topologies(monkeypatch):
   assert "NVIDIA H100" in asked["target_config"]
   with pytest.raises(SystemExit, match="expected one of"):
     devices("v4:2x2")
-
-
-def test_blocked_cross_entropy_equals_whole():
-  """loss_chunk: the summed cross-entropy, correct count and gradients are those of the whole
-  (B, L, vocab) logits, with L not a multiple of the block."""
-  from cope_jax.train.tasks import blocked_cross_entropy  # pylint: disable=import-outside-toplevel
-  k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-  hidden = jax.random.normal(k1, (2, 37, 16))
-  w = jax.random.normal(k2, (16, 50))
-  targets = jax.random.randint(k3, (2, 37), 0, 50)
-  weights = jax.random.bernoulli(k4, 0.5, (2, 37))
-  head = lambda h, w: h @ w  # noqa: E731
-  results = {}
-  for block in (0, 8):
-    def f(w, b=block):
-      return blocked_cross_entropy(lambda h: head(h, w), hidden, targets, weights, b)
-    ce, correct = f(w)
-    grad = jax.grad(lambda w: f(w)[0])(w)
-    results[block] = (ce, correct, grad)
-  np.testing.assert_allclose(results[8][0], results[0][0], rtol=1e-5)
-  assert int(results[8][1]) == int(results[0][1])
-  np.testing.assert_allclose(results[8][2], results[0][2], rtol=1e-4, atol=1e-6)
-  expected = summed_cross_entropy(hidden @ w, targets, weights)
-  np.testing.assert_allclose(results[0][0], expected, rtol=1e-5)
-  # The correct count is that of argmax == target, here with half the targets the argmax.
-  best = jnp.argmax(hidden @ w, -1)
-  targets = jnp.where(jax.random.bernoulli(k1, 0.5, targets.shape), best, targets)
-  for block in (0, 8):
-    _, correct = blocked_cross_entropy(lambda h: head(h, w), hidden, targets, weights, block)
-    assert int(correct) == int(jnp.sum(weights & (best == targets))) > 10
-
-
-def summed_cross_entropy(logits, targets, weights):
-  """The plain definition: minus the weighted sum of the targets' log-probabilities."""
-  logp = jax.nn.log_softmax(logits, -1)
-  picked = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-  return float(-(picked * weights).sum())
 
 
 def test_first_save_of_a_replicated_state_compiles_no_slicing_programs(tmp_path):
