@@ -195,6 +195,12 @@ def test_letter_step_examples(synth):
     before = tok.decode(row[:i].tolist(), skip_special_tokens=False)
     assert before.endswith("<|im_start|>assistant\n")
     assert q["open_answer"] in before and "\nA. " in before
+  ids, at = letter_examples(questions[:20], tok, text_first=True)
+  for q, row, i in zip(questions[:20], ids, at):
+    assert tok.decode([int(row[i])]) == q["answer"]
+    before = tok.decode(row[:i].tolist(), skip_special_tokens=False)
+    assert before.count("<|im_start|>user") == 1  # no open-ended turn before
+    assert before.endswith(f"<|im_start|>assistant\n{q['open_answer']} (")
 
 
 def test_letter_step_variants(synth):

@@ -7,8 +7,10 @@ question open-ended, gives the right answer as the assistant's turn, then asks t
 with lmms-eval's multiple-choice prompt; the loss is on the answer letter only. The answer is in
 context, so what is learned is the letter step alone — find the option whose text matches and
 answer with its (shuffled) letter — which a pre-trained Qwen2 brings to LLaVA-Video and the
-demo's from-scratch LLM must learn. Prints held-out letter accuracy every ``--every`` steps, and
-per question family at the end.
+demo's from-scratch LLM must learn. ``--text-first`` asks the multiple-choice question alone and
+makes the answer the right option's text, then its letter (``yellow (B)``): the letter is then
+looked up from text the model has just written. Prints held-out letter accuracy every
+``--every`` steps, and per question family at the end.
 """
 
 from __future__ import annotations
@@ -32,19 +34,25 @@ from cope_jax.models.qwen2 import Qwen2
 LENGTH = 160  # a question, its answer and its multiple-choice form: under 110 tokens
 
 
-def letter_examples(questions: list[dict], tok,
-                    answer_prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+def letter_examples(questions: list[dict], tok, answer_prefix: str = "",
+                    text_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """(N, LENGTH) token ids and (N,) position of the answer letter. ``answer_prefix=" "`` makes
-  the open answer the same tokens as its option (`` yellow``, not ``yellow``)."""
+  the open answer the same tokens as its option (`` yellow``, not ``yellow``). ``text_first``:
+  no open-ended turn; the multiple-choice answer is the right option's text, then its letter
+  (``yellow (B)``), so the letter is looked up from text just written."""
   ids = np.zeros((len(questions), LENGTH), np.int32)
   at = np.zeros(len(questions), np.int32)
   for i, q in enumerate(questions):
-    enc = encode_conversation(tok, [("user", q["question"]),
-                                    ("assistant", answer_prefix + q["open_answer"]),
-                                    ("user", mcq_prompt(q["question"], q["options"])),
-                                    ("assistant", q["answer"])])
+    mcq = ("user", mcq_prompt(q["question"], q["options"]))
+    if text_first:
+      turns = [mcq, ("assistant", f"{q['open_answer']} ({q['answer']})")]
+    else:
+      turns = [("user", q["question"]), ("assistant", answer_prefix + q["open_answer"]), mcq,
+               ("assistant", q["answer"])]
+    enc = encode_conversation(tok, turns)
     ids[i, :len(enc.ids)] = enc.ids
-    at[i] = np.flatnonzero(enc.loss_mask)[-2]  # the letter, before the final <|im_end|>
+    answer = np.flatnonzero(enc.loss_mask)
+    at[i] = answer[np.asarray(enc.ids)[answer] == tok.token_to_id(q["answer"])][-1]
   return ids, at
 
 
@@ -92,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
                       "training example (default: each question's one order)")
   parser.add_argument("--answer-space", action="store_true", help="the open answer with a "
                       "leading space, so it is the same tokens as its option")
+  parser.add_argument("--text-first", action="store_true", help="no open-ended turn: the "
+                      "answer is the right option's text, then its letter ('yellow (B)'); the "
+                      "loss is on the letter")
   parser.add_argument("--match-steps", type=int, default=0, help="first train this many steps "
                       "(batch 256) on the bare matching task: a word, four lettered one-word "
                       "options, answer the letter")
@@ -119,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
   if args.fresh_options:
     picks = rng.integers(len(train), size=args.steps * args.batch)
     train = [reshuffled(train[i], rng) for i in picks]
-  train_ids, train_at = letter_examples(train, tok, prefix)
-  test_ids, test_at = letter_examples(test, tok, prefix)
+  train_ids, train_at = letter_examples(train, tok, prefix, args.text_first)
+  test_ids, test_at = letter_examples(test, tok, prefix, args.text_first)
   model = Qwen2(dataclasses.replace(QWEN2["tiny"], num_layers=args.layers))
   params = model.init(jax.random.key(0), jnp.zeros((1, LENGTH), jnp.int32))
 
