@@ -99,10 +99,13 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def _two_processes(workdir, *overrides):
-  """The multi-host path on one machine (launch/gpu.sh local): 2 processes × 4 CPU devices."""
+  """The multi-host path on one machine (launch/gpu.sh local): 2 processes × 4 CPU devices.
+  With the demo's smaller Δ-encoder: process 1 compiles every run afresh (JAX writes only process
+  0's compilation-cache entries, and their keys differ per process), in less time."""
   port = free_port()
   return [subprocess.Popen(
-      train_cmd("pretrain.py:tiny", workdir, "--config.checkpoint_every=100000", *overrides),
+      train_cmd("pretrain.py:tiny", workdir, "--config.checkpoint_every=100000",
+                "--config.model.delta=demo", *overrides),
       env=dict(os.environ, COPE_DISTRIBUTED="1", COPE_COORDINATOR=f"localhost:{port}",
                COPE_NUM_PROCESSES="2", COPE_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=4"),
