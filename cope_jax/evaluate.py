@@ -164,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
                        "finds most likely (lm-eval-harness's scoring for base models; no TTFT)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   try:
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):

@@ -23,7 +23,9 @@ from cope_jax.codec.errors import VideoError
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m cope_jax.generate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="a stage-2 workdir or converted checkpoint")
+  parser.add_argument("--workdir", required=True, help="a stage-2 workdir or converted checkpoint "
+                      "(a workdir trained on RGB frames only, as the demo's base model: the "
+                      "dense and keyframes modes)")
   parser.add_argument("--video", required=True, help="any video PyAV reads (re-encoded if needed)")
   parser.add_argument("--question", required=True, help="the user turn, asked after the video")
   parser.add_argument("--mode", default="cope", choices=["cope", "keyframes", "dense",
@@ -42,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.repeat < 1:
     parser.error("--repeat must be at least 1")
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   try:
     model = CoPE.load(args.workdir)

@@ -76,6 +76,17 @@ def test_demo_quick(tmp_path):
   assert "with the earlier runs it resumed" in stdout2
   assert again["training"]["stage2"]["last"] == results["training"]["stage2"]["last"]
 
+  # The base model's workdir (RGB frames only, no Δ-encoder) answers in dense mode; the modes
+  # that need a Δ-encoder are refused with one line.
+  video = str(tmp_path / "pan.mp4")
+  asked = [subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir",
+                           str(tmp_path / "base"), "--video", video, "--question", "What moves?",
+                           "--mode", mode, "--max-new-tokens", "2", "--json"],
+                          capture_output=True, text=True, timeout=300) for mode in ("dense", "cope")]
+  assert asked[0].returncode == 0, asked[0].stderr[-2000:]
+  assert json.loads(asked[0].stdout)["visual_tokens"] > 0
+  assert asked[1].returncode == 2 and "trained on RGB frames only" in asked[1].stderr
+
   # The same workdir without --quick is refused: its data, checkpoints and evaluations are the
   # quick run's and must not show up as the full demo's.
   r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(tmp_path)],

@@ -54,6 +54,15 @@ def test_generate_cli_json(tiny_workdir):
   assert out["ttft_s"] < out["ttft_cold_s"]
 
 
+def test_loading_a_workdir_logs_no_orbax_warning(tiny_workdir, caplog):
+  """Orbax warns that a folder opened read-only is read-only: loading mutes it, every time."""
+  from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
+  workdir, _ = tiny_workdir
+  with caplog.at_level("WARNING"):
+    assert latest_params(str(workdir))
+  assert not [r for r in caplog.records if r.name == "absl"], caplog.text
+
+
 def test_evaluate_every_mode(tiny_workdir, tmp_path):
   workdir, synth = tiny_workdir
   tokens = {}

@@ -38,10 +38,8 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
   answer's exact match with the right option (``evaluation/open_*``), ``"ranked"`` which option's
   text the model finds most likely (``evaluation/ranked_*``). ``frames`` keeps the extracted
   frames between calls, ``models`` the loaded models."""
-  from absl import logging  # pylint: disable=import-outside-toplevel
   from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
-  logging.set_verbosity(logging.ERROR)  # Orbax's notes on read-only checkpoint folders
   questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
   os.makedirs(p.evaluation, exist_ok=True)
   prefix = PREFIX[answer_format]

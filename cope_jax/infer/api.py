@@ -26,6 +26,7 @@ from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt
 
 MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
+MODEL_PARTS = {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}
 
 
 def prompt_bucket(positions: int) -> int:
@@ -76,33 +77,46 @@ class VideoInputs:
 
 class CoPE:
 
-  def __init__(self, cfg, params, tokenizer, codec_size: int, image_size: int):
+  def __init__(self, cfg, params, tokenizer, codec_size: int, image_size: int,
+               rgb_only: bool = False):
     from cope_jax.infer.generation import Generator  # pylint: disable=import-outside-toplevel
     self.cfg, self.tok = cfg, tokenizer
     self.codec_size, self.image_size = codec_size, image_size
+    self.rgb_only = rgb_only  # no trained Δ-encoder: the dense and keyframes modes only
     self.generator = Generator(cfg, params, tokenizer.token_to_id("<|im_end|>"))
 
   @classmethod
   def load(cls, path: str, tokenizer: str | None = None,
            codec_size: int | None = None) -> "CoPE":
     """A stage-2 workdir (newest checkpoint; frozen parts from its init_checkpoint) or a folder
-    written by ``convert llava-video``. ``codec_size``: the re-encoded frame side (default: the
+    written by ``convert llava-video``. A workdir trained on RGB frames only (no Δ-encoder in
+    its checkpoint, no init_checkpoint: the demo's base model) answers in the dense and
+    keyframes modes. ``codec_size``: the re-encoded frame side (default: the
     workdir's, or the paper's 384 for a converted checkpoint)."""
     from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
     from cope_jax.models import checkpoints, config_io  # pylint: disable=import-outside-toplevel
+    rgb_only = False
     if os.path.exists(os.path.join(path, "model_config.json")):
       cfg = config_io.load(os.path.join(path, "model_config.json"))
       with open(os.path.join(path, "train_config.json")) as f:
         train = json.load(f)
       from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
       params = dict(latest_params(path))
-      if set(params) != {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}:
+      missing = sorted(MODEL_PARTS - set(params))
+      codec = codec_size or train["codec_size"]
+      if missing == ["delta_encoder"] and not train.get("init_checkpoint"):
+        # Trained on RGB frames only (the demo's base model): a placeholder Δ-encoder makes the
+        # parameter tree whole; the modes that would run it are refused.
+        import jax  # pylint: disable=import-outside-toplevel
+        params["delta_encoder"] = checkpoints.init_delta_encoder(cfg, jax.random.key(0), codec)
+        rgb_only = True
+      elif missing:
         if not train.get("init_checkpoint"):
-          raise FileNotFoundError(f"{path}: the checkpoint lacks {sorted(params)} frozen parts and "
-                                  "the run had no init_checkpoint to take them from")
+          raise FileNotFoundError(f"{path}: the checkpoint lacks {missing} (parts the run did "
+                                  "not train) and the run had no init_checkpoint to take them "
+                                  "from")
         base, _ = checkpoints.load_params(train["init_checkpoint"])
         params = {**base, **params}
-      codec = codec_size or train["codec_size"]
       image = train.get("image_size", cfg.vision.image_size)
       tokenizer = tokenizer or train.get("tokenizer")
     elif os.path.exists(os.path.join(path, "config.json")):
@@ -114,13 +128,16 @@ class CoPE:
     if not tokenizer:
       from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
       tokenizer = qwen2_tokenizer_file()
-    return cls(cfg, params, Tokenizer.from_file(tokenizer), codec, image)
+    return cls(cfg, params, Tokenizer.from_file(tokenizer), codec, image, rgb_only)
 
   def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
                    dense_frames: int = 64) -> VideoInputs:
     """The frames a mode uses: CoPE positions, keyframes only, or 64 uniform RGB frames."""
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if self.rgb_only and mode not in ("dense", "keyframes"):
+      raise ValueError(f"mode {mode!r} needs a trained Δ-encoder; this model was trained on RGB "
+                       "frames only (its checkpoint has none): use dense or keyframes")
     start = time.perf_counter()
     if mode == "dense":
       return self._dense(video, dense_frames, start)

@@ -106,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--videos", nargs="+", required=True)
   parser.add_argument("--out", help="write the results JSON here too")
   args = parser.parse_args(argv)
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  logging.set_verbosity(logging.ERROR)
   try:
     results = evaluate_videos(args.workdir, args.videos)
   except VideoError as e:  # one line on stderr, exit status 2

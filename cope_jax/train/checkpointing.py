@@ -18,6 +18,7 @@ slices of at least ``REPLICA_PARALLEL_MIN_BYTES``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -33,18 +34,25 @@ from cope_jax.codec.errors import ConfigError
 REPLICA_PARALLEL_MIN_BYTES = 16 << 20
 
 
-def _use_one_replica_per_process() -> None:
-  """Registers the jax.Array handler of the module docstring (Orbax keeps one global registry,
-  which StandardCheckpointHandler reads). Orbax logs a warning on every override: muted."""
+@contextlib.contextmanager
+def _orbax_warnings_muted():
+  """Orbax logs a warning for choices made on purpose (a handler override, a read-only folder)."""
   verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)
   try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
+def _use_one_replica_per_process() -> None:
+  """Registers the jax.Array handler of the module docstring (Orbax keeps one global registry,
+  which StandardCheckpointHandler reads)."""
+  with _orbax_warnings_muted():
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(
             use_replica_parallel=jax.process_count() > 1,
             min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES), override=True)
-  finally:
-    absl_logging.set_verbosity(verbosity)
 
 
 class Checkpointer:
@@ -107,9 +115,10 @@ class Checkpointer:
 
 def latest_params(workdir: str) -> dict:
   """The trained parameters of a workdir's newest readable checkpoint (as numpy arrays)."""
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                  options=ocp.CheckpointManagerOptions(
-                                      read_only=True, create=False, save_interval_steps=0))
+  with _orbax_warnings_muted():
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                    options=ocp.CheckpointManagerOptions(
+                                        read_only=True, create=False, save_interval_steps=0))
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
