@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
       raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
     questions = read_questions(args.data, args.limit)
     model = CoPE.load(args.workdir)
+    model.check_mode(args.mode)
   except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

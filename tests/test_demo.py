@@ -78,14 +78,18 @@ def test_demo_quick(tmp_path):
 
   # The base model's workdir (RGB frames only, no Δ-encoder) answers in dense mode; the modes
   # that need a Δ-encoder are refused with one line.
-  video = str(tmp_path / "pan.mp4")
-  asked = [subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir",
-                           str(tmp_path / "base"), "--video", video, "--question", "What moves?",
-                           "--mode", mode, "--max-new-tokens", "2", "--json"],
-                          capture_output=True, text=True, timeout=300) for mode in ("dense", "cope")]
-  assert asked[0].returncode == 0, asked[0].stderr[-2000:]
-  assert json.loads(asked[0].stdout)["visual_tokens"] > 0
-  assert asked[1].returncode == 2 and "trained on RGB frames only" in asked[1].stderr
+  base = str(tmp_path / "base")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", base, "--video",
+                      str(tmp_path / "pan.mp4"), "--question", "What moves?", "--mode", "dense",
+                      "--max-new-tokens", "2", "--json"], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout)["visual_tokens"] > 0
+  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", base, "--data",
+                      str(tmp_path / "data" / "synthetic" / "test.jsonl"), "--mode", "cope",
+                      "--out", str(tmp_path / "base_cope.json")], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and "RGB frames only" in r.stderr
 
   # The same workdir without --quick is refused: its data, checkpoints and evaluations are the
   # quick run's and must not show up as the full demo's.

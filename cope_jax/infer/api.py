@@ -130,14 +130,18 @@ class CoPE:
       tokenizer = qwen2_tokenizer_file()
     return cls(cfg, params, Tokenizer.from_file(tokenizer), codec, image, rgb_only)
 
-  def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
-                   dense_frames: int = 64) -> VideoInputs:
-    """The frames a mode uses: CoPE positions, keyframes only, or 64 uniform RGB frames."""
+  def check_mode(self, mode: str) -> None:
+    """ValueError unless this model can answer in ``mode``."""
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if self.rgb_only and mode not in ("dense", "keyframes"):
       raise ValueError(f"mode {mode!r} needs a trained Δ-encoder; this model was trained on RGB "
                        "frames only (its checkpoint has none): use dense or keyframes")
+
+  def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
+                   dense_frames: int = 64) -> VideoInputs:
+    """The frames a mode uses: CoPE positions, keyframes only, or 64 uniform RGB frames."""
+    self.check_mode(mode)
     start = time.perf_counter()
     if mode == "dense":
       return self._dense(video, dense_frames, start)
