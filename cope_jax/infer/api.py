@@ -105,10 +105,9 @@ class CoPE:
       missing = sorted(MODEL_PARTS - set(params))
       codec = codec_size or train["codec_size"]
       if missing == ["delta_encoder"] and not train.get("init_checkpoint"):
-        # Trained on RGB frames only (the demo's base model): a placeholder Δ-encoder makes the
+        # Trained on RGB frames only (the demo's base model): a zero Δ-encoder makes the
         # parameter tree whole; the modes that would run it are refused.
-        import jax  # pylint: disable=import-outside-toplevel
-        params["delta_encoder"] = checkpoints.init_delta_encoder(cfg, jax.random.key(0), codec)
+        params["delta_encoder"] = checkpoints.zero_delta_encoder(cfg)
         rgb_only = True
       elif missing:
         if not train.get("init_checkpoint"):

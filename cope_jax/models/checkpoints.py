@@ -13,14 +13,26 @@ from cope_jax.models.delta_encoder import DeltaEncoder
 from cope_jax.models.llava import VideoLMConfig
 
 
+def _delta_encoder_inputs(codec_size: int) -> tuple[jax.Array, jax.Array]:
+  return (jnp.zeros((1, codec_size, codec_size, 2)),
+          jnp.zeros((1, codec_size, codec_size, 3), jnp.int16))
+
+
 def init_delta_encoder(cfg: VideoLMConfig, key: jax.Array, codec_size: int = 64) -> dict:
   """Fresh Δ-encoder parameters (unboxed). Their shapes do not depend on the frame size."""
-  mv = jnp.zeros((1, codec_size, codec_size, 2))
-  res = jnp.zeros((1, codec_size, codec_size, 3), jnp.int16)
   # One jitted program: run eagerly, each of init's hundreds of operations compiled on its own
   # (24 s for the demo's Δ-encoder on a 2-core CPU; 4 s jitted, unoptimised).
-  params = run_initialiser(jax.jit(DeltaEncoder(cfg.delta).init), key, mv, res)["params"]
+  params = run_initialiser(jax.jit(DeltaEncoder(cfg.delta).init), key,
+                           *_delta_encoder_inputs(codec_size))["params"]
   return jax.tree_util.tree_map(np.asarray, unbox(params))
+
+
+def zero_delta_encoder(cfg: VideoLMConfig) -> dict:
+  """Δ-encoder parameters of the right shapes, all zero, for a model that never runs it (one
+  trained on RGB frames only): shapes from ``eval_shape``, nothing compiled."""
+  shapes = jax.eval_shape(DeltaEncoder(cfg.delta).init, jax.random.key(0),
+                          *_delta_encoder_inputs(16))["params"]
+  return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), unbox(shapes))
 
 
 def run_initialiser(jitted, *args):
