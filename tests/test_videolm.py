@@ -99,6 +99,18 @@ def test_resnet_stem_and_group_norm_equal_the_textbook_layers(dtype):
                              rtol=tol, atol=tol * np.abs(ref).max())
   with pytest.raises(ValueError, match="even height and width"):
     ours.apply(params, x[:, :47])
+  # Its kernel gradient, summed over groups of frames on a CPU, is nn.Conv's (a batch of 19
+  # frames: two full groups and a partial one).
+  frames = jnp.asarray(rng.standard_normal((19, 16, 24, 3)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((19, 8, 12, 8)), jnp.float32)
+  kernel_grad = lambda f, p: jax.grad(  # noqa: E731
+      lambda p: jnp.sum(f(p, frames).astype(jnp.float32) * cotangent))(p)
+  ours_grad = kernel_grad(jax.jit(ours.apply), params)["params"]["kernel"]
+  ref_grad = kernel_grad(jax.jit(textbook.apply),
+                         {"params": {"kernel": nn.meta.unbox(params["params"]["kernel"])}})
+  ref_grad = np.asarray(ref_grad["params"]["kernel"])
+  np.testing.assert_allclose(np.asarray(nn.meta.unbox(ours_grad), np.float32), ref_grad,
+                             rtol=tol, atol=tol * np.abs(ref_grad).max())
 
   y = jnp.asarray(rng.standard_normal((2, 6, 10, 16)) * 3 + 1, jnp.float32)
   norm = {"scale": jnp.asarray(rng.standard_normal(16), jnp.float32),
