@@ -141,7 +141,9 @@ def test_dense_layers_are_nn_dense_without_a_transposed_weight_gradient():
                              atol=1e-6)
   grads = [jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (ours, textbook)]
   for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # Float rounding relative to the largest entry (the kernel's reach ~30: sums of 384 terms,
+    # whose order the CPU's matmul kernels choose; an AMD EPYC differed by 1.4e-5 at one entry).
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
 
   hlo = jax.jit(jax.grad(loss(ours))).lower(params, x).compile().as_text()
   big = [line for line in hlo.splitlines() if (" copy(" in line or " transpose(" in line
