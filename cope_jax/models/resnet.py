@@ -107,7 +107,8 @@ KERNEL_GRAD_FRAMES = 8
 
 def _kernel_grad(x: jax.Array, k: jax.Array, dy: jax.Array, frames: int) -> jax.Array:
   grad = lambda x, dy: jax.vjp(lambda k: _conv_valid(x, k), k)[1](dy)[0]  # noqa: E731
-  return sum(grad(x[i:i + frames], dy[i:i + frames]) for i in range(0, x.shape[0], frames))
+  return sum((grad(x[i:i + frames], dy[i:i + frames]) for i in range(0, x.shape[0], frames)),
+             jnp.zeros_like(k))
 
 
 @jax.custom_vjp
