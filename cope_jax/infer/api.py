@@ -221,7 +221,6 @@ class CoPE:
     batch, visual, prompt_tokens = self.model_inputs(v, question)
     answers = [self.tok.encode(o, add_special_tokens=False).ids + [self.generator.eos_id]
                for o in options]
-    scores = self.generator.score(batch, answers,
-                                  zero_delta=mode == "cope_zero_delta")
+    scores = self.generator.score(batch, answers, zero_delta=mode == "cope_zero_delta")
     return RankedOptions([float(x) for x in scores], int(np.argmax(scores)), mode, visual,
                          prompt_tokens)
