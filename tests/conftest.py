@@ -5,12 +5,13 @@ import os
 # Sharding is always exercised: 8 emulated CPU devices, set before anything imports JAX.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # XLA:CPU aborts the process when a collective's 8 device threads have not all arrived within
-# 40 s. Two test workers on 2 cores can starve a thread that long (a training subprocess once
-# died so in CollectivePermute); a real deadlock still ends, after 10 minutes. Subprocesses
+# 40 s (its default). Two test workers on 2 cores can slow a thread, not stop it: 3 minutes is
+# starvation's margin, and a real deadlock (the micro-batch one prepare.validate now refuses)
+# still ends with XLA's message before a test's 10-minute subprocess timeout. Subprocesses
 # inherit the flags.
 if "collective_call_terminate" not in os.environ["XLA_FLAGS"]:
-  os.environ["XLA_FLAGS"] += (" --xla_cpu_collective_call_terminate_timeout_seconds=600"
-                              " --xla_cpu_collective_call_warn_stuck_timeout_seconds=120")
+  os.environ["XLA_FLAGS"] += (" --xla_cpu_collective_call_terminate_timeout_seconds=180"
+                              " --xla_cpu_collective_call_warn_stuck_timeout_seconds=60")
 # Training tests start many short runs of the same recipes: share compiled executables.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.expanduser("~/.cache"), "cope_jax", "jax_cache_tests"))

@@ -183,7 +183,7 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["--config.mesh.data=3"], "does not multiply"),
     (["--config.batch_size=7"], "not divisible by the data-parallel"),
-    (["--config.grad_accum_steps=3"], "grad_accum_steps"),
+    (["--config.grad_accum_steps=4"], "whole rows over the data × fsdp = 8 devices"),
     (["--config.data_dir=/nonexistent", "--config.synthetic.videos=0"], "no pretrain shards"),
     (["--config.profile_steps=5"], "profile_steps"),
     (["--config.data_dir=gs://bucket/shards"], "gcsfuse"),
@@ -221,7 +221,8 @@ def test_paper_recipe_without_data_stops_at_once(tmp_path):
 def test_finetune_tiny_with_stage1_checkpoint(tmp_path):
   assert run("pretrain.py:tiny", tmp_path / "s1", "--config.total_steps=2").returncode == 0
   r = run("finetune.py:tiny", tmp_path / "s2", "--config.total_steps=6",
-          f"--config.stage1_checkpoint={tmp_path / 's1'}", "--config.grad_accum_steps=2")
+          f"--config.stage1_checkpoint={tmp_path / 's1'}", "--config.grad_accum_steps=2",
+          "--config.batch_size=16")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "Δ-encoder from stage 1" in r.stdout
   m = metrics(tmp_path / "s2")
