@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from cope_jax.codec.errors import VideoError
+from cope_jax.codec.sampling import SamplingConfig
 
 ANSWER_FORMATS = ("letter", "open", "ranked")
 
@@ -56,6 +57,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
     max_new_tokens = 8 if answer_format == "letter" else 16
   from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.answers import LETTERS, parse_letter  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.api import PromptTooLong  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   rows, skipped = [], {}
   store = {} if frames is None else frames
@@ -84,6 +86,9 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
                              inputs=store[key])
       except VideoError as e:
         skipped[q["video"]] = {"video": q["video"], "reason": e.reason, "questions": 1}
+        continue
+      except PromptTooLong as e:  # the frames' tokens alone nearly fill the model: skip the video
+        skipped[q["video"]] = {"video": q["video"], "reason": str(e), "questions": 1}
         continue
       if answer_format == "ranked":
         expected, predicted = q["answer"], LETTERS[answer.best]
@@ -168,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
       raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
+    SamplingConfig(keyframes_per_gop=args.keyframes_per_gop).validate()  # a ConfigError
+    for flag, value in (("--dense-frames", args.dense_frames), ("--limit", args.limit)):
+      if value is not None and value < 1:
+        raise ValueError(f"{flag} must be >= 1, got {value}")
     questions = read_questions(args.data, args.limit)
     model = CoPE.load(args.workdir)
     model.check_mode(args.mode)
-  except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
+  except (ValueError, OSError) as e:  # JSONDecodeError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     return 2
   results = evaluate(model, questions, args.mode, args.keyframes_per_gop,

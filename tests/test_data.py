@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -286,6 +287,19 @@ def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
   assert "empty" in skipped["empty.mp4"] and "no such file" in skipped["missing.mp4"]
   for key in ("written", "skipped", "bytes", "video_seconds"):
     assert key in report
+
+
+@pytest.mark.parametrize("entries,named", [
+    ({"id": "x1", "video": "clip.mp4"}, "expected a JSON list of entries, found a dict"),
+    (["clip.mp4"], "entry 0 (str)"),
+    ([{"id": "x1", "video": "clip.mp4", "conversations": [{"from": "system", "value": "hi"}]}],
+     "entry 0 (x1)"),
+])
+def test_llava_video_annotations_malformed(tmp_path, entries, named):
+  ann = tmp_path / "ann.json"
+  ann.write_text(json.dumps(entries))
+  with pytest.raises(ValueError, match=re.escape(named)):
+    load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
 
 
 def test_llava_video_annotations(tmp_path, pan_clip):

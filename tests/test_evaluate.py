@@ -162,6 +162,34 @@ def test_evaluate_letter_format_scores_the_parsed_letter():
     evaluate(model, QUESTIONS, "cope", answer_format="options")
 
 
+def test_evaluate_skips_a_video_whose_prompt_is_too_long_and_goes_on():
+  from cope_jax.infer.api import PromptTooLong  # pylint: disable=import-outside-toplevel
+
+  class TooLongForA(_ScriptedModel):
+    def ask(self, video, prompt, mode, keyframes_per_gop, max_new_tokens, inputs):
+      if video == "a.mp4":
+        raise PromptTooLong("40000 prompt positions exceed the model's 32768")
+      return super().ask(video, prompt, mode, keyframes_per_gop, max_new_tokens, inputs)
+
+  res = evaluate(TooLongForA(["A"]), QUESTIONS, "cope", progress=False)
+  assert res["n"] == 1 and res["accuracy"] == 1.0  # b.mp4's question, answered A
+  assert res["skipped"] == [{"video": "a.mp4", "questions": 2,
+                             "reason": "40000 prompt positions exceed the model's 32768"}]
+
+
+def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):
+  for flag, value, named in (("--keyframes-per-gop", "0", "keyframes_per_gop"),
+                             ("--keyframes-per-gop", "31", "keyframes_per_gop"),
+                             ("--dense-frames", "0", "--dense-frames"),
+                             ("--limit", "0", "--limit")):
+    r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir",
+                        str(tmp_path / "no_model"), "--data", str(tmp_path / "q.jsonl"),
+                        "--out", str(tmp_path / "r.json"), flag, value],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and named in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
+
+
 def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):
   workdir, synth = tiny_workdir
   out = tmp_path / "open.json"

@@ -44,4 +44,17 @@ def test_retrieval_driver_on_a_stage1_workdir(tmp_path):
   for who in ("cope", "rgb_only"):
     assert set(res[who]) == {"recall@1", "recall@2", "recall@5"}
     assert all(0 <= v <= 1 for v in res[who].values())
-  assert res["rgb_only"]["recall@5"] <= 1 and res["videos"] == 1
+  assert res["rgb_only"]["recall@5"] <= 1 and res["videos"] == 1 and res["skipped"] == []
+  # An unusable video is skipped and named; with none usable, one error line and exit status 2.
+  bad = tmp_path / "bad.mp4"
+  bad.write_bytes(b"not a video")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.infer.retrieval", "--workdir", str(tmp_path),
+                      "--videos", str(bad), video, "--out", str(tmp_path / "r2.json")],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  again = json.loads((tmp_path / "r2.json").read_text())
+  assert again["videos"] == 1 and again["cope"] == res["cope"]
+  assert [s["video"] for s in again["skipped"]] == [str(bad)]
+  r = subprocess.run([sys.executable, "-m", "cope_jax.infer.retrieval", "--workdir", str(tmp_path),
+                      "--videos", str(bad)], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and str(bad) in r.stderr

@@ -53,8 +53,8 @@ def cmd_inspect(args) -> None:
 
 def cmd_budget(args) -> None:
   sampling = sampling_from_args(args)
-  if args.duration <= 0:
-    raise ConfigError(f"--duration must be positive, got {args.duration}")
+  if not 0 < args.duration < float("inf"):  # also refuses nan
+    raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
   budget = token_budget(num_frames_for_duration(args.duration, sampling.fps), sampling)
   print(json.dumps({"duration_s": args.duration, **budget}))
 

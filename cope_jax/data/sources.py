@@ -82,6 +82,9 @@ def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
       entries = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{annotations}: not JSON ({e})") from None
+  if not isinstance(entries, list):
+    raise ValueError(f"{annotations}: expected a JSON list of entries, found a "
+                     f"{type(entries).__name__}")
   items: dict[str, VideoItem] = {}
   for n, e in enumerate(entries):
     try:
@@ -89,7 +92,9 @@ def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
                for t in e["conversations"]]
       video = e["video"]
     except (KeyError, TypeError) as err:
-      raise ValueError(f"{annotations}: entry {n} ({e.get('id', '?')}): missing {err}") from None
+      name = e.get("id", "?") if isinstance(e, dict) else type(e).__name__
+      raise ValueError(f"{annotations}: entry {n} ({name}): not a {{video, conversations}} "
+                       f"object with human/gpt turns ({type(err).__name__}: {err})") from None
     path = os.path.join(video_dir, video)
     items.setdefault(path, VideoItem(path, "train")).conversations.append(turns)
   return list(items.values())

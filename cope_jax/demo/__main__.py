@@ -12,6 +12,7 @@ import time
 import cope_jax.demo as demo_package
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.demo.recipe import FULL, QUICK, Paths
+from cope_jax.demo.stages import StageStopped
 from cope_jax.json_files import earlier_settings, write_json
 
 
@@ -55,20 +56,25 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
   results = {"quick": quick, "settings": settings.__dict__, "machine": _machine(),
              "stages_run": []}
 
-  def done(stage: str, value) -> None:
-    results[stage] = value
-    results["stages_run"].append(stage)
+  def save() -> None:  # after every stage, so that a run stopped later still counts its time
     results["elapsed_s"] = round(time.perf_counter() - start, 1)  # this run
     results["elapsed_s_all_runs"] = round(earlier + time.perf_counter() - start, 1)
     write_json(out, results)
 
+  def done(stage: str, value) -> None:
+    results[stage] = value
+    results["stages_run"].append(stage)
+    save()
+
   done("codec", run_codec_stage(paths.root, video, settings.codec_seconds))
   done("data", stages.make_data(settings, paths))
-  training = {}
+  training = results["training"] = {}
   base = base_config(settings, paths)
   training["base"] = stages.train_stage("base", base, paths.base)
+  save()
   stages.export_base(paths, base)
   training["stage1"] = stages.train_stage("stage1", stage1_config(settings, paths), paths.stage1)
+  save()
   training["stage2"] = stages.train_stage("stage2", stage2_config(settings, paths), paths.stage2)
   done("training", training)
   # Each held-out video's frames per mode, extracted once, and each model, loaded once, for every
@@ -87,6 +93,8 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
   results["targets"] = report.targets(modes, ret)
   results["plots"] = report.plots(training, modes, paths.root, probes)
   done("report", {"table": report.table(modes, ret, probes).splitlines()})
+  results["targets"]["time"] = report.time_target(results["elapsed_s_all_runs"], quick)
+  save()
   return results
 
 
@@ -100,12 +108,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--video", help="use this video in the codec stage instead of the "
                                       "generated clip")
   args = parser.parse_args(argv)
-  os.makedirs(args.workdir, exist_ok=True)
   try:
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+      raise ConfigError(f"--workdir {args.workdir} is a file, not a folder")
+    os.makedirs(args.workdir, exist_ok=True)
     results = run(args.workdir, args.quick, args.video)
   except (VideoError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except StageStopped as e:  # checkpointed: the next run resumes there
+    print(f"stopped: {e}", file=sys.stderr)
+    return 1
   print("\n" + "\n".join(results["report"]["table"]))
   for name, t in results["targets"].items():
     print(f"target {name}: {'met' if t['met'] else 'MISSED'} ({t['need']}; "

@@ -1,4 +1,5 @@
-"""The demo's evaluation (four modes, next-frame retrieval), its targets, table and plots."""
+"""The demo's evaluation (five runs of four modes, next-frame retrieval), its targets, table and
+plots."""
 
 from __future__ import annotations
 
@@ -77,8 +78,14 @@ def retrieval(p: Paths) -> dict:
     return json.load(f)
 
 
+# Accuracies are ratios of counts: a margin of exactly 10 points (4/30 vs 1/30) must not miss
+# by float rounding.
+EPS = 1e-9
+
+
 def targets(modes: dict, ret: dict) -> dict:
-  """The issue's targets, each with the measured values and whether it is met."""
+  """The issue's targets, each with the measured values and whether it is met (the time target
+  is added when the demo ends: ``time_target``)."""
   cope = modes["cope"]
   keyframes = max(modes["keyframes"]["motion_accuracy"],
                   modes["keyframes_stage2"]["motion_accuracy"])
@@ -86,16 +93,17 @@ def targets(modes: dict, ret: dict) -> dict:
   checks = {
       "motion_cope_vs_keyframes": {
           "cope": cope["motion_accuracy"], "keyframes": keyframes, "need": "cope >= keyframes + 0.15",
-          "met": cope["motion_accuracy"] >= keyframes + 0.15},
+          "met": cope["motion_accuracy"] >= keyframes + 0.15 - EPS},
       "motion_zero_delta_vs_cope": {
           "cope_zero_delta": modes["cope_zero_delta"]["motion_accuracy"],
           "cope": cope["motion_accuracy"], "need": "cope_zero_delta <= cope - 0.10",
-          "met": modes["cope_zero_delta"]["motion_accuracy"] <= cope["motion_accuracy"] - 0.10},
+          "met": (modes["cope_zero_delta"]["motion_accuracy"]
+                  <= cope["motion_accuracy"] - 0.10 + EPS)},
       "visual_tokens": {
           "cope": cope["visual_tokens_mean"], "dense": dense["visual_tokens_mean"],
           "ratio": cope["visual_tokens_mean"] / dense["visual_tokens_mean"],
           "need": "ratio <= 0.25",
-          "met": cope["visual_tokens_mean"] <= 0.25 * dense["visual_tokens_mean"]},
+          "met": cope["visual_tokens_mean"] <= 0.25 * dense["visual_tokens_mean"] + EPS},
       "ttft": {
           "cope_s": cope["ttft_median_s"], "dense_s": dense["ttft_median_s"],
           "reduction": 1 - cope["ttft_median_s"] / dense["ttft_median_s"],
@@ -106,6 +114,14 @@ def targets(modes: dict, ret: dict) -> dict:
           "need": "cope > rgb_only", "met": ret["cope"]["recall@1"] > ret["rgb_only"]["recall@1"]},
   }
   return checks
+
+
+def time_target(seconds: float, quick: bool) -> dict:
+  """The whole demo within 30 minutes on the 2-core machine, ``--quick`` within 5: the time of
+  every run on this workdir (a resumed demo adds each run's)."""
+  limit = 5.0 if quick else 30.0
+  return {"minutes": seconds / 60, "need": f"minutes <= {limit:.0f}",
+          "met": seconds <= 60 * limit}
 
 
 def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None) -> str:

@@ -59,19 +59,32 @@ def _losses(workdir: str) -> list[dict]:
   return [by_step[k] for k in sorted(by_step)]
 
 
+class StageStopped(Exception):
+  """A training stage stopped before its last step (SIGTERM, or an error it has reported)."""
+
+
+def _trained(workdir: str, total_steps: int) -> bool:
+  """The last step's checkpoint is complete: Orbax writes a step in a temporary folder and
+  renames it to the step number when done. (The metrics log reaches the last step before that
+  save ends, so it cannot tell.)"""
+  return os.path.isdir(os.path.join(workdir, "checkpoints", str(total_steps)))
+
+
 def train_stage(name: str, config, workdir: str) -> dict:
   """Runs (or resumes) one training recipe; returns its logged curve and a summary."""
   import jax  # pylint: disable=import-outside-toplevel
   from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
   from cope_jax.train.loop import train  # pylint: disable=import-outside-toplevel
-  curve = _losses(workdir)
-  if not curve or curve[-1]["step"] < config.total_steps:
+  if not _trained(workdir, config.total_steps):
     log(f"[{name}] training {config.total_steps} steps, batch {config.batch_size} -> {workdir}")
     prepare.resolve(config)
     prepare.validate(config, jax.device_count(), jax.process_count())
     if train(config, workdir) != 0:
-      raise RuntimeError(f"{name}: training stopped with an error (see above)")
-    curve = _losses(workdir)
+      raise StageStopped(f"{name}: training stopped with an error (see above)")
+    if not _trained(workdir, config.total_steps):  # SIGTERM: saved, not finished
+      raise StageStopped(f"{name}: training stopped before step {config.total_steps}; re-run "
+                         "the same command to resume")
+  curve = _losses(workdir)
   keys = [k for k in curve[0] if k not in ("step", "learning_rate", "steps_per_s",
                                            "tokens_per_s")]
   summary = {"steps": curve[-1]["step"], "first": {k: curve[0][k] for k in keys},

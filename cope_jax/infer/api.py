@@ -29,6 +29,10 @@ MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
 MODEL_PARTS = {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}
 
 
+class PromptTooLong(ValueError):
+  """A video's prompt needs more positions than the model has (too many frames or tokens)."""
+
+
 def prompt_bucket(positions: int) -> int:
   """The padded prompt length: four buckets per power of two (at most 25 % padding, so modes of
   different lengths are timed on nearly their own length), at least 64."""
@@ -182,7 +186,8 @@ class CoPE:
     need = len(ids) - 1 + visual  # the placeholder becomes the visual tokens
     length = prompt_bucket(need)
     if length > self.cfg.llm.max_positions:
-      raise ValueError(f"{need} prompt positions exceed the model's {self.cfg.llm.max_positions}")
+      raise PromptTooLong(f"{need} prompt positions exceed the model's "
+                          f"{self.cfg.llm.max_positions}")
     text = np.full((1, length), self.tok.token_to_id("<|endoftext|>"), np.int32)
     text[0, :len(ids)] = ids
     mask = np.zeros((1, length), bool)

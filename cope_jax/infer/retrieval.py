@@ -88,15 +88,24 @@ class Stage1Embedder:
 
 
 def evaluate_videos(workdir: str, videos: list[str]) -> dict:
+  """Mean Recall@k over ``videos``; an unusable video is skipped (listed with its reason), as
+  ``evaluate`` skips it; VideoError if none can be used."""
   embed = Stage1Embedder(*load_stage1(workdir))
-  ours, rgb = [], []
+  ours, rgb, skipped, first_error = [], [], [], None
   for video in videos:
-    e = embed(video)
+    try:
+      e = embed(video)
+    except VideoError as err:
+      first_error = first_error or err
+      skipped.append({"video": video, "reason": err.reason})
+      continue
     t = e["positions"]
     ours.append(recall_at_k(e["predicted"], e["frames"], t, t - 1))
     rgb.append(recall_at_k(e["frames"][t - 1], e["frames"], t, t - 1))
+  if not ours:
+    raise first_error
   mean = lambda rows: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}  # noqa: E731
-  return {"cope": mean(ours), "rgb_only": mean(rgb), "videos": len(videos)}
+  return {"cope": mean(ours), "rgb_only": mean(rgb), "videos": len(ours), "skipped": skipped}
 
 
 def main(argv: list[str] | None = None) -> int:
