@@ -43,12 +43,12 @@ def get_config(arg: str = ""):
   if arg in ("", "paper"):
     paper_scale(c)
     c.total_steps, c.batch_size = 10_900, 128
-    c.optim.lr, c.optim.warmup_steps, c.optim.weight_decay = 1e-5, 327, 0.0
+    c.optim.warmup_steps, c.optim.weight_decay = 327, 0.0  # the rates: c.trainable
     c.log_every, c.checkpoint_every = 10, 500
   elif arg == "tiny":
     tiny_scale(c)
     c.total_steps, c.batch_size = 200, 8
-    c.optim.lr, c.optim.warmup_steps = 2e-3, 20
+    c.optim.warmup_steps = 20
     c.trainable = ml_collections.ConfigDict({k: 2e-3 for k in c.trainable})
     c.image_size = 64
     c.max_keyframes, c.max_delta_frames = 1, 7

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.extract import extract_primitives
 from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.data import sources, storage
@@ -294,8 +295,12 @@ def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
     (["clip.mp4"], "entry 0 (str)"),
     ([{"id": "x1", "video": "clip.mp4", "conversations": [{"from": "system", "value": "hi"}]}],
      "entry 0 (x1)"),
+    ([{"id": "x2", "video": "clip.mp4", "conversations": [{"from": "gpt", "value": "<image>"}]}],
+     "entry 0 (x2)"),
+    ([{"id": "x3", "video": "clip.mp4", "conversations": []}], "entry 0 (x3)"),
 ])
 def test_llava_video_annotations_malformed(tmp_path, entries, named):
+  """(Also: a conversation that opens with the assistant, or has no turns.)"""
   ann = tmp_path / "ann.json"
   ann.write_text(json.dumps(entries))
   with pytest.raises(ValueError, match=re.escape(named)):
@@ -363,6 +368,42 @@ def _records_on_disk(out) -> dict:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   info = tfds.builder_from_directory(shard_dir(str(out), "pretrain")).info
   return {name: split.num_examples for name, split in info.splits.items()}
+
+
+@pytest.mark.parametrize("line,named", [
+    ({"answer": ""}, "answer ''"), ({"answer": "AB"}, "answer 'AB'"), ({"answer": 1}, "answer 1"),
+    ({"answer": "E"}, "option letters ABCD"), ({"options": "abcd"}, "options must be a list"),
+    ({"options": ["a"], "answer": "A"}, "options must be a list of 2"),
+    ({"options": [str(i) for i in range(11)]}, "options must be a list of 2 to 10"),
+])
+def test_mcq_lines_are_checked(tmp_path, line, named):
+  path = tmp_path / "q.jsonl"
+  path.write_text(json.dumps({"video": "a.mp4", "question": "Q?", "options": ["a", "b", "c", "d"],
+                              "answer": "B", **line}) + "\n")
+  with pytest.raises(ValueError, match=re.escape(named)):
+    sources.read_mcq(str(path))
+
+
+def test_a_build_with_nothing_to_write_keeps_the_previous_shards(tmp_path, pan_clip):
+  shutil.copy(pan_clip, tmp_path / "good.mp4")
+  def items(video):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"video": video, "question": "Q?", "options": ["a", "b"],
+                                "answer": "B"}) + "\n")
+    return sources.read_mcq(str(path))
+  settings = ExtractSettings(64, SamplingConfig())
+  build("eval", items("good.mp4"), str(tmp_path / "o"), settings, workers=1, progress=False)
+  before = sorted(os.listdir(shard_dir(str(tmp_path / "o"), "eval")))
+  with pytest.raises(ConfigError, match="no eval record to write from 0 readable of 1 videos"):
+    build("eval", items("missing.mp4"), str(tmp_path / "o"), settings, workers=1,
+          progress=False)
+  assert sorted(os.listdir(shard_dir(str(tmp_path / "o"), "eval"))) == before
+  r = subprocess.run([sys.executable, "-m", "cope_jax.data", "build", "--stage", "eval",
+                      "--source", "mcq", "--annotations", str(tmp_path / "q.jsonl"), "--out",
+                      str(tmp_path / "o"), "--size", "64", "--quiet"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith("error: no eval record"), r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_mcq_conversations_per_video(tmp_path, pan_clip):

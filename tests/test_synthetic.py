@@ -74,6 +74,22 @@ def test_answers_are_right_by_construction(synth):
     assert len(q["options"]) == 4 and len(set(q["options"])) == 4
 
 
+def test_appearance_distractors_never_name_another_object_of_that_shape():
+  """The visitor may share a sprite's shape and enter later: its color is not a wrong option."""
+  from cope_jax.data.synthetic.questions import questions_for_scene  # pylint: disable=import-outside-toplevel
+  rng, letters, shared = np.random.default_rng(0), iter(lambda: 0, 1), 0  # letters: all A
+  for _ in range(300):
+    scene = sample_scene(rng, size=64)
+    q = next(q for q in questions_for_scene(scene, rng, letters) if q["family"] == "appearance")
+    shape = q["question"].split("the ")[-1].rstrip("?")
+    colors = {x.color for x in scene.sprites + ([scene.visitor] if scene.visitor else [])
+              if x.shape == shape}
+    shared += len(colors) > 1
+    wrong = {o for o, letter in zip(q["options"], LETTERS) if letter != q["answer"]}
+    assert not colors & wrong, (q, colors)
+  assert shared >= 10, shared  # the case this guards occurs
+
+
 def test_balance_splits_and_families(synth):
   out, summary, questions, _ = synth
   letters = collections.Counter(q["answer"] for q in questions)

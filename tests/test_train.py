@@ -188,6 +188,8 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
     (["--config.profile_steps=5"], "profile_steps"),
     (["--config.data_dir=gs://bucket/shards"], "gcsfuse"),
     (["--config.optim.lrr=1"], "lrr"),
+    (["--config.keep_checkpoints=0"], "keep_checkpoints must be >= 1"),
+    (["--config.mesh.data=0"], "each axis is a size >= 1, or -1"),
 ])
 def test_validation_errors(tmp_path, overrides, message):
   r = run("pretrain.py:tiny", tmp_path, *overrides)
@@ -236,6 +238,28 @@ def test_aot_tool_prints_memory_per_device():
                      cwd=os.path.dirname(os.path.dirname(__file__)))
   assert r.returncode == 0, r.stderr[-3000:]
   assert "4 cpu devices" in r.stdout and "memory per device:" in r.stdout and "GiB" in r.stdout
+
+
+def test_aot_tool_refuses_what_training_refuses():
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot", "--config=configs/finetune.py:tiny",
+                      "--devices=4", "--config.batch_size=6"], capture_output=True, text=True,
+                     timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode != 0 and "error: batch_size 6 is not divisible" in r.stderr, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr
+
+
+def test_loaded_parameters_of_another_size_are_refused_by_name():
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.loop import _place  # pylint: disable=import-outside-toplevel
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {"layer": {"kernel": jax.ShapeDtypeStruct((4, 8), np.float32, sharding=sharding)}}
+  placed = _place({"layer": {"kernel": np.ones((4, 8))}}, abstract, "llm")
+  assert placed["layer"]["kernel"].shape == (4, 8) and placed["layer"]["kernel"].dtype == np.float32
+  with pytest.raises(ConfigError, match=r"llm\['layer'\]\['kernel'\]: the checkpoint's shape "
+                     r"\(4, 16\) is not the model's \(4, 8\)"):
+    _place({"layer": {"kernel": np.ones((4, 16))}}, abstract, "llm")
+  with pytest.raises(ConfigError, match="different tree"):
+    _place({"layer": {"bias": np.ones(8)}}, abstract, "llm")
 
 
 def test_aot_flags_in_either_form(monkeypatch):

@@ -81,6 +81,8 @@ def cmd_extract(args) -> None:
 def cmd_visualize(args) -> None:
   from cope_jax.codec.visualize import render  # pylint: disable=import-outside-toplevel
   _check_out(args.out, ".png")
+  if args.max_positions < 1:
+    raise ConfigError(f"--max-positions must be >= 1, got {args.max_positions}")
   sampling = sampling_from_args(args)
   with _Progress(args.quiet) as progress, contextlib.closing(
       iter_video(args.video, args.size, sampling, args.quantizer, keep_rgb=True,

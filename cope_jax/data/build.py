@@ -52,6 +52,8 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   if stage not in BUILDERS:
     raise ConfigError(f"unknown stage {stage!r} (pretrain, finetune, eval)")
   if limit is not None:
+    if limit < 1:
+      raise ConfigError(f"--limit must be >= 1, got {limit}")
     items = items[:limit]
   done, skipped = primitive_cache.extract_all([it.video for it in items],
                                               os.path.join(out, "cache"), settings, workers,
@@ -74,17 +76,32 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
         yield f"{i:08d}-{j:04d}", rec
 
   # TFDS keeps a dataset folder that exists; the extracted primitives are cached, so a rebuild
-  # (other videos, splits or sampling) rewrites the shards rather than reporting stale ones.
-  shutil.rmtree(shard_dir(out, stage), ignore_errors=True)
-  builder = BUILDERS[stage](examples=examples, splits=splits, data_dir=out)
-  if progress:
-    builder.download_and_prepare()
-  else:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
-      builder.download_and_prepare()
+  # (other videos, splits or sampling) rewrites the shards rather than reporting stale ones. The
+  # previous shards are set aside until the new ones are written, and put back if none are.
   directory = shard_dir(out, stage)
+  previous = directory + ".previous"
+  shutil.rmtree(previous, ignore_errors=True)
+  if os.path.exists(directory):
+    os.replace(directory, previous)
+  builder = BUILDERS[stage](examples=examples, splits=splits, data_dir=out)
+  try:
+    if progress:
+      builder.download_and_prepare()
+    else:
+      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+      tfds.disable_progress_bar()
+      with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
+        builder.download_and_prepare()
+  except AssertionError as e:  # TFDS: "No examples were yielded" (for a split)
+    shutil.rmtree(directory, ignore_errors=True)
+    if os.path.exists(previous):
+      os.replace(previous, directory)
+    raise ConfigError(
+        f"no {stage} record to write from {len(kept)} readable of {len(items)} videos "
+        f"({len(skipped)} skipped; TFDS: {e}); a {stage} record needs "
+        + {"pretrain": "a Δ-frame", "finetune": "a conversation",
+           "eval": "a question"}[stage] + "; the previous shards, if any, are kept") from None
+  shutil.rmtree(previous, ignore_errors=True)
   if stage == "finetune":  # read at start instead of decoding every record (frames included)
     write_json(os.path.join(directory, SEQUENCE_INDEX),
                {s: [[it.video, len(it.conversations), *frames[it.video],

@@ -56,8 +56,12 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
         video, question, options, answer = q["video"], q["question"], q["options"], q["answer"]
       except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}:{n}: not an MCQ line ({e})") from None
-      if answer not in LETTERS[:len(options)]:
-        raise ValueError(f"{path}:{n}: answer {answer!r} is not one of the option letters")
+      if (not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS)
+          or not all(isinstance(o, str) for o in options)):
+        raise ValueError(f"{path}:{n}: options must be a list of 2 to {len(LETTERS)} strings")
+      if not isinstance(answer, str) or len(answer) != 1 or answer not in LETTERS[:len(options)]:
+        raise ValueError(f"{path}:{n}: answer {answer!r} is not one of the option letters "
+                         f"{LETTERS[:len(options)]}")
       video = video if os.path.isabs(video) else os.path.join(folder, video)
       split = q.get("split", "train")
       item = items.setdefault((video, split), VideoItem(video, split))
@@ -91,6 +95,8 @@ def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
       turns = [({"human": "user", "gpt": "assistant"}[t["from"]], t["value"])
                for t in e["conversations"]]
       video = e["video"]
+      if not turns or turns[0][0] != "user":
+        raise KeyError("a first turn from human")
     except (KeyError, TypeError) as err:
       name = e.get("id", "?") if isinstance(e, dict) else type(e).__name__
       raise ValueError(f"{annotations}: entry {n} ({name}): not a {{video, conversations}} "

@@ -47,10 +47,16 @@ def main(argv, topology: str | None = None) -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from cope_jax.models.sharding import make_mesh  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
   from cope_jax.train.loop import TrainProgram  # pylint: disable=import-outside-toplevel
   from cope_jax.train.tasks import TASKS  # pylint: disable=import-outside-toplevel
   config = flags.FLAGS.config
   devices = aot_targets.compile_only_devices(topology) if topology else jax.devices()
+  try:  # what training would refuse is not worth a memory plan
+    prepare.check_mesh_and_batch(config, len(devices))
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
   task = TASKS[config.stage](config, shards="")
   program = TrainProgram(config, task, make_mesh(dict(config.mesh), devices))
   print(f"{config.stage} {config.model.preset}: {len(devices)} {devices[0].device_kind} devices"

@@ -29,13 +29,19 @@ from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
 
 
-def _place(tree, shardings, what: str):
-  """Loaded numpy parameters onto their shardings, checking the structure and shapes."""
-  want = jax.tree_util.tree_structure(shardings)
-  if jax.tree_util.tree_structure(tree) != want:
+def _place(tree, abstract, what: str):
+  """Loaded numpy parameters onto the shardings of ``abstract`` (ShapeDtypeStructs), checking
+  the structure and shapes: a checkpoint of another model size fails here, named."""
+  if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(abstract):
     raise ConfigError(f"{what}: the loaded parameters do not match the model (different tree)")
-  return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), tree,
-                                shardings)
+  for (path, x), want in zip(jax.tree_util.tree_leaves_with_path(tree),
+                             jax.tree_util.tree_leaves(abstract)):
+    if tuple(np.shape(x)) != tuple(want.shape):
+      raise ConfigError(f"{what}{jax.tree_util.keystr(path)}: the checkpoint's shape "
+                        f"{tuple(np.shape(x))} is not the model's {tuple(want.shape)} (a "
+                        "checkpoint of another model size, or other model settings?)")
+  return jax.tree_util.tree_map(
+      lambda x, a: jax.device_put(np.asarray(x, np.float32), a.sharding), tree, abstract)
 
 
 def _accumulated(loss_fn, params, batch, steps: int, weight: str | None = None):
@@ -104,9 +110,10 @@ class TrainProgram:
     checkpoints: top-level names of the trained or frozen parameters) are placed as they are and
     their random initialisers drop out of the program, which is most of its compile time (on a
     2-core CPU, 15 s for a tiny recipe's whole model)."""
-    trained_given = {k: _place(v, self.state_sh["params"][k], k)
+    trained_given = {k: _place(v, self.abstract_state["params"][k], k)
                      for k, v in (trained_given or {}).items()}
-    frozen_given = {k: _place(v, self.frozen_sh[k], k) for k, v in (frozen_given or {}).items()}
+    frozen_given = {k: _place(v, self.abstract_frozen[k], k)
+                    for k, v in (frozen_given or {}).items()}
 
     init = lambda key, trained, frozen: nn.meta.unbox(  # noqa: E731
         self._init_boxed(key, trained, frozen))
@@ -208,7 +215,7 @@ def train(config, workdir: str) -> int:
   preemption = Preemption(install=jax.process_count() == 1)
   step = int(jax.device_get(state["step"]))
   log = MetricsLog(workdir, config.total_steps, step, main)
-  status = 0
+  status, tracing = 0, False  # (a run resumed inside the profiled steps traces nothing)
   try:
     while step < config.total_steps:
       local = next(iterator)
@@ -220,11 +227,13 @@ def train(config, workdir: str) -> int:
       log.count_tokens(task.tokens(local) * jax.process_count())
       if profile and step == profile[0]:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        tracing = True
       state, metrics = program.run(state, frozen, batch)
       step += 1
-      if profile and step == profile[1]:
+      if tracing and step == profile[1]:
         jax.block_until_ready(metrics)
         jax.profiler.stop_trace()
+        tracing = False
         print(f"profile of steps {profile[0]}–{profile[1]} in {workdir}/profile (open it with "
               "TensorBoard's profile plugin or Perfetto)", flush=True)
       logging = step % config.log_every == 0 or step == config.total_steps
@@ -232,8 +241,9 @@ def train(config, workdir: str) -> int:
       if logging or saving or preemption.requested:
         bad = int(jax.device_get(state["first_bad_step"]))
         if bad >= 0:
+          rates = "optim.lr" if config.stage == "pretrain" else "the rates in trainable.*"
           print(f"error: the loss or the gradients became NaN/inf at step {bad}; stopping. The "
-                f"last good checkpoint is kept in {ckpt.directory} (lower optim.lr or check the "
+                f"last good checkpoint is kept in {ckpt.directory} (lower {rates} or check the "
                 "data)", file=sys.stderr, flush=True)
           status = 1
           break
@@ -248,6 +258,8 @@ def train(config, workdir: str) -> int:
       if saving:
         ckpt.save(step, state, iterator, force=True)
   finally:
+    if tracing:  # stopped before the last profiled step (NaN, SIGTERM, total_steps)
+      jax.profiler.stop_trace()
     ckpt.close()
     log.close()
     preemption.restore_handler()

@@ -61,10 +61,10 @@ def check_local_path(name: str, path: str) -> None:
 
 
 def _check_sequence_lengths(config, shards: str) -> None:
-  """Every training video's keyframes and Δ-frames fit the batch's slots (else the input
+  """Every video of the split trained on has keyframes and Δ-frames that fit the batch's slots (else the input
   pipeline would stop the run when it reaches the longest one)."""
   from cope_jax.data.pipeline import read_sequence_index  # pylint: disable=import-outside-toplevel
-  rows = read_sequence_index(shards, "train") or []  # [video, conversations, keyframes, Δ]
+  rows = read_sequence_index(shards, config.split) or []  # [video, conversations, keyframes, Δ]
   for column, name, key in ((2, "keyframes", "max_keyframes"),
                             (3, "Δ-frames", "max_delta_frames")):
     longest = max(rows, key=lambda row, c=column: row[c], default=None)
@@ -74,28 +74,14 @@ def _check_sequence_lengths(config, shards: str) -> None:
                         "--max-gops")
 
 
-def validate(config, device_count: int, process_count: int = 1) -> None:
-  """Raises ConfigError naming what is wrong and how to fix it."""
-  from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
+def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> None:
+  """The mesh fits the devices and the batch splits into whole rows per device, per
+  accumulation step and per host (also checked by ``train.aot``, which has no data)."""
   from cope_jax.models.sharding import MESH_AXES  # pylint: disable=import-outside-toplevel
-  from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
-  if config.stage not in ("pretrain", "finetune"):
-    raise ConfigError(f"stage must be pretrain or finetune, got {config.stage!r}")
-  for key in ("total_steps", "log_every", "checkpoint_every", "batch_size", "grad_accum_steps"):
-    if config[key] < 1:
-      raise ConfigError(f"{key} must be >= 1, got {config[key]}")
-  for key in ("data_dir", "init_checkpoint", "stage1_checkpoint", "vision_checkpoint",
-              "tokenizer"):
-    check_local_path(f"--config.{key}", str(config.get(key) or ""))
-  if config.profile_steps:
-    try:
-      first, last = (int(x) for x in config.profile_steps.split(":"))
-    except ValueError:
-      first = last = -1
-    if not 0 <= first < last:
-      raise ConfigError(f"profile_steps must be FIRST:LAST with 0 <= FIRST < LAST (e.g. 5:8), got "
-                        f"{config.profile_steps!r}")
   sizes = [config.mesh.get(a, 1) for a in MESH_AXES]
+  if any(s < 1 and s != -1 for s in sizes):
+    raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: each axis is a size >= 1, or -1 for "
+                      "the rest of the devices")
   known = 1
   for s in sizes:
     known *= s if s != -1 else 1
@@ -121,6 +107,30 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
   if (config.batch_size // process_count) % config.grad_accum_steps:
     raise ConfigError(f"the per-host batch {config.batch_size // process_count} is not divisible "
                       f"by grad_accum_steps {config.grad_accum_steps}")
+
+
+def validate(config, device_count: int, process_count: int = 1) -> None:
+  """Raises ConfigError naming what is wrong and how to fix it."""
+  from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
+  if config.stage not in ("pretrain", "finetune"):
+    raise ConfigError(f"stage must be pretrain or finetune, got {config.stage!r}")
+  for key in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "batch_size",
+              "grad_accum_steps"):  # keep_checkpoints 0: Orbax would delete even the last one
+    if config[key] < 1:
+      raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+  for key in ("data_dir", "init_checkpoint", "stage1_checkpoint", "vision_checkpoint",
+              "tokenizer"):
+    check_local_path(f"--config.{key}", str(config.get(key) or ""))
+  if config.profile_steps:
+    try:
+      first, last = (int(x) for x in config.profile_steps.split(":"))
+    except ValueError:
+      first = last = -1
+    if not 0 <= first < last:
+      raise ConfigError(f"profile_steps must be FIRST:LAST with 0 <= FIRST < LAST (e.g. 5:8), got "
+                        f"{config.profile_steps!r}")
+  check_mesh_and_batch(config, device_count, process_count)
   cfg = model_config(config)
   if not config.data_dir:
     raise ConfigError(f"no data_dir: build shards with `python -m cope_jax.data build --stage "

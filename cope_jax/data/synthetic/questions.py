@@ -43,9 +43,11 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters) -> list
   qs = []
   a, b = sorted(scene.sprites, key=lambda s: s.start_frame)[:2]
   s0 = scene.sprites[int(rng.integers(len(scene.sprites)))]
+  everyone = scene.sprites + ([scene.visitor] if scene.visitor else [])
   qs.append(_question(
       "appearance", f"What color is the {s0.shape}?", s0.color,
-      [c for c in COLORS if c not in {x.color for x in scene.sprites if x.shape == s0.shape}],
+      # not the color of another object of that shape (a second sprite, or the visitor)
+      [c for c in COLORS if c not in {x.color for x in everyone if x.shape == s0.shape}],
       rng, next(letters)))
   qs.append(_question(
       "direction", f"In which direction does the {s0.name} move when it starts moving?",
