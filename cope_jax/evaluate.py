@@ -117,7 +117,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
 
   return {"mode": mode, "answer_format": answer_format, "n": len(rows),
           "accuracy": mean("correct"), "visual_tokens_mean": mean("visual_tokens"),
-          # both leave out compilation (each new prompt bucket's first call)
+          # both leave out compilation (the first call of each new prompt bucket or frame count)
           "ttft_mean_s": mean("ttft_s"), "ttft_median_s": mean("ttft_s", np.median),
           "keyframes_per_gop": keyframes_per_gop,
           **({"dense_frames": dense_frames} if mode == "dense" else {}),

@@ -53,11 +53,14 @@ train_command() {
   printf '%s' "$cmd"
 }
 
-# wait_all PID …: wait for every background job; fail if any failed.
+# wait_all PID …: wait for every background job; fail with the first failure's status (75: a
+# trainer stopped by SIGTERM after saving).
 wait_all() {
-  local status=0 pid
+  local status=0 pid rc
   for pid in "$@"; do
-    wait "$pid" || status=1
+    rc=0
+    wait "$pid" || rc=$?
+    if [[ $status == 0 ]]; then status=$rc; fi
   done
-  return $status
+  return "$status"
 }

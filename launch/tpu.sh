@@ -109,18 +109,27 @@ preempted() {
 
 watch() {
   require CONFIG WORKDIR
+  local rc
   while true; do
-    if train; then
+    rc=0
+    train || rc=$?
+    if [[ $rc == 0 ]]; then
       echo "training finished"
       return 0
     fi
-    if [[ "$DRY_RUN" == 1 ]] || ! preempted; then
-      die "training failed and the slice was not preempted; see the logs above"
+    if [[ "$DRY_RUN" == 1 ]]; then
+      die "training failed (status $rc); see the logs above"
     fi
-    echo "slice preempted: recreating $TPU_NAME and resuming from $WORKDIR"
-    delete || true
-    create
-    install
+    if preempted; then
+      echo "slice preempted: recreating $TPU_NAME and resuming from $WORKDIR"
+      delete || true
+      create
+      install
+    elif [[ $rc == 75 ]]; then  # SIGTERM (a maintenance event): saved; the slice is still there
+      echo "training stopped by SIGTERM after saving; resuming on $TPU_NAME from $WORKDIR"
+    else
+      die "training failed (status $rc) and the slice was not preempted; see the logs above"
+    fi
   done
 }
 

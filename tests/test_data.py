@@ -210,8 +210,8 @@ def test_conversation_index_from_the_sequence_index(synth_build):
 
 
 def test_length_grouping_puts_short_conversations_in_short_buckets(synth_build):
-  """Grouped, the captions' batches run at the small bucket instead of the questions' one; one
-  epoch still holds every example once."""
+  """Grouped, more batches run at the small bucket (and fewer positions in all); one epoch still
+  holds every example once."""
   out, _, _ = synth_build
   one_by_one = finetune_dataset(_cfg(out, "finetune", batch_size=1, num_epochs=1, shuffle=False,
                                      length_buckets=(1024,)))
@@ -227,7 +227,9 @@ def test_length_grouping_puts_short_conversations_in_short_buckets(synth_build):
   plain, plain_examples = lengths()
   grouped, grouped_examples = lengths(group_by_length=4)
   assert grouped_examples == plain_examples == list(range(len(needs)))
-  assert grouped.count(short) >= len(grouped) // 3 > plain.count(short)
+  # (how many more depends on the lengths: these conversations need 422–435 positions, so a
+  # batch of three is short only when all three are at or below the median)
+  assert grouped.count(short) > plain.count(short)
   assert sum(grouped) < sum(plain)
 
 

@@ -123,12 +123,17 @@ def test_a_training_stage_counts_as_done_only_with_its_last_checkpoint(tmp_path,
   monkeypatch.setattr(prepare, "resolve", lambda c: None)
   monkeypatch.setattr(prepare, "validate", lambda *a: None)
   monkeypatch.setattr(loop, "train", lambda c, w: calls.append(w) or 0)  # "stopped by SIGTERM"
-  with pytest.raises(stages.StageStopped, match="before step 200; re-run"):
+  with pytest.raises(stages.StageStopped, match="before step 200; re-run") as stopped:
     stages.train_stage("base", config, str(tmp_path))
-  assert calls == [str(tmp_path)]
+  assert calls == [str(tmp_path)] and stopped.value.status == loop.PREEMPTED == 75
+  monkeypatch.setattr(loop, "train", lambda c, w: loop.PREEMPTED)
+  with pytest.raises(stages.StageStopped, match="before step 200") as stopped:
+    stages.train_stage("base", config, str(tmp_path))
+  assert stopped.value.status == 75
   monkeypatch.setattr(loop, "train", lambda c, w: 1)
-  with pytest.raises(stages.StageStopped, match="with an error"):
+  with pytest.raises(stages.StageStopped, match="with an error") as stopped:
     stages.train_stage("base", config, str(tmp_path))
+  assert stopped.value.status == 1
   (tmp_path / "checkpoints" / "200").mkdir()  # the finished save: not trained again
   monkeypatch.setattr(loop, "train", lambda c, w: pytest.fail("trained a finished stage"))
   (tmp_path / "metrics.jsonl").write_text(

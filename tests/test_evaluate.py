@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -61,6 +62,28 @@ def test_loading_a_workdir_logs_no_orbax_warning(tiny_workdir, caplog):
   with caplog.at_level("WARNING"):
     assert latest_params(str(workdir))
   assert not [r for r in caplog.records if r.name == "absl"], caplog.text
+
+
+def test_a_delta_encoder_frozen_in_stage_2_is_loaded_from_stage_1(tiny_workdir, tmp_path,
+                                                                   monkeypatch):
+  """Not the init_checkpoint's (a random one, for a converted LLaVA-Video) nor a zero one."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  from cope_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  workdir, _ = tiny_workdir
+  trained = dict(checkpointing.latest_params(str(workdir)))
+  stage1 = jax.tree_util.tree_map(lambda x: np.full_like(x, 0.5), trained.pop("delta_encoder"))
+  run = tmp_path / "stage2"
+  shutil.copytree(workdir, run)
+  config = json.loads((run / "train_config.json").read_text())
+  config["stage1_checkpoint"] = str(tmp_path / "stage1")
+  (run / "train_config.json").write_text(json.dumps(config))
+  monkeypatch.setattr(checkpointing, "latest_params", lambda path: (
+      {"delta_encoder": stage1} if path == str(tmp_path / "stage1") else trained))
+  model = CoPE.load(str(run))
+  assert not model.rgb_only
+  leaves = jax.tree_util.tree_leaves(model.generator.params["delta_encoder"])
+  assert leaves and all(np.all(np.asarray(x) == 0.5) for x in leaves)
 
 
 def test_evaluate_every_mode(tiny_workdir, tmp_path):

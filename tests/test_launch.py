@@ -57,6 +57,41 @@ def test_missing_variables_fail_fast():
     assert sh(script, "--help").returncode == 0 and "usage:" in sh(script, "--help").stdout
 
 
+def _fake_gcloud(tmp_path, ssh_statuses: list[int], state: str = "ACTIVE") -> dict:
+  """A `gcloud` on PATH: each `tpu-vm ssh` (one per worker) exits with the next status, and the
+  queued resource is in ``state``; every call is logged."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (tmp_path / "statuses").write_text("\n".join(map(str, ssh_statuses)) + "\n")
+  gcloud = bin_dir / "gcloud"
+  gcloud.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> {tmp_path}/calls
+if [[ "$*" == *"tpu-vm ssh"* ]]; then
+  status=$(head -n 1 {tmp_path}/statuses); sed -i 1d {tmp_path}/statuses
+  exit "$status"
+fi
+if [[ "$*" == *"queued-resources describe"* ]]; then echo {state}; fi
+""")
+  gcloud.chmod(0o755)
+  return {**V4_32, "ACCELERATOR": "v4-8", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_tpu_watch_resumes_after_sigterm_and_stops_on_a_failure(tmp_path):
+  """Status 75 (a trainer stopped by SIGTERM after saving) on a slice still there: train again on
+  it; 0: done. Another failure on a slice that was not preempted: stop, naming the status."""
+  (tmp_path / "a").mkdir()
+  r = sh(TPU, "watch", **_fake_gcloud(tmp_path / "a", [75, 0]))
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "stopped by SIGTERM after saving; resuming on cope-v4-32" in r.stdout
+  assert "training finished" in r.stdout and "recreating" not in r.stdout
+  calls = (tmp_path / "a" / "calls").read_text()
+  assert calls.count("tpu-vm ssh") == 2 and "queued-resources create" not in calls
+  (tmp_path / "b").mkdir()
+  r = sh(TPU, "watch", **_fake_gcloud(tmp_path / "b", [1]))
+  assert r.returncode != 0 and "training failed (status 1) and the slice was not preempted" in (
+      r.stdout + r.stderr)
+
+
 def test_gpu_dry_runs():
   r = sh(GPU, "--dry-run", "ssh", CONFIG="configs/finetune.py", WORKDIR="/ckpt", HOSTS="g1 g2")
   assert r.returncode == 0 and r.stdout.count("ssh g") == 2

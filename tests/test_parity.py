@@ -1,6 +1,7 @@
 """Numeric parity with the PyTorch reference models (transformers, torch==2.13.0 CPU)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -126,10 +127,15 @@ def test_hf_forward_cli(hf_root, tmp_path, kind):
          else {"pixel_values": hf_models.rng_inputs((2, 3, 50, 56))})
   np.savez(tmp_path / "bad.npz", **bad)
   (tmp_path / "junk.npz").write_text("not numpy")
-  for name in ("bad.npz", "junk.npz"):
-    r = subprocess.run([sys.executable, "-m", "cope_jax.convert", "hf-forward", "--hf-dir", path,
-                        "--inputs", str(tmp_path / name), "--out", str(tmp_path / "x.npz")],
-                       capture_output=True, text=True, timeout=300)
+  np.save(tmp_path / "one.npy", next(iter(bad.values())))  # an array, not named arrays
+  broken = tmp_path / "broken"
+  shutil.copytree(path, broken)
+  (broken / "config.json").write_text("{not json")
+  for name, hf_dir in (("bad.npz", path), ("junk.npz", path), ("one.npy", path),
+                       ("bad.npz", broken)):
+    r = subprocess.run([sys.executable, "-m", "cope_jax.convert", "hf-forward", "--hf-dir",
+                        str(hf_dir), "--inputs", str(tmp_path / name), "--out",
+                        str(tmp_path / "x.npz")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

@@ -92,7 +92,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     time.sleep(0.5)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-2000:]
+  assert proc.returncode == 75, err[-2000:]  # saved, not finished: `&&` must not go on
   assert "SIGTERM: saved step" in out
   saved = int(out.split("SIGTERM: saved step ")[1].split()[0])
   assert str(saved) in os.listdir(tmp_path / "checkpoints")
@@ -113,11 +113,11 @@ def _two_processes(workdir, *overrides):
       cwd=os.path.dirname(os.path.dirname(__file__))) for i in range(2)]
 
 
-def _finish(procs) -> list[str]:
+def _finish(procs, status: int = 0) -> list[str]:
   outs = []
   for proc in procs:
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == status, err[-3000:]
     outs.append(out)
   return outs
 
@@ -135,7 +135,7 @@ def test_two_process_sigterm_on_one_host_and_exact_resume(tmp_path):
                                         and len(metrics(interrupted)) >= 2):
     time.sleep(0.2)
   procs[1].send_signal(signal.SIGTERM)  # host 1 only
-  outs = _finish(procs)
+  outs = _finish(procs, status=75)  # every host: saved, stopped, not finished
   saved = [int(out.split("SIGTERM: saved step ")[1].split()[0]) for out in outs]
   assert saved[0] == saved[1] < 12
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(
@@ -260,6 +260,20 @@ def test_loaded_parameters_of_another_size_are_refused_by_name():
     _place({"layer": {"kernel": np.ones((4, 16))}}, abstract, "llm")
   with pytest.raises(ConfigError, match="different tree"):
     _place({"layer": {"bias": np.ones(8)}}, abstract, "llm")
+
+
+def test_parameters_the_mesh_does_not_divide_are_refused_by_name():
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.loop import _check_divisible  # pylint: disable=import-outside-toplevel
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tensor"), devices=jax.devices()[:8])
+  spec = lambda *axes: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes))  # noqa: E731
+  shaped = lambda shape, *axes: jax.ShapeDtypeStruct(shape, np.float32, sharding=spec(*axes))  # noqa: E731
+  _check_divisible({"w": shaped((8, 6), "fsdp", "tensor"), "b": shaped((6,), None),
+                    "v": shaped((1148, 6), "fsdp")}, mesh, "")  # 1148 = 4 × 287
+  with pytest.raises(ConfigError, match=r"trained parameter \['vision'\]\['w'\]: its dimension 0 "
+                     r"\(1148\) is sharded over the mesh axes fsdp×tensor = 8 devices"):
+    _check_divisible({"vision": {"w": shaped((1148, 6), ("fsdp", "tensor"), None)}}, mesh,
+                     "trained parameter ")
 
 
 def test_aot_flags_in_either_form(monkeypatch):

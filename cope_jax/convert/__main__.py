@@ -29,10 +29,14 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
   config = read_config(hf_dir)
   tensors = read_checkpoint(hf_dir)
   try:
-    with np.load(inputs) as f:
-      data = dict(f)
+    loaded = np.load(inputs)
   except ValueError as e:  # not an .npz (numpy refuses pickles and junk with ValueError)
     raise CheckpointError(f"{inputs}: not a .npz of arrays ({e})") from e
+  if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array
+    raise CheckpointError(f"{inputs}: a single array, not a .npz of named arrays (input_ids or "
+                          "pixel_values)")
+  with loaded as f:
+    data = dict(f)
   kind = config.get("model_type")
   if kind == "qwen2":
     from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel

@@ -66,4 +66,10 @@ def read_config(directory: str) -> dict:
   if not os.path.exists(path):
     raise CheckpointError(f"{directory}: no config.json")
   with open(path) as f:
-    return json.load(f)
+    try:
+      config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise CheckpointError(f"{path}: not JSON ({e})") from None
+  if not isinstance(config, dict):
+    raise CheckpointError(f"{path}: not a JSON object")
+  return config

@@ -16,7 +16,7 @@
 Writes ``DIR/results.json`` (after every stage), prints the table, saves ``DIR/losses.png`` and
 ``DIR/pareto.png``. Re-running resumes: finished stages are kept (a training stage is finished
 once its last step's checkpoint is written), training resumes from its newest checkpoint; a
-SIGTERM during training saves, ends the run with exit status 1, and the next run goes on from
+SIGTERM during training saves, ends the run with exit status 75, and the next run goes on from
 there. ``elapsed_s_all_runs`` adds every run's time, and the time target is judged on it. A
 workdir made with other settings (``--quick`` or not) is refused with exit status 2 rather than
 mixed.

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   except StageStopped as e:  # checkpointed: the next run resumes there
     print(f"stopped: {e}", file=sys.stderr)
-    return 1
+    return e.status
   print("\n" + "\n".join(results["report"]["table"]))
   for name, t in results["targets"].items():
     print(f"target {name}: {'met' if t['met'] else 'MISSED'} ({t['need']}; "

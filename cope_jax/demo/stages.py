@@ -60,7 +60,12 @@ def _losses(workdir: str) -> list[dict]:
 
 
 class StageStopped(Exception):
-  """A training stage stopped before its last step (SIGTERM, or an error it has reported)."""
+  """A training stage stopped before its last step: an error it has reported (``status`` 1), or
+  a SIGTERM after saving (``status`` = ``loop.PREEMPTED``)."""
+
+  def __init__(self, message: str, status: int = 1):
+    super().__init__(message)
+    self.status = status
 
 
 def _trained(workdir: str, total_steps: int) -> bool:
@@ -74,16 +79,17 @@ def train_stage(name: str, config, workdir: str) -> dict:
   """Runs (or resumes) one training recipe; returns its logged curve and a summary."""
   import jax  # pylint: disable=import-outside-toplevel
   from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
-  from cope_jax.train.loop import train  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.loop import PREEMPTED, train  # pylint: disable=import-outside-toplevel
   if not _trained(workdir, config.total_steps):
     log(f"[{name}] training {config.total_steps} steps, batch {config.batch_size} -> {workdir}")
     prepare.resolve(config)
     prepare.validate(config, jax.device_count(), jax.process_count())
-    if train(config, workdir) != 0:
+    status = train(config, workdir)
+    if status not in (0, PREEMPTED):
       raise StageStopped(f"{name}: training stopped with an error (see above)")
-    if not _trained(workdir, config.total_steps):  # SIGTERM: saved, not finished
+    if status == PREEMPTED or not _trained(workdir, config.total_steps):
       raise StageStopped(f"{name}: training stopped before step {config.total_steps}; re-run "
-                         "the same command to resume")
+                         "the same command to resume", PREEMPTED)
   curve = _losses(workdir)
   keys = [k for k in curve[0] if k not in ("step", "learning_rate", "steps_per_s",
                                            "tokens_per_s")]

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import DELTA, KEYFRAME, SamplingConfig
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt
@@ -92,7 +93,8 @@ class CoPE:
   @classmethod
   def load(cls, path: str, tokenizer: str | None = None,
            codec_size: int | None = None) -> "CoPE":
-    """A stage-2 workdir (newest checkpoint; frozen parts from its init_checkpoint) or a folder
+    """A stage-2 workdir (newest checkpoint; frozen parts from its stage1_checkpoint (the
+    Δ-encoder) and init_checkpoint (the rest), as training took them) or a folder
     written by ``convert llava-video``. A workdir trained on RGB frames only (no Δ-encoder in
     its checkpoint, no init_checkpoint: the demo's base model) answers in the dense and
     keyframes modes. ``codec_size``: the re-encoded frame side (default: the
@@ -106,6 +108,10 @@ class CoPE:
         train = json.load(f)
       from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
       params = dict(latest_params(path))
+      if "delta_encoder" not in params and train.get("stage1_checkpoint"):
+        # A Δ-encoder kept frozen in stage 2 is stage 1's, as training took it (not the
+        # init_checkpoint's copy, which training dropped).
+        params["delta_encoder"] = latest_params(train["stage1_checkpoint"])["delta_encoder"]
       missing = sorted(MODEL_PARTS - set(params))
       codec = codec_size or train["codec_size"]
       if missing == ["delta_encoder"] and not train.get("init_checkpoint"):
@@ -166,14 +172,17 @@ class CoPE:
     with conformant_video(video, EncodeSpec(size=self.codec_size)) as (path, _):
       total = count_frames(path)
       wanted = np.unique(np.linspace(0, total - 1, min(n, total)).astype(int))
-      frames, keep = [], set(wanted.tolist())
+      frames, taken, keep = [], [], set(wanted.tolist())
       with open_video(path) as (container, stream):
         for i, frame in enumerate(decode_frames(video, container, stream)):
           if i in keep:
             frames.append(frame.to_ndarray(format="rgb24"))
-    rgb = np.stack(frames)
+            taken.append(i)  # (decoding stops early at a damaged packet)
+    if not frames:
+      raise VideoError(video, "no frame could be decoded")
     c = self.codec_size
-    return VideoInputs(np.zeros(len(rgb), np.uint8), (wanted / 30.0).astype(np.float32), rgb,
+    times = (np.asarray(taken) / 30.0).astype(np.float32)
+    return VideoInputs(np.zeros(len(frames), np.uint8), times, np.stack(frames),
                        np.zeros((0, c, c, 2), np.float32), np.zeros((0, c, c, 3), np.int16),
                        total / 30.0, time.perf_counter() - start)
 

@@ -55,10 +55,10 @@ def main(argv, topology: str | None = None) -> None:
   devices = aot_targets.compile_only_devices(topology) if topology else jax.devices()
   try:  # what training would refuse is not worth a memory plan
     prepare.check_mesh_and_batch(config, len(devices))
+    task = TASKS[config.stage](config, shards="")
+    program = TrainProgram(config, task, make_mesh(dict(config.mesh), devices))
   except ConfigError as e:
     raise SystemExit(f"error: {e}") from None
-  task = TASKS[config.stage](config, shards="")
-  program = TrainProgram(config, task, make_mesh(dict(config.mesh), devices))
   print(f"{config.stage} {config.model.preset}: {len(devices)} {devices[0].device_kind} devices"
         f"{f' ({topology})' if topology else ''}, mesh {dict(program.mesh.shape)}, global batch "
         f"{config.batch_size}, grad_accum {config.grad_accum_steps}, dtype {config.model.dtype}, "

@@ -90,19 +90,24 @@ class Checkpointer:
       return step, out.state
     if unreadable:
       raise ConfigError(f"no checkpoint in {self.directory} restores into this config (newest: "
-                        f"{first_error}); was the run started with other model settings? Use "
-                        "its settings, or another --workdir")
+                        f"{first_error}); was the run started with other model settings, or "
+                        "another worker_count or number of hosts (the saved data position's "
+                        "format follows them)? Use its settings, or another --workdir")
     return None
 
   def _move_aside(self, steps) -> None:
     if not steps:
       return
-    aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
-    os.makedirs(aside, exist_ok=True)
-    for step in steps:
-      target = os.path.join(aside, str(step))
-      shutil.rmtree(target, ignore_errors=True)  # an older copy of the same step
-      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_index() == 0:  # one shared folder: one host moves, the others wait for it
+      aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, str(step))
+        shutil.rmtree(target, ignore_errors=True)  # an older copy of the same step
+        shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices("cope_jax: unreadable checkpoints moved aside")
     self.manager.reload()
 
   def wait(self) -> None:

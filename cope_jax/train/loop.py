@@ -29,6 +29,12 @@ from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
 
 
+# The exit status of a run stopped by SIGTERM after saving (sysexits' EX_TEMPFAIL: "try again"):
+# not 0, so that `stage1 && stage2`, a job scheduler or launch/tpu.sh's watch do not take a
+# preempted run for a finished one.
+PREEMPTED = 75
+
+
 def _place(tree, abstract, what: str):
   """Loaded numpy parameters onto the shardings of ``abstract`` (ShapeDtypeStructs), checking
   the structure and shapes: a checkpoint of another model size fails here, named."""
@@ -42,6 +48,21 @@ def _place(tree, abstract, what: str):
                         "checkpoint of another model size, or other model settings?)")
   return jax.tree_util.tree_map(
       lambda x, a: jax.device_put(np.asarray(x, np.float32), a.sharding), tree, abstract)
+
+
+def _check_divisible(tree, mesh, what: str) -> None:
+  """Every sharded dimension of ``tree`` (ShapeDtypeStructs) divides by its mesh axes: JAX would
+  fail at initialisation naming neither the parameter nor the setting to change."""
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    for dim, (size, axes) in enumerate(zip(x.shape, getattr(x.sharding, "spec", ()))):
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else tuple(axes)
+      parts = int(np.prod([mesh.shape[a] for a in axes]))
+      if size % parts:
+        raise ConfigError(f"{what}{jax.tree_util.keystr(path)}: its dimension {dim} ({size}) is "
+                          f"sharded over the mesh axes {'×'.join(axes)} = {parts} devices, which "
+                          "do not divide it: choose mesh sizes (--config.mesh.*) that do")
 
 
 def _accumulated(loss_fn, params, batch, steps: int, weight: str | None = None):
@@ -96,6 +117,8 @@ class TrainProgram:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
     self.abstract_state = with_sh(nn.meta.unbox(boxed_state), self.state_sh)
     self.abstract_frozen = with_sh(nn.meta.unbox(boxed_frozen), self.frozen_sh)
+    _check_divisible(self.abstract_state["params"], mesh, "trained parameter ")
+    _check_divisible(self.abstract_frozen, mesh, "frozen parameter ")
     self._compiled = {}
 
   def _init_boxed(self, key, trained_given: dict | None = None, frozen_given: dict | None = None):
@@ -238,7 +261,10 @@ def train(config, workdir: str) -> int:
               "TensorBoard's profile plugin or Perfetto)", flush=True)
       logging = step % config.log_every == 0 or step == config.total_steps
       saving = step % config.checkpoint_every == 0 or step == config.total_steps
-      if logging or saving or preemption.requested:
+      # (on several hosts only Orbax's sync point knows of a SIGTERM: asked before the NaN
+      # check, so that a preemption save is checked like any other)
+      stopping = preemption.requested or ckpt.manager.reached_preemption(step)
+      if logging or saving or stopping:
         bad = int(jax.device_get(state["first_bad_step"]))
         if bad >= 0:
           rates = "optim.lr" if config.stage == "pretrain" else "the rates in trainable.*"
@@ -249,11 +275,12 @@ def train(config, workdir: str) -> int:
           break
       if logging:
         log.write(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
-      if preemption.requested or ckpt.manager.reached_preemption(step):
+      if stopping:
         ckpt.save(step, state, iterator, force=True)
         ckpt.wait()
-        print(f"SIGTERM: saved step {step} and stopping; re-run the same command to resume",
-              flush=True)
+        print(f"SIGTERM: saved step {step} and stopping; re-run the same command to resume "
+              f"(exit status {PREEMPTED})", flush=True)
+        status = PREEMPTED
         break
       if saving:
         ckpt.save(step, state, iterator, force=True)
