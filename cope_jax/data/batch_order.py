@@ -40,7 +40,10 @@ class LengthGrouped(grain.MapDataset):
     return f"LengthGrouped(window={self._span // self._batch} batches)"
 
   def _examples(self, w: int) -> np.ndarray:
-    if self._window is None or self._window[0] != w:
+    # Grain's prefetch threads call this concurrently: read the cache once, into a local (a
+    # second read could see another thread's window).
+    cached = self._window
+    if cached is None or cached[0] != w:
       start = w * self._span
       indices = np.array([self._parent[i] for i in range(start, min(start + self._span,
                                                                       len(self._parent)))])
@@ -48,8 +51,9 @@ class LengthGrouped(grain.MapDataset):
       full = len(by_size) // self._batch  # a short last batch (end of the data) stays last
       order = np.random.default_rng([self._seed, w]).permutation(full)
       batches = by_size[:full * self._batch].reshape(full, self._batch)[order]
-      self._window = (w, np.concatenate([batches.reshape(-1), by_size[full * self._batch:]]))
-    return self._window[1]
+      cached = (w, np.concatenate([batches.reshape(-1), by_size[full * self._batch:]]))
+      self._window = cached
+    return cached[1]
 
   def __getitem__(self, index):
     if isinstance(index, slice):
