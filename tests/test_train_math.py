@@ -1,9 +1,11 @@
 """The train step's math, in-process: gradient accumulation (plain and per-token means), weight
-decay masks of scanned layers, and the blocked cross-entropy with its correct count."""
+decay masks of scanned layers, per-part learning rates, and the blocked cross-entropy with its
+correct count."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cope_jax.train.loop import _accumulated
 
@@ -67,6 +69,27 @@ def test_weight_decay_skips_norms_and_biases_of_scanned_layers():
                "['image_newline']"):
     assert not decayed[name], name
   assert not any(v for k, v in decayed.items() if "norm" in k.lower() or k.endswith("['bias']"))
+
+
+def test_each_trained_part_steps_at_its_own_learning_rate():
+  """Stage 2's ``trainable``: one peak rate per part (LLaVA's lower rate for the vision tower),
+  each with the shared warm-up and cosine decay."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
+  optim = ml_collections.ConfigDict(dict(warmup_steps=2, weight_decay=0.0, clip_norm=1e9,
+                                         b1=0.9, b2=0.999))
+  tx, schedules = make_optimizer(optim, 10, {"llm": 1e-2, "vision_tower": 2e-3})
+  params = {"llm": {"w": jnp.ones((3, 4))}, "vision_tower": {"w": jnp.ones((3, 4))}}
+  grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 0.5), params)
+  state = tx.init(params)
+  for step in range(3):  # Adam's first steps move each weight by about its learning rate
+    updates, state = tx.update(grads, state, params)
+    moved = {k: float(-updates[k]["w"][0, 0]) for k in params}
+    want = {k: float(schedules[k](step)) for k in params}
+    assert moved == pytest.approx(want, rel=1e-3), step
+  assert float(schedules["llm"](2)) == pytest.approx(1e-2)  # the peak, after warm-up
+  assert float(schedules["vision_tower"](2)) == pytest.approx(2e-3)
+  assert float(schedules["llm"](10)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_blocked_cross_entropy_equals_whole():
