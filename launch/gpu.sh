@@ -22,6 +22,7 @@ Environment (required: CONFIG, WORKDIR):
   HOSTS           ssh: "gpu1 gpu2 …"      PORT   coordinator port (default 12355)
   REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
+  CPUS_PER_TASK   slurm: CPUs per GPU process, for its Grain decoding workers (default 8)
   PROCESSES, DEVICES_PER_PROCESS          local (defaults 2, 4)
 
 --dry-run prints the exact commands instead of running them.
@@ -61,6 +62,7 @@ slurm() {
 #SBATCH --nodes=${NODES:-2}
 #SBATCH --ntasks-per-node=${GPUS_PER_NODE:-8}
 #SBATCH --gpus-per-node=${GPUS_PER_NODE:-8}
+#SBATCH --cpus-per-task=${CPUS_PER_TASK:-8}
 ${PARTITION:+#SBATCH --partition=$PARTITION}
 #SBATCH --requeue
 cd $HERE/..

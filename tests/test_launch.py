@@ -100,6 +100,7 @@ def test_gpu_dry_runs():
   assert "#SBATCH --nodes=4" in r.stdout and "srun env COPE_DISTRIBUTED=1" in r.stdout
   # one process per GPU: JAX's SLURM detection gives each task the GPU of its SLURM_LOCALID
   assert "#SBATCH --ntasks-per-node=8" in r.stdout
+  assert "#SBATCH --cpus-per-task=8" in r.stdout  # the Grain workers' CPUs
 
 
 def test_shellcheck_clean():

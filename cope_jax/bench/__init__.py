@@ -1,1 +1,2 @@
-"""Benchmarks: ``python -m cope_jax.bench {codec}``; each prints figures measured in one run."""
+"""Benchmarks: ``python -m cope_jax.bench {codec,data,ttft,flops,train,letter}``; each prints
+figures measured in one run."""

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--fusion", type=int, default=30)
   parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved runs")
   args = parser.parse_args(argv)
+  if args.repeats < 1:
+    parser.error(f"--repeats must be >= 1, got {args.repeats}")
   r = run(args.video, args.seconds, args.size, args.fusion, args.repeats)
   print(f"codec benchmark on {r['video']} ({r['frames']} frames, {r['size']}x{r['size']}, "
         f"fusion {r['fusion']}; {r['machine']})")

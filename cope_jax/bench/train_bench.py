@@ -63,11 +63,14 @@ def main(argv: list[str] | None = None) -> None:
   batch = {k: jax.device_put(v, batch_sharding(program.mesh, v.ndim)) for k, v in batch.items()}
   state, frozen = program.init()
   program.compile(batch)
-  # FLOPs from the same step with unrolled layers and unblocked attention and loss: XLA counts
-  # the body of a scan (or lax.map) only once.
+  # FLOPs from the same step with unrolled layers, unblocked attention and loss and the whole
+  # batch at once (XLA counts the body of a scan, a lax.map or the accumulation loop only once),
+  # and without remat (model FLOPs: recomputed forwards are not useful work). The attention
+  # scores are counted whole (L², MaxText's causal count is half of that).
   with config.unlocked():
-    config.model.scan = False
+    config.model.scan = config.model.remat = False
     config.model.attention_chunk = config.model.loss_chunk = 0
+    config.grad_accum_steps = 1
   flat = TrainProgram(config, TASKS[config.stage](config, shards=""), program.mesh)
   flops = step_flops(jax.jit(flat._step).lower(  # pylint: disable=protected-access
       flat.abstract_state, flat.abstract_frozen, shapes))
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
   peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
   achieved = flops / seconds / jax.device_count()
   print(f"{config.stage} {config.model.preset} on {jax.device_count()}× {kind}: "
-        f"{seconds * 1e3:.1f} ms/step, {flops / 1e12:.3f} TFLOP/step (XLA cost analysis), "
+        f"{seconds * 1e3:.1f} ms/step, {flops / 1e12:.3f} TFLOP/step (XLA cost analysis, no remat, "
+        f"attention scores counted whole), "
         f"{achieved / 1e12:.3f} TFLOP/s per device"
         + (f", MFU {achieved / (peak * 1e12):.1%} of {peak:.0f} TFLOP/s" if peak else
            " (no peak known for this device: pass --peak-tflops for MFU)"))

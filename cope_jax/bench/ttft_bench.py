@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="where to save the tokens-vs-video-length plot "
                       "(default tokens_vs_length.png)")
   args = parser.parse_args(argv)
+  if args.repeats < 1:
+    parser.error(f"--repeats must be >= 1, got {args.repeats}")
   cfg = bench_config() if args.preset == "bench" else presets.video_lm(args.preset)
   table = token_table()
   print("visual tokens (Tab. 1 settings; dense = 64 frames × 210):")
