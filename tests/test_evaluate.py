@@ -200,6 +200,20 @@ def test_evaluate_skips_a_video_whose_prompt_is_too_long_and_goes_on():
                              "reason": "40000 prompt positions exceed the model's 32768"}]
 
 
+def test_evaluate_cli_with_no_readable_video_says_so(tiny_workdir, tmp_path):
+  workdir, _ = tiny_workdir
+  (tmp_path / "bad.mp4").write_text("not a video")
+  data = tmp_path / "q.jsonl"
+  data.write_text(json.dumps({"video": "bad.mp4", "question": "Q?", "options": ["a", "b"],
+                              "answer": "A"}) + "\n")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
+                      "--data", str(data), "--out", str(tmp_path / "r.json"), "--quiet"],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 2 and "error: cope: no question could be asked (1 unreadable" in r.stderr
+  res = json.loads((tmp_path / "r.json").read_text())  # written, with the reason
+  assert res["n"] == 0 and res["skipped"][0]["video"] == str(tmp_path / "bad.mp4")
+
+
 def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):
   for flag, value, named in (("--keyframes-per-gop", "0", "keyframes_per_gop"),
                              ("--keyframes-per-gop", "31", "keyframes_per_gop"),
