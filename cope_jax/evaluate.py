@@ -44,18 +44,20 @@ def right_option(q: dict) -> str:
 def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1,
              max_new_tokens: int | None = None, log_path: str | None = None,
              progress: bool = True, dense_frames: int = 64, answer_format: str = "letter",
-             frames: dict | None = None) -> dict:
+             frames: dict | None = None, post_prompt: str | None = None) -> dict:
   """Accuracy of ``model`` on ``questions`` in ``mode``: multiple choice scored by the option
   letter (``answer_format="letter"``, lmms-eval's protocol); or the question alone, scored by an
   exact match of the answer with the right option's text (``"open"``) or by which option's text
   the model finds most likely (``"ranked"``). ``frames``: a dict that keeps every video's
   extracted frames, to share between calls that ask about the same videos (by default only the
-  current video's are kept)."""
+  current video's are kept). ``post_prompt``: the line after the options (default lmms-eval's
+  answer-with-the-letter line; "" for none)."""
   if answer_format not in ANSWER_FORMATS:
     raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}")
   if max_new_tokens is None:  # a letter; or the longest option text, "the camera does not move"
     max_new_tokens = 8 if answer_format == "letter" else 16
-  from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.sources import MCQ_SUFFIX, mcq_prompt  # pylint: disable=import-outside-toplevel
+  post_prompt = MCQ_SUFFIX if post_prompt is None else post_prompt
   from cope_jax.infer.answers import LETTERS, parse_letter  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.api import PromptTooLong  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -80,7 +82,8 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
           answer = model.rank_options(q["video"], q["question"], q["options"], mode,
                                       keyframes_per_gop, inputs=store[key])
         else:
-          prompt = (mcq_prompt(q["question"], q["options"]) if answer_format == "letter" else
+          prompt = (mcq_prompt(q["question"], q["options"], post_prompt)
+                    if answer_format == "letter" else
                     q["question"])
           answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
                              inputs=store[key])
@@ -167,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
   formats.add_argument("--rank-options", action="store_true",
                        help="ask without the options; pick the option whose text the model "
                        "finds most likely (lm-eval-harness's scoring for base models; no TTFT)")
+  parser.add_argument("--post-prompt", default=None,
+                      help="the line after the lettered options (default lmms-eval's for "
+                      "PerceptionTest and VideoMME: \"Answer with the option's letter from the "
+                      "given choices directly.\"; \"\" for none)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
@@ -187,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                      log_path=os.path.splitext(args.out)[0] + ".log.jsonl",
                      progress=not args.quiet, dense_frames=args.dense_frames,
                      answer_format=("open" if args.open_ended else
-                                    "ranked" if args.rank_options else "letter"))
+                                    "ranked" if args.rank_options else "letter"),
+                     post_prompt=args.post_prompt)
   from cope_jax.json_files import write_json  # pylint: disable=import-outside-toplevel
   write_json(args.out, results)
   label = args.mode + (" (open-ended)" if args.open_ended else

@@ -181,6 +181,12 @@ def test_evaluate_letter_format_scores_the_parsed_letter():
   res = evaluate(model, QUESTIONS, "cope", progress=False)
   assert all("\nA. " in p and p.startswith(q["question"]) for p, q in zip(model.prompts, QUESTIONS))
   assert res["answer_format"] == "letter" and res["accuracy"] == pytest.approx(2 / 3)
+  assert all(p.endswith("\nAnswer with the option's letter from the given choices directly.")
+             for p in model.prompts)
+  bare = _ScriptedModel(["B"])
+  evaluate(bare, QUESTIONS[:1], "cope", progress=False, post_prompt="")
+  assert bare.prompts == ["In which direction does the camera pan?\nA. up\nB. left\nC. down\n"
+                          "D. the camera does not move"]
   with pytest.raises(ValueError, match="answer_format"):
     evaluate(model, QUESTIONS, "cope", answer_format="options")
 

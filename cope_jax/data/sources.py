@@ -26,10 +26,11 @@ class VideoItem:
   questions: list = dataclasses.field(default_factory=list)      # MCQ dicts (eval records)
 
 
-def mcq_prompt(question: str, options: list[str]) -> str:
-  """lmms-eval's multiple-choice prompt (question, lettered options, answer-with-letter)."""
+def mcq_prompt(question: str, options: list[str], post_prompt: str = MCQ_SUFFIX) -> str:
+  """lmms-eval's multiple-choice prompt: the question, lettered options, and ``post_prompt``
+  (PerceptionTest's and VideoMME's answer-with-the-letter line by default; "" for none)."""
   lines = [question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
-  return "\n".join(lines) + "\n" + MCQ_SUFFIX
+  return "\n".join(lines + ([post_prompt] if post_prompt else []))
 
 
 CONVERSATIONS = ("question", "video")
