@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
   label = args.mode + (" (open-ended)" if args.open_ended else
                        " (options ranked)" if args.rank_options else "")
   if not results["n"]:
-    print(f"error: {label}: no question could be asked ({len(results['skipped'])} unreadable "
-          f"videos, see {args.out})", file=sys.stderr)
+    print(f"error: {label}: no question could be asked ({len(results['skipped'])} videos "
+          f"skipped, unreadable or too long; see {args.out})", file=sys.stderr)
     return 2
   ttft = ("" if results["ttft_median_s"] is None else
           f", TTFT {results['ttft_median_s']:.3f} s (median)")

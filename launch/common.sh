@@ -54,7 +54,8 @@ train_command() {
 }
 
 # wait_all PID …: wait for every background job; fail with the first failure's status (75: a
-# trainer stopped by SIGTERM after saving).
+# trainer stopped by SIGTERM after saving). Start a pipeline in a subshell, ( … | … ) &, so
+# that its PID's status is the pipeline's (pipefail), not its last command's.
 wait_all() {
   local status=0 pid rc
   for pid in "$@"; do

@@ -47,7 +47,7 @@ ssh_hosts() {
     else
       # The command is built here on purpose: each host gets its own process id.
       # shellcheck disable=SC2029
-      ssh "${host_list[$i]}" "$cmd" 2>&1 | prefix "${host_list[$i]}" &
+      (ssh "${host_list[$i]}" "$cmd" 2>&1 | prefix "${host_list[$i]}") &
       pids+=($!)
     fi
   done
@@ -86,7 +86,7 @@ local_processes() {
     if [[ "$DRY_RUN" == 1 ]]; then
       run env "${env[@]}" bash -c "cd '$HERE/..' && $(train_command)"
     else
-      (cd "$HERE/.." && env "${env[@]}" bash -c "$(train_command)") 2>&1 | prefix "process $i" &
+      ( (cd "$HERE/.." && env "${env[@]}" bash -c "$(train_command)") 2>&1 | prefix "process $i") &
       pids+=($!)
     fi
   done

@@ -93,8 +93,8 @@ train() {
   # One ssh per worker so that each log line can say where it comes from.
   local pids=() w
   for w in $(workers); do
-    gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
-      --worker="$w" --command="$cmd" 2>&1 | prefix "worker $w" &
+    (gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
+      --worker="$w" --command="$cmd" 2>&1 | prefix "worker $w") &
     pids+=($!)
   done
   wait_all "${pids[@]}"

@@ -112,13 +112,15 @@ def test_demo_refuses_a_workdir_that_is_a_file(tmp_path):
 
 
 def test_a_training_stage_counts_as_done_only_with_its_last_checkpoint(tmp_path, monkeypatch):
-  """The metrics log reaches the last step before its checkpoint is written, and a SIGTERM
-  stops training with status 0: neither may let the demo go on as if the stage had finished."""
+  """The metrics log reaches the last step before its checkpoint is written, and training
+  stopped by SIGTERM returns 75: neither may let the demo go on as if the stage had finished
+  (nor a run that returned 0 without its last checkpoint)."""
   from cope_jax.demo import stages  # pylint: disable=import-outside-toplevel
   from cope_jax.train import loop, prepare  # pylint: disable=import-outside-toplevel
   config = types.SimpleNamespace(total_steps=200, batch_size=8)
   (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 200, "loss": 1.0}) + "\n")
-  (tmp_path / "checkpoints" / "200.orbax-checkpoint-tmp-1").mkdir(parents=True)  # an unfinished save
+  # an unfinished save
+  (tmp_path / "checkpoints" / "200.orbax-checkpoint-tmp-1").mkdir(parents=True)
   calls = []
   monkeypatch.setattr(prepare, "resolve", lambda c: None)
   monkeypatch.setattr(prepare, "validate", lambda *a: None)

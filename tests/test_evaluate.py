@@ -215,7 +215,7 @@ def test_evaluate_cli_with_no_readable_video_says_so(tiny_workdir, tmp_path):
   r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
                       "--data", str(data), "--out", str(tmp_path / "r.json"), "--quiet"],
                      capture_output=True, text=True, timeout=600)
-  assert r.returncode == 2 and "error: cope: no question could be asked (1 unreadable" in r.stderr
+  assert r.returncode == 2 and "error: cope: no question could be asked (1 videos skipped" in r.stderr
   res = json.loads((tmp_path / "r.json").read_text())  # written, with the reason
   assert res["n"] == 0 and res["skipped"][0]["video"] == str(tmp_path / "bad.mp4")
 

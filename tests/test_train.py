@@ -247,7 +247,7 @@ def test_aot_tool_refuses_what_training_refuses():
   r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot", "--config=configs/finetune.py:tiny",
                       "--devices=4", "--config.batch_size=6"], capture_output=True, text=True,
                      timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert r.returncode != 0 and "error: batch_size 6 is not divisible" in r.stderr, r.stderr[-2000:]
+  assert r.returncode == 2 and "error: batch_size 6 is not divisible" in r.stderr, r.stderr[-2000:]
   assert "Traceback" not in r.stderr
 
 

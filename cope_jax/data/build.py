@@ -80,6 +80,8 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   # previous shards are set aside until the new ones are written, and put back if none are.
   directory = shard_dir(out, stage)
   previous = directory + ".previous"
+  if os.path.exists(previous) and not os.path.exists(directory):  # a build killed before: its
+    os.replace(previous, directory)                                  # shards were set aside
   shutil.rmtree(previous, ignore_errors=True)
   if os.path.exists(directory):
     os.replace(directory, previous)
@@ -92,10 +94,12 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
       tfds.disable_progress_bar()
       with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
         builder.download_and_prepare()
-  except AssertionError as e:  # TFDS: "No examples were yielded" (for a split)
+  except BaseException as e:  # (Ctrl-C included) the previous shards go back in place
     shutil.rmtree(directory, ignore_errors=True)
     if os.path.exists(previous):
       os.replace(previous, directory)
+    if not (isinstance(e, AssertionError) and "No examples" in str(e)):
+      raise
     raise ConfigError(
         f"no {stage} record to write from {len(kept)} readable of {len(items)} videos "
         f"({len(skipped)} skipped; TFDS: {e}); a {stage} record needs "

@@ -70,12 +70,18 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
   done("data", stages.make_data(settings, paths))
   training = results["training"] = {}
   base = base_config(settings, paths)
-  training["base"] = stages.train_stage("base", base, paths.base)
-  save()
-  stages.export_base(paths, base)
-  training["stage1"] = stages.train_stage("stage1", stage1_config(settings, paths), paths.stage1)
-  save()
-  training["stage2"] = stages.train_stage("stage2", stage2_config(settings, paths), paths.stage2)
+  try:  # a stopped stage's time counts too
+    training["base"] = stages.train_stage("base", base, paths.base)
+    save()
+    stages.export_base(paths, base)
+    training["stage1"] = stages.train_stage("stage1", stage1_config(settings, paths),
+                                            paths.stage1)
+    save()
+    training["stage2"] = stages.train_stage("stage2", stage2_config(settings, paths),
+                                            paths.stage2)
+  except stages.StageStopped:
+    save()
+    raise
   done("training", training)
   # Each held-out video's frames per mode, extracted once, and each model, loaded once, for every
   # evaluation (the two models share their compiled programs: one model configuration).

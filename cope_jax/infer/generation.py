@@ -2,8 +2,9 @@
 
 Prompts (text with the visual tokens spliced in) are padded to a length bucket, so a new prompt
 length reuses a compiled prefill as long as the frames have the same shapes (a video with another
-number of keyframes or Δ-frames compiles its own: the frames go in unpadded); the cache holds the bucket plus ``max_new_tokens`` (+ a
-follow-up ``reserve``) rounded up to 64 slots, so the decode step compiles once per bucket. The
+number of keyframes or Δ-frames compiles its own: the frames go in unpadded); the cache holds the
+bucket plus ``max_new_tokens`` (+ a follow-up ``reserve``) rounded up to 64 slots, so the decode
+step compiles once per bucket. The
 time JAX spends tracing and compiling during a call (new shapes, and the small eager operations
 that compile on first use) is reported as ``compile_s``, apart from ``ttft_s`` and ``e2e_s``
 (from ``jax.monitoring``'s compilation events). Rows of a batch generate independently (their

@@ -90,6 +90,8 @@ class Stage1Embedder:
 def evaluate_videos(workdir: str, videos: list[str]) -> dict:
   """Mean Recall@k over ``videos``; an unusable video is skipped (listed with its reason), as
   ``evaluate`` skips it; VideoError if none can be used."""
+  if not videos:
+    raise ValueError("no videos to retrieve from")
   embed = Stage1Embedder(*load_stage1(workdir))
   ours, rgb, skipped, first_error = [], [], [], None
   for video in videos:

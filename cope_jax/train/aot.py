@@ -58,7 +58,8 @@ def main(argv, topology: str | None = None) -> None:
     task = TASKS[config.stage](config, shards="")
     program = TrainProgram(config, task, make_mesh(dict(config.mesh), devices))
   except ConfigError as e:
-    raise SystemExit(f"error: {e}") from None
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
   print(f"{config.stage} {config.model.preset}: {len(devices)} {devices[0].device_kind} devices"
         f"{f' ({topology})' if topology else ''}, mesh {dict(program.mesh.shape)}, global batch "
         f"{config.batch_size}, grad_accum {config.grad_accum_steps}, dtype {config.model.dtype}, "

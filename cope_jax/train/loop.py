@@ -275,7 +275,7 @@ def train(config, workdir: str) -> int:
           break
       if logging:
         log.write(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
-      if stopping:
+      if stopping and step < config.total_steps:  # (at the last step: saved below, finished)
         ckpt.save(step, state, iterator, force=True)
         ckpt.wait()
         print(f"SIGTERM: saved step {step} and stopping; re-run the same command to resume "

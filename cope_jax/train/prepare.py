@@ -61,8 +61,8 @@ def check_local_path(name: str, path: str) -> None:
 
 
 def _check_sequence_lengths(config, shards: str) -> None:
-  """Every video of the split trained on has keyframes and Δ-frames that fit the batch's slots (else the input
-  pipeline would stop the run when it reaches the longest one)."""
+  """Every video of the split trained on has keyframes and Δ-frames that fit the batch's slots
+  (else the input pipeline would stop the run when it reaches the longest one)."""
   from cope_jax.data.pipeline import read_sequence_index  # pylint: disable=import-outside-toplevel
   rows = read_sequence_index(shards, config.split) or []  # [video, conversations, keyframes, Δ]
   for column, name, key in ((2, "keyframes", "max_keyframes"),
@@ -78,6 +78,9 @@ def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> N
   """The mesh fits the devices and the batch splits into whole rows per device, per
   accumulation step and per host (also checked by ``train.aot``, which has no data)."""
   from cope_jax.models.sharding import MESH_AXES  # pylint: disable=import-outside-toplevel
+  for key in ("batch_size", "grad_accum_steps"):
+    if config[key] < 1:
+      raise ConfigError(f"{key} must be >= 1, got {config[key]}")
   sizes = [config.mesh.get(a, 1) for a in MESH_AXES]
   if any(s < 1 and s != -1 for s in sizes):
     raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: each axis is a size >= 1, or -1 for "
