@@ -26,6 +26,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.data.sources import MCQ_SUFFIX
 
 ANSWER_FORMATS = ("letter", "open", "ranked")
 
@@ -44,7 +45,7 @@ def right_option(q: dict) -> str:
 def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1,
              max_new_tokens: int | None = None, log_path: str | None = None,
              progress: bool = True, dense_frames: int = 64, answer_format: str = "letter",
-             frames: dict | None = None, post_prompt: str | None = None) -> dict:
+             frames: dict | None = None, post_prompt: str = MCQ_SUFFIX) -> dict:
   """Accuracy of ``model`` on ``questions`` in ``mode``: multiple choice scored by the option
   letter (``answer_format="letter"``, lmms-eval's protocol); or the question alone, scored by an
   exact match of the answer with the right option's text (``"open"``) or by which option's text
@@ -56,8 +57,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
     raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}")
   if max_new_tokens is None:  # a letter; or the longest option text, "the camera does not move"
     max_new_tokens = 8 if answer_format == "letter" else 16
-  from cope_jax.data.sources import MCQ_SUFFIX, mcq_prompt  # pylint: disable=import-outside-toplevel
-  post_prompt = MCQ_SUFFIX if post_prompt is None else post_prompt
+  from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.answers import LETTERS, parse_letter  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.api import PromptTooLong  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -87,11 +87,9 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
                     q["question"])
           answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
                              inputs=store[key])
-      except VideoError as e:
-        skipped[q["video"]] = {"video": q["video"], "reason": e.reason, "questions": 1}
-        continue
-      except PromptTooLong as e:  # the frames' tokens alone nearly fill the model: skip the video
-        skipped[q["video"]] = {"video": q["video"], "reason": str(e), "questions": 1}
+      except (VideoError, PromptTooLong) as e:  # unreadable, or its frames alone fill the model
+        skipped[q["video"]] = {"video": q["video"], "reason": getattr(e, "reason", str(e)),
+                               "questions": 1}
         continue
       if answer_format == "ranked":
         expected, predicted = q["answer"], LETTERS[answer.best]
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
   formats.add_argument("--rank-options", action="store_true",
                        help="ask without the options; pick the option whose text the model "
                        "finds most likely (lm-eval-harness's scoring for base models; no TTFT)")
-  parser.add_argument("--post-prompt", default=None,
+  parser.add_argument("--post-prompt", default=MCQ_SUFFIX,
                       help="the line after the lettered options (default lmms-eval's for "
                       "PerceptionTest and VideoMME: \"Answer with the option's letter from the "
                       "given choices directly.\"; \"\" for none)")

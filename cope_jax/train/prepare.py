@@ -118,8 +118,9 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
   from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
   if config.stage not in ("pretrain", "finetune"):
     raise ConfigError(f"stage must be pretrain or finetune, got {config.stage!r}")
-  for key in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "batch_size",
-              "grad_accum_steps"):  # keep_checkpoints 0: Orbax would delete even the last one
+  # (batch_size and grad_accum_steps: check_mesh_and_batch; keep_checkpoints 0: Orbax would
+  # delete even the last checkpoint)
+  for key in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if config[key] < 1:
       raise ConfigError(f"{key} must be >= 1, got {config[key]}")
   for key in ("data_dir", "init_checkpoint", "stage1_checkpoint", "vision_checkpoint",

@@ -1,0 +1,150 @@
+"""Annotation sources and builds: LLaVA-Video JSON and MCQ JSONL (checked line by line), bad
+videos skipped and reported, a build with nothing to write."""
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.data import sources
+from cope_jax.data.build import build, load_items, shard_dir
+from cope_jax.data.pipeline import PipelineConfig, finetune_dataset
+from cope_jax.data.primitive_cache import ExtractSettings
+
+
+def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  shutil.copy(pan_clip, videos / "good.mp4")
+  (videos / "empty.mp4").write_bytes(b"")
+  (videos / "text.mp4").write_text("not a video")
+  lines = [{"video": f"videos/{n}", "question": "Q?", "options": ["a", "b", "c", "d"],
+            "answer": "B"} for n in ("good.mp4", "empty.mp4", "text.mp4", "missing.mp4")]
+  mcq = tmp_path / "q.jsonl"
+  mcq.write_text("".join(json.dumps(x) + "\n" for x in lines))
+  r = subprocess.run([sys.executable, "-m", "cope_jax.data", "build", "--stage", "eval",
+                      "--source", "mcq", "--annotations", str(mcq), "--out", str(tmp_path / "o"),
+                      "--size", "64", "--workers", "2", "--quiet"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  report = json.loads((tmp_path / "o" / "report.json").read_text())
+  assert report["written"] == 1
+  skipped = {os.path.basename(s["video"]): s["reason"] for s in report["skipped"]}
+  assert set(skipped) == {"empty.mp4", "text.mp4", "missing.mp4"}
+  assert "empty" in skipped["empty.mp4"] and "no such file" in skipped["missing.mp4"]
+  for key in ("written", "skipped", "bytes", "video_seconds"):
+    assert key in report
+
+
+@pytest.mark.parametrize("entries,named", [
+    ({"id": "x1", "video": "clip.mp4"}, "expected a JSON list of entries, found a dict"),
+    (["clip.mp4"], "entry 0 (str)"),
+    ([{"id": "x1", "video": "clip.mp4", "conversations": [{"from": "system", "value": "hi"}]}],
+     "entry 0 (x1)"),
+    ([{"id": "x2", "video": "clip.mp4", "conversations": [{"from": "gpt", "value": "<image>"}]}],
+     "entry 0 (x2)"),
+    ([{"id": "x3", "video": "clip.mp4", "conversations": []}], "entry 0 (x3)"),
+])
+def test_llava_video_annotations_malformed(tmp_path, entries, named):
+  """(Also: a conversation that opens with the assistant, or has no turns.)"""
+  ann = tmp_path / "ann.json"
+  ann.write_text(json.dumps(entries))
+  with pytest.raises(ValueError, match=re.escape(named)):
+    load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
+
+
+def test_llava_video_annotations(tmp_path, pan_clip):
+  """Entries naming the same video become one item (decoded and stored once) with one training
+  example per entry; only assistant turns carry loss."""
+  shutil.copy(pan_clip, tmp_path / "clip.mp4")
+  ann = tmp_path / "ann.json"
+  ann.write_text(json.dumps([
+      {"id": "x1", "video": "clip.mp4", "conversations": [
+          {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A pan."},
+          {"from": "human", "value": "Which way?"}, {"from": "gpt", "value": "Right."}]},
+      {"id": "x2", "video": "clip.mp4", "conversations": [
+          {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Grass."}]}]))
+  items = load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
+  assert len(items) == 1 and len(items[0].conversations) == 2
+  assert items[0].conversations[0][0] == ("user", "<image>\nWhat happens?")
+  assert items[0].conversations[1] == [("user", "<image>\nDescribe it."), ("assistant", "Grass.")]
+  report = build("finetune", items, str(tmp_path / "o"), ExtractSettings(64, SamplingConfig()),
+                 workers=1, progress=False)
+  assert report["written"] == 1 and report["records"] == {"train": 1}
+  tok_path = tmp_path / "tok.json"
+  from cope_jax.data.tokenizer import train_small_tokenizer  # pylint: disable=import-outside-toplevel
+  train_small_tokenizer(["What happens? A pan. Which way? Right. Describe it. Grass."]).save(
+      str(tok_path))
+  cfg = PipelineConfig(shards=shard_dir(str(tmp_path / "o"), "finetune"), batch_size=1,
+                       image_size=64, tokenizer=str(tok_path), max_delta_frames=3)
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  tok = Tokenizer.from_file(str(tok_path))
+  learned = set()
+  for batch in itertools.islice(iter(finetune_dataset(cfg)), 2):
+    learned.add(tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist(),
+                           skip_special_tokens=False))
+  # both conversations, their assistant turns and nothing else
+  assert learned == {"A pan.<|im_end|>Right.<|im_end|>", "Grass.<|im_end|>"}
+
+@pytest.mark.parametrize("line,named", [
+    ({"answer": ""}, "answer ''"), ({"answer": "AB"}, "answer 'AB'"), ({"answer": 1}, "answer 1"),
+    ({"answer": "E"}, "option letters ABCD"), ({"options": "abcd"}, "options must be a list"),
+    ({"options": ["a"], "answer": "A"}, "options must be a list of 2"),
+    ({"options": [str(i) for i in range(11)]}, "options must be a list of 2 to 10"),
+])
+def test_mcq_lines_are_checked(tmp_path, line, named):
+  path = tmp_path / "q.jsonl"
+  path.write_text(json.dumps({"video": "a.mp4", "question": "Q?", "options": ["a", "b", "c", "d"],
+                              "answer": "B", **line}) + "\n")
+  with pytest.raises(ValueError, match=re.escape(named)):
+    sources.read_mcq(str(path))
+
+
+def test_a_build_with_nothing_to_write_keeps_the_previous_shards(tmp_path, pan_clip):
+  shutil.copy(pan_clip, tmp_path / "good.mp4")
+  def items(video):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"video": video, "question": "Q?", "options": ["a", "b"],
+                                "answer": "B"}) + "\n")
+    return sources.read_mcq(str(path))
+  settings = ExtractSettings(64, SamplingConfig())
+  build("eval", items("good.mp4"), str(tmp_path / "o"), settings, workers=1, progress=False)
+  before = sorted(os.listdir(shard_dir(str(tmp_path / "o"), "eval")))
+  with pytest.raises(ConfigError, match="no eval record to write from 0 readable of 1 videos"):
+    build("eval", items("missing.mp4"), str(tmp_path / "o"), settings, workers=1,
+          progress=False)
+  assert sorted(os.listdir(shard_dir(str(tmp_path / "o"), "eval"))) == before
+  r = subprocess.run([sys.executable, "-m", "cope_jax.data", "build", "--stage", "eval",
+                      "--source", "mcq", "--annotations", str(tmp_path / "q.jsonl"), "--out",
+                      str(tmp_path / "o"), "--size", "64", "--quiet"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith("error: no eval record"), r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_mcq_conversations_per_video(tmp_path, pan_clip):
+  """``conversations="video"``: one multi-turn conversation per video holding each question
+  once, in a seeded order; the default keeps one single-turn conversation per question."""
+  lines = [{"video": pan_clip, "question": f"Q{i}?", "options": ["a", "b"], "answer": "AB"[i % 2]}
+           for i in range(5)]
+  path = tmp_path / "q.jsonl"
+  path.write_text("\n".join(json.dumps(l) for l in lines))
+  single = sources.read_mcq(str(path))
+  assert len(single) == 1 and len(single[0].conversations) == 5
+  per_video = sources.read_mcq(str(path), "video", seed=3)
+  turns = per_video[0].conversations
+  assert len(turns) == 1 and len(turns[0]) == 10
+  asked = [t[1].split("\n")[0] for t in turns[0][::2]]
+  assert sorted(asked) == [f"Q{i}?" for i in range(5)]
+  for (_, q), (role, a) in zip(turns[0][::2], turns[0][1::2]):
+    assert role == "assistant" and a == "AB"[int(q[1]) % 2]
+  assert per_video[0].conversations == sources.read_mcq(str(path), "video", seed=3)[0].conversations
+  with pytest.raises(ValueError, match="conversations"):
+    sources.read_mcq(str(path), "dialogue")
