@@ -134,7 +134,12 @@ def read_questions(path: str, limit: int | None = None) -> list[dict]:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
-      q = json.loads(line)
+      try:
+        q = json.loads(line)
+      except ValueError as e:
+        raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+      if not isinstance(q, dict):
+        raise ValueError(f"{path}:{n}: not a JSON object")
       for key in ("video", "question", "options", "answer"):
         if key not in q:
           raise ValueError(f"{path}:{n}: missing {key!r}")
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
       raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
+    if os.path.isdir(args.out):
+      raise IsADirectoryError(f"--out {args.out} is a folder; name the results file")
     SamplingConfig(keyframes_per_gop=args.keyframes_per_gop).validate()  # a ConfigError
     for flag, value in (("--dense-frames", args.dense_frames), ("--limit", args.limit)):
       if value is not None and value < 1:

@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.repeat < 1:
     parser.error("--repeat must be at least 1")
+  if not args.question.strip():
+    parser.error("--question is empty")
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
   try:
+    SamplingOptions(args.max_new_tokens, args.temperature, args.top_p)  # refused before loading
     model = CoPE.load(args.workdir)
     answers = [model.ask(args.video, args.question, args.mode, args.keyframes_per_gop,
                          args.max_new_tokens, args.temperature, args.top_p)

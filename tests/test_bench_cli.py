@@ -28,3 +28,24 @@ def test_a_benchmark_takes_its_own_help():
   r = _bench("flops", "--help")
   assert r.returncode == 0, r.stderr
   assert "--text-tokens" in r.stdout and "(default 80)" in r.stdout
+
+
+def test_bad_values_are_one_error_line_with_status_2(tmp_path):
+  """Each benchmark refuses a non-positive size before running, and a bad input video is an
+  ``error:`` line, not a traceback."""
+  for args, flag in ((("ttft", "--seconds", "0"), "--seconds"),
+                     (("flops", "--preset", "tiny", "--seconds", "-1"), "--seconds"),
+                     (("data", "--batches", "0"), "--batches"),
+                     (("codec", "--seconds", "0"), "--seconds"),
+                     (("letter", "--questions", "q", "--tokenizer", "t", "--steps", "0"),
+                      "--steps")):
+    r = _bench(*args)
+    assert r.returncode == 2, (args, r.stderr)
+    assert f"error: {flag} must be > 0" in r.stderr.splitlines()[-1], (args, r.stderr)
+  text = tmp_path / "notes.mp4"
+  text.write_text("not a video")
+  r = _bench("codec", "--video", str(text))
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+  assert r.stderr.startswith(f"error: {text}: not a readable video file")
+  r = _bench("codec", "--size", "20")
+  assert r.returncode == 2 and r.stderr.startswith("error: size must be a positive multiple of 16")

@@ -233,6 +233,20 @@ def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
 
 
+def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
+  (tmp_path / "q.jsonl").write_text("not json\n")
+  (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+  for data, out, message in (("q.jsonl", "r.json", f"{tmp_path / 'q.jsonl'}:1: not a JSON line"),
+                             ("list.jsonl", "r.json", "list.jsonl:1: not a JSON object"),
+                             ("q.jsonl", ".", "is a folder")):
+    r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir",
+                        str(tmp_path / "no_model"), "--data", str(tmp_path / data),
+                        "--out", str(tmp_path / out)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):
   workdir, synth = tiny_workdir
   out = tmp_path / "open.json"

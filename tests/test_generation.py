@@ -212,3 +212,13 @@ def test_sampling_top_p_and_temperature():
   # temperature 0.5 squares the probabilities: 0.36 / 0.455 = 0.79 for the first token
   picks = np.array([int(sample(logits, k, 0.5, 1.0)[0]) for k in keys])
   assert 0.72 < (picks == 0).mean() < 0.86 and (picks == 1).mean() > 0.1
+
+
+@pytest.mark.parametrize("kwargs,message", [(dict(max_new_tokens=0), "max_new_tokens"),
+                                            (dict(temperature=-1.0), "temperature"),
+                                            (dict(temperature=float("nan")), "temperature"),
+                                            (dict(top_p=0.0), "top_p"),
+                                            (dict(top_p=1.5), "top_p")])
+def test_sampling_options_refuse_values_that_sample_nothing(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    SamplingOptions(**kwargs)

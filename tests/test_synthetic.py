@@ -261,6 +261,11 @@ def test_regenerating_with_other_settings_is_refused(tmp_path):
     synthetic.generate(str(tmp_path), 2, seed=1, size=64, workers=1, progress=False)
   with pytest.raises(ConfigError, match="too short"):
     synthetic.generate(str(tmp_path / "short"), 2, seconds=4, workers=1, progress=False)
+  for kwargs, message in ((dict(videos=0), "--videos must be >= 1"),
+                          (dict(videos=2, size=8), "--size must be at least 16"),
+                          (dict(videos=2, workers=0), "--workers must be >= 1")):
+    with pytest.raises(ConfigError, match=message):
+      synthetic.generate(str(tmp_path / "refused"), **{"workers": 1, "progress": False, **kwargs})
   shortest = min_seconds()
   scene = sample_scene(np.random.default_rng(0), size=32, seconds=shortest)
   assert len(scene.camera) == round(shortest * 30)

@@ -1,2 +1,13 @@
 """Benchmarks: ``python -m cope_jax.bench {codec,data,ttft,flops,train,letter}``; each prints
 figures measured in one run."""
+
+import argparse
+
+
+def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                     *names: str) -> None:
+  """``parser.error`` (exit 2, one line after the usage) unless each named flag is > 0."""
+  for name in names:
+    value = getattr(args, name.lstrip("-").replace("-", "_"))
+    if value is not None and not value > 0:
+      parser.error(f"{name} must be > 0, got {value}")

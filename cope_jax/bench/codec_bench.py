@@ -14,6 +14,7 @@ import platform
 import tempfile
 import time
 
+from cope_jax.bench import require_positive
 from cope_jax.codec import synthetic_clips
 from cope_jax.codec.extract import iter_sampled_frames
 from cope_jax.codec.probe import open_video
@@ -45,7 +46,7 @@ def extraction_fps(path: str, sampling: SamplingConfig) -> tuple[float, int]:
 
 
 def run(video: str | None, seconds: int, size: int, fusion: int, repeats: int) -> dict:
-  spec = EncodeSpec(size=size)
+  spec = EncodeSpec(size=size).validate()
   sampling = SamplingConfig(fusion=fusion)
   with tempfile.TemporaryDirectory(prefix="cope_bench_") as tmp:
     if video is None:
@@ -80,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--fusion", type=int, default=30)
   parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved runs")
   args = parser.parse_args(argv)
-  if args.repeats < 1:
-    parser.error(f"--repeats must be >= 1, got {args.repeats}")
+  require_positive(parser, args, "--repeats", "--seconds")
   r = run(args.video, args.seconds, args.size, args.fusion, args.repeats)
   print(f"codec benchmark on {r['video']} ({r['frames']} frames, {r['size']}x{r['size']}, "
         f"fusion {r['fusion']}; {r['machine']})")

@@ -13,6 +13,7 @@ import platform
 import tempfile
 import time
 
+from cope_jax.bench import require_positive
 from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.data.build import build, load_items, shard_dir
 from cope_jax.data.pipeline import PipelineConfig, finetune_dataset, pretrain_dataset
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--image-size", type=int, default=384, help="vision encoder input side")
   parser.add_argument("--batches", type=int, default=20)
   args = parser.parse_args(argv)
+  require_positive(parser, args, "--videos", "--batches")
   with tempfile.TemporaryDirectory(prefix="cope_data_bench_") as tmp:
     rows = run(args.out or tmp, args.videos, args.size, args.image_size, args.batches)
   print(f"data benchmark: {args.videos} synthetic 8 s videos at {args.size}x{args.size}, "

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cope_jax.bench import require_positive
 from cope_jax.data.sources import LETTERS, mcq_prompt
 from cope_jax.data.tokenizer import encode_conversation
 from cope_jax.models.presets import QWEN2
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
                       "(batch 256) on the bare matching task: a word, four lettered one-word "
                       "options, answer the letter")
   args = parser.parse_args(argv)
+  require_positive(parser, args, "--layers", "--steps", "--batch", "--lr", "--every")
+  if args.match_steps < 0:
+    parser.error(f"--match-steps must be >= 0, got {args.match_steps}")
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   try:
     tok = Tokenizer.from_file(args.tokenizer)

@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
   from cope_jax.train.tasks import TASKS  # pylint: disable=import-outside-toplevel
   config_flags.DEFINE_config_file("config", None, "recipe", lock_config=False)
   flags.FLAGS([__name__, f"--config={args.config}", *overrides])
-  config = flags.FLAGS.config
+  from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
+  config = prepare.loaded(flags.FLAGS.config)
+  if args.steps < 1:
+    parser.error(f"--steps must be > 0, got {args.steps}")
   task = TASKS[config.stage](config, shards="")
   program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
   shapes = abstract_batch(config, task)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cope_jax.bench import require_positive
 from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, plan_positions, token_budget
 from cope_jax.models import presets
 from cope_jax.models.llava import VideoLMConfig
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                       help="where to save the tokens-vs-video-length plot "
                       "(default tokens_vs_length.png)")
   args = parser.parse_args(argv)
-  if args.repeats < 1:
-    parser.error(f"--repeats must be >= 1, got {args.repeats}")
+  require_positive(parser, args, "--repeats", "--seconds", "--new-tokens")
   cfg = bench_config() if args.preset == "bench" else presets.video_lm(args.preset)
   table = token_table()
   print("visual tokens (Tab. 1 settings; dense = 64 frames × 210):")

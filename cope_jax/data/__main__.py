@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from cope_jax.codec.errors import ConfigError
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
+    if os.path.isfile(args.out):
+      raise ConfigError(f"--out {args.out} is a file, not a folder")
     args.func(args)
   except (ConfigError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -102,7 +102,7 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
       raise
     raise ConfigError(
         f"no {stage} record to write from {len(kept)} readable of {len(items)} videos "
-        f"({len(skipped)} skipped; TFDS: {e}); a {stage} record needs "
+        f"({len(skipped)} skipped; TFDS: {e}); each {stage} record needs "
         + {"pretrain": "a Δ-frame", "finetune": "a conversation",
            "eval": "a question"}[stage] + "; the previous shards, if any, are kept") from None
   shutil.rmtree(previous, ignore_errors=True)

@@ -36,6 +36,10 @@ class SamplingOptions:
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+    if not self.temperature >= 0:
+      raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:

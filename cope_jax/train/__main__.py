@@ -44,6 +44,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except  (ml_collections raises several kinds)
     if isinstance(e.__context__, KeyError):  # an unknown field of the recipe
       message = f"unknown config field {e.__context__.args[0]}"
+    elif "Failed loading config file" in str(e):  # missing or unreadable (overrides read it)
+      from cope_jax.train.prepare import recipe_not_loaded  # pylint: disable=import-outside-toplevel
+      message = recipe_not_loaded(e)
     else:
       message = str(e)
     if "Traceback (most recent call last):" in message:  # a recipe's own error, as text
@@ -62,10 +65,12 @@ def main(argv) -> None:
     sys.exit(2)
   from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
   try:
-    _distributed(config)
-    import jax  # pylint: disable=import-outside-toplevel
     from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
+    _distributed(prepare.loaded(config))
+    import jax  # pylint: disable=import-outside-toplevel
     prepare.check_local_path("--workdir", workdir)
+    if os.path.isfile(workdir):
+      raise ConfigError(f"--workdir={workdir} is a file, not a folder")
     prepare.resolve(config)
     prepare.validate(config, jax.device_count(), jax.process_count())
     from cope_jax.train.loop import train  # pylint: disable=import-outside-toplevel

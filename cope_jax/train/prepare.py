@@ -52,6 +52,21 @@ def resolve(config) -> None:
         config.tokenizer = qwen2_tokenizer_file()
 
 
+def loaded(config):
+  """``config`` as ml_collections loaded it, or ConfigError: a recipe file that could not be
+  loaded (missing, unreadable) is reported only when the config is first read."""
+  try:
+    config.keys()
+  except IOError as e:
+    raise ConfigError(recipe_not_loaded(e)) from None
+  return config
+
+
+def recipe_not_loaded(error: Exception) -> str:
+  """ml_collections' load error, whose last line says why (``[Errno 2] No such file…``)."""
+  return f"--config: the recipe did not load ({str(error).strip().splitlines()[-1].strip()})"
+
+
 def check_local_path(name: str, path: str) -> None:
   """Paths are read and written with the local file API: a bucket must be mounted."""
   if "://" in path:

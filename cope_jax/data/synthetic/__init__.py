@@ -68,6 +68,10 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   made with the same seed, size and length: ``out/videos/settings.json`` records them, and a
   mismatch is an error rather than ground truth that describes other videos."""
   check_seconds(seconds)
+  if videos < 1:
+    raise ConfigError(f"--videos must be >= 1, got {videos}")
+  if size < 16:
+    raise ConfigError(f"--size must be at least 16 pixels, got {size}")
   folder, settings = os.path.join(out, "videos"), {"seed": seed, "size": size, "seconds": seconds}
   os.makedirs(folder, exist_ok=True)
   made = earlier_settings(os.path.join(folder, "settings.json"), settings)
