@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from cope_jax.bench import require_positive
+
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0}  # bf16, dense
 
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--peak-tflops", type=float, default=None,
                       help="per-device peak (default: by device kind, if known)")
   args, overrides = parser.parse_known_args(argv)
+  require_positive(parser, args, "--steps")
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
@@ -44,8 +47,6 @@ def main(argv: list[str] | None = None) -> None:
   flags.FLAGS([__name__, f"--config={args.config}", *overrides])
   from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
   config = prepare.loaded(flags.FLAGS.config)
-  if args.steps < 1:
-    parser.error(f"--steps must be > 0, got {args.steps}")
   task = TASKS[config.stage](config, shards="")
   program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
   shapes = abstract_batch(config, task)
