@@ -94,3 +94,28 @@ def test_residual_reconstructs_exactly():
   np.testing.assert_array_equal(reconstruct(reference, to_pixels(field), residual), target)
   np.testing.assert_array_equal(
       warp_reference(reference, to_pixels(field)).astype(np.int16) + residual, target)
+
+
+@pytest.mark.parametrize("h,w", [(32, 48), (24, 40), (40, 24)])
+def test_mixed_block_sizes_paint_like_the_pixel_definition(h, w):
+  """16×16 and 8×8 blocks (MPEG-4 with 4MV), frames not a multiple of 16 included, and a
+  rectangular block (the general path): every pixel gets its block's vector, the rest zero."""
+  rng = np.random.default_rng(2)
+  blocks, expected = [], np.zeros((h, w, 2))
+  for y0 in range(0, h, 16):
+    for x0 in range(0, w, 16):
+      kind = rng.integers(3)  # intra (no vector), one 16×16 block, or four 8×8 blocks
+      for y, x, size in ([] if kind == 0 else [(y0, x0, 16)] if kind == 1 else
+                         [(y0 + dy, x0 + dx, 8) for dy in (0, 8) for dx in (0, 8)]):
+        if y < h and x < w:
+          d = rng.integers(-20, 20, 2) / 2
+          blocks.append((x, y, size, d[0], d[1], 2))
+          expected[y:y + size, x:x + size] = d
+  grid = MotionGrid(h, w)
+  np.testing.assert_array_equal(to_pixels(grid.field_from_vectors(_vectors(blocks))), expected)
+  rect = _vectors([(0, 0, 16, 1.5, -2.0, 2)])
+  rect["h"] = 8  # a 16×8 partition
+  rect["dst_y"] = 4
+  field = to_pixels(grid.field_from_vectors(rect))
+  np.testing.assert_array_equal(field[:8, :16], np.broadcast_to([1.5, -2.0], (8, 16, 2)))
+  assert not field[8:].any() and not field[:, 16:].any()

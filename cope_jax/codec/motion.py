@@ -68,30 +68,62 @@ class MotionGrid:
     past-reference vectors (``source < 0``) are used: the streams we read have no B-frames. The
     grid is the coarsest one every block aligns to (8 px for MPEG-4 with 4MV, 16 px without).
     """
+    if mvs is not None and (mvs["source"] >= 0).any():
+      mvs = mvs[mvs["source"] < 0]
     if mvs is None or not len(mvs):
       return MotionStep(np.zeros((-(-self.height // 16), -(-self.width // 16), 2), np.int16), 16)
-    mvs = mvs[mvs["source"] < 0]
-    w, h = mvs["w"].astype(np.intp), mvs["h"].astype(np.intp)
-    cell = int(np.gcd.reduce(np.concatenate([w, h, [16]])))
-    cell &= -cell  # the largest power of two dividing it (codec blocks are powers of two)
-    ch, cw = -(-self.height // cell), -(-self.width // cell)
-    scale = mvs["motion_scale"].astype(np.intp)
-    q = np.stack([mvs["motion_x"] * QPEL // scale, mvs["motion_y"] * QPEL // scale], -1)
-    bw, bh = w // cell, h // cell
-    y0 = (mvs["dst_y"].astype(np.intp) - h // 2) // cell  # dst is the block centre
-    x0 = (mvs["dst_x"].astype(np.intp) - w // 2) // cell
-    cells = np.zeros((ch, cw, 2), np.int16)
-    if np.all((bw == 1) & (bh == 1)):  # the common case: every block is one cell
-      cells[np.clip(y0, 0, ch - 1), np.clip(x0, 0, cw - 1)] = q
-      return MotionStep(cells, cell)
-    # Blocks spanning several cells: one entry per covered cell.
-    counts = bw * bh
-    ids = np.repeat(np.arange(len(mvs)), counts)
-    k = np.arange(ids.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    iy = y0[ids] + k // bw[ids]
-    ix = x0[ids] + k % bw[ids]
-    cells[np.clip(iy, 0, ch - 1), np.clip(ix, 0, cw - 1)] = q[ids]
+    # This runs for every decoded frame, on ~10³ blocks: numpy's per-call cost is what counts.
+    w, h, dst_x, dst_y = mvs["w"], mvs["h"], mvs["dst_x"], mvs["dst_y"]
+    # Block sides are powers of two: the OR of all sides has one bit per side that occurs, and
+    # its lowest set bit (with 16's) is the largest power of two dividing them all.
+    sides = int(np.bitwise_or.reduce(w)) | int(np.bitwise_or.reduce(h))
+    cell = (sides | 16) & -(sides | 16)
+    scale = mvs["motion_scale"]
+    q = np.empty((len(mvs), 2), np.int64)
+    if (scale == scale[0]).all() and QPEL % int(scale[0]) == 0:  # one precision: exact multiply
+      np.multiply(mvs["motion_x"], QPEL // int(scale[0]), out=q[:, 0])
+      np.multiply(mvs["motion_y"], QPEL // int(scale[0]), out=q[:, 1])
+    else:
+      scale = scale.astype(np.intp)
+      q[:, 0], q[:, 1] = mvs["motion_x"] * QPEL // scale, mvs["motion_y"] * QPEL // scale
+    if not (w == h).all():  # rectangular blocks (not in MPEG-4 part 2)
+      return MotionStep(self._paint_rectangles(w, h, dst_x, dst_y, q, cell), cell)
+    # Square blocks (MPEG-4: 16×16 macroblocks, 8×8 blocks with 4MV), largest first, each side
+    # on its own grid, which is then repeated onto the next smaller one (blocks do not overlap).
+    cells = None
+    for bit in range(sides.bit_length() - 1, cell.bit_length() - 2, -1):
+      side = 1 << bit
+      rows, cols = -(-self.height // side), -(-self.width // side)
+      if cells is None:
+        cells = np.zeros((rows, cols, 2), np.int16)
+      else:  # from the previous (twice as large) side's grid
+        cells = np.repeat(np.repeat(cells, 2, axis=0), 2, axis=1)[:rows, :cols]
+        cells = np.ascontiguousarray(cells)  # (the flat view below must not be a copy)
+      if not sides >> bit & 1:
+        continue
+      pick = w == side
+      # dst is the block centre: (dst − side/2) >> bit is its cell, exactly
+      y = np.clip((dst_y[pick].astype(np.intp) - side // 2) >> bit, 0, rows - 1)
+      x = np.clip((dst_x[pick].astype(np.intp) - side // 2) >> bit, 0, cols - 1)
+      cells.reshape(-1, 2)[y * cols + x] = q[pick]
     return MotionStep(cells, cell)
+
+  def _paint_rectangles(self, w, h, dst_x, dst_y, q, cell) -> np.ndarray:
+    """Blocks of any power-of-two sides on the ``cell`` grid: one entry per covered cell."""
+    shift = cell.bit_length() - 1
+    ch, cw = -(-self.height // cell), -(-self.width // cell)
+    w, h = w.astype(np.intp), h.astype(np.intp)
+    bw, bh = w >> shift, h >> shift
+    y0 = (dst_y.astype(np.intp) - h // 2) >> shift
+    x0 = (dst_x.astype(np.intp) - w // 2) >> shift
+    counts = bw * bh
+    ids = np.repeat(np.arange(len(w)), counts)
+    k = np.arange(ids.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    cells = np.zeros((ch, cw, 2), np.int16)
+    iy = np.clip(y0[ids] + k // bw[ids], 0, ch - 1)
+    ix = np.clip(x0[ids] + k % bw[ids], 0, cw - 1)
+    cells[iy, ix] = q[ids]
+    return cells
 
   def expand(self, step: MotionStep) -> np.ndarray:
     """A step as a dense (H, W, 2) int16 quarter-pel field."""
