@@ -49,3 +49,8 @@ def test_bad_values_are_one_error_line_with_status_2(tmp_path):
   assert r.stderr.startswith(f"error: {text}: not a readable video file")
   r = _bench("codec", "--size", "20")
   assert r.returncode == 2 and r.stderr.startswith("error: size must be a positive multiple of 16")
+
+
+def test_ttft_changes_are_signed():
+  from cope_jax.bench.ttft_bench import _change  # pylint: disable=import-outside-toplevel
+  assert (_change(0.908), _change(-0.12), _change(0.0)) == ("−90.8%", "+12.0%", "±0.0%")

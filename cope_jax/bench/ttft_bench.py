@@ -142,5 +142,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.new_tokens} new tokens, best of {args.repeats}:")
   for r in measure(cfg, args.seconds, args.new_tokens, args.repeats):
     print(f"  {r['setting']:16s} {r['visual_tokens']:6d} visual tokens  TTFT {r['ttft_s']:7.3f} s "
-          f"(−{r['ttft_reduction']:.1%} vs dense)  end-to-end {r['e2e_s']:7.3f} s "
-          f"(−{r['e2e_reduction']:.1%})")
+          f"({_change(r['ttft_reduction'])} vs dense)  end-to-end {r['e2e_s']:7.3f} s "
+          f"({_change(r['e2e_reduction'])})")
+
+
+def _change(reduction: float) -> str:
+  """A reduction as a signed change: −90.8 % is faster than dense, +12.0 % slower."""
+  return f"{'−' if reduction > 0 else '+' if reduction < 0 else '±'}{abs(reduction):.1%}"

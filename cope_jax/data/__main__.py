@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="scenes and splits (default 0)")
   p.add_argument("--size", type=int, default=96, help="frame side in pixels (default 96)")
   p.add_argument("--seconds", type=float, default=8.0,
-                 help="video length, at least 4.5 (default 8 = 1 GOP)")
+                 help="video length in seconds, at least 5 (default 8 = 1 GOP)")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_synth)

@@ -113,7 +113,7 @@ def min_seconds(num_sprites: int = 2, fps: int = 30) -> float:
 
 
 def check_seconds(seconds: float, num_sprites: int = 2, fps: int = 30) -> None:
-  if not _starts_fit(seconds, num_sprites, fps):
+  if seconds < min_seconds(num_sprites, fps):  # (half seconds: the rule users are told)
     raise ConfigError(f"{seconds:g} s is too short for {num_sprites} objects that start moving "
                       f"1.5 s apart in the first 45 % of the video; use at least "
                       f"{min_seconds(num_sprites, fps):g} s")
