@@ -1,9 +1,12 @@
-"""``python -m cope_jax.bench``: its help lists every benchmark; a wrong name is a usage error."""
+"""``python -m cope_jax.bench``: its help, usage errors and bad values; TTFT's settings and signs."""
 
 import subprocess
 import sys
 
 from cope_jax.bench.__main__ import BENCHMARKS
+from cope_jax.bench.ttft_bench import _change, measure
+from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, token_budget
+from cope_jax.models import presets
 
 
 def _bench(*args):
@@ -52,5 +55,19 @@ def test_bad_values_are_one_error_line_with_status_2(tmp_path):
 
 
 def test_ttft_changes_are_signed():
-  from cope_jax.bench.ttft_bench import _change  # pylint: disable=import-outside-toplevel
   assert (_change(0.908), _change(-0.12), _change(0.0)) == ("−90.8%", "+12.0%", "±0.0%")
+
+
+def test_ttft_measures_every_setting_with_the_budget_s_frame_counts():
+  """The tiny preset end to end: the keyframes and Δ-frames of each setting are the token
+  budget's (``codec budget``), Δ-frames at the keyframes' side, dense the reference."""
+  cfg = presets.video_lm("tiny")
+  rows = measure(cfg, 16, new_tokens=2, repeats=1)
+  assert [r["setting"] for r in rows] == ["dense 64 frames", "CoPE K=1", "CoPE K=2", "CoPE K=4"]
+  assert rows[0]["visual_tokens"] == 64 * cfg.keyframe_tokens and rows[0]["ttft_reduction"] == 0
+  for r, k in zip(rows[1:], (1, 2, 4)):
+    budget = token_budget(num_frames_for_duration(16, 30), SamplingConfig(keyframes_per_gop=k))
+    assert (r["keyframes"], r["delta_frames"]) == (budget["keyframes"], budget["delta_frames"])
+    assert r["visual_tokens"] == (r["keyframes"] * cfg.keyframe_tokens
+                                  + r["delta_frames"] * cfg.delta_tokens)
+    assert 0 < r["ttft_s"] <= r["e2e_s"]

@@ -4,7 +4,8 @@ on the same model in one run; plus the token table of Tab. 1's settings and Fig.
 Weights are random: TTFT does not depend on their values, only on the shapes. The default
 ``--preset bench`` keeps the paper's token geometry (SigLIP grid 27 → 210 tokens per keyframe,
 10 per Δ-frame, 384² codec frames) with narrow layers so that it runs on a CPU; ``--preset
-paper`` is LLaVA-Video-7B's shapes (for accelerators). TTFT is measured from primitives in
+paper`` is LLaVA-Video-7B's shapes (for accelerators). Δ-frames have the keyframes' side (the
+preset's vision input: 384 for bench and paper, 64 for tiny). TTFT is measured from primitives in
 memory (model inputs on the host) to the first token, after one warm-up call per setting.
 """
 
@@ -45,12 +46,14 @@ def settings(seconds: float) -> dict[str, tuple[int, int, np.ndarray]]:
 
 
 def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
-            codec_size: int = 384) -> list[dict]:
+            codec_size: int | None = None) -> list[dict]:
+  """``codec_size``: the Δ-frames' side (default: the keyframes', as in the paper: 384 both)."""
   from cope_jax.infer.generation import Generator, SamplingOptions  # pylint: disable=import-outside-toplevel
   from cope_jax.models.llava import VideoLM, init_inputs  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
-  s, c = cfg.vision.image_size, codec_size
+  s = cfg.vision.image_size
+  c = codec_size or s
   prompt = 80  # system prompt + time instruction + a question
   rows, params = [], None
   for name, (k, p, kinds) in settings(seconds).items():
