@@ -96,26 +96,70 @@ def test_residual_reconstructs_exactly():
       warp_reference(reference, to_pixels(field)).astype(np.int16) + residual, target)
 
 
-@pytest.mark.parametrize("h,w", [(32, 48), (24, 40), (40, 24)])
-def test_mixed_block_sizes_paint_like_the_pixel_definition(h, w):
-  """16×16 and 8×8 blocks (MPEG-4 with 4MV), frames not a multiple of 16 included, and a
-  rectangular block (the general path): every pixel gets its block's vector, the rest zero."""
+def _quadtree_blocks(rng, h, w, top, smallest):
+  """A codec-like partition: each top×top block intra, whole, or split in four, recursively
+  down to ``smallest``; only blocks that start inside the frame (as codecs emit them)."""
+  blocks = []
+
+  def split(y, x, size):
+    choice = rng.integers(3) if size > smallest else rng.integers(2)
+    if choice == 2:
+      for dy in (0, size // 2):
+        for dx in (0, size // 2):
+          split(y + dy, x + dx, size // 2)
+    elif choice == 1 and y < h and x < w:
+      blocks.append((x, y, size, *(rng.integers(-40, 40, 2) / 4), int(rng.choice([1, 2, 4]))))
+
+  for y in range(0, h, top):
+    for x in range(0, w, top):
+      split(y, x, top)
+  return blocks
+
+
+def test_square_blocks_paint_like_the_pixel_definition_and_the_general_path():
+  """Codec-like partitions (16×16 macroblocks with 8×8 blocks as in MPEG-4, and deeper ones),
+  frames not a multiple of 16, mixed precisions: the fast path for square blocks gives every
+  pixel its block's vector (the rest zero) and exactly the general path's cells."""
   rng = np.random.default_rng(2)
-  blocks, expected = [], np.zeros((h, w, 2))
-  for y0 in range(0, h, 16):
-    for x0 in range(0, w, 16):
-      kind = rng.integers(3)  # intra (no vector), one 16×16 block, or four 8×8 blocks
-      for y, x, size in ([] if kind == 0 else [(y0, x0, 16)] if kind == 1 else
-                         [(y0 + dy, x0 + dx, 8) for dy in (0, 8) for dx in (0, 8)]):
-        if y < h and x < w:
-          d = rng.integers(-20, 20, 2) / 2
-          blocks.append((x, y, size, d[0], d[1], 2))
-          expected[y:y + size, x:x + size] = d
-  grid = MotionGrid(h, w)
-  np.testing.assert_array_equal(to_pixels(grid.field_from_vectors(_vectors(blocks))), expected)
+  for trial in range(300):
+    h, w = (int(v) for v in rng.integers(8, 100, 2))
+    top, smallest = [(16, 8), (32, 4), (16, 16)][trial % 3]
+    blocks = _quadtree_blocks(rng, h, w, top, smallest)
+    mvs = _vectors(blocks)
+    grid = MotionGrid(h, w)
+    expected = np.zeros((h, w, 2))
+    for (x, y, size, *_), m in zip(blocks, mvs):  # the stored vector, in quarter pels
+      expected[y:y + size, x:x + size] = [m["motion_x"] * QPEL // m["motion_scale"] / QPEL,
+                                          m["motion_y"] * QPEL // m["motion_scale"] / QPEL]
+    step = grid.step_from_vectors(mvs)
+    np.testing.assert_array_equal(to_pixels(grid.expand(step)), expected)
+    if len(blocks):
+      top_left = (mvs["dst_y"].astype(np.intp) - mvs["h"] // 2,
+                  mvs["dst_x"].astype(np.intp) - mvs["w"] // 2)
+      q = np.stack([mvs["motion_x"] * QPEL // mvs["motion_scale"],
+                    mvs["motion_y"] * QPEL // mvs["motion_scale"]], -1)
+      general = grid._paint_blocks  # pylint: disable=protected-access
+      np.testing.assert_array_equal(step.cells,
+                                    general(mvs["w"], mvs["h"], *top_left, q, step.cell))
+
+
+def test_blocks_off_their_grid_or_outside_the_frame_are_clamped_in_array_order():
+  """What codecs do not emit takes the general path: a 16×16 block at y = 8, one wholly below
+  the frame (clamped onto the last row, after the block there), and a 16×8 rectangle."""
+  grid = MotionGrid(24, 32)
+  mvs = _vectors([(0, 8, 16, 1.0, 0, 2), (16, 8, 8, 2.0, 0, 2), (16, 24, 8, 3.0, 0, 2)])
+  field = to_pixels(grid.field_from_vectors(mvs))
+  np.testing.assert_array_equal(field[8:24, :16, 0], np.ones((16, 16)))
+  np.testing.assert_array_equal(field[16:24, 16:24, 0], np.full((8, 8), 3.0))  # clamped, later
+  np.testing.assert_array_equal(field[8:16, 16:24, 0], np.full((8, 8), 2.0))
+  assert not field[:8].any()
   rect = _vectors([(0, 0, 16, 1.5, -2.0, 2)])
   rect["h"] = 8  # a 16×8 partition
   rect["dst_y"] = 4
   field = to_pixels(grid.field_from_vectors(rect))
   np.testing.assert_array_equal(field[:8, :16], np.broadcast_to([1.5, -2.0], (8, 16, 2)))
   assert not field[8:].any() and not field[:, 16:].any()
+  zero_scale = _vectors([(0, 0, 16, 0, 0, 2)])
+  zero_scale["motion_scale"] = 0  # a broken stream: no vector rather than a crash
+  with np.errstate(divide="ignore"):
+    assert not grid.field_from_vectors(zero_scale).any()

@@ -262,11 +262,14 @@ def test_regenerating_with_other_settings_is_refused(tmp_path):
   for seconds in (4, 4.6):  # the rule told (``--help``, the message): at least 5 s
     with pytest.raises(ConfigError, match="too short.*at least 5 s"):
       synthetic.generate(str(tmp_path / "short"), 2, seconds=seconds, workers=1, progress=False)
-  for kwargs, message in ((dict(videos=0), "--videos must be >= 1"),
+  for kwargs, message in ((dict(videos=0), "number of videos must be >= 1"),
                           (dict(videos=2, size=8), "--size must be at least 16"),
-                          (dict(videos=2, workers=0), "--workers must be >= 1")):
+                          (dict(videos=2, workers=0), "--workers must be >= 1"),
+                          (dict(videos=2, seconds=float("nan")), "finite"),
+                          (dict(videos=2, seconds=float("inf")), "finite")):
     with pytest.raises(ConfigError, match=message):
       synthetic.generate(str(tmp_path / "refused"), **{"workers": 1, "progress": False, **kwargs})
+  assert not (tmp_path / "refused").exists()  # checked before the folder records settings
   shortest = min_seconds()
   scene = sample_scene(np.random.default_rng(0), size=32, seconds=shortest)
   assert len(scene.camera) == round(shortest * 30)

@@ -221,14 +221,17 @@ def test_unknown_variant_is_one_error_line(tmp_path):
 def test_a_missing_recipe_or_a_file_as_workdir_is_one_error_line(tmp_path):
   (tmp_path / "file").write_text("")
   for recipe, workdir, message in (("missing.py", tmp_path / "w", "the recipe did not load"),
-                                   ("pretrain.py:tiny", tmp_path / "file", "is a file")):
+                                   ("pretrain.py:tiny", tmp_path / "file", "is a file"),
+                                   ("pretrain.py:tiny", tmp_path / "file" / "sub", "is a file")):
     r = run(recipe, workdir, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:") and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-  r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot", "--config=configs/missing.py"],
-                     capture_output=True, text=True, timeout=300,
-                     cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert r.returncode == 2 and r.stderr.startswith("error: --config: the recipe did not load")
+  for overrides in ([], ["--config.total_steps=3"]):  # (with overrides absl reads it at once)
+    r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot", "--config=configs/missing.py",
+                        *overrides], capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 2 and r.stderr.startswith("error: --config: the recipe did not load")
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_paper_recipe_without_data_stops_at_once(tmp_path):

@@ -29,10 +29,10 @@ def main() -> None:
     print(_usage(), file=sys.stderr)
     sys.exit(2)
   import importlib  # pylint: disable=import-outside-toplevel
-  from cope_jax.codec.errors import VideoError  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.errors import ConfigError, VideoError  # pylint: disable=import-outside-toplevel
   try:
     importlib.import_module(BENCHMARKS[sys.argv[1]][0]).main(sys.argv[2:])
-  except (VideoError, ValueError, OSError) as e:  # a bad input or setting (ConfigError included)
+  except (VideoError, ConfigError, OSError) as e:  # a bad input or setting; bugs keep tracebacks
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--image-size", type=int, default=384, help="vision encoder input side")
   parser.add_argument("--batches", type=int, default=20)
   args = parser.parse_args(argv)
-  require_positive(parser, args, "--videos", "--batches")
+  require_positive(parser, args, "--videos", "--batches", "--size", "--image-size")
   with tempfile.TemporaryDirectory(prefix="cope_data_bench_") as tmp:
     rows = run(args.out or tmp, args.videos, args.size, args.image_size, args.batches)
   print(f"data benchmark: {args.videos} synthetic 8 s videos at {args.size}x{args.size}, "

@@ -34,13 +34,16 @@ def _flops(fn, *shapes) -> float:
 
 
 def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,
-                    codec_size: int = 384) -> dict[str, float]:
+                    codec_size: int | None = None) -> dict[str, float]:
+  """FLOPs per component; Δ-frames of ``codec_size`` (default: the keyframes' side, as in the
+  paper and ``bench ttft``)."""
   from cope_jax.models.delta_encoder import DeltaEncoder  # pylint: disable=import-outside-toplevel
   from cope_jax.models.llava import Projector  # pylint: disable=import-outside-toplevel
   from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel
   from cope_jax.models.siglip import Siglip  # pylint: disable=import-outside-toplevel
   sds = jax.ShapeDtypeStruct
-  s, c = cfg.vision.image_size, codec_size
+  s = cfg.vision.image_size
+  c = codec_size or s
   params = lambda module, *args: jax.eval_shape(  # noqa: E731
       lambda *a: module.init(jax.random.key(0), *a), *args)
   out = {}
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--peak-tflops", type=float, default=None,
                       help="per-device peak, for the FLOP-bound TTFT (e.g. 989 for H100 bf16)")
   args = parser.parse_args(argv)
-  require_positive(parser, args, "--seconds", "--text-tokens")
+  require_positive(parser, args, "--seconds", "--text-tokens", "--peak-tflops")
   if args.preset == "bench" and args.delta:
     parser.error("--delta picks the Δ-encoder of a named preset; bench has its own (tiny)")
   cfg = unscanned(bench_config() if args.preset == "bench"

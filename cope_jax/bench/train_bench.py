@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--peak-tflops", type=float, default=None,
                       help="per-device peak (default: by device kind, if known)")
   args, overrides = parser.parse_known_args(argv)
-  require_positive(parser, args, "--steps")
+  require_positive(parser, args, "--steps", "--peak-tflops")
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
   from cope_jax.train.loop import TrainProgram  # pylint: disable=import-outside-toplevel
   from cope_jax.train.tasks import TASKS  # pylint: disable=import-outside-toplevel
   config_flags.DEFINE_config_file("config", None, "recipe", lock_config=False)
-  flags.FLAGS([__name__, f"--config={args.config}", *overrides])
   from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
+  prepare.parse_flags([__name__, f"--config={args.config}", *overrides])
   config = prepare.loaded(flags.FLAGS.config)
   task = TASKS[config.stage](config, shards="")
   program = TrainProgram(config, task, make_mesh(dict(config.mesh)))

@@ -75,7 +75,8 @@ def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
                              start=start)
       if i and (best is None or t["ttft_s"] < best["ttft_s"]):
         best = t
-    rows.append({"setting": name, "keyframes": k, "delta_frames": p, "visual_tokens": visual,
+    rows.append({"setting": name, "keyframes": k, "delta_frames": p, "delta_side": c,
+                 "visual_tokens": visual,
                  "ttft_s": best["ttft_s"], "e2e_s": best["e2e_s"]})
   dense = rows[0]
   for r in rows:

@@ -67,6 +67,8 @@ class MotionGrid:
     Blocks without an entry (intra blocks, a frame without vectors) get zero displacement. Only
     past-reference vectors (``source < 0``) are used: the streams we read have no B-frames. The
     grid is the coarsest one every block aligns to (8 px for MPEG-4 with 4MV, 16 px without).
+    Blocks are expected not to overlap (codecs' never do); where they would, the one painted
+    last wins — in array order, or, on the fast path for square blocks, the smaller one.
     """
     if mvs is not None and (mvs["source"] >= 0).any():
       mvs = mvs[mvs["source"] < 0]
@@ -74,22 +76,30 @@ class MotionGrid:
       return MotionStep(np.zeros((-(-self.height // 16), -(-self.width // 16), 2), np.int16), 16)
     # This runs for every decoded frame, on ~10³ blocks: numpy's per-call cost is what counts.
     w, h, dst_x, dst_y = mvs["w"], mvs["h"], mvs["dst_x"], mvs["dst_y"]
-    # Block sides are powers of two: the OR of all sides has one bit per side that occurs, and
-    # its lowest set bit (with 16's) is the largest power of two dividing them all.
+    # The largest power of two dividing every side and 16 is the lowest set bit of their OR (for
+    # power-of-two sides, the OR also has one bit per side that occurs).
     sides = int(np.bitwise_or.reduce(w)) | int(np.bitwise_or.reduce(h))
     cell = (sides | 16) & -(sides | 16)
     scale = mvs["motion_scale"]
     q = np.empty((len(mvs), 2), np.int64)
-    if (scale == scale[0]).all() and QPEL % int(scale[0]) == 0:  # one precision: exact multiply
+    if (scale == scale[0]).all() and 0 < scale[0] <= QPEL and QPEL % int(scale[0]) == 0:
+      # one precision that divides a quarter pel: an exact multiply
       np.multiply(mvs["motion_x"], QPEL // int(scale[0]), out=q[:, 0])
       np.multiply(mvs["motion_y"], QPEL // int(scale[0]), out=q[:, 1])
     else:
       scale = scale.astype(np.intp)
       q[:, 0], q[:, 1] = mvs["motion_x"] * QPEL // scale, mvs["motion_y"] * QPEL // scale
-    if not (w == h).all():  # rectangular blocks (not in MPEG-4 part 2)
-      return MotionStep(self._paint_rectangles(w, h, dst_x, dst_y, q, cell), cell)
-    # Square blocks (MPEG-4: 16×16 macroblocks, 8×8 blocks with 4MV), largest first, each side
-    # on its own grid, which is then repeated onto the next smaller one (blocks do not overlap).
+    top, left = dst_y.astype(np.intp) - h // 2, dst_x.astype(np.intp) - w // 2
+    if not ((w == h).all() and (w > 0).all() and not (w & (w - 1)).any()
+            and not ((top | left) & (w.astype(np.intp) - 1)).any()
+            and 0 <= top.min() and top.max() < self.height
+            and 0 <= left.min() and left.max() < self.width):
+      # Not MPEG-4's: rectangles, sides that are not powers of two, blocks off their own grid or
+      # outside the frame (clamped onto its border, as the general path has always done).
+      return MotionStep(self._paint_blocks(w, h, top, left, q, cell), cell)
+    # Square power-of-two blocks on their own grid, inside the frame (MPEG-4: 16×16 macroblocks,
+    # 8×8 blocks with 4MV): largest first, each side on its own grid, which is then repeated
+    # onto the next smaller one.
     cells = None
     for bit in range(sides.bit_length() - 1, cell.bit_length() - 2, -1):
       side = 1 << bit
@@ -102,20 +112,17 @@ class MotionGrid:
       if not sides >> bit & 1:
         continue
       pick = w == side
-      # dst is the block centre: (dst − side/2) >> bit is its cell, exactly
-      y = np.clip((dst_y[pick].astype(np.intp) - side // 2) >> bit, 0, rows - 1)
-      x = np.clip((dst_x[pick].astype(np.intp) - side // 2) >> bit, 0, cols - 1)
-      cells.reshape(-1, 2)[y * cols + x] = q[pick]
+      cells.reshape(-1, 2)[(top[pick] >> bit) * cols + (left[pick] >> bit)] = q[pick]
     return MotionStep(cells, cell)
 
-  def _paint_rectangles(self, w, h, dst_x, dst_y, q, cell) -> np.ndarray:
-    """Blocks of any power-of-two sides on the ``cell`` grid: one entry per covered cell."""
+  def _paint_blocks(self, w, h, top, left, q, cell) -> np.ndarray:
+    """Blocks of any sides on the ``cell`` grid, in array order: one entry per covered cell,
+    cell indices clamped to the grid."""
     shift = cell.bit_length() - 1
     ch, cw = -(-self.height // cell), -(-self.width // cell)
     w, h = w.astype(np.intp), h.astype(np.intp)
     bw, bh = w >> shift, h >> shift
-    y0 = (dst_y.astype(np.intp) - h // 2) >> shift
-    x0 = (dst_x.astype(np.intp) - w // 2) >> shift
+    y0, x0 = top >> shift, left >> shift
     counts = bw * bh
     ids = np.repeat(np.arange(len(w)), counts)
     k = np.arange(ids.size) - np.repeat(np.cumsum(counts) - counts, counts)

@@ -13,6 +13,7 @@ from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.sampling import DELTA, KEYFRAME
 from cope_jax.data import primitive_cache, sources
 from cope_jax.data.builders import BUILDERS, records
+from cope_jax.data.parallel import check_workers
 from cope_jax.data.pipeline import SEQUENCE_INDEX, conversation_characters
 from cope_jax.data.primitive_cache import ExtractSettings
 from cope_jax.json_files import write_json
@@ -51,6 +52,7 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   """Extracts every video (in parallel, resumable) and writes the shards and report.json."""
   if stage not in BUILDERS:
     raise ConfigError(f"unknown stage {stage!r} (pretrain, finetune, eval)")
+  check_workers(workers)
   if limit is not None:
     if limit < 1:
       raise ConfigError(f"--limit must be >= 1, got {limit}")

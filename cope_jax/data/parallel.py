@@ -10,11 +10,16 @@ import sys
 from cope_jax.codec.errors import ConfigError
 
 
+def check_workers(workers: int | None) -> None:
+  """ConfigError unless ``workers`` is None (all cores) or at least 1."""
+  if workers is not None and workers < 1:
+    raise ConfigError(f"--workers must be >= 1, got {workers}")
+
+
 def process_pool(workers: int | None) -> concurrent.futures.ProcessPoolExecutor:
   """``workers`` processes (default: all cores). Fork on Linux, so it also works from notebooks
   and stdin scripts; spawn if JAX is already loaded here (forking its threads is unsafe)."""
-  if workers is not None and workers < 1:
-    raise ConfigError(f"--workers must be >= 1, got {workers}")
+  check_workers(workers)
   method = "fork" if sys.platform == "linux" and "jax" not in sys.modules else "spawn"
   return concurrent.futures.ProcessPoolExecutor(max(1, workers or os.cpu_count() or 1),
                                                 mp_context=multiprocessing.get_context(method))

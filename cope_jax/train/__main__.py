@@ -36,26 +36,6 @@ def _distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with an unknown recipe variant or config key, or a bad value, as one
-  ``error:`` line and exit status 2 rather than a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except  (ml_collections raises several kinds)
-    if isinstance(e.__context__, KeyError):  # an unknown field of the recipe
-      message = f"unknown config field {e.__context__.args[0]}"
-    elif "Failed loading config file" in str(e):  # missing or unreadable (overrides read it)
-      from cope_jax.train.prepare import recipe_not_loaded  # pylint: disable=import-outside-toplevel
-      message = recipe_not_loaded(e)
-    else:
-      message = str(e)
-    if "Traceback (most recent call last):" in message:  # a recipe's own error, as text
-      head, tail = message.split("Traceback (most recent call last):", 1)
-      message = head + tail.strip().splitlines()[-1]
-    print(f"error: {' '.join(message.split())} (see --help)", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO
@@ -69,8 +49,7 @@ def main(argv) -> None:
     _distributed(prepare.loaded(config))
     import jax  # pylint: disable=import-outside-toplevel
     prepare.check_local_path("--workdir", workdir)
-    if os.path.isfile(workdir):
-      raise ConfigError(f"--workdir={workdir} is a file, not a folder")
+    prepare.check_folder("--workdir", workdir)
     prepare.resolve(config)
     prepare.validate(config, jax.device_count(), jax.process_count())
     from cope_jax.train.loop import train  # pylint: disable=import-outside-toplevel
@@ -82,4 +61,5 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=_parse_flags)
+  from cope_jax.train.prepare import parse_flags  # pylint: disable=ungrouped-imports
+  app.run(main, flags_parser=parse_flags)

@@ -104,4 +104,5 @@ if __name__ == "__main__":
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "a recipe in configs/", lock_config=True)
   logging.set_verbosity(logging.WARNING)
-  app.run(lambda argv: main(argv, topology_flag))
+  from cope_jax.train.prepare import parse_flags  # pylint: disable=ungrouped-imports
+  app.run(lambda argv: main(argv, topology_flag), flags_parser=parse_flags)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 
 from cope_jax.codec.errors import ConfigError
 from cope_jax.data.tokenizer import cache_dir, qwen2_tokenizer_file
@@ -62,9 +63,39 @@ def loaded(config):
   return config
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (``--config`` and its overrides), with a recipe that does not load, an
+  unknown variant or config key, or a bad value, as one ``error:`` line and exit status 2 rather
+  than a traceback."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  (ml_collections raises several kinds)
+    if isinstance(e.__context__, KeyError):  # an unknown field of the recipe
+      message = f"unknown config field {e.__context__.args[0]}"
+    elif "Failed loading config file" in str(e):  # missing or unreadable (overrides read it)
+      message = recipe_not_loaded(e)
+    else:
+      message = str(e)
+    if "Traceback (most recent call last):" in message:  # a recipe's own error, as text
+      head, tail = message.split("Traceback (most recent call last):", 1)
+      message = head + tail.strip().splitlines()[-1]
+    print(f"error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+    sys.exit(2)
+
+
 def recipe_not_loaded(error: Exception) -> str:
   """ml_collections' load error, whose last line says why (``[Errno 2] No such file…``)."""
   return f"--config: the recipe did not load ({str(error).strip().splitlines()[-1].strip()})"
+
+
+def check_folder(name: str, path: str) -> None:
+  """ConfigError unless ``path`` is a folder or can be made one (no file on its way)."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f"{name}={path}: {existing} is a file, not a folder")
 
 
 def check_local_path(name: str, path: str) -> None:

@@ -23,7 +23,7 @@ from cope_jax.codec.errors import ConfigError
 from cope_jax.data.sources import mcq_prompt
 from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, caption,
                                                questions_for_scene)
-from cope_jax.data.parallel import process_pool
+from cope_jax.data.parallel import check_workers, process_pool
 from cope_jax.data.synthetic.scene import Scene, check_seconds, render, sample_scene
 from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
 from cope_jax.json_files import earlier_settings, write_json
@@ -67,9 +67,12 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   Videos already in ``out/videos`` are kept (an interrupted run resumes), so they must have been
   made with the same seed, size and length: ``out/videos/settings.json`` records them, and a
   mismatch is an error rather than ground truth that describes other videos."""
+  # Everything checked before the folder records its settings (a refused run must not leave
+  # settings that later runs into the same folder would be held to).
   check_seconds(seconds)
+  check_workers(workers)
   if videos < 1:
-    raise ConfigError(f"--videos must be >= 1, got {videos}")
+    raise ConfigError(f"the number of videos must be >= 1, got {videos}")
   if size < 16:
     raise ConfigError(f"--size must be at least 16 pixels, got {size}")
   folder, settings = os.path.join(out, "videos"), {"seed": seed, "size": size, "seconds": seconds}

@@ -9,6 +9,7 @@ are, never how they move.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -113,6 +114,8 @@ def min_seconds(num_sprites: int = 2, fps: int = 30) -> float:
 
 
 def check_seconds(seconds: float, num_sprites: int = 2, fps: int = 30) -> None:
+  if not math.isfinite(seconds):
+    raise ConfigError(f"the video length must be a finite number of seconds, got {seconds}")
   if seconds < min_seconds(num_sprites, fps):  # (half seconds: the rule users are told)
     raise ConfigError(f"{seconds:g} s is too short for {num_sprites} objects that start moving "
                       f"1.5 s apart in the first 45 % of the video; use at least "
