@@ -26,7 +26,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import SamplingConfig
-from cope_jax.data.sources import MCQ_SUFFIX
+from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
 
 ANSWER_FORMATS = ("letter", "open", "ranked")
 
@@ -128,24 +128,8 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
 
 
 def read_questions(path: str, limit: int | None = None) -> list[dict]:
-  folder = os.path.dirname(os.path.abspath(path))
-  out = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        q = json.loads(line)
-      except ValueError as e:
-        raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
-      if not isinstance(q, dict):
-        raise ValueError(f"{path}:{n}: not a JSON object")
-      for key in ("video", "question", "options", "answer"):
-        if key not in q:
-          raise ValueError(f"{path}:{n}: missing {key!r}")
-      if not os.path.isabs(q["video"]):
-        q["video"] = os.path.join(folder, q["video"])
-      out.append(q)
+  """The MCQ JSONL's questions, checked, video paths absolute (``data.sources.mcq_lines``)."""
+  out = [q for _, q in mcq_lines(path)]
   return out[:limit] if limit else out
 
 

@@ -236,8 +236,15 @@ def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):
 def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
   (tmp_path / "q.jsonl").write_text("not json\n")
   (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+  good = {"video": "a.mp4", "question": "Q?", "options": ["a", "b"], "answer": "A"}
+  (tmp_path / "z.jsonl").write_text(json.dumps({**good, "answer": "Z"}) + "\n")
+  (tmp_path / "str.jsonl").write_text(json.dumps(good) + "\n"
+                                      + json.dumps({**good, "options": "ab"}))
+  # (the MCQ lines are read as data build reads them: one checker)
   for data, out, message in (("q.jsonl", "r.json", f"{tmp_path / 'q.jsonl'}:1: not a JSON line"),
                              ("list.jsonl", "r.json", "list.jsonl:1: not a JSON object"),
+                             ("z.jsonl", "r.json", "z.jsonl:1: answer 'Z' is not one of"),
+                             ("str.jsonl", "r.json", "str.jsonl:2: options must be a list"),
                              ("q.jsonl", ".", "is a folder")):
     r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir",
                         str(tmp_path / "no_model"), "--data", str(tmp_path / data),

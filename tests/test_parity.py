@@ -273,3 +273,10 @@ def test_llava_video_command_writes_an_orbax_checkpoint(hf_root, tmp_path):
                       str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "config.json").write_text('{"model_type": "llava_onevision"}')
+  r = subprocess.run([sys.executable, "-m", "cope_jax.convert", "llava-video", "--checkpoint",
+                      str(tmp_path / "other"), "--out", str(tmp_path / "y")],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and not (tmp_path / "y").exists()
+  assert r.stderr.startswith(f"error: {tmp_path / 'other' / 'config.json'}: neither text_config")

@@ -78,7 +78,10 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
   from cope_jax.convert import llava_convert  # pylint: disable=import-outside-toplevel
   from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
   hf = read_config(checkpoint)
-  cfg = llava_convert.config_from_checkpoint(hf, delta)
+  try:
+    cfg = llava_convert.config_from_checkpoint(hf, delta)
+  except CheckpointError as e:  # (the config's own words; say which file)
+    raise CheckpointError(f"{os.path.join(checkpoint, 'config.json')}: {e}") from None
   params = llava_convert.convert(read_checkpoint(checkpoint), cfg, checkpoint,
                                  tied=llava_convert.tied_embeddings(hf))
   params["delta_encoder"] = checkpoints.init_delta_encoder(cfg, jax.random.key(seed))

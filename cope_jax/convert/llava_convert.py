@@ -67,7 +67,7 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
         raise CheckpointError(f"{key}={hf[key]!r}: only {expected!r} (LLaVA-Video's layout) is "
                               "supported")
   else:
-    raise CheckpointError("config.json has neither text_config/vision_config (llava-hf) nor "
+    raise CheckpointError("neither text_config/vision_config (llava-hf) nor "
                           "mm_vision_tower (LLaVA-NeXT)")
   return VideoLMConfig(vision, llm, dataclasses.replace(DELTA[delta], out_dim=vision.hidden_size))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Iterator
 
 LETTERS = "ABCDEFGHIJ"
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -36,6 +37,36 @@ def mcq_prompt(question: str, options: list[str], post_prompt: str = MCQ_SUFFIX)
 CONVERSATIONS = ("question", "video")
 
 
+def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
+  """(line number, question) for each line of an MCQ JSONL, checked (ValueError naming the line),
+  its video path made absolute (relative paths are relative to the file's folder)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        q = json.loads(line)
+      except ValueError as e:
+        raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
+      if not isinstance(q, dict):
+        raise ValueError(f"{path}:{n}: not a JSON object")
+      for key in ("video", "question", "options", "answer"):
+        if key not in q:
+          raise ValueError(f"{path}:{n}: not an MCQ line (missing {key!r})")
+      options, answer = q["options"], q["answer"]
+      if (not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS)
+          or not all(isinstance(o, str) for o in options)):
+        raise ValueError(f"{path}:{n}: options must be a list of 2 to {len(LETTERS)} strings")
+      if not isinstance(answer, str) or len(answer) != 1 or answer not in LETTERS[:len(options)]:
+        raise ValueError(f"{path}:{n}: answer {answer!r} is not one of the option letters "
+                         f"{LETTERS[:len(options)]}")
+      if not isinstance(q["video"], str) or not isinstance(q["question"], str):
+        raise ValueError(f"{path}:{n}: video and question must be strings")
+      q["video"] = q["video"] if os.path.isabs(q["video"]) else os.path.join(folder, q["video"])
+      yield n, q
+
+
 def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[VideoItem]:
   """Groups the questions of an MCQ JSONL by video, keeping each line's split (default train).
 
@@ -46,30 +77,15 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
   """
   if conversations not in CONVERSATIONS:
     raise ValueError(f"conversations must be one of {CONVERSATIONS}, got {conversations!r}")
-  folder = os.path.dirname(os.path.abspath(path))
   items: dict[tuple[str, str], VideoItem] = {}
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        q = json.loads(line)
-        video, question, options, answer = q["video"], q["question"], q["options"], q["answer"]
-      except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{n}: not an MCQ line ({e})") from None
-      if (not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS)
-          or not all(isinstance(o, str) for o in options)):
-        raise ValueError(f"{path}:{n}: options must be a list of 2 to {len(LETTERS)} strings")
-      if not isinstance(answer, str) or len(answer) != 1 or answer not in LETTERS[:len(options)]:
-        raise ValueError(f"{path}:{n}: answer {answer!r} is not one of the option letters "
-                         f"{LETTERS[:len(options)]}")
-      video = video if os.path.isabs(video) else os.path.join(folder, video)
-      split = q.get("split", "train")
-      item = items.setdefault((video, split), VideoItem(video, split))
-      item.questions.append({"id": str(q.get("id", f"{n}")), "question": question,
-                             "options": list(options), "answer": answer,
-                             "family": q.get("family", "")})
-      item.conversations.append([("user", mcq_prompt(question, options)), ("assistant", answer)])
+  for n, q in mcq_lines(path):
+    question, options, answer = q["question"], q["options"], q["answer"]
+    split = q.get("split", "train")
+    item = items.setdefault((q["video"], split), VideoItem(q["video"], split))
+    item.questions.append({"id": str(q.get("id", f"{n}")), "question": question,
+                           "options": list(options), "answer": answer,
+                           "family": q.get("family", "")})
+    item.conversations.append([("user", mcq_prompt(question, options)), ("assistant", answer)])
   if conversations == "video":
     import numpy as np  # pylint: disable=import-outside-toplevel
     for n, item in enumerate(items.values()):
