@@ -80,15 +80,8 @@ class MotionGrid:
     # power-of-two sides, the OR also has one bit per side that occurs).
     sides = int(np.bitwise_or.reduce(w)) | int(np.bitwise_or.reduce(h))
     cell = (sides | 16) & -(sides | 16)
-    scale = mvs["motion_scale"]
-    q = np.empty((len(mvs), 2), np.int64)
-    if (scale == scale[0]).all() and 0 < scale[0] <= QPEL and QPEL % int(scale[0]) == 0:
-      # one precision that divides a quarter pel: an exact multiply
-      np.multiply(mvs["motion_x"], QPEL // int(scale[0]), out=q[:, 0])
-      np.multiply(mvs["motion_y"], QPEL // int(scale[0]), out=q[:, 1])
-    else:
-      scale = scale.astype(np.intp)
-      q[:, 0], q[:, 1] = mvs["motion_x"] * QPEL // scale, mvs["motion_y"] * QPEL // scale
+    scale = mvs["motion_scale"].astype(np.intp)
+    q = np.stack([mvs["motion_x"] * QPEL // scale, mvs["motion_y"] * QPEL // scale], -1)
     top, left = dst_y.astype(np.intp) - h // 2, dst_x.astype(np.intp) - w // 2
     if not ((w == h).all() and (w > 0).all() and not (w & (w - 1)).any()
             and not ((top | left) & (w.astype(np.intp) - 1)).any()
