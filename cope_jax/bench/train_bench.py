@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
   config_flags.DEFINE_config_file("config", None, "recipe", lock_config=False)
   from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
   prepare.parse_flags([__name__, f"--config={args.config}", *overrides])
-  config = prepare.loaded(flags.FLAGS.config)
+  config = flags.FLAGS.config
   task = TASKS[config.stage](config, shards="")
   program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
   shapes = abstract_batch(config, task)

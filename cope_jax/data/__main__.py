@@ -16,7 +16,6 @@ import sys
 
 from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
-from cope_jax.data.parallel import check_workers
 
 
 def cmd_synth(args) -> None:
@@ -98,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if os.path.isfile(args.out):
       raise ConfigError(f"--out {args.out} is a file, not a folder")
-    check_workers(args.workers)  # before anything is written
     args.func(args)
   except (ConfigError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -46,7 +46,7 @@ def main(argv) -> None:
   from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
   try:
     from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
-    _distributed(prepare.loaded(config))
+    _distributed(config)
     import jax  # pylint: disable=import-outside-toplevel
     prepare.check_local_path("--workdir", workdir)
     prepare.check_folder("--workdir", workdir)

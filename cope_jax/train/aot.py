@@ -53,7 +53,7 @@ def main(argv, topology: str | None = None) -> None:
   from cope_jax.train.tasks import TASKS  # pylint: disable=import-outside-toplevel
   devices = aot_targets.compile_only_devices(topology) if topology else jax.devices()
   try:  # what training would refuse is not worth a memory plan
-    config = prepare.loaded(flags.FLAGS.config)
+    config = flags.FLAGS.config
     prepare.check_mesh_and_batch(config, len(devices))
     task = TASKS[config.stage](config, shards="")
     program = TrainProgram(config, task, make_mesh(dict(config.mesh), devices))

@@ -53,28 +53,21 @@ def resolve(config) -> None:
         config.tokenizer = qwen2_tokenizer_file()
 
 
-def loaded(config):
-  """``config`` as ml_collections loaded it, or ConfigError: a recipe file that could not be
-  loaded (missing, unreadable) is reported only when the config is first read."""
-  try:
-    config.keys()
-  except IOError as e:
-    raise ConfigError(recipe_not_loaded(e)) from None
-  return config
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (``--config`` and its overrides), with a recipe that does not load, an
   unknown variant or config key, or a bad value, as one ``error:`` line and exit status 2 rather
   than a traceback."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS.config is not None:
+      flags.FLAGS.config.keys()  # a recipe that did not load says so only when first read
+    return rest
   except Exception as e:  # pylint: disable=broad-except  (ml_collections raises several kinds)
     if isinstance(e.__context__, KeyError):  # an unknown field of the recipe
       message = f"unknown config field {e.__context__.args[0]}"
-    elif "Failed loading config file" in str(e):  # missing or unreadable (overrides read it)
-      message = recipe_not_loaded(e)
+    elif "Failed loading config file" in str(e):  # missing or unreadable: the last line says why
+      message = f"--config: the recipe did not load ({str(e).strip().splitlines()[-1].strip()})"
     else:
       message = str(e)
     if "Traceback (most recent call last):" in message:  # a recipe's own error, as text
@@ -82,11 +75,6 @@ def parse_flags(argv: list[str]) -> list[str]:
       message = head + tail.strip().splitlines()[-1]
     print(f"error: {' '.join(message.split())} (see --help)", file=sys.stderr)
     sys.exit(2)
-
-
-def recipe_not_loaded(error: Exception) -> str:
-  """ml_collections' load error, whose last line says why (``[Errno 2] No such file…``)."""
-  return f"--config: the recipe did not load ({str(error).strip().splitlines()[-1].strip()})"
 
 
 def check_folder(name: str, path: str) -> None:
