@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--keyframes-per-gop", type=int, default=1,
                       help="RGB keyframes per GOP (the paper's K: 1, 2 or 4; default 1)")
   parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
-  parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  parser.add_argument("--top-p", type=float, default=1.0)
+  parser.add_argument("--temperature", type=float, default=0.0,
+                      help="sampling temperature, >= 0 (default 0 = greedy)")
+  parser.add_argument("--top-p", type=float, default=1.0,
+                      help="nucleus sampling mass, in (0, 1] (default 1: the whole vocabulary)")
   parser.add_argument("--repeat", type=int, default=1, help="ask this many times: ttft_s and "
                       "e2e_s become the medians of calls 2…N, the first call's are ttft_cold_s "
                       "and e2e_cold_s (default 1: the first call's only)")

@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "OUT/questions.jsonl (multiple choice, with a train/validation/test split), "
                      "OUT/train_conversations.json (LLaVA-Video-178K format) and a tokenizer.")
   p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--videos", type=int, default=200, help="number of videos (default 200)")
+  p.add_argument("--videos", type=int, default=200, help="number of videos, >= 1 (default 200)")
   p.add_argument("--seed", type=int, default=0, help="scenes and splits (default 0)")
-  p.add_argument("--size", type=int, default=96, help="frame side in pixels (default 96)")
+  p.add_argument("--size", type=int, default=96,
+                 help="frame side in pixels, at least 16 (default 96)")
   p.add_argument("--seconds", type=float, default=8.0,
                  help="video length in seconds, at least 5 (default 8 = 1 GOP)")
   p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
