@@ -2,10 +2,11 @@
 
 Multiple-choice evaluation with lmms-eval's prompt and answer parsing: greedy
 decoding, stop at <|im_end|>, the first standalone option letter, exact match. Modes: ``cope``,
-``keyframes`` (K per GOP, no Δ-frames), ``dense`` (64 uniform RGB frames, the LLaVA-Video
-baseline), ``cope_zero_delta`` (Δ-tokens zeroed, paper H.3). Writes RESULTS.json (``accuracy``,
-``n``, ``mode``, ``visual_tokens_mean``, per-family accuracy, mean and median TTFT) and a
-per-question log RESULTS.log.jsonl. Unreadable videos are skipped and listed.
+``keyframes`` (K per GOP, no Δ-frames), ``dense`` (``--dense-frames`` uniform RGB frames, 64 by
+default: the LLaVA-Video baseline), ``cope_zero_delta`` (Δ-tokens zeroed, paper H.3). Writes
+RESULTS.json (``accuracy``, ``n``, ``mode``, ``visual_tokens_mean``, per-family accuracy, mean
+and median TTFT) and a per-question log RESULTS.log.jsonl. Unreadable videos, and videos
+whose prompt exceeds the model's positions, are skipped and listed.
 
 ``--open-ended`` asks the same questions without their options and scores an exact match (case
 and a final period aside) with the right option's text: what the model knows about the video

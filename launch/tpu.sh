@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on a GCP TPU v4 slice: create it (queued resources, optionally spot), install the
 # project on every worker, run the trainer on all workers with jax.distributed, stream each
-# worker's log, restart after preemption, stop and delete.
+# worker's log, restart after preemption, delete.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=launch/common.sh
@@ -20,7 +20,7 @@ Commands:
             (the trainer resumes from its newest checkpoint in WORKDIR)
   status    show the queued resource and the TPU
   delete    delete the slice and its queued resource
-  workers   print the worker indices of ACCELERATOR (v4-8: 1, v4-32: 4, v4-128: 16)
+  workers   print the worker indices of ACCELERATOR (v4-8: 0; v4-32: 0–3; v4-128: 0–15)
 
 Environment (required: PROJECT, ZONE, TPU_NAME, ACCELERATOR; train/watch also CONFIG, WORKDIR):
   PROJECT       GCP project            ZONE          e.g. us-central2-b (where v4 lives)

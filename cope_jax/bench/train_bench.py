@@ -1,5 +1,6 @@
-"""Train-step throughput and MFU: FLOPs from XLA's cost analysis of the compiled step, divided
-by the measured step time and the devices' peak.
+"""Train-step throughput and MFU: model FLOPs from XLA's cost analysis of the same step lowered
+unrolled (no scan, remat, attention or loss blocks, or accumulation: attention scores counted
+whole), divided by the measured time of the real step and the devices' peak.
 
   python -m cope_jax.bench train --config=configs/finetune.py:tiny --steps 5
   python -m cope_jax.bench train --config=configs/finetune.py --peak-tflops 989 \\

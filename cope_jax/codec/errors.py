@@ -1,4 +1,5 @@
-"""The one error type the codec tools raise for bad input."""
+"""The codec tools' two error types for bad input: VideoError (an unusable video) and
+ConfigError (settings that make no sense)."""
 
 from __future__ import annotations
 

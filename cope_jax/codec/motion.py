@@ -7,7 +7,7 @@ residual).
 
 ``warp`` samples the nearest reference pixel, rounding half up — floor(p + d + 0.5) — clamped at
 the border. Half-pel vectors then shift a whole block consistently, and the same rule written in
-numpy (``warp_reference``) or JAX reproduces our residuals bit for bit.
+plain numpy (``warp_reference``, used by the tests) reproduces our residuals bit for bit.
 
 Fusion over s frames traces every pixel back through the chain of per-frame displacements to the
 frame t − s (CoViAR's accumulated motion vectors): from p, step to p + d_t(p), then add d_{t-1}

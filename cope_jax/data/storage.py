@@ -2,9 +2,9 @@
 
 - RGB frames: PNG (lossless, so shards give back exactly what ``codec extract`` gives; JPEG-95
   would be ~4× smaller but lossy).
-- Motion fields: int16 quarter pixels at full resolution, zlib level 1. Fused fields are not
-  constant on blocks (pixels of one block trace back through different blocks), so a
-  block-resolution copy would not be lossless.
+- Motion fields: int16 quarter pixels at full resolution, stored as residuals are (byte planes,
+  zlib level 1). Fused fields are not constant on blocks (pixels of one block trace back
+  through different blocks), so a block-resolution copy would not be lossless.
 - Residuals: int16, high and low bytes split into planes (the high plane is almost all 0x00/0xFF
   and compresses well), zlib level 1. On cityCC0 at 384²: 404 KB per Δ-frame in 10.6 ms, vs
   432 KB (9.4 ms) for plain int16 zlib-1 and 407 KB (52 ms) for zlib-6.

@@ -1,8 +1,9 @@
 """The demo's sizes (full and ``--quick``) and its three training recipes.
 
 The recipes start from ``configs/finetune.py:tiny`` and ``configs/pretrain.py:tiny`` (the CPU
-recipes) and change only what the demo's chain needs: which shards, which checkpoints, which
-parts train, how many frames and steps.
+recipes) and change what the demo's chain needs: which shards, which checkpoints, which parts
+train, how many frames and steps, the Δ-encoder (``demo``), the learning rate, batch size and
+length buckets.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class DemoSettings:
   seed: int = 0
 
 
-# The base model's steps are the expensive ones (20 frames = 410 visual tokens); stage 2 sees 90
+# The base model's steps are the expensive ones (20 frames = 400 visual tokens); stage 2 sees 90
 # visual tokens and runs 2.4x faster, so most of the LLM's training happens there.
 FULL = DemoSettings(videos=600, base_steps=200, stage1_steps=3000, stage2_steps=1200,
                     codec_seconds=16)

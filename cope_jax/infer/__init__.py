@@ -1,1 +1,2 @@
-"""Inference: KV-cache generation, the three-line API, evaluation, retrieval."""
+"""Inference: KV-cache generation, the three-line API, answer-letter parsing, next-frame
+retrieval."""

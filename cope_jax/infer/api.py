@@ -149,7 +149,8 @@ class CoPE:
 
   def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
                    dense_frames: int = 64) -> VideoInputs:
-    """The frames a mode uses: CoPE positions, keyframes only, or 64 uniform RGB frames."""
+    """The frames a mode uses: CoPE positions, keyframes only, or ``dense_frames`` uniform RGB
+    frames."""
     self.check_mode(mode)
     start = time.perf_counter()
     if mode == "dense":

@@ -51,7 +51,8 @@ DELTA = {
 
 
 # Each preset's LLM (QWEN2), vision encoder (SIGLIP) and default Δ-encoder (DELTA): LLaVA-Video
-# and LLaVA-OneVision pair every Qwen2 size above the tiny ones with the so400m encoder.
+# and LLaVA-OneVision pair Qwen2-1.5B and -7B with the so400m encoder (`1.5b`, `paper`); `small`
+# keeps a ViT-S-sized encoder (21.7 M) so that it stays small.
 PRESETS = {"tiny": ("tiny", "tiny", "tiny"), "small": ("small", "small", "compact"),
            "1.5b": ("1.5b", "paper", "compact"), "paper": ("paper", "paper", "paper")}
 

@@ -91,7 +91,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, query_slots: jax.Array,
   anyway. The blocks then go in ``CAUSAL_GROUPS`` consecutive groups, each mapped over the keys
   up to its end only: 62.5 % of the scores with 4 groups (the triangle needs half). Groups rather
   than every block unrolled with its own key length: unrolled, XLA overlaps blocks and the 7B
-  stage 2 needed 70.6 GiB per H100 instead of 60.9. On a CPU the smaller blocks also keep the
+  stage 2 needed 70.6 GiB per H100 instead of 61.0. On a CPU the smaller blocks also keep the
   scores in cache: 128-query blocks made the tiny recipes' training steps 1.4–1.7× faster.
   """
   lq = q.shape[1]
@@ -210,7 +210,8 @@ class Qwen2(nn.Module):
   Call with ``input_ids`` (B, L) or ``inputs_embeds`` (B, L, D) (multimodal splicing), plus
   ``positions`` (B, L) for RoPE (default 0..L−1), ``valid`` (B, L) bool (False = padding),
   ``segments`` (B, L) int for packed sequences, and ``logits_at`` (B,) to compute the logits of
-  one slot per row only (B, 1, V).
+  one slot per row only (B, 1, V; ``aux["hidden"]`` is then that slot's, (B, 1, D)).
+  ``with_logits=False`` returns no logits (None), only ``aux["hidden"]``.
 
   ``decode``: with a KV cache (module docstring). ``prefill`` (with ``decode``): the call is the
   first into an empty cache, so its queries attend only its own keys, causally, in the blocks

@@ -36,7 +36,8 @@ def base() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
 
-  c.data_dir = ""              # the --out of `python -m cope_jax.data build` ("" = synthetic)
+  c.data_dir = ""              # the --out of `python -m cope_jax.data build` ("": generated
+                               # synthetic data where synthetic.videos > 0, as :tiny sets)
   c.split = "train"
   c.codec_size = 384           # re-encoded frame side of the shards
   c.worker_count = 0           # Grain decoding processes per host
