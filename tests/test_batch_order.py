@@ -14,7 +14,7 @@ def _order(sizes, epochs=2, seed=3, window=WINDOW):
   return np.array(list(LengthGrouped(ds, sizes, BATCH, window, seed)))
 
 
-def test_every_epoch_visits_every_example_once():
+def test_an_epoch_of_whole_windows_visits_every_example_once():
   sizes = np.random.default_rng(0).integers(10, 1000, N)
   order = _order(sizes)
   assert len(order) == 2 * N
@@ -65,3 +65,19 @@ def test_processes_take_blocks_of_each_global_batch(length):
 def test_bad_sizes_are_refused():
   with pytest.raises(ValueError, match="window"):
     LengthGrouped(grain.MapDataset.range(4), np.ones(4), 2, 0, 0)
+
+
+def test_an_epoch_of_part_of_a_window_mixes_only_across_its_boundary():
+  # 98 examples, windows of 20: windows 0–3 lie inside epoch 0, window 4 holds its last 18 and
+  # the first 2 of epoch 1.
+  n, span = N - 2, BATCH * WINDOW
+  ds = grain.MapDataset.range(n).shuffle(seed=3).repeat(3)
+  order = np.array(list(LengthGrouped(ds, np.arange(N), BATCH, WINDOW, 3)))
+  shuffled = np.array(list(ds))
+  assert len(order) == 3 * n
+  np.testing.assert_array_equal(np.bincount(order, minlength=n), np.full(n, 3))
+  for w in range(len(order) // span + 1):  # each window holds its own stretch of the stream
+    np.testing.assert_array_equal(np.sort(order[w * span:(w + 1) * span]),
+                                  np.sort(shuffled[w * span:(w + 1) * span]))
+  np.testing.assert_array_equal(np.sort(order[:80]), np.sort(shuffled[:80]))
+  assert sorted(order[:80]) == sorted(set(order[:80]))  # inside epoch 0: no repeats

@@ -8,7 +8,11 @@ bucket of its longest conversation, and drawn at random almost every batch holds
 (the demo: half its conversations are 260-position captions, yet 255 batches in 256 ran at the
 640 bucket of the questions). So the shuffled order is cut into windows of ``window`` global
 batches; each window is sorted by conversation size, cut into batches, and those batches are put
-in a random order (seeded per window). Every epoch still visits every example once.
+in a random order (seeded per window). The windows are cut from the repeated stream: when an
+epoch is not a whole number of windows, the window across each epoch boundary mixes the end of
+one epoch with the start of the next (an example may move into the neighbouring epoch, by less
+than a window). Every example is still seen once per epoch everywhere else, and once per
+``len(data)`` examples on average.
 
 ``ProcessPart``: global batch ``g`` is positions ``g·B … g·B + B − 1`` of the order above, and
 process ``p`` of ``n`` takes its block of ``B / n`` of them. So processes see disjoint parts whose
