@@ -29,7 +29,9 @@ def get_config(arg: str = ""):
   c.trainable = ml_collections.ConfigDict({"delta_encoder": 1e-5, "projector": 1e-5,
                                            "llm": 1e-5, "image_newline": 1e-5,
                                            "vision_tower": 2e-6})
-  c.tokenizer = ""             # tokenizer.json ("" = Qwen2 for real presets, synthetic for tiny)
+  # tokenizer.json; "" = DATA_DIR/synthetic/tokenizer.json for the tiny preset where it exists,
+  # else Qwen2's (validation checks that its ids fit the LLM's vocabulary)
+  c.tokenizer = ""
   c.image_size = 384
   # Padded frame counts per video: 32 GOPs × (K = 4 keyframes + 4 Δ-frames) = 28,160 visual
   # tokens, which fits the 32,768-token context with the text (build with --max-gops 32).

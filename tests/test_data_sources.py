@@ -148,3 +148,27 @@ def test_mcq_conversations_per_video(tmp_path, pan_clip):
   assert per_video[0].conversations == sources.read_mcq(str(path), "video", seed=3)[0].conversations
   with pytest.raises(ValueError, match="conversations"):
     sources.read_mcq(str(path), "dialogue")
+
+
+@pytest.mark.parametrize("flags,message", [(["--size", "100"], "multiple of 16"),
+                                           (["--quantizer", "50"], "quantizer"),
+                                           (["--fusion", "7"], "fusion")])
+def test_build_refuses_bad_extraction_settings_before_reading_anything(tmp_path, capsys, flags,
+                                                                       message):
+  # Checked once up front, not by every worker per video (which reported each video as skipped
+  # and, with --source synthetic, generated all the videos first).
+  from cope_jax.data.__main__ import main  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "o"
+  assert main(["build", "--stage", "eval", "--source", "synthetic", "--out", str(out),
+               "--synth-videos", "2", "--quiet", *flags]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+  assert not out.exists()
+
+
+def test_extract_settings_are_checked_when_made():
+  with pytest.raises(ConfigError, match="multiple of 16"):
+    ExtractSettings(100, SamplingConfig())
+  with pytest.raises(ConfigError, match="quantizer"):
+    ExtractSettings(64, SamplingConfig(), quantizer=1)
+  assert ExtractSettings(64, SamplingConfig(), quantizer=31).size == 64

@@ -206,10 +206,22 @@ def test_videos_longer_than_the_frame_slots_stop_before_training(tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_negative_length_grouping_is_refused(tmp_path):
-  r = run("finetune.py:tiny", tmp_path, "--config.group_by_length=-1")
-  assert r.returncode == 2 and "group_by_length must be >= 0" in r.stderr, r.stderr[-2000:]
-  assert "Traceback" not in r.stderr
+def _qwen2_tokenizer() -> str:
+  from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
+  return qwen2_tokenizer_file()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.group_by_length=-1", "group_by_length must be >= 0"),
+    # the pipeline takes the first bucket that fits: out of order, it would cut examples
+    ("--config.length_buckets=(512,256)", "length_buckets must be positive and ascending"),
+    # Qwen2's 151,646 ids in the tiny LLM's 1,032-row embedding: lookups silently clipped
+    (lambda: f"--config.tokenizer={_qwen2_tokenizer()}", "more than the LLM's vocabulary of 1032"),
+])
+def test_stage2_settings_that_cannot_work_are_refused(tmp_path, override, message):
+  r = run("finetune.py:tiny", tmp_path, override() if callable(override) else override)
+  assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "checkpoints")
 
 
 def test_unknown_variant_is_one_error_line(tmp_path):

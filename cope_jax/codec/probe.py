@@ -61,13 +61,11 @@ def open_video(path: str | os.PathLike,
 
 
 def decode_frames(path: str, container: av.container.InputContainer,
-                  stream: av.video.stream.VideoStream,
-                  on_damage: str = "warn") -> Iterator[av.VideoFrame]:
+                  stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
   """Decodes the video stream, turning mid-stream corruption into a clean stop.
 
-  A packet the decoder rejects ends decoding (the frames before it are kept); with
-  ``on_damage='raise'`` it becomes a VideoError instead. A stream with no decodable frame at all
-  is always an error.
+  A packet the decoder rejects ends decoding (the frames before it are kept, with a warning); a
+  stream with no decodable frame at all is a VideoError.
   """
   count = 0
   try:
@@ -76,7 +74,7 @@ def decode_frames(path: str, container: av.container.InputContainer,
         count += 1
         yield frame
   except av.error.FFmpegError as e:
-    if on_damage == "raise" or count == 0:
+    if count == 0:
       raise VideoError(path, f"decoding failed after {count} frames ({_short(e)})") from None
     warnings.warn(f"{path}: stream damaged after {count} frames ({_short(e)}); "
                   "using the frames before the damage", RuntimeWarning, stacklevel=2)

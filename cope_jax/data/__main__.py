@@ -29,7 +29,7 @@ def cmd_synth(args) -> None:
 def cmd_build(args) -> None:
   from cope_jax.data.build import build, load_items  # pylint: disable=import-outside-toplevel
   from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
-  settings = ExtractSettings(args.size, sampling_from_args(args), args.quantizer)  # checked first
+  settings = ExtractSettings(args.size, sampling_from_args(args), args.quantizer)  # checked here
   items = load_items(args.source, args.out, args.annotations, args.videos, args.synth_videos,
                      args.seed, args.size, args.workers, not args.quiet, args.conversations)
   report = build(args.stage, items, args.out, settings, workers=args.workers, limit=args.limit,

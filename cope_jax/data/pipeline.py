@@ -269,8 +269,9 @@ class _BatchSequences:
       if e["loss"][n:].any():
         # One message per setting (Python shows each distinct warning once), not per example.
         warnings.warn(f"answer tokens cut off: a conversation is longer than {text} text tokens "
-                      f"(the largest of length_buckets={self.cfg.length_buckets} minus "
-                      f"{extra + 1} visual tokens); raise the largest bucket", stacklevel=2)
+                      f"(the largest of length_buckets={self.cfg.length_buckets} minus the "
+                      f"{extra + 1} visual tokens, plus the placeholder they replace); raise the "
+                      "largest bucket", stacklevel=2)
     p = self.cfg.max_delta_frames
     zeros_mv = np.zeros((p,) + self.delta_shape + (2,), np.float32)
     zeros_res = np.zeros((p,) + self.delta_shape + (3,), np.int16)

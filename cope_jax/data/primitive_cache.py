@@ -17,6 +17,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.extract import iter_video
+from cope_jax.codec.reencode import EncodeSpec
 from cope_jax.codec.sampling import DELTA, SamplingConfig
 from cope_jax.data import storage
 from cope_jax.data.parallel import process_pool
@@ -24,9 +25,15 @@ from cope_jax.data.parallel import process_pool
 
 @dataclasses.dataclass(frozen=True)
 class ExtractSettings:
+  """How every video of a build is extracted; checked when made (ConfigError), not by each
+  worker once per video."""
   size: int = 384
   sampling: SamplingConfig = SamplingConfig()
   quantizer: int = 3
+
+  def __post_init__(self):
+    self.sampling.validate()
+    EncodeSpec(self.size, self.sampling.fps, self.sampling.gop, self.quantizer).validate()
 
   def key(self, video: str) -> str:
     st = os.stat(video)

@@ -109,6 +109,8 @@ class TrainProgram:
     trained_abstract, _ = jax.eval_shape(task.init_params, self.rng)
     part_lrs = task.trained_parts(trained_abstract)
     self.tx, schedules = make_optimizer(config.optim, config.total_steps, part_lrs)
+    # The logged learning rate: the first part's (every part's schedule has the same shape,
+    # scaled to its own peak).
     self.lr_of = schedules[next(iter(part_lrs))]
     boxed_state, boxed_frozen = jax.eval_shape(self._init_boxed, self.rng)
     self.state_sh = logical_shardings(boxed_state, mesh)

@@ -146,6 +146,22 @@ def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> N
                       f"by grad_accum_steps {config.grad_accum_steps}")
 
 
+def _check_tokenizer(path: str, vocab_size: int) -> None:
+  """A tokenizer whose ids the LLM's embedding table holds (the Qwen2 tokenizer's 151,646 ids
+  do not fit the tiny LLM's 1,032: its lookups would read clipped rows, silently)."""
+  if not path:
+    return  # resolve() fills it; validate() alone (the tests) may not have run it
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  try:
+    size = Tokenizer.from_file(path).get_vocab_size()
+  except Exception as e:  # tokenizers raises its own Exception types
+    raise ConfigError(f"--config.tokenizer {path}: not a tokenizer.json ({e})") from e
+  if size > vocab_size:
+    raise ConfigError(f"--config.tokenizer {path} has {size} ids, more than the LLM's vocabulary "
+                      f"of {vocab_size}: pass the tokenizer the shards were built for (a tiny "
+                      f"model: DATA_DIR/synthetic/tokenizer.json of `data synth`)")
+
+
 def validate(config, device_count: int, process_count: int = 1) -> None:
   """Raises ConfigError naming what is wrong and how to fix it."""
   from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
@@ -209,9 +225,15 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
     if config.model.preset != "tiny" and not config.init_checkpoint:
       raise ConfigError("stage 2 starts from LLaVA-Video: --config.init_checkpoint=DIR from "
                         "`python -m cope_jax.convert llava-video` (or try :tiny)")
+    buckets = tuple(config.length_buckets)
+    # The pipeline takes the first bucket that holds an example: out of order, it would cut
+    # examples that a later, longer bucket holds.
+    if not buckets or buckets[0] < 1 or any(b <= a for a, b in zip(buckets, buckets[1:])):
+      raise ConfigError(f"length_buckets must be positive and ascending, got {buckets}")
+    _check_tokenizer(config.tokenizer, cfg.llm.vocab_size)
     visual = (config.max_keyframes * cfg.keyframe_tokens
               + config.max_delta_frames * cfg.delta_tokens)
-    longest = max(config.length_buckets)
+    longest = buckets[-1]
     if visual + 32 > longest:
       raise ConfigError(f"the visual tokens ({visual} = {config.max_keyframes} keyframes × "
                         f"{cfg.keyframe_tokens} + {config.max_delta_frames} Δ-frames × "

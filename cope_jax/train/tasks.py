@@ -25,7 +25,7 @@ def model_config(config):
                           attention_chunk=config.model.get("attention_chunk", 0))
 
 
-def _pipeline(config, stage: str, shards: str, shard_index: int, shard_count: int, **extra):
+def _pipeline(config, shards: str, shard_index: int, shard_count: int, **extra):
   return PipelineConfig(shards=shards, split=config.split,
                         batch_size=config.batch_size // shard_count, seed=config.seed,
                         shard_index=shard_index, shard_count=shard_count,
@@ -76,7 +76,7 @@ class PretrainTask:
                   "copy_reference_mse": patchwise_mse(previous, target).mean()}
 
   def dataset(self, shard_index: int, shard_count: int):
-    return pretrain_dataset(_pipeline(self.config, "pretrain", self.shards, shard_index,
+    return pretrain_dataset(_pipeline(self.config, self.shards, shard_index,
                                       shard_count, image_size=self.cfg.vision.image_size))
 
   def tokens(self, batch) -> int:
@@ -146,7 +146,7 @@ class FinetuneTask:
   def dataset(self, shard_index: int, shard_count: int):
     c = self.config
     return finetune_dataset(_pipeline(
-        c, "finetune", self.shards, shard_index, shard_count, image_size=c.image_size,
+        c, self.shards, shard_index, shard_count, image_size=c.image_size,
         tokenizer=c.tokenizer, max_keyframes=c.max_keyframes, max_delta_frames=c.max_delta_frames,
         length_buckets=tuple(c.length_buckets), group_by_length=c.group_by_length,
         keyframe_tokens=self.cfg.keyframe_tokens,
