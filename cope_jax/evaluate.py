@@ -28,6 +28,7 @@ import numpy as np
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
+from cope_jax.infer import MODES
 
 ANSWER_FORMATS = ("letter", "open", "ranked")
 
@@ -142,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--data", required=True,
                       help='MCQ JSONL: one {"video", "question", "options", "answer"} object per '
                       'line (video paths may be relative to the file; optional "family")')
-  parser.add_argument("--mode", default="cope", choices=["cope", "keyframes", "dense",
-                                                         "cope_zero_delta"],
+  parser.add_argument("--mode", default="cope", choices=MODES,
                       help="which frames the model sees (default cope; see above)")
   parser.add_argument("--keyframes-per-gop", type=int, default=1,
                       help="K, keyframes per GOP in the cope and keyframes modes (default 1)")

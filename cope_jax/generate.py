@@ -18,6 +18,7 @@ import statistics
 import sys
 
 from cope_jax.codec.errors import VideoError
+from cope_jax.infer import MODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                       "dense and keyframes modes)")
   parser.add_argument("--video", required=True, help="any video PyAV reads (re-encoded if needed)")
   parser.add_argument("--question", required=True, help="the user turn, asked after the video")
-  parser.add_argument("--mode", default="cope", choices=["cope", "keyframes", "dense",
-                                                         "cope_zero_delta"],
+  parser.add_argument("--mode", default="cope", choices=MODES,
                       help="cope: keyframes + Δ-frames (default); keyframes: without the "
                       "Δ-frames; dense: 64 uniform RGB frames; cope_zero_delta: Δ-tokens zeroed")
   parser.add_argument("--keyframes-per-gop", type=int, default=1,

@@ -88,6 +88,8 @@ def test_stop_at_eos_and_follow_up_reuses_the_cache(setup):
   assert 1 <= len(more[0]) <= 3 and timings["ttft_s"] > 0
   with pytest.raises(ValueError, match="continued already"):
     gen.follow_up(chat, np.array([[5]]))
+  with pytest.raises(ValueError, match="another Generator"):
+    probe.follow_up(chat2, np.array([[5]]))
   with pytest.raises(ValueError, match="cache slots"):
     gen.follow_up(chat2, np.zeros((1, 80), np.int32), SamplingOptions(max_new_tokens=3))
 

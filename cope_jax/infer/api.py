@@ -25,8 +25,8 @@ from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import DELTA, KEYFRAME, SamplingConfig
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt
+from cope_jax.infer import MODES
 
-MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
 MODEL_PARTS = {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}
 
 

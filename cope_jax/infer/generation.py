@@ -277,6 +277,8 @@ class Generator:
     start = time.perf_counter()
     compiled_before = _CompileClock.seconds
     b, length = ids.shape
+    if chat.generator is not self:
+      raise ValueError("this Chat comes from another Generator: continue it with that one")
     if chat.cache is None:
       raise ValueError("this Chat was continued already: use the Chat that call returned")
     used, capacity = cache_slots(chat.cache)
@@ -298,8 +300,9 @@ class Generator:
 
 @dataclasses.dataclass
 class Chat:
-  """The state of a conversation after an answer: its cache, the answer's last token (not in the
-  cache yet; ``pending_valid`` False for rows that had finished before it), and the next RoPE
+  """The state of a conversation after an answer: the Generator that made it (the one whose
+  ``follow_up(chat, ids)`` continues it), its cache, the answer's last token (not in the cache
+  yet; ``pending_valid`` False for rows that had finished before it), and the next RoPE
   positions."""
   generator: Generator
   cache: dict
