@@ -207,8 +207,8 @@ def test_videos_longer_than_the_frame_slots_stop_before_training(tmp_path):
 
 
 def _qwen2_tokenizer() -> str:
-  from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
-  return qwen2_tokenizer_file()
+  from cope_jax.data import tokenizer  # pylint: disable=import-outside-toplevel
+  return tokenizer.qwen2_tokenizer_file()
 
 
 @pytest.mark.parametrize("override,message", [

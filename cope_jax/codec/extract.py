@@ -117,9 +117,9 @@ def iter_video(path: str | os.PathLike, size: int = 384,
   that is removed when the generator ends or is closed), then yields like ``iter_sampled_frames``.
 
   Videos with fewer than ``min_frames`` frames after re-encoding (default: one fusion window
-  plus one, the least that can yield a Δ-frame, with K ≤ 4 keyframes per GOP) are rejected
-  with a VideoError. If ``info`` is a dict, it receives ``reencoded``, ``num_frames`` and
-  ``conformant_bytes`` (of the conformant video).
+  plus one, the least that can yield a Δ-frame, with K ≤ gop / (2·fusion) keyframes per GOP,
+  4 at the defaults) are rejected with a VideoError. If ``info`` is a dict, it receives
+  ``reencoded``, ``num_frames`` and ``conformant_bytes`` (of the conformant video).
   """
   path = os.fspath(path)
   sampling.validate()

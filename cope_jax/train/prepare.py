@@ -159,7 +159,8 @@ def _check_tokenizer(path: str, vocab_size: int) -> None:
   if size > vocab_size:
     raise ConfigError(f"--config.tokenizer {path} has {size} ids, more than the LLM's vocabulary "
                       f"of {vocab_size}: pass the tokenizer the shards were built for (a tiny "
-                      f"model: DATA_DIR/synthetic/tokenizer.json of `data synth`)")
+                      f"model: DATA_DIR/synthetic/tokenizer.json of `data build --source "
+                      "synthetic`)")
 
 
 def validate(config, device_count: int, process_count: int = 1) -> None:
