@@ -96,9 +96,11 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
     done(key, probes[answer_format])
   ret = report.retrieval(paths)
   done("retrieval", ret)
-  results["targets"] = report.targets(modes, ret)
+  ttft = report.ttft_interleaved(settings, paths, frames, models)
+  done("ttft", ttft)
+  results["targets"] = report.targets(modes, ret, ttft)
   results["plots"] = report.plots(training, modes, paths.root, probes)
-  done("report", {"table": report.table(modes, ret, probes).splitlines()})
+  done("report", {"table": report.table(modes, ret, probes, ttft).splitlines()})
   results["targets"]["time"] = report.time_target(results["elapsed_s_all_runs"], quick)
   save()
   return results
