@@ -44,6 +44,17 @@ def right_option(q: dict) -> str:
   return q.get("open_answer") or q["options"][LETTERS.index(q["answer"])]
 
 
+def cached_inputs(model, frames: dict, video: str, mode: str, keyframes_per_gop: int = 1,
+                  dense_frames: int = 64):
+  """``model.video_inputs`` of ``video`` for ``mode``, extracted once into ``frames`` (the modes
+  that read the same frames share them: ``cope_zero_delta`` is ``cope``'s)."""
+  kind = "cope" if mode == "cope_zero_delta" else mode
+  key = (video, kind, keyframes_per_gop, dense_frames, model.codec_size)
+  if key not in frames:
+    frames[key] = model.video_inputs(video, mode, keyframes_per_gop, dense_frames)
+  return frames[key]
+
+
 def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1,
              max_new_tokens: int | None = None, log_path: str | None = None,
              progress: bool = True, dense_frames: int = 64, answer_format: str = "letter",
@@ -65,7 +76,6 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   rows, skipped = [], {}
   store = {} if frames is None else frames
-  kind = "cope" if mode == "cope_zero_delta" else mode  # the frames a mode reads
   log = open(log_path, "w") if log_path else None
   try:
     desc = f"evaluate {mode}" + {"letter": "", "open": " (open-ended)",
@@ -75,20 +85,18 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
         skipped[q["video"]]["questions"] += 1
         continue
       try:
-        key = (q["video"], kind, keyframes_per_gop, dense_frames, model.codec_size)
-        if key not in store:  # questions share videos: extract once
-          if frames is None:
-            store.clear()
-          store[key] = model.video_inputs(q["video"], mode, keyframes_per_gop, dense_frames)
+        if frames is None and q["video"] not in {key[0] for key in store}:
+          store.clear()  # questions share videos: keep the current one's frames only
+        inputs = cached_inputs(model, store, q["video"], mode, keyframes_per_gop, dense_frames)
         if answer_format == "ranked":
           answer = model.rank_options(q["video"], q["question"], q["options"], mode,
-                                      keyframes_per_gop, inputs=store[key])
+                                      keyframes_per_gop, inputs=inputs)
         else:
           prompt = (mcq_prompt(q["question"], q["options"], post_prompt)
                     if answer_format == "letter" else
                     q["question"])
           answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
-                             inputs=store[key])
+                             inputs=inputs)
       except (VideoError, PromptTooLong) as e:  # unreadable, or its frames alone fill the model
         skipped[q["video"]] = {"video": q["video"], "reason": getattr(e, "reason", str(e)),
                                "questions": 1}

@@ -83,8 +83,8 @@ def ttft_interleaved(s: DemoSettings, p: Paths, frames: dict | None = None,
   path = os.path.join(p.evaluation, "ttft.json")
   if not os.path.exists(path):
     from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
-    from cope_jax.evaluate import read_questions  # pylint: disable=import-outside-toplevel
-    questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))[:TTFT_QUESTIONS]
+    from cope_jax import evaluate  # pylint: disable=import-outside-toplevel
+    questions = evaluate.read_questions(os.path.join(p.synthetic, "test.jsonl"))[:TTFT_QUESTIONS]
     models = {} if models is None else models
     frames = {} if frames is None else frames
     runs = {"dense": _model("base", s, p, models), "cope": _model("stage2", s, p, models)}
@@ -94,11 +94,10 @@ def ttft_interleaved(s: DemoSettings, p: Paths, frames: dict | None = None,
     for round_ in range(TTFT_ROUNDS + 1):  # round 0 compiles (and is not counted)
       for q in questions:
         for mode, model in runs.items():
-          key = (q["video"], mode, 1, s.dense_frames, model.codec_size)  # evaluate()'s keys
-          if key not in frames:
-            frames[key] = model.video_inputs(q["video"], mode, 1, s.dense_frames)
+          inputs = evaluate.cached_inputs(model, frames, q["video"], mode,
+                                          dense_frames=s.dense_frames)
           answer = model.ask(q["video"], mcq_prompt(q["question"], q["options"]), mode,
-                             max_new_tokens=1, inputs=frames[key])
+                             max_new_tokens=1, inputs=inputs)
           if round_:
             times[mode].append(answer.ttft_s)
     write_json(path, {"questions": len(questions), "rounds": TTFT_ROUNDS,
