@@ -37,6 +37,12 @@ def test_demo_quick(tmp_path):
     t = results["training"][stage]
     assert t["steps"] == results["settings"][f"{stage}_steps"], stage
     assert t["loss_fell"] is True, (stage, t["first"], t["last"])
+    curve = t["curve"]  # what losses.png draws: stage 1 relative to copying the reference
+    assert curve["step"][-1] == t["steps"] and curve["loss"][-1] == t["last"]["loss"], stage
+    assert ("copy_reference_mse" in curve) == (stage == "stage1"), stage
+  copies = results["training"]["stage1"]["curve"]["copy_reference_mse"]
+  assert len(copies) == len(results["training"]["stage1"]["curve"]["step"])
+  assert copies[-1] == results["training"]["stage1"]["last"]["copy_reference_mse"]
   n_test = results["evaluation"]["cope"]["n"]
   assert n_test > 0
   for mode, tokens in MODES.items():

@@ -212,13 +212,24 @@ def plots(training: dict, modes: dict, out_dir: str,
   fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
   for ax, name in zip(np.atleast_1d(axes), names):
     curve = training[name]["curve"]
-    ax.plot(curve["step"], curve["loss"], label="loss")
-    copy = training[name]["last"].get("copy_reference_mse")
-    if copy is not None:
-      ax.axhline(copy, color="gray", ls="--", label="copy the reference")
-      ax.legend(fontsize=8)
-    ax.set_title({"base": "base VideoLM (dense RGB)", "stage1": "stage 1: Δ-encoder",
-                  "stage2": "stage 2: keyframes + Δ"}[name], fontsize=10)
+    steps, loss = np.asarray(curve["step"]), np.asarray(curve["loss"])
+    title = {"base": "base VideoLM (dense RGB)", "stage1": "stage 1: Δ-encoder",
+             "stage2": "stage 2: keyframes + Δ"}[name]
+    if "copy_reference_mse" in curve:
+      # Each logged point is one batch, and batches differ most in how much moved: the loss
+      # relative to copying that batch's reference frame is what shows the Δ-encoder learning.
+      loss = loss / np.asarray(curve["copy_reference_mse"])
+      ax.axhline(1.0, color="gray", ls="--", label="copy the reference")
+      title += "\n(loss ÷ copy-the-reference MSE)"
+    window = max(1, len(loss) // 10)  # a trailing mean over a tenth of the logged points
+    ax.plot(steps, loss, color="tab:blue", alpha=0.35 if window > 1 else 1.0,
+            lw=1 if window > 1 else 2, label="one batch")
+    if window > 1:
+      ax.plot(steps[window - 1:], np.convolve(loss, np.ones(window) / window, "valid"),
+              color="tab:blue", lw=2, label=f"mean of {window}")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
     ax.set_xlabel("step")
   fig.tight_layout()
   losses = os.path.join(out_dir, "losses.png")

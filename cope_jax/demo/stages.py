@@ -96,7 +96,8 @@ def train_stage(name: str, config, workdir: str) -> dict:
   summary = {"steps": curve[-1]["step"], "first": {k: curve[0][k] for k in keys},
              "last": {k: curve[-1][k] for k in keys},
              "steps_per_s": float(np.median([r["steps_per_s"] for r in curve[1:]] or [0.0])),
-             "curve": {"step": [r["step"] for r in curve], "loss": [r["loss"] for r in curve]}}
+             "curve": {k: [r[k] for r in curve] for k in ("step", "loss", "copy_reference_mse")
+                       if all(k in r for r in curve)}}
   # Stage 1 starts at the copy baseline, so its batches' losses mostly differ by how much moved:
   # it falls when the loss relative to copying the reference falls.
   rel = lambda r: r["loss"] / r.get("copy_reference_mse", 1.0)  # noqa: E731
