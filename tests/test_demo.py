@@ -79,6 +79,7 @@ def test_demo_quick(tmp_path):
     with open(plot, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert "cope_zero_delta" in stdout and "target " in stdout and "open-ended probe" in stdout
+  assert "why the missed targets" not in stdout  # --quick's targets are not the demo's
   assert "options-ranked probe" in stdout
 
   # Re-running resumes: nothing is trained or evaluated again, the results are the same.
@@ -179,3 +180,11 @@ def test_time_target_and_margins_exactly_at_the_line():
   slower = report.targets(modes, ret, {**ttft, "cope_s": 0.0041})["ttft"]
   assert slower["met"] is False and slower["cope_s"] == 0.0041
   assert checks["motion_cope_vs_keyframes"]["met"] is False  # 13.3 points < 15
+
+
+def test_targets_print_their_values_in_the_tables_units():
+  from cope_jax.demo.__main__ import _measured
+  assert _measured("cope_s", 0.00976) == "cope 9.8 ms"
+  assert _measured("dense", 400.0) == "dense 400"
+  assert _measured("minutes", 15.0733) == "minutes 15.1"
+  assert _measured("cope", 0.29346) == "cope 0.293"
