@@ -24,7 +24,7 @@ def _demo(workdir):
 def test_demo_quick(tmp_path):
   stdout, results = _demo(tmp_path)
   assert results["stages_run"] == ["codec", "data", "training", "evaluation", "open_ended",
-                                   "ranked_options", "retrieval", "ttft", "report"]
+                                   "ranked_options", "letter_step", "retrieval", "ttft", "report"]
   codec = results["codec"]
   assert codec["reconstruction_exact"] is True
   assert codec["keyframes"] == 1 and codec["delta_frames"] == 3
@@ -58,6 +58,15 @@ def test_demo_quick(tmp_path):
       assert r["answer_format"] == answer_format and r["n"] == n_test and not r["skipped"], name
       assert r["visual_tokens_mean"] == MODES[name], name
       assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["motion_accuracy"] <= 1.0
+  # The letter step splits each run's multiple-choice answers by whether it answered right
+  # open-ended: the two groups are every question, and their accuracies make up the whole.
+  assert set(results["letter_step"]) == set(results["evaluation"])
+  for name, r in results["letter_step"].items():
+    groups = (r["open_right"], r["open_wrong"])
+    assert sum(g["n"] for g in groups) == n_test, name
+    right = sum(g["n"] * g["accuracy"] for g in groups if g["n"])
+    assert right / n_test == pytest.approx(results["evaluation"][name]["accuracy"]), name
+    assert r["open_right"]["n"] == round(results["open_ended"][name]["accuracy"] * n_test)
   ret = results["retrieval"]
   assert ret["videos"] == data["splits"]["test"]
   assert set(ret["cope"]) == set(ret["rgb_only"]) == {"recall@1", "recall@2", "recall@5"}
@@ -80,7 +89,7 @@ def test_demo_quick(tmp_path):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert "cope_zero_delta" in stdout and "target " in stdout and "open-ended probe" in stdout
   assert "why the missed targets" not in stdout  # --quick's targets are not the demo's
-  assert "options-ranked probe" in stdout
+  assert "options-ranked probe" in stdout and "letter step" in stdout
 
   # Re-running resumes: nothing is trained or evaluated again, the results are the same.
   stdout2, again = _demo(tmp_path)

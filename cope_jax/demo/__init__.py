@@ -11,8 +11,10 @@
    tokens, TTFT — and next-frame retrieval vs RGB only; then two probes over the same five runs,
    the questions asked without their options: open-ended (exact match with the right option's
    text) and options ranked by likelihood — what each model knows about the video apart from
-   the multiple-choice letter step, which a from-scratch LLM learns slowly; last, the TTFT
-   target's measurement: dense and cope asked in turn, question by question (``ttft``).
+   the multiple-choice letter step, which a from-scratch LLM learns slowly; how far each run
+   has learned it (``letter_step``: its multiple-choice accuracy on the questions it answers
+   right open-ended, and on the rest); last, the TTFT target's measurement: dense and cope asked
+   in turn, question by question (``ttft``).
 
 Writes ``DIR/results.json`` (after every stage), prints the table, saves ``DIR/losses.png`` and
 ``DIR/pareto.png``. Re-running resumes: finished stages are kept (a training stage is finished

@@ -94,13 +94,15 @@ def run(workdir: str, quick: bool, video: str | None) -> dict:
     probes[answer_format] = report.evaluate_modes(settings, paths, motion, answer_format, frames,
                                                     models)
     done(key, probes[answer_format])
+  letter = report.letter_step(paths)
+  done("letter_step", letter)
   ret = report.retrieval(paths)
   done("retrieval", ret)
   ttft = report.ttft_interleaved(settings, paths, frames, models)
   done("ttft", ttft)
   results["targets"] = report.targets(modes, ret, ttft)
   results["plots"] = report.plots(training, modes, paths.root, probes)
-  done("report", {"table": report.table(modes, ret, probes, ttft).splitlines()})
+  done("report", {"table": report.table(modes, ret, probes, ttft, letter).splitlines()})
   results["targets"]["time"] = report.time_target(results["elapsed_s_all_runs"], quick)
   save()
   return results

@@ -61,6 +61,32 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
   return results
 
 
+def _correct_per_question(path: str) -> dict[str, bool]:
+  with open(path) as f:
+    return {r["id"]: r["correct"] for r in map(json.loads, f)}
+
+
+def letter_step(p: Paths) -> dict:
+  """How far each run has learned the multiple-choice letter step (a diagnostic, not a
+  target): its multiple-choice accuracy on the questions it answers right open-ended, and on the
+  rest, from the two evaluations' per-question logs. A model that answers with the letter of the
+  option it believes scores as high on the first as it can; one without the letter step scores
+  about chance (25 %) on both."""
+  out = {}
+  for name, _, _ in RUNS:
+    letters, open_ended = (os.path.join(p.evaluation, f"{PREFIX[f]}{name}.log.jsonl")
+                           for f in ("letter", "open"))
+    if not (os.path.exists(letters) and os.path.exists(open_ended)):
+      continue  # an evaluation cached before its log was kept
+    knows = _correct_per_question(open_ended)
+    groups = {"open_right": [], "open_wrong": []}
+    for qid, right in _correct_per_question(letters).items():
+      groups["open_right" if knows[qid] else "open_wrong"].append(right)
+    out[name] = {k: {"n": len(v), "accuracy": float(np.mean(v)) if v else None}
+                 for k, v in groups.items()}
+  return out
+
+
 def _model(which: str, s: DemoSettings, p: Paths, models: dict):
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   if which not in models:
@@ -168,9 +194,9 @@ def time_target(seconds: float, quick: bool) -> dict:
 
 
 def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None,
-          ttft: dict | None = None) -> str:
-  """The targets' runs, retrieval, the interleaved TTFT (``ttft_interleaved``), and each probe
-  (``{"open": …, "ranked": …}``) per family."""
+          ttft: dict | None = None, letter: dict | None = None) -> str:
+  """The targets' runs, retrieval, the interleaved TTFT (``ttft_interleaved``), each probe
+  (``{"open": …, "ranked": …}``) per family, and the letter step (``letter_step``)."""
   head = (f"{'mode':<18}{'model':<8}{'visual tok':>11}{'TTFT ms':>9}{'all':>7}{'motion':>8}"
           f"{'appear.':>9}")
   lines = [head, "-" * len(head)]
@@ -197,6 +223,14 @@ def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None,
     for name, r in results.items():
       lines.append(f"{name:<18}{r['accuracy']:>7.1%}{r['motion_accuracy']:>8.1%}" + "".join(
           f"{r['families'].get(f, {}).get('accuracy', float('nan')):>12.1%}" for f in families))
+  if letter:
+    lines += ["", "letter step (multiple-choice accuracy on the questions answered right "
+                  "open-ended, and on the rest; not a target)",
+              f"{'mode':<18}{'open right':>11}{'n':>6}{'rest':>8}{'n':>6}"]
+    for name, r in letter.items():
+      cells = "".join(f"{'-' if g['accuracy'] is None else format(g['accuracy'], '.1%'):>{w}}"
+                      f"{g['n']:>6}" for g, w in ((r["open_right"], 11), (r["open_wrong"], 8)))
+      lines.append(f"{name:<18}{cells}")
   return "\n".join(lines)
 
 
