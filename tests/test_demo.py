@@ -6,6 +6,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 
 MODES = {"dense": 160, "keyframes": 20, "keyframes_stage2": 20, "cope": 90, "cope_zero_delta": 90}
@@ -197,3 +198,11 @@ def test_targets_print_their_values_in_the_tables_units():
   assert _measured("dense", 400.0) == "dense 400"
   assert _measured("minutes", 15.0733) == "minutes 15.1"
   assert _measured("cope", 0.29346) == "cope 0.293"
+
+
+def test_trailing_mean_is_the_mean_of_each_window():
+  from cope_jax.demo.report import trailing_mean
+  values = np.array([1.0, 3.0, 2.0, 6.0, 4.0])
+  np.testing.assert_allclose(trailing_mean(values, 2), [2.0, 2.5, 4.0, 5.0])
+  np.testing.assert_allclose(trailing_mean(values, 5), [3.2])
+  np.testing.assert_allclose(trailing_mean(values, 1), values)

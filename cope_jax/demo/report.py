@@ -81,7 +81,8 @@ def letter_step(p: Paths) -> dict:
     knows = _correct_per_question(open_ended)
     groups = {"open_right": [], "open_wrong": []}
     for qid, right in _correct_per_question(letters).items():
-      groups["open_right" if knows[qid] else "open_wrong"].append(right)
+      if qid in knows:  # each format skips the prompts too long for the model on its own
+        groups["open_right" if knows[qid] else "open_wrong"].append(right)
     out[name] = {k: {"n": len(v), "accuracy": float(np.mean(v)) if v else None}
                  for k, v in groups.items()}
   return out
@@ -234,6 +235,11 @@ def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None,
   return "\n".join(lines)
 
 
+def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+  """The mean of each ``window`` consecutive values: ``len(values) - window + 1`` of them."""
+  return np.convolve(values, np.ones(window) / window, "valid")
+
+
 def plots(training: dict, modes: dict, out_dir: str,
           probes: dict[str, dict] | None = None) -> dict[str, str]:
   """losses.png (every stage's loss curve) and pareto.png (accuracy vs visual tokens, and each
@@ -255,12 +261,12 @@ def plots(training: dict, modes: dict, out_dir: str,
       loss = loss / np.asarray(curve["copy_reference_mse"])
       ax.axhline(1.0, color="gray", ls="--", label="copy the reference")
       title += "\n(loss ÷ copy-the-reference MSE)"
-    window = max(1, len(loss) // 10)  # a trailing mean over a tenth of the logged points
+    window = max(1, len(loss) // 10)  # a tenth of the logged points (none under 20 points)
     ax.plot(steps, loss, color="tab:blue", alpha=0.35 if window > 1 else 1.0,
             lw=1 if window > 1 else 2, label="one batch")
     if window > 1:
-      ax.plot(steps[window - 1:], np.convolve(loss, np.ones(window) / window, "valid"),
-              color="tab:blue", lw=2, label=f"mean of {window}")
+      ax.plot(steps[window - 1:], trailing_mean(loss, window), color="tab:blue", lw=2,
+              label=f"mean of {window}")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
