@@ -206,3 +206,27 @@ def test_trailing_mean_is_the_mean_of_each_window():
   np.testing.assert_allclose(trailing_mean(values, 2), [2.0, 2.5, 4.0, 5.0])
   np.testing.assert_allclose(trailing_mean(values, 5), [3.2])
   np.testing.assert_allclose(trailing_mean(values, 1), values)
+
+
+@pytest.mark.parametrize("content", [None, b"not a video"])
+def test_demo_refuses_a_bad_video_before_making_its_workdir(tmp_path, content):
+  video = tmp_path / "clip.mp4"
+  if content is not None:
+    video.write_bytes(content)
+  workdir = tmp_path / "demo"
+  r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(workdir), "--quick",
+                      "--video", str(video)], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and str(video) in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1 and not workdir.exists()
+
+
+def test_codec_stage_on_a_real_clip(tmp_path, city_clip):
+  """``--video``: the demo's codec stage on your video (here MPEG-2, 25 fps, 7.6 s, re-encoded
+  to MPEG-4 at 30 fps: one partial GOP, so one keyframe and seven Δ-frames)."""
+  from cope_jax.demo.codec_stage import run_codec_stage
+  r = run_codec_stage(str(tmp_path), city_clip, seconds=16)
+  assert r["video"] == city_clip and r["input"]["codec"] == "mpeg2video"
+  assert (r["keyframes"], r["delta_frames"]) == (1, 7) and r["reconstruction_exact"] is True
+  assert r["mean_abs_residual"] < r["mean_abs_frame_difference"]
+  assert r["tokens"]["cope_tokens"] == 210 + 7 * 10
+  assert (tmp_path / "primitives.npz").exists() and (tmp_path / "codec.png").exists()

@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
       raise ConfigError(f"--workdir {args.workdir} is a file, not a folder")
+    if args.video:  # before the workdir is made: a typo leaves nothing behind
+      from cope_jax.codec.probe import inspect_video  # pylint: disable=import-outside-toplevel
+      inspect_video(args.video)
     os.makedirs(args.workdir, exist_ok=True)
     results = run(args.workdir, args.quick, args.video)
   except (VideoError, ConfigError) as e:
