@@ -69,6 +69,21 @@ def test_extract_flags(pan_clip, tmp_path):
     assert np.median(d["mv"][:, 16:-32, 16:-32, 0]) == pytest.approx(10, rel=0.1)
 
 
+def test_extract_fps_gop_and_max_gops(pan_clip, tmp_path):
+  out = tmp_path / "gops.npz"
+  r = run_cli("extract", pan_clip, "--out", out, "--size", 192, "--fps", 15, "--gop", 15,
+              "--fusion", 5, "--max-gops", 2, "--quiet")
+  assert r.returncode == 0, r.stderr
+  with np.load(out) as d:
+    # 4 s at 15 fps: four 1 s GOPs of three positions; the first and last GOP kept.
+    assert d["kinds"].tolist() == [0, 1, 1, 0, 1, 1]
+    np.testing.assert_allclose(d["times"], [0, 1 / 3, 2 / 3, 3, 10 / 3, 11 / 3], atol=1e-5)
+    assert d["rgb"].shape == (2, 192, 192, 3) and d["mv"].shape == (4, 192, 192, 2)
+    # (2, 1) px per 30 fps frame at 384² is (2, 1) per 15 fps frame at 192², fused over 5.
+    assert np.median(d["mv"][:, 16:-32, 16:-32, 0]) == pytest.approx(10, rel=0.1)
+    assert np.median(d["mv"][:, 16:-32, 16:-32, 1]) == pytest.approx(5, rel=0.1)
+
+
 def test_visualize(pan_clip, tmp_path):
   import matplotlib.image  # pylint: disable=import-outside-toplevel
   out = tmp_path / "viz.png"

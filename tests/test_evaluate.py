@@ -55,6 +55,29 @@ def test_generate_cli_json(tiny_workdir):
   assert out["repeat"] == 2 and 0 < out["ttft_cold_s"] <= out["e2e_cold_s"]
 
 
+def test_generate_cli_samples_with_temperature_and_top_p(tiny_workdir):
+  workdir, synth = tiny_workdir
+  video = os.path.join(synth, "videos", "00000.mp4")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
+                      "--video", video, "--question", "What moves?", "--json",
+                      "--max-new-tokens", "3", "--temperature", "0.8", "--top-p", "0.9"],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert isinstance(json.loads(r.stdout)["answer"], str)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--temperature", "-1", "temperature must be >= 0"), ("--temperature", "nan", "temperature"),
+    ("--top-p", "0", "top_p must be in (0, 1]"), ("--top-p", "1.5", "top_p must be in (0, 1]")])
+def test_generate_cli_refuses_sampling_values_before_loading(tmp_path, flag, value, message):
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir",
+                      str(tmp_path / "no_model"), "--video", str(tmp_path / "no.mp4"),
+                      "--question", "What moves?", flag, value],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_loading_a_workdir_logs_no_orbax_warning(tiny_workdir, caplog):
   """Orbax warns that a folder opened read-only is read-only: loading mutes it, every time."""
   from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel

@@ -83,6 +83,20 @@ def test_budget_cli(capsys):
   assert out["cope_tokens"] == 3840 and out["dense_tokens"] == 13440
 
 
+@pytest.mark.parametrize("flags,tokens,gops", [
+    # 64 s = 1920 frames in GOPs of 120: 16 GOPs of 4 one-second positions, K = 1.
+    (["--gop", "120"], 16 * (210 + 3 * 10), 16),
+    # 64 s at 15 fps = 960 frames: 4 GOPs of 240 frames, a Δ-frame every 15 (one second).
+    (["--fps", "15", "--fusion", "15"], 4 * (210 + 15 * 10), 4),
+    # 600 s = 75 GOPs, 8 of them kept.
+    (["--max-gops", "8", "--duration", "600"], 8 * (210 + 7 * 10), 8),
+])
+def test_budget_cli_gop_fps_and_max_gops(capsys, flags, tokens, gops):
+  assert cli.main(["budget", "--duration", "64", *flags]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["cope_tokens"] == tokens and out["gops"] == gops and out["dense_tokens"] == 13440
+
+
 def test_budget_cli_bad_config(capsys):
   assert cli.main(["budget", "--duration", "64", "--fusion", "7"]) == 2
   err = capsys.readouterr().err.strip().splitlines()

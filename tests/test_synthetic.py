@@ -3,6 +3,8 @@
 import collections
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -273,3 +275,29 @@ def test_regenerating_with_other_settings_is_refused(tmp_path):
   shortest = min_seconds()
   scene = sample_scene(np.random.default_rng(0), size=32, seconds=shortest)
   assert len(scene.camera) == round(shortest * 30)
+
+
+def test_synth_cli(tmp_path):
+  """``python -m cope_jax.data synth --out DIR --videos N --seed S`` (SPEC §6): N videos and
+  questions.jsonl in the MCQ format; the seed decides them; bad input exits 2."""
+  def synth(out, seed, videos=3):
+    return subprocess.run([sys.executable, "-m", "cope_jax.data", "synth", "--out", str(out),
+                           "--videos", str(videos), "--seed", str(seed), "--size", "32",
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+  runs = {name: synth(tmp_path / name, seed) for name, seed in (("a", 7), ("b", 7), ("c", 8))}
+  for r in runs.values():
+    assert r.returncode == 0, r.stderr
+  assert json.loads(runs["a"].stdout)["videos"] == 3
+  lines = (tmp_path / "a" / "questions.jsonl").read_text().splitlines()
+  videos = set()
+  for q in map(json.loads, lines):
+    assert set(q) >= {"video", "question", "options", "answer"}
+    assert (tmp_path / "a" / q["video"]).is_file()  # relative to the file's folder
+    assert len(q["options"]) == 4 and q["options"][LETTERS.index(q["answer"])] == q["open_answer"]
+    videos.add(q["video"])
+  assert len(videos) == 3
+  same, other = ((tmp_path / n / "questions.jsonl").read_text() for n in ("b", "c"))
+  assert same == "\n".join(lines) + "\n" and other != same
+  r = synth(tmp_path / "none", 7, videos=0)
+  assert r.returncode == 2 and r.stderr.strip() == "error: the number of videos must be >= 1, got 0"
+  assert not (tmp_path / "none").exists()
