@@ -31,6 +31,12 @@ PREFIX = {"letter": "", "open": "open_", "ranked": "ranked_"}
 PROBE = {"letter": "", "open": " open-ended", "ranked": " options ranked"}
 
 
+def _result_path(p: Paths, answer_format: str, name: str, log: bool = False) -> str:
+  """A run's cached result (``evaluation/<prefix><name>.json``) or its per-question log."""
+  return os.path.join(p.evaluation,
+                      f"{PREFIX[answer_format]}{name}{'.log.jsonl' if log else '.json'}")
+
+
 def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: str = "letter",
                    frames: dict | None = None, models: dict | None = None) -> dict:
   """Every run on the held-out split (cached per run in ``evaluation/``). Two probes of what
@@ -42,16 +48,15 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
   from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
   questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
   os.makedirs(p.evaluation, exist_ok=True)
-  prefix = PREFIX[answer_format]
   models = {} if models is None else models
   results = {}
   for name, which, mode in RUNS:
-    path = os.path.join(p.evaluation, f"{prefix}{name}.json")
+    path = _result_path(p, answer_format, name)
     if not os.path.exists(path):
       _model(which, s, p, models)
       log(f"[evaluate] {name}{PROBE[answer_format]}: {len(questions)} held-out questions")
       r = evaluate(models[which], questions, mode,
-                   log_path=os.path.splitext(path)[0] + ".log.jsonl",
+                   log_path=_result_path(p, answer_format, name, log=True),
                    dense_frames=s.dense_frames, answer_format=answer_format, frames=frames)
       r["model"] = which
       r["motion_accuracy"] = _motion_accuracy(r, motion_families)
@@ -74,8 +79,7 @@ def letter_step(p: Paths) -> dict:
   about chance (25 %) on both."""
   out = {}
   for name, _, _ in RUNS:
-    letters, open_ended = (os.path.join(p.evaluation, f"{PREFIX[f]}{name}.log.jsonl")
-                           for f in ("letter", "open"))
+    letters, open_ended = (_result_path(p, f, name, log=True) for f in ("letter", "open"))
     if not (os.path.exists(letters) and os.path.exists(open_ended)):
       continue  # an evaluation cached before its log was kept
     knows = _correct_per_question(open_ended)
