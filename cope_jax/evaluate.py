@@ -27,6 +27,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.codec.sampling_flags import MIN_CHANGE_HELP
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
 from cope_jax.infer import MODES
 
@@ -45,27 +46,29 @@ def right_option(q: dict) -> str:
 
 
 def cached_inputs(model, frames: dict, video: str, mode: str, keyframes_per_gop: int = 1,
-                  dense_frames: int = 64):
+                  dense_frames: int = 64, min_change: float = 0.0):
   """``model.video_inputs`` of ``video`` for ``mode``, extracted once into ``frames`` (the modes
   that read the same frames share them: ``cope_zero_delta`` is ``cope``'s)."""
   kind = "cope" if mode == "cope_zero_delta" else mode
-  key = (video, kind, keyframes_per_gop, dense_frames, model.codec_size)
+  key = (video, kind, keyframes_per_gop, dense_frames, min_change, model.codec_size)
   if key not in frames:
-    frames[key] = model.video_inputs(video, mode, keyframes_per_gop, dense_frames)
+    frames[key] = model.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
   return frames[key]
 
 
 def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1,
              max_new_tokens: int | None = None, log_path: str | None = None,
              progress: bool = True, dense_frames: int = 64, answer_format: str = "letter",
-             frames: dict | None = None, post_prompt: str = MCQ_SUFFIX) -> dict:
+             frames: dict | None = None, post_prompt: str = MCQ_SUFFIX,
+             min_change: float = 0.0) -> dict:
   """Accuracy of ``model`` on ``questions`` in ``mode``: multiple choice scored by the option
   letter (``answer_format="letter"``, lmms-eval's protocol); or the question alone, scored by an
   exact match of the answer with the right option's text (``"open"``) or by which option's text
   the model finds most likely (``"ranked"``). ``frames``: a dict that keeps every video's
   extracted frames, to share between calls that ask about the same videos (by default only the
   current video's are kept). ``post_prompt``: the line after the options (default lmms-eval's
-  answer-with-the-letter line; "" for none)."""
+  answer-with-the-letter line; "" for none). ``min_change``: adaptive fusion in the cope modes
+  (``codec.sampling``)."""
   if answer_format not in ANSWER_FORMATS:
     raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}")
   if max_new_tokens is None:  # a letter; or the longest option text, "the camera does not move"
@@ -87,7 +90,8 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
       try:
         if frames is None and q["video"] not in {key[0] for key in store}:
           store.clear()  # questions share videos: keep the current one's frames only
-        inputs = cached_inputs(model, store, q["video"], mode, keyframes_per_gop, dense_frames)
+        inputs = cached_inputs(model, store, q["video"], mode, keyframes_per_gop, dense_frames,
+                               min_change)
         if answer_format == "ranked":
           answer = model.rank_options(q["video"], q["question"], q["options"], mode,
                                       keyframes_per_gop, inputs=inputs)
@@ -131,6 +135,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
           # both leave out compilation (the first call of each new prompt bucket or frame count)
           "ttft_mean_s": mean("ttft_s"), "ttft_median_s": mean("ttft_s", np.median),
           "keyframes_per_gop": keyframes_per_gop,
+          **({"min_change": min_change} if min_change else {}),
           **({"dense_frames": dense_frames} if mode == "dense" else {}),
           "families": {f: {"accuracy": float(np.mean(v)), "n": len(v)}
                        for f, v in sorted(families.items())},
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="which frames the model sees (default cope; see above)")
   parser.add_argument("--keyframes-per-gop", type=int, default=1,
                       help="K, keyframes per GOP in the cope and keyframes modes (default 1)")
+  parser.add_argument("--min-change", type=float, default=0.0, help=MIN_CHANGE_HELP)
   parser.add_argument("--dense-frames", type=int, default=64,
                       help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's)")
   parser.add_argument("--out", required=True, help="RESULTS.json (+ RESULTS.log.jsonl)")
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
       raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
     if os.path.isdir(args.out):
       raise IsADirectoryError(f"--out {args.out} is a folder; name the results file")
-    SamplingConfig(keyframes_per_gop=args.keyframes_per_gop).validate()  # a ConfigError
+    SamplingConfig(keyframes_per_gop=args.keyframes_per_gop,
+                   min_change=args.min_change).validate()  # a ConfigError
     for flag, value in (("--dense-frames", args.dense_frames), ("--limit", args.limit)):
       if value is not None and value < 1:
         raise ValueError(f"{flag} must be >= 1, got {value}")
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                      progress=not args.quiet, dense_frames=args.dense_frames,
                      answer_format=("open" if args.open_ended else
                                     "ranked" if args.rank_options else "letter"),
-                     post_prompt=args.post_prompt)
+                     post_prompt=args.post_prompt, min_change=args.min_change)
   from cope_jax.json_files import write_json  # pylint: disable=import-outside-toplevel
   write_json(args.out, results)
   label = args.mode + (" (open-ended)" if args.open_ended else

@@ -18,6 +18,8 @@ import statistics
 import sys
 
 from cope_jax.codec.errors import VideoError
+from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.codec.sampling_flags import MIN_CHANGE_HELP
 from cope_jax.infer import MODES
 
 
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                       "Δ-frames; dense: 64 uniform RGB frames; cope_zero_delta: Δ-tokens zeroed")
   parser.add_argument("--keyframes-per-gop", type=int, default=1,
                       help="RGB keyframes per GOP (the paper's K: 1, 2 or 4; default 1)")
+  parser.add_argument("--min-change", type=float, default=0.0, help=MIN_CHANGE_HELP)
   parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
   parser.add_argument("--temperature", type=float, default=0.0,
                       help="sampling temperature, >= 0 (default 0 = greedy)")
@@ -52,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
   from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
   try:
     SamplingOptions(args.max_new_tokens, args.temperature, args.top_p)  # refused before loading
+    SamplingConfig(keyframes_per_gop=args.keyframes_per_gop,
+                   min_change=args.min_change).validate()
     model = CoPE.load(args.workdir)
     answers = [model.ask(args.video, args.question, args.mode, args.keyframes_per_gop,
-                         args.max_new_tokens, args.temperature, args.top_p)
+                         args.max_new_tokens, args.temperature, args.top_p,
+                         min_change=args.min_change)
                for _ in range(args.repeat)]
   except (VideoError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -130,6 +130,25 @@ def test_evaluate_every_mode(tiny_workdir, tmp_path):
   assert tokens == {"cope": 90, "keyframes": 20, "dense": 64 * 20, "cope_zero_delta": 90}
 
 
+def test_evaluate_cli_adaptive_fusion_counts_the_kept_delta_frames(tiny_workdir, tmp_path):
+  from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.sampling import SamplingConfig  # pylint: disable=import-outside-toplevel
+  workdir, synth = tiny_workdir
+  out = tmp_path / "adaptive.json"
+  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
+                      "--data", os.path.join(synth, "test.jsonl"), "--mode", "cope", "--out",
+                      str(out), "--limit", "4", "--min-change", "4", "--quiet"],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads(out.read_text())
+  assert res["min_change"] == 4 and res["n"] == 4
+  questions = [json.loads(l) for l in open(os.path.join(synth, "test.jsonl"))][:4]
+  for q, row in zip(questions, (json.loads(l) for l in open(tmp_path / "adaptive.log.jsonl"))):
+    p = extract_primitives(os.path.join(synth, q["video"]), size=64,
+                           sampling=SamplingConfig(min_change=4))
+    assert row["visual_tokens"] == 20 + 10 * len(p.mv) <= 90  # 1 keyframe, the kept Δ-frames
+
+
 class _ScriptedModel:
   """Stands in for ``CoPE``: records each prompt and answers (or ranks options) from a script."""
   codec_size = 64
@@ -246,6 +265,7 @@ def test_evaluate_cli_with_no_readable_video_says_so(tiny_workdir, tmp_path):
 def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):
   for flag, value, named in (("--keyframes-per-gop", "0", "keyframes_per_gop"),
                              ("--keyframes-per-gop", "31", "keyframes_per_gop"),
+                             ("--min-change", "-1", "min_change"),
                              ("--dense-frames", "0", "--dense-frames"),
                              ("--limit", "0", "--limit")):
     r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir",

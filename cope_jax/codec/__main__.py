@@ -69,11 +69,16 @@ def _check_out(path: str, suffix: str) -> None:
 
 def cmd_extract(args) -> None:
   _check_out(args.out, ".npz")
+  sampling = sampling_from_args(args)
   with _Progress(args.quiet) as progress:
-    prims = extract_primitives(args.video, size=args.size, sampling=sampling_from_args(args),
+    prims = extract_primitives(args.video, size=args.size, sampling=sampling,
                                quantizer=args.quantizer, on_frame=progress)
   save_npz(prims, args.out)
-  print(f"wrote {args.out}: {len(prims.rgb)} keyframes, {len(prims.mv)} Δ-frames over "
+  skipped = ""
+  if sampling.min_change:
+    planned = token_budget(prims.num_frames, sampling)["delta_frames"]
+    skipped = f" ({planned - len(prims.mv)} of {planned} Δ positions skipped by --min-change)"
+  print(f"wrote {args.out}: {len(prims.rgb)} keyframes, {len(prims.mv)} Δ-frames{skipped} over "
         f"{prims.num_frames} frames ({prims.num_frames / args.fps:.1f} s at {args.fps} fps)"
         f"{', re-encoded' if prims.reencoded else ', used as is'}")
 
@@ -89,7 +94,8 @@ def cmd_visualize(args) -> None:
                  on_frame=progress)) as frames:
     frames = list(itertools.islice(frames, args.max_positions))
   render(frames, args.out, title=f"{os.path.basename(args.video)}: {len(frames)} positions, "
-         f"K={sampling.keyframes_per_gop} keyframes/GOP, fusion s={sampling.fusion}")
+         f"K={sampling.keyframes_per_gop} keyframes/GOP, fusion s={sampling.fusion}"
+         + (f", adaptive (min change {sampling.min_change:g})" if sampling.min_change else ""))
   print(f"wrote {args.out}")
 
 
@@ -119,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("budget", help="visual tokens of a video of a given length",
                      description="Print CoPE vs 64-frame dense visual-token counts as JSON.")
   p.add_argument("--duration", type=float, required=True, help="video length in seconds")
-  add_sampling_flags(p, with_size=False)
+  add_sampling_flags(p, with_size=False, adaptive=False)
   p.set_defaults(func=cmd_budget)
 
   p = sub.add_parser("visualize", help="PNG of keyframes, motion fields and residual maps",

@@ -2,7 +2,9 @@
 
 One decode pass over the conformant (re-encoded if needed) stream. Every frame of a kept GOP
 contributes its motion vectors to the chain that is traced back to the previous sampled
-position; only the sampled positions (1 FPS by default) are converted to RGB.
+position; only the sampled positions (1 FPS by default) are converted to RGB. With adaptive
+fusion (``SamplingConfig.min_change``) a Δ position that barely changed since the last kept one
+is skipped and its chain continues into the next Δ-frame.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from cope_jax.codec.errors import VideoError
 from cope_jax.codec.motion import MotionGrid, to_pixels
 from cope_jax.codec.probe import decode_frames, open_video
 from cope_jax.codec.reencode import EncodeSpec, conformant_video
-from cope_jax.codec.sampling import DELTA, KEYFRAME, SamplingConfig, plan_positions
+from cope_jax.codec.sampling import (DELTA, KEYFRAME, SamplingConfig, frame_change,
+                                     plan_positions)
 
 _EXPORT_MVS = {"flags2": "+export_mvs"}
 
@@ -99,6 +102,8 @@ def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
       time_s = index / sampling.fps
       if kind == KEYFRAME:
         yield SampledFrame(KEYFRAME, index, time_s, rgb=rgb)
+      elif sampling.min_change and frame_change(rgb, anchor_rgb) < sampling.min_change:
+        continue  # adaptive fusion: hardly changed; the chain goes on from the kept anchor
       else:
         field = grid.trace(steps)
         yield SampledFrame(DELTA, index, time_s, mv=to_pixels(field),

@@ -11,6 +11,16 @@ it, with the same keyframe/Δ assignment; frames after its last position are not
 any 1-FPS sampling). It therefore costs ``210·k + 10·d`` for the k keyframe and d Δ positions
 it actually contains — a 10 s video is one full GOP plus a partial GOP of 2 positions (I + Δ).
 
+Adaptive fusion (``min_change`` > 0; the paper's future work, "a fixed P-frame fusion window is
+suboptimal for tasks with varying motion"): a Δ position is kept only if the frame there differs
+from the last *kept* position by at least ``min_change`` grey levels (0–255) in some 16×16 patch
+(the mean absolute difference over the patch's pixels and channels, the largest over patches:
+``frame_change``). A dropped position's motion joins the next kept Δ-frame's chain, which then
+describes the change over the longer window (2s, 3s, …) and is exactly reconstructable from the
+last kept position. Keyframes are always kept. Still stretches cost no Δ-tokens, and slow drift
+is caught once it has added up; ``plan_positions`` and ``token_budget`` give the candidate
+positions, the most an adaptive video can cost.
+
 Videos with more than ``max_gops`` GOPs keep ``max_gops`` of them, spread uniformly
 (``np.linspace(0, n - 1, max_gops)`` rounded down, the first and last GOP included).
 
@@ -45,6 +55,7 @@ class SamplingConfig:
   fusion: int = 30
   keyframes_per_gop: int = 1
   max_gops: int = 64
+  min_change: float = 0.0  # adaptive fusion's threshold, grey levels; 0 keeps every position
 
   @property
   def positions_per_gop(self) -> int:
@@ -55,6 +66,8 @@ class SamplingConfig:
     for name in ("fps", "gop", "fusion", "keyframes_per_gop", "max_gops"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if not 0 <= self.min_change <= 255:
+      raise ConfigError(f"min_change must be within 0-255 grey levels, got {self.min_change}")
     if self.gop % self.fusion:
       raise ConfigError(f"gop ({self.gop}) must be divisible by fusion ({self.fusion})")
     if self.keyframes_per_gop > self.positions_per_gop:
@@ -88,6 +101,25 @@ class SamplingPlan:
   @property
   def num_delta_frames(self) -> int:
     return int(np.sum(self.kinds == DELTA))
+
+
+# Adaptive fusion measures change on the Δ-encoder's patch grid.
+CHANGE_PATCH = 16
+
+
+def frame_change(frame: np.ndarray, reference: np.ndarray, patch: int = CHANGE_PATCH) -> float:
+  """How much ``frame`` differs from ``reference`` ((H, W, C) uint8) for adaptive fusion: the
+  mean absolute difference over each ``patch``×``patch`` block's pixels and channels, the
+  largest over blocks (a border narrower than a patch is left out), in grey levels. A small
+  moving object counts as much as a camera pan; codec noise on still content stays near 0."""
+  if frame.shape != reference.shape:
+    raise ValueError(f"frame {frame.shape} and reference {reference.shape} differ in shape")
+  h, w = (frame.shape[0] // patch) * patch, (frame.shape[1] // patch) * patch
+  if not h or not w:
+    raise ValueError(f"frames of {frame.shape[:2]} are smaller than one {patch}×{patch} patch")
+  diff = np.abs(frame[:h, :w].astype(np.int16) - reference[:h, :w].astype(np.int16))
+  blocks = diff.reshape(h // patch, patch, w // patch, patch, -1).mean(axis=(1, 3, 4))
+  return float(blocks.max())
 
 
 def select_gops(num_gops: int, max_gops: int) -> np.ndarray:

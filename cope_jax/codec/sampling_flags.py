@@ -8,7 +8,16 @@ import argparse
 from cope_jax.codec.sampling import SamplingConfig
 
 
-def add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True) -> None:
+MIN_CHANGE_HELP = (
+    "adaptive fusion: skip a Δ position whose frame differs from the last kept position by "
+    "less than this many grey levels (0-255) in every 16x16 patch; its motion joins the next "
+    "Δ-frame, fused over the longer window. Still stretches then cost no Δ-tokens. 0 keeps "
+    "every position, the paper's fixed fusion (default 0)")
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True,
+                       adaptive: bool = True) -> None:
+  """The flags; ``adaptive=False`` leaves out ``--min-change`` (content-blind token arithmetic)."""
   if with_size:
     p.add_argument("--size", type=int, default=384,
                    help="side of the square re-encoded frames, a multiple of 16 up to 2048 "
@@ -26,10 +35,13 @@ def add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True) -> No
                  help="K keyframes per GOP, evenly spaced, the first on the I-frame (default 1)")
   p.add_argument("--max-gops", type=int, default=64,
                  help="longer videos keep this many GOPs, sampled uniformly (default 64)")
+  if adaptive:
+    p.add_argument("--min-change", type=float, default=0.0, help=MIN_CHANGE_HELP)
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
   """The validated SamplingConfig of the flags above (ConfigError if they do not fit)."""
   return SamplingConfig(fps=args.fps, gop=args.gop, fusion=args.fusion,
                         keyframes_per_gop=args.keyframes_per_gop,
-                        max_gops=args.max_gops).validate()
+                        max_gops=args.max_gops,
+                        min_change=getattr(args, "min_change", 0.0)).validate()

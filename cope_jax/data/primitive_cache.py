@@ -37,8 +37,11 @@ class ExtractSettings:
 
   def key(self, video: str) -> str:
     st = os.stat(video)
+    sampling = dataclasses.asdict(self.sampling)
+    if not sampling["min_change"]:  # fixed fusion keeps the keys of caches made before adaptive
+      del sampling["min_change"]
     ident = json.dumps([os.path.abspath(video), st.st_size, st.st_mtime_ns, self.size,
-                        dataclasses.asdict(self.sampling), self.quantizer])
+                        sampling, self.quantizer])
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 

@@ -148,16 +148,18 @@ class CoPE:
                        "frames only (its checkpoint has none): use dense or keyframes")
 
   def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
-                   dense_frames: int = 64) -> VideoInputs:
+                   dense_frames: int = 64, min_change: float = 0.0) -> VideoInputs:
     """The frames a mode uses: CoPE positions, keyframes only, or ``dense_frames`` uniform RGB
-    frames."""
+    frames. ``min_change`` > 0: adaptive fusion (``codec.sampling``), Δ positions that hardly
+    changed are left out."""
     self.check_mode(mode)
     start = time.perf_counter()
     if mode == "dense":
       return self._dense(video, dense_frames, start)
     from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
     p = extract_primitives(video, size=self.codec_size,
-                           sampling=SamplingConfig(keyframes_per_gop=keyframes_per_gop))
+                           sampling=SamplingConfig(keyframes_per_gop=keyframes_per_gop,
+                                                   min_change=min_change))
     kinds, times, mv, residual = p.kinds, p.times, p.mv, p.residual
     if mode == "keyframes":
       keep = kinds == KEYFRAME
@@ -209,10 +211,11 @@ class CoPE:
 
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-          inputs: VideoInputs | None = None) -> Answer:
-    """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames)."""
+          inputs: VideoInputs | None = None, min_change: float = 0.0) -> Answer:
+    """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames;
+    ``min_change``: adaptive fusion, see ``video_inputs``)."""
     from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
-    v = inputs or self.video_inputs(video, mode, keyframes_per_gop)
+    v = inputs or self.video_inputs(video, mode, keyframes_per_gop, min_change=min_change)
     start = time.perf_counter()  # primitives in memory
     # Host arrays go to the jitted prefill as they are: its C++ argument path moves them, 0.6 ms
     # sooner than a jax.device_put of the six first (demo cope prompts, 12.1 vs 12.7 ms).
@@ -225,14 +228,15 @@ class CoPE:
                   v.extract_s, timings["compile_s"], visual, prompt_tokens, timings["new_tokens"])
 
   def rank_options(self, video: str, question: str, options: list[str], mode: str = "cope",
-                   keyframes_per_gop: int = 1, inputs: VideoInputs | None = None) -> RankedOptions:
+                   keyframes_per_gop: int = 1, inputs: VideoInputs | None = None,
+                   min_change: float = 0.0) -> RankedOptions:
     """Ranks ``options`` by the model's log-likelihood of each one's text, then <|im_end|>, as the
     answer to ``question`` asked alone (lm-eval-harness's multiple-choice scoring, for models
     that do not follow the "answer with the option's letter" instruction); nothing is
     generated."""
     if not options:
       raise ValueError("rank_options needs at least one option")
-    v = inputs or self.video_inputs(video, mode, keyframes_per_gop)
+    v = inputs or self.video_inputs(video, mode, keyframes_per_gop, min_change=min_change)
     batch, visual, prompt_tokens = self.model_inputs(v, question)
     answers = [self.tok.encode(o, add_special_tokens=False).ids + [self.generator.eos_id]
                for o in options]
