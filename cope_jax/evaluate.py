@@ -142,6 +142,13 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
           "skipped": list(skipped.values())}
 
 
+def families_accuracy(result: dict, families) -> float:
+  """``evaluate``'s accuracy over the questions of ``families`` alone (0 if it asked none)."""
+  fams = [result["families"][f] for f in families if f in result["families"]]
+  n = sum(f["n"] for f in fams)
+  return sum(f["accuracy"] * f["n"] for f in fams) / n if n else 0.0
+
+
 def read_questions(path: str, limit: int | None = None) -> list[dict]:
   """The MCQ JSONL's questions, checked, video paths absolute (``data.sources.mcq_lines``)."""
   out = [q for _, q in mcq_lines(path)]

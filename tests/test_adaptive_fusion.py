@@ -123,3 +123,18 @@ def test_bad_min_change_exits_2_and_budget_has_no_such_flag(still_then_pan, tmp_
   r = subprocess.run([sys.executable, "-m", "cope_jax.codec", "budget", "--duration", "8"],
                      capture_output=True, text=True, timeout=300)
   assert json.loads(r.stdout)["delta_frames"] == 7
+
+
+def test_fixed_fusion_keeps_the_cache_keys_made_before_adaptive_fusion(tmp_path):
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
+  video = tmp_path / "v.mp4"
+  video.write_bytes(b"not decoded here")
+  st = os.stat(video)
+  before = json.dumps([os.path.abspath(video), st.st_size, st.st_mtime_ns, 64,
+                       {"fps": 30, "gop": 240, "fusion": 30, "keyframes_per_gop": 1,
+                        "max_gops": 64}, 3])  # the key's text before min_change existed
+  assert ExtractSettings(64).key(str(video)) == hashlib.sha1(before.encode()).hexdigest()[:20]
+  adaptive = ExtractSettings(64, SamplingConfig(min_change=4)).key(str(video))
+  assert adaptive != ExtractSettings(64).key(str(video))

@@ -45,6 +45,10 @@ def test_bad_values_are_one_error_line_with_status_2(tmp_path):
     r = _bench(*args)
     assert r.returncode == 2, (args, r.stderr)
     assert f"error: {flag} must be > 0" in r.stderr.splitlines()[-1], (args, r.stderr)
+  r = _bench("adaptive", "--thresholds", "0,300")
+  assert r.returncode == 2 and "grey levels within 0-255" in r.stderr.splitlines()[-1]
+  r = _bench("adaptive", "--workdir", str(tmp_path), "--thresholds", "0")
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and "finished demo" in r.stderr
   text = tmp_path / "notes.mp4"
   text.write_text("not a video")
   r = _bench("codec", "--video", str(text))

@@ -119,6 +119,27 @@ def test_demo_quick(tmp_path):
                      timeout=300)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "RGB frames only" in r.stderr
 
+  # bench adaptive on the finished demo: the still-camera clip keeps only the Δ-frames of its
+  # 8 s of motion, and the demo's model answers at each threshold with the kept Δ-frames' tokens.
+  r = subprocess.run([sys.executable, "-m", "cope_jax.bench", "adaptive", "--workdir",
+                      str(tmp_path), "--thresholds", "0,4", "--limit", "6", "--quiet", "--out",
+                      str(tmp_path / "adaptive.json")], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  bench = json.loads((tmp_path / "adaptive.json").read_text())
+  fixed, adaptive = bench["still_camera_clip"]
+  assert (fixed["keyframes"], fixed["delta_frames"], fixed["tokens"]) == (8, 56, 2240)
+  assert 1 <= adaptive["delta_frames"] <= 8 and adaptive["keyframes"] == 8
+  assert all(20 < t <= 29 for t in adaptive["delta_times_s"]), adaptive["delta_times_s"]
+  keyframes, cope, cope_adaptive = bench["demo"]
+  assert [(x["mode"], x["min_change"]) for x in bench["demo"]] == [
+      ("keyframes", 0), ("cope", 0), ("cope", 4)]
+  assert (keyframes["delta_frames_per_video"], keyframes["visual_tokens"]) == (0, 20)
+  assert (cope["delta_frames_per_video"], cope["visual_tokens"]) == (7, 90)
+  assert cope_adaptive["delta_frames_per_video"] <= 7
+  for row in bench["demo"]:
+    assert {row[f]["n"] for f in ("letter", "open", "ranked")} == {6}
+  assert "cope min 4" in r.stdout
+
   # The same workdir without --quick is refused: its data, checkpoints and evaluations are the
   # quick run's and must not show up as the full demo's.
   r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(tmp_path)],

@@ -11,13 +11,15 @@ BENCHMARKS = {
     "flops": ("cope_jax.bench.flops_bench", "prefill FLOPs per component, FLOP-bound TTFT"),
     "letter": ("cope_jax.bench.letter_step_bench",
                "how fast a from-scratch LLM learns the multiple-choice letter step"),
+    "adaptive": ("cope_jax.bench.adaptive_bench",
+                 "adaptive fusion: Δ-tokens and accuracy of the demo's model vs --min-change"),
 }
 
 
 def _usage() -> str:
   lines = [f"usage: python -m cope_jax.bench {{{','.join(BENCHMARKS)}}} [flags]", "",
            "benchmarks (python -m cope_jax.bench NAME --help for a benchmark's flags):"]
-  lines += [f"  {name:8s}{what}" for name, (_, what) in BENCHMARKS.items()]
+  lines += [f"  {name:10s}{what}" for name, (_, what) in BENCHMARKS.items()]
   return "\n".join(lines)
 
 

@@ -20,12 +20,6 @@ RUNS = (("dense", "base", "dense"), ("keyframes", "base", "keyframes"),
         ("cope_zero_delta", "stage2", "cope_zero_delta"))
 
 
-def _motion_accuracy(result: dict, motion_families) -> float:
-  fams = [result["families"][f] for f in motion_families if f in result["families"]]
-  n = sum(f["n"] for f in fams)
-  return sum(f["accuracy"] * f["n"] for f in fams) / n if n else 0.0
-
-
 # Result files per answer format, and how the progress lines name the two probes.
 PREFIX = {"letter": "", "open": "open_", "ranked": "ranked_"}
 PROBE = {"letter": "", "open": " open-ended", "ranked": " options ranked"}
@@ -45,7 +39,8 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
   answer's exact match with the right option (``evaluation/open_*``), ``"ranked"`` which option's
   text the model finds most likely (``evaluation/ranked_*``). ``frames`` keeps the extracted
   frames between calls, ``models`` the loaded models."""
-  from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
+  from cope_jax.evaluate import (evaluate, families_accuracy,  # pylint: disable=import-outside-toplevel
+                                 read_questions)
   questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
   os.makedirs(p.evaluation, exist_ok=True)
   models = {} if models is None else models
@@ -59,7 +54,7 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
                    log_path=_result_path(p, answer_format, name, log=True),
                    dense_frames=s.dense_frames, answer_format=answer_format, frames=frames)
       r["model"] = which
-      r["motion_accuracy"] = _motion_accuracy(r, motion_families)
+      r["motion_accuracy"] = families_accuracy(r, motion_families)
       write_json(path, r)
     with open(path) as f:
       results[name] = json.load(f)
