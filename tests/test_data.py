@@ -78,6 +78,39 @@ def test_round_trip_matches_codec_extract(synth_build):
   np.testing.assert_array_equal(storage.decode_residual(first["residual"]), prims.residual[0])
 
 
+def test_an_adaptive_build_holds_the_kept_delta_frames(synth_build, tmp_path):
+  """``--min-change``: each video's record is ``codec extract``'s adaptive output, a stage-1
+  pair's reference is the last *kept* position, and batches pad the missing Δ-frames."""
+  _, items, _ = synth_build
+  sampling = SamplingConfig(min_change=4)
+  build("finetune", items, str(tmp_path), ExtractSettings(SIZE, sampling), workers=2,
+        progress=False)
+  report = build("pretrain", items, str(tmp_path), ExtractSettings(SIZE, sampling), workers=2,
+                 progress=False)
+  prims = {it.video: extract_primitives(it.video, size=SIZE, sampling=sampling) for it in items}
+  kept = sum(len(p.mv) for p in prims.values())
+  assert sum(report["records"].values()) == kept < 10 * 7  # some positions were still
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  records = tfds.builder_from_directory(shard_dir(str(tmp_path), "finetune")).as_data_source(
+      "train")
+  for i in range(len(records)):
+    p = prims[records[i]["video"].decode()]
+    np.testing.assert_array_equal(records[i]["kinds"], p.kinds)
+    np.testing.assert_array_equal(records[i]["times"], p.times)
+  pairs = tfds.builder_from_directory(shard_dir(str(tmp_path), "pretrain")).as_data_source(
+      "train")
+  # A video whose first second was still: its first pair spans 0 s to its first kept Δ-frame.
+  first = next(pairs[i] for i in range(len(pairs))
+               if pairs[i]["time"] == prims[pairs[i]["video"].decode()].times[1] > 1.0)
+  p = prims[first["video"].decode()]
+  np.testing.assert_array_equal(storage.decode_png(first["reference"]), p.rgb[0])
+  np.testing.assert_array_equal(storage.decode_mv(first["mv"]), p.mv[0])
+  tokenizer = str(synth_build[0] / "synthetic" / "tokenizer.json")
+  batch = next(iter(finetune_dataset(_cfg(tmp_path, "finetune", shuffle=False, split="train",
+                                          tokenizer=tokenizer))))
+  assert batch["mv"].shape[1] == 7  # the model's slots; a video's missing Δ-frames are padding
+
+
 @pytest.mark.parametrize("stage,extra", [("pretrain", {}), ("finetune", {}),
                                          ("finetune", {"group_by_length": 2})])
 def test_iterator_state_restores_exactly(synth_build, stage, extra):

@@ -68,7 +68,8 @@ def test_generate_cli_samples_with_temperature_and_top_p(tiny_workdir):
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--temperature", "-1", "temperature must be >= 0"), ("--temperature", "nan", "temperature"),
-    ("--top-p", "0", "top_p must be in (0, 1]"), ("--top-p", "1.5", "top_p must be in (0, 1]")])
+    ("--top-p", "0", "top_p must be in (0, 1]"), ("--top-p", "1.5", "top_p must be in (0, 1]"),
+    ("--min-change", "300", "min_change must be within 0-255")])
 def test_generate_cli_refuses_sampling_values_before_loading(tmp_path, flag, value, message):
   r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir",
                       str(tmp_path / "no_model"), "--video", str(tmp_path / "no.mp4"),
