@@ -35,8 +35,9 @@ def _thresholds(text: str) -> list[float]:
   return values
 
 
-def still_camera_tokens(thresholds: list[float], folder: str, size: int = 384) -> list[dict]:
-  """Visual tokens of a 64 s still-camera clip with 8 s of motion, per threshold (K = 1)."""
+def still_camera_tokens(thresholds: list[float], path: str, size: int = 384) -> list[dict]:
+  """Visual tokens of a 64 s still-camera clip with 8 s of motion (written to ``path``), per
+  threshold (K = 1)."""
   import itertools  # pylint: disable=import-outside-toplevel
   from cope_jax.codec import synthetic_clips  # pylint: disable=import-outside-toplevel
   from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
@@ -48,7 +49,6 @@ def still_camera_tokens(thresholds: list[float], folder: str, size: int = 384) -
                                                 velocity=((size + side) // (stop - start), 0),
                                                 start=(-side, size // 2 - side // 2), side=side))
   still = crossing[0]  # the square is still outside the view
-  path = os.path.join(folder, "still_camera_64s.mp4")
   synthetic_clips.write_clip(path, itertools.chain(itertools.repeat(still, start), crossing,
                                                    itertools.repeat(still, 64 * fps - stop)),
                              fps=fps, codec="libx264")
@@ -117,15 +117,21 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--thresholds", type=_thresholds, default=[0.0, 2.0, 4.0, 8.0, 16.0],
                       help="the --min-change values to run, grey levels (default 0,2,4,8,16)")
   parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
+  parser.add_argument("--save-clip", default=None, metavar="FILE.mp4",
+                      help="keep the generated still-camera clip there (H.264; e.g. for "
+                      "codec visualize --min-change 4)")
   parser.add_argument("--out", default=None, help="also write the rows as JSON")
   parser.add_argument("--quiet", action="store_true", help="no progress bars")
   args = parser.parse_args(argv)
   require_positive(parser, args, "--limit")
   if args.workdir:
     _demo_paths(args.workdir)  # before the clip's half minute
+  if args.save_clip and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_clip))):
+    raise FileNotFoundError(f"--save-clip {args.save_clip}: its folder does not exist")
   import tempfile  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory() as folder:
-    clip = still_camera_tokens(args.thresholds, folder)
+    clip = still_camera_tokens(args.thresholds,
+                               args.save_clip or os.path.join(folder, "still_camera_64s.mp4"))
   print("64 s still-camera clip, a square crossing from 20 to 28 s (K = 1; dense 64 frames: "
         "13,440 tokens)")
   print(f"{'min change':>10}{'keyframes':>10}{'Δ-frames':>9}{'tokens':>8}  Δ-frames at (s)")
