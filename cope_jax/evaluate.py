@@ -26,10 +26,9 @@ import sys
 import numpy as np
 
 from cope_jax.codec.errors import VideoError
-from cope_jax.codec.sampling import SamplingConfig
-from cope_jax.codec.sampling_flags import MIN_CHANGE_HELP
+from cope_jax.codec.sampling_flags import add_min_change_flag
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
-from cope_jax.infer import MODES
+from cope_jax.infer import MODES, mode_sampling
 
 ANSWER_FORMATS = ("letter", "open", "ranked")
 
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="which frames the model sees (default cope; see above)")
   parser.add_argument("--keyframes-per-gop", type=int, default=1,
                       help="K, keyframes per GOP in the cope and keyframes modes (default 1)")
-  parser.add_argument("--min-change", type=float, default=0.0, help=MIN_CHANGE_HELP)
+  add_min_change_flag(parser)
   parser.add_argument("--dense-frames", type=int, default=64,
                       help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's)")
   parser.add_argument("--out", required=True, help="RESULTS.json (+ RESULTS.log.jsonl)")
@@ -191,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
       raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
     if os.path.isdir(args.out):
       raise IsADirectoryError(f"--out {args.out} is a folder; name the results file")
-    SamplingConfig(keyframes_per_gop=args.keyframes_per_gop,
-                   min_change=args.min_change).validate()  # a ConfigError
+    mode_sampling(args.mode, args.keyframes_per_gop, args.min_change)  # a ConfigError
     for flag, value in (("--dense-frames", args.dense_frames), ("--limit", args.limit)):
       if value is not None and value < 1:
         raise ValueError(f"{flag} must be >= 1, got {value}")

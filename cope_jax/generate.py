@@ -18,9 +18,8 @@ import statistics
 import sys
 
 from cope_jax.codec.errors import VideoError
-from cope_jax.codec.sampling import SamplingConfig
-from cope_jax.codec.sampling_flags import MIN_CHANGE_HELP
-from cope_jax.infer import MODES
+from cope_jax.codec.sampling_flags import add_min_change_flag
+from cope_jax.infer import MODES, mode_sampling
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                       "Δ-frames; dense: 64 uniform RGB frames; cope_zero_delta: Δ-tokens zeroed")
   parser.add_argument("--keyframes-per-gop", type=int, default=1,
                       help="RGB keyframes per GOP (the paper's K: 1, 2 or 4; default 1)")
-  parser.add_argument("--min-change", type=float, default=0.0, help=MIN_CHANGE_HELP)
+  add_min_change_flag(parser)
   parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
   parser.add_argument("--temperature", type=float, default=0.0,
                       help="sampling temperature, >= 0 (default 0 = greedy)")
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
   from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
   try:
     SamplingOptions(args.max_new_tokens, args.temperature, args.top_p)  # refused before loading
-    SamplingConfig(keyframes_per_gop=args.keyframes_per_gop,
-                   min_change=args.min_change).validate()
+    mode_sampling(args.mode, args.keyframes_per_gop, args.min_change)
     model = CoPE.load(args.workdir)
     answers = [model.ask(args.video, args.question, args.mode, args.keyframes_per_gop,
                          args.max_new_tokens, args.temperature, args.top_p,

@@ -128,7 +128,8 @@ def test_bad_min_change_exits_2_and_budget_has_no_such_flag(still_then_pan, tmp_
 def test_fixed_fusion_keeps_the_cache_keys_made_before_adaptive_fusion(tmp_path):
   import hashlib  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
-  from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.primitive_cache import (  # pylint: disable=import-outside-toplevel
+      ExtractSettings)
   video = tmp_path / "v.mp4"
   video.write_bytes(b"not decoded here")
   st = os.stat(video)
@@ -138,3 +139,60 @@ def test_fixed_fusion_keeps_the_cache_keys_made_before_adaptive_fusion(tmp_path)
   assert ExtractSettings(64).key(str(video)) == hashlib.sha1(before.encode()).hexdigest()[:20]
   adaptive = ExtractSettings(64, SamplingConfig(min_change=4)).key(str(video))
   assert adaptive != ExtractSettings(64).key(str(video))
+  # 4 from the Python API and 4.0 from the command line: one cache entry.
+  assert ExtractSettings(64, SamplingConfig(min_change=4.0)).key(str(video)) == adaptive
+
+
+def test_mode_sampling_keeps_adaptive_fusion_to_the_delta_modes():
+  from cope_jax.infer import mode_sampling  # pylint: disable=import-outside-toplevel
+  for mode in ("cope", "cope_zero_delta"):
+    assert mode_sampling(mode, 2, 4.0) == SamplingConfig(keyframes_per_gop=2, min_change=4.0)
+  for mode in ("dense", "keyframes"):
+    assert mode_sampling(mode).min_change == 0
+    with pytest.raises(ConfigError, match="modes with Δ-frames"):
+      mode_sampling(mode, 1, 4.0)
+
+
+@pytest.fixture(scope="module")
+def intermittent_pan(tmp_path_factory):
+  """400 frames (GOPs of 120, positions every 15 frames): the camera moves 1 px/frame only in
+  frames 10–19, 50–52 and 75–104 of each GOP, and is still otherwise. Returns the conformant
+  video (re-encoded once) and the view's x offset per frame."""
+  canvas = synthetic_clips.mirror_tiled(synthetic_clips.texture("chelsea"))
+  x, offsets = 0, []
+  for t in range(400):
+    x += (75 <= t % 120 < 105) or (10 <= t % 120 < 20) or (50 <= t % 120 < 53)
+    offsets.append(x)
+  ys, xs = np.arange(SIZE), np.arange(SIZE)
+  frames = [canvas[np.ix_((40 + ys) % canvas.shape[0], (60 + o + xs) % canvas.shape[1])]
+            for o in offsets]
+  path = tmp_path_factory.mktemp("intermittent") / "pan.mp4"
+  synthetic_clips.write_clip(path, frames, fps=30, codec="libx264")
+  with conformant_video(str(path), EncodeSpec(size=SIZE, gop=120)) as (conformant, _):
+    yield conformant, offsets
+
+
+@pytest.mark.parametrize("keyframes,max_gops", [(1, 64), (2, 64), (3, 64), (1, 2), (2, 2)])
+def test_across_gops_keyframes_and_gop_sampling(intermittent_pan, keyframes, max_gops):
+  """Each kept Δ-frame is anchored at the previous kept position (a keyframe or Δ-frame, in
+  this GOP), reconstructs its target exactly and carries the true shift since that anchor;
+  keyframes are fixed fusion's; some still positions are skipped."""
+  conformant, offsets = intermittent_pan
+  base = dict(gop=120, fusion=15, keyframes_per_gop=keyframes, max_gops=max_gops)
+  fixed = list(iter_sampled_frames(conformant, SamplingConfig(**base)))
+  adaptive = list(iter_sampled_frames(conformant, SamplingConfig(**base, min_change=6),
+                                      keep_rgb=True))
+  assert ([f.frame_index for f in adaptive if f.kind != DELTA] ==
+          [f.frame_index for f in fixed if f.kind != DELTA])
+  kept = [f.frame_index for f in adaptive if f.kind == DELTA]
+  assert set(kept) < {f.frame_index for f in fixed if f.kind == DELTA}  # a strict subset
+  for previous, f in zip(adaptive, adaptive[1:]):
+    if f.kind != DELTA:
+      continue
+    assert previous.frame_index // 120 == f.frame_index // 120  # no chain across a GOP
+    anchor = previous.rgb if previous.kind != DELTA else previous.target_rgb
+    np.testing.assert_array_equal(f.reference_rgb, anchor)
+    np.testing.assert_array_equal(reconstruct(f.reference_rgb, f.mv, f.residual), f.target_rgb)
+    shift = offsets[f.frame_index] - offsets[previous.frame_index]
+    assert abs(np.median(f.mv[16:-16, 16:-48, 0]) - shift) <= max(1, 0.1 * shift), (
+        f.frame_index, previous.frame_index, shift)

@@ -123,8 +123,11 @@ def test_demo_quick(tmp_path):
   # 8 s of motion, and the demo's model answers at each threshold with the kept Δ-frames' tokens.
   r = subprocess.run([sys.executable, "-m", "cope_jax.bench", "adaptive", "--workdir",
                       str(tmp_path), "--thresholds", "0,4", "--limit", "6", "--quiet", "--out",
-                      str(tmp_path / "adaptive.json")], capture_output=True, text=True, timeout=600)
+                      str(tmp_path / "adaptive.json"), "--save-clip", str(tmp_path / "still.mp4")],
+                     capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
+  from cope_jax.codec.probe import inspect_video  # pylint: disable=import-outside-toplevel
+  assert inspect_video(str(tmp_path / "still.mp4"))["num_frames"] == 64 * 30
   bench = json.loads((tmp_path / "adaptive.json").read_text())
   fixed, adaptive = bench["still_camera_clip"]
   assert (fixed["keyframes"], fixed["delta_frames"], fixed["tokens"]) == (8, 56, 2240)
@@ -135,7 +138,16 @@ def test_demo_quick(tmp_path):
       ("keyframes", 0), ("cope", 0), ("cope", 4)]
   assert (keyframes["delta_frames_per_video"], keyframes["visual_tokens"]) == (0, 20)
   assert (cope["delta_frames_per_video"], cope["visual_tokens"]) == (7, 90)
-  assert cope_adaptive["delta_frames_per_video"] <= 7
+  from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.sampling import SamplingConfig  # pylint: disable=import-outside-toplevel
+  synth = tmp_path / "data" / "synthetic"
+  videos = {json.loads(l)["video"] for l in list(open(synth / "test.jsonl"))[:6]}
+  adaptive_sampling = SamplingConfig(min_change=4)
+  kept = [len(extract_primitives(str(synth / v), size=64, sampling=adaptive_sampling).mv)
+          for v in videos]
+  assert cope_adaptive["delta_frames_per_video"] == pytest.approx(np.mean(kept))
+  assert cope_adaptive["videos"] == len(videos)
+  assert set(cope_adaptive["vs_fixed"]) == {"letter", "open", "ranked"}
   for row in bench["demo"]:
     assert {row[f]["n"] for f in ("letter", "open", "ranked")} == {6}
   assert "cope min 4" in r.stdout

@@ -135,19 +135,34 @@ def test_evaluate_cli_adaptive_fusion_counts_the_kept_delta_frames(tiny_workdir,
   from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
   from cope_jax.codec.sampling import SamplingConfig  # pylint: disable=import-outside-toplevel
   workdir, synth = tiny_workdir
+  questions = {}  # a question per video, the video's Δ-frames kept at --min-change 4
+  for name in ("train.jsonl", "test.jsonl"):
+    for q in map(json.loads, open(os.path.join(synth, name))):
+      video = os.path.join(synth, q["video"])
+      if video not in questions:
+        kept = len(extract_primitives(video, size=64, sampling=SamplingConfig(min_change=4)).mv)
+        questions[video] = ({**q, "video": video}, kept)
+  with_skip = [qk for qk in questions.values() if qk[1] < 7][:2]
+  without = [qk for qk in questions.values() if qk[1] == 7][:1]
+  assert with_skip, "no synthetic video starts still: the test needs one"
+  chosen = with_skip + without
+  data = tmp_path / "q.jsonl"
+  data.write_text("".join(json.dumps(q) + "\n" for q, _ in chosen))
   out = tmp_path / "adaptive.json"
   r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
-                      "--data", os.path.join(synth, "test.jsonl"), "--mode", "cope", "--out",
-                      str(out), "--limit", "4", "--min-change", "4", "--quiet"],
-                     capture_output=True, text=True, timeout=600)
+                      "--data", str(data), "--mode", "cope", "--out", str(out), "--min-change",
+                      "4", "--quiet"], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads(out.read_text())
-  assert res["min_change"] == 4 and res["n"] == 4
-  questions = [json.loads(l) for l in open(os.path.join(synth, "test.jsonl"))][:4]
-  for q, row in zip(questions, (json.loads(l) for l in open(tmp_path / "adaptive.log.jsonl"))):
-    p = extract_primitives(os.path.join(synth, q["video"]), size=64,
-                           sampling=SamplingConfig(min_change=4))
-    assert row["visual_tokens"] == 20 + 10 * len(p.mv) <= 90  # 1 keyframe, the kept Δ-frames
+  assert res["min_change"] == 4 and res["n"] == len(chosen)
+  log = [json.loads(l) for l in open(tmp_path / "adaptive.log.jsonl")]
+  # 1 keyframe (20 tokens at tiny scale) and the kept Δ-frames (10 each).
+  assert [row["visual_tokens"] for row in log] == [20 + 10 * kept for _, kept in chosen]
+  # Adaptive fusion is for the modes that read Δ-frames: refused elsewhere, before loading.
+  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
+                      "--data", str(data), "--mode", "dense", "--out", str(tmp_path / "d.json"),
+                      "--min-change", "4"], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and "min_change" in r.stderr
 
 
 class _ScriptedModel:
@@ -157,7 +172,7 @@ class _ScriptedModel:
   def __init__(self, replies):
     self.replies, self.prompts = list(replies), []
 
-  def video_inputs(self, video, mode, keyframes_per_gop, dense_frames):
+  def video_inputs(self, video, mode, keyframes_per_gop, dense_frames, min_change):
     return video
 
   def ask(self, video, prompt, mode, keyframes_per_gop, max_new_tokens, inputs):
@@ -204,7 +219,7 @@ def test_evaluate_shares_extracted_frames_between_calls():
   calls = []
 
   class Counting(_ScriptedModel):
-    def video_inputs(self, video, mode, keyframes_per_gop, dense_frames):
+    def video_inputs(self, video, mode, keyframes_per_gop, dense_frames, min_change):
       calls.append((video, mode))
       return video
 

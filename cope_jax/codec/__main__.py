@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("budget", help="visual tokens of a video of a given length",
                      description="Print CoPE vs 64-frame dense visual-token counts as JSON.")
   p.add_argument("--duration", type=float, required=True, help="video length in seconds")
-  add_sampling_flags(p, with_size=False, adaptive=False)
+  add_sampling_flags(p, with_size=False, with_min_change=False)
   p.set_defaults(func=cmd_budget)
 
   p = sub.add_parser("visualize", help="PNG of keyframes, motion fields and residual maps",
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("video")
   p.add_argument("--out", required=True, help="output .png")
   p.add_argument("--max-positions", type=int, default=16,
-                 help="how many sampled positions to draw (default 16 = two GOPs)")
+                 help="how many sampled positions to draw (default 16: two GOPs at fixed "
+                 "fusion)")
   add_sampling_flags(p)
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_visualize)

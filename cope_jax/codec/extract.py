@@ -32,9 +32,10 @@ class SampledFrame:
   frame_index: int
   time_s: float
   rgb: np.ndarray | None = None       # (H, W, 3) uint8, keyframes only
-  mv: np.ndarray | None = None        # (H, W, 2) float32 backward displacement to t − s
+  mv: np.ndarray | None = None        # (H, W, 2) float32 backward displacement to the reference
   residual: np.ndarray | None = None  # (H, W, 3) int16 = target − warp(reference, mv)
-  reference_rgb: np.ndarray | None = None  # Δ-frames: decoded RGB at t − s (not saved)
+  # The reference is the previous position, t − s (adaptive fusion: the previous kept one).
+  reference_rgb: np.ndarray | None = None  # Δ-frames: decoded RGB of the reference (not saved)
   target_rgb: np.ndarray | None = None     # Δ-frames: decoded RGB at t (not saved)
 
 

@@ -4,7 +4,8 @@ The re-encoded video has a fixed GOP of ``gop`` frames (one I-frame, then P-fram
 we sample every ``fusion`` frames (1 FPS with the defaults 30/240), so a full GOP has
 ``gop // fusion`` = 8 sampled *positions*. Of those, ``keyframes_per_gop`` (K) are keyframes,
 evenly spaced with the first on the I-frame (position ``floor(j * 8 / K)``); the others are
-Δ-frames, each describing the change since the previous position (t − s).
+Δ-frames, each describing the change since the previous position (t − s; with adaptive fusion,
+since the previous *kept* position).
 
 Rule for the last, partial GOP: its positions are the same offsets (0, s, 2s, …) that fall inside
 it, with the same keyframe/Δ assignment; frames after its last position are not covered (as in
@@ -111,7 +112,8 @@ def frame_change(frame: np.ndarray, reference: np.ndarray, patch: int = CHANGE_P
   """How much ``frame`` differs from ``reference`` ((H, W, C) uint8) for adaptive fusion: the
   mean absolute difference over each ``patch``×``patch`` block's pixels and channels, the
   largest over blocks (a border narrower than a patch is left out), in grey levels. A small
-  moving object counts as much as a camera pan; codec noise on still content stays near 0."""
+  moving object counts as much as a camera pan; decoder noise on still content stays around 2
+  (MPEG-4 at quantiser 3)."""
   if frame.shape != reference.shape:
     raise ValueError(f"frame {frame.shape} and reference {reference.shape} differ in shape")
   h, w = (frame.shape[0] // patch) * patch, (frame.shape[1] // patch) * patch
@@ -150,10 +152,15 @@ def num_frames_for_duration(duration_s: float, fps: int) -> int:
   return max(1, int(round(duration_s * fps)))
 
 
+def visual_tokens(keyframes: int, delta_frames: int) -> int:
+  """LLM positions of ``keyframes`` keyframes and ``delta_frames`` Δ-frames (paper §4.4)."""
+  return keyframes * KEYFRAME_TOKENS + delta_frames * DELTA_TOKENS
+
+
 def token_budget(num_frames: int, cfg: SamplingConfig) -> dict:
   """Visual-token cost of a video under CoPE sampling and under 64-frame dense sampling."""
   plan = plan_positions(num_frames, cfg)
-  cope = plan.num_keyframes * KEYFRAME_TOKENS + plan.num_delta_frames * DELTA_TOKENS
+  cope = visual_tokens(plan.num_keyframes, plan.num_delta_frames)
   dense = min(DENSE_FRAMES, num_frames) * KEYFRAME_TOKENS
   return {
       "cope_tokens": int(cope),

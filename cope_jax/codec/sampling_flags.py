@@ -1,5 +1,6 @@
 """The re-encode and sampling flags shared by the command lines that extract primitives
-(``python -m cope_jax.codec`` and ``python -m cope_jax.data build``)."""
+(``python -m cope_jax.codec`` and ``python -m cope_jax.data build``); ``--min-change`` also on
+``generate`` and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ MIN_CHANGE_HELP = (
     "every position, the paper's fixed fusion (default 0)")
 
 
+def add_min_change_flag(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--min-change", type=float, default=0.0, help=MIN_CHANGE_HELP)
+
+
 def add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True,
-                       adaptive: bool = True) -> None:
-  """The flags; ``adaptive=False`` leaves out ``--min-change`` (content-blind token arithmetic)."""
+                       with_min_change: bool = True) -> None:
+  """The flags; ``with_min_change=False`` (``budget``: content-blind token arithmetic) leaves out
+  ``--min-change``, which then reads as 0."""
   if with_size:
     p.add_argument("--size", type=int, default=384,
                    help="side of the square re-encoded frames, a multiple of 16 up to 2048 "
@@ -35,8 +41,10 @@ def add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True,
                  help="K keyframes per GOP, evenly spaced, the first on the I-frame (default 1)")
   p.add_argument("--max-gops", type=int, default=64,
                  help="longer videos keep this many GOPs, sampled uniformly (default 64)")
-  if adaptive:
-    p.add_argument("--min-change", type=float, default=0.0, help=MIN_CHANGE_HELP)
+  if with_min_change:
+    add_min_change_flag(p)
+  else:
+    p.set_defaults(min_change=0.0)
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
@@ -44,4 +52,4 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
   return SamplingConfig(fps=args.fps, gop=args.gop, fusion=args.fusion,
                         keyframes_per_gop=args.keyframes_per_gop,
                         max_gops=args.max_gops,
-                        min_change=getattr(args, "min_change", 0.0)).validate()
+                        min_change=args.min_change).validate()

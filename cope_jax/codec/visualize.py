@@ -48,7 +48,9 @@ def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: s
   heat = None
   for i, f in enumerate(frames):
     col, row = i % columns, 3 * (i // columns)
-    kind = "keyframe" if f.kind == KEYFRAME else "Δ-frame"
+    # A Δ-frame spans the time since the previous position (longer ones: adaptive fusion).
+    kind = ("keyframe" if f.kind == KEYFRAME else
+            f"Δ over {f.time_s - frames[i - 1].time_s:g}s" if i else "Δ-frame")
     rgb = f.rgb if f.kind == KEYFRAME else f.target_rgb
     ax = axes[row, col]
     if rgb is not None:

@@ -38,7 +38,9 @@ class ExtractSettings:
   def key(self, video: str) -> str:
     st = os.stat(video)
     sampling = dataclasses.asdict(self.sampling)
-    if not sampling["min_change"]:  # fixed fusion keeps the keys of caches made before adaptive
+    if sampling["min_change"]:
+      sampling["min_change"] = float(sampling["min_change"])  # 4 and 4.0: one key
+    else:  # fixed fusion keeps the keys of caches made before adaptive fusion
       del sampling["min_change"]
     ident = json.dumps([os.path.abspath(video), st.st_size, st.st_mtime_ns, self.size,
                         sampling, self.quantizer])

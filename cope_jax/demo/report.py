@@ -39,8 +39,8 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
   answer's exact match with the right option (``evaluation/open_*``), ``"ranked"`` which option's
   text the model finds most likely (``evaluation/ranked_*``). ``frames`` keeps the extracted
   frames between calls, ``models`` the loaded models."""
-  from cope_jax.evaluate import (evaluate, families_accuracy,  # pylint: disable=import-outside-toplevel
-                                 read_questions)
+  from cope_jax.evaluate import (  # pylint: disable=import-outside-toplevel
+      evaluate, families_accuracy, read_questions)
   questions = read_questions(os.path.join(p.synthetic, "test.jsonl"))
   os.makedirs(p.evaluation, exist_ok=True)
   models = {} if models is None else models

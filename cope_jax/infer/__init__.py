@@ -1,5 +1,18 @@
 """Inference: KV-cache generation, the three-line API, answer-letter parsing, next-frame
 retrieval."""
 
+from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.sampling import SamplingConfig
+
 # What the model sees of a video (the CLIs' --mode; importing this module imports no JAX).
 MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
+DELTA_MODES = ("cope", "cope_zero_delta")  # the modes that read Δ-frames
+
+
+def mode_sampling(mode: str, keyframes_per_gop: int = 1, min_change: float = 0.0) -> SamplingConfig:
+  """The codec sampling of ``mode`` (ConfigError if it makes no sense): adaptive fusion
+  (``min_change``) applies to the modes that read Δ-frames only."""
+  if min_change and mode not in DELTA_MODES:
+    raise ConfigError(f"min_change (--min-change) applies to the modes with Δ-frames "
+                      f"{DELTA_MODES}, not {mode!r}")
+  return SamplingConfig(keyframes_per_gop=keyframes_per_gop, min_change=min_change).validate()

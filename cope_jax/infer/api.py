@@ -22,10 +22,10 @@ import time
 import numpy as np
 
 from cope_jax.codec.errors import VideoError
-from cope_jax.codec.sampling import DELTA, KEYFRAME, SamplingConfig
+from cope_jax.codec.sampling import DELTA, KEYFRAME
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt
-from cope_jax.infer import MODES
+from cope_jax.infer import MODES, mode_sampling
 
 MODEL_PARTS = {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}
 
@@ -150,16 +150,15 @@ class CoPE:
   def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
                    dense_frames: int = 64, min_change: float = 0.0) -> VideoInputs:
     """The frames a mode uses: CoPE positions, keyframes only, or ``dense_frames`` uniform RGB
-    frames. ``min_change`` > 0: adaptive fusion (``codec.sampling``), Δ positions that hardly
-    changed are left out."""
+    frames. ``min_change`` > 0 (the cope modes): adaptive fusion (``codec.sampling``), Δ
+    positions that hardly changed are left out."""
     self.check_mode(mode)
+    sampling = mode_sampling(mode, keyframes_per_gop, min_change)
     start = time.perf_counter()
     if mode == "dense":
       return self._dense(video, dense_frames, start)
     from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
-    p = extract_primitives(video, size=self.codec_size,
-                           sampling=SamplingConfig(keyframes_per_gop=keyframes_per_gop,
-                                                   min_change=min_change))
+    p = extract_primitives(video, size=self.codec_size, sampling=sampling)
     kinds, times, mv, residual = p.kinds, p.times, p.mv, p.residual
     if mode == "keyframes":
       keep = kinds == KEYFRAME
@@ -212,8 +211,8 @@ class CoPE:
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
           inputs: VideoInputs | None = None, min_change: float = 0.0) -> Answer:
-    """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames;
-    ``min_change``: adaptive fusion, see ``video_inputs``)."""
+    """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames: then
+    ``keyframes_per_gop`` and ``min_change``, adaptive fusion, are theirs)."""
     from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
     v = inputs or self.video_inputs(video, mode, keyframes_per_gop, min_change=min_change)
     start = time.perf_counter()  # primitives in memory
