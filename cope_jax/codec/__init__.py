@@ -7,4 +7,4 @@ from cope_jax.codec.motion import MotionGrid, warp_reference
 from cope_jax.codec.probe import inspect_video
 from cope_jax.codec.reencode import EncodeSpec, conformance_problems, conformant_video, reencode
 from cope_jax.codec.sampling import (DELTA, KEYFRAME, SamplingConfig, SamplingPlan,
-                                     plan_positions, token_budget)
+                                     frame_change, plan_positions, token_budget, visual_tokens)
