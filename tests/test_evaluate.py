@@ -55,6 +55,18 @@ def test_generate_cli_json(tiny_workdir):
   assert out["repeat"] == 2 and 0 < out["ttft_cold_s"] <= out["e2e_cold_s"]
 
 
+def test_a_workdir_trained_on_other_devices_answers(tiny_workdir):
+  """The fixture trained with this process's devices (1, or CI's 8 emulated): generate on 3."""
+  workdir, synth = tiny_workdir
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
+                      "--video", os.path.join(synth, "videos", "00000.mp4"), "--question",
+                      "What moves?", "--max-new-tokens", "2", "--json"], capture_output=True,
+                     text=True, timeout=600, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "unreadable" not in r.stderr and json.loads(r.stdout)["visual_tokens"] == 90
+
+
 def test_generate_cli_samples_with_temperature_and_top_p(tiny_workdir):
   workdir, synth = tiny_workdir
   video = os.path.join(synth, "videos", "00000.mp4")

@@ -58,9 +58,18 @@ def save_params(directory: str, params: dict, cfg: VideoLMConfig) -> None:
   config_io.save(cfg, os.path.join(directory, "config.json"))
 
 
+def host_target(metadata):
+  """A restore target for a checkpoint's metadata tree: every array read into host memory as
+  numpy, whatever devices saved it. Without one, Orbax restores onto the saving topology, and a
+  checkpoint written on 8 devices (or a pod slice) does not load in a one-device process.
+  (``np.zeros`` takes no memory until written, and Orbax does not write into it.)"""
+  return jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), metadata)
+
+
 def load_params(directory: str) -> tuple[dict, VideoLMConfig]:
+  """A converted or exported checkpoint's parameters (numpy, see ``host_target``) and config."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory = os.path.abspath(directory)
+  path = os.path.join(os.path.abspath(directory), "params")
   with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(os.path.join(directory, "params"))
-  return params, config_io.load(os.path.join(directory, "config.json"))
+    params = ckpt.restore(path, host_target(ckpt.metadata(path).item_metadata))
+  return params, config_io.load(os.path.join(os.path.abspath(directory), "config.json"))

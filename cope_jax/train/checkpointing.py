@@ -119,15 +119,20 @@ class Checkpointer:
 
 
 def latest_params(workdir: str) -> dict:
-  """The trained parameters of a workdir's newest readable checkpoint (as numpy arrays)."""
+  """The trained parameters of a workdir's newest readable checkpoint, as numpy arrays whatever
+  devices trained it (``models.checkpoints.host_target``)."""
+  from cope_jax.models.checkpoints import host_target  # pylint: disable=import-outside-toplevel
   with _orbax_warnings_muted():
     manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                     options=ocp.CheckpointManagerOptions(
-                                        read_only=True, create=False, save_interval_steps=0))
+                                        read_only=True, create=False, save_interval_steps=0),
+                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        target = host_target(manager.item_metadata(step)["state"])
+        out = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))
         return out.state["params"]
       except Exception as e:  # pylint: disable=broad-except
         warnings.warn(f"{workdir}: checkpoint {step} unreadable ({e}); trying an older one",
