@@ -157,6 +157,10 @@ def test_demo_quick(tmp_path):
   r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(tmp_path)],
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "--quick" in r.stderr
+  # So is --min-change, whose shards and evaluations differ: named in the refusal.
+  r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(tmp_path),
+                      "--quick", "--min-change", "4"], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "this run asks for --quick and --min-change 4" in r.stderr
 
 
 def test_demo_refuses_a_workdir_that_is_a_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -11,6 +12,7 @@ import time
 
 import cope_jax.demo as demo_package
 from cope_jax.codec.errors import ConfigError, VideoError
+from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.demo.recipe import FULL, QUICK, Paths
 from cope_jax.demo.stages import StageStopped
 from cope_jax.json_files import earlier_settings, write_json
@@ -33,24 +35,28 @@ def _earlier_seconds(results_path: str) -> float:
     return 0.0
 
 
+def _flags(settings: dict) -> str:
+  return (("--quick" if settings.get("quick") else "the full settings")
+          + (f" and --min-change {settings['min_change']:g}" if settings.get("min_change") else ""))
+
+
 def _check_workdir(root: str, made_with: dict) -> None:
   """A workdir resumes only with the settings it was made with: stale data, checkpoints and
   cached evaluations of a --quick run must not show up in a full run's results."""
   earlier = earlier_settings(os.path.join(root, "settings.json"), made_with)
   if earlier is not None:
-    was = "--quick" if earlier.get("quick") else "the full settings"
-    now = "--quick" if made_with["quick"] else "the full settings"
+    was, now = _flags(earlier), _flags(made_with)
     raise ConfigError(f"{root} was made with {was}" + (" (other sizes)" if was == now else "")
                       + f"; this run asks for {now}: use another --workdir")
 
 
-def run(workdir: str, quick: bool, video: str | None) -> dict:
+def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -> dict:
   from cope_jax.demo import report, stages  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.codec_stage import run_codec_stage  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.recipe import base_config, stage1_config, stage2_config  # pylint: disable=import-outside-toplevel
-  settings = QUICK if quick else FULL
+  settings = dataclasses.replace(QUICK if quick else FULL, min_change=min_change)
   paths = Paths(os.path.abspath(workdir))
-  _check_workdir(paths.root, {"quick": quick, **settings.__dict__})
+  _check_workdir(paths.root, {"quick": quick, **settings.recorded()})
   out = os.path.join(paths.root, "results.json")
   start, earlier = time.perf_counter(), _earlier_seconds(out)
   results = {"quick": quick, "settings": settings.__dict__, "machine": _machine(),
@@ -126,21 +132,29 @@ def main(argv: list[str] | None = None) -> int:
                       help="a few videos and steps: checks the whole path in minutes (CI)")
   parser.add_argument("--video", help="use this video in the codec stage instead of the "
                                       "generated clip")
+  parser.add_argument("--min-change", type=float, default=0.0,
+                      help="adaptive fusion (see codec extract --help) for the CoPE shards of "
+                      "stages 1 and 2 and the cope modes' evaluations; a workdir resumes only "
+                      "with the value it was made with (default 0: the paper's fixed fusion)")
   args = parser.parse_args(argv)
   try:
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
       raise ConfigError(f"--workdir {args.workdir} is a file, not a folder")
+    SamplingConfig(min_change=args.min_change).validate()
     if args.video:  # before the workdir is made: a typo leaves nothing behind
       from cope_jax.codec.probe import inspect_video  # pylint: disable=import-outside-toplevel
       inspect_video(args.video)
     os.makedirs(args.workdir, exist_ok=True)
-    results = run(args.workdir, args.quick, args.video)
+    results = run(args.workdir, args.quick, args.video, args.min_change)
   except (VideoError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except StageStopped as e:  # checkpointed: the next run resumes there
     print(f"stopped: {e}", file=sys.stderr)
     return e.status
+  if args.min_change:
+    print(f"\nadaptive fusion: --min-change {args.min_change:g} (the CoPE shards of stages 1 and "
+          "2, and the cope modes)")
   print("\n" + "\n".join(results["report"]["table"]))
   for name, t in results["targets"].items():
     print(f"target {name}: {'met' if t['met'] else 'MISSED'} ({t['need']}; "

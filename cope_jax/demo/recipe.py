@@ -32,6 +32,12 @@ class DemoSettings:
   checkpoint_every: int = 200
   log_every: int = 25
   seed: int = 0
+  min_change: float = 0.0     # adaptive fusion of the CoPE shards and the cope modes (0: fixed)
+
+  def recorded(self) -> dict:
+    """The settings a workdir records and must be resumed with. ``min_change`` only when set:
+    workdirs made before it existed resume as they are."""
+    return {k: v for k, v in self.__dict__.items() if k != "min_change" or v}
 
 
 # The base model's steps are the expensive ones (20 frames = 400 visual tokens); stage 2 sees 90

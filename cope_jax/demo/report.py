@@ -52,7 +52,8 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
       log(f"[evaluate] {name}{PROBE[answer_format]}: {len(questions)} held-out questions")
       r = evaluate(models[which], questions, mode,
                    log_path=_result_path(p, answer_format, name, log=True),
-                   dense_frames=s.dense_frames, answer_format=answer_format, frames=frames)
+                   dense_frames=s.dense_frames, answer_format=answer_format, frames=frames,
+                   min_change=_min_change(s, mode))
       r["model"] = which
       r["motion_accuracy"] = families_accuracy(r, motion_families)
       write_json(path, r)
@@ -85,6 +86,12 @@ def letter_step(p: Paths) -> dict:
     out[name] = {k: {"n": len(v), "accuracy": float(np.mean(v)) if v else None}
                  for k, v in groups.items()}
   return out
+
+
+def _min_change(s: DemoSettings, mode: str) -> float:
+  """Adaptive fusion (``demo --min-change``) in the modes that read Δ-frames."""
+  from cope_jax.infer import DELTA_MODES  # pylint: disable=import-outside-toplevel
+  return s.min_change if mode in DELTA_MODES else 0.0
 
 
 def _model(which: str, s: DemoSettings, p: Paths, models: dict):
@@ -121,7 +128,8 @@ def ttft_interleaved(s: DemoSettings, p: Paths, frames: dict | None = None,
       for q in questions:
         for mode, model in runs.items():
           inputs = evaluate.cached_inputs(model, frames, q["video"], mode,
-                                          dense_frames=s.dense_frames)
+                                          dense_frames=s.dense_frames,
+                                          min_change=_min_change(s, mode))
           answer = model.ask(q["video"], mcq_prompt(q["question"], q["options"]), mode,
                              max_new_tokens=1, inputs=inputs)
           if round_:

@@ -35,12 +35,14 @@ def make_data(s: DemoSettings, p: Paths) -> dict:
   items = read_llava_video(os.path.join(p.synthetic, "train_conversations.json"), p.synthetic)
   positions = 240 // s.dense_frames
   dense = SamplingConfig(fusion=positions, keyframes_per_gop=s.dense_frames)
+  cope = SamplingConfig(min_change=s.min_change)
   for out, stage, sampling in ((p.dense_shards, "finetune", dense),
-                               (p.cope_shards, "pretrain", SamplingConfig()),
-                               (p.cope_shards, "finetune", SamplingConfig())):
+                               (p.cope_shards, "pretrain", cope),
+                               (p.cope_shards, "finetune", cope)):
     if not _shards_done(out, stage):
+      adaptive = f", adaptive fusion {sampling.min_change:g}" if sampling.min_change else ""
       log(f"[data] {stage} shards in {out} (keyframes per 8 s GOP: {sampling.keyframes_per_gop},"
-          f" sampled every {sampling.fusion} frames)")
+          f" sampled every {sampling.fusion} frames{adaptive})")
       report = build(stage, items, out, ExtractSettings(s.size, sampling))
       if report["skipped"]:
         log(f"[data] skipped {len(report['skipped'])} videos: {report['skipped'][:3]}")

@@ -130,9 +130,10 @@ def latest_params(workdir: str) -> dict:
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        target = host_target(manager.item_metadata(step)["state"])
-        out = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))
+        with _orbax_warnings_muted():  # it names the "data" item, which is not read here
+          target = host_target(manager.item_metadata(step)["state"])
+          out = manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target)))
         return out.state["params"]
       except Exception as e:  # pylint: disable=broad-except
         warnings.warn(f"{workdir}: checkpoint {step} unreadable ({e}); trying an older one",
