@@ -98,7 +98,8 @@ class CoPE:
     written by ``convert llava-video``. A workdir trained on RGB frames only (no Δ-encoder in
     its checkpoint, no init_checkpoint: the demo's base model) answers in the dense and
     keyframes modes. ``codec_size``: the re-encoded frame side (default: the
-    workdir's, or the paper's 384 for a converted checkpoint)."""
+    workdir's, or the paper's 384 for a converted checkpoint). The weights are read into host
+    memory whatever devices trained them, then placed on the first device."""
     from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
     from cope_jax.models import checkpoints, config_io  # pylint: disable=import-outside-toplevel
     rgb_only = False

@@ -62,7 +62,9 @@ class Stage1Embedder:
 
   def __init__(self, task, trained, frozen):
     import jax  # pylint: disable=import-outside-toplevel
-    self.task, self.trained, self.vision_params = task, trained, frozen["vision_tower"]
+    # On the device once (checkpoints load as host numpy): not copied again by every call.
+    self.task = task
+    self.trained, self.vision_params = jax.device_put((trained, frozen["vision_tower"]))
     # The weights are arguments: closed over, they would be compiled in as constants.
     self._vision = jax.jit(lambda params, x: task.vision.apply({"params": params}, x)[0])
     self._predict = jax.jit(lambda params, prev, mv, res: task.predictor.apply(

@@ -120,20 +120,22 @@ class Checkpointer:
 
 def latest_params(workdir: str) -> dict:
   """The trained parameters of a workdir's newest readable checkpoint, as numpy arrays whatever
-  devices trained it (``models.checkpoints.host_target``)."""
+  devices trained it (``models.checkpoints.host_target``). Only the parameters are read, not
+  the optimizer state (twice their size with Adam)."""
   from cope_jax.models.checkpoints import host_target  # pylint: disable=import-outside-toplevel
   with _orbax_warnings_muted():
     manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                     options=ocp.CheckpointManagerOptions(
                                         read_only=True, create=False, save_interval_steps=0),
-                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler()})
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
         with _orbax_warnings_muted():  # it names the "data" item, which is not read here
-          target = host_target(manager.item_metadata(step)["state"])
-          out = manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(target)))
+          target = {"params": host_target(manager.item_metadata(step)["state"]["params"])}
+          out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+              target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+              partial_restore=True)))
         return out.state["params"]
       except Exception as e:  # pylint: disable=broad-except
         warnings.warn(f"{workdir}: checkpoint {step} unreadable ({e}); trying an older one",
