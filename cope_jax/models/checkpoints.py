@@ -69,7 +69,8 @@ def host_target(metadata):
 def load_params(directory: str) -> tuple[dict, VideoLMConfig]:
   """A converted or exported checkpoint's parameters (numpy, see ``host_target``) and config."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  path = os.path.join(os.path.abspath(directory), "params")
+  directory = os.path.abspath(directory)
+  path = os.path.join(directory, "params")
   with ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(path, host_target(ckpt.metadata(path).item_metadata))
-  return params, config_io.load(os.path.join(os.path.abspath(directory), "config.json"))
+  return params, config_io.load(os.path.join(directory, "config.json"))
