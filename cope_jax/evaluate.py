@@ -27,6 +27,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
+from cope_jax.command_line import ArgumentParser
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
 from cope_jax.infer import MODES, mode_sampling
 
@@ -155,7 +156,7 @@ def read_questions(path: str, limit: int | None = None) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.evaluate", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.evaluate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True,
                       help="a stage-2 training workdir or a converted checkpoint folder")

@@ -19,11 +19,12 @@ import sys
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
+from cope_jax.command_line import ArgumentParser
 from cope_jax.infer import MODES, mode_sampling
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.generate", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.generate", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="a stage-2 workdir or converted checkpoint "
                       "(a workdir trained on RGB frames only, as the demo's base model: the "

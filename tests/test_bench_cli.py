@@ -21,10 +21,16 @@ def test_help_lists_every_benchmark_and_exits_0():
   assert listed == list(BENCHMARKS)
 
 
-def test_unknown_benchmark_is_a_usage_error():
+def test_unknown_benchmark_or_flag_is_one_error_line():
   r = _bench("nonesuch")
-  assert r.returncode == 2
-  assert "usage: python -m cope_jax.bench" in r.stderr and "letter" in r.stderr
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+  assert r.stderr.startswith("error: unknown benchmark 'nonesuch'") and "letter" in r.stderr
+  r = _bench("flops", "--seconds", "abc")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+  assert r.stderr.startswith("error: argument --seconds: invalid float value: 'abc'")
+  assert "python -m cope_jax.bench flops --help" in r.stderr
+  r = _bench()
+  assert r.returncode == 2 and "usage: python -m cope_jax.bench" in r.stderr
 
 
 def test_a_benchmark_takes_its_own_help():

@@ -195,10 +195,15 @@ def test_bad_flags_exit_2(pan_clip, tmp_path):
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "16" in r.stderr
   r = run_cli("extract", pan_clip, "--out", tmp_path / "missing_dir" / "x.npz")
   assert r.returncode == 2 and r.stderr.startswith("error: ")
-  for duration in ("0", "nan", "inf"):
+  for duration in ("0", "nan", "inf", "1e300"):
     r = run_cli("budget", "--duration", duration)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "--duration" in r.stderr
   # too large for int16 quarter-pel positions: refused before any re-encoding
   r = run_cli("extract", pan_clip, "--out", tmp_path / "x.npz", "--size", 2064)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "2048" in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1
+  # argparse's own refusals are one line too, naming the command whose --help to read
+  r = run_cli("extract", pan_clip, "--out", tmp_path / "x.npz", "--size", "abc")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+  assert r.stderr.startswith("error: argument --size: invalid int value: 'abc'")
+  assert "(see python -m cope_jax.codec extract --help)" in r.stderr

@@ -6,7 +6,7 @@ import argparse
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
                      *names: str) -> None:
-  """``parser.error`` (exit 2, one line after the usage) unless each named flag is > 0."""
+  """``parser.error`` (one ``error:`` line, exit 2) unless each named flag is > 0."""
   for name in names:
     value = getattr(args, name.lstrip("-").replace("-", "_"))
     if value is not None and not value > 0:

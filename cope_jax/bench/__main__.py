@@ -27,8 +27,12 @@ def main() -> None:
   if len(sys.argv) >= 2 and sys.argv[1] in ("-h", "--help"):
     print(_usage())
     return
-  if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+  if len(sys.argv) < 2:
     print(_usage(), file=sys.stderr)
+    sys.exit(2)
+  if sys.argv[1] not in BENCHMARKS:
+    print(f"error: unknown benchmark {sys.argv[1]!r}; one of {', '.join(BENCHMARKS)} (see "
+          "python -m cope_jax.bench --help)", file=sys.stderr)
     sys.exit(2)
   import importlib  # pylint: disable=import-outside-toplevel
   from cope_jax.codec.errors import ConfigError, VideoError  # pylint: disable=import-outside-toplevel

@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 
 from cope_jax.bench import require_positive
+from cope_jax.command_line import ArgumentParser
 
 FORMATS = ("letter", "open", "ranked")
 
@@ -150,7 +151,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> None:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.bench adaptive", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.bench adaptive", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default=None,
                       help="a finished demo's workdir: also its model's accuracy per threshold")

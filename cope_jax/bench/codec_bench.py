@@ -8,7 +8,6 @@ RGB at the sampled positions.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
@@ -20,6 +19,7 @@ from cope_jax.codec.extract import iter_sampled_frames
 from cope_jax.codec.probe import open_video
 from cope_jax.codec.reencode import EncodeSpec, conformant_video
 from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.command_line import ArgumentParser
 
 
 def plain_decode_fps(path: str, to_rgb: bool = True) -> tuple[float, int]:
@@ -71,7 +71,7 @@ def run(video: str | None, seconds: int, size: int, fusion: int, repeats: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
+  parser = ArgumentParser(
       prog="python -m cope_jax.bench codec",
       description="Frames/s of plain decoding vs full codec-primitive extraction, same file, "
                   "same run. Without --video a photographic pan clip is generated.")

@@ -7,7 +7,6 @@ of shard bytes decoded. Multiply by the cores you give Grain workers for a host'
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
@@ -15,6 +14,7 @@ import time
 
 from cope_jax.bench import require_positive
 from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.command_line import ArgumentParser
 from cope_jax.data.build import build, load_items, shard_dir
 from cope_jax.data.pipeline import PipelineConfig, finetune_dataset, pretrain_dataset
 from cope_jax.data.primitive_cache import ExtractSettings
@@ -55,7 +55,7 @@ def run(out: str, videos: int, size: int, image_size: int, batches: int) -> list
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.bench data", description=__doc__)
+  parser = ArgumentParser(prog="python -m cope_jax.bench data", description=__doc__)
   parser.add_argument("--out", help="build folder (default: a temporary one)")
   parser.add_argument("--videos", type=int, default=40)
   parser.add_argument("--size", type=int, default=384, help="codec frame side")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from cope_jax.bench import require_positive
 from cope_jax.bench.train_bench import step_flops
 from cope_jax.bench.ttft_bench import bench_config, settings
+from cope_jax.command_line import ArgumentParser
 from cope_jax.models import presets
 
 
@@ -76,7 +77,7 @@ def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.bench flops", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.bench flops", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS],
                       help="model size (default bench: the paper's token geometry, narrow layers)")

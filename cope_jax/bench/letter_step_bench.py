@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from cope_jax.bench import require_positive
+from cope_jax.command_line import ArgumentParser
 from cope_jax.data.sources import LETTERS, mcq_prompt
 from cope_jax.data.tokenizer import encode_conversation
 from cope_jax.models.presets import QWEN2
@@ -87,7 +88,7 @@ def _fail(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.bench letter", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.bench letter", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--questions", required=True, help="synthetic questions.jsonl (with "
                       "open_answer and split)")

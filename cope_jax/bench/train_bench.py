@@ -15,6 +15,7 @@ import argparse
 import time
 
 from cope_jax.bench import require_positive
+from cope_jax.command_line import ArgumentParser
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0}  # bf16, dense
 
@@ -28,7 +29,7 @@ def step_flops(lowered) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.bench train", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.bench train", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="configs/…py[:VARIANT]")
   parser.add_argument("--steps", type=int, default=5)

@@ -23,6 +23,7 @@ import numpy as np
 
 from cope_jax.bench import require_positive
 from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, plan_positions, token_budget
+from cope_jax.command_line import ArgumentParser
 from cope_jax.models import presets
 from cope_jax.models.llava import VideoLMConfig
 
@@ -118,7 +119,7 @@ def plot_tokens(rows: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.bench ttft", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.bench ttft", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS],
                       help="model size (default bench: the paper's token geometry, narrow layers)")

@@ -18,6 +18,7 @@ from cope_jax.codec.extract import extract_primitives, iter_video, save_npz
 from cope_jax.codec.probe import inspect_video
 from cope_jax.codec.sampling import num_frames_for_duration, token_budget
 from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
+from cope_jax.command_line import ArgumentParser
 
 
 class _Progress:
@@ -51,10 +52,14 @@ def cmd_inspect(args) -> None:
   print(json.dumps(inspect_video(args.video), indent=2 if args.pretty else None))
 
 
+MAX_BUDGET_SECONDS = 1e6
+
+
 def cmd_budget(args) -> None:
   sampling = sampling_from_args(args)
-  if not 0 < args.duration < float("inf"):  # also refuses nan
-    raise ConfigError(f"--duration must be a positive number of seconds, got {args.duration}")
+  if not 0 < args.duration <= MAX_BUDGET_SECONDS:  # also refuses nan and inf
+    raise ConfigError(f"--duration must be a positive number of seconds up to "
+                      f"{MAX_BUDGET_SECONDS:g} (11 days), got {args.duration}")
   budget = token_budget(num_frames_for_duration(args.duration, sampling.fps), sampling)
   print(json.dumps({"duration_s": args.duration, **budget}))
 
@@ -100,7 +105,7 @@ def cmd_visualize(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = ArgumentParser(
       prog="python -m cope_jax.codec",
       description="Codec primitives for CoPE-VideoLM: any video -> MPEG-4 Part 2 (30 fps, "
                   "GOP 240, no B-frames) -> keyframes, fused motion vectors and residuals.")

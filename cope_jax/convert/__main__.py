@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from cope_jax.command_line import ArgumentParser
 from cope_jax.convert.safetensors_io import CheckpointError, read_checkpoint, read_config
 
 
@@ -90,7 +91,7 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.convert", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("hf-forward", help="run a Hugging Face checkpoint through our modules")

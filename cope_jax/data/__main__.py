@@ -16,6 +16,7 @@ import sys
 
 from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
+from cope_jax.command_line import ArgumentParser
 
 
 def cmd_synth(args) -> None:
@@ -41,7 +42,7 @@ def cmd_build(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.data", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.data", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("synth", help="generate the synthetic temporal-QA dataset",

@@ -13,6 +13,7 @@ import time
 import cope_jax.demo as demo_package
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.command_line import ArgumentParser
 from cope_jax.demo.recipe import FULL, QUICK, Paths
 from cope_jax.demo.stages import StageStopped
 from cope_jax.json_files import earlier_settings, write_json
@@ -124,7 +125,7 @@ def _measured(key: str, value: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.demo",
+  parser = ArgumentParser(prog="python -m cope_jax.demo",
                                    description=demo_package.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="folder for every output (resumable)")

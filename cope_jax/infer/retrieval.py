@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from cope_jax.codec.errors import VideoError
+from cope_jax.command_line import ArgumentParser
 
 
 def recall_at_k(queries: np.ndarray, database: np.ndarray, targets: np.ndarray,
@@ -113,7 +114,7 @@ def evaluate_videos(workdir: str, videos: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m cope_jax.infer.retrieval", description=__doc__,
+  parser = ArgumentParser(prog="python -m cope_jax.infer.retrieval", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="a stage-1 workdir")
   parser.add_argument("--videos", nargs="+", required=True)
