@@ -157,7 +157,7 @@ def read_questions(path: str, limit: int | None = None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
   parser = ArgumentParser(prog="python -m cope_jax.evaluate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True,
                       help="a stage-2 training workdir or a converted checkpoint folder")
   parser.add_argument("--data", required=True,

@@ -25,7 +25,7 @@ from cope_jax.infer import MODES, mode_sampling
 
 def main(argv: list[str] | None = None) -> int:
   parser = ArgumentParser(prog="python -m cope_jax.generate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="a stage-2 workdir or converted checkpoint "
                       "(a workdir trained on RGB frames only, as the demo's base model: the "
                       "dense and keyframes modes)")

@@ -152,7 +152,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str]) -> None:
   parser = ArgumentParser(prog="python -m cope_jax.bench adaptive", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default=None,
                       help="a finished demo's workdir: also its model's accuracy per threshold")
   parser.add_argument("--thresholds", type=_thresholds, default=[0.0, 4.0, 8.0, 16.0, 32.0],

@@ -78,7 +78,7 @@ def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,
 
 def main(argv: list[str] | None = None) -> None:
   parser = ArgumentParser(prog="python -m cope_jax.bench flops", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS],
                       help="model size (default bench: the paper's token geometry, narrow layers)")
   parser.add_argument("--seconds", type=float, default=64.0, help="video length (default 64)")

@@ -89,7 +89,7 @@ def _fail(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = ArgumentParser(prog="python -m cope_jax.bench letter", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--questions", required=True, help="synthetic questions.jsonl (with "
                       "open_answer and split)")
   parser.add_argument("--tokenizer", required=True, help="its tokenizer.json")

@@ -30,7 +30,7 @@ def step_flops(lowered) -> float:
 
 def main(argv: list[str] | None = None) -> None:
   parser = ArgumentParser(prog="python -m cope_jax.bench train", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="configs/…py[:VARIANT]")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--peak-tflops", type=float, default=None,

@@ -120,7 +120,7 @@ def plot_tokens(rows: list[dict], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   parser = ArgumentParser(prog="python -m cope_jax.bench ttft", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS],
                       help="model size (default bench: the paper's token geometry, narrow layers)")
   parser.add_argument("--seconds", type=float, default=64.0, help="video length (default 64)")

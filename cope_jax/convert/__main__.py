@@ -92,7 +92,7 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   parser = ArgumentParser(prog="python -m cope_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("hf-forward", help="run a Hugging Face checkpoint through our modules")
   p.add_argument("--hf-dir", required=True,

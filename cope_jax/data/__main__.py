@@ -43,7 +43,7 @@ def cmd_build(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = ArgumentParser(prog="python -m cope_jax.data", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = sub.add_parser("synth", help="generate the synthetic temporal-QA dataset",
                      description="Renders moving sprites into MPEG-4 videos (the real codec path) "

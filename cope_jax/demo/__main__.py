@@ -126,8 +126,8 @@ def _measured(key: str, value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   parser = ArgumentParser(prog="python -m cope_jax.demo",
-                                   description=demo_package.__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          description=demo_package.__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="folder for every output (resumable)")
   parser.add_argument("--quick", action="store_true",
                       help="a few videos and steps: checks the whole path in minutes (CI)")

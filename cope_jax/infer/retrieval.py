@@ -115,7 +115,7 @@ def evaluate_videos(workdir: str, videos: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
   parser = ArgumentParser(prog="python -m cope_jax.infer.retrieval", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="a stage-1 workdir")
   parser.add_argument("--videos", nargs="+", required=True)
   parser.add_argument("--out", help="write the results JSON here too")
