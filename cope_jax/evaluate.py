@@ -60,7 +60,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
              max_new_tokens: int | None = None, log_path: str | None = None,
              progress: bool = True, dense_frames: int = 64, answer_format: str = "letter",
              frames: dict | None = None, post_prompt: str = MCQ_SUFFIX,
-             min_change: float = 0.0) -> dict:
+             min_change: float = 0.0, label: str | None = None) -> dict:
   """Accuracy of ``model`` on ``questions`` in ``mode``: multiple choice scored by the option
   letter (``answer_format="letter"``, lmms-eval's protocol); or the question alone, scored by an
   exact match of the answer with the right option's text (``"open"``) or by which option's text
@@ -68,7 +68,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   extracted frames, to share between calls that ask about the same videos (by default only the
   current video's are kept). ``post_prompt``: the line after the options (default lmms-eval's
   answer-with-the-letter line; "" for none). ``min_change``: adaptive fusion in the cope modes
-  (``codec.sampling``)."""
+  (``codec.sampling``). ``label`` names the run on the progress bar (default: the mode)."""
   if answer_format not in ANSWER_FORMATS:
     raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}")
   if max_new_tokens is None:  # a letter; or the longest option text, "the camera does not move"
@@ -81,7 +81,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   store = {} if frames is None else frames
   log = open(log_path, "w") if log_path else None
   try:
-    desc = f"evaluate {mode}" + {"letter": "", "open": " (open-ended)",
+    desc = f"evaluate {label or mode}" + {"letter": "", "open": " (open-ended)",
                                  "ranked": " (options ranked)"}[answer_format]
     for q in tqdm(questions, desc=desc, unit=" questions", disable=not progress):
       if q["video"] in skipped:  # unreadable: tried once
@@ -215,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {label}: no question could be asked ({len(results['skipped'])} videos "
           f"skipped, unreadable or too long; see {args.out})", file=sys.stderr)
     return 2
+  if results["skipped"]:  # listed here as well as in RESULTS.json: a user should not miss them
+    skipped = results["skipped"]
+    print(f"skipped {len(skipped)} videos ({sum(s['questions'] for s in skipped)} questions), "
+          f"unreadable or too long (all in {args.out}):", file=sys.stderr)
+    for s in skipped[:5]:
+      print(f"  {s['video']}: {s['reason']}", file=sys.stderr)
+    if len(skipped) > 5:
+      print(f"  … and {len(skipped) - 5} more", file=sys.stderr)
   ttft = ("" if results["ttft_median_s"] is None else
           f", TTFT {results['ttft_median_s']:.3f} s (median)")
   print(f"{label}: accuracy {results['accuracy']:.3f} on {results['n']} questions, "

@@ -33,11 +33,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--question", required=True, help="the user turn, asked after the video")
   parser.add_argument("--mode", default="cope", choices=MODES,
                       help="cope: keyframes + Δ-frames (default); keyframes: without the "
-                      "Δ-frames; dense: 64 uniform RGB frames; cope_zero_delta: Δ-tokens zeroed")
+                      "Δ-frames; dense: --dense-frames uniform RGB frames; cope_zero_delta: "
+                      "Δ-tokens zeroed")
   parser.add_argument("--keyframes-per-gop", type=int, default=1,
                       help="RGB keyframes per GOP (the paper's K: 1, 2 or 4; default 1)")
   add_min_change_flag(parser)
-  parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
+  parser.add_argument("--dense-frames", type=int, default=64,
+                      help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's; "
+                      "the demo's base model was trained on 20)")
+  parser.add_argument("--max-new-tokens", type=int, default=64,
+                      help="answer length limit (default 64)")
   parser.add_argument("--temperature", type=float, default=0.0,
                       help="sampling temperature, >= 0 (default 0 = greedy)")
   parser.add_argument("--top-p", type=float, default=1.0,
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.repeat < 1:
     parser.error("--repeat must be at least 1")
+  if args.dense_frames < 1:
+    parser.error("--dense-frames must be at least 1")
   if not args.question.strip():
     parser.error("--question is empty")
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     model = CoPE.load(args.workdir)
     answers = [model.ask(args.video, args.question, args.mode, args.keyframes_per_gop,
                          args.max_new_tokens, args.temperature, args.top_p,
-                         min_change=args.min_change)
+                         min_change=args.min_change, dense_frames=args.dense_frames)
                for _ in range(args.repeat)]
   except (VideoError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -109,10 +109,10 @@ def test_demo_quick(tmp_path):
   base = str(tmp_path / "base")
   r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", base, "--video",
                       str(tmp_path / "pan.mp4"), "--question", "What moves?", "--mode", "dense",
-                      "--max-new-tokens", "2", "--json"], capture_output=True, text=True,
-                     timeout=300)
+                      "--dense-frames", "8", "--max-new-tokens", "2", "--json"],
+                     capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert json.loads(r.stdout)["visual_tokens"] > 0
+  assert json.loads(r.stdout)["visual_tokens"] == 8 * 20  # the frames it was trained on
   r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", base, "--data",
                       str(tmp_path / "data" / "synthetic" / "test.jsonl"), "--mode", "cope",
                       "--out", str(tmp_path / "base_cope.json")], capture_output=True, text=True,

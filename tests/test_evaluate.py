@@ -78,6 +78,18 @@ def test_generate_cli_samples_with_temperature_and_top_p(tiny_workdir):
   assert isinstance(json.loads(r.stdout)["answer"], str)
 
 
+def test_generate_cli_refuses_more_new_tokens_than_positions(tiny_workdir):
+  """The KV cache holds every slot: an absurd --max-new-tokens is refused, not allocated."""
+  workdir, synth = tiny_workdir
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
+                      "--video", os.path.join(synth, "videos", "00000.mp4"), "--question",
+                      "What moves?", "--max-new-tokens", "10000000"], capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr[-2000:]
+  assert "max_new_tokens 10000000 exceed the model's" in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("flag,value,message", [
     ("--temperature", "-1", "temperature must be >= 0"), ("--temperature", "nan", "temperature"),
     ("--top-p", "0", "top_p must be in (0, 1]"), ("--top-p", "1.5", "top_p must be in (0, 1]"),
@@ -288,6 +300,22 @@ def test_evaluate_cli_with_no_readable_video_says_so(tiny_workdir, tmp_path):
   assert r.returncode == 2 and "error: cope: no question could be asked (1 videos skipped" in r.stderr
   res = json.loads((tmp_path / "r.json").read_text())  # written, with the reason
   assert res["n"] == 0 and res["skipped"][0]["video"] == str(tmp_path / "bad.mp4")
+
+
+def test_evaluate_cli_lists_the_videos_it_skipped(tiny_workdir, tmp_path):
+  workdir, synth = tiny_workdir
+  (tmp_path / "bad.mp4").write_text("not a video")
+  data = tmp_path / "q.jsonl"
+  good = os.path.join(synth, "videos", "00000.mp4")
+  data.write_text("".join(json.dumps({"video": v, "question": "Q?", "options": ["a", "b"],
+                                      "answer": "A"}) + "\n" for v in ("bad.mp4", good)))
+  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
+                      "--data", str(data), "--out", str(tmp_path / "r.json"), "--quiet"],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "skipped 1 videos (1 questions)" in r.stderr
+  assert f"  {tmp_path / 'bad.mp4'}: not a readable video file" in r.stderr
+  assert "accuracy" in r.stdout and "on 1 questions" in r.stdout
 
 
 def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):

@@ -7,8 +7,8 @@ small, on a CPU.
    frames (the stand-in for LLaVA-Video);
 4. stage 1: the Δ-encoder pre-trained against the base model's frozen vision encoder;
 5. stage 2: fine-tuning on one keyframe + Δ-frames per GOP;
-6. evaluation on the held-out split: dense and keyframes (the base model), keyframes, cope and
-   cope_zero_delta (the fine-tuned one) — accuracy overall and per question family, visual
+6. evaluation on the held-out split: dense and keyframes (the base model), keyframes_stage2
+   (its keyframes only), cope and cope_zero_delta (the fine-tuned one) — accuracy overall and per question family, visual
    tokens, TTFT — and next-frame retrieval vs RGB only; then two probes over the same five runs,
    the questions asked without their options: open-ended (exact match with the right option's
    text) and options ranked by likelihood — what each model knows about the video apart from

@@ -53,7 +53,7 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
       r = evaluate(models[which], questions, mode,
                    log_path=_result_path(p, answer_format, name, log=True),
                    dense_frames=s.dense_frames, answer_format=answer_format, frames=frames,
-                   min_change=_min_change(s, mode))
+                   min_change=_min_change(s, mode), label=name)
       r["model"] = which
       r["motion_accuracy"] = families_accuracy(r, motion_families)
       write_json(path, r)

@@ -211,11 +211,12 @@ class CoPE:
 
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-          inputs: VideoInputs | None = None, min_change: float = 0.0) -> Answer:
+          inputs: VideoInputs | None = None, min_change: float = 0.0,
+          dense_frames: int = 64) -> Answer:
     """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames: then
-    ``keyframes_per_gop`` and ``min_change``, adaptive fusion, are theirs)."""
+    ``keyframes_per_gop``, ``min_change`` (adaptive fusion) and ``dense_frames`` are theirs)."""
     from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
-    v = inputs or self.video_inputs(video, mode, keyframes_per_gop, min_change=min_change)
+    v = inputs or self.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
     start = time.perf_counter()  # primitives in memory
     # Host arrays go to the jitted prefill as they are: its C++ argument path moves them, 0.6 ms
     # sooner than a jax.device_put of the six first (demo cope prompts, 12.1 vs 12.7 ms).
@@ -229,14 +230,14 @@ class CoPE:
 
   def rank_options(self, video: str, question: str, options: list[str], mode: str = "cope",
                    keyframes_per_gop: int = 1, inputs: VideoInputs | None = None,
-                   min_change: float = 0.0) -> RankedOptions:
+                   min_change: float = 0.0, dense_frames: int = 64) -> RankedOptions:
     """Ranks ``options`` by the model's log-likelihood of each one's text, then <|im_end|>, as the
     answer to ``question`` asked alone (lm-eval-harness's multiple-choice scoring, for models
     that do not follow the "answer with the option's letter" instruction); nothing is
     generated."""
     if not options:
       raise ValueError("rank_options needs at least one option")
-    v = inputs or self.video_inputs(video, mode, keyframes_per_gop, min_change=min_change)
+    v = inputs or self.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
     batch, visual, prompt_tokens = self.model_inputs(v, question)
     answers = [self.tok.encode(o, add_special_tokens=False).ids + [self.generator.eos_id]
                for o in options]

@@ -236,6 +236,11 @@ class Generator:
     start = time.perf_counter() if start is None else start
     compiled_before = _CompileClock.seconds
     b, length = inputs[0].shape
+    if length + options.max_new_tokens + reserve > self.cfg.llm.max_positions:
+      # (the cache holds every slot: an absurd max_new_tokens would exhaust the memory)
+      raise ValueError(f"a prompt of {length} positions (padded) + max_new_tokens "
+                       f"{options.max_new_tokens}" + (f" + reserve {reserve}" if reserve else "")
+                       + f" exceed the model's {self.cfg.llm.max_positions} positions")
     extra = -(-(options.max_new_tokens + reserve) // CACHE_ROUNDING) * CACHE_ROUNDING
     step = self._prefill(inputs, _seed_key(options.seed), zero_delta=zero_delta,
                          cache_length=length + extra, temperature=options.temperature,
