@@ -264,9 +264,9 @@ def test_regenerating_with_other_settings_is_refused(tmp_path):
   for seconds in (4, 4.6):  # the rule told (``--help``, the message): at least 5 s
     with pytest.raises(ConfigError, match="too short.*at least 5 s"):
       synthetic.generate(str(tmp_path / "short"), 2, seconds=seconds, workers=1, progress=False)
-  for kwargs, message in ((dict(videos=0), "number of videos must be >= 1"),
-                          (dict(videos=2, size=8), "--size must be at least 16"),
-                          (dict(videos=2, workers=0), "--workers must be >= 1"),
+  for kwargs, message in ((dict(videos=0), "number of videos must be from 1 to"),
+                          (dict(videos=2, size=8), "--size must be a multiple of 16 from 16"),
+                          (dict(videos=2, workers=0), "--workers must be from 1 to"),
                           (dict(videos=2, seconds=float("nan")), "finite"),
                           (dict(videos=2, seconds=float("inf")), "finite")):
     with pytest.raises(ConfigError, match=message):
@@ -299,5 +299,58 @@ def test_synth_cli(tmp_path):
   same, other = ((tmp_path / n / "questions.jsonl").read_text() for n in ("b", "c"))
   assert same == "\n".join(lines) + "\n" and other != same
   r = synth(tmp_path / "none", 7, videos=0)
-  assert r.returncode == 2 and r.stderr.strip() == "error: the number of videos must be >= 1, got 0"
+  assert r.returncode == 2 and r.stderr.strip() == ("error: the number of videos must be from 1 to "
+                                             "100000, got 0")
   assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    # a frame side the codec refuses (it used to crash the worker pool half-way, or fill memory)
+    (["--size", "100000"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
+    (["--size", "4096"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
+    (["--size", "100"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
+    (["--size", "-16"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
+    # lengths: per-frame ground truth of 1e9 s asked for 447 GiB
+    (["--seconds", "1e9"], "the video length must be at most 600 s, got 1e+09 s"),
+    (["--seconds", "601"], "the video length must be at most 600 s, got 601 s"),
+    (["--seconds", "nan"], "finite"), (["--seconds", "inf"], "finite"),
+    (["--seconds", "-1"], "too short"), (["--seconds", "0"], "too short"),
+    (["--videos", "0"], "the number of videos must be from 1 to 100000, got 0"),
+    (["--videos", "-3"], "the number of videos must be from 1 to 100000, got -3"),
+    (["--videos", "1000000"], "the number of videos must be from 1 to 100000, got 1000000"),
+    (["--videos", "100000", "--seconds", "600"], "at most 1000000 s (about 280 hours)"),
+    (["--workers", "0"], "--workers must be from 1 to 1024, got 0"),
+    (["--workers", "-2"], "--workers must be from 1 to 1024, got -2"),
+    (["--workers", "1000000"], "--workers must be from 1 to 1024, got 1000000"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+])
+def test_synth_refuses_absurd_values_before_writing(tmp_path, capsys, flags, message):
+  """SPEC: one ``error:`` line naming the value, status 2, and no folder (a refused run must leave
+  nothing, not even settings.json that later runs would be held to)."""
+  from cope_jax.data.__main__ import main  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "out"
+  argv = ["synth", "--out", str(out), "--videos", "1", "--seconds", "5", "--size", "32",
+          "--workers", "1", "--quiet"]
+  assert main(argv + flags) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+  assert not out.exists()
+
+
+def test_synth_absurd_size_exits_2_without_traceback(tmp_path):
+  """The audit's command: a BrokenProcessPool traceback, status 1, ``videos/`` half-written."""
+  r = subprocess.run([sys.executable, "-m", "cope_jax.data", "synth", "--out", str(tmp_path / "d"),
+                      "--videos", "2", "--size", "100000", "--quiet"],
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2 and r.stdout == "", r.stderr[-2000:]
+  assert r.stderr.startswith("error: --size ") and len(r.stderr.splitlines()) == 1, r.stderr
+  assert not (tmp_path / "d").exists()
+
+
+def test_synth_help_states_the_bounds(capsys):
+  from cope_jax.data.__main__ import main  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit):
+    main(["synth", "--help"])
+  text = " ".join(capsys.readouterr().out.split())
+  for bound in ("1 to 100000", "5 to 600", "from 16 to 2048", "1 to 1024", "1000000 s"):
+    assert bound in text, bound

@@ -15,12 +15,15 @@ import os
 import sys
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.motion import MAX_SIZE
 from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
 from cope_jax.command_line import ArgumentParser
+from cope_jax.data import synthetic
+from cope_jax.data.parallel import MAX_WORKERS, check_workers
+from cope_jax.data.synthetic.scene import MAX_SECONDS
 
 
 def cmd_synth(args) -> None:
-  from cope_jax.data import synthetic  # pylint: disable=import-outside-toplevel
   summary = synthetic.generate(args.out, args.videos, seed=args.seed, size=args.size,
                                seconds=args.seconds, workers=args.workers,
                                progress=not args.quiet)
@@ -28,9 +31,13 @@ def cmd_synth(args) -> None:
 
 
 def cmd_build(args) -> None:
-  from cope_jax.data.build import build, load_items  # pylint: disable=import-outside-toplevel
-  from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.build import build, check_limit, load_items
+  from cope_jax.data.primitive_cache import ExtractSettings
+  # pylint: enable=import-outside-toplevel
   settings = ExtractSettings(args.size, sampling_from_args(args), args.quantizer)  # checked here
+  check_workers(args.workers)  # also checked here: --source synthetic writes videos first
+  check_limit(args.limit)
   items = load_items(args.source, args.out, args.annotations, args.videos, args.synth_videos,
                      args.seed, args.size, args.workers, not args.quiet, args.conversations)
   report = build(args.stage, items, args.out, settings, workers=args.workers, limit=args.limit,
@@ -51,13 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "OUT/questions.jsonl (multiple choice, with a train/validation/test split), "
                      "OUT/train_conversations.json (LLaVA-Video-178K format) and a tokenizer.")
   p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--videos", type=int, default=200, help="number of videos, >= 1 (default 200)")
-  p.add_argument("--seed", type=int, default=0, help="scenes and splits (default 0)")
+  p.add_argument("--videos", type=int, default=200,
+                 help=f"number of videos, 1 to {synthetic.MAX_VIDEOS} (default 200), and "
+                 f"--videos x --seconds at most {synthetic.MAX_TOTAL_SECONDS} s of video")
+  p.add_argument("--seed", type=int, default=0, help="scenes and splits, >= 0 (default 0)")
   p.add_argument("--size", type=int, default=96,
-                 help="frame side in pixels, at least 16 (default 96)")
+                 help=f"frame side in pixels, a multiple of 16 from 16 to {MAX_SIZE}, as the "
+                 "codec's re-encode (default 96)")
   p.add_argument("--seconds", type=float, default=8.0,
-                 help="video length in seconds, at least 5 (default 8 = 1 GOP)")
-  p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+                 help=f"video length in seconds, 5 to {MAX_SECONDS:g} (default 8 = 1 GOP)")
+  p.add_argument("--workers", type=int, default=None,
+                 help=f"processes, 1 to {MAX_WORKERS} (default: all cores)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=cmd_synth)
 
@@ -77,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "questions.jsonl, else one is generated in OUT/synthetic)")
   p.add_argument("--videos", help="folder of the videos named in LLaVA-Video annotations")
   p.add_argument("--out", required=True, help="output folder (shards, cache/, report.json)")
-  p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-  p.add_argument("--limit", type=int, default=None, help="only the first N items")
+  p.add_argument("--workers", type=int, default=None,
+                 help=f"processes, 1 to {MAX_WORKERS} (default: all cores)")
+  p.add_argument("--limit", type=int, default=None, help="only the first N items, >= 1")
   add_sampling_flags(p)
   p.add_argument("--synth-videos", type=int, default=200,
                  help="videos to generate for --source synthetic without --annotations "
@@ -87,11 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
                  help="MCQ sources: one single-turn conversation per question (default), or one "
                       "multi-turn conversation per video with all its questions (shuffled)")
   p.add_argument("--seed", type=int, default=0,
-                 help="the synthetic data's seed and the order of --conversations video "
+                 help="the synthetic data's seed and the order of --conversations video, >= 0 "
                       "(default 0)")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
   p.set_defaults(func=cmd_build)
   return parser
+
+
+def _message(e: Exception) -> str:
+  """One line, naming the path first for an OS error (``PATH: reason``, as VideoError)."""
+  if isinstance(e, OSError) and e.filename is not None and e.strerror:
+    return f"{e.filename}: {e.strerror.lower()}"
+  return " ".join(str(e).split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
       raise ConfigError(f"--out {args.out} is a file, not a folder")
     args.func(args)
   except (ConfigError, ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {_message(e)}", file=sys.stderr)
     return 2
   return 0
 

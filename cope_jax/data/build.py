@@ -19,26 +19,39 @@ from cope_jax.data.primitive_cache import ExtractSettings
 from cope_jax.json_files import write_json
 
 
+def check_limit(limit: int | None) -> None:
+  if limit is not None and limit < 1:
+    raise ConfigError(f"--limit must be >= 1, got {limit}")
+
+
 def load_items(source: str, out: str, annotations: str | None, videos: str | None,
                synth_videos: int, seed: int, size: int, workers: int | None,
                progress: bool, conversations: str = "question") -> list[sources.VideoItem]:
+  """The videos of ``source`` with their conversations and questions. Bad annotations (missing,
+  a folder, unreadable, malformed, empty) or a ``videos`` that is not a folder fail here, before
+  anything is written under ``out``."""
   if source == "llava_video":
     if not annotations or not videos:
       raise ConfigError("--source llava_video needs --annotations FILE.json and --videos DIR")
-    return sources.read_llava_video(annotations, videos)
-  if source == "mcq":
+    items = sources.read_llava_video(annotations, videos)
+  elif source == "mcq":
     if not annotations:
       raise ConfigError("--source mcq needs --annotations FILE.jsonl")
-    return sources.read_mcq(annotations, conversations, seed)
-  if source == "synthetic":
+    items = sources.read_mcq(annotations, conversations, seed)
+  elif source == "synthetic":
     from cope_jax.data import synthetic  # pylint: disable=import-outside-toplevel
     if not annotations:
       folder = os.path.join(out, "synthetic")
       synthetic.generate(folder, synth_videos, seed=seed, size=size, workers=workers,
                          progress=progress)
       annotations = os.path.join(folder, "questions.jsonl")
-    return sources.read_mcq(annotations, conversations, seed)
-  raise ConfigError(f"unknown source {source!r}")
+    items = sources.read_mcq(annotations, conversations, seed)
+  else:
+    raise ConfigError(f"unknown source {source!r}")
+  if not items:
+    raise ConfigError(f"{annotations}: no " + ("entries" if source == "llava_video" else
+                                               "questions"))
+  return items
 
 
 def shard_dir(out: str, stage: str) -> str:
@@ -53,9 +66,8 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   if stage not in BUILDERS:
     raise ConfigError(f"unknown stage {stage!r} (pretrain, finetune, eval)")
   check_workers(workers)
+  check_limit(limit)
   if limit is not None:
-    if limit < 1:
-      raise ConfigError(f"--limit must be >= 1, got {limit}")
     items = items[:limit]
   done, skipped = primitive_cache.extract_all([it.video for it in items],
                                               os.path.join(out, "cache"), settings, workers,

@@ -9,11 +9,13 @@ import sys
 
 from cope_jax.codec.errors import ConfigError
 
+MAX_WORKERS = 1024  # more than any one machine's cores; a fork pool starts them all at once
+
 
 def check_workers(workers: int | None) -> None:
-  """ConfigError unless ``workers`` is None (all cores) or at least 1."""
-  if workers is not None and workers < 1:
-    raise ConfigError(f"--workers must be >= 1, got {workers}")
+  """ConfigError unless ``workers`` is None (all cores) or 1 to MAX_WORKERS."""
+  if workers is not None and not 1 <= workers <= MAX_WORKERS:
+    raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
 
 
 def process_pool(workers: int | None) -> concurrent.futures.ProcessPoolExecutor:

@@ -37,12 +37,49 @@ def mcq_prompt(question: str, options: list[str], post_prompt: str = MCQ_SUFFIX)
 CONVERSATIONS = ("question", "video")
 
 
+def check_seed(seed: int) -> None:
+  """ValueError unless ``seed`` is a NumPy seed (an integer >= 0)."""
+  if seed < 0:
+    raise ValueError(f"--seed must be >= 0, got {seed}")
+
+
+def open_text(path: str):
+  """``path`` opened for reading as UTF-8 text; a missing or unreadable file, or a folder, fails
+  with the same OSError type and a one-line message that names the path first."""
+  try:
+    return open(path, encoding="utf-8")
+  except FileNotFoundError as e:
+    error, reason = e, "no such file"
+  except IsADirectoryError as e:
+    error, reason = e, "is a folder, not a file"
+  except PermissionError as e:
+    error, reason = e, "not readable (permission denied)"
+  except OSError as e:
+    error, reason = e, f"cannot be read ({(e.strerror or str(e)).lower()})"
+  raise type(error)(f"{path}: {reason}") from None
+
+
+def _numbered_lines(f, path: str) -> Iterator[tuple[int, str]]:
+  try:
+    yield from enumerate(f, 1)
+  except UnicodeDecodeError:
+    raise ValueError(f"{path}: not UTF-8 text") from None
+
+
+def check_video_folder(path: str) -> None:
+  """OSError naming ``path`` unless it is a folder (where the annotations' videos are)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such folder")
+  if not os.path.isdir(path):
+    raise NotADirectoryError(f"{path}: is a file, not a folder of videos")
+
+
 def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
   """(line number, question) for each line of an MCQ JSONL, checked (ValueError naming the line),
   its video path made absolute (relative paths are relative to the file's folder)."""
   folder = os.path.dirname(os.path.abspath(path))
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
+  with open_text(path) as f:
+    for n, line in _numbered_lines(f, path):
       if not line.strip():
         continue
       try:
@@ -77,6 +114,7 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
   """
   if conversations not in CONVERSATIONS:
     raise ValueError(f"conversations must be one of {CONVERSATIONS}, got {conversations!r}")
+  check_seed(seed)
   items: dict[tuple[str, str], VideoItem] = {}
   for n, q in mcq_lines(path):
     question, options, answer = q["question"], q["options"], q["answer"]
@@ -98,11 +136,14 @@ def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
   """LLaVA-Video-178K-style annotations (all in the train split): one item per video, holding the
   conversations of all its entries in file order (the dataset annotates a video several times:
   caption, open-ended and multiple-choice QA), so each video is decoded and stored once."""
-  with open(annotations) as f:
+  with open_text(annotations) as f:
+    check_video_folder(video_dir)
     try:
       entries = json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{annotations}: not JSON ({e})") from None
+    except UnicodeDecodeError:
+      raise ValueError(f"{annotations}: not UTF-8 text") from None
   if not isinstance(entries, list):
     raise ValueError(f"{annotations}: expected a JSON list of entries, found a "
                      f"{type(entries).__name__}")

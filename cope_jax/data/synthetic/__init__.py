@@ -20,7 +20,8 @@ import numpy as np
 
 from cope_jax.codec import synthetic_clips
 from cope_jax.codec.errors import ConfigError
-from cope_jax.data.sources import mcq_prompt
+from cope_jax.codec.motion import MAX_SIZE
+from cope_jax.data.sources import check_seed, mcq_prompt
 from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, caption,
                                                questions_for_scene)
 from cope_jax.data.parallel import check_workers, process_pool
@@ -29,6 +30,16 @@ from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
 from cope_jax.json_files import earlier_settings, write_json
 
 SPLITS = ("train", "validation", "test")
+MAX_VIDEOS = 100_000            # the demo uses 600; the ground truth of all is held in memory
+MAX_TOTAL_SECONDS = 1_000_000   # video length summed over the dataset (~280 hours; ~13 GB of RAM)
+
+
+def check_size(size: int) -> None:
+  """The codec's size rule (``EncodeSpec``): the videos are written already conformant, so that
+  ``build --size`` (the same size) uses them as they are."""
+  if size < 16 or size % 16 or size > MAX_SIZE:
+    raise ConfigError(f"--size must be a multiple of 16 from 16 to {MAX_SIZE} pixels (the codec's "
+                      f"macroblock grid and motion-vector range), got {size}")
 
 
 def scene_for(seed: int, index: int, size: int, seconds: float) -> Scene:
@@ -71,10 +82,13 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   # settings that later runs into the same folder would be held to).
   check_seconds(seconds)
   check_workers(workers)
-  if videos < 1:
-    raise ConfigError(f"the number of videos must be >= 1, got {videos}")
-  if size < 16:
-    raise ConfigError(f"--size must be at least 16 pixels, got {size}")
+  check_seed(seed)
+  if not 1 <= videos <= MAX_VIDEOS:
+    raise ConfigError(f"the number of videos must be from 1 to {MAX_VIDEOS}, got {videos}")
+  if videos * seconds > MAX_TOTAL_SECONDS:
+    raise ConfigError(f"{videos} videos of {seconds:g} s are {videos * seconds:.0f} s of video; "
+                      f"at most {MAX_TOTAL_SECONDS} s (about 280 hours) in one dataset")
+  check_size(size)
   folder, settings = os.path.join(out, "videos"), {"seed": seed, "size": size, "seconds": seconds}
   os.makedirs(folder, exist_ok=True)
   made = earlier_settings(os.path.join(folder, "settings.json"), settings)
@@ -158,4 +172,5 @@ def _write_jsonl(path: str, rows) -> None:
   os.replace(tmp, path)
 
 
-__all__ = ["generate", "scene_for", "SPLITS", "FAMILIES", "MOTION_FAMILIES"]
+__all__ = ["generate", "scene_for", "SPLITS", "FAMILIES", "MOTION_FAMILIES", "MAX_VIDEOS",
+           "MAX_TOTAL_SECONDS", "check_size"]

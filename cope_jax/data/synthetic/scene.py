@@ -113,9 +113,17 @@ def min_seconds(num_sprites: int = 2, fps: int = 30) -> float:
   return seconds
 
 
+# The longest video: generous (the demo and the tests use 8 s, one GOP; a build samples at most
+# 64 GOPs, 512 s, by default), while the ground truth, a few floats per frame, stays in memory.
+MAX_SECONDS = 600.0
+
+
 def check_seconds(seconds: float, num_sprites: int = 2, fps: int = 30) -> None:
+  """ConfigError unless ``seconds`` is from ``min_seconds`` to ``MAX_SECONDS``."""
   if not math.isfinite(seconds):
     raise ConfigError(f"the video length must be a finite number of seconds, got {seconds}")
+  if seconds > MAX_SECONDS:
+    raise ConfigError(f"the video length must be at most {MAX_SECONDS:g} s, got {seconds:g} s")
   if seconds < min_seconds(num_sprites, fps):  # (half seconds: the rule users are told)
     raise ConfigError(f"{seconds:g} s is too short for {num_sprites} objects that start moving "
                       f"1.5 s apart in the first 45 % of the video; use at least "
