@@ -58,3 +58,52 @@ def test_retrieval_driver_on_a_stage1_workdir(tmp_path):
   r = subprocess.run([sys.executable, "-m", "cope_jax.infer.retrieval", "--workdir", str(tmp_path),
                       "--videos", str(bad)], capture_output=True, text=True, timeout=600)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and str(bad) in r.stderr
+  # A stage-1 workdir without a checkpoint: one error line too.
+  (tmp_path / "untrained").mkdir()
+  (tmp_path / "untrained" / "train_config.json").write_text(
+      (tmp_path / "train_config.json").read_text())
+  r = subprocess.run([sys.executable, "-m", "cope_jax.infer.retrieval", "--workdir",
+                      str(tmp_path / "untrained"), "--videos", video], capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 2 and "no readable checkpoint" in r.stderr, r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _refusal(capsys, *args) -> str:
+  """The retrieval command's one stderr line for bad input (exit status 2)."""
+  from cope_jax.infer.retrieval import main  # pylint: disable=import-outside-toplevel
+  assert main(list(args)) == 2
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and not captured.out, captured
+  return lines[0]
+
+
+def test_retrieval_refuses_what_is_not_a_stage1_workdir(tmp_path, capsys):
+  """A stage-2 or base-model workdir, a missing one, a file or a converted checkpoint: one error
+  line saying what it got, before any model is built."""
+  video = tmp_path / "a.mp4"
+  video.write_bytes(b"")
+  (tmp_path / "stage2").mkdir()
+  (tmp_path / "stage2" / "train_config.json").write_text(json.dumps({"stage": "finetune"}))
+  (tmp_path / "converted").mkdir()
+  (tmp_path / "converted" / "config.json").write_text("{}")
+  for workdir, got in ((tmp_path / "stage2", "a stage-2 or base-model (finetune) workdir"),
+                       (tmp_path / "missing", "no such folder"),
+                       (video, "not a folder"),
+                       (tmp_path / "converted", "no train_config.json, not a training workdir")):
+    line = _refusal(capsys, "--workdir", str(workdir), "--videos", str(video))
+    assert line.startswith(f"error: --workdir {workdir}: {got}; retrieval needs a stage-1 "
+                           "(pretrain) training workdir"), line
+
+
+def test_retrieval_checks_its_output_path_before_any_work(tmp_path, capsys):
+  # (a stage-1 config the model could not be built from: loading it would fail otherwise)
+  (tmp_path / "train_config.json").write_text(json.dumps({"stage": "pretrain"}))
+  video = str(tmp_path / "a.mp4")
+  line = _refusal(capsys, "--workdir", str(tmp_path), "--videos", video,
+                  "--out", str(tmp_path / "missing" / "r.json"))
+  assert line == f"error: --out {tmp_path / 'missing' / 'r.json'}: its folder does not exist"
+  line = _refusal(capsys, "--workdir", str(tmp_path), "--videos", video, "--out", str(tmp_path))
+  assert line == f"error: --out {tmp_path} is a folder; name the results file"
+  assert sorted(os.listdir(tmp_path)) == ["train_config.json"]

@@ -80,6 +80,33 @@ def test_resume_is_exact(tmp_path):
   assert "vision encoder from" in r.stdout
 
 
+def test_rerunning_a_finished_run_says_so(tmp_path):
+  assert run("pretrain.py:tiny", tmp_path, "--config.total_steps=2").returncode == 0
+  logged = metrics(tmp_path)
+  r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=2")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (f"nothing to train: the run in {tmp_path} already finished at step 2 (total_steps 2); "
+          "raise --config.total_steps to train further") in r.stdout
+  assert "resumed" not in r.stdout and metrics(tmp_path) == logged
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+
+
+@pytest.mark.parametrize("recipe,override,message", [
+    ("pretrain.py:tiny", "--config.total_steps=-5", "total_steps must be >= 1, got -5"),
+    ("finetune.py:tiny", "--config.group_by_length=-1", "group_by_length must be >= 0"),
+])
+def test_bad_values_are_refused_before_any_data_is_made(tmp_path, recipe, override, message):
+  """With an empty cache: a run that a value refuses does not first make and shard the synthetic
+  dataset (a minute's work)."""
+  cache = tmp_path / "cache"
+  r = subprocess.run(train_cmd(recipe, tmp_path / "w", override), capture_output=True, text=True,
+                     timeout=600, env=dict(os.environ, COPE_CACHE=str(cache)),
+                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 2 and r.stderr.startswith(f"error: {message}"), r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1 and "synthetic dataset" not in r.stdout
+  assert not os.path.exists(cache / "synthetic") and not os.path.exists(tmp_path / "w")
+
+
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
   proc = subprocess.Popen(train_cmd("pretrain.py:tiny", tmp_path, "--config.total_steps=100000",
                                     "--config.checkpoint_every=100000"),
@@ -318,31 +345,68 @@ def test_aot_flags_in_either_form(monkeypatch):
   assert _pop_flag("topology") is None
 
 
-def test_aot_accelerator_topologies(monkeypatch):
+def _aot_refusal(capsys, topology):
+  """``train.aot``'s main with ``--topology``: its exit status and stderr lines."""
+  from cope_jax.train.aot import main  # pylint: disable=import-outside-toplevel
+  with pytest.raises(SystemExit) as stopped:
+    main([], topology)
+  return stopped.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_aot_accelerator_topologies(monkeypatch, capsys):
   """--topology: v4-N is N/2 chips (one JAX device per chip), 8xh100 one 8-GPU host; bad
-  names and a missing accelerator compiler give one clear error each."""
+  names and a missing accelerator compiler give one clear error line each, exit status 2."""
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
   from cope_jax.train import aot_targets  # pylint: disable=import-outside-toplevel
   devices = aot_targets.compile_only_devices
   for name, shape in aot_targets.V4_TOPOLOGIES.items():
     assert 2 * math.prod(int(n) for n in shape.split("x")) == int(name.split("-")[1])
-  with pytest.raises(SystemExit, match="expected one of v4-8"):
+  with pytest.raises(ConfigError, match="expected one of v4-8"):
     devices("v5e-8")
+  code, err = _aot_refusal(capsys, "v5e-8")
+  assert code == 2 and len(err) == 1 and err[0].startswith("error: --topology=v5e-8: expected")
   asked = {}
 
   def no_libtpu(**kwargs):
     asked.update(kwargs)
     raise RuntimeError("JAX TPU support not installed")
   monkeypatch.setattr(topologies, "get_topology_desc", no_libtpu)
-  with pytest.raises(SystemExit, match=r"pip install '\.\[tpu\]'"):
+  with pytest.raises(ConfigError, match=r"pip install '\.\[tpu\]'"):
     devices("v4-32")
   assert asked["topology_name"] == "v4:2x2x4" and asked["platform"] == "tpu"
-  with pytest.raises(SystemExit, match=r"pip install '\.\[gpu\]'"):
+  with pytest.raises(ConfigError, match=r"pip install '\.\[gpu\]'"):
     devices("8xh100")
   assert asked["platform"] == "cuda" and asked["topology"] == "1x1x8"
   assert "NVIDIA H100" in asked["target_config"]
-  with pytest.raises(SystemExit, match="expected one of"):
+  code, err = _aot_refusal(capsys, "8xh100")
+  assert code == 2 and len(err) == 1 and err[0].startswith("error: --topology=8xh100 needs")
+  with pytest.raises(ConfigError, match="expected one of"):
     devices("v4:2x2")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--topology=v4-8", "--devices=4"], "give --topology"),
+    (["--devices=0"], "--devices=0: expected a number of CPU devices to emulate from 1 to 4096"),
+    (["--devices", "-3"], "--devices=-3: expected a number"),
+    (["--devices=abc"], "--devices=abc: expected a number"),
+    (["--devices=100000"], "--devices=100000: expected a number"),
+])
+def test_aot_device_flags_are_checked_before_jax_starts(flags, message):
+  """One error line, exit status 2, before JAX starts (no XLA flag dump, no backend error)."""
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot",
+                      "--config=configs/finetune.py:tiny", *flags], capture_output=True,
+                     text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 2 and r.stderr.startswith(f"error: {message}"), r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1 and not r.stdout
+
+
+def test_aot_help_lists_its_flags():
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot", "--help"], capture_output=True,
+                     text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+  listed = r.stdout.split("\nflags:\n", 1)[1]
+  for flag in ("--config:", "--devices: emulate N CPU devices", "--topology: compile for"):
+    assert flag in listed, r.stdout
 
 
 def test_first_save_of_a_replicated_state_compiles_no_slicing_programs(tmp_path):

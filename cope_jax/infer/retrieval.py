@@ -34,16 +34,42 @@ def recall_at_k(queries: np.ndarray, database: np.ndarray, targets: np.ndarray,
   return {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
 
 
+def stage1_config(workdir: str) -> dict:
+  """The training config of a stage-1 workdir; OSError or ValueError naming what ``workdir`` is
+  instead (missing, a file, not a training workdir, another stage's)."""
+  needs = "retrieval needs a stage-1 (pretrain) training workdir"
+  if not os.path.isdir(workdir):
+    raise (NotADirectoryError if os.path.exists(workdir) else FileNotFoundError)(
+        f"--workdir {workdir}: {'not a folder' if os.path.exists(workdir) else 'no such folder'}"
+        f"; {needs}")
+  path = os.path.join(workdir, "train_config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--workdir {workdir}: no train_config.json, not a training workdir; "
+                            f"{needs}")
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path}: not a JSON training config ({e})") from e
+  stage = config.get("stage") if isinstance(config, dict) else None
+  if stage != "pretrain":
+    what = ("a stage-2 or base-model (finetune) workdir" if stage == "finetune" else
+            f"a workdir of stage {stage!r}")
+    raise ValueError(f"--workdir {workdir}: {what}; {needs} (python -m cope_jax.train "
+                     "--config=configs/pretrain.py …)")
+  return config
+
+
 def load_stage1(workdir: str):
   """(PretrainTask, trained params, frozen params) of a stage-1 workdir."""
+  config = stage1_config(workdir)
   import jax  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
   from cope_jax.models.checkpoints import run_initialiser  # pylint: disable=import-outside-toplevel
   from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
   from cope_jax.train.tasks import PretrainTask  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  with open(os.path.join(workdir, "train_config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(config)
   task = PretrainTask(config, shards="")
   # The frozen encoder is what training used: its checkpoint, or else the same seeded random
   # init — only then is an initialiser compiled, and only the frozen part's (the whole model's
@@ -91,11 +117,15 @@ class Stage1Embedder:
 
 
 def evaluate_videos(workdir: str, videos: list[str]) -> dict:
+  """Mean Recall@k over ``videos`` of the stage-1 workdir's model (``retrieve``)."""
+  return retrieve(Stage1Embedder(*load_stage1(workdir)), videos)
+
+
+def retrieve(embed: Stage1Embedder, videos: list[str]) -> dict:
   """Mean Recall@k over ``videos``; an unusable video is skipped (listed with its reason), as
   ``evaluate`` skips it; VideoError if none can be used."""
   if not videos:
     raise ValueError("no videos to retrieve from")
-  embed = Stage1Embedder(*load_stage1(workdir))
   ours, rgb, skipped, first_error = [], [], [], None
   for video in videos:
     try:
@@ -120,9 +150,18 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--videos", nargs="+", required=True)
   parser.add_argument("--out", help="write the results JSON here too")
   args = parser.parse_args(argv)
+  try:  # bad input: one line on stderr, exit status 2, before any work
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+      raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
+    if args.out and os.path.isdir(args.out):
+      raise IsADirectoryError(f"--out {args.out} is a folder; name the results file")
+    embed = Stage1Embedder(*load_stage1(args.workdir))
+  except (ValueError, OSError) as e:  # (no checkpoint: latest_params' FileNotFoundError)
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   try:
-    results = evaluate_videos(args.workdir, args.videos)
-  except VideoError as e:  # one line on stderr, exit status 2
+    results = retrieve(embed, args.videos)
+  except VideoError as e:  # none of the videos usable
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(json.dumps(results, indent=2))

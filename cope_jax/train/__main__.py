@@ -50,8 +50,10 @@ def main(argv) -> None:
     import jax  # pylint: disable=import-outside-toplevel
     prepare.check_local_path("--workdir", workdir)
     prepare.check_folder("--workdir", workdir)
+    # The recipe's values first: a bad one is refused before resolve() makes any data.
+    prepare.check_settings(config, jax.device_count(), jax.process_count())
     prepare.resolve(config)
-    prepare.validate(config, jax.device_count(), jax.process_count())
+    prepare.check_inputs(config)
     from cope_jax.train.loop import train  # pylint: disable=import-outside-toplevel
     sys.exit(train(config, workdir))
   except ConfigError as e:

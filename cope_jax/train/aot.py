@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 from cope_jax.train import aot_targets
+
+# XLA:CPU took 11 s to create 4096 emulated devices on 2 cores, and over 200 s for 16384.
+MAX_CPU_DEVICES = 4096
 
 
 def abstract_batch(config, task) -> dict:
@@ -51,8 +55,9 @@ def main(argv, topology: str | None = None) -> None:
   from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
   from cope_jax.train.loop import TrainProgram  # pylint: disable=import-outside-toplevel
   from cope_jax.train.tasks import TASKS  # pylint: disable=import-outside-toplevel
-  devices = aot_targets.compile_only_devices(topology) if topology else jax.devices()
   try:  # what training would refuse is not worth a memory plan
+    devices = (aot_targets.compile_only_devices(topology) if topology is not None else
+               jax.devices())
     config = flags.FLAGS.config
     prepare.check_mesh_and_batch(config, len(devices))
     task = TASKS[config.stage](config, shards="")
@@ -61,9 +66,9 @@ def main(argv, topology: str | None = None) -> None:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
   print(f"{config.stage} {config.model.preset}: {len(devices)} {devices[0].device_kind} devices"
-        f"{f' ({topology})' if topology else ''}, mesh {dict(program.mesh.shape)}, global batch "
-        f"{config.batch_size}, grad_accum {config.grad_accum_steps}, dtype {config.model.dtype}, "
-        f"remat {config.model.remat}", flush=True)
+        f"{f' ({topology})' if topology is not None else ''}, mesh {dict(program.mesh.shape)}, "
+        f"global batch {config.batch_size}, grad_accum {config.grad_accum_steps}, dtype "
+        f"{config.model.dtype}, remat {config.model.remat}", flush=True)
   program.compile(abstract_batch(config, task))
 
 
@@ -83,13 +88,33 @@ def _pop_flag(name: str) -> str | None:
   return value
 
 
+def _refuse(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _device_flags() -> tuple[str | None, int]:
+  """``--topology`` (None when not given) and ``--devices`` (8 when not given), taken out of
+  sys.argv and checked before JAX starts."""
+  topology, devices = _pop_flag("topology"), _pop_flag("devices")
+  if topology is not None and devices is not None:
+    _refuse("give --topology (an accelerator's compiler) or --devices (CPU), not both")
+  if devices is None:
+    return topology, 8
+  try:
+    count = int(devices)
+  except ValueError:
+    count = 0
+  if not 1 <= count <= MAX_CPU_DEVICES:
+    _refuse(f"--devices={devices}: expected a number of CPU devices to emulate from 1 to "
+            f"{MAX_CPU_DEVICES}")
+  return topology, count
+
+
 if __name__ == "__main__":
-  topology_flag, devices_flag = _pop_flag("topology"), _pop_flag("devices")
-  if topology_flag and devices_flag:
-    raise SystemExit("error: give --topology (an accelerator's compiler) or --devices (CPU), "
-                     "not both")
-  if not topology_flag:
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_flag or 8}"
+  topology_flag, devices_count = _device_flags()
+  if topology_flag is None:
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_count}"
   elif topology_flag in aot_targets.GPU_HOSTS:
     # Without a device the GPU compiler cannot autotune Triton GEMM tiles (it fails on the small
     # sharded matrices): plan with cuBLAS GEMMs, which changes kernels, not buffers.
@@ -100,9 +125,14 @@ if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v4-8")  # quiets libtpu's host probing
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-  from absl import app, logging  # pylint: disable=ungrouped-imports
+  from absl import app, flags, logging  # pylint: disable=ungrouped-imports
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "a recipe in configs/", lock_config=True)
+  # Read (and taken out of the command line) above, before JAX starts: defined here for --help.
+  flags.DEFINE_string("topology", None, "compile for an accelerator's compile-only devices: "
+                      f"{aot_targets.NAMES} (needs its compiler; see above)")
+  flags.DEFINE_integer("devices", 8, "emulate N CPU devices instead (1 to "
+                       f"{MAX_CPU_DEVICES}; not with --topology)")
   logging.set_verbosity(logging.WARNING)
   from cope_jax.train.prepare import parse_flags  # pylint: disable=ungrouped-imports
   app.run(lambda argv: main(argv, topology_flag), flags_parser=parse_flags)

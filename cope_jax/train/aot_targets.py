@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from cope_jax.codec.errors import ConfigError
+
 # TPU v4 slices by accelerator type: chips in a 3-D torus, one JAX device per chip (megacore).
 V4_TOPOLOGIES = {"v4-8": "2x2x1", "v4-16": "2x2x2", "v4-32": "2x2x4", "v4-64": "2x4x4",
                  "v4-128": "4x4x4", "v4-256": "4x4x8", "v4-512": "4x8x8", "v4-1024": "8x8x8"}
@@ -33,7 +35,8 @@ NAMES = ", ".join([*V4_TOPOLOGIES, *GPU_HOSTS, "v4:AxBxC"])
 
 
 def compile_only_devices(name: str) -> list:
-  """Devices to lower for: a TPU v4 slice (``v4-32``, ``v4:2x2x4``) or ``8xh100``."""
+  """Devices to lower for: a TPU v4 slice (``v4-32``, ``v4:2x2x4``) or ``8xh100``; ConfigError
+  for another name, or where the accelerator's compiler is not installed."""
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   if name in GPU_HOSTS:
     kwargs, needs = dict(platform="cuda", target_config=H100_TARGET,
@@ -43,7 +46,7 @@ def compile_only_devices(name: str) -> list:
     if shape is None:
       match = re.fullmatch(r"v4:(\d+x\d+x\d+)", name)
       if not match:
-        raise SystemExit(f"error: --topology={name}: expected one of {NAMES}")
+        raise ConfigError(f"--topology={name}: expected one of {NAMES}")
       shape = match.group(1)
     kwargs, needs = dict(platform="tpu", topology_name=f"v4:{shape}",
                          chip_config_name="megacore", chips_per_host_bounds=(2, 2, 1),
@@ -51,5 +54,5 @@ def compile_only_devices(name: str) -> list:
   try:
     return list(topologies.get_topology_desc(**kwargs).devices)
   except Exception as e:  # pylint: disable=broad-except  # a missing compiler raises several kinds
-    raise SystemExit(f"error: --topology={name} needs the accelerator's compiler ({needs}; it "
-                     f"runs on a CPU-only machine): {e}") from e
+    raise ConfigError(f"--topology={name} needs the accelerator's compiler ({needs}; it runs on "
+                      f"a CPU-only machine): {' '.join(str(e).split())}") from e

@@ -233,7 +233,12 @@ def train(config, workdir: str) -> int:
   restored = ckpt.restore(program.abstract_state, iterator)
   if restored is not None:
     step0, state = restored
-    print(f"resumed from step {step0} in {ckpt.directory}", flush=True)
+    if step0 >= config.total_steps:  # (the loop below does not run)
+      print(f"nothing to train: the run in {workdir} already finished at step {step0} "
+            f"(total_steps {config.total_steps}); raise --config.total_steps to train further",
+            flush=True)
+    else:
+      print(f"resumed from step {step0} in {ckpt.directory}", flush=True)
   mesh = program.mesh
 
   profile = tuple(int(x) for x in config.profile_steps.split(":")) if config.profile_steps else ()

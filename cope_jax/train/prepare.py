@@ -164,8 +164,14 @@ def _check_tokenizer(path: str, vocab_size: int) -> None:
 
 
 def validate(config, device_count: int, process_count: int = 1) -> None:
-  """Raises ConfigError naming what is wrong and how to fix it."""
-  from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
+  """Raises ConfigError naming what is wrong and how to fix it: ``check_settings``, then
+  ``check_inputs`` (``python -m cope_jax.train`` runs the first before ``resolve`` makes data)."""
+  check_settings(config, device_count, process_count)
+  check_inputs(config)
+
+
+def check_settings(config, device_count: int, process_count: int = 1) -> None:
+  """The recipe's values alone, without its data (ConfigError): checked before any is made."""
   from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
   if config.stage not in ("pretrain", "finetune"):
     raise ConfigError(f"stage must be pretrain or finetune, got {config.stage!r}")
@@ -187,6 +193,41 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
                         f"{config.profile_steps!r}")
   check_mesh_and_batch(config, device_count, process_count)
   cfg = model_config(config)
+  if config.codec_size % cfg.delta.patch:
+    raise ConfigError(f"codec_size {config.codec_size} is not a multiple of the Δ-encoder's "
+                      f"{cfg.delta.patch}-pixel patches")
+  if config.stage != "finetune":
+    return
+  unknown = set(config.trainable) - set(STAGE2_PARTS)
+  if unknown or not config.trainable:
+    raise ConfigError(f"trainable parts must be a non-empty subset of {STAGE2_PARTS}, got "
+                      f"{sorted(config.trainable)}")
+  buckets = tuple(config.length_buckets)
+  # The pipeline takes the first bucket that holds an example: out of order, it would cut
+  # examples that a later, longer bucket holds.
+  if not buckets or buckets[0] < 1 or any(b <= a for a, b in zip(buckets, buckets[1:])):
+    raise ConfigError(f"length_buckets must be positive and ascending, got {buckets}")
+  visual = (config.max_keyframes * cfg.keyframe_tokens
+            + config.max_delta_frames * cfg.delta_tokens)
+  longest = buckets[-1]
+  if visual + 32 > longest:
+    raise ConfigError(f"the visual tokens ({visual} = {config.max_keyframes} keyframes × "
+                      f"{cfg.keyframe_tokens} + {config.max_delta_frames} Δ-frames × "
+                      f"{cfg.delta_tokens}) leave no room for text in the longest length bucket "
+                      f"({longest})")
+  if longest > cfg.llm.max_positions:
+    raise ConfigError(f"length bucket {longest} exceeds the LLM's {cfg.llm.max_positions} "
+                      "positions")
+  if config.group_by_length < 0:
+    raise ConfigError(f"group_by_length must be >= 0 (0 = off, N = sort within windows of N "
+                      f"batches), got {config.group_by_length}")
+
+
+def check_inputs(config) -> None:
+  """What the recipe reads — shards, checkpoints, stage 2's tokenizer — against it (ConfigError),
+  after ``resolve``."""
+  from cope_jax.data.build import shard_dir  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
   if not config.data_dir:
     raise ConfigError(f"no data_dir: build shards with `python -m cope_jax.data build --stage "
                       f"{config.stage} --source llava_video --annotations … --videos … --out DIR` "
@@ -207,9 +248,6 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
     if r.get("size") and r["size"] != config.codec_size:
       raise ConfigError(f"shards in {config.data_dir} have frames of {r['size']} px but "
                         f"codec_size is {config.codec_size}")
-  if config.codec_size % cfg.delta.patch:
-    raise ConfigError(f"codec_size {config.codec_size} is not a multiple of the Δ-encoder's "
-                      f"{cfg.delta.patch}-pixel patches")
   for key in ("vision_checkpoint", "init_checkpoint", "stage1_checkpoint"):
     path = config.get(key, "")
     if path and not os.path.isdir(path):
@@ -219,30 +257,7 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
                       "from `python -m cope_jax.convert llava-video` (or try :tiny)")
   if config.stage == "finetune":
     _check_sequence_lengths(config, shards)
-    unknown = set(config.trainable) - set(STAGE2_PARTS)
-    if unknown or not config.trainable:
-      raise ConfigError(f"trainable parts must be a non-empty subset of {STAGE2_PARTS}, got "
-                        f"{sorted(config.trainable)}")
     if config.model.preset != "tiny" and not config.init_checkpoint:
       raise ConfigError("stage 2 starts from LLaVA-Video: --config.init_checkpoint=DIR from "
                         "`python -m cope_jax.convert llava-video` (or try :tiny)")
-    buckets = tuple(config.length_buckets)
-    # The pipeline takes the first bucket that holds an example: out of order, it would cut
-    # examples that a later, longer bucket holds.
-    if not buckets or buckets[0] < 1 or any(b <= a for a, b in zip(buckets, buckets[1:])):
-      raise ConfigError(f"length_buckets must be positive and ascending, got {buckets}")
-    _check_tokenizer(config.tokenizer, cfg.llm.vocab_size)
-    visual = (config.max_keyframes * cfg.keyframe_tokens
-              + config.max_delta_frames * cfg.delta_tokens)
-    longest = buckets[-1]
-    if visual + 32 > longest:
-      raise ConfigError(f"the visual tokens ({visual} = {config.max_keyframes} keyframes × "
-                        f"{cfg.keyframe_tokens} + {config.max_delta_frames} Δ-frames × "
-                        f"{cfg.delta_tokens}) leave no room for text in the longest length bucket "
-                        f"({longest})")
-    if longest > cfg.llm.max_positions:
-      raise ConfigError(f"length bucket {longest} exceeds the LLM's {cfg.llm.max_positions} "
-                        "positions")
-    if config.group_by_length < 0:
-      raise ConfigError(f"group_by_length must be >= 0 (0 = off, N = sort within windows of N "
-                        f"batches), got {config.group_by_length}")
+    _check_tokenizer(config.tokenizer, model_config(config).llm.vocab_size)
