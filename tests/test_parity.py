@@ -280,3 +280,10 @@ def test_llava_video_command_writes_an_orbax_checkpoint(hf_root, tmp_path):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and not (tmp_path / "y").exists()
   assert r.stderr.startswith(f"error: {tmp_path / 'other' / 'config.json'}: neither text_config")
+  # --out an existing file: refused before any work (Orbax hung on it)
+  (tmp_path / "a_file").write_text("")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.convert", "llava-video", "--checkpoint", path,
+                      "--out", str(tmp_path / "a_file")], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+  assert r.stderr.startswith(f"error: --out {tmp_path / 'a_file'} is a file")

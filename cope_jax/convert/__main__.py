@@ -78,6 +78,8 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from cope_jax.convert import llava_convert  # pylint: disable=import-outside-toplevel
   from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
+  if os.path.exists(out) and not os.path.isdir(out):  # (Orbax would hang on it)
+    raise NotADirectoryError(f"--out {out} is a file; name a folder for the checkpoint")
   hf = read_config(checkpoint)
   try:
     cfg = llava_convert.config_from_checkpoint(hf, delta)

@@ -69,7 +69,7 @@ class PipelineConfig:
   shard_index: int = 0        # this process (jax.process_index())
   shard_count: int = 1        # all processes (jax.process_count())
   worker_count: int = 0       # decoding processes (0: in the main process)
-  read_threads: int = 16      # decoding threads per process (Grain's default)
+  read_threads: int = 8       # decoding threads per process (at most prefetch_batches run)
   prefetch_batches: int = 8   # batches decoded ahead per process (Grain's default is 500)
   # stage 2 only
   tokenizer: str = ""         # a tokenizer.json

@@ -41,7 +41,7 @@ def base() -> ml_collections.ConfigDict:
   c.split = "train"
   c.codec_size = 384           # re-encoded frame side of the shards
   c.worker_count = 0           # Grain decoding processes per host
-  c.read_threads = 16          # decoding threads per process
+  c.read_threads = 8           # decoding threads per process (Grain runs <= prefetch_batches)
   c.prefetch_batches = 8       # batches decoded ahead per process
   c.synthetic = ml_collections.ConfigDict({"videos": 0, "seed": 0})  # videos > 0: generate
   return c
