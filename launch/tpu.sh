@@ -114,7 +114,11 @@ watch() {
     rc=0
     train || rc=$?
     if [[ $rc == 0 ]]; then
-      echo "training finished"
+      if [[ "$DRY_RUN" == 1 ]]; then
+        echo "(dry run: watch would repeat this until training finishes, recreating the slice if it is preempted)"
+      else
+        echo "training finished"
+      fi
       return 0
     fi
     if [[ "$DRY_RUN" == 1 ]]; then
