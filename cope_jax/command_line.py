@@ -7,6 +7,7 @@ exit status 2 (argparse prints its whole usage block first; ``--help`` still sho
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -17,3 +18,12 @@ class ArgumentParser(argparse.ArgumentParser):
   def error(self, message: str) -> NoReturn:
     print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
     sys.exit(2)
+
+
+def check_results_file(flag: str, path: str) -> None:
+  """OSError unless ``path`` can be written as a results file: its folder exists and it is not
+  a folder itself. Checked before any work, so that a typo does not cost the whole job."""
+  if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    raise FileNotFoundError(f"{flag} {path}: its folder does not exist")
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{flag} {path} is a folder; name the results file")

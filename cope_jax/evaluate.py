@@ -27,7 +27,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, check_results_file
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
 from cope_jax.infer import MODES, mode_sampling
 
@@ -187,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   try:
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-      raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
-    if os.path.isdir(args.out):
-      raise IsADirectoryError(f"--out {args.out} is a folder; name the results file")
+    check_results_file("--out", args.out)
     mode_sampling(args.mode, args.keyframes_per_gop, args.min_change)  # a ConfigError
     for flag, value in (("--dense-frames", args.dense_frames), ("--limit", args.limit)):
       if value is not None and value < 1:

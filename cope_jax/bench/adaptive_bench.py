@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 
 from cope_jax.bench import require_positive
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, check_results_file
 
 FORMATS = ("letter", "open", "ranked")
 
@@ -171,8 +171,7 @@ def main(argv: list[str]) -> None:
   if args.save_clip:
     if not args.save_clip.endswith(".mp4"):
       parser.error(f"--save-clip must name an .mp4 file, got {args.save_clip}")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.save_clip))):
-      raise FileNotFoundError(f"--save-clip {args.save_clip}: its folder does not exist")
+    check_results_file("--save-clip", args.save_clip)
   with tempfile.TemporaryDirectory() as folder:
     clip = still_camera_tokens(args.thresholds,
                                args.save_clip or os.path.join(folder, "still_camera_64s.mp4"))

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from cope_jax.codec.errors import VideoError
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, check_results_file
 
 
 def recall_at_k(queries: np.ndarray, database: np.ndarray, targets: np.ndarray,
@@ -151,10 +151,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", help="write the results JSON here too")
   args = parser.parse_args(argv)
   try:  # bad input: one line on stderr, exit status 2, before any work
-    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-      raise FileNotFoundError(f"--out {args.out}: its folder does not exist")
-    if args.out and os.path.isdir(args.out):
-      raise IsADirectoryError(f"--out {args.out} is a folder; name the results file")
+    if args.out:
+      check_results_file("--out", args.out)
     embed = Stage1Embedder(*load_stage1(args.workdir))
   except (ValueError, OSError) as e:  # (no checkpoint: latest_params' FileNotFoundError)
     print(f"error: {e}", file=sys.stderr)
