@@ -25,7 +25,8 @@ def _demo(workdir):
 def test_demo_quick(tmp_path):
   stdout, results = _demo(tmp_path)
   assert results["stages_run"] == ["codec", "data", "training", "evaluation", "open_ended",
-                                   "ranked_options", "letter_step", "retrieval", "ttft", "report"]
+                                   "ranked_options", "letter_step", "trained_letters", "retrieval",
+                                   "ttft", "report"]
   codec = results["codec"]
   assert codec["reconstruction_exact"] is True
   assert codec["keyframes"] == 1 and codec["delta_frames"] == 3
@@ -68,6 +69,20 @@ def test_demo_quick(tmp_path):
     right = sum(g["n"] * g["accuracy"] for g in groups if g["n"])
     assert right / n_test == pytest.approx(results["evaluation"][name]["accuracy"]), name
     assert r["open_right"]["n"] == round(results["open_ended"][name]["accuracy"] * n_test)
+  # The recall check asks cope by letter about the first training videos' questions, split by
+  # how stage 2 asked each: the letter group is exactly their multiple-choice training turns.
+  synthetic = tmp_path / "data" / "synthetic"
+  train = [json.loads(line) for line in (synthetic / "train.jsonl").read_text().splitlines()]
+  videos = sorted({q["video"] for q in train})[:60]
+  conversations = json.loads((synthetic / "train_conversations.json").read_text())
+  letter_turns = sum("Answer with the option's letter" in t["value"] for c in conversations
+                     if c["video"] in videos for t in c["conversations"] if t["from"] == "human")
+  trained = results["trained_letters"]
+  assert trained["videos"] == len(videos) and letter_turns > 0
+  assert trained["asked_by_letter"]["n"] == letter_turns
+  assert trained["asked_open_ended"]["n"] == sum(q["video"] in videos for q in train) - letter_turns
+  for group in ("asked_by_letter", "asked_open_ended"):
+    assert 0.0 <= trained[group]["accuracy"] <= 1.0
   ret = results["retrieval"]
   assert ret["videos"] == data["splits"]["test"]
   assert set(ret["cope"]) == set(ret["rgb_only"]) == {"recall@1", "recall@2", "recall@5"}
@@ -91,6 +106,7 @@ def test_demo_quick(tmp_path):
   assert "cope_zero_delta" in stdout and "target " in stdout and "open-ended probe" in stdout
   assert "why the missed targets" not in stdout  # --quick's targets are not the demo's
   assert "options-ranked probe" in stdout and "letter step" in stdout
+  assert "letters recalled or picked" in stdout
 
   # Re-running resumes: nothing is trained or evaluated again, the results are the same.
   stdout2, again = _demo(tmp_path)
@@ -99,6 +115,7 @@ def test_demo_quick(tmp_path):
   assert again["evaluation"] == results["evaluation"]
   assert again["open_ended"] == results["open_ended"]
   assert again["ranked_options"] == results["ranked_options"]
+  assert again["trained_letters"] == results["trained_letters"]
   assert again["elapsed_s_all_runs"] == pytest.approx(
       results["elapsed_s_all_runs"] + again["elapsed_s"], abs=0.15)  # each rounded to 0.1 s
   assert "with the earlier runs it resumed" in stdout2

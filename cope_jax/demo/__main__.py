@@ -103,13 +103,16 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -
     done(key, probes[answer_format])
   letter = report.letter_step(paths)
   done("letter_step", letter)
+  trained = report.trained_letters(settings, paths, frames, models)
+  done("trained_letters", trained)
   ret = report.retrieval(paths)
   done("retrieval", ret)
   ttft = report.ttft_interleaved(settings, paths, frames, models)
   done("ttft", ttft)
   results["targets"] = report.targets(modes, ret, ttft)
   results["plots"] = report.plots(training, modes, paths.root, probes)
-  done("report", {"table": report.table(modes, ret, probes, ttft, letter).splitlines()})
+  done("report", {"table": report.table(modes, ret, probes, ttft, letter,
+                                                       trained).splitlines()})
   results["targets"]["time"] = report.time_target(results["elapsed_s_all_runs"], quick)
   save()
   return results

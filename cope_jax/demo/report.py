@@ -88,6 +88,43 @@ def letter_step(p: Paths) -> dict:
   return out
 
 
+# The recall check asks the training questions of this many training videos (the first by name).
+TRAINED_VIDEOS = 60
+
+
+def trained_letters(s: DemoSettings, p: Paths, frames: dict | None = None,
+                    models: dict | None = None) -> dict:
+  """Whether the fine-tuned model picks a letter by the options' content or recalls the letters
+  it was trained on (a diagnostic, not a target): ``cope`` by letter on the training questions
+  of the first ``TRAINED_VIDEOS`` training videos, split by how stage 2 asked each — as multiple
+  choice, with these options in this order (its letter was a training target), or open-ended
+  (no letter was). A letter step scores alike on both; recall scores higher on the first."""
+  path = os.path.join(p.evaluation, "trained_cope.json")
+  if not os.path.exists(path):
+    from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
+    from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
+    with open(os.path.join(p.synthetic, "train_conversations.json")) as f:
+      asked = {(c["video"], t["value"].removeprefix("<image>\n")) for c in json.load(f)
+               for t in c["conversations"] if t["from"] == "human"}
+    questions = read_questions(os.path.join(p.synthetic, "train.jsonl"))
+    videos = sorted({q["video"] for q in questions})[:TRAINED_VIDEOS]
+    questions = [q for q in questions if q["video"] in videos]
+    by_letter = {q["id"]: (os.path.relpath(q["video"], p.synthetic),
+                           mcq_prompt(q["question"], q["options"])) in asked for q in questions}
+    log(f"[evaluate] cope on the training questions of {len(videos)} training videos")
+    models = {} if models is None else models
+    log_path = os.path.join(p.evaluation, "trained_cope.log.jsonl")
+    evaluate(_model("stage2", s, p, models), questions, "cope", log_path=log_path,
+             frames=frames, min_change=_min_change(s, "cope"), label="cope (training questions)")
+    groups = {"asked_by_letter": [], "asked_open_ended": []}
+    for qid, right in _correct_per_question(log_path).items():
+      groups["asked_by_letter" if by_letter[qid] else "asked_open_ended"].append(right)
+    write_json(path, {"videos": len(videos), **{
+        k: {"n": len(v), "accuracy": float(np.mean(v)) if v else None} for k, v in groups.items()}})
+  with open(path) as f:
+    return json.load(f)
+
+
 def _min_change(s: DemoSettings, mode: str) -> float:
   """Adaptive fusion (``demo --min-change``) in the modes that read Δ-frames."""
   from cope_jax.infer import DELTA_MODES  # pylint: disable=import-outside-toplevel
@@ -202,9 +239,11 @@ def time_target(seconds: float, quick: bool) -> dict:
 
 
 def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None,
-          ttft: dict | None = None, letter: dict | None = None) -> str:
+          ttft: dict | None = None, letter: dict | None = None,
+          trained: dict | None = None) -> str:
   """The targets' runs, retrieval, the interleaved TTFT (``ttft_interleaved``), each probe
-  (``{"open": …, "ranked": …}``) per family, and the letter step (``letter_step``)."""
+  (``{"open": …, "ranked": …}``) per family, the letter step (``letter_step``) and the recall
+  check (``trained_letters``)."""
   head = (f"{'mode':<18}{'model':<8}{'visual tok':>11}{'TTFT ms':>9}{'all':>7}{'motion':>8}"
           f"{'appear.':>9}")
   lines = [head, "-" * len(head)]
@@ -239,6 +278,14 @@ def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None,
       cells = "".join(f"{'-' if g['accuracy'] is None else format(g['accuracy'], '.1%'):>{w}}"
                       f"{g['n']:>6}" for g, w in ((r["open_right"], 11), (r["open_wrong"], 8)))
       lines.append(f"{name:<18}{cells}")
+  if trained:
+    lines += ["", f"letters recalled or picked (cope by letter on the training questions of "
+                  f"{trained['videos']} training videos; not a target)"]
+    for key, title in (("asked_by_letter", "asked by letter in stage 2"),
+                       ("asked_open_ended", "asked open-ended in stage 2")):
+      g = trained[key]
+      accuracy = "-" if g["accuracy"] is None else format(g["accuracy"], ".1%")
+      lines.append(f"{title:<30}{accuracy:>8}{g['n']:>6}")
   return "\n".join(lines)
 
 
