@@ -14,8 +14,10 @@ small, on a CPU.
    text) and options ranked by likelihood — what each model knows about the video apart from
    the multiple-choice letter step, which a from-scratch LLM learns slowly; how far each run
    has learned it (``letter_step``: its multiple-choice accuracy on the questions it answers
-   right open-ended, and on the rest); last, the TTFT target's measurement: dense and cope asked
-   in turn, question by question (``ttft``).
+   right open-ended, and on the rest) and whether stage 2 recalls the letters it was trained on
+   instead (``trained_letters``: cope on training questions it was asked by letter vs
+   open-ended); last, the TTFT target's measurement: dense and cope asked in turn, question by
+   question (``ttft``).
 
 Writes ``DIR/results.json`` (after every stage), prints the table, saves ``DIR/losses.png`` and
 ``DIR/pareto.png``. Re-running resumes: finished stages are kept (a training stage is finished
