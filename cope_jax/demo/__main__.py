@@ -111,8 +111,8 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -
   done("ttft", ttft)
   results["targets"] = report.targets(modes, ret, ttft)
   results["plots"] = report.plots(training, modes, paths.root, probes)
-  done("report", {"table": report.table(modes, ret, probes, ttft, letter,
-                                                       trained).splitlines()})
+  table = report.table(modes, ret, probes, ttft, letter, trained)
+  done("report", {"table": table.splitlines()})
   results["targets"]["time"] = report.time_target(results["elapsed_s_all_runs"], quick)
   save()
   return results
