@@ -207,3 +207,31 @@ def test_bad_flags_exit_2(pan_clip, tmp_path):
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
   assert r.stderr.startswith("error: argument --size: invalid int value: 'abc'")
   assert "(see python -m cope_jax.codec extract --help)" in r.stderr
+
+
+@pytest.mark.parametrize("command,suffix", [("extract", ".npz"), ("visualize", ".png")])
+def test_an_output_that_is_a_folder_is_refused_before_any_work(command, suffix, pan_clip,
+                                                               tmp_path):
+  out = tmp_path / f"taken{suffix}"
+  out.mkdir()
+  r = run_cli(command, pan_clip, "--out", out, "--quiet")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+  assert r.stderr.startswith(f"error: {out}: is a folder") and "Traceback" not in r.stderr
+  assert not any(out.iterdir())
+
+
+def test_a_failed_write_names_the_output_and_leaves_nothing(pan_clip, tmp_path, monkeypatch):
+  import errno  # pylint: disable=import-outside-toplevel
+
+  from cope_jax.codec import errors, extract  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.sampling import SamplingConfig  # pylint: disable=import-outside-toplevel
+  prims = extract.extract_primitives(pan_clip, size=64, sampling=SamplingConfig(max_gops=1))
+
+  def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(np, "savez", full_disk)
+  out = tmp_path / "prims.npz"
+  with pytest.raises(errors.VideoError, match="prims.npz: cannot be written: No space left"):
+    extract.save_npz(prims, out)
+  assert not list(tmp_path.iterdir())

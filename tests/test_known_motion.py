@@ -80,3 +80,20 @@ def test_resize_and_frame_rate_conversion_scale_the_motion(clip_dir):
   inner = prims.mv[0][16:-48, 16:-48]
   assert _within_10_percent(np.median(inner[..., 0]), 60)
   assert _within_10_percent(np.median(inner[..., 1]), 60)
+
+
+def test_mpeg4_4mv_at_a_size_not_a_multiple_of_16(clip_dir):
+  """An MPEG-4 file with 4MV whose height ends 8 rows into its last macroblock row (read as it
+  is, through the library): the last rows move with the pan like every other row."""
+  path = synthetic_clips.write_clip(
+      clip_dir / "pan_mpeg4_4mv_200x120.mp4",
+      synthetic_clips.pan_frames(31, 120, 200, (2, 1), "chelsea"), codec="mpeg4",
+      options={"flags": "+mv4"})
+  frames = [f for f in iter_sampled_frames(path, SamplingConfig(fusion=5), keep_rgb=True)
+            if f.kind == DELTA]
+  assert len(frames) == 6 and frames[0].mv.shape == (120, 200, 2)
+  for f in frames:
+    for rows in (slice(8, 104), slice(112, 120)):  # the inner rows, the last 8
+      x, y = np.median(f.mv[rows, 8:-16], axis=(0, 1))
+      assert _within_10_percent(x, 10) and _within_10_percent(y, 5), (f.time_s, rows, x, y)
+    np.testing.assert_array_equal(reconstruct(f.reference_rgb, f.mv, f.residual), f.target_rgb)

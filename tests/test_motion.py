@@ -143,16 +143,15 @@ def test_square_blocks_paint_like_the_pixel_definition_and_the_general_path():
                                     general(mvs["w"], mvs["h"], *top_left, q, step.cell))
 
 
-def test_blocks_off_their_grid_or_outside_the_frame_are_clamped_in_array_order():
-  """What codecs do not emit takes the general path: a 16×16 block at y = 8, one wholly below
-  the frame (clamped onto the last row, after the block there), and a 16×8 rectangle."""
+def test_blocks_off_their_grid_take_the_general_path_and_blocks_outside_the_frame_are_dropped():
+  """What codecs do not emit takes the general path: a 16×16 block at y = 8, an 8×8 block wholly
+  below the frame (dropped: it must not be clamped onto the last row), and a 16×8 rectangle."""
   grid = MotionGrid(24, 32)
   mvs = _vectors([(0, 8, 16, 1.0, 0, 2), (16, 8, 8, 2.0, 0, 2), (16, 24, 8, 3.0, 0, 2)])
   field = to_pixels(grid.field_from_vectors(mvs))
   np.testing.assert_array_equal(field[8:24, :16, 0], np.ones((16, 16)))
-  np.testing.assert_array_equal(field[16:24, 16:24, 0], np.full((8, 8), 3.0))  # clamped, later
   np.testing.assert_array_equal(field[8:16, 16:24, 0], np.full((8, 8), 2.0))
-  assert not field[:8].any()
+  assert not field[:8].any() and not field[16:, 16:].any()
   rect = _vectors([(0, 0, 16, 1.5, -2.0, 2)])
   rect["h"] = 8  # a 16×8 partition
   rect["dst_y"] = 4
@@ -163,3 +162,16 @@ def test_blocks_off_their_grid_or_outside_the_frame_are_clamped_in_array_order()
   zero_scale["motion_scale"] = 0  # a broken stream: no vector rather than a crash
   with np.errstate(divide="ignore"):
     assert not grid.field_from_vectors(zero_scale).any()
+
+
+def test_mpeg4_4mv_blocks_below_a_frame_not_a_multiple_of_16_high_are_dropped():
+  """With 4MV, FFmpeg exports all four 8×8 blocks of a last-row macroblock even when the frame
+  ends 4 rows into it: the lower two describe no pixel and must not overwrite the upper two."""
+  grid = MotionGrid(20, 16)
+  mvs = _vectors([(0, 0, 16, 0, 0, 2), (0, 16, 8, 1.0, 0, 2), (8, 16, 8, 1.0, 0, 2),
+                  (0, 24, 8, -10.0, -10.0, 2), (8, 24, 8, -10.0, -10.0, 2)])
+  field = to_pixels(grid.field_from_vectors(mvs))
+  np.testing.assert_array_equal(field[16:], np.broadcast_to([1.0, 0.0], (4, 16, 2)))
+  assert not field[:16].any()
+  only_outside = _vectors([(0, 24, 8, -10.0, -10.0, 2)])
+  assert not grid.field_from_vectors(only_outside).any()

@@ -68,8 +68,12 @@ def _check_out(path: str, suffix: str) -> None:
   parent = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(parent):
     raise VideoError(path, f"output folder {parent} does not exist")
+  if not os.access(parent, os.W_OK):
+    raise VideoError(path, f"output folder {parent} is not writable")
   if not path.endswith(suffix):
     raise VideoError(path, f"output file must end in {suffix}")
+  if os.path.isdir(path):
+    raise VideoError(path, "is a folder; name the output file")
 
 
 def cmd_extract(args) -> None:

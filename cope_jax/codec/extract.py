@@ -173,6 +173,8 @@ def save_npz(primitives: Primitives, out_path: str | os.PathLike) -> None:
     with open(tmp, "wb") as f:
       np.savez(f, **primitives.arrays())
     os.replace(tmp, out_path)
+  except OSError as e:  # a full disk, a folder that refuses the file
+    raise VideoError(out_path, f"cannot be written: {e.strerror or e}") from e
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

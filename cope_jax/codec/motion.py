@@ -75,20 +75,30 @@ class MotionGrid:
     if mvs is None or not len(mvs):
       return MotionStep(np.zeros((-(-self.height // 16), -(-self.width // 16), 2), np.int16), 16)
     # This runs for every decoded frame, on ~10³ blocks: numpy's per-call cost is what counts.
-    w, h, dst_x, dst_y = mvs["w"], mvs["h"], mvs["dst_x"], mvs["dst_y"]
+    w, h = mvs["w"].astype(np.intp), mvs["h"].astype(np.intp)
+    top, left = mvs["dst_y"].astype(np.intp) - h // 2, mvs["dst_x"].astype(np.intp) - w // 2
+    if (top.max() >= self.height or left.max() >= self.width or (top + h).min() <= 0
+        or (left + w).min() <= 0):
+      # MPEG-4 with 4MV exports all four 8×8 blocks of a macroblock on the last row or column
+      # even where the frame's side is not a multiple of 16 and two of them lie wholly outside
+      # it: they describe no pixel, and clamped onto the border they would overwrite the
+      # vectors of the blocks that are there.
+      inside = ((top < self.height) & (left < self.width) & (top + h > 0) & (left + w > 0))
+      mvs, w, h, top, left = mvs[inside], w[inside], h[inside], top[inside], left[inside]
+      if not len(mvs):
+        return self.step_from_vectors(None)
     # The largest power of two dividing every side and 16 is the lowest set bit of their OR (for
     # power-of-two sides, the OR also has one bit per side that occurs).
     sides = int(np.bitwise_or.reduce(w)) | int(np.bitwise_or.reduce(h))
     cell = (sides | 16) & -(sides | 16)
     scale = mvs["motion_scale"].astype(np.intp)
     q = np.stack([mvs["motion_x"] * QPEL // scale, mvs["motion_y"] * QPEL // scale], -1)
-    top, left = dst_y.astype(np.intp) - h // 2, dst_x.astype(np.intp) - w // 2
     if not ((w == h).all() and (w > 0).all() and not (w & (w - 1)).any()
-            and not ((top | left) & (w.astype(np.intp) - 1)).any()
+            and not ((top | left) & (w - 1)).any()
             and 0 <= top.min() and top.max() < self.height
             and 0 <= left.min() and left.max() < self.width):
       # Not MPEG-4's: rectangles, sides that are not powers of two, blocks off their own grid or
-      # outside the frame (clamped onto its border, as the general path has always done).
+      # reaching outside the frame (their cells clamped onto its border).
       return MotionStep(self._paint_blocks(w, h, top, left, q, cell), cell)
     # Square power-of-two blocks on their own grid, inside the frame (MPEG-4: 16×16 macroblocks,
     # 8×8 blocks with 4MV): largest first, each side on its own grid, which is then repeated

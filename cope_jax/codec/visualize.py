@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cope_jax.codec.errors import VideoError
 from cope_jax.codec.extract import SampledFrame
 from cope_jax.codec.sampling import KEYFRAME
 
@@ -96,7 +97,11 @@ def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: s
   try:
     fig.savefig(tmp, dpi=80)
     os.replace(tmp, out_path)
+  except OSError as e:  # a full disk, a folder that refuses the file
+    raise VideoError(out_path, f"cannot be written: {e.strerror or e}") from e
   finally:
     plt.close(fig)
+    if os.path.exists(tmp):
+      os.remove(tmp)
     if os.path.exists(tmp):
       os.remove(tmp)
