@@ -75,7 +75,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
     max_new_tokens = 8 if answer_format == "letter" else 16
   from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.answers import LETTERS, parse_letter  # pylint: disable=import-outside-toplevel
-  from cope_jax.infer.api import PromptTooLong  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer import PromptTooLong  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   rows, skipped = [], {}
   store = {} if frames is None else frames

@@ -20,7 +20,7 @@ import sys
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
 from cope_jax.command_line import ArgumentParser
-from cope_jax.infer import MODES, mode_sampling
+from cope_jax.infer import MODES, PromptTooLong, mode_sampling
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                          args.max_new_tokens, args.temperature, args.top_p,
                          min_change=args.min_change, dense_frames=args.dense_frames)
                for _ in range(args.repeat)]
+  except PromptTooLong as e:  # (a ValueError: named by the video it was asked about)
+    print(f"error: {args.video}: {e}", file=sys.stderr)
+    return 2
   except (VideoError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -26,6 +26,14 @@ def test_parse_letter(text, letter):
   assert parse_letter(text, 4) == letter
 
 
+@pytest.mark.parametrize("text,letter", [
+    ("I think the answer is B.", "B"), ("I think it is J", "J"), ("I. left", "I"), ("(I)", "I"),
+    ("I", "I"), ("The answer is I.", "I"),
+])
+def test_parse_letter_with_ten_options_reads_the_pronoun_i_as_no_letter(text, letter):
+  assert parse_letter(text, 10) == letter
+
+
 @pytest.fixture(scope="module")
 def tiny_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("stage2")
@@ -274,7 +282,7 @@ def test_evaluate_letter_format_scores_the_parsed_letter():
 
 
 def test_evaluate_skips_a_video_whose_prompt_is_too_long_and_goes_on():
-  from cope_jax.infer.api import PromptTooLong  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer import PromptTooLong  # pylint: disable=import-outside-toplevel
 
   class TooLongForA(_ScriptedModel):
     def ask(self, video, prompt, mode, keyframes_per_gop, max_new_tokens, inputs):

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
-from cope_jax.infer.generation import Generator, SamplingOptions, cache_slots, sample
+from cope_jax.infer import PromptTooLong
+from cope_jax.infer.generation import (Generator, SamplingOptions, cache_slots, prompt_positions,
+                                       sample)
 from cope_jax.models import presets
 from cope_jax.models.llava import VideoLM
 
@@ -161,6 +163,25 @@ def test_follow_up_fits_the_cache_exactly_and_works_with_unscanned_layers(setup)
   more, _, chat2 = gen.follow_up(chat, np.full((1, fits), 5, np.int32),
                                  SamplingOptions(new_tokens))
   assert len(more[0]) == new_tokens and cache_slots(chat2.cache) == (capacity, capacity)
+
+
+def test_the_position_limit_counts_the_prompts_positions_not_its_padded_length(setup):
+  """A prompt padded to a bucket longer than the model's positions still fits when its own
+  positions and the new tokens do (row 0: 20 text slots with the placeholder + 40 visual tokens
+  = 59 positions, padded to 96); one token more is refused as PromptTooLong."""
+  cfg, params, inputs, _ = setup
+  assert prompt_positions(cfg, inputs).tolist() == [59, 42]  # row 1: 13 − 1 + 20 + 10
+  short = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, max_positions=63))
+  row = _row(inputs, 0)
+  tokens, _, _ = Generator(short, params, eos_id=-1).generate(row, SamplingOptions(4))
+  expected, _, _ = Generator(cfg, params, eos_id=-1).generate(row, SamplingOptions(4))
+  assert tokens == expected
+  with pytest.raises(PromptTooLong, match="a prompt of 59 positions \\+ max_new_tokens 5"):
+    Generator(short, params, eos_id=-1).generate(row, SamplingOptions(5))
+  scorer = Generator(short, params, eos_id=-1)
+  assert np.isfinite(scorer.score(row, [[5, 6, 7, 8], [9]])).all()
+  with pytest.raises(PromptTooLong, match="take 64 positions"):
+    scorer.score(row, [[5, 6, 7, 8, 9]])
 
 
 def _recomputed_log_likelihood(cfg, params, inputs, b, n, continuation, zero_delta=False):

@@ -9,6 +9,11 @@ MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
 DELTA_MODES = ("cope", "cope_zero_delta")  # the modes that read Δ-frames
 
 
+class PromptTooLong(ValueError):
+  """A prompt (its text and its frames' visual tokens) and the tokens to follow it need more
+  positions than the model has."""
+
+
 def mode_sampling(mode: str, keyframes_per_gop: int = 1, min_change: float = 0.0) -> SamplingConfig:
   """The codec sampling of ``mode`` (ConfigError if it makes no sense): adaptive fusion
   (``min_change``) applies to the modes that read Δ-frames only."""

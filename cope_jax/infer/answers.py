@@ -17,12 +17,14 @@ def parse_letter(text: str, num_options: int = 4) -> str | None:
   t = text.strip()
   if len(t) == 1 and t.upper() in valid:
     return t.upper()
-  m = re.match(rf"^\(?([{valid}])(?:[\).:,\s]|$)", t)
+  # With nine options or more, "I" is a letter too: not the pronoun of "I think it is B".
+  letter = rf"(?!I\s+[a-z])([{valid}])"
+  m = re.match(rf"^\(?{letter}(?:[\).:,\s]|$)", t)
   if m:
     return m.group(1)
   # a capital letter, or one in parentheses: "the answer is a dog" names no option
   m = re.search(rf"(?i:answer)(?: is|:)?\s*(?:\(([{valid}{valid.lower()}])\)|([{valid}])\b)", t)
   if m:
     return (m.group(1) or m.group(2)).upper()
-  m = re.search(rf"\b([{valid}])\b", t)
+  m = re.search(rf"\b{letter}\b", t)
   return m.group(1) if m else None

@@ -25,13 +25,9 @@ from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import DELTA, KEYFRAME
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt
-from cope_jax.infer import MODES, mode_sampling
+from cope_jax.infer import MODES, PromptTooLong, mode_sampling
 
 MODEL_PARTS = {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}
-
-
-class PromptTooLong(ValueError):
-  """A video's prompt needs more positions than the model has (too many frames or tokens)."""
 
 
 def prompt_bucket(positions: int) -> int:
@@ -196,10 +192,11 @@ class CoPE:
     turns = with_video_prompt([("user", question)], v.duration_s, v.times.tolist())
     ids = generation_prompt(self.tok, turns[0][1])
     need = len(ids) - 1 + visual  # the placeholder becomes the visual tokens
-    length = prompt_bucket(need)
-    if length > self.cfg.llm.max_positions:
+    if need > self.cfg.llm.max_positions:
       raise PromptTooLong(f"{need} prompt positions exceed the model's "
                           f"{self.cfg.llm.max_positions}")
+    # Padding slots take no RoPE position, only cache slots: a bucket may pass max_positions.
+    length = prompt_bucket(need)
     text = np.full((1, length), self.tok.token_to_id("<|endoftext|>"), np.int32)
     text[0, :len(ids)] = ids
     mask = np.zeros((1, length), bool)

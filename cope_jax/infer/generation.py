@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
+from cope_jax.infer import PromptTooLong
 from cope_jax.models.llava import VideoLM, VideoLMConfig
 
 
@@ -104,6 +106,16 @@ def cache_slots(cache) -> tuple[int, int]:
     elif name == "key":
       capacity = leaf.shape[-3]  # (…, B, L, kv heads, head dim)
   return used, capacity
+
+
+def prompt_positions(cfg: VideoLMConfig, inputs: tuple) -> np.ndarray:
+  """(B,) the RoPE positions each row's prompt takes: its text without the ``<image>``
+  placeholder, and the visual tokens of its frames in its place. Padding takes none."""
+  ids, mask, kinds = np.asarray(inputs[0]), np.asarray(inputs[1]), np.asarray(inputs[5])
+  has_image = (ids == IMAGE_TOKEN_ID).any(axis=1)
+  visual = ((kinds == 0).sum(axis=1) * cfg.keyframe_tokens
+            + (kinds == 1).sum(axis=1) * cfg.delta_tokens)
+  return mask.sum(axis=1) - has_image + np.where(has_image, visual, 0)
 
 
 def _on_device(params: dict) -> dict:
@@ -222,6 +234,10 @@ class Generator:
     valid = np.zeros((len(continuations), width), bool)
     for i, c in enumerate(continuations):
       ids[i, :len(c)], valid[i, :len(c)] = c, True
+    need = int(prompt_positions(self.cfg, inputs)[0]) + max(map(len, continuations))
+    if need > self.cfg.llm.max_positions:
+      raise PromptTooLong(f"a prompt and its longest continuation take {need} positions, more "
+                          f"than the model's {self.cfg.llm.max_positions}")
     length = inputs[0].shape[1]
     cache_length = length + -(-width // CACHE_ROUNDING) * CACHE_ROUNDING
     return np.asarray(self._score(inputs, ids, valid, zero_delta=zero_delta,
@@ -235,12 +251,15 @@ class Generator:
     Chat for follow-ups)."""
     start = time.perf_counter() if start is None else start
     compiled_before = _CompileClock.seconds
-    b, length = inputs[0].shape
-    if length + options.max_new_tokens + reserve > self.cfg.llm.max_positions:
-      # (the cache holds every slot: an absurd max_new_tokens would exhaust the memory)
-      raise ValueError(f"a prompt of {length} positions (padded) + max_new_tokens "
-                       f"{options.max_new_tokens}" + (f" + reserve {reserve}" if reserve else "")
-                       + f" exceed the model's {self.cfg.llm.max_positions} positions")
+    length = inputs[0].shape[1]
+    # Checked on the positions the prompt takes, not its padded length: a prompt that fits is
+    # never refused for its bucket. (The cache holds every slot, so this also keeps an absurd
+    # max_new_tokens from exhausting the memory.)
+    need = int(prompt_positions(self.cfg, inputs).max())
+    if need + options.max_new_tokens + reserve > self.cfg.llm.max_positions:
+      raise PromptTooLong(f"a prompt of {need} positions + max_new_tokens "
+                          f"{options.max_new_tokens}" + (f" + reserve {reserve}" if reserve else "")
+                          + f" exceed the model's {self.cfg.llm.max_positions} positions")
     extra = -(-(options.max_new_tokens + reserve) // CACHE_ROUNDING) * CACHE_ROUNDING
     step = self._prefill(inputs, _seed_key(options.seed), zero_delta=zero_delta,
                          cache_length=length + extra, temperature=options.temperature,
