@@ -32,7 +32,6 @@ def get_config(arg: str = ""):
   # tokenizer.json; "" = DATA_DIR/synthetic/tokenizer.json for the tiny preset where it exists,
   # else Qwen2's (validation checks that its ids fit the LLM's vocabulary)
   c.tokenizer = ""
-  c.image_size = 384
   # Padded frame counts per video: 32 GOPs × (K = 4 keyframes + 4 Δ-frames) = 28,160 visual
   # tokens, which fits the 32,768-token context with the text (build with --max-gops 32).
   c.max_keyframes = 32 * 4
@@ -52,7 +51,6 @@ def get_config(arg: str = ""):
     c.total_steps, c.batch_size = 200, 8
     c.optim.warmup_steps = 20
     c.trainable = ml_collections.ConfigDict({k: 2e-3 for k in c.trainable})
-    c.image_size = 64
     c.max_keyframes, c.max_delta_frames = 1, 7
     c.length_buckets = (256, 384, 512)
   else:

@@ -51,6 +51,13 @@ def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
     ([{"id": "x2", "video": "clip.mp4", "conversations": [{"from": "gpt", "value": "<image>"}]}],
      "entry 0 (x2)"),
     ([{"id": "x3", "video": "clip.mp4", "conversations": []}], "entry 0 (x3)"),
+    ([{"id": "x4", "video": 5, "conversations": [{"from": "human", "value": "<image>"}]}],
+     "entry 0 (x4): not a {video, conversations} object with human/gpt turns (TypeError: video "
+     "is 5"),
+    ([{"id": "x5", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"},
+                                                           {"from": "gpt", "value": None}]}],
+     "entry 0 (x5): not a {video, conversations} object with human/gpt turns (TypeError: a "
+     "turn's value is not text"),
 ])
 def test_llava_video_annotations_malformed(tmp_path, entries, named):
   """(Also: a conversation that opens with the assistant, or has no turns.)"""
@@ -127,6 +134,31 @@ def test_a_build_with_nothing_to_write_keeps_the_previous_shards(tmp_path, pan_c
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and r.stderr.startswith("error: no eval record"), r.stderr[-2000:]
   assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_build_that_fails_after_its_shards_keeps_the_previous_shards(tmp_path, pan_clip,
+                                                                      monkeypatch):
+  """The sequence index is written with the shards: a failure there puts the previous build
+  back, not shards without their index."""
+  from cope_jax.data import build as build_module  # pylint: disable=import-outside-toplevel
+  shutil.copy(pan_clip, tmp_path / "good.mp4")
+  path = tmp_path / "q.jsonl"
+  path.write_text(json.dumps({"video": "good.mp4", "question": "Q?", "options": ["a", "b"],
+                              "answer": "B"}) + "\n")
+  settings = ExtractSettings(64, SamplingConfig())
+  out = str(tmp_path / "o")
+  build("finetune", sources.read_mcq(str(path)), out, settings, workers=1, progress=False)
+  before = sorted(os.listdir(shard_dir(out, "finetune")))
+  assert "sequence_index.json" in before
+
+  def broken(conversation):
+    raise RuntimeError("disk gone")
+
+  monkeypatch.setattr(build_module, "conversation_characters", broken)
+  with pytest.raises(RuntimeError, match="disk gone"):
+    build("finetune", sources.read_mcq(str(path)), out, settings, workers=1, progress=False)
+  assert sorted(os.listdir(shard_dir(out, "finetune"))) == before
+  assert not os.path.exists(shard_dir(out, "finetune") + ".previous")
 
 
 def test_mcq_conversations_per_video(tmp_path, pan_clip):

@@ -219,6 +219,7 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
     (["--config.optim.lrr=1"], "lrr"),
     (["--config.keep_checkpoints=0"], "keep_checkpoints must be >= 1"),
     (["--config.mesh.data=0"], "each axis is a size >= 1, or -1"),
+    (["--config.split=trian"], "split 'trian' is not in the shards"),
 ])
 def test_validation_errors(tmp_path, overrides, message):
   r = run("pretrain.py:tiny", tmp_path, *overrides)

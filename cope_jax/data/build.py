@@ -108,6 +108,11 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
       tfds.disable_progress_bar()
       with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
         builder.download_and_prepare()
+    if stage == "finetune":  # read at start instead of decoding every record (frames included)
+      write_json(os.path.join(directory, SEQUENCE_INDEX),
+                 {s: [[it.video, len(it.conversations), *frames[it.video],
+                       [conversation_characters(c) for c in it.conversations]]
+                      for _, it in kept if it.split == s] for s in splits}, indent=None)
   except BaseException as e:  # (Ctrl-C included) the previous shards go back in place
     shutil.rmtree(directory, ignore_errors=True)
     if os.path.exists(previous):
@@ -120,11 +125,6 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
         + {"pretrain": "a Δ-frame", "finetune": "a conversation",
            "eval": "a question"}[stage] + "; the previous shards, if any, are kept") from None
   shutil.rmtree(previous, ignore_errors=True)
-  if stage == "finetune":  # read at start instead of decoding every record (frames included)
-    write_json(os.path.join(directory, SEQUENCE_INDEX),
-               {s: [[it.video, len(it.conversations), *frames[it.video],
-                     [conversation_characters(c) for c in it.conversations]]
-                    for _, it in kept if it.split == s] for s in splits}, indent=None)
   shard_bytes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
                     if ".array_record" in f)
   report = {

@@ -155,6 +155,10 @@ def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
       video = e["video"]
       if not turns or turns[0][0] != "user":
         raise KeyError("a first turn from human")
+      if not isinstance(video, str) or not video:
+        raise TypeError(f"video is {video!r}, not a file name")
+      if not all(isinstance(text, str) for _, text in turns):
+        raise TypeError("a turn's value is not text")
     except (KeyError, TypeError) as err:
       name = e.get("id", "?") if isinstance(e, dict) else type(e).__name__
       raise ValueError(f"{annotations}: entry {n} ({name}): not a {{video, conversations}} "

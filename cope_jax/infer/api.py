@@ -78,11 +78,10 @@ class VideoInputs:
 
 class CoPE:
 
-  def __init__(self, cfg, params, tokenizer, codec_size: int, image_size: int,
-               rgb_only: bool = False):
+  def __init__(self, cfg, params, tokenizer, codec_size: int, rgb_only: bool = False):
     from cope_jax.infer.generation import Generator  # pylint: disable=import-outside-toplevel
     self.cfg, self.tok = cfg, tokenizer
-    self.codec_size, self.image_size = codec_size, image_size
+    self.codec_size, self.image_size = codec_size, cfg.vision.image_size
     self.rgb_only = rgb_only  # no trained Δ-encoder: the dense and keyframes modes only
     self.generator = Generator(cfg, params, tokenizer.token_to_id("<|im_end|>"))
 
@@ -123,18 +122,17 @@ class CoPE:
                                   "from")
         base, _ = checkpoints.load_params(train["init_checkpoint"])
         params = {**base, **params}
-      image = train.get("image_size", cfg.vision.image_size)
       tokenizer = tokenizer or train.get("tokenizer")
     elif os.path.exists(os.path.join(path, "config.json")):
       params, cfg = checkpoints.load_params(path)
-      codec, image = codec_size or 384, cfg.vision.image_size
+      codec = codec_size or 384
     else:
       raise FileNotFoundError(f"{path}: neither a training workdir (model_config.json) nor a "
                               "converted checkpoint (config.json)")
     if not tokenizer:
       from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
       tokenizer = qwen2_tokenizer_file()
-    return cls(cfg, params, Tokenizer.from_file(tokenizer), codec, image, rgb_only)
+    return cls(cfg, params, Tokenizer.from_file(tokenizer), codec, rgb_only)
 
   def check_mode(self, mode: str) -> None:
     """ValueError unless this model can answer in ``mode``."""

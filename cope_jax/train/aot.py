@@ -38,7 +38,7 @@ def abstract_batch(config, task) -> dict:
     s = task.cfg.vision.image_size
     return {"reference": sds((b, s, s, 3), jnp.float32), "target": sds((b, s, s, 3), jnp.float32),
             "mv": sds((b, c, c, 2), jnp.float32), "residual": sds((b, c, c, 3), jnp.int16)}
-  length, s = max(config.length_buckets), config.image_size
+  length, s = max(config.length_buckets), task.cfg.vision.image_size
   k, p = config.max_keyframes, config.max_delta_frames
   return {"input_ids": sds((b, length), jnp.int32), "text_mask": sds((b, length), bool),
           "loss_mask": sds((b, length), bool), "pixels": sds((b, k, s, s, 3), jnp.float32),

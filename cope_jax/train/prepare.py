@@ -237,6 +237,11 @@ def check_inputs(config) -> None:
     raise ConfigError(f"no {config.stage} shards in {config.data_dir} (expected {shards}): run "
                       f"`python -m cope_jax.data build --stage {config.stage} … --out "
                       f"{config.data_dir}` (or try the :tiny variant)")
+  with open(os.path.join(shards, "dataset_info.json")) as f:
+    splits = [s["name"] for s in json.load(f).get("splits", [])]
+  if config.split not in splits:
+    raise ConfigError(f"split {config.split!r} is not in the shards in {config.data_dir}: they "
+                      f"have {splits}")
   report = os.path.join(config.data_dir, "report.json")
   if os.path.exists(report):
     with open(report) as f:

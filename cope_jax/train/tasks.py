@@ -146,7 +146,7 @@ class FinetuneTask:
   def dataset(self, shard_index: int, shard_count: int):
     c = self.config
     return finetune_dataset(_pipeline(
-        c, self.shards, shard_index, shard_count, image_size=c.image_size,
+        c, self.shards, shard_index, shard_count, image_size=self.cfg.vision.image_size,
         tokenizer=c.tokenizer, max_keyframes=c.max_keyframes, max_delta_frames=c.max_delta_frames,
         length_buckets=tuple(c.length_buckets), group_by_length=c.group_by_length,
         keyframe_tokens=self.cfg.keyframe_tokens,
