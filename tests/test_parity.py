@@ -287,3 +287,31 @@ def test_llava_video_command_writes_an_orbax_checkpoint(hf_root, tmp_path):
                      timeout=300)
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
   assert r.stderr.startswith(f"error: --out {tmp_path / 'a_file'} is a file")
+
+
+@pytest.mark.parametrize("settings,refused", [
+    ({}, None),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}},
+     "only plain RoPE"),
+    ({"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0},
+     "sliding-window attention"),
+])
+def test_qwen2_configs_our_model_does_not_compute_are_refused(settings, refused):
+  """As transformers writes them: RoPE scaling and sliding windows would convert into other
+  logits (4e-3 and 0.3 off on a tiny model), so they are refused by name."""
+  from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
+  hf = Qwen2Config(**settings).to_dict()
+  if refused is None:
+    assert qwen2_convert.config_from_hf(hf).rope_theta == hf["rope_parameters"]["rope_theta"]
+  else:
+    with pytest.raises(CheckpointError, match=refused):
+      qwen2_convert.config_from_hf(hf)
+
+
+@pytest.mark.parametrize("top,text,tied", [(None, True, True), (True, False, True),
+                                           (False, False, False), (None, None, False)])
+def test_either_tie_flag_lets_the_embedding_stand_for_a_missing_head(top, text, tied):
+  hf = {"text_config": {} if text is None else {"tie_word_embeddings": text}}
+  if top is not None:
+    hf["tie_word_embeddings"] = top
+  assert llava_convert.tied_embeddings(hf) is tied

@@ -73,8 +73,11 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
 
 
 def tied_embeddings(hf: dict) -> bool:
-  """Whether the LLM's output head is its input embedding (no ``lm_head.weight`` stored)."""
-  return bool(hf.get("text_config", hf).get("tie_word_embeddings", False))
+  """Whether the LLM's output head may be its input embedding (then a checkpoint stores no
+  ``lm_head.weight``): either flag, the top level's or the text model's (transformers 5 ties
+  by the top-level one). A stored head is used whatever they say."""
+  return bool(hf.get("tie_word_embeddings") or
+              hf.get("text_config", {}).get("tie_word_embeddings"))
 
 
 def convert(tensors: dict, cfg: VideoLMConfig, what: str = "checkpoint",

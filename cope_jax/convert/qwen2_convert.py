@@ -10,6 +10,17 @@ from cope_jax.models.qwen2 import Qwen2Config
 def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
   if hf.get("model_type") not in (None, "qwen2"):
     raise CheckpointError(f"expected a qwen2 model, config.json says {hf.get('model_type')!r}")
+  # What our Qwen2 does not compute is refused rather than converted into other logits:
+  # RoPE scaling (transformers 4's rope_scaling, 5's rope_parameters) and sliding windows (off in
+  # every released Qwen2 and LLaVA-Video).
+  for key in ("rope_scaling", "rope_parameters"):
+    kind = (hf.get(key) or {}).get("rope_type", (hf.get(key) or {}).get("type", "default"))
+    if kind != "default":
+      raise CheckpointError(f"{key} {hf[key]}: only plain RoPE (rope_type 'default') is "
+                            "supported")
+  if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
+    raise CheckpointError("sliding-window attention (use_sliding_window / layer_types) is not "
+                          "supported: every layer attends to the whole context")
   return Qwen2Config(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
                      intermediate_size=hf["intermediate_size"],
                      num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
