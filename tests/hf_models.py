@@ -8,15 +8,16 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_att
               image_size=56, patch_size=14)
 
 
-def qwen2_dir(root: str, vocab: int, heads: int, kv_heads: int, seed: int = 0) -> str:
+def qwen2_dir(root: str, vocab: int, heads: int, kv_heads: int, seed: int = 0,
+              tied: bool = False) -> str:
   import torch  # pylint: disable=import-outside-toplevel
   from transformers import Qwen2Config, Qwen2ForCausalLM  # pylint: disable=import-outside-toplevel
-  path = os.path.join(root, f"qwen2_v{vocab}_h{heads}_kv{kv_heads}")
+  path = os.path.join(root, f"qwen2_v{vocab}_h{heads}_kv{kv_heads}" + ("_tied" if tied else ""))
   if not os.path.exists(path):
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(
         vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=False,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=tied,
         rope_theta=1e6, rms_norm_eps=1e-5))  # not the defaults: a parsing slip would show
     _randomise_norms_and_biases(model)
     model.save_pretrained(path)

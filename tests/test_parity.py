@@ -32,11 +32,14 @@ def _qwen2(path):
   return cfg, qwen2_convert.convert(TensorSource(read_checkpoint(path), path), cfg)
 
 
-@pytest.mark.parametrize("vocab,heads,kv_heads", [(1024, 4, 4), (1024, 4, 2), (1001, 4, 1)])
-def test_qwen2_logits(hf_root, vocab, heads, kv_heads):
+@pytest.mark.parametrize("vocab,heads,kv_heads,tied", [
+    (1024, 4, 4, False), (1024, 4, 2, False), (1001, 4, 1, False),
+    (1024, 4, 2, True)])  # tied: Qwen2-0.5B and 1.5B; the head is the embedding, not a copy
+def test_qwen2_logits(hf_root, vocab, heads, kv_heads, tied):
   from transformers import Qwen2ForCausalLM  # pylint: disable=import-outside-toplevel
-  path = hf_models.qwen2_dir(hf_root, vocab, heads, kv_heads)
+  path = hf_models.qwen2_dir(hf_root, vocab, heads, kv_heads, tied=tied)
   cfg, params = _qwen2(path)
+  assert cfg.tie_word_embeddings is tied and ("lm_head" not in params) is tied
   ids = np.random.default_rng(0).integers(0, vocab, (3, 17))
   # Row 1 is left-padded by 5, row 2 right-padded by 4; positions count real tokens only.
   valid = np.ones_like(ids, bool)

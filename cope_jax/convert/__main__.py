@@ -48,8 +48,7 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
     if ids.size and not 0 <= ids.min() <= ids.max() < cfg.vocab_size:
       raise CheckpointError(f"{inputs}: input_ids must lie in [0, {cfg.vocab_size}), got "
                             f"[{ids.min()}, {ids.max()}]")
-    params = qwen2_convert.convert(TensorSource(tensors, hf_dir), cfg,
-                                   tied=config.get("tie_word_embeddings", False))
+    params = qwen2_convert.convert(TensorSource(tensors, hf_dir), cfg)
     logits, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(ids))
     result = {"logits": np.asarray(logits, np.float32)}
   elif kind in ("siglip_vision_model", "siglip"):
@@ -85,8 +84,7 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
     cfg = llava_convert.config_from_checkpoint(hf, delta)
   except CheckpointError as e:  # (the config's own words; say which file)
     raise CheckpointError(f"{os.path.join(checkpoint, 'config.json')}: {e}") from None
-  params = llava_convert.convert(read_checkpoint(checkpoint), cfg, checkpoint,
-                                 tied=llava_convert.tied_embeddings(hf))
+  params = llava_convert.convert(read_checkpoint(checkpoint), cfg, checkpoint)
   params["delta_encoder"] = checkpoints.init_delta_encoder(cfg, jax.random.key(seed))
   checkpoints.save_params(out, params, cfg)
   print(f"wrote {out} (VideoLM parameters + config.json; Δ-encoder from seed {seed})")

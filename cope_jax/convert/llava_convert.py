@@ -49,7 +49,8 @@ def detect_layout(tensors: dict) -> str:
 def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
   """Our config from a llava config.json (llava-hf nested, or LLaVA-NeXT flat Qwen2 + mm_*)."""
   if "text_config" in hf:
-    llm = qwen2_convert.config_from_hf(hf["text_config"])
+    llm = qwen2_convert.config_from_hf(hf["text_config"],
+                                       tie_word_embeddings=tied_embeddings(hf))
     vision = siglip_convert.config_from_hf(hf["vision_config"], post_layernorm=False)
     if hf.get("vision_feature_layer", -1) != -1:
       raise CheckpointError(f"vision_feature_layer={hf['vision_feature_layer']}: only -1 (the last "
@@ -73,24 +74,22 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
 
 
 def tied_embeddings(hf: dict) -> bool:
-  """Whether the LLM's output head may be its input embedding (then a checkpoint stores no
+  """Whether the LLM's output head is its input embedding (then a checkpoint stores no
   ``lm_head.weight``): either flag, the top level's or the text model's (transformers 5 ties
-  by the top-level one). A stored head is used whatever they say."""
+  by the top-level one)."""
   return bool(hf.get("tie_word_embeddings") or
               hf.get("text_config", {}).get("tie_word_embeddings"))
 
 
-def convert(tensors: dict, cfg: VideoLMConfig, what: str = "checkpoint",
-            tied: bool = False) -> dict:
-  """Parameters for every VideoLM component except ``delta_encoder``; ``tied``: see
-  ``tied_embeddings``."""
+def convert(tensors: dict, cfg: VideoLMConfig, what: str = "checkpoint") -> dict:
+  """Parameters for every VideoLM component except ``delta_encoder``."""
   layout = LAYOUTS[detect_layout(tensors)]
   src = TensorSource(tensors, what)
   prefix, head = layout["llm"]
   vision_prefix = siglip_convert.find_prefix(tensors, layout["vision"])
   d_vis, d_llm = cfg.vision.hidden_size, cfg.llm.hidden_size
   return {
-      "llm": qwen2_convert.convert(src, cfg.llm, prefix=prefix, lm_head=head, tied=tied),
+      "llm": qwen2_convert.convert(src, cfg.llm, prefix=prefix, lm_head=head),
       "vision_tower": siglip_convert.convert(src, cfg.vision, vision_prefix),
       "projector": {"linear_1": src.linear(layout["projector"][0], d_vis, d_llm),
                     "linear_2": src.linear(layout["projector"][1], d_llm, d_llm)},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from cope_jax.convert.safetensors_io import CheckpointError
 from cope_jax.convert.tree import TensorSource, stack
 from cope_jax.models.qwen2 import Qwen2Config
@@ -21,18 +23,22 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
   if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
     raise CheckpointError("sliding-window attention (use_sliding_window / layer_types) is not "
                           "supported: every layer attends to the whole context")
-  return Qwen2Config(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-                     intermediate_size=hf["intermediate_size"],
-                     num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-                     num_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
-                     rope_theta=float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get(
-                         "rope_theta", 10000.0))),
-                     rms_eps=hf.get("rms_norm_eps", 1e-6),
-                     max_positions=hf.get("max_position_embeddings", 32768), **overrides)
+  settings = dict(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+                  intermediate_size=hf["intermediate_size"],
+                  num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
+                  num_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+                  rope_theta=float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get(
+                      "rope_theta", 10000.0))),
+                  rms_eps=hf.get("rms_norm_eps", 1e-6),
+                  max_positions=hf.get("max_position_embeddings", 32768),
+                  tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
+  return Qwen2Config(**{**settings, **overrides})
 
 
 def convert(src: TensorSource, cfg: Qwen2Config, prefix: str = "model.",
-            lm_head: str = "lm_head.weight", tied: bool = False) -> dict:
+            lm_head: str = "lm_head.weight") -> dict:
+  """Our parameters; with ``cfg.tie_word_embeddings`` no ``lm_head`` (a stored one must equal the
+  embedding: else the config and the weights disagree, and we would compute other logits)."""
   d, hd = cfg.hidden_size, cfg.head_dim
   layers = []
   for i in range(cfg.num_layers):
@@ -50,6 +56,11 @@ def convert(src: TensorSource, cfg: Qwen2Config, prefix: str = "model.",
                 "up_proj": src.linear(p + "mlp.up_proj", d, cfg.intermediate_size, False),
                 "down_proj": src.linear(p + "mlp.down_proj", cfg.intermediate_size, d, False)}})
   embed = src.get(prefix + "embed_tokens.weight", (cfg.vocab_size, d))
-  head = embed if tied and lm_head not in src.tensors else src.get(lm_head, (cfg.vocab_size, d))
-  return {"embed_tokens": {"embedding": embed}, "layers": stack(layers),
-          "norm": {"weight": src.get(prefix + "norm.weight", (d,))}, "lm_head": {"kernel": head.T}}
+  params = {"embed_tokens": {"embedding": embed}, "layers": stack(layers),
+            "norm": {"weight": src.get(prefix + "norm.weight", (d,))}}
+  if not cfg.tie_word_embeddings:
+    return {**params, "lm_head": {"kernel": src.get(lm_head, (cfg.vocab_size, d)).T}}
+  if lm_head in src.tensors and not np.array_equal(src.get(lm_head, (cfg.vocab_size, d)), embed):
+    raise CheckpointError(f"config.json ties the output head to the embedding "
+                          f"(tie_word_embeddings) but {src.what} stores a different {lm_head}")
+  return params

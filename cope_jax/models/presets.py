@@ -32,9 +32,10 @@ QWEN2 = {
     "tiny": Qwen2Config(vocab_size=1032, hidden_size=128, intermediate_size=256, num_layers=2,
                         num_heads=4, num_kv_heads=2, rope_theta=10000.0),
     "small": Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                         num_layers=24, num_heads=14, num_kv_heads=2),  # Qwen2-0.5B shapes
+                         num_layers=24, num_heads=14, num_kv_heads=2,
+                         tie_word_embeddings=True),  # Qwen2-0.5B shapes
     "1.5b": Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                        num_layers=28, num_heads=12, num_kv_heads=2),
+                        num_layers=28, num_heads=12, num_kv_heads=2, tie_word_embeddings=True),
     "paper": Qwen2Config(),  # Qwen2-7B
 }
 _TINY_DELTA = DeltaEncoderConfig(out_dim=64, width=64, num_layers=2, num_heads=4,

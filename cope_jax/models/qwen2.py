@@ -1,7 +1,8 @@
 """Qwen2 decoder (the LLM of LLaVA-Video-7B), equal to Hugging Face's ``Qwen2ForCausalLM``.
 
 GQA attention with RoPE (rotate-half convention, theta from the config), RMSNorm, SwiGLU, biases
-on q/k/v only, untied lm_head. Layers are scanned (parameters stacked on a leading ``layers``
+on q/k/v only; the output head is its own matrix (7B) or the input embedding
+(``tie_word_embeddings``: Qwen2-0.5B and 1.5B, which then train as one matrix). Layers are scanned (parameters stacked on a leading ``layers``
 axis; one layer is compiled once) and optionally rematerialised. Attention is
 ``jax.nn.dot_product_attention`` (its XLA implementation, which JAX uses unless cuDNN is
 named) with one boolean mask that combines causality, padding and packed segments, optionally
@@ -37,6 +38,7 @@ class Qwen2Config:
   rope_theta: float = 1e6
   rms_eps: float = 1e-6
   max_positions: int = 32768
+  tie_word_embeddings: bool = False  # the output head is the input embedding (no lm_head)
   dtype: Any = jnp.float32  # compute dtype; parameters are always float32
   remat: bool = False
   scan: bool = True  # False: a Python loop (XLA's cost analysis counts a scanned body once)
@@ -239,7 +241,8 @@ class Qwen2(nn.Module):
     else:
       self.layer_list = [layer(cfg, self.decode, self.prefill) for _ in range(cfg.num_layers)]
     self.norm = RMSNorm(cfg.rms_eps, cfg.dtype)
-    self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), bias=False, dtype=cfg.dtype)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = dense(cfg.vocab_size, ("embed", "vocab"), bias=False, dtype=cfg.dtype)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return self.embed_tokens(input_ids)
@@ -267,5 +270,8 @@ class Qwen2(nn.Module):
 
   def head(self, hidden: jax.Array) -> jax.Array:
     """Final hidden states (B, L, D) → float32 logits (B, L, V)."""
-    logits = self.lm_head(hidden).astype(jnp.float32)
+    if self.cfg.tie_word_embeddings:
+      logits = self.embed_tokens.attend(hidden).astype(jnp.float32)
+    else:
+      logits = self.lm_head(hidden).astype(jnp.float32)
     return constrain(logits, ("batch", "length", "act_vocab"))
