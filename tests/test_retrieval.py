@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cope_jax.infer.retrieval import recall_at_k
 
@@ -26,6 +27,17 @@ def test_recall_at_k_known_answers():
   # The excluded frame never counts, even when it is the most similar.
   queries = database[excluded] + 0.1 * database[targets]
   assert recall_at_k(queries, database, targets, excluded)["recall@1"] == 1.0
+
+
+def test_frames_tied_with_the_target_share_its_rank():
+  """A still scene: frames 1, 2 and 3 are the same picture. Looking for frame 2, the target
+  ties with two other frames: put first one time in three, in the first two two times in
+  three; a target tied with nothing is found as before."""
+  database = np.array([[1.0, 0, 0], [0, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]])
+  r = recall_at_k(database[[2]], database, np.array([2]), np.array([0]))
+  assert r == pytest.approx({"recall@1": 1 / 3, "recall@2": 2 / 3, "recall@5": 1.0})
+  r = recall_at_k(database[[4]], database, np.array([4]), np.array([3]))
+  assert r == {"recall@1": 1.0, "recall@2": 1.0, "recall@5": 1.0}
 
 
 def test_retrieval_driver_on_a_stage1_workdir(tmp_path):

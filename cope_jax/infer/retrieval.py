@@ -24,14 +24,18 @@ from cope_jax.command_line import ArgumentParser, check_results_file
 
 def recall_at_k(queries: np.ndarray, database: np.ndarray, targets: np.ndarray,
                 excluded: np.ndarray, ks=(1, 2, 5)) -> dict[str, float]:
-  """queries (N, D), database (M, D), targets/excluded (N,) database indices → Recall@k."""
+  """queries (N, D), database (M, D), targets/excluded (N,) database indices → Recall@k.
+
+  Candidates as similar as the target (identical frames: a still scene) share its rank: Recall@k
+  is its expectation when ties are broken at random, not the target put first."""
   q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
   d = database / np.linalg.norm(database, axis=1, keepdims=True).clip(1e-12)
   sim = q @ d.T
   sim[np.arange(len(q)), excluded] = -np.inf  # the query frame itself is not a candidate
-  target_sim = sim[np.arange(len(q)), targets]
-  rank = (sim > target_sim[:, None]).sum(axis=1)  # 0 = best
-  return {f"recall@{k}": float(np.mean(rank < k)) for k in ks}
+  target_sim = sim[np.arange(len(q)), targets][:, None]
+  above = (sim > target_sim).sum(axis=1)  # 0 = best
+  tied = (sim == target_sim).sum(axis=1)  # the target and the candidates tied with it
+  return {f"recall@{k}": float(np.mean(np.clip((k - above) / tied, 0, 1))) for k in ks}
 
 
 def stage1_config(workdir: str) -> dict:
