@@ -77,14 +77,14 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   from cope_jax.infer.answers import LETTERS, parse_letter  # pylint: disable=import-outside-toplevel
   from cope_jax.infer import PromptTooLong  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  rows, skipped = [], {}
+  rows, skipped, unreadable = [], {}, set()
   store = {} if frames is None else frames
   log = open(log_path, "w") if log_path else None
   try:
     desc = f"evaluate {label or mode}" + {"letter": "", "open": " (open-ended)",
                                  "ranked": " (options ranked)"}[answer_format]
     for q in tqdm(questions, desc=desc, unit=" questions", disable=not progress):
-      if q["video"] in skipped:  # unreadable: tried once
+      if q["video"] in unreadable:  # tried once
         skipped[q["video"]]["questions"] += 1
         continue
       try:
@@ -101,9 +101,14 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
                     q["question"])
           answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
                              inputs=inputs)
-      except (VideoError, PromptTooLong) as e:  # unreadable, or its frames alone fill the model
-        skipped[q["video"]] = {"video": q["video"], "reason": getattr(e, "reason", str(e)),
-                               "questions": 1}
+      except (VideoError, PromptTooLong) as e:  # unreadable; or this prompt is too long, where
+        # a shorter question about the same video may still fit
+        entry = skipped.setdefault(q["video"], {"video": q["video"],
+                                                "reason": getattr(e, "reason", str(e)),
+                                                "questions": 0})
+        entry["questions"] += 1
+        if isinstance(e, VideoError):
+          unreadable.add(q["video"])
         continue
       if answer_format == "ranked":
         expected, predicted = q["answer"], LETTERS[answer.best]

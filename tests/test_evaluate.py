@@ -281,18 +281,19 @@ def test_evaluate_letter_format_scores_the_parsed_letter():
     evaluate(model, QUESTIONS, "cope", answer_format="options")
 
 
-def test_evaluate_skips_a_video_whose_prompt_is_too_long_and_goes_on():
+def test_evaluate_skips_a_question_whose_prompt_is_too_long_and_goes_on():
+  """Only the long question is skipped: the same video's shorter one may still fit."""
   from cope_jax.infer import PromptTooLong  # pylint: disable=import-outside-toplevel
 
   class TooLongForA(_ScriptedModel):
     def ask(self, video, prompt, mode, keyframes_per_gop, max_new_tokens, inputs):
-      if video == "a.mp4":
+      if video == "a.mp4" and "direction" in prompt:
         raise PromptTooLong("40000 prompt positions exceed the model's 32768")
       return super().ask(video, prompt, mode, keyframes_per_gop, max_new_tokens, inputs)
 
-  res = evaluate(TooLongForA(["A"]), QUESTIONS, "cope", progress=False)
-  assert res["n"] == 1 and res["accuracy"] == 1.0  # b.mp4's question, answered A
-  assert res["skipped"] == [{"video": "a.mp4", "questions": 2,
+  res = evaluate(TooLongForA(["A", "A"]), QUESTIONS, "cope", progress=False)
+  assert res["n"] == 2 and res["accuracy"] == 0.5  # a.mp4's colour (C) and b.mp4's (A), both A
+  assert res["skipped"] == [{"video": "a.mp4", "questions": 1,
                              "reason": "40000 prompt positions exceed the model's 32768"}]
 
 
