@@ -186,6 +186,8 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
   assert "trying an older one" in r.stderr and "resumed from step 4" in r.stdout
   assert os.listdir(tmp_path / "checkpoints_unreadable") == ["8"]  # kept, out of the way
   assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["4", "8", "10"]
+  # Steps 5–8 were trained again from step 4: metrics.jsonl keeps one record per step.
+  assert [x["step"] for x in metrics(tmp_path)] == list(range(1, 11))
 
 
 def test_checkpoints_of_another_model_stop_the_run(tmp_path):

@@ -8,16 +8,35 @@ import os
 import time
 
 
+def _drop_steps_after(path: str, step: int) -> None:
+  """A run resumed from the checkpoint of ``step`` logs the later steps again: their first
+  records go, so that the file keeps one object per logged step."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+  if len(kept) < len(lines):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+
 class MetricsLog:
 
   def __init__(self, workdir: str, total_steps: int, start_step: int, is_main: bool = True):
     self.total, self.is_main = total_steps, is_main
     self.last_time, self.last_step, self.tokens = time.perf_counter(), start_step, 0
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
-    self.tb = None
+    self.jsonl, self.tb = None, None
     if is_main:
+      path = os.path.join(workdir, "metrics.jsonl")
+      _drop_steps_after(path, start_step)
+      self.jsonl = open(path, "a")
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      # (TensorBoard hides the events a resumed run logs again, as metrics.jsonl drops them)
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                              purge_step=start_step + 1 if start_step else None)
 
   def count_tokens(self, n: int) -> None:
     self.tokens += n
