@@ -222,6 +222,9 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
     (["--config.keep_checkpoints=0"], "keep_checkpoints must be >= 1"),
     (["--config.mesh.data=0"], "each axis is a size >= 1, or -1"),
     (["--config.split=trian"], "split 'trian' is not in the shards"),
+    (["--config.optim.lr=-1e-3"], "optim.lr must be > 0, got -0.001"),
+    (["--config.optim.clip_norm=0"], "optim.clip_norm must be > 0"),
+    (["--config.optim.b2=1.0"], "optim.b1 and b2 must be in [0, 1)"),
 ])
 def test_validation_errors(tmp_path, overrides, message):
   r = run("pretrain.py:tiny", tmp_path, *overrides)
@@ -244,6 +247,7 @@ def _qwen2_tokenizer() -> str:
     ("--config.group_by_length=-1", "group_by_length must be >= 0"),
     # the pipeline takes the first bucket that fits: out of order, it would cut examples
     ("--config.length_buckets=(512,256)", "length_buckets must be positive and ascending"),
+    ("--config.trainable.projector=0", "trainable.projector must be > 0"),
     # Qwen2's 151,646 ids in the tiny LLM's 1,032-row embedding: lookups silently clipped
     (lambda: f"--config.tokenizer={_qwen2_tokenizer()}", "more than the LLM's vocabulary of 1032"),
 ])

@@ -170,6 +170,20 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
   check_inputs(config)
 
 
+def _check_optimiser(config) -> None:
+  """Values that would train uphill, not at all, or divide by zero — silently otherwise."""
+  o = config.optim
+  rates = ({"optim.lr": o.lr} if config.stage == "pretrain" else
+           {f"trainable.{k}": v for k, v in config.trainable.items()})
+  for key, value in {**rates, "optim.clip_norm": o.clip_norm}.items():
+    if not value > 0:  # (nan too)
+      raise ConfigError(f"{key} must be > 0, got {value}")
+  if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1 and o.weight_decay >= 0 and o.warmup_steps >= 0):
+    raise ConfigError(f"optim.b1 and b2 must be in [0, 1), weight_decay and warmup_steps >= 0, "
+                      f"got b1 {o.b1}, b2 {o.b2}, weight_decay {o.weight_decay}, warmup_steps "
+                      f"{o.warmup_steps}")
+
+
 def check_settings(config, device_count: int, process_count: int = 1) -> None:
   """The recipe's values alone, without its data (ConfigError): checked before any is made."""
   from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
@@ -192,6 +206,7 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
       raise ConfigError(f"profile_steps must be FIRST:LAST with 0 <= FIRST < LAST (e.g. 5:8), got "
                         f"{config.profile_steps!r}")
   check_mesh_and_batch(config, device_count, process_count)
+  _check_optimiser(config)
   cfg = model_config(config)
   if config.codec_size % cfg.delta.patch:
     raise ConfigError(f"codec_size {config.codec_size} is not a multiple of the Δ-encoder's "
