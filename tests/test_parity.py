@@ -318,3 +318,20 @@ def test_either_tie_flag_lets_the_embedding_stand_for_a_missing_head(top, text, 
   if top is not None:
     hf["tie_word_embeddings"] = top
   assert llava_convert.tied_embeddings(hf) is tied
+
+
+def test_an_ambiguous_checkpoint_folder_is_refused(hf_root, tmp_path):
+  """A second file holding the model's tensors (an adapter beside it, no index) or a second
+  index would silently replace weights: refused by name."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  folder = tmp_path / "qwen2"
+  shutil.copytree(hf_models.qwen2_dir(hf_root, 1024, 4, 2), folder)
+  assert "model.norm.weight" in read_checkpoint(str(folder))
+  save_file({"model.norm.weight": np.zeros(64, np.float32)}, str(folder / "adapter.safetensors"))
+  with pytest.raises(CheckpointError, match="'model.norm.weight' is in both adapter.safetensors "
+                                            "and model.safetensors"):
+    read_checkpoint(str(folder))
+  for name in ("a.safetensors.index.json", "b.safetensors.index.json"):
+    (folder / name).write_text(json.dumps({"weight_map": {"model.norm.weight": "model.safetensors"}}))
+  with pytest.raises(CheckpointError, match="several shard indexes"):
+    read_checkpoint(str(folder))

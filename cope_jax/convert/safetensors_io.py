@@ -47,7 +47,9 @@ def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
   """All tensors of a checkpoint folder (one file or an index of shards)."""
   if os.path.isfile(directory):
     return read_file(directory)
-  index = [f for f in os.listdir(directory) if f.endswith(".safetensors.index.json")]
+  index = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors.index.json"))
+  if len(index) > 1:
+    raise CheckpointError(f"{directory}: several shard indexes {index}; keep the model's one")
   if index:
     with open(os.path.join(directory, index[0])) as f:
       files = sorted(set(json.load(f)["weight_map"].values()))
@@ -55,9 +57,12 @@ def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
     files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
   if not files:
     raise CheckpointError(f"{directory}: no .safetensors files")
-  tensors = {}
+  tensors, source = {}, {}
   for name in files:
-    tensors.update(read_file(os.path.join(directory, name)))
+    for key, tensor in read_file(os.path.join(directory, name)).items():
+      if key in tensors:  # e.g. an adapter's file beside the model's, without an index
+        raise CheckpointError(f"{directory}: tensor {key!r} is in both {source[key]} and {name}")
+      tensors[key], source[key] = tensor, name
   return tensors
 
 
