@@ -174,6 +174,21 @@ def test_two_process_sigterm_on_one_host_and_exact_resume(tmp_path):
     assert b[step] == pytest.approx(a[step], rel=1e-5), step
 
 
+@pytest.mark.xdist_group("processes")
+def test_a_mesh_whose_batch_rows_span_hosts_is_refused(tmp_path):
+  """tensor = 8 over 2 hosts × 4 devices: every batch row is on devices of both hosts, which
+  feed different rows — refused before anything is written, on every host."""
+  procs = _two_processes(tmp_path, "--config.mesh.data=1", "--config.mesh.fsdp=1",
+                         "--config.mesh.tensor=8", "--config.total_steps=2")
+  for proc in procs:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert ("batch rows 0–15 are on devices of hosts [0, 1], which feed different rows; keep "
+            "the tensor axis within a host") in err
+  assert not os.path.exists(tmp_path / "checkpoints")
+  assert not os.path.exists(tmp_path / "train_config.json")
+
+
 def test_corrupt_latest_checkpoint_falls_back(tmp_path):
   assert run("pretrain.py:tiny", tmp_path, "--config.total_steps=8").returncode == 0
   latest = tmp_path / "checkpoints" / "8" / "state"

@@ -86,3 +86,14 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   """Batch-major arrays: the first axis over (data, fsdp), the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def hosts_sharing_batch_rows(mesh: Mesh, batch_size: int) -> list[tuple[slice, set[int]]]:
+  """The batch rows that devices of more than one host hold (the ``tensor`` axis spanning
+  hosts), with those hosts. Every host feeds its own rows (``make_array_from_process_local_data``),
+  so such rows would be different data on different devices of one "replicated" shard."""
+  holders: dict[tuple[int, int], set[int]] = {}
+  for device, index in batch_sharding(mesh, 1).devices_indices_map((batch_size,)).items():
+    rows = index[0].indices(batch_size)[:2]
+    holders.setdefault(rows, set()).add(getattr(device, "process_index", 0))
+  return [(slice(*rows), hosts) for rows, hosts in holders.items() if len(hosts) > 1]

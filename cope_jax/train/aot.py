@@ -59,9 +59,12 @@ def main(argv, topology: str | None = None) -> None:
     devices = (aot_targets.compile_only_devices(topology) if topology is not None else
                jax.devices())
     config = flags.FLAGS.config
-    prepare.check_mesh_and_batch(config, len(devices))
+    hosts = len({getattr(d, "process_index", 0) for d in devices})
+    prepare.check_mesh_and_batch(config, len(devices), hosts)
     task = TASKS[config.stage](config, shards="")
-    program = TrainProgram(config, task, make_mesh(dict(config.mesh), devices))
+    mesh = make_mesh(dict(config.mesh), devices)
+    prepare.check_batch_layout(mesh, config.batch_size)
+    program = TrainProgram(config, task, mesh)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None

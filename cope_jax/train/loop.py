@@ -25,6 +25,7 @@ from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constr
 from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
 from cope_jax.train.optim import make_optimizer
+from cope_jax.train.prepare import check_batch_layout
 from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
 
@@ -213,13 +214,15 @@ def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
   os.makedirs(workdir, exist_ok=True)
   task = TASKS[config.stage](config, shard_dir(config.data_dir, config.stage))
+  mesh = make_mesh(dict(config.mesh))
+  check_batch_layout(mesh, config.batch_size)
   main = jax.process_index() == 0
   if main:  # what inference needs to rebuild the model from this workdir
     from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
     config_io.save(task.cfg, os.path.join(workdir, "model_config.json"))
     with open(os.path.join(workdir, "train_config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-  program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
+  program = TrainProgram(config, task, mesh)
   # Frozen parts are not in the checkpoints: they are loaded on every start, a resume included.
   trained_over, frozen_over, note = task.pretrained()
   print(note, flush=True)

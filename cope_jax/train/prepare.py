@@ -146,6 +146,18 @@ def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> N
                       f"by grad_accum_steps {config.grad_accum_steps}")
 
 
+def check_batch_layout(mesh, batch_size: int) -> None:
+  """Each batch row on the devices of one host only (ConfigError): every host feeds its own
+  rows, and a row two hosts held would be two different rows in one replicated shard."""
+  from cope_jax.models.sharding import hosts_sharing_batch_rows  # pylint: disable=import-outside-toplevel
+  shared = hosts_sharing_batch_rows(mesh, batch_size)
+  if shared:
+    rows, hosts = shared[0]
+    raise ConfigError(f"mesh {dict(mesh.shape)}: batch rows {rows.start}–{rows.stop - 1} are on "
+                      f"devices of hosts {sorted(hosts)}, which feed different rows; keep the "
+                      f"tensor axis within a host (more data or fsdp, less tensor)")
+
+
 def _check_tokenizer(path: str, vocab_size: int) -> None:
   """A tokenizer whose ids the LLM's embedding table holds (the Qwen2 tokenizer's 151,646 ids
   do not fit the tiny LLM's 1,032: its lookups would read clipped rows, silently)."""
