@@ -41,9 +41,26 @@ prefix() {
   done
 }
 
-# The training command every worker runs (CONFIG, WORKDIR, optional DATA_DIR and EXTRA_FLAGS).
+# parse_args ARG …: --dry-run wherever it stands sets DRY_RUN (a misplaced flag must never run
+# the real command); the one other argument is COMMAND; anything more is refused.
+parse_args() {
+  COMMAND=""
+  local arg
+  for arg in "$@"; do
+    case "$arg" in
+      --dry-run) DRY_RUN=1 ;;
+      *)
+        [[ -z "$COMMAND" ]] || die "unexpected argument '$arg' after '$COMMAND' (see --help)"
+        COMMAND=$arg
+        ;;
+    esac
+  done
+}
+
+# The training command every worker runs (CONFIG, WORKDIR, optional DATA_DIR and EXTRA_FLAGS;
+# PYTHON, the interpreter, default python).
 train_command() {
-  local cmd="python -m cope_jax.train --config=${CONFIG} --workdir=${WORKDIR}"
+  local cmd="${PYTHON:-python} -m cope_jax.train --config=${CONFIG} --workdir=${WORKDIR}"
   if [[ -n "${DATA_DIR:-}" ]]; then
     cmd+=" --config.data_dir=${DATA_DIR}"
   fi

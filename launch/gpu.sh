@@ -21,11 +21,13 @@ Environment (required: CONFIG, WORKDIR):
   CONFIG, WORKDIR, DATA_DIR, EXTRA_FLAGS   as for the trainer (see launch/tpu.sh --help)
   HOSTS           ssh: "gpu1 gpu2 …"      PORT   coordinator port (default 12355)
   REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
+  PYTHON          ssh: the interpreter on the hosts (default: REPO_DIR/.venv/bin/python where
+                  this checkout has a .venv, else python)
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
   CPUS_PER_TASK   slurm: CPUs per GPU process, for its Grain decoding workers (default 8)
   PROCESSES, DEVICES_PER_PROCESS          local (defaults 2, 4)
 
---dry-run prints the exact commands instead of running them.
+--dry-run (anywhere on the line) prints the exact commands instead of running them.
 USAGE
 }
 
@@ -38,10 +40,15 @@ ssh_hosts() {
   local host_list
   read -r -a host_list <<<"${HOSTS:?}"
   local coordinator="${host_list[0]}:${PORT:-12355}" repo="${REPO_DIR:-$HERE/..}"
+  # An ssh command runs outside any activated virtualenv: the checkout's own, where it has one.
+  local python=${PYTHON:-python}
+  if [[ -z "${PYTHON:-}" && -x "$HERE/../.venv/bin/python" ]]; then
+    python="$repo/.venv/bin/python"
+  fi
   local pids=() i
   for i in "${!host_list[@]}"; do
     local cmd="cd $repo && COPE_DISTRIBUTED=1 COPE_COORDINATOR=$coordinator"
-    cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(train_command)"
+    cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(PYTHON=$python train_command)"
     if [[ "$DRY_RUN" == 1 ]]; then
       run ssh "${host_list[$i]}" "$cmd"
     else
@@ -94,11 +101,8 @@ local_processes() {
 }
 
 main() {
-  if [[ "${1:-}" == "--dry-run" ]]; then
-    DRY_RUN=1
-    shift
-  fi
-  local command=${1:-}
+  parse_args "$@"
+  local command=$COMMAND
   case "$command" in
     -h | --help | help | "")
       usage

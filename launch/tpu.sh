@@ -12,13 +12,16 @@ usage() {
 usage: launch/tpu.sh [--dry-run] COMMAND
 
 Commands:
-  create    request the slice as a queued resource (SPOT=1 for spot capacity) and wait for it
-  install   copy the committed tree (git archive HEAD) to every worker, pip install [tpu]
+  create    request the slice as a queued resource (SPOT=1 for spot capacity) and wait until
+            it is ACTIVE (stops if the request fails)
+  install   copy the committed tree (git archive HEAD) to every worker, make a Python 3.11
+            virtualenv there (uv; the TPU image's Python is 3.10), pip install [tpu], then
+            run SETUP on every worker
   train     run `python -m cope_jax.train` on all workers (jax.distributed is detected on TPU
-            pods) and stream their logs, each line prefixed with its worker
+            pods), one ssh per worker, and stream their logs, each line prefixed with its worker
   watch     train, and whenever a spot slice is preempted: recreate it, reinstall, train again
             (the trainer resumes from its newest checkpoint in WORKDIR)
-  status    show the queued resource and the TPU
+  status    describe the queued resource (its state, and the slice's)
   delete    delete the slice and its queued resource
   workers   print the worker indices of ACCELERATOR (v4-8: 0; v4-32: 0–3; v4-128: 0–15)
 
@@ -31,16 +34,25 @@ Environment (required: PROJECT, ZONE, TPU_NAME, ACCELERATOR; train/watch also CO
   DATA_DIR      /gcs/bucket/shards (optional; --config.data_dir)
   EXTRA_FLAGS   more trainer flags, e.g. "--config.mesh.fsdp=-1 --config.mesh.data=1"
   REPO_DIR      where the project goes on the workers (default ~/cope_jax)
+  POLL_SECONDS  between looks at the queued resource's state (default 30)
+  SETUP         a command install runs on every worker, e.g. mounting the buckets WORKDIR and
+                DATA_DIR name: "sudo apt-get install -y gcsfuse && mkdir -p /gcs/b &&
+                gcsfuse --implicit-dirs b /gcs/b" (watch reinstalls a recreated slice with it)
 
---dry-run prints the exact gcloud commands instead of running them.
+--dry-run (anywhere on the line) prints the gcloud commands instead of running them; watch's
+dry run shows one round of training.
 USAGE
 }
 
+check_accelerator() {
+  if ! [[ "$ACCELERATOR" =~ ^v4-[0-9]+$ ]] || ((${ACCELERATOR#v4-} < 8 || ${ACCELERATOR#v4-} % 8)); then
+    die "ACCELERATOR must be a TPU v4 slice v4-N (N a multiple of 8: v4-8, v4-32, …), got '$ACCELERATOR'"
+  fi
+}
+
 workers() {
-  local chips=${ACCELERATOR#v4-}
-  [[ "$chips" =~ ^[0-9]+$ ]] || die "ACCELERATOR must look like v4-N, got '$ACCELERATOR'"
   # v4-N counts TensorCores: N/2 chips, 4 chips per host.
-  local hosts=$(((chips / 2 + 3) / 4))
+  local hosts=$((${ACCELERATOR#v4-} / 8))
   seq 0 $((hosts - 1)) | tr '\n' ' '
   echo
 }
@@ -58,12 +70,29 @@ create() {
     --accelerator-type="$ACCELERATOR" --runtime-version="${RUNTIME:-tpu-ubuntu2204-base}" \
     "${spot[@]}"
   if [[ "$DRY_RUN" != 1 ]]; then
-    until gcloud compute tpus queued-resources describe "$TPU_NAME" --project="$PROJECT" \
-      --zone="$ZONE" --format='value(state.state)' | grep -q ACTIVE; do
-      echo "waiting for $TPU_NAME ($ACCELERATOR) to become ACTIVE…"
-      sleep 30
+    local state
+    while state=$(queued_state) && [[ "$state" != ACTIVE ]]; do
+      if [[ "$state" =~ ^(FAILED|SUSPENDED)$ ]]; then
+        die "the queued resource $TPU_NAME is $state; see \`launch/tpu.sh status\`"
+      fi
+      echo "waiting for $TPU_NAME ($ACCELERATOR) to become ACTIVE (${state:-no state yet})…"
+      sleep "${POLL_SECONDS:-30}"
     done
   fi
+}
+
+# The queued resource's state; MISSING only after three failed describes in a row (one
+# transient gcloud error must not make watch delete a healthy slice).
+queued_state() {
+  local try
+  for try in 1 2 3; do
+    if gcloud compute tpus queued-resources describe "$TPU_NAME" --project="$PROJECT" \
+      --zone="$ZONE" --format='value(state.state)' 2>/dev/null; then
+      return 0
+    fi
+    [[ $try == 3 ]] || sleep "${POLL_SECONDS:-30}"
+  done
+  echo MISSING
 }
 
 ssh_all() {
@@ -77,22 +106,28 @@ install() {
   tarball="${TMPDIR:-/tmp}/cope_jax_src.tar.gz"
   run git -C "$src" archive --format=tar.gz -o "$tarball" HEAD
   gcloud_tpu tpu-vm scp --worker=all "$tarball" "$TPU_NAME:/tmp/cope_jax_src.tar.gz"
-  ssh_all --command="mkdir -p $repo && tar -xzf /tmp/cope_jax_src.tar.gz -C $repo && cd $repo && python3 -m pip install -q -e '.[tpu]'"
+  # jax 0.10 needs Python 3.11; uv fetches it where the image has 3.10 (tpu-ubuntu2204-base).
+  ssh_all --command="mkdir -p $repo && tar -xzf /tmp/cope_jax_src.tar.gz -C $repo && cd $repo && python3 -m pip install -q --user uv && { [ -x .venv/bin/python ] || python3 -m uv venv -q --seed -p 3.11 .venv; } && .venv/bin/python -m pip install -q -e '.[tpu]'"
+  if [[ -n "${SETUP:-}" ]]; then
+    ssh_all --command="$SETUP"
+  fi
 }
 
 train() {
   require CONFIG WORKDIR
   local repo="${REPO_DIR:-~/cope_jax}"
   local cmd
-  cmd="cd $repo && COPE_DISTRIBUTED=1 $(train_command)"
-  if [[ "$DRY_RUN" == 1 ]]; then
-    echo "# workers: $(workers)"
-    ssh_all --command="$cmd"
-    return
-  fi
+  cmd="cd $repo && COPE_DISTRIBUTED=1 $(PYTHON=.venv/bin/python train_command)"
   # One ssh per worker so that each log line can say where it comes from.
   local pids=() w
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "# workers: $(workers)"
+  fi
   for w in $(workers); do
+    if [[ "$DRY_RUN" == 1 ]]; then
+      gcloud_tpu tpu-vm ssh "$TPU_NAME" --worker="$w" --command="$cmd"
+      continue
+    fi
     (gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
       --worker="$w" --command="$cmd" 2>&1 | prefix "worker $w") &
     pids+=($!)
@@ -101,10 +136,7 @@ train() {
 }
 
 preempted() {
-  local state
-  state=$(gcloud compute tpus queued-resources describe "$TPU_NAME" --project="$PROJECT" \
-    --zone="$ZONE" --format='value(state.state)' 2>/dev/null || echo MISSING)
-  [[ "$state" =~ ^(SUSPENDED|SUSPENDING|FAILED|MISSING)$ ]]
+  [[ "$(queued_state)" =~ ^(SUSPENDED|SUSPENDING|FAILED|MISSING)$ ]]
 }
 
 watch() {
@@ -146,11 +178,8 @@ status() {
 }
 
 main() {
-  if [[ "${1:-}" == "--dry-run" ]]; then
-    DRY_RUN=1
-    shift
-  fi
-  local command=${1:-}
+  parse_args "$@"
+  local command=$COMMAND
   case "$command" in
     -h | --help | help | "")
       usage
@@ -158,10 +187,12 @@ main() {
       ;;
     workers)
       require ACCELERATOR
+      check_accelerator
       workers
       ;;
     create | install | train | watch | status | delete)
       require PROJECT ZONE TPU_NAME ACCELERATOR
+      check_accelerator
       "$command"
       ;;
     *) die "unknown command '$command' (see --help)" ;;

@@ -27,13 +27,17 @@ def test_tpu_dry_run_v4_32():
   r = sh(TPU, "--dry-run", "train", **V4_32)
   assert r.returncode == 0, r.stderr
   assert "# workers: 0 1 2 3" in r.stdout  # 16 chips, 4 per host
-  assert "--worker=all" in r.stdout and "--zone=us-central2-b" in r.stdout
-  assert "--project=my-project" in r.stdout
-  assert "python\\ -m\\ cope_jax.train\\ --config=configs/finetune.py" in r.stdout
+  # one ssh per worker, as the real run starts them
+  assert [f"--worker={w}" in r.stdout for w in range(5)] == [True] * 4 + [False]
+  assert "--zone=us-central2-b" in r.stdout and "--project=my-project" in r.stdout
+  # the workers' Python 3.11 virtualenv, made by install
+  assert ".venv/bin/python\\ -m\\ cope_jax.train\\ --config=configs/finetune.py" in r.stdout
   assert "--workdir=/gcs/bucket/run\\ --config.data_dir=/gcs/bucket/shards" in r.stdout
   assert "COPE_DISTRIBUTED=1" in r.stdout
-  r = sh(TPU, "--dry-run", "install", **V4_32)  # the committed tree, no virtualenv or .git
+  r = sh(TPU, "--dry-run", "install", SETUP="gcsfuse b /gcs/b", **V4_32)  # the committed tree
   assert r.returncode == 0 and "archive --format=tar.gz" in r.stdout and "--recurse" not in r.stdout
+  assert "uv\\ venv\\ -q\\ --seed\\ -p\\ 3.11\\ .venv" in r.stdout
+  assert "--command=gcsfuse\\ b\\ /gcs/b" in r.stdout  # SETUP, on every worker
   r = sh(TPU, "--dry-run", "create", SPOT="1", **V4_32)
   assert "queued-resources create cope-v4-32" in r.stdout
   assert "--accelerator-type=v4-32" in r.stdout and "--spot" in r.stdout
@@ -45,6 +49,20 @@ def test_tpu_dry_run_v4_32():
                                                  ("v4-128", " ".join(map(str, range(16))))])
 def test_worker_counts(accelerator, workers):
   assert sh(TPU, "workers", ACCELERATOR=accelerator).stdout.strip() == workers
+
+
+def test_dry_run_anywhere_and_no_stray_arguments():
+  """A --dry-run after the command still only prints (it used to run the real command); an
+  extra argument is refused, as is an ACCELERATOR that is no v4 slice."""
+  r = sh(TPU, "delete", "--dry-run", **V4_32)
+  assert r.returncode == 0 and r.stdout.startswith("gcloud compute tpus queued-resources delete")
+  r = sh(TPU, "delete", "now", **V4_32)
+  assert r.returncode == 2 and "unexpected argument 'now' after 'delete'" in r.stderr
+  r = sh(GPU, "slurm", "--dry-run", CONFIG="configs/finetune.py", WORKDIR="/ckpt")
+  assert r.returncode == 0 and "#SBATCH --nodes=2" in r.stdout
+  for bad in ("v4-abc", "v5litepod-8", "v4-12"):
+    r = sh(TPU, "--dry-run", "train", **{**V4_32, "ACCELERATOR": bad})
+    assert r.returncode == 2 and "must be a TPU v4 slice" in r.stderr and not r.stdout
 
 
 def test_missing_variables_fail_fast():
@@ -77,7 +95,8 @@ if [[ "$*" == *"queued-resources describe"* ]]; then
 fi
 """)
   gcloud.chmod(0o755)
-  return {**V4_32, "ACCELERATOR": "v4-8", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+  return {**V4_32, "ACCELERATOR": "v4-8", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+          "POLL_SECONDS": "0"}
 
 
 def test_tpu_watch_resumes_after_sigterm_and_stops_on_a_failure(tmp_path):
@@ -110,6 +129,12 @@ def test_tpu_watch_recreates_a_preempted_slice_and_trains_again(tmp_path):
                    "queued-resources create", "queued-resources describe", "tpu-vm scp",
                    "tpu-vm ssh", "tpu-vm ssh"], calls
   assert os.path.getsize(tmp_path / "cope_jax_src.tar.gz") > 0  # git archive of HEAD
+
+
+def test_tpu_create_stops_when_the_request_fails(tmp_path):
+  r = sh(TPU, "create", **_fake_gcloud(tmp_path, [], states=("WAITING_FOR_RESOURCES", "FAILED")))
+  assert r.returncode == 2 and "the queued resource cope-v4-32 is FAILED" in r.stderr, r.stderr
+  assert "waiting for cope-v4-32 (v4-8) to become ACTIVE (WAITING_FOR_RESOURCES)" in r.stdout
 
 
 def test_gpu_dry_runs():
