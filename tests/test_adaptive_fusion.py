@@ -141,6 +141,8 @@ def test_fixed_fusion_keeps_the_cache_keys_made_before_adaptive_fusion(tmp_path)
   assert adaptive != ExtractSettings(64).key(str(video))
   # 4 from the Python API and 4.0 from the command line: one cache entry.
   assert ExtractSettings(64, SamplingConfig(min_change=4.0)).key(str(video)) == adaptive
+  dense = ExtractSettings(64, SamplingConfig(uniform_frames=20)).key(str(video))
+  assert dense not in (adaptive, ExtractSettings(64).key(str(video)))
 
 
 def test_mode_sampling_keeps_adaptive_fusion_to_the_delta_modes():

@@ -68,8 +68,21 @@ def test_fusion_changes_positions_per_gop():
   assert token_budget(240, SamplingConfig(fusion=10))["cope_tokens"] == 210 + 23 * 10
 
 
+def test_dense_sampling_is_llava_videos_uniform_frames():
+  """n frames at np.linspace(0, T − 1, n) rounded down, all keyframes, every GOP (LLaVA-Video's
+  load_video with force_sample)."""
+  plan = plan_positions(240, SamplingConfig(uniform_frames=20))
+  np.testing.assert_array_equal(plan.frames, np.linspace(0, 239, 20).astype(int))
+  assert plan.frames[:4].tolist() == [0, 12, 25, 37] and plan.frames[-1] == 239
+  assert plan.num_keyframes == 20 and plan.num_delta_frames == 0
+  long = plan_positions(18_000, SamplingConfig(uniform_frames=64))  # 10 min: past max_gops' 64
+  assert len(long.frames) == 64 and long.frames[-1] == 17_999 and len(set(long.gops)) == 64
+  assert plan_positions(5, SamplingConfig(uniform_frames=64)).frames.tolist() == [0, 1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("bad", [dict(fusion=7), dict(keyframes_per_gop=9), dict(gop=0),
-                                 dict(max_gops=0)])
+                                 dict(max_gops=0), dict(uniform_frames=-1),
+                                 dict(uniform_frames=8, min_change=4)])
 def test_invalid_sampling_is_rejected(bad):
   with pytest.raises(ConfigError):
     SamplingConfig(**bad).validate()
@@ -132,3 +145,12 @@ def test_extracted_kinds_and_counts(long_clips, seconds, k):
   np.testing.assert_allclose(prims.times, plan.frames / 30)
   budget = token_budget(prims.num_frames, cfg)
   assert budget["cope_tokens"] == 210 * len(prims.rgb) + 10 * len(prims.mv)
+
+
+def test_extracted_dense_frames(long_clips):
+  from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
+  prims = extract_primitives(long_clips[64], size=32, sampling=SamplingConfig(uniform_frames=20))
+  frames = np.linspace(0, 64 * 30 - 1, 20).astype(int)
+  np.testing.assert_array_equal(prims.frame_index, frames)
+  assert prims.kinds.tolist() == [KEYFRAME] * 20 and len(prims.rgb) == 20 and not len(prims.mv)
+  np.testing.assert_allclose(prims.times, frames / 30)

@@ -40,7 +40,7 @@ def _thresholds(text: str) -> list[float]:
     values = []
   if not values or any(not 0 <= v <= 255 for v in values):
     raise argparse.ArgumentTypeError(f"comma-separated grey levels within 0-255, got {text!r}")
-  return values
+  return sorted(set(values))  # fixed fusion (0) first: the others are compared with it
 
 
 def still_camera_tokens(thresholds: list[float], path: str, size: int = 384) -> list[dict]:
@@ -142,10 +142,13 @@ def table(rows: list[dict]) -> str:
     lines += ["", "minus fixed fusion, paired over the same questions (points ± standard error; "
               "questions whose answer changed)"]
     lines.append(f"{'run':<22}" + "".join(f"{name:>22}" for name in FORMATS))
+    def cell(v: dict) -> str:  # no standard error from one paired question, no mean from none
+      if v["difference"] is None:
+        return f"{'n/a':>10} ({v['changed']:>3})"
+      se = "" if v["se"] is None else f" ± {100 * v['se']:.1f}"
+      return f"{100 * v['difference']:>+10.1f}{se} ({v['changed']:>3})"
     for r in paired:
-      cells = "".join(
-          f"{100 * v['difference']:>+10.1f} ± {100 * v['se']:.1f} ({v['changed']:>3})"
-          for v in (r["vs_fixed"][f] for f in FORMATS))
+      cells = "".join(cell(r["vs_fixed"][f]) for f in FORMATS)
       lines.append(f"{'cope min ' + format(r['min_change'], 'g'):<22}{cells}")
   return "\n".join(lines)
 

@@ -80,7 +80,7 @@ def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
   plan = plan_positions(num_frames, sampling)
   kind_at = dict(zip(plan.frames.tolist(), plan.kinds.tolist()))
   kept_gops = set(plan.gops.tolist())
-  gop, fusion = sampling.gop, sampling.fusion
+  gop = sampling.gop
   grid = None
   steps, anchor_rgb = [], None
   with open_video(conformant_path, _EXPORT_MVS) as (container, stream):
@@ -94,11 +94,9 @@ def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
       if index % gop:  # an I-frame starts a new chain; each P-frame adds its motion field
         side = frame.side_data.get("MOTION_VECTORS")
         steps.append(grid.step_from_vectors(side.to_ndarray() if side is not None else None))
-      if index % fusion:
-        continue
       kind = kind_at.get(index)
-      if kind is None:  # a position past the end of the plan cannot happen; be explicit
-        raise VideoError(name, f"internal: frame {index} is not a planned position")
+      if kind is None:  # between sampled positions
+        continue
       rgb = frame.to_ndarray(format="rgb24")
       time_s = index / sampling.fps
       if kind == KEYFRAME:
@@ -130,7 +128,8 @@ def iter_video(path: str | os.PathLike, size: int = 384,
   path = os.fspath(path)
   sampling.validate()
   spec = EncodeSpec(size=size, fps=sampling.fps, gop=sampling.gop, quantizer=quantizer).validate()
-  min_frames = sampling.fusion + 1 if min_frames is None else min_frames
+  if min_frames is None:  # (dense sampling needs one frame, and has no fusion window)
+    min_frames = 1 if sampling.uniform_frames else sampling.fusion + 1
   with conformant_video(path, spec, on_frame=on_frame) as (conformant, was_reencoded):
     num_frames = count_frames(conformant)
     if info is not None:
@@ -138,7 +137,8 @@ def iter_video(path: str | os.PathLike, size: int = 384,
                   conformant_bytes=os.path.getsize(conformant))
     if num_frames < min_frames:
       raise VideoError(path, f"too short: {num_frames} frames at {sampling.fps} fps, need at "
-                             f"least {min_frames} (one fusion window of {sampling.fusion} + 1)")
+                             f"least {min_frames}" + ("" if sampling.uniform_frames else
+                             f" (one fusion window of {sampling.fusion} + 1)"))
     yield from iter_sampled_frames(conformant, sampling, keep_rgb=keep_rgb, on_frame=on_frame,
                                    source_path=path, num_frames=num_frames)
 

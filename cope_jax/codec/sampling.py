@@ -25,6 +25,10 @@ positions, the most an adaptive video can cost.
 Videos with more than ``max_gops`` GOPs keep ``max_gops`` of them, spread uniformly
 (``np.linspace(0, n - 1, max_gops)`` rounded down, the first and last GOP included).
 
+Dense sampling (``uniform_frames`` = n > 0; the ``dense`` mode, and data for a model trained on
+it): LLaVA-Video's — n frames spread over the whole video, ``np.linspace(0, T − 1, n)`` rounded
+down, every one a keyframe; fusion, keyframes per GOP and GOP selection do not apply.
+
 ``token_budget`` is the single place where a video's token arithmetic of the paper lives (the
 ``budget`` command prints it); the data pipeline instead reserves the padded slots of a batch,
 ``max_keyframes`` × keyframe tokens + ``max_delta_frames`` × Δ tokens of the model's config.
@@ -57,6 +61,7 @@ class SamplingConfig:
   keyframes_per_gop: int = 1
   max_gops: int = 64
   min_change: float = 0.0  # adaptive fusion's threshold, grey levels; 0 keeps every position
+  uniform_frames: int = 0  # > 0: LLaVA-Video's dense sampling of that many frames instead
 
   @property
   def positions_per_gop(self) -> int:
@@ -69,6 +74,9 @@ class SamplingConfig:
         raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
     if not 0 <= self.min_change <= 255:
       raise ConfigError(f"min_change must be within 0-255 grey levels, got {self.min_change}")
+    if self.uniform_frames < 0 or (self.uniform_frames and self.min_change):
+      raise ConfigError(f"uniform_frames must be >= 0 (0: CoPE's sampling) and has no Δ-frames "
+                        f"to skip, got {self.uniform_frames} with min_change {self.min_change}")
     if self.gop % self.fusion:
       raise ConfigError(f"gop ({self.gop}) must be divisible by fusion ({self.fusion})")
     if self.keyframes_per_gop > self.positions_per_gop:
@@ -137,6 +145,11 @@ def plan_positions(num_frames: int, cfg: SamplingConfig) -> SamplingPlan:
   if num_frames < 1:
     raise ConfigError(f"a video needs at least one frame, got {num_frames}")
   num_gops = -(-num_frames // cfg.gop)
+  if cfg.uniform_frames:
+    frames = np.unique(np.linspace(0, num_frames - 1, min(cfg.uniform_frames, num_frames))
+                       .astype(np.int64))
+    return SamplingPlan(frames=frames, kinds=np.full(len(frames), KEYFRAME, np.uint8),
+                        gops=frames // cfg.gop, num_gops=num_gops, fps=cfg.fps)
   offsets = np.arange(cfg.positions_per_gop) * cfg.fusion
   is_key = np.isin(offsets, cfg.keyframe_offsets())
   gop_ids = select_gops(num_gops, cfg.max_gops)

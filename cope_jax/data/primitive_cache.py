@@ -42,6 +42,8 @@ class ExtractSettings:
       sampling["min_change"] = float(sampling["min_change"])  # 4 and 4.0: one key
     else:  # fixed fusion keeps the keys of caches made before adaptive fusion
       del sampling["min_change"]
+    if not sampling["uniform_frames"]:  # and before dense sampling
+      del sampling["uniform_frames"]
     ident = json.dumps([os.path.abspath(video), st.st_size, st.st_mtime_ns, self.size,
                         sampling, self.quantizer])
     return hashlib.sha1(ident.encode()).hexdigest()[:20]

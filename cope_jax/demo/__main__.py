@@ -73,48 +73,44 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -
     results["stages_run"].append(stage)
     save()
 
-  done("codec", run_codec_stage(paths.root, video, settings.codec_seconds))
-  done("data", stages.make_data(settings, paths))
-  training = results["training"] = {}
-  base = base_config(settings, paths)
-  try:  # a stopped stage's time counts too
+  try:  # however the run stops (SIGTERM, Ctrl-C, an error), its time counts: saved
+    done("codec", run_codec_stage(paths.root, video, settings.codec_seconds))
+    done("data", stages.make_data(settings, paths))
+    training = results["training"] = {}
+    base = base_config(settings, paths)
     training["base"] = stages.train_stage("base", base, paths.base)
     save()
     stages.export_base(paths, base)
-    training["stage1"] = stages.train_stage("stage1", stage1_config(settings, paths),
-                                            paths.stage1)
+    training["stage1"] = stages.train_stage("stage1", stage1_config(settings, paths), paths.stage1)
     save()
-    training["stage2"] = stages.train_stage("stage2", stage2_config(settings, paths),
-                                            paths.stage2)
-  except stages.StageStopped:
+    training["stage2"] = stages.train_stage("stage2", stage2_config(settings, paths), paths.stage2)
+    done("training", training)
+    # Each held-out video's frames per mode, extracted once, and each model, loaded once, for
+    # every evaluation (the two models share their compiled programs: one model configuration).
+    frames, models = {}, {}
+    motion = results["data"]["motion_families"]
+    modes = report.evaluate_modes(settings, paths, motion, frames=frames, models=models)
+    done("evaluation", modes)
+    probes = {}
+    for answer_format, key in (("open", "open_ended"), ("ranked", "ranked_options")):
+      probes[answer_format] = report.evaluate_modes(settings, paths, motion, answer_format,
+                                                    frames, models)
+      done(key, probes[answer_format])
+    letter = report.letter_step(paths)
+    done("letter_step", letter)
+    trained = report.trained_letters(settings, paths, frames, models)
+    done("trained_letters", trained)
+    ret = report.retrieval(paths)
+    done("retrieval", ret)
+    ttft = report.ttft_interleaved(settings, paths, frames, models)
+    done("ttft", ttft)
+    results["targets"] = report.targets(modes, ret, ttft)
+    results["plots"] = report.plots(training, modes, paths.root, probes)
+    table = report.table(modes, ret, probes, ttft, letter, trained)
+    done("report", {"table": table.splitlines()})
+    results["targets"]["time"] = report.time_target(results["elapsed_s_all_runs"], quick)
+  finally:
     save()
-    raise
-  done("training", training)
-  # Each held-out video's frames per mode, extracted once, and each model, loaded once, for every
-  # evaluation (the two models share their compiled programs: one model configuration).
-  frames, models = {}, {}
-  motion = results["data"]["motion_families"]
-  modes = report.evaluate_modes(settings, paths, motion, frames=frames, models=models)
-  done("evaluation", modes)
-  probes = {}
-  for answer_format, key in (("open", "open_ended"), ("ranked", "ranked_options")):
-    probes[answer_format] = report.evaluate_modes(settings, paths, motion, answer_format, frames,
-                                                    models)
-    done(key, probes[answer_format])
-  letter = report.letter_step(paths)
-  done("letter_step", letter)
-  trained = report.trained_letters(settings, paths, frames, models)
-  done("trained_letters", trained)
-  ret = report.retrieval(paths)
-  done("retrieval", ret)
-  ttft = report.ttft_interleaved(settings, paths, frames, models)
-  done("ttft", ttft)
-  results["targets"] = report.targets(modes, ret, ttft)
-  results["plots"] = report.plots(training, modes, paths.root, probes)
-  table = report.table(modes, ret, probes, ttft, letter, trained)
-  done("report", {"table": table.splitlines()})
-  results["targets"]["time"] = report.time_target(results["elapsed_s_all_runs"], quick)
-  save()
   return results
 
 

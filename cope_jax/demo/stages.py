@@ -33,16 +33,19 @@ def make_data(s: DemoSettings, p: Paths) -> dict:
   with open(summary_path) as f:
     summary = json.load(f)
   items = read_llava_video(os.path.join(p.synthetic, "train_conversations.json"), p.synthetic)
-  positions = 240 // s.dense_frames
-  dense = SamplingConfig(fusion=positions, keyframes_per_gop=s.dense_frames)
+  # LLaVA-Video's uniform frames, as the dense mode evaluates them (the base model once trained
+  # on every 12th frame from 0 and was asked about frames at linspace(0, 239, 20): 2 of 20 alike)
+  dense = SamplingConfig(uniform_frames=s.dense_frames)
   cope = SamplingConfig(min_change=s.min_change)
   for out, stage, sampling in ((p.dense_shards, "finetune", dense),
                                (p.cope_shards, "pretrain", cope),
                                (p.cope_shards, "finetune", cope)):
     if not _shards_done(out, stage):
       adaptive = f", adaptive fusion {sampling.min_change:g}" if sampling.min_change else ""
-      log(f"[data] {stage} shards in {out} (keyframes per 8 s GOP: {sampling.keyframes_per_gop},"
-          f" sampled every {sampling.fusion} frames{adaptive})")
+      how = (f"{sampling.uniform_frames} frames spread over each video" if sampling.uniform_frames
+             else f"keyframes per 8 s GOP: {sampling.keyframes_per_gop}, sampled every "
+                  f"{sampling.fusion} frames{adaptive}")
+      log(f"[data] {stage} shards in {out} ({how})")
       report = build(stage, items, out, ExtractSettings(s.size, sampling))
       if report["skipped"]:
         log(f"[data] skipped {len(report['skipped'])} videos: {report['skipped'][:3]}")

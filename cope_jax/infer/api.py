@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from cope_jax.codec.errors import VideoError
-from cope_jax.codec.sampling import DELTA, KEYFRAME
+from cope_jax.codec.sampling import DELTA, KEYFRAME, SamplingConfig, plan_positions
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt
 from cope_jax.infer import MODES, PromptTooLong, mode_sampling
@@ -168,7 +168,7 @@ class CoPE:
     from cope_jax.codec.reencode import EncodeSpec, conformant_video  # pylint: disable=import-outside-toplevel
     with conformant_video(video, EncodeSpec(size=self.codec_size)) as (path, _):
       total = count_frames(path)
-      wanted = np.unique(np.linspace(0, total - 1, min(n, total)).astype(int))
+      wanted = plan_positions(total, SamplingConfig(uniform_frames=n)).frames
       frames, taken, keep = [], [], set(wanted.tolist())
       with open_video(path) as (container, stream):
         for i, frame in enumerate(decode_frames(video, container, stream)):

@@ -89,7 +89,9 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
     raise ConfigError(f"{videos} videos of {seconds:g} s are {videos * seconds:.0f} s of video; "
                       f"at most {MAX_TOTAL_SECONDS} s (about 280 hours) in one dataset")
   check_size(size)
-  folder, settings = os.path.join(out, "videos"), {"seed": seed, "size": size, "seconds": seconds}
+  # "scenes": the scene generator's version (2: textured backgrounds only, 2026-12-06)
+  folder = os.path.join(out, "videos")
+  settings = {"seed": seed, "size": size, "seconds": seconds, "scenes": 2}
   os.makedirs(folder, exist_ok=True)
   made = earlier_settings(os.path.join(folder, "settings.json"), settings)
   if made is not None:

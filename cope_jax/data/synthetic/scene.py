@@ -20,7 +20,10 @@ COLORS = {"red": (225, 35, 35), "green": (40, 190, 60), "blue": (40, 80, 235),
           "yellow": (240, 215, 30), "magenta": (215, 40, 200), "cyan": (30, 205, 215)}
 SHAPES = ("square", "circle", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-TEXTURES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "camera")
+# Backgrounds textured everywhere: a camera pan must change the picture between positions one
+# second apart (the cameraman photo's and the rocket's flat skies hid 26 of 475 pans, under
+# 1 grey level: now at least 4, tested).
+TEXTURES = ("astronaut", "coffee", "chelsea", "grass", "immunohistochemistry", "gravel")
 
 
 @dataclasses.dataclass
@@ -57,6 +60,12 @@ class Scene:
   pan: str                    # "left" / "right" / "up" / "down" / "none": where the camera turns
   sprites: list[Sprite]
   visitor: Sprite | None = None  # enters the frame after the start (and may leave it)
+
+  @property
+  def last_seen_frame(self) -> int:
+    """The last frame at a whole second: the last one that sampling at one position per second
+    (CoPE's default, and the keyframes mode) sees. Events after it are not asked about."""
+    return (self.num_frames - 1) // self.fps * self.fps
 
   def to_json(self) -> dict:
     return {"size": self.size, "fps": self.fps, "num_frames": self.num_frames,
