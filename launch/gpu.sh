@@ -23,6 +23,8 @@ Environment (required: CONFIG, WORKDIR):
   REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
   PYTHON          ssh: the interpreter on the hosts (default: REPO_DIR/.venv/bin/python where
                   this checkout has a .venv, else python)
+  WORKER_ENV      ssh: environment for the trainer on every host, e.g. "NCCL_DEBUG=WARN XLA_FLAGS=…"
+                  (an ssh command sees none of this shell's)
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
   CPUS_PER_TASK   slurm: CPUs per GPU process, for its Grain decoding workers (default 8)
   PROCESSES, DEVICES_PER_PROCESS          local (defaults 2, 4)
@@ -47,7 +49,7 @@ ssh_hosts() {
   fi
   local pids=() i
   for i in "${!host_list[@]}"; do
-    local cmd="cd $repo && COPE_DISTRIBUTED=1 COPE_COORDINATOR=$coordinator"
+    local cmd="cd $repo && ${WORKER_ENV:+$WORKER_ENV }COPE_DISTRIBUTED=1 COPE_COORDINATOR=$coordinator"
     cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(PYTHON=$python train_command)"
     if [[ "$DRY_RUN" == 1 ]]; then
       run ssh "${host_list[$i]}" "$cmd"

@@ -34,6 +34,8 @@ Environment (required: PROJECT, ZONE, TPU_NAME, ACCELERATOR; train/watch also CO
   DATA_DIR      /gcs/bucket/shards (optional; --config.data_dir)
   EXTRA_FLAGS   more trainer flags, e.g. "--config.mesh.fsdp=-1 --config.mesh.data=1"
   REPO_DIR      where the project goes on the workers (default ~/cope_jax)
+  WORKER_ENV    environment for the trainer on every worker, e.g. "LIBTPU_INIT_ARGS=… XLA_FLAGS=…"
+                (an ssh command sees none of this shell's)
   POLL_SECONDS  between looks at the queued resource's state (default 30)
   SETUP         a command install runs on every worker, e.g. mounting the buckets WORKDIR and
                 DATA_DIR name: "sudo apt-get install -y gcsfuse && mkdir -p /gcs/b &&
@@ -117,7 +119,7 @@ train() {
   require CONFIG WORKDIR
   local repo="${REPO_DIR:-~/cope_jax}"
   local cmd
-  cmd="cd $repo && COPE_DISTRIBUTED=1 $(PYTHON=.venv/bin/python train_command)"
+  cmd="cd $repo && COPE_DISTRIBUTED=1 ${WORKER_ENV:+$WORKER_ENV }$(PYTHON=.venv/bin/python train_command)"
   # One ssh per worker so that each log line can say where it comes from.
   local pids=() w
   if [[ "$DRY_RUN" == 1 ]]; then

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -24,7 +25,7 @@ V4_32 = dict(PROJECT="my-project", ZONE="us-central2-b", TPU_NAME="cope-v4-32",
 
 
 def test_tpu_dry_run_v4_32():
-  r = sh(TPU, "--dry-run", "train", **V4_32)
+  r = sh(TPU, "--dry-run", "train", WORKER_ENV="LIBTPU_INIT_ARGS=--flag", **V4_32)
   assert r.returncode == 0, r.stderr
   assert "# workers: 0 1 2 3" in r.stdout  # 16 chips, 4 per host
   # one ssh per worker, as the real run starts them
@@ -33,7 +34,7 @@ def test_tpu_dry_run_v4_32():
   # the workers' Python 3.11 virtualenv, made by install
   assert ".venv/bin/python\\ -m\\ cope_jax.train\\ --config=configs/finetune.py" in r.stdout
   assert "--workdir=/gcs/bucket/run\\ --config.data_dir=/gcs/bucket/shards" in r.stdout
-  assert "COPE_DISTRIBUTED=1" in r.stdout
+  assert "COPE_DISTRIBUTED=1\\ LIBTPU_INIT_ARGS=--flag\\ .venv/bin/python" in r.stdout
   r = sh(TPU, "--dry-run", "install", SETUP="gcsfuse b /gcs/b", **V4_32)  # the committed tree
   assert r.returncode == 0 and "archive --format=tar.gz" in r.stdout and "--recurse" not in r.stdout
   assert "uv\\ venv\\ -q\\ --seed\\ -p\\ 3.11\\ .venv" in r.stdout
@@ -138,8 +139,11 @@ def test_tpu_create_stops_when_the_request_fails(tmp_path):
 
 
 def test_gpu_dry_runs():
-  r = sh(GPU, "--dry-run", "ssh", CONFIG="configs/finetune.py", WORKDIR="/ckpt", HOSTS="g1 g2")
+  r = sh(GPU, "--dry-run", "ssh", CONFIG="configs/finetune.py", WORKDIR="/ckpt", HOSTS="g1 g2",
+         WORKER_ENV="NCCL_DEBUG=WARN", PYTHON="/opt/venv/bin/python")
   assert r.returncode == 0 and r.stdout.count("ssh g") == 2
+  assert "NCCL_DEBUG=WARN\\ COPE_DISTRIBUTED=1" in r.stdout
+  assert "/opt/venv/bin/python\\ -m\\ cope_jax.train" in r.stdout
   assert "COPE_COORDINATOR=g1:12355" in r.stdout and "COPE_PROCESS_ID=1" in r.stdout
   r = sh(GPU, "--dry-run", "slurm", CONFIG="configs/finetune.py", WORKDIR="/ckpt", NODES="4")
   assert "#SBATCH --nodes=4" in r.stdout and "srun env COPE_DISTRIBUTED=1" in r.stdout
@@ -161,14 +165,17 @@ def test_shellcheck_clean():
 def test_local_mode_trains_with_two_processes(tmp_path):
   """The multi-host path on one machine: 2 processes × 4 CPU devices, gloo collectives, stage 2.
   Length buckets 8 positions apart make the hosts' halves of a batch pick different buckets
-  (the tiny conversations take 230–250 positions): the hosts agree on the longer one and pad."""
+  (the tiny conversations' batches take 244 and 245 positions): the hosts agree on the longer
+  one and pad."""
+  buckets = (236, 244, 252, 260)
   r = sh(GPU, "local", CONFIG="configs/finetune.py:tiny", WORKDIR=str(tmp_path),
          EXTRA_FLAGS="--config.total_steps=3 --config.log_every=1 --config.synthetic.videos=24 "
-                     "--config.length_buckets=232,240,248,256",
+                     f"--config.length_buckets={','.join(map(str, buckets))}",
          PROCESSES="2", DEVICES_PER_PROCESS="4", PORT=str(free_port()))
   # The first error is at the start (the other process then aborts in its next collective).
   assert r.returncode == 0, r.stdout[:4000] + "\n…\n" + r.stdout[-2000:] + r.stderr[-2000:]
   assert "[process 0] step 3/3" in r.stdout
-  assert "padded this host's batch from 240 to 248 positions" in r.stdout
+  padded = re.findall(r"padded this host's batch from (\d+) to (\d+) positions", r.stdout)
+  assert padded and all(int(a) < int(b) and {int(a), int(b)} <= set(buckets) for a, b in padded)
   steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")]
   assert steps == [1, 2, 3]

@@ -116,8 +116,11 @@ def _device_flags() -> tuple[str | None, int]:
 
 if __name__ == "__main__":
   topology_flag, devices_count = _device_flags()
-  if topology_flag is None:
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_count}"
+  if topology_flag is None:  # (the user's other XLA flags kept; an earlier device count replaced)
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")]
+    os.environ["XLA_FLAGS"] = " ".join(
+        kept + [f"--xla_force_host_platform_device_count={devices_count}"])
   elif topology_flag in aot_targets.GPU_HOSTS:
     # Without a device the GPU compiler cannot autotune Triton GEMM tiles (it fails on the small
     # sharded matrices): plan with cuBLAS GEMMs, which changes kernels, not buffers.
