@@ -175,6 +175,19 @@ def test_two_process_sigterm_on_one_host_and_exact_resume(tmp_path):
 
 
 @pytest.mark.xdist_group("processes")
+def test_hosts_agree_on_the_checkpoint_they_resume_from(tmp_path):
+  """Host 1 cannot read its data position in the newest checkpoint, host 0 can: both resume
+  from the older one (host 1 failing inside Orbax's restore left host 0 waiting there)."""
+  _finish(_two_processes(tmp_path, "--config.total_steps=8", "--config.checkpoint_every=4"))
+  position = tmp_path / "checkpoints" / "8" / "data" / "process_1-of-2.json"
+  position.write_text("garbage")
+  outs = _finish(_two_processes(tmp_path, "--config.total_steps=10",
+                                "--config.checkpoint_every=4"))
+  assert all("resumed from step 4" in out for out in outs), outs
+  assert os.listdir(tmp_path / "checkpoints_unreadable") == ["8"]
+
+
+@pytest.mark.xdist_group("processes")
 def test_a_mesh_whose_batch_rows_span_hosts_is_refused(tmp_path):
   """tensor = 8 over 2 hosts × 4 devices: every batch row is on devices of both hosts, which
   feed different rows — refused before anything is written, on every host."""

@@ -19,6 +19,7 @@ slices of at least ``REPLICA_PARALLEL_MIN_BYTES``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import warnings
 from absl import logging as absl_logging
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from cope_jax.codec.errors import ConfigError
@@ -76,6 +78,14 @@ class Checkpointer:
     is set to that checkpoint's data position."""
     unreadable, first_error = [], None
     for step in sorted(self.manager.all_steps(), reverse=True):
+      # Hosts restore together (Orbax's restore has barriers): one that fails inside it would
+      # leave the others waiting. Each checks its own data position first, and all agree.
+      if not _on_every_host(self._position_readable(step)):
+        first_error = first_error or "a host's data position does not read"
+        warnings.warn(f"checkpoint {step} in {self.directory}: a host's data position does not "
+                      "read; trying an older one", RuntimeWarning)
+        unreadable.append(step)
+        continue
       try:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
@@ -94,6 +104,19 @@ class Checkpointer:
                         "another worker_count or number of hosts (the saved data position's "
                         "format follows them)? Use its settings, or another --workdir")
     return None
+
+  def _position_readable(self, step: int) -> bool:
+    """This host's saved data position (Grain's JSON) parses, or there is none to read."""
+    path = os.path.join(self.directory, str(step), "data",
+                        f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    if not os.path.exists(path):
+      return True  # (another layout: the restore itself decides)
+    try:
+      with open(path) as f:
+        json.load(f)
+      return True
+    except (OSError, ValueError):
+      return False
 
   def _move_aside(self, steps) -> None:
     if not steps:
@@ -116,6 +139,13 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _on_every_host(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def latest_params(workdir: str) -> dict:
