@@ -19,6 +19,34 @@ class ArgumentParser(argparse.ArgumentParser):
     print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
     sys.exit(2)
 
+  def parse_args(self, args=None, namespace=None):
+    # argparse reports a flag no (sub-)parser knows from the top parser, whose --help lists no
+    # sub-command's flags: name the sub-command the flag was given to instead.
+    parsed, extras = self.parse_known_args(args, namespace)
+    if extras:
+      prog = getattr(parsed, _HELP_PROG, None) or self.prog
+      print(f"error: unrecognized arguments: {' '.join(extras)} (see {prog} --help)",
+            file=sys.stderr)
+      sys.exit(2)
+    if hasattr(parsed, _HELP_PROG):
+      delattr(parsed, _HELP_PROG)
+    return parsed
+
+  def add_subparsers(self, **kwargs):
+    action = super().add_subparsers(**kwargs)
+    add_parser = action.add_parser
+
+    def add_named_parser(name, **parser_kwargs):
+      parser = add_parser(name, **parser_kwargs)
+      parser.set_defaults(**{_HELP_PROG: parser.prog})
+      return parser
+
+    action.add_parser = add_named_parser
+    return action
+
+
+_HELP_PROG = "_cope_help_prog"  # the sub-command a parse used (removed before returning)
+
 
 def check_results_file(flag: str, path: str) -> None:
   """OSError unless ``path`` can be written as a results file: its folder exists and it is not

@@ -207,6 +207,10 @@ def test_bad_flags_exit_2(pan_clip, tmp_path):
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
   assert r.stderr.startswith("error: argument --size: invalid int value: 'abc'")
   assert "(see python -m cope_jax.codec extract --help)" in r.stderr
+  # so does a flag the sub-command does not know (argparse reports it from the top parser)
+  r = run_cli("extract", pan_clip, "--out", tmp_path / "x.npz", "--bogus")
+  assert r.returncode == 2 and r.stderr.strip() == (
+      "error: unrecognized arguments: --bogus (see python -m cope_jax.codec extract --help)")
 
 
 @pytest.mark.parametrize("command,suffix", [("extract", ".npz"), ("visualize", ".png")])
