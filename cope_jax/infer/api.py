@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from cope_jax.codec.errors import VideoError
-from cope_jax.codec.sampling import DELTA, KEYFRAME, SamplingConfig, plan_positions
+from cope_jax.codec.sampling import KEYFRAME, SamplingConfig, plan_positions
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt
 from cope_jax.infer import MODES, PromptTooLong, mode_sampling
@@ -185,8 +185,7 @@ class CoPE:
 
   def model_inputs(self, v: VideoInputs, question: str):
     """Batch-of-one model inputs (text padded to a length bucket) and the token counts."""
-    kf, dt = self.cfg.keyframe_tokens, self.cfg.delta_tokens
-    visual = int(np.sum(v.kinds == KEYFRAME) * kf + np.sum(v.kinds == DELTA) * dt)
+    visual = int(self.cfg.visual_positions(v.kinds))
     turns = with_video_prompt([("user", question)], v.duration_s, v.times.tolist())
     ids = generation_prompt(self.tok, turns[0][1])
     need = len(ids) - 1 + visual  # the placeholder becomes the visual tokens

@@ -113,9 +113,7 @@ def prompt_positions(cfg: VideoLMConfig, inputs: tuple) -> np.ndarray:
   placeholder, and the visual tokens of its frames in its place. Padding takes none."""
   ids, mask, kinds = np.asarray(inputs[0]), np.asarray(inputs[1]), np.asarray(inputs[5])
   has_image = (ids == IMAGE_TOKEN_ID).any(axis=1)
-  visual = ((kinds == 0).sum(axis=1) * cfg.keyframe_tokens
-            + (kinds == 1).sum(axis=1) * cfg.delta_tokens)
-  return mask.sum(axis=1) - has_image + np.where(has_image, visual, 0)
+  return mask.sum(axis=1) - has_image + np.where(has_image, cfg.visual_positions(kinds), 0)
 
 
 def _on_device(params: dict) -> dict:

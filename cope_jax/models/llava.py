@@ -51,6 +51,12 @@ class VideoLMConfig:
   def delta_tokens(self) -> int:
     return self.delta.num_tokens + 2
 
+  def visual_positions(self, kinds):
+    """LLM positions of the frames of ``kinds`` (…, T) (0 keyframe, 1 Δ-frame, −1 padding),
+    summed over the last axis (host arrays)."""
+    return ((kinds == 0).sum(axis=-1) * self.keyframe_tokens
+            + (kinds == 1).sum(axis=-1) * self.delta_tokens)
+
 
 class Projector(nn.Module):
   """LLaVA's ``mlp2x_gelu``: Linear → exact (erf) GELU → Linear."""
