@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
     ("The answer is a dog.", None), ("Answer: D", "D"),
     ("D", "D"), ("A red square", "A"), ("Answer: (d)", "D"), ("E", None), ("  B)  ", "B"),
     ("I think it is B", "B"),
+    # SPEC §5: the first standalone letter, even before a later "answer is"
+    ("B is wrong, the answer is C", "B"), ("the answer is (c)", "C"), ("the answer is c", None),
 ])
 def test_parse_letter(text, letter):
   assert parse_letter(text, 4) == letter
