@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--data", required=True,
                       help='MCQ JSONL: one {"video", "question", "options", "answer"} object per '
                       'line (video paths may be relative to the file; optional "family")')
+  parser.add_argument("--tokenizer", default=None,
+                      help="the tokenizers JSON file to use (default: the one the model was trained "
+                           "with, as its train_config.json names it — a path on the machine that "
+                           "trained it — or Qwen2's for a converted checkpoint)")
   parser.add_argument("--mode", default="cope", choices=MODES,
                       help="which frames the model sees (default cope; see above)")
   parser.add_argument("--keyframes-per-gop", type=int, default=1,
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
       if value is not None and value < 1:
         raise ValueError(f"{flag} must be >= 1, got {value}")
     questions = read_questions(args.data, args.limit)
-    model = CoPE.load(args.workdir)
+    model = CoPE.load(args.workdir, tokenizer=args.tokenizer)
     model.check_mode(args.mode)
   except (ValueError, OSError) as e:  # JSONDecodeError is a ValueError
     print(f"error: {e}", file=sys.stderr)

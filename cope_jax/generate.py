@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
                       "(a workdir trained on RGB frames only, as the demo's base model: the "
                       "dense and keyframes modes)")
   parser.add_argument("--video", required=True, help="any video PyAV reads (re-encoded if needed)")
+  parser.add_argument("--tokenizer", default=None,
+                      help="the tokenizers JSON file to use (default: the one the model was trained "
+                           "with, as its train_config.json names it — a path on the machine that "
+                           "trained it — or Qwen2's for a converted checkpoint)")
   parser.add_argument("--question", required=True, help="the user turn, asked after the video")
   parser.add_argument("--mode", default="cope", choices=MODES,
                       help="cope: keyframes + Δ-frames (default); keyframes: without the "
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     SamplingOptions(args.max_new_tokens, args.temperature, args.top_p)  # refused before loading
     mode_sampling(args.mode, args.keyframes_per_gop, args.min_change)
-    model = CoPE.load(args.workdir)
+    model = CoPE.load(args.workdir, tokenizer=args.tokenizer)
     answers = [model.ask(args.video, args.question, args.mode, args.keyframes_per_gop,
                          args.max_new_tokens, args.temperature, args.top_p,
                          min_change=args.min_change, dense_frames=args.dense_frames)
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
   except PromptTooLong as e:  # (a ValueError: named by the video it was asked about)
     print(f"error: {args.video}: {e}", file=sys.stderr)
     return 2
-  except (VideoError, FileNotFoundError, ValueError) as e:
+  except (VideoError, OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   answer, cold = answers[0], {}

@@ -93,3 +93,17 @@ def object_clip(clip_dir) -> str:
     synthetic_clips.write_clip(path, synthetic_clips.object_frames(61, 384, 384, (3, 2)),
                                fps=30, codec="mpeg2video", gop=15)
   return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+  """A tiny stage-2 workdir (2 steps on 24 synthetic videos) and its synthetic data folder."""
+  import json  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("stage2")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/finetune.py:tiny",
+                      f"--workdir={workdir}", "--config.total_steps=2",
+                      "--config.synthetic.videos=24"], capture_output=True, text=True,
+                     timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 0, r.stderr[-3000:]
+  config = json.loads((workdir / "train_config.json").read_text())
+  return workdir, os.path.join(config["data_dir"], "synthetic")

@@ -13,7 +13,6 @@ import pytest
 from cope_jax.evaluate import evaluate
 from cope_jax.infer.answers import parse_letter
 
-ROOT = os.path.dirname(os.path.dirname(__file__))
 
 
 @pytest.mark.parametrize("text,letter", [
@@ -34,18 +33,6 @@ def test_parse_letter(text, letter):
 ])
 def test_parse_letter_with_ten_options_reads_the_pronoun_i_as_no_letter(text, letter):
   assert parse_letter(text, 10) == letter
-
-
-@pytest.fixture(scope="module")
-def tiny_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("stage2")
-  r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/finetune.py:tiny",
-                      f"--workdir={workdir}", "--config.total_steps=2",
-                      "--config.synthetic.videos=24"], capture_output=True, text=True,
-                     timeout=600, cwd=ROOT)
-  assert r.returncode == 0, r.stderr[-3000:]
-  config = json.loads((workdir / "train_config.json").read_text())
-  return workdir, os.path.join(config["data_dir"], "synthetic")
 
 
 def test_generate_cli_json(tiny_workdir):

@@ -100,6 +100,8 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
                          f"{LETTERS[:len(options)]}")
       if not isinstance(q["video"], str) or not isinstance(q["question"], str):
         raise ValueError(f"{path}:{n}: video and question must be strings")
+      if not isinstance(q.get("family", ""), str):  # (accuracies are reported per family)
+        raise ValueError(f"{path}:{n}: family must be a string, got {q['family']!r}")
       q["video"] = q["video"] if os.path.isabs(q["video"]) else os.path.join(folder, q["video"])
       yield n, q
 

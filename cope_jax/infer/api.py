@@ -132,7 +132,16 @@ class CoPE:
     if not tokenizer:
       from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
       tokenizer = qwen2_tokenizer_file()
-    return cls(cfg, params, Tokenizer.from_file(tokenizer), codec, rgb_only)
+    if not os.path.isfile(tokenizer):
+      raise FileNotFoundError(f"{tokenizer}: no such tokenizer file (--tokenizer FILE, or "
+                              "CoPE.load(..., tokenizer=FILE), names another)")
+    try:
+      tok = Tokenizer.from_file(tokenizer)
+    except Exception as e:  # pylint: disable=broad-except  (the library raises plain Exception)
+      raise ValueError(f"{tokenizer}: not a tokenizers JSON file ({e})") from None
+    if tok.token_to_id("<|im_end|>") is None:  # (the token generation stops at)
+      raise ValueError(f"{tokenizer}: has no <|im_end|> token: not a Qwen2 chat tokenizer")
+    return cls(cfg, params, tok, codec, rgb_only)
 
   def check_mode(self, mode: str) -> None:
     """ValueError unless this model can answer in ``mode``."""
@@ -153,7 +162,9 @@ class CoPE:
     if mode == "dense":
       return self._dense(video, dense_frames, start)
     from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
-    p = extract_primitives(video, size=self.codec_size, sampling=sampling)
+    # min_frames=1: a clip shorter than one fusion window is one keyframe and no Δ-frame, as
+    # the budget counts it, and every mode answers about the same videos
+    p = extract_primitives(video, size=self.codec_size, sampling=sampling, min_frames=1)
     kinds, times, mv, residual = p.kinds, p.times, p.mv, p.residual
     if mode == "keyframes":
       keep = kinds == KEYFRAME

@@ -41,5 +41,10 @@ def save(cfg: VideoLMConfig, path: str) -> None:
 
 
 def load(path: str) -> VideoLMConfig:
+  """ValueError naming ``path`` if it is not a model config this version writes."""
   with open(path) as f:
-    return from_dict(json.load(f))
+    try:
+      return from_dict(json.load(f))
+    except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+      raise ValueError(f"{path}: not a model config written by cope_jax "
+                       f"({type(e).__name__}: {e})") from None

@@ -1,0 +1,96 @@
+"""What generate and evaluate accept: short clips in every mode, and a broken workdir, tokenizer
+or data line as one ``error:`` line and exit status 2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cope_jax.codec import synthetic_clips
+
+MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", f"cope_jax.{module}", *args], capture_output=True,
+                        text=True, timeout=600)
+
+
+def _one_error_line(r: subprocess.CompletedProcess, *named: str) -> None:
+  assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1 and all(n in r.stderr for n in named), r.stderr
+
+
+def test_a_clip_shorter_than_one_fusion_window_is_answered_in_every_mode(tiny_workdir, tmp_path):
+  """20 frames (under the 31 a Δ-frame needs): one keyframe, as the budget counts such a clip;
+  every mode asks about the same videos, so their accuracies compare."""
+  workdir, _ = tiny_workdir
+  clip = tmp_path / "short.mp4"
+  synthetic_clips.write_clip(clip, synthetic_clips.object_frames(20, 64, 64, (2, 1)), fps=30)
+  data = tmp_path / "q.jsonl"
+  data.write_text(json.dumps({"video": "short.mp4", "question": "Q?", "options": ["a", "b"],
+                              "answer": "A"}) + "\n")
+  tokens = {}
+  for mode in MODES:
+    out = tmp_path / f"{mode}.json"
+    r = _run("evaluate", "--workdir", str(workdir), "--data", str(data), "--mode", mode,
+             "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["n"] == 1 and not res.get("skipped"), res
+    tokens[mode] = res["visual_tokens_mean"]
+  # one keyframe (20 tokens at tiny scale), no Δ-frame; dense: the 20 frames there are
+  assert tokens == {"cope": 20, "keyframes": 20, "dense": 20 * 20, "cope_zero_delta": 20}
+
+
+def test_a_missing_or_broken_tokenizer_is_one_error_line_and_can_be_named(tiny_workdir,
+                                                                         tmp_path):
+  """A workdir names its tokenizer by the training machine's path (the tiny recipes' cache): a
+  copy elsewhere must say so, and --tokenizer points at another."""
+  workdir, synth = tiny_workdir
+  copy = tmp_path / "copied"
+  shutil.copytree(workdir, copy)
+  train = json.loads((copy / "train_config.json").read_text())
+  tokenizer, train["tokenizer"] = train["tokenizer"], str(tmp_path / "gone" / "tokenizer.json")
+  (copy / "train_config.json").write_text(json.dumps(train))
+  video = os.path.join(synth, "videos", "00000.mp4")
+  ask = ("generate", "--workdir", str(copy), "--video", video, "--question", "What moves?",
+         "--max-new-tokens", "2", "--json")
+  _one_error_line(_run(*ask), "gone/tokenizer.json: no such tokenizer file", "--tokenizer")
+  (tmp_path / "junk.json").write_text("{}")
+  _one_error_line(_run(*ask, "--tokenizer", str(tmp_path / "junk.json")),
+                  "junk.json: not a tokenizers JSON file")
+  r = _run(*ask, "--tokenizer", tokenizer)
+  assert r.returncode == 0 and json.loads(r.stdout)["visual_tokens"] == 90, r.stderr[-2000:]
+  data = os.path.join(synth, "test.jsonl")
+  _one_error_line(_run("evaluate", "--workdir", str(copy), "--data", data, "--out",
+                       str(tmp_path / "r.json")), "no such tokenizer file")
+  r = _run("evaluate", "--workdir", str(copy), "--data", data, "--out", str(tmp_path / "r.json"),
+           "--limit", "1", "--quiet", "--tokenizer", tokenizer)
+  assert r.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["n"] == 1, r.stderr
+
+
+@pytest.mark.parametrize("content", ["{}", '{"vision": 3}', "not json"])
+def test_a_broken_model_config_is_one_error_line(tiny_workdir, tmp_path, content):
+  workdir, synth = tiny_workdir
+  copy = tmp_path / "copied"
+  shutil.copytree(workdir, copy)
+  (copy / "model_config.json").write_text(content)
+  r = _run("generate", "--workdir", str(copy), "--video",
+           os.path.join(synth, "videos", "00000.mp4"), "--question", "Q?")
+  _one_error_line(r, "model_config.json: not a model config written by cope_jax")
+
+
+def test_a_family_that_is_not_a_string_is_refused_before_loading(tmp_path):
+  """Accuracies are reported per family, sorted by name: a null family used to crash evaluate
+  after every question was asked."""
+  good = {"video": "a.mp4", "question": "Q?", "options": ["a", "b"], "answer": "A"}
+  (tmp_path / "q.jsonl").write_text(json.dumps({**good, "family": "appearance"}) + "\n"
+                                    + json.dumps({**good, "family": None}) + "\n")
+  r = _run("evaluate", "--workdir", str(tmp_path / "no_model"), "--data",
+           str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "r.json"))
+  _one_error_line(r, "q.jsonl:2: family must be a string, got None")
+  assert not (tmp_path / "r.json").exists()
