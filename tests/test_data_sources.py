@@ -105,6 +105,10 @@ def test_llava_video_annotations(tmp_path, pan_clip):
     ({"answer": "E"}, "option letters ABCD"), ({"options": "abcd"}, "options must be a list"),
     ({"options": ["a"], "answer": "A"}, "options must be a list of 2"),
     ({"options": [str(i) for i in range(11)]}, "options must be a list of 2 to 10"),
+    # a shard split's name, and a family accuracies are grouped by (TFDS and sorted() failed)
+    ({"split": None}, "q.jsonl:1: split must be a name like train or test, got None"),
+    ({"split": 5}, "split must be a name"), ({"split": ""}, "got ''"),
+    ({"split": "my split"}, "got 'my split'"), ({"family": 5}, "q.jsonl:1: family must be a string"),
 ])
 def test_mcq_lines_are_checked(tmp_path, line, named):
   path = tmp_path / "q.jsonl"

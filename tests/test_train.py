@@ -209,6 +209,8 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
     for f in files:
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"garbage")
+  with open(tmp_path / "metrics.jsonl", "a") as f:  # a record cut short by a crash
+    f.write('{"step": 9, "loss": 0.5, "lear')
   r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=10")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "trying an older one" in r.stderr and "resumed from step 4" in r.stdout
@@ -221,9 +223,14 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
 def test_checkpoints_of_another_model_stop_the_run(tmp_path):
   """None restores (another Δ-encoder): an error, not a silent start from scratch."""
   assert run("pretrain.py:tiny", tmp_path, "--config.total_steps=4").returncode == 0
+  model_config = (tmp_path / "model_config.json").read_text()
   r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=8", "--config.model.delta=compact")
-  assert r.returncode == 2 and "restores into this config" in r.stderr, r.stderr[-2000:]
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+  assert "restores into this config" in errors[0] and "Use its settings" in errors[0]
   assert "Traceback" not in r.stderr and os.listdir(tmp_path / "checkpoints") == ["4"]
+  # the refused run left the workdir as it was: inference still rebuilds the trained model
+  assert (tmp_path / "model_config.json").read_text() == model_config
 
 
 def test_nan_stops_the_run_naming_the_step(tmp_path):

@@ -127,3 +127,11 @@ def summed_cross_entropy(logits, targets, weights):
   logp = jax.nn.log_softmax(logits, -1)
   picked = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
   return float(-(picked * weights).sum())
+
+
+def test_no_warm_up_trains_the_first_step_at_the_peak_rate():
+  from cope_jax.train.optim import schedule  # pylint: disable=import-outside-toplevel
+  no_warmup, warmup = schedule(1e-3, 0, 100), schedule(1e-3, 10, 100)
+  assert float(no_warmup(0)) == pytest.approx(1e-3) and float(no_warmup(100)) == 0.0
+  assert float(no_warmup(50)) == pytest.approx(5e-4, rel=1e-5)
+  assert float(warmup(0)) == 0.0 and float(warmup(10)) == pytest.approx(1e-3)

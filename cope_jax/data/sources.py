@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Iterator
 
 LETTERS = "ABCDEFGHIJ"
@@ -102,6 +103,9 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
         raise ValueError(f"{path}:{n}: video and question must be strings")
       if not isinstance(q.get("family", ""), str):  # (accuracies are reported per family)
         raise ValueError(f"{path}:{n}: family must be a string, got {q['family']!r}")
+      split = q.get("split", "train")  # (a shard split's name: letters, digits, underscores)
+      if not isinstance(split, str) or not re.fullmatch(r"\w+", split):
+        raise ValueError(f"{path}:{n}: split must be a name like train or test, got {split!r}")
       q["video"] = q["video"] if os.path.isabs(q["video"]) else os.path.join(folder, q["video"])
       yield n, q
 

@@ -91,7 +91,8 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(iterator)))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
-        first_error = first_error or f"{type(e).__name__}: {str(e)[:300]}"
+        # (one line: Orbax's messages span several)
+        first_error = first_error or f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         warnings.warn(f"checkpoint {step} in {self.directory} is unreadable ({first_error}); "
                       "trying an older one", RuntimeWarning)
         unreadable.append(step)

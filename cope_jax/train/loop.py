@@ -212,16 +212,14 @@ def memory_report(compiled) -> str:
 
 def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:  # (check_folder cannot tell every case: root may write where none can)
+    raise ConfigError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
   task = TASKS[config.stage](config, shard_dir(config.data_dir, config.stage))
   mesh = make_mesh(dict(config.mesh))
   check_batch_layout(mesh, config.batch_size)
   main = jax.process_index() == 0
-  if main:  # what inference needs to rebuild the model from this workdir
-    from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
-    config_io.save(task.cfg, os.path.join(workdir, "model_config.json"))
-    with open(os.path.join(workdir, "train_config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
   program = TrainProgram(config, task, mesh)
   # Frozen parts are not in the checkpoints: they are loaded on every start, a resume included.
   trained_over, frozen_over, note = task.pretrained()
@@ -242,6 +240,11 @@ def train(config, workdir: str) -> int:
             flush=True)
     else:
       print(f"resumed from step {step0} in {ckpt.directory}", flush=True)
+  if main:  # what inference needs to rebuild the model: once the checkpoints fit this config
+    from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
+    config_io.save(task.cfg, os.path.join(workdir, "model_config.json"))
+    with open(os.path.join(workdir, "train_config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
   mesh = program.mesh
 
   profile = tuple(int(x) for x in config.profile_steps.split(":")) if config.profile_steps else ()

@@ -8,14 +8,26 @@ import os
 import time
 
 
+def _logged_step(line: str) -> int | None:
+  """The step of a whole record, or None."""
+  if not line.endswith("\n"):
+    return None
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 def _drop_steps_after(path: str, step: int) -> None:
   """A run resumed from the checkpoint of ``step`` logs the later steps again: their first
-  records go, so that the file keeps one object per logged step."""
+  records go, so that the file keeps one object per logged step. So does a line cut short (a
+  crash or a full disk mid-write), which the next record would otherwise be appended to."""
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = f.readlines()
-  kept = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+  steps = [_logged_step(line) for line in lines]
+  kept = [line for line, logged in zip(lines, steps) if logged is not None and logged <= step]
   if len(kept) < len(lines):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:

@@ -8,7 +8,11 @@ import optax
 
 
 def schedule(peak: float, warmup: int, total: int) -> optax.Schedule:
-  return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(total, warmup + 1),
+  """Linear warm-up from 0 over ``warmup`` steps, then cosine to 0 at ``total``; no warm-up:
+  the peak from the first step (optax's own schedule would spend step 0 at rate 0)."""
+  if warmup == 0:
+    return optax.cosine_decay_schedule(peak, max(total, 1), alpha=0.0)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1),
                                             end_value=0.0)
 
 

@@ -85,6 +85,8 @@ def check_folder(name: str, path: str) -> None:
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
     raise ConfigError(f"{name}={path}: {existing} is a file, not a folder")
+  if existing != os.path.abspath(path) and not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f"{name}={path}: cannot create it ({existing} is not writable)")
 
 
 def check_local_path(name: str, path: str) -> None:
@@ -197,6 +199,22 @@ def _check_optimiser(config) -> None:
                       f"{o.warmup_steps}")
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # the model's compute dtypes
+
+
+def _check_loader(config) -> None:
+  """Seeds, the data loader's sizes and the model's dtype (Grain, NumPy and JAX refuse them later
+  with tracebacks, after the synthetic data is made)."""
+  for key, seed in (("seed", config.seed), ("synthetic.seed", config.synthetic.seed)):
+    if not 0 <= seed < 2**32:
+      raise ConfigError(f"{key} must be from 0 to 2**32 - 1, got {seed}")
+  for key in ("worker_count", "read_threads", "prefetch_batches"):
+    if config[key] < 0:
+      raise ConfigError(f"{key} must be >= 0, got {config[key]}")
+  if config.model.dtype not in DTYPES:
+    raise ConfigError(f"model.dtype must be one of {DTYPES}, got {config.model.dtype!r}")
+
+
 def check_settings(config, device_count: int, process_count: int = 1) -> None:
   """The recipe's values alone, without its data (ConfigError): checked before any is made."""
   from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
@@ -220,6 +238,7 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
                         f"{config.profile_steps!r}")
   check_mesh_and_batch(config, device_count, process_count)
   _check_optimiser(config)
+  _check_loader(config)
   cfg = model_config(config)
   if config.codec_size % cfg.delta.patch:
     raise ConfigError(f"codec_size {config.codec_size} is not a multiple of the Δ-encoder's "

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cope_jax.codec.errors import ConfigError
 from cope_jax.data.pipeline import (PipelineConfig, finetune_dataset, pad_to_length,
                                     pretrain_dataset)
 from cope_jax.models import presets
@@ -16,6 +17,16 @@ from cope_jax.models.delta_encoder import Stage1Predictor, patchwise_mse
 from cope_jax.models.layers import length_blocks
 from cope_jax.models.llava import VideoLM, init_inputs, spliced_targets
 from cope_jax.models.siglip import Siglip
+
+
+def _read_checkpoint(key: str, read, path: str):
+  """``read(path)``, or a ConfigError naming the setting in one line: the folder exists
+  (``check_inputs``), but Orbax fails on a wrong or damaged one in many ways."""
+  try:
+    return read(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"--config.{key}={path}: not a readable checkpoint ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:300]})") from None
 
 
 def model_config(config):
@@ -62,8 +73,9 @@ class PretrainTask:
       return {}, {}, ("no vision_checkpoint: the frozen vision encoder is RANDOM (fine for :tiny "
                       "smoke runs; real runs use the converted LLaVA-Video SigLIP)")
     from cope_jax.models.checkpoints import load_params  # pylint: disable=import-outside-toplevel
-    params, _ = load_params(path)
-    return {}, {"vision_tower": params["vision_tower"]}, f"vision encoder from {path}"
+    vision = _read_checkpoint("vision_checkpoint", lambda p: load_params(p)[0]["vision_tower"],
+                              path)
+    return {}, {"vision_tower": vision}, f"vision encoder from {path}"
 
   def loss(self, trained, frozen, batch):
     vis = lambda x: jax.lax.stop_gradient(  # noqa: E731
@@ -114,15 +126,17 @@ class FinetuneTask:
     from cope_jax.models.checkpoints import load_params  # pylint: disable=import-outside-toplevel
     loaded, notes = {}, []
     if self.config.init_checkpoint:
-      params, _ = load_params(self.config.init_checkpoint)
+      params = _read_checkpoint("init_checkpoint", lambda p: load_params(p)[0],
+                                self.config.init_checkpoint)
       loaded.update({k: v for k, v in params.items() if k != "delta_encoder"})
       notes.append(f"vision, projector, LLM from {self.config.init_checkpoint}")
     else:
       notes.append("no init_checkpoint: vision, projector and LLM start RANDOM (fine for :tiny)")
     if self.config.stage1_checkpoint:
       from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
-      stage1 = latest_params(self.config.stage1_checkpoint)
-      loaded["delta_encoder"] = stage1["delta_encoder"]
+      loaded["delta_encoder"] = _read_checkpoint(
+          "stage1_checkpoint", lambda p: latest_params(p)["delta_encoder"],
+          self.config.stage1_checkpoint)
       notes.append(f"Δ-encoder from stage 1 at {self.config.stage1_checkpoint}")
     else:
       notes.append("no stage1_checkpoint: the Δ-encoder starts from RANDOM weights")

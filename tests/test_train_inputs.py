@@ -1,0 +1,62 @@
+"""Training inputs refused by name, in one ``error:`` line, before anything is made: seeds, the
+loader's sizes, the model's dtype, a workdir that cannot be created, and a checkpoint to start
+from that does not read."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cope_jax.codec.errors import ConfigError
+from cope_jax.demo.recipe import load_recipe
+from cope_jax.train import prepare
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("seed", -1, "seed must be from 0 to 2**32 - 1, got -1"),
+    ("seed", 2**32, "seed must be from 0 to 2**32 - 1"),
+    ("synthetic.seed", -2, "synthetic.seed must be from 0 to 2**32 - 1, got -2"),
+    ("read_threads", -1, "read_threads must be >= 0, got -1"),
+    ("prefetch_batches", -1, "prefetch_batches must be >= 0"),
+    ("worker_count", -3, "worker_count must be >= 0"),
+    ("model.dtype", "foo", "model.dtype must be one of ('float32', 'bfloat16', 'float16')"),
+])
+def test_loader_seed_and_dtype_values_are_refused_by_name(key, value, message):
+  """Grain, NumPy and JAX refuse these too, but with tracebacks and after the data is made."""
+  config = load_recipe("pretrain", "tiny")
+  with config.unlocked():
+    parent, _, leaf = key.rpartition(".")
+    (config[parent] if parent else config)[leaf] = value
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+                     .replace("*", r"\*")):
+    prepare.check_settings(config, device_count=8)
+
+
+def test_a_workdir_that_cannot_be_created_is_one_error_line(tmp_path):
+  """Under /proc no one can make a folder, root included (for whom every folder is writable)."""
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/pretrain.py:tiny",
+                      "--workdir=/proc/cope_jax_test/run", "--config.synthetic.videos=24",
+                      "--config.total_steps=1"], capture_output=True, text=True, timeout=600,
+                     cwd=ROOT)
+  assert r.returncode == 2 and r.stderr.startswith("error: --workdir=/proc/cope_jax_test/run: "
+                                                   "cannot create it"), r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", ["stage1_checkpoint", "init_checkpoint"])
+def test_a_checkpoint_to_start_from_that_does_not_read_is_one_error_line(tmp_path, key):
+  """The folder exists, so only reading it fails (Orbax raises many kinds of errors): one line
+  naming the setting, and the fresh workdir gets no config files a later run would trust."""
+  (tmp_path / "empty").mkdir()
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/finetune.py:tiny",
+                      f"--workdir={tmp_path / 'w'}", "--config.synthetic.videos=24",
+                      "--config.total_steps=1", f"--config.{key}={tmp_path / 'empty'}"],
+                     capture_output=True, text=True, timeout=600, cwd=ROOT)
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+  assert f"--config.{key}={tmp_path / 'empty'}: not a readable checkpoint" in errors[0]
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(tmp_path / "w" / "model_config.json")
