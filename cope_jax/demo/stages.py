@@ -107,8 +107,10 @@ def train_stage(name: str, config, workdir: str) -> dict:
   # it falls when the loss relative to copying the reference falls.
   rel = lambda r: r["loss"] / r.get("copy_reference_mse", 1.0)  # noqa: E731
   summary["loss_fell"] = bool(rel(summary["last"]) < rel(summary["first"]))
-  extra = ", copy-reference MSE {:.4f}".format(summary["last"]["copy_reference_mse"]) \
-      if "copy_reference_mse" in summary["last"] else ""
+  # (one batch each: stage 1's batches differ most in how much moved, so the ratio tells)
+  extra = (f", copy-reference MSE {summary['last']['copy_reference_mse']:.4f}; relative to "
+           f"copying the reference {rel(summary['first']):.3f} -> {rel(summary['last']):.3f}"
+           if "copy_reference_mse" in summary["last"] else "")
   log(f"[{name}] loss {summary['first']['loss']:.4f} -> {summary['last']['loss']:.4f}{extra}")
   return summary
 
