@@ -73,6 +73,11 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
                              force=force)
 
+  def has_steps(self) -> bool:
+    """Whether any checkpoint is there (readable or not): a restore will either return one or
+    raise."""
+    return bool(self.manager.all_steps())
+
   def restore(self, abstract_state, iterator):
     """(step, state) of the newest readable checkpoint, or None if there is none; ``iterator``
     is set to that checkpoint's data position."""

@@ -231,6 +231,8 @@ def train(config, workdir: str) -> int:
     # hosts meet here first, on the coordination service, however long each took to get here.
     _wait_for_every_process("cope_started")
   ckpt = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
+  if ckpt.has_steps():  # a resume (or an error): the restore makes the trained state anew, and
+    state = None        # two copies of a large model's parameters and Adam moments may not fit
   restored = ckpt.restore(program.abstract_state, iterator)
   if restored is not None:
     step0, state = restored
