@@ -60,3 +60,23 @@ def test_a_checkpoint_to_start_from_that_does_not_read_is_one_error_line(tmp_pat
   assert f"--config.{key}={tmp_path / 'empty'}: not a readable checkpoint" in errors[0]
   assert "Traceback" not in r.stderr
   assert not os.path.exists(tmp_path / "w" / "model_config.json")
+
+
+def test_a_resume_that_would_batch_the_data_otherwise_is_refused(tmp_path):
+  """The saved data position is a batch count: with another batch size or seed it would mean
+  other examples, silently."""
+  def train(*overrides):
+    return subprocess.run([sys.executable, "-m", "cope_jax.train",
+                           "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path}",
+                           "--config.synthetic.videos=24", "--config.checkpoint_every=2",
+                           *overrides], capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert train("--config.total_steps=2").returncode == 0
+  saved = (tmp_path / "train_config.json").read_text()
+  r = train("--config.total_steps=4", "--config.batch_size=8", "--config.seed=3")
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+  assert "batched its data otherwise (batch_size 16 → 8, seed 0 → 3)" in errors[0]
+  assert (tmp_path / "train_config.json").read_text() == saved
+  assert os.listdir(tmp_path / "checkpoints") == ["2"]
+  r = train("--config.total_steps=4")  # the same settings, more steps: resumes
+  assert r.returncode == 0 and "resumed from step 2" in r.stdout, r.stderr[-2000:]

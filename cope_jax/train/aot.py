@@ -60,7 +60,7 @@ def main(argv, topology: str | None = None) -> None:
                jax.devices())
     config = flags.FLAGS.config
     hosts = len({getattr(d, "process_index", 0) for d in devices})
-    prepare.check_mesh_and_batch(config, len(devices), hosts)
+    prepare.check_settings(config, len(devices), hosts)
     task = TASKS[config.stage](config, shards="")
     mesh = make_mesh(dict(config.mesh), devices)
     prepare.check_batch_layout(mesh, config.batch_size)

@@ -8,6 +8,7 @@ the length buckets), and its memory use is printed per device.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -210,6 +211,26 @@ def memory_report(compiled) -> str:
           f", outputs {mem.output_size_in_bytes / 2**30:.3f}, aliased {mem.alias_size_in_bytes / 2**30:.3f})")
 
 
+# What decides which examples make each batch: the saved data position is a batch count, so a
+# resume with any of these changed would silently skip or repeat data.
+DATA_ORDER_KEYS = ("batch_size", "seed", "split", "group_by_length")
+
+
+def check_same_data_order(config, workdir: str) -> None:
+  """ConfigError if the run being resumed (its ``train_config.json``) batched its data otherwise."""
+  path = os.path.join(workdir, "train_config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    before = json.load(f)
+  changed = [f"{k} {before[k]!r} → {config.get(k)!r}" for k in DATA_ORDER_KEYS
+             if k in before and before[k] != config.get(k)]
+  if changed:
+    raise ConfigError(f"the run in {workdir} batched its data otherwise ({', '.join(changed)}): "
+                      "its saved data position would mean other examples; resume with its "
+                      "settings, or use another --workdir")
+
+
 def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
   try:
@@ -233,6 +254,7 @@ def train(config, workdir: str) -> int:
   ckpt = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
   if ckpt.has_steps():  # a resume (or an error): the restore makes the trained state anew, and
     state = None        # two copies of a large model's parameters and Adam moments may not fit
+    check_same_data_order(config, workdir)
   restored = ckpt.restore(program.abstract_state, iterator)
   if restored is not None:
     step0, state = restored
