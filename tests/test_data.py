@@ -45,8 +45,20 @@ def test_report_and_storage_figures(synth_build):
     assert report["written"] == 10 and report["skipped"] == []
     assert report["bytes"] > 0 and report["video_seconds"] == pytest.approx(80.0)
     assert report["ratio_to_reencoded_mpeg4"] > 0
-    assert json.loads((out / "report.json").read_text())["stage"] in ("pretrain", "finetune")
+    # report.json is the last build's; each stage keeps its own for training's checks
+    assert json.loads((out / f"report_{stage}.json").read_text()) == report
+  assert json.loads((out / "report.json").read_text()) == reports["finetune"]
   assert sum(reports["pretrain"]["records"].values()) == 10 * 7  # 7 Δ-frame pairs per 8 s video
+
+
+def test_training_checks_a_stage_against_its_own_build_report(tmp_path):
+  """Shards of two stages at two sizes in one folder: each stage is checked against its own."""
+  from cope_jax.train.prepare import _build_report  # pylint: disable=import-outside-toplevel
+  (tmp_path / "report.json").write_text(json.dumps({"stage": "finetune", "size": 32}))
+  assert _build_report(str(tmp_path), "pretrain") == {}  # (the last build was another stage's)
+  assert _build_report(str(tmp_path), "finetune")["size"] == 32
+  (tmp_path / "report_pretrain.json").write_text(json.dumps({"stage": "pretrain", "size": 64}))
+  assert _build_report(str(tmp_path), "pretrain")["size"] == 64
 
 
 def test_round_trip_matches_codec_extract(synth_build):

@@ -128,10 +128,16 @@ def test_a_build_with_nothing_to_write_keeps_the_previous_shards(tmp_path, pan_c
   settings = ExtractSettings(64, SamplingConfig())
   build("eval", items("good.mp4"), str(tmp_path / "o"), settings, workers=1, progress=False)
   before = sorted(os.listdir(shard_dir(str(tmp_path / "o"), "eval")))
-  with pytest.raises(ConfigError, match="no eval record to write from 0 readable of 1 videos"):
+  with pytest.raises(ConfigError, match="no eval record to write from 0 readable of 1 videos "
+                                        r"\(1 skipped, the first: .*missing.mp4: no such file"):
     build("eval", items("missing.mp4"), str(tmp_path / "o"), settings, workers=1,
           progress=False)
   assert sorted(os.listdir(shard_dir(str(tmp_path / "o"), "eval"))) == before
+  # a first build that writes nothing leaves no empty shard folder behind
+  with pytest.raises(ConfigError, match="no eval record"):
+    build("eval", items("missing.mp4"), str(tmp_path / "fresh"), settings, workers=1,
+          progress=False)
+  assert os.listdir(tmp_path / "fresh") == ["cache"]
   r = subprocess.run([sys.executable, "-m", "cope_jax.data", "build", "--stage", "eval",
                       "--source", "mcq", "--annotations", str(tmp_path / "q.jsonl"), "--out",
                       str(tmp_path / "o"), "--size", "64", "--quiet"],
@@ -208,3 +214,25 @@ def test_extract_settings_are_checked_when_made():
   with pytest.raises(ConfigError, match="quantizer"):
     ExtractSettings(64, SamplingConfig(), quantizer=1)
   assert ExtractSettings(64, SamplingConfig(), quantizer=31).size == 64
+
+
+def test_a_damaged_or_unfinished_cache_entry_is_extracted_again(tmp_path, pan_clip, monkeypatch):
+  """A crash can leave an entry cut short (no fsync before the rename), and a failed write its
+  temporary file: neither may stop a rebuild or stay behind."""
+  from cope_jax.data import primitive_cache  # pylint: disable=import-outside-toplevel
+  settings = ExtractSettings(64, SamplingConfig())
+  path = str(tmp_path / "entry.npz")
+  assert primitive_cache._extract_one((pan_clip, path, settings)) == (pan_clip, None)
+  whole = primitive_cache.load(path)
+  with open(path, "r+b") as f:
+    f.truncate(1000)
+  assert primitive_cache._extract_one((pan_clip, path, settings)) == (pan_clip, None)
+  assert primitive_cache.load(path).kinds.tolist() == whole.kinds.tolist()
+  os.remove(path)
+
+  def full_disk(f, **arrays):
+    f.write(b"partial")
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(primitive_cache.np, "savez", full_disk)
+  video, reason = primitive_cache._extract_one((pan_clip, path, settings))
+  assert "No space left on device" in reason and os.listdir(tmp_path) == []

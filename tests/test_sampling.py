@@ -82,7 +82,9 @@ def test_dense_sampling_is_llava_videos_uniform_frames():
 
 @pytest.mark.parametrize("bad", [dict(fusion=7), dict(keyframes_per_gop=9), dict(gop=0),
                                  dict(max_gops=0), dict(uniform_frames=-1),
-                                 dict(uniform_frames=8, min_change=4)])
+                                 dict(uniform_frames=8, min_change=4),
+                                 # FFmpeg's MPEG-4 encoder puts an I-frame every 600 frames at most
+                                 dict(gop=720), dict(fps=241), dict(max_gops=4097)])
 def test_invalid_sampling_is_rejected(bad):
   with pytest.raises(ConfigError):
     SamplingConfig(**bad).validate()
@@ -110,10 +112,22 @@ def test_budget_cli_gop_fps_and_max_gops(capsys, flags, tokens, gops):
   assert out["cope_tokens"] == tokens and out["gops"] == gops and out["dense_tokens"] == 13440
 
 
-def test_budget_cli_bad_config(capsys):
-  assert cli.main(["budget", "--duration", "64", "--fusion", "7"]) == 2
+@pytest.mark.parametrize("flags,named", [
+    (["--fusion", "7"], "fusion"), (["--fps", "10" + "0" * 20], "fps must be at most 240"),
+    (["--gop", "1" + "0" * 30, "--fusion", "1" + "0" * 30], "gop must be at most 600"),
+    (["--max-gops", "1000000000", "--gop", "1", "--fusion", "1"], "max_gops must be at most"),
+])
+def test_budget_cli_bad_config(capsys, flags, named):
+  """Out-of-range values used to overflow NumPy or C longs, or allocate gigabytes."""
+  assert cli.main(["budget", "--duration", "64", *flags]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("error:") and "fusion" in err[0]
+  assert len(err) == 1 and err[0].startswith("error:") and named in err[0], err
+
+
+def test_a_gop_the_encoder_would_not_keep_is_refused_before_encoding():
+  from cope_jax.codec.reencode import EncodeSpec  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match="gop must be in \\[1, 600\\]"):
+    EncodeSpec(size=64, gop=720).validate()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import av.filter
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.motion import MAX_SIZE
 from cope_jax.codec.probe import decode_frames, display_rotation, open_video
+from cope_jax.codec.sampling import MAX_FPS, MAX_GOP
 
 # FFmpeg filter chains that turn a frame rotated by the key (degrees counter-clockwise, as PyAV
 # reports the display matrix) upright.
@@ -43,10 +44,11 @@ class EncodeSpec:
     if self.size > MAX_SIZE:
       raise ConfigError(f"size must be at most {MAX_SIZE} (motion-vector positions are int16 "
                         f"quarter-pels), got {self.size}")
-    if not 1 <= self.fps <= 240:
-      raise ConfigError(f"fps must be in [1, 240], got {self.fps}")
-    if self.gop < 1:
-      raise ConfigError(f"gop must be >= 1, got {self.gop}")
+    if not 1 <= self.fps <= MAX_FPS:
+      raise ConfigError(f"fps must be in [1, {MAX_FPS}], got {self.fps}")
+    if not 1 <= self.gop <= MAX_GOP:  # (beyond it the encoder would put I-frames elsewhere)
+      raise ConfigError(f"gop must be in [1, {MAX_GOP}] (FFmpeg's MPEG-4 encoder puts an I-frame "
+                        f"at least every {MAX_GOP} frames), got {self.gop}")
     if not 2 <= self.quantizer <= 31:
       raise ConfigError(f"quantizer must be in [2, 31], got {self.quantizer}")
     return self

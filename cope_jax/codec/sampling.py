@@ -52,6 +52,11 @@ DELTA_TOKENS = 8 + 2
 DENSE_FRAMES = 64  # LLaVA-Video samples 64 frames uniformly, whatever the length.
 
 
+MAX_FPS = 240
+MAX_GOP = 600     # FFmpeg's MPEG-4 encoder caps gop_size there (more needs strict=experimental)
+MAX_GOPS = 4096
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """How a video is re-encoded and sampled. Defaults are the paper's."""
@@ -72,6 +77,12 @@ class SamplingConfig:
     for name in ("fps", "gop", "fusion", "keyframes_per_gop", "max_gops"):
       if getattr(self, name) < 1:
         raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+    for name, most, why in (("fps", MAX_FPS, "the re-encoder's range"),
+                            ("gop", MAX_GOP, "FFmpeg's MPEG-4 encoder puts an I-frame at least "
+                                             "every 600 frames"),
+                            ("max_gops", MAX_GOPS, "about 9 hours of 8 s GOPs")):
+      if getattr(self, name) > most:
+        raise ConfigError(f"{name} must be at most {most} ({why}), got {getattr(self, name)}")
     if not 0 <= self.min_change <= 255:
       raise ConfigError(f"min_change must be within 0-255 grey levels, got {self.min_change}")
     if self.uniform_frames < 0 or (self.uniform_frames and self.min_change):

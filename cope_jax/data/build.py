@@ -117,11 +117,16 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
     shutil.rmtree(directory, ignore_errors=True)
     if os.path.exists(previous):
       os.replace(previous, directory)
+    for empty in (os.path.dirname(directory), os.path.join(out, "downloads", "extracted"),
+                  os.path.join(out, "downloads")):
+      if os.path.isdir(empty) and not os.listdir(empty):  # (TFDS's, for shards never written)
+        os.rmdir(empty)
     if not (isinstance(e, AssertionError) and "No examples" in str(e)):
       raise
+    first = f", the first: {skipped[0]['video']}: {skipped[0]['reason']}" if skipped else ""
     raise ConfigError(
         f"no {stage} record to write from {len(kept)} readable of {len(items)} videos "
-        f"({len(skipped)} skipped; TFDS: {e}); each {stage} record needs "
+        f"({len(skipped)} skipped{first}; TFDS: {e}); each {stage} record needs "
         + {"pretrain": "a Δ-frame", "finetune": "a conversation",
            "eval": "a question"}[stage] + "; the previous shards, if any, are kept") from None
   shutil.rmtree(previous, ignore_errors=True)
@@ -138,4 +143,6 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
       "sampling": settings.sampling.__dict__,
   }
   write_json(os.path.join(out, "report.json"), report)
+  # (report.json is the last build's; training checks a stage's shards against its own)
+  write_json(os.path.join(out, f"report_{stage}.json"), report)
   return report

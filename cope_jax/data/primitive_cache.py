@@ -70,7 +70,10 @@ def _extract_one(job: tuple[str, str, ExtractSettings]) -> tuple[str, str | None
   """Worker: extracts ``video`` into ``path``; returns (video, None) or (video, reason)."""
   video, path, settings = job
   if os.path.exists(path):
-    return video, None
+    if _readable(path):
+      return video, None
+    os.remove(path)  # (a crash before the data reached the disk): extracted again
+  tmp = f"{path}.tmp{os.getpid()}"
   try:
     # Each frame is encoded as it comes (a long video's raw frames never all sit in memory).
     info, arrays, kinds, times, d = {}, {}, [], [], 0
@@ -87,7 +90,6 @@ def _extract_one(job: tuple[str, str, ExtractSettings]) -> tuple[str, str | None
     arrays.update(kinds=np.array(kinds, np.uint8), times=np.array(times, np.float32),
                   meta=np.array([info["num_frames"], settings.sampling.fps,
                                  info["conformant_bytes"]], np.int64))
-    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as fh:
       np.savez(fh, **arrays)
     os.replace(tmp, path)
@@ -96,6 +98,19 @@ def _extract_one(job: tuple[str, str, ExtractSettings]) -> tuple[str, str | None
     return video, e.reason
   except Exception as e:  # pylint: disable=broad-except  (a batch job reports and goes on)
     return video, f"unexpected {type(e).__name__}: {e}"
+  finally:  # a failed write (a full disk, Ctrl-C) leaves no partial file
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _readable(path: str) -> bool:
+  """Whether a cache entry opens and holds its index (a zip's directory is at its end, so a
+  truncated file fails here)."""
+  try:
+    with np.load(path) as z:
+      return {"kinds", "times", "meta"} <= set(z.files)
+  except Exception:  # pylint: disable=broad-except  (BadZipFile, OSError, ValueError, EOFError)
+    return False
 
 
 def load(path: str) -> CachedVideo:
@@ -117,7 +132,8 @@ def extract_all(videos: list[str], cache_dir: str, settings: ExtractSettings,
   done, skipped, jobs = {}, [], []
   for video in dict.fromkeys(videos):
     if not os.path.isfile(video):
-      skipped.append({"video": video, "reason": "no such file"})
+      skipped.append({"video": video, "reason": "a folder, not a video file"
+                      if os.path.isdir(video) else "no such file"})
       continue
     jobs.append((video, os.path.join(cache_dir, settings.key(video) + ".npz"), settings))
   paths = {video: path for video, path, _ in jobs}

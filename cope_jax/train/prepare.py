@@ -270,6 +270,19 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
                       f"batches), got {config.group_by_length}")
 
 
+def _build_report(data_dir: str, stage: str) -> dict:
+  """The report of the build that wrote ``stage``'s shards (``report_<stage>.json``; before it
+  existed, ``report.json`` when the last build was that stage's), or {}."""
+  for name in (f"report_{stage}.json", "report.json"):
+    path = os.path.join(data_dir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        r = json.load(f)
+      if r.get("stage", stage) == stage:
+        return r
+  return {}
+
+
 def check_inputs(config) -> None:
   """What the recipe reads — shards, checkpoints, stage 2's tokenizer — against it (ConfigError),
   after ``resolve``."""
@@ -289,10 +302,8 @@ def check_inputs(config) -> None:
   if config.split not in splits:
     raise ConfigError(f"split {config.split!r} is not in the shards in {config.data_dir}: they "
                       f"have {splits}")
-  report = os.path.join(config.data_dir, "report.json")
-  if os.path.exists(report):
-    with open(report) as f:
-      r = json.load(f)
+  r = _build_report(config.data_dir, config.stage)
+  if r:
     sampling = r.get("sampling", {})
     if sampling and sampling["gop"] % sampling["fusion"]:
       raise ConfigError(f"shards in {config.data_dir}: GOP {sampling['gop']} is not divisible by "
