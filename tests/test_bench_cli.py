@@ -81,3 +81,15 @@ def test_ttft_measures_every_setting_with_the_budget_s_frame_counts():
     assert r["visual_tokens"] == (r["keyframes"] * cfg.keyframe_tokens
                                   + r["delta_frames"] * cfg.delta_tokens)
     assert 0 < r["ttft_s"] <= r["e2e_s"] and r["delta_side"] == cfg.vision.image_size == 64
+
+
+def test_a_video_length_past_eleven_days_or_a_trainer_refusal_is_one_error_line():
+  """inf and 1e300 seconds overflowed the sampler; bench train built any mesh and batch."""
+  for args in (("flops", "--preset", "tiny", "--seconds", "inf"),
+               ("ttft", "--seconds", "1e300")):
+    r = _bench(*args)
+    assert r.returncode == 2 and "error: --seconds must be at most 1e+06" in r.stderr, r.stderr
+  r = _bench("train", "--config=configs/finetune.py:tiny", "--steps", "1",
+             "--config.batch_size=3")
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
+  assert "batch_size 3" in r.stderr and "Traceback" not in r.stderr

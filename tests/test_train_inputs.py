@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
     ("prefetch_batches", -1, "prefetch_batches must be >= 0"),
     ("worker_count", -3, "worker_count must be >= 0"),
     ("model.dtype", "foo", "model.dtype must be one of ('float32', 'bfloat16', 'float16')"),
+    # the tiny Δ-encoder's grid position tables hold 32 patches of 16 pixels
+    ("codec_size", 528, "codec_size 528 exceeds the Δ-encoder's 512 pixels"),
 ])
 def test_loader_seed_and_dtype_values_are_refused_by_name(key, value, message):
   """Grain, NumPy and JAX refuse these too, but with tracebacks and after the data is made."""

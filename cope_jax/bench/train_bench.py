@@ -49,8 +49,15 @@ def main(argv: list[str] | None = None) -> None:
   from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
   prepare.parse_flags([__name__, f"--config={args.config}", *overrides])
   config = flags.FLAGS.config
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  try:  # what training refuses, refused here the same way (one error line, exit 2)
+    prepare.check_settings(config, jax.device_count(), jax.process_count())
+    mesh = make_mesh(dict(config.mesh))
+    prepare.check_batch_layout(mesh, config.batch_size)
+  except ConfigError as e:
+    parser.exit(2, f"error: {e}\n")
   task = TASKS[config.stage](config, shards="")
-  program = TrainProgram(config, task, make_mesh(dict(config.mesh)))
+  program = TrainProgram(config, task, mesh)
   shapes = abstract_batch(config, task)
   rng = np.random.default_rng(0)
   batch = {}

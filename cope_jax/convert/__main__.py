@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zipfile
 
 import numpy as np
 
@@ -23,26 +24,55 @@ from cope_jax.command_line import ArgumentParser
 from cope_jax.convert.safetensors_io import CheckpointError, read_checkpoint, read_config
 
 
+def check_npz_out(out: str) -> None:
+  """OSError before any work unless ``out`` can be written as a file."""
+  if os.path.isdir(out):
+    raise IsADirectoryError(f"--out {out} is a folder; name the .npz file to write")
+  folder = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"--out {out}: the folder {folder} does not exist")
+
+
+def _hf_config(hf_dir: str):
+  """(model_type, our config) of a Qwen2 or SigLIP folder; its config.json named in errors."""
+  from cope_jax.convert import qwen2_convert, siglip_convert  # pylint: disable=import-outside-toplevel
+  config = read_config(hf_dir)
+  kind = config.get("model_type")
+  try:
+    if kind == "qwen2":
+      return kind, qwen2_convert.config_from_hf(config)
+    if kind in ("siglip_vision_model", "siglip"):
+      return kind, siglip_convert.config_from_hf(config, post_layernorm=True)
+  except CheckpointError as e:
+    raise CheckpointError(f"{os.path.join(hf_dir, 'config.json')}: {e}") from None
+  raise CheckpointError(f"{hf_dir}: model_type {kind!r} is neither qwen2 nor siglip_vision_model")
+
+
+def _read_inputs(inputs: str) -> dict:
+  try:
+    loaded = np.load(inputs)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array
+      raise CheckpointError(f"{inputs}: a single array, not a .npz of named arrays (input_ids "
+                            "or pixel_values)")
+    with loaded as f:
+      return dict(f)
+  except CheckpointError:
+    raise
+  except (ValueError, EOFError, zipfile.BadZipFile) as e:  # junk, pickles, a cut-short file
+    raise CheckpointError(f"{inputs}: not a .npz of arrays ({e})") from None
+
+
 def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cope_jax.convert import qwen2_convert, siglip_convert  # pylint: disable=import-outside-toplevel
   from cope_jax.convert.tree import TensorSource  # pylint: disable=import-outside-toplevel
-  config = read_config(hf_dir)
+  check_npz_out(out)
+  kind, cfg = _hf_config(hf_dir)
   tensors = read_checkpoint(hf_dir)
-  try:
-    loaded = np.load(inputs)
-  except ValueError as e:  # not an .npz (numpy refuses pickles and junk with ValueError)
-    raise CheckpointError(f"{inputs}: not a .npz of arrays ({e})") from e
-  if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array
-    raise CheckpointError(f"{inputs}: a single array, not a .npz of named arrays (input_ids or "
-                          "pixel_values)")
-  with loaded as f:
-    data = dict(f)
-  kind = config.get("model_type")
+  data = _read_inputs(inputs)
   if kind == "qwen2":
     from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel
     ids = data.get("input_ids")
-    cfg = qwen2_convert.config_from_hf(config)
     if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
       raise CheckpointError(f"{inputs}: a Qwen2 model needs integer 'input_ids' (B, L)")
     if ids.size and not 0 <= ids.min() <= ids.max() < cfg.vocab_size:
@@ -51,9 +81,8 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
     params = qwen2_convert.convert(TensorSource(tensors, hf_dir), cfg)
     logits, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(ids))
     result = {"logits": np.asarray(logits, np.float32)}
-  elif kind in ("siglip_vision_model", "siglip"):
+  else:
     from cope_jax.models.siglip import Siglip  # pylint: disable=import-outside-toplevel
-    cfg = siglip_convert.config_from_hf(config, post_layernorm=True)
     pixels = data.get("pixel_values")
     want = (3, cfg.image_size, cfg.image_size)
     if pixels is None or pixels.ndim != 4 or pixels.shape[1:] != want:
@@ -65,11 +94,13 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
     hidden, _ = Siglip(cfg).apply({"params": params},
                                   jnp.asarray(pixels, jnp.float32).transpose(0, 2, 3, 1))
     result = {"last_hidden_state": np.asarray(hidden, np.float32)}
-  else:
-    raise CheckpointError(f"{hf_dir}: model_type {kind!r} is neither qwen2 nor siglip_vision_model")
   tmp = f"{out}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **result)
-  os.replace(tmp, out)
+  try:
+    np.savez(tmp, **result)
+    os.replace(tmp, out)
+  finally:  # (a full disk: no partial file left)
+    if os.path.exists(tmp):
+      os.remove(tmp)
   print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in result.items()))
 
 

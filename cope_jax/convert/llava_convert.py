@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from cope_jax.convert import qwen2_convert, siglip_convert
-from cope_jax.convert.safetensors_io import CheckpointError
+from cope_jax.convert.safetensors_io import CheckpointError, check_activation
 from cope_jax.convert.tree import TensorSource
 from cope_jax.models.llava import VideoLMConfig
 from cope_jax.models.presets import DELTA, SIGLIP
@@ -52,6 +52,7 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
     llm = qwen2_convert.config_from_hf(hf["text_config"],
                                        tie_word_embeddings=tied_embeddings(hf))
     vision = siglip_convert.config_from_hf(hf["vision_config"], post_layernorm=False)
+    check_activation(hf, "projector_hidden_act", "gelu", "gelu")  # (exact GELU: LLaVA's mlp2x_gelu)
     if hf.get("vision_feature_layer", -1) != -1:
       raise CheckpointError(f"vision_feature_layer={hf['vision_feature_layer']}: only -1 (the last "
                             "layer, as LLaVA-Video) is supported")

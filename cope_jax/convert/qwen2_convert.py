@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cope_jax.convert.safetensors_io import CheckpointError
+from cope_jax.convert.safetensors_io import CheckpointError, check_activation, positive_ints
 from cope_jax.convert.tree import TensorSource, stack
 from cope_jax.models.qwen2 import Qwen2Config
 
@@ -23,10 +23,21 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
   if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
     raise CheckpointError("sliding-window attention (use_sliding_window / layer_types) is not "
                           "supported: every layer attends to the whole context")
-  settings = dict(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-                  intermediate_size=hf["intermediate_size"],
-                  num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-                  num_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+  check_activation(hf, "hidden_act", "silu", "silu")
+  n = positive_ints({"num_key_value_heads": hf.get("num_attention_heads"), **hf},
+                    ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads"))
+  heads, kv_heads = n["num_attention_heads"], n["num_key_value_heads"]
+  if n["hidden_size"] % heads or heads % kv_heads:
+    raise CheckpointError(f"hidden_size {n['hidden_size']}, num_attention_heads {heads} and "
+                          f"num_key_value_heads {kv_heads}: the heads must divide the width and "
+                          "the key/value heads the heads")
+  if hf.get("head_dim") not in (None, n["hidden_size"] // heads):
+    raise CheckpointError(f"head_dim {hf['head_dim']}: only hidden_size / num_attention_heads "
+                          f"({n['hidden_size'] // heads}) is supported")
+  settings = dict(vocab_size=n["vocab_size"], hidden_size=n["hidden_size"],
+                  intermediate_size=n["intermediate_size"],
+                  num_layers=n["num_hidden_layers"], num_heads=heads, num_kv_heads=kv_heads,
                   rope_theta=float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get(
                       "rope_theta", 10000.0))),
                   rms_eps=hf.get("rms_norm_eps", 1e-6),

@@ -31,15 +31,25 @@ def read_file(path: str) -> dict[str, np.ndarray]:
       header = json.loads(f.read(n))
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
       raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
-  data = np.memmap(path, np.uint8, mode="r", offset=8 + n)
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
+  size = os.path.getsize(path) - 8 - n
+  data = np.memmap(path, np.uint8, mode="r", offset=8 + n) if size > 0 else np.zeros(0, np.uint8)
   out = {}
   for name, meta in header.items():
     if name == "__metadata__":
       continue
-    if meta["dtype"] not in _DTYPES:
+    try:
+      dtype, shape, (start, end) = _DTYPES.get(meta["dtype"]), meta["shape"], meta["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+      raise CheckpointError(f"{path}: tensor {name}'s header entry is malformed") from None
+    if dtype is None:
       raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
-    start, end = meta["data_offsets"]
-    out[name] = data[start:end].view(_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+    if not 0 <= start <= end <= size or (end - start) != np.dtype(dtype).itemsize * int(
+        np.prod(shape, dtype=np.int64)):
+      raise CheckpointError(f"{path}: tensor {name} ({meta['dtype']} {shape}) does not fit its "
+                            f"bytes {start}–{end} of {size}: the file is cut short or damaged")
+    out[name] = data[start:end].view(dtype).reshape(shape)
   return out
 
 
@@ -51,8 +61,13 @@ def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
   if len(index) > 1:
     raise CheckpointError(f"{directory}: several shard indexes {index}; keep the model's one")
   if index:
-    with open(os.path.join(directory, index[0])) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
+    path = os.path.join(directory, index[0])
+    with open(path) as f:
+      try:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+      except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSON errors are ValueErrors
+        raise CheckpointError(f"{path}: not a shard index with a weight_map "
+                              f"({type(e).__name__}: {e})") from None
   else:
     files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
   if not files:
@@ -78,3 +93,25 @@ def read_config(directory: str) -> dict:
   if not isinstance(config, dict):
     raise CheckpointError(f"{path}: not a JSON object")
   return config
+
+
+def positive_ints(config: dict, keys: tuple[str, ...]) -> dict[str, int]:
+  """The config's values of ``keys``, each a whole number >= 1 (CheckpointError naming the key
+  otherwise: a missing one, a string, a zero)."""
+  out = {}
+  for key in keys:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      got = "nothing (the key is missing)" if key not in config else repr(value)
+      raise CheckpointError(f"{key} must be a whole number >= 1, got {got}")
+    out[key] = value
+  return out
+
+
+def check_activation(config: dict, key: str, default: str, supported: str) -> None:
+  """CheckpointError unless ``config[key]`` (``default`` when absent) is the activation our module
+  computes: another one would convert cleanly and compute other numbers."""
+  value = config.get(key, default)
+  if value != supported:
+    raise CheckpointError(f"{key}={value!r}: only {supported!r} is supported (what our module "
+                          "computes)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cope_jax.convert.safetensors_io import CheckpointError
+from cope_jax.convert.safetensors_io import CheckpointError, check_activation, positive_ints
 from cope_jax.convert.tree import TensorSource, stack
 from cope_jax.models.siglip import SiglipConfig
 
@@ -11,12 +11,16 @@ def config_from_hf(hf: dict, **overrides) -> SiglipConfig:
   vision = hf.get("vision_config", hf)
   if vision.get("model_type") not in (None, "siglip_vision_model", "siglip"):
     raise CheckpointError(f"expected a SigLIP vision model, config says {vision.get('model_type')!r}")
-  return SiglipConfig(hidden_size=vision["hidden_size"],
-                      intermediate_size=vision["intermediate_size"],
-                      num_layers=vision["num_hidden_layers"],
-                      num_heads=vision["num_attention_heads"], patch_size=vision["patch_size"],
-                      image_size=vision["image_size"], eps=vision.get("layer_norm_eps", 1e-6),
-                      **overrides)
+  check_activation(vision, "hidden_act", "gelu_pytorch_tanh", "gelu_pytorch_tanh")
+  n = positive_ints(vision, ("hidden_size", "intermediate_size", "num_hidden_layers",
+                             "num_attention_heads", "patch_size", "image_size"))
+  if n["hidden_size"] % n["num_attention_heads"]:
+    raise CheckpointError(f"hidden_size {n['hidden_size']} is not a multiple of "
+                          f"num_attention_heads {n['num_attention_heads']}")
+  return SiglipConfig(hidden_size=n["hidden_size"], intermediate_size=n["intermediate_size"],
+                      num_layers=n["num_hidden_layers"], num_heads=n["num_attention_heads"],
+                      patch_size=n["patch_size"], image_size=n["image_size"],
+                      eps=vision.get("layer_norm_eps", 1e-6), **overrides)
 
 
 def find_prefix(tensors: dict, candidates: tuple[str, ...]) -> str:

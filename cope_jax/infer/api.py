@@ -80,6 +80,10 @@ class CoPE:
 
   def __init__(self, cfg, params, tokenizer, codec_size: int, rgb_only: bool = False):
     from cope_jax.infer.generation import Generator  # pylint: disable=import-outside-toplevel
+    most = cfg.delta.patch * cfg.delta.max_grid  # (the Δ-encoder's grid position tables)
+    if codec_size % cfg.delta.patch or not cfg.delta.patch <= codec_size <= most:
+      raise ValueError(f"codec_size {codec_size}: the Δ-encoder takes multiples of "
+                       f"{cfg.delta.patch} up to {most} pixels")
     self.cfg, self.tok = cfg, tokenizer
     self.codec_size, self.image_size = codec_size, cfg.vision.image_size
     self.rgb_only = rgb_only  # no trained Δ-encoder: the dense and keyframes modes only

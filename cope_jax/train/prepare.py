@@ -243,6 +243,10 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
   if config.codec_size % cfg.delta.patch:
     raise ConfigError(f"codec_size {config.codec_size} is not a multiple of the Δ-encoder's "
                       f"{cfg.delta.patch}-pixel patches")
+  if config.codec_size > cfg.delta.patch * cfg.delta.max_grid:  # (its position tables' rows)
+    raise ConfigError(f"codec_size {config.codec_size} exceeds the Δ-encoder's "
+                      f"{cfg.delta.patch * cfg.delta.max_grid} pixels ({cfg.delta.max_grid} "
+                      f"patches of {cfg.delta.patch}: its grid position tables)")
   if config.stage != "finetune":
     return
   unknown = set(config.trainable) - set(STAGE2_PARTS)

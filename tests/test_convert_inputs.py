@@ -1,0 +1,105 @@
+"""What the converters refuse, by name and in one ``error:`` line: settings our modules do not
+compute (activations), config values that cannot describe a model, safetensors files cut short,
+broken shard indexes, and unusable ``hf-forward`` inputs or outputs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hf_models
+from cope_jax.convert import llava_convert, qwen2_convert, siglip_convert
+from cope_jax.convert.safetensors_io import CheckpointError, read_checkpoint
+
+pytestmark = pytest.mark.parity
+
+
+@pytest.fixture(scope="module")
+def hf_root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("hf_models"))
+
+
+def _forward(hf_dir, inputs, out):
+  return subprocess.run([sys.executable, "-m", "cope_jax.convert", "hf-forward", "--hf-dir",
+                         str(hf_dir), "--inputs", str(inputs), "--out", str(out)],
+                        capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(r, *named):
+  assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr[-2000:]
+  assert len(r.stderr.strip().splitlines()) == 1 and all(n in r.stderr for n in named), r.stderr
+
+
+def test_activations_our_modules_do_not_compute_are_refused():
+  """A Qwen2 with GELU converted cleanly and differed by 1e-3; a SigLIP with ReLU by 0.5."""
+  from transformers import (LlavaOnevisionConfig, Qwen2Config,  # pylint: disable=import-outside-toplevel
+                            SiglipVisionConfig)
+  assert qwen2_convert.config_from_hf(Qwen2Config().to_dict()).num_layers > 0
+  with pytest.raises(CheckpointError, match="hidden_act='gelu': only 'silu'"):
+    qwen2_convert.config_from_hf(Qwen2Config(hidden_act="gelu").to_dict())
+  assert siglip_convert.config_from_hf(SiglipVisionConfig().to_dict()).num_layers > 0
+  with pytest.raises(CheckpointError, match="hidden_act='relu': only 'gelu_pytorch_tanh'"):
+    siglip_convert.config_from_hf(SiglipVisionConfig(hidden_act="relu").to_dict())
+  hf = LlavaOnevisionConfig(text_config=Qwen2Config().to_dict(),
+                            vision_config=SiglipVisionConfig().to_dict()).to_dict()
+  hf["vision_feature_layer"] = -1
+  llava_convert.config_from_checkpoint(hf, "tiny")
+  with pytest.raises(CheckpointError, match="projector_hidden_act='relu': only 'gelu'"):
+    llava_convert.config_from_checkpoint({**hf, "projector_hidden_act": "relu"}, "tiny")
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"num_attention_heads": 0}, "num_attention_heads must be a whole number >= 1, got 0"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers must be a whole number >= 1, got 0"),
+    ({"vocab_size": "97"}, "vocab_size must be a whole number >= 1, got '97'"),
+    ({"hidden_size": None}, "hidden_size must be a whole number >= 1, got nothing"),
+    ({"num_key_value_heads": 3}, "hidden_size 64, num_attention_heads 4 and num_key_value_heads 3"),
+])
+def test_config_values_that_describe_no_model_are_one_error_line(hf_root, tmp_path, change,
+                                                                 named):
+  folder = tmp_path / "qwen2"
+  shutil.copytree(hf_models.qwen2_dir(hf_root, 97, 4, 2), folder)
+  config = json.loads((folder / "config.json").read_text())
+  for key, value in change.items():
+    if value is None:
+      del config[key]
+    else:
+      config[key] = value
+  (folder / "config.json").write_text(json.dumps(config))
+  np.savez(tmp_path / "in.npz", input_ids=np.zeros((1, 3), np.int64))
+  _one_error_line(_forward(folder, tmp_path / "in.npz", tmp_path / "out.npz"),
+                  f"{folder / 'config.json'}: {named}")
+
+
+def test_a_safetensors_file_cut_short_or_a_broken_index_is_refused(hf_root, tmp_path):
+  folder = tmp_path / "qwen2"
+  shutil.copytree(hf_models.qwen2_dir(hf_root, 97, 4, 2), folder)
+  model = folder / "model.safetensors"
+  whole = model.read_bytes()
+  model.write_bytes(whole[:int(len(whole) * 0.9)])
+  with pytest.raises(CheckpointError, match="model.safetensors: tensor .* the file is cut short"):
+    read_checkpoint(str(folder))
+  np.savez(tmp_path / "in.npz", input_ids=np.zeros((1, 3), np.int64))
+  _one_error_line(_forward(folder, tmp_path / "in.npz", tmp_path / "out.npz"), "cut short")
+  model.write_bytes(whole)
+  (folder / "model.safetensors.index.json").write_text("{bad")
+  with pytest.raises(CheckpointError, match="index.json: not a shard index with a weight_map"):
+    read_checkpoint(str(folder))
+
+
+def test_hf_forward_inputs_cut_short_and_an_out_folder_are_one_error_line(hf_root, tmp_path):
+  path = hf_models.qwen2_dir(hf_root, 97, 4, 2)
+  np.savez(tmp_path / "in.npz", input_ids=np.zeros((1, 3), np.int64))
+  whole = (tmp_path / "in.npz").read_bytes()
+  (tmp_path / "cut.npz").write_bytes(whole[:len(whole) // 2])
+  np.savez(tmp_path / "objects.npz", input_ids=np.array([None, 1], dtype=object))
+  for name in ("cut.npz", "objects.npz"):
+    _one_error_line(_forward(path, tmp_path / name, tmp_path / "out.npz"),
+                    f"{tmp_path / name}: not a .npz of arrays")
+  (tmp_path / "folder").mkdir()
+  _one_error_line(_forward(path, tmp_path / "in.npz", tmp_path / "folder"), "is a folder")
+  assert sorted(os.listdir(tmp_path)) == ["cut.npz", "folder", "in.npz", "objects.npz"]
