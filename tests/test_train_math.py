@@ -2,6 +2,8 @@
 decay masks of scanned layers, per-part learning rates, and the blocked cross-entropy with its
 correct count."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,3 +137,29 @@ def test_no_warm_up_trains_the_first_step_at_the_peak_rate():
   assert float(no_warmup(0)) == pytest.approx(1e-3) and float(no_warmup(100)) == 0.0
   assert float(no_warmup(50)) == pytest.approx(5e-4, rel=1e-5)
   assert float(warmup(0)) == 0.0 and float(warmup(10)) == pytest.approx(1e-3)
+
+
+def test_a_run_started_over_purges_the_tensorboard_steps_it_logs_again(tmp_path):
+  """A run that crashed before its first checkpoint starts again from step 0: metrics.jsonl
+  drops the old records, and TensorBoard must hide the old events (a SessionLog START at step
+  1, its purge mark) or every curve shows both runs."""
+  import glob  # pylint: disable=import-outside-toplevel
+  import struct  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from tensorboardX.proto.event_pb2 import Event, SessionLog  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.metrics_log import MetricsLog  # pylint: disable=import-outside-toplevel
+  for loss in (1.0, 2.0):  # the first run, then the run started over
+    log = MetricsLog(str(tmp_path), 10, 0)
+    log.write(1, {"loss": loss, "learning_rate": 1e-3})
+    log.close()
+    time.sleep(1.1)  # (an events file is named by the second it was opened in)
+  events = []
+  for path in glob.glob(str(tmp_path / "tensorboard" / "events*")):
+    data = open(path, "rb").read()
+    while data:  # TFRecord: length, its CRC, the record, its CRC
+      (n,) = struct.unpack("<Q", data[:8])
+      events.append(Event.FromString(data[12:12 + n]))
+      data = data[16 + n:]
+  starts = [e for e in events if e.session_log.status == SessionLog.START]
+  assert len(starts) == 2 and all(e.step == 1 for e in starts), starts
+  assert [json.loads(l)["loss"] for l in open(tmp_path / "metrics.jsonl")] == [2.0]

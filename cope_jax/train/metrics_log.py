@@ -46,9 +46,9 @@ class MetricsLog:
       _drop_steps_after(path, start_step)
       self.jsonl = open(path, "a")
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      # (TensorBoard hides the events a resumed run logs again, as metrics.jsonl drops them)
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                              purge_step=start_step + 1 if start_step else None)
+      # (TensorBoard hides the events a resumed run logs again, as metrics.jsonl drops them —
+      # from step 1 too: a run that crashed before its first checkpoint starts over)
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def count_tokens(self, n: int) -> None:
     self.tokens += n
