@@ -52,3 +52,15 @@ def test_loss_mask_covers_exactly_the_answers(qwen2, which):
                   "<|im_start|>assistant\nYes.<|im_end|>\n")
   prompt = generation_prompt(tok, "<image>\nWhat is it?")
   assert tok.decode(prompt[-3:].tolist(), skip_special_tokens=False).endswith("assistant\n")
+
+
+def test_a_video_conversation_has_one_image_token_wherever_the_annotation_put_it():
+  """LLaVA-Video's prompt: ``<image>``, the time instruction, the first question. An ``<image>``
+  in a later turn used to become a second image-token id that no visual tokens filled."""
+  from cope_jax.data.pipeline import with_video_prompt  # pylint: disable=import-outside-toplevel
+  tok = train_small_tokenizer(["What is it? A red cat. And now? Gone."])
+  turns = with_video_prompt([("user", "What is it?"), ("assistant", "A red cat."),
+                             ("user", "<image>\nAnd now?"), ("assistant", "Gone.")], 8.0, [0.0, 1.0])
+  assert turns[0][1].startswith("<image>\nThe video lasts for 8.00 seconds, and 2 frames")
+  assert turns[0][1].endswith("\nWhat is it?") and turns[2] == ("user", "And now?")
+  assert np.sum(encode_conversation(tok, turns).ids == IMAGE_TOKEN_ID) == 1

@@ -48,10 +48,13 @@ def siglip_pixels(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def with_video_prompt(turns: list, duration_s: float, times) -> list:
-  """Puts ``<image>`` and LLaVA-Video's time instruction at the start of the first user turn."""
-  turns = [tuple(t) for t in turns]
+  """Puts ``<image>`` and LLaVA-Video's time instruction at the start of the first user turn.
+
+  An ``<image>`` anywhere else is dropped: one video has one place for its visual tokens (a
+  second one became an image-token id that nothing was spliced into)."""
+  turns = [(role, text.replace(IMAGE_PLACEHOLDER, "").lstrip("\n") if role == "user" else text)
+           for role, text in turns]
   role, text = turns[0]
-  text = text.replace(IMAGE_PLACEHOLDER, "").lstrip("\n")
   turns[0] = (role, f"{IMAGE_PLACEHOLDER}\n{time_instruction(duration_s, times)}\n{text}")
   return turns
 
