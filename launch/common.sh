@@ -12,9 +12,10 @@ die() {
 # require VAR [VAR …]: stop at once, naming every variable that is unset or empty.
 require() {
   local missing=()
-  local name
+  local name value
   for name in "$@"; do
-    if [[ -z "${!name:-}" ]]; then
+    value=${!name:-}
+    if [[ -z "${value//[[:space:]]/}" ]]; then  # (unset, empty or blank)
       missing+=("$name")
     fi
   done
@@ -59,10 +60,14 @@ parse_args() {
 
 # The training command every worker runs (CONFIG, WORKDIR, optional DATA_DIR and EXTRA_FLAGS;
 # PYTHON, the interpreter, default python).
+# Values are quoted for the shell that runs the command (a WORKDIR with a space stays one
+# argument); EXTRA_FLAGS is split into words on purpose.
 train_command() {
-  local cmd="${PYTHON:-python} -m cope_jax.train --config=${CONFIG} --workdir=${WORKDIR}"
+  local cmd
+  cmd="${PYTHON:-python} -m cope_jax.train $(printf '%q' "--config=${CONFIG}")"
+  cmd+=" $(printf '%q' "--workdir=${WORKDIR}")"
   if [[ -n "${DATA_DIR:-}" ]]; then
-    cmd+=" --config.data_dir=${DATA_DIR}"
+    cmd+=" $(printf '%q' "--config.data_dir=${DATA_DIR}")"
   fi
   if [[ -n "${EXTRA_FLAGS:-}" ]]; then
     cmd+=" ${EXTRA_FLAGS}"

@@ -34,7 +34,7 @@ USAGE
 }
 
 host() {
-  run bash -c "cd '$HERE/..' && $(train_command)"
+  run bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
 }
 
 ssh_hosts() {
@@ -49,7 +49,9 @@ ssh_hosts() {
   fi
   local pids=() i
   for i in "${!host_list[@]}"; do
-    local cmd="cd $repo && ${WORKER_ENV:+$WORKER_ENV }COPE_DISTRIBUTED=1 COPE_COORDINATOR=$coordinator"
+    local cmd
+    cmd="cd $(printf '%q' "$repo") && ${WORKER_ENV:+$WORKER_ENV }COPE_DISTRIBUTED=1"
+    cmd+=" COPE_COORDINATOR=$coordinator"
     cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(PYTHON=$python train_command)"
     if [[ "$DRY_RUN" == 1 ]]; then
       run ssh "${host_list[$i]}" "$cmd"
@@ -74,7 +76,7 @@ slurm() {
 #SBATCH --cpus-per-task=${CPUS_PER_TASK:-8}
 ${PARTITION:+#SBATCH --partition=$PARTITION}
 #SBATCH --requeue
-cd $HERE/..
+cd $(printf '%q' "$HERE/..")
 srun env COPE_DISTRIBUTED=1 $(train_command)
 SBATCH
 )
@@ -87,13 +89,14 @@ SBATCH
 
 local_processes() {
   local n=${PROCESSES:-2} port=${PORT:-12355}
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "PROCESSES must be a whole number >= 1, got '$n'"
   local pids=() i
   for ((i = 0; i < n; i++)); do
     local env=(COPE_DISTRIBUTED=1 "COPE_COORDINATOR=localhost:$port" "COPE_NUM_PROCESSES=$n"
       "COPE_PROCESS_ID=$i" JAX_PLATFORMS=cpu
       "XLA_FLAGS=--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-4}")
     if [[ "$DRY_RUN" == 1 ]]; then
-      run env "${env[@]}" bash -c "cd '$HERE/..' && $(train_command)"
+      run env "${env[@]}" bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
     else
       ( (cd "$HERE/.." && env "${env[@]}" bash -c "$(train_command)") 2>&1 | prefix "process $i") &
       pids+=($!)

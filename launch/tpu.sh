@@ -47,7 +47,8 @@ USAGE
 }
 
 check_accelerator() {
-  if ! [[ "$ACCELERATOR" =~ ^v4-[0-9]+$ ]] || ((${ACCELERATOR#v4-} < 8 || ${ACCELERATOR#v4-} % 8)); then
+  # (no leading zero: gcloud knows no v4-08, and bash would read 08 as octal)
+  if ! [[ "$ACCELERATOR" =~ ^v4-[1-9][0-9]*$ ]] || ((${ACCELERATOR#v4-} < 8 || ${ACCELERATOR#v4-} % 8)); then
     die "ACCELERATOR must be a TPU v4 slice v4-N (N a multiple of 8: v4-8, v4-32, …), got '$ACCELERATOR'"
   fi
 }

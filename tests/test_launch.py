@@ -61,9 +61,28 @@ def test_dry_run_anywhere_and_no_stray_arguments():
   assert r.returncode == 2 and "unexpected argument 'now' after 'delete'" in r.stderr
   r = sh(GPU, "slurm", "--dry-run", CONFIG="configs/finetune.py", WORKDIR="/ckpt")
   assert r.returncode == 0 and "#SBATCH --nodes=2" in r.stdout
-  for bad in ("v4-abc", "v5litepod-8", "v4-12"):
+  for bad in ("v4-abc", "v5litepod-8", "v4-12", "v4-08"):
     r = sh(TPU, "--dry-run", "train", **{**V4_32, "ACCELERATOR": bad})
     assert r.returncode == 2 and "must be a TPU v4 slice" in r.stderr and not r.stdout
+
+
+def test_values_with_spaces_stay_one_argument_and_bad_counts_are_refused(tmp_path):
+  """WORKDIR "/x/a b" reached the trainer as two words (and it ignores leftovers: it would have
+  trained in /x/a); a blank HOSTS and a PROCESSES that is no count crashed bash."""
+  fake = tmp_path / "python"  # the interpreter the scripts call: prints its arguments
+  fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+  fake.chmod(0o755)
+  r = sh(GPU, "host", PYTHON=str(fake), CONFIG="configs/finetune.py:tiny",
+         WORKDIR=str(tmp_path / "a b"), DATA_DIR=str(tmp_path / "d x"))
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.splitlines() == ["-m", "cope_jax.train", "--config=configs/finetune.py:tiny",
+                                   f"--workdir={tmp_path / 'a b'}",
+                                   f"--config.data_dir={tmp_path / 'd x'}"]
+  r = sh(GPU, "--dry-run", "ssh", CONFIG="c", WORKDIR="w", HOSTS=" ")
+  assert r.returncode == 2 and r.stderr.startswith("error: set HOSTS"), r.stderr
+  for bad in ("abc", "0"):
+    r = sh(GPU, "--dry-run", "local", CONFIG="c", WORKDIR="w", PROCESSES=bad)
+    assert r.returncode == 2 and f"PROCESSES must be a whole number >= 1, got '{bad}'" in r.stderr
 
 
 def test_missing_variables_fail_fast():

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
+import signal
 import sys
 import time
 
@@ -16,6 +18,7 @@ from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.command_line import ArgumentParser
 from cope_jax.demo.recipe import FULL, QUICK, Paths
 from cope_jax.demo.stages import StageStopped
+from cope_jax.train import PREEMPTED
 from cope_jax.json_files import earlier_settings, write_json
 
 
@@ -119,8 +122,26 @@ def _measured(key: str, value: float) -> str:
   if key.endswith("_s"):
     return f"{key[:-2]} {value * 1e3:.1f} ms"
   if value > 1:  # token counts and minutes; accuracies and ratios stay fractions
-    return f"{key} {value:.0f}" if value == round(value) else f"{key} {value:.1f}"
+    # (two decimals: 30.05 minutes must not print as 30.0 beside a MISSED time target)
+    return f"{key} {value:.0f}" if value == round(value) else f"{key} {value:.2f}"
   return f"{key} {value:.3f}"
+
+
+def _stop(signum, frame) -> None:
+  """SIGTERM outside a training loop (data, compiling, evaluation): the run's finished stages
+  and time are saved on the way out, and the exit status says to run it again."""
+  del signum, frame
+  raise StageStopped("SIGTERM: the finished stages and this run's time are saved; re-run the "
+                     "same command to resume", PREEMPTED)
+
+
+def _nothing_done(workdir: str) -> bool:
+  """Whether a workdir this run made holds no finished stage."""
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      return not json.load(f).get("stages_run")
+  except (OSError, ValueError):
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,21 +158,30 @@ def main(argv: list[str] | None = None) -> int:
                       "stages 1 and 2 and the cope modes' evaluations; a workdir resumes only "
                       "with the value it was made with (default 0: the paper's fixed fusion)")
   args = parser.parse_args(argv)
+  fresh = not os.path.exists(args.workdir)
+  previous = signal.signal(signal.SIGTERM, _stop)  # (a training loop saves at its next step)
   try:
-    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    if not fresh and not os.path.isdir(args.workdir):
       raise ConfigError(f"--workdir {args.workdir} is a file, not a folder")
     SamplingConfig(min_change=args.min_change).validate()
     if args.video:  # before the workdir is made: a typo leaves nothing behind
       from cope_jax.codec.probe import inspect_video  # pylint: disable=import-outside-toplevel
       inspect_video(args.video)
-    os.makedirs(args.workdir, exist_ok=True)
+    try:
+      os.makedirs(args.workdir, exist_ok=True)
+    except OSError as e:
+      raise ConfigError(f"--workdir {args.workdir}: cannot create it ({e.strerror})") from None
     results = run(args.workdir, args.quick, args.video, args.min_change)
   except (VideoError, ConfigError) as e:
+    if fresh and _nothing_done(args.workdir):  # (a --video the codec refuses): leave nothing
+      shutil.rmtree(args.workdir, ignore_errors=True)
     print(f"error: {e}", file=sys.stderr)
     return 2
   except StageStopped as e:  # checkpointed: the next run resumes there
     print(f"stopped: {e}", file=sys.stderr)
     return e.status
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   if args.min_change:
     print(f"\nadaptive fusion: --min-change {args.min_change:g} (the CoPE shards of stages 1 and "
           "2, and the cope modes)")

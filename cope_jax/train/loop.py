@@ -23,18 +23,13 @@ from cope_jax.codec.errors import ConfigError
 from cope_jax.models.checkpoints import run_initialiser
 from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain,
                                       logical_shardings, make_mesh)
+from cope_jax.train import PREEMPTED
 from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
 from cope_jax.train.optim import make_optimizer
 from cope_jax.train.prepare import check_batch_layout
 from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
-
-
-# The exit status of a run stopped by SIGTERM after saving (sysexits' EX_TEMPFAIL: "try again"):
-# not 0, so that `stage1 && stage2`, a job scheduler or launch/tpu.sh's watch do not take a
-# preempted run for a finished one.
-PREEMPTED = 75
 
 
 def _place(tree, abstract, what: str):
