@@ -93,3 +93,9 @@ def test_a_video_length_past_eleven_days_or_a_trainer_refusal_is_one_error_line(
              "--config.batch_size=3")
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
   assert "batch_size 3" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_mfu_peaks_by_device_kind():
+  from cope_jax.bench.train_bench import peak_tflops  # pylint: disable=import-outside-toplevel
+  assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
+  assert peak_tflops("TPU v4") == 275.0 and peak_tflops("cpu") is None

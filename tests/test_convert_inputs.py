@@ -50,6 +50,9 @@ def test_activations_our_modules_do_not_compute_are_refused():
   llava_convert.config_from_checkpoint(hf, "tiny")
   with pytest.raises(CheckpointError, match="projector_hidden_act='relu': only 'gelu'"):
     llava_convert.config_from_checkpoint({**hf, "projector_hidden_act": "relu"}, "tiny")
+  with pytest.raises(CheckpointError, match="vision_feature_select_strategy='default': only"):
+    llava_convert.config_from_checkpoint({**hf, "vision_feature_select_strategy": "default"},
+                                         "tiny")
 
 
 @pytest.mark.parametrize("change,named", [

@@ -17,7 +17,14 @@ import time
 from cope_jax.bench import require_positive
 from cope_jax.command_line import ArgumentParser
 
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0}  # bf16, dense
+# bf16, dense; the first name the device kind contains wins (the PCIe H100 has fewer SMs and a
+# lower clock than the SXM part)
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0}
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  """A device's dense bf16 peak by its kind (``jax.devices()[0].device_kind``), or None."""
+  return next((v for k, v in PEAK_TFLOPS.items() if k in device_kind), None)
 
 
 def step_flops(lowered) -> float:
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / args.steps
   kind = jax.devices()[0].device_kind
-  peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
+  peak = args.peak_tflops or peak_tflops(kind)
   achieved = flops / seconds / jax.device_count()
   print(f"{config.stage} {config.model.preset} on {jax.device_count()}× {kind}: "
         f"{seconds * 1e3:.1f} ms/step, {flops / 1e12:.3f} TFLOP/step (XLA cost analysis, no remat, "

@@ -53,6 +53,10 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
                                        tie_word_embeddings=tied_embeddings(hf))
     vision = siglip_convert.config_from_hf(hf["vision_config"], post_layernorm=False)
     check_activation(hf, "projector_hidden_act", "gelu", "gelu")  # (exact GELU: LLaVA's mlp2x_gelu)
+    if hf.get("vision_feature_select_strategy", "full") != "full":  # ("default" drops a token)
+      raise CheckpointError(f"vision_feature_select_strategy="
+                            f"{hf['vision_feature_select_strategy']!r}: only 'full' (every patch "
+                            "token, as LLaVA-OneVision's SigLIP has no class token) is supported")
     if hf.get("vision_feature_layer", -1) != -1:
       raise CheckpointError(f"vision_feature_layer={hf['vision_feature_layer']}: only -1 (the last "
                             "layer, as LLaVA-Video) is supported")
