@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="sampling temperature, >= 0 (default 0 = greedy)")
   parser.add_argument("--top-p", type=float, default=1.0,
                       help="nucleus sampling mass, in (0, 1] (default 1: the whole vocabulary)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="the sampling stream when --temperature > 0 (default 0)")
   parser.add_argument("--repeat", type=int, default=1, help="ask this many times: ttft_s and "
                       "e2e_s become the medians of calls 2…N, the first call's are ttft_cold_s "
                       "and e2e_cold_s (default 1: the first call's only)")
@@ -65,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
   try:
-    SamplingOptions(args.max_new_tokens, args.temperature, args.top_p)  # refused before loading
+    # refused before loading
+    SamplingOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     mode_sampling(args.mode, args.keyframes_per_gop, args.min_change)
     model = CoPE.load(args.workdir, tokenizer=args.tokenizer)
     answers = [model.ask(args.video, args.question, args.mode, args.keyframes_per_gop,
                          args.max_new_tokens, args.temperature, args.top_p,
-                         min_change=args.min_change, dense_frames=args.dense_frames)
+                         min_change=args.min_change, dense_frames=args.dense_frames,
+                         seed=args.seed)
                for _ in range(args.repeat)]
   except PromptTooLong as e:  # (a ValueError: named by the video it was asked about)
     print(f"error: {args.video}: {e}", file=sys.stderr)

@@ -135,6 +135,12 @@ def test_demo_quick(tmp_path):
                       "--out", str(tmp_path / "base_cope.json")], capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "RGB frames only" in r.stderr
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  model = CoPE.load(base)  # also with frames extracted already (as evaluate passes them)
+  frames = model.video_inputs(str(tmp_path / "pan.mp4"), "keyframes")
+  for ask in (model.ask, lambda *a, **k: model.rank_options(a[0], a[1], ["left"], *a[2:], **k)):
+    with pytest.raises(ValueError, match="RGB frames only"):
+      ask(str(tmp_path / "pan.mp4"), "What moves?", "cope", inputs=frames)
 
   # bench adaptive on the finished demo: the still-camera clip keeps only the Δ-frames of its
   # 8 s of motion, and the demo's model answers at each threshold with the kept Δ-frames' tokens.

@@ -90,7 +90,8 @@ def test_generate_cli_refuses_more_new_tokens_than_positions(tiny_workdir):
 @pytest.mark.parametrize("flag,value,message", [
     ("--temperature", "-1", "temperature must be >= 0"), ("--temperature", "nan", "temperature"),
     ("--top-p", "0", "top_p must be in (0, 1]"), ("--top-p", "1.5", "top_p must be in (0, 1]"),
-    ("--min-change", "300", "min_change must be within 0-255")])
+    ("--min-change", "300", "min_change must be within 0-255"),
+    ("--seed", "-1", "seed must be from 0 to 2**32 - 1")])
 def test_generate_cli_refuses_sampling_values_before_loading(tmp_path, flag, value, message):
   r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir",
                       str(tmp_path / "no_model"), "--video", str(tmp_path / "no.mp4"),

@@ -165,6 +165,23 @@ def test_follow_up_fits_the_cache_exactly_and_works_with_unscanned_layers(setup)
   assert len(more[0]) == new_tokens and cache_slots(chat2.cache) == (capacity, capacity)
 
 
+def test_a_follow_up_past_the_models_positions_is_refused(setup):
+  """The rule generate() applies, for the conversation so far: the cache's rounding up to 64
+  slots would have let it run past the model's positions unchecked."""
+  cfg, params, inputs, _ = setup
+  _, _, chat = Generator(cfg, params, eos_id=-1).generate(_row(inputs, 0), SamplingOptions(2))
+  # the pending token, 5 question tokens and 7 new ones after the conversation's positions
+  limit = int(np.asarray(chat.position).max()) + 1 + 5 + 7
+  short = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, max_positions=limit))
+  gen = Generator(short, params, eos_id=-1)
+  _, _, chat = gen.generate(_row(inputs, 0), SamplingOptions(2))
+  more, _, _ = gen.follow_up(chat, np.full((1, 5), 5, np.int32), SamplingOptions(7))  # fits
+  assert len(more[0]) == 7
+  _, _, chat = gen.generate(_row(inputs, 0), SamplingOptions(2))
+  with pytest.raises(PromptTooLong, match=f"13 positions|exceed the model's {limit} positions"):
+    gen.follow_up(chat, np.full((1, 5), 5, np.int32), SamplingOptions(8))
+
+
 def test_the_position_limit_counts_the_prompts_positions_not_its_padded_length(setup):
   """A prompt padded to a bucket longer than the model's positions still fits when its own
   positions and the new tokens do (row 0: 20 text slots with the placeholder + 40 visual tokens
@@ -235,6 +252,10 @@ def test_sampling_top_p_and_temperature():
   # temperature 0.5 squares the probabilities: 0.36 / 0.455 = 0.79 for the first token
   picks = np.array([int(sample(logits, k, 0.5, 1.0)[0]) for k in keys])
   assert 0.72 < (picks == 0).mean() < 0.86 and (picks == 1).mean() > 0.1
+  # a tiny temperature is greedy (logits / 1e-40 overflowed: NaN probabilities, token 0)
+  best_last = jnp.log(jnp.array([[0.05, 0.05, 0.3, 0.6]]))
+  for tiny in (1e-36, 1e-40):  # (overflowing logits / t; a subnormal t, flushed to 0)
+    assert {int(sample(best_last, k, tiny, 1.0)[0]) for k in keys[:20]} == {3}
 
 
 @pytest.mark.parametrize("kwargs,message", [(dict(max_new_tokens=0), "max_new_tokens"),

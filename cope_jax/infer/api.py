@@ -221,17 +221,19 @@ class CoPE:
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
           inputs: VideoInputs | None = None, min_change: float = 0.0,
-          dense_frames: int = 64) -> Answer:
+          dense_frames: int = 64, seed: int = 0) -> Answer:
     """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames: then
-    ``keyframes_per_gop``, ``min_change`` (adaptive fusion) and ``dense_frames`` are theirs)."""
+    ``keyframes_per_gop``, ``min_change`` (adaptive fusion) and ``dense_frames`` are theirs).
+    ``seed`` picks the sampling stream when ``temperature`` > 0."""
     from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
+    self.check_mode(mode)  # (also with ``inputs``: an RGB-only model has no Δ-encoder to run)
     v = inputs or self.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
     start = time.perf_counter()  # primitives in memory
     # Host arrays go to the jitted prefill as they are: its C++ argument path moves them, 0.6 ms
     # sooner than a jax.device_put of the six first (demo cope prompts, 12.1 vs 12.7 ms).
     batch, visual, prompt_tokens = self.model_inputs(v, question)
     tokens, timings, _ = self.generator.generate(
-        batch, SamplingOptions(max_new_tokens, temperature, top_p),
+        batch, SamplingOptions(max_new_tokens, temperature, top_p, seed),
         zero_delta=mode == "cope_zero_delta", start=start)
     ids = [t for t in tokens[0] if t != self.generator.eos_id]
     return Answer(self.tok.decode(ids).strip(), mode, timings["ttft_s"], timings["e2e_s"],
@@ -246,6 +248,7 @@ class CoPE:
     generated."""
     if not options:
       raise ValueError("rank_options needs at least one option")
+    self.check_mode(mode)
     v = inputs or self.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
     batch, visual, prompt_tokens = self.model_inputs(v, question)
     answers = [self.tok.encode(o, add_special_tokens=False).ids + [self.generator.eos_id]

@@ -42,13 +42,17 @@ class SamplingOptions:
       raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if not 0 <= self.seed < 2**32:
+      raise ValueError(f"seed must be from 0 to 2**32 - 1, got {self.seed}")
 
 
 def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
   """(B, V) logits → (B,) token ids: greedy, or temperature + nucleus (top-p) sampling."""
-  if temperature <= 0:
-    return jnp.argmax(logits, axis=-1)
-  logits = logits / temperature
+  if temperature < np.finfo(np.float32).tiny:  # 0; or below float32's normals, which XLA:CPU
+    return jnp.argmax(logits, axis=-1)           # flushes to 0: greedy either way
+  # (the best logit made 0 first: a tiny temperature then sends the rest to -inf, not the best
+  # to +inf, whose softmax is NaN and whose sample was token 0)
+  logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature
   order = jnp.argsort(-logits, axis=-1)
   sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
   cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
@@ -303,6 +307,13 @@ class Generator:
       raise ValueError("this Chat comes from another Generator: continue it with that one")
     if chat.cache is None:
       raise ValueError("this Chat was continued already: use the Chat that call returned")
+    # The rule generate() applies: the positions taken (the pending token and ``ids`` after the
+    # conversation's) plus max_new_tokens within the model's (the cache's rounding may hold more).
+    taken = int(np.asarray(chat.position).max()) + 1 + length
+    if taken + options.max_new_tokens > self.cfg.llm.max_positions:
+      raise PromptTooLong(f"a conversation of {taken} positions + max_new_tokens "
+                          f"{options.max_new_tokens} exceed the model's "
+                          f"{self.cfg.llm.max_positions} positions")
     used, capacity = cache_slots(chat.cache)
     # The pending token and ``ids`` go in now, then every new token but the last.
     need = used + 1 + length + options.max_new_tokens - 1
