@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from cope_jax.codec.errors import ConfigError
@@ -236,3 +237,12 @@ def test_a_damaged_or_unfinished_cache_entry_is_extracted_again(tmp_path, pan_cl
   monkeypatch.setattr(primitive_cache.np, "savez", full_disk)
   video, reason = primitive_cache._extract_one((pan_clip, path, settings))
   assert "No space left on device" in reason and os.listdir(tmp_path) == []
+
+
+def test_residuals_round_trip_in_any_memory_layout():
+  """A Fortran-ordered or strided int16 array encodes as its C-ordered copy would (``astype``
+  kept the layout, and the byte view refused it)."""
+  from cope_jax.data import storage  # pylint: disable=import-outside-toplevel
+  a = np.arange(-600, 600, dtype=np.int16).reshape(20, 20, 3)
+  for view in (np.asfortranarray(a), a[:, ::2], a.transpose(1, 0, 2), a.astype(np.int32)):
+    np.testing.assert_array_equal(storage.decode_residual(storage.encode_residual(view)), view)

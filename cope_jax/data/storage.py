@@ -37,7 +37,9 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def _encode_int16(a: np.ndarray) -> bytes:
   header = np.asarray(a.shape, np.int32)
-  planes = np.ascontiguousarray(a.astype("<i2").view(np.uint8).reshape(-1, 2).T)
+  # (C order first: astype keeps a Fortran-ordered array's layout, which .view cannot reinterpret)
+  planes = np.ascontiguousarray(
+      np.ascontiguousarray(a, "<i2").view(np.uint8).reshape(-1, 2).T)
   return np.int32(len(header)).tobytes() + header.tobytes() + zlib.compress(planes.tobytes(), 1)
 
 
