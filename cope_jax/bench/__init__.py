@@ -4,9 +4,6 @@ figures measured in one run."""
 import argparse
 
 
-MAX_SECONDS = 1e6
-
-
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
                      *names: str) -> None:
   """``parser.error`` (one ``error:`` line, exit 2) unless each named flag is > 0."""
@@ -14,6 +11,13 @@ def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
     value = getattr(args, name.lstrip("-").replace("-", "_"))
     if value is not None and not value > 0:
       parser.error(f"{name} must be > 0, got {value}")
-  seconds = getattr(args, "seconds", None)  # (as `codec budget --duration`: inf and 1e300 overflow)
-  if "--seconds" in names and seconds is not None and not seconds <= MAX_SECONDS:
-    parser.error(f"--seconds must be at most {MAX_SECONDS:g} (11 days), got {seconds}")
+
+
+def require_video_seconds(parser: argparse.ArgumentParser, seconds: float) -> None:
+  """``parser.error`` unless ``--seconds`` is a video length ``codec budget`` accepts too (inf
+  and 1e300 overflowed the sampler)."""
+  from cope_jax.codec.sampling import MAX_VIDEO_SECONDS  # pylint: disable=import-outside-toplevel
+  if not seconds > 0:
+    parser.error(f"--seconds must be > 0, got {seconds}")
+  if not seconds <= MAX_VIDEO_SECONDS:
+    parser.error(f"--seconds must be at most {MAX_VIDEO_SECONDS:g} (11 days), got {seconds}")

@@ -13,7 +13,7 @@ import platform
 import tempfile
 import time
 
-from cope_jax.bench import require_positive
+from cope_jax.bench import require_positive, require_video_seconds
 from cope_jax.codec import synthetic_clips
 from cope_jax.codec.extract import iter_sampled_frames
 from cope_jax.codec.probe import open_video
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--fusion", type=int, default=30)
   parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved runs")
   args = parser.parse_args(argv)
-  require_positive(parser, args, "--repeats", "--seconds")
+  require_positive(parser, args, "--repeats")
+  require_video_seconds(parser, args.seconds)
   r = run(args.video, args.seconds, args.size, args.fusion, args.repeats)
   print(f"codec benchmark on {r['video']} ({r['frames']} frames, {r['size']}x{r['size']}, "
         f"fusion {r['fusion']}; {r['machine']})")

@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from cope_jax.bench import require_positive
+from cope_jax.bench import require_positive, require_video_seconds
 from cope_jax.bench.train_bench import step_flops
 from cope_jax.bench.ttft_bench import bench_config, settings
 from cope_jax.command_line import ArgumentParser
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--peak-tflops", type=float, default=None,
                       help="per-device peak, for the FLOP-bound TTFT (e.g. 989 for H100 bf16)")
   args = parser.parse_args(argv)
-  require_positive(parser, args, "--seconds", "--text-tokens", "--peak-tflops")
+  require_positive(parser, args, "--text-tokens", "--peak-tflops")
+  require_video_seconds(parser, args.seconds)
   if args.preset == "bench" and args.delta:
     parser.error("--delta picks the Δ-encoder of a named preset; bench has its own (tiny)")
   cfg = unscanned(bench_config() if args.preset == "bench"

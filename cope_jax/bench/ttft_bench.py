@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cope_jax.bench import require_positive
+from cope_jax.bench import require_positive, require_video_seconds
 from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, plan_positions, token_budget
 from cope_jax.command_line import ArgumentParser
 from cope_jax.models import presets
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="where to save the tokens-vs-video-length plot "
                       "(default tokens_vs_length.png)")
   args = parser.parse_args(argv)
-  require_positive(parser, args, "--repeats", "--seconds", "--new-tokens")
+  require_positive(parser, args, "--repeats", "--new-tokens")
+  require_video_seconds(parser, args.seconds)
   cfg = bench_config() if args.preset == "bench" else presets.video_lm(args.preset)
   table = token_table()
   print("visual tokens (Tab. 1 settings; dense = 64 frames × 210):")

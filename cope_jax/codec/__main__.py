@@ -16,7 +16,7 @@ import warnings
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.extract import extract_primitives, iter_video, save_npz
 from cope_jax.codec.probe import inspect_video
-from cope_jax.codec.sampling import num_frames_for_duration, token_budget
+from cope_jax.codec.sampling import MAX_VIDEO_SECONDS, num_frames_for_duration, token_budget
 from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
 from cope_jax.command_line import ArgumentParser
 
@@ -52,14 +52,11 @@ def cmd_inspect(args) -> None:
   print(json.dumps(inspect_video(args.video), indent=2 if args.pretty else None))
 
 
-MAX_BUDGET_SECONDS = 1e6
-
-
 def cmd_budget(args) -> None:
   sampling = sampling_from_args(args)
-  if not 0 < args.duration <= MAX_BUDGET_SECONDS:  # also refuses nan and inf
+  if not 0 < args.duration <= MAX_VIDEO_SECONDS:  # also refuses nan and inf
     raise ConfigError(f"--duration must be a positive number of seconds up to "
-                      f"{MAX_BUDGET_SECONDS:g} (11 days), got {args.duration}")
+                      f"{MAX_VIDEO_SECONDS:g} (11 days), got {args.duration}")
   budget = token_budget(num_frames_for_duration(args.duration, sampling.fps), sampling)
   print(json.dumps({"duration_s": args.duration, **budget}))
 

@@ -52,6 +52,7 @@ DELTA_TOKENS = 8 + 2
 DENSE_FRAMES = 64  # LLaVA-Video samples 64 frames uniformly, whatever the length.
 
 
+MAX_VIDEO_SECONDS = 1e6  # 11 days: what `codec budget` and the benchmarks accept
 MAX_FPS = 240
 MAX_GOP = 600     # FFmpeg's MPEG-4 encoder caps gop_size there (more needs strict=experimental)
 MAX_GOPS = 4096

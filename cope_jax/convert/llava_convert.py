@@ -52,7 +52,7 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
     llm = qwen2_convert.config_from_hf(hf["text_config"],
                                        tie_word_embeddings=tied_embeddings(hf))
     vision = siglip_convert.config_from_hf(hf["vision_config"], post_layernorm=False)
-    check_activation(hf, "projector_hidden_act", "gelu", "gelu")  # (exact GELU: LLaVA's mlp2x_gelu)
+    check_activation(hf, "projector_hidden_act", "gelu")  # (exact GELU: LLaVA's mlp2x_gelu)
     if hf.get("vision_feature_select_strategy", "full") != "full":  # ("default" drops a token)
       raise CheckpointError(f"vision_feature_select_strategy="
                             f"{hf['vision_feature_select_strategy']!r}: only 'full' (every patch "

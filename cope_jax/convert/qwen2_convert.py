@@ -23,7 +23,7 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
   if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
     raise CheckpointError("sliding-window attention (use_sliding_window / layer_types) is not "
                           "supported: every layer attends to the whole context")
-  check_activation(hf, "hidden_act", "silu", "silu")
+  check_activation(hf, "hidden_act", "silu")
   n = positive_ints({"num_key_value_heads": hf.get("num_attention_heads"), **hf},
                     ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads"))

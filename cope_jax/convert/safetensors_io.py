@@ -108,10 +108,11 @@ def positive_ints(config: dict, keys: tuple[str, ...]) -> dict[str, int]:
   return out
 
 
-def check_activation(config: dict, key: str, default: str, supported: str) -> None:
-  """CheckpointError unless ``config[key]`` (``default`` when absent) is the activation our module
-  computes: another one would convert cleanly and compute other numbers."""
-  value = config.get(key, default)
+def check_activation(config: dict, key: str, supported: str) -> None:
+  """CheckpointError unless ``config[key]`` is the activation our module computes (absent, the
+  Hugging Face default, which is that one): another would convert cleanly and compute other
+  numbers."""
+  value = config.get(key, supported)
   if value != supported:
     raise CheckpointError(f"{key}={value!r}: only {supported!r} is supported (what our module "
                           "computes)")

@@ -11,7 +11,7 @@ def config_from_hf(hf: dict, **overrides) -> SiglipConfig:
   vision = hf.get("vision_config", hf)
   if vision.get("model_type") not in (None, "siglip_vision_model", "siglip"):
     raise CheckpointError(f"expected a SigLIP vision model, config says {vision.get('model_type')!r}")
-  check_activation(vision, "hidden_act", "gelu_pytorch_tanh", "gelu_pytorch_tanh")
+  check_activation(vision, "hidden_act", "gelu_pytorch_tanh")
   n = positive_ints(vision, ("hidden_size", "intermediate_size", "num_hidden_layers",
                              "num_attention_heads", "patch_size", "image_size"))
   if n["hidden_size"] % n["num_attention_heads"]:
