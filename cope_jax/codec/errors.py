@@ -15,5 +15,10 @@ class VideoError(Exception):
     super().__init__(f"{self.path}: {reason}")
 
 
+def one_line(e: BaseException) -> str:
+  """An exception's message on one line (libraries such as Orbax write several)."""
+  return " ".join(str(e).split())
+
+
 class ConfigError(ValueError):
   """Settings that make no sense together (e.g. a GOP not divisible by the fusion window)."""

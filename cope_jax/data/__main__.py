@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.errors import ConfigError, one_line
 from cope_jax.codec.motion import MAX_SIZE
 from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
 from cope_jax.command_line import ArgumentParser
@@ -110,7 +110,7 @@ def _message(e: Exception) -> str:
   """One line, naming the path first for an OS error (``PATH: reason``, as VideoError)."""
   if isinstance(e, OSError) and e.filename is not None and e.strerror:
     return f"{e.filename}: {e.strerror.lower()}"
-  return " ".join(str(e).split())
+  return one_line(e)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,6 +218,15 @@ class CoPE:
     # No Δ-frames (dense, keyframes): (1, 0, H, W, …) primitives, and no Δ-encoder runs.
     return (text, mask, pixels, v.mv[None], v.residual[None], kinds), visual, need
 
+  def _checked_inputs(self, video, mode, keyframes_per_gop, dense_frames, min_change,
+                      inputs: VideoInputs | None) -> VideoInputs:
+    """The frames given (the mode checked against this model: an RGB-only one has no Δ-encoder
+    to run), or extracted (``video_inputs`` checks it)."""
+    if inputs is None:
+      return self.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
+    self.check_mode(mode)
+    return inputs
+
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
           inputs: VideoInputs | None = None, min_change: float = 0.0,
@@ -226,8 +235,7 @@ class CoPE:
     ``keyframes_per_gop``, ``min_change`` (adaptive fusion) and ``dense_frames`` are theirs).
     ``seed`` picks the sampling stream when ``temperature`` > 0."""
     from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
-    self.check_mode(mode)  # (also with ``inputs``: an RGB-only model has no Δ-encoder to run)
-    v = inputs or self.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
+    v = self._checked_inputs(video, mode, keyframes_per_gop, dense_frames, min_change, inputs)
     start = time.perf_counter()  # primitives in memory
     # Host arrays go to the jitted prefill as they are: its C++ argument path moves them, 0.6 ms
     # sooner than a jax.device_put of the six first (demo cope prompts, 12.1 vs 12.7 ms).
@@ -248,8 +256,7 @@ class CoPE:
     generated."""
     if not options:
       raise ValueError("rank_options needs at least one option")
-    self.check_mode(mode)
-    v = inputs or self.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
+    v = self._checked_inputs(video, mode, keyframes_per_gop, dense_frames, min_change, inputs)
     batch, visual, prompt_tokens = self.model_inputs(v, question)
     answers = [self.tok.encode(o, add_special_tokens=False).ids + [self.generator.eos_id]
                for o in options]

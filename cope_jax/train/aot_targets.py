@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.errors import ConfigError, one_line
 
 # TPU v4 slices by accelerator type: chips in a 3-D torus, one JAX device per chip (megacore).
 V4_TOPOLOGIES = {"v4-8": "2x2x1", "v4-16": "2x2x2", "v4-32": "2x2x4", "v4-64": "2x4x4",
@@ -55,4 +55,4 @@ def compile_only_devices(name: str) -> list:
     return list(topologies.get_topology_desc(**kwargs).devices)
   except Exception as e:  # pylint: disable=broad-except  # a missing compiler raises several kinds
     raise ConfigError(f"--topology={name} needs the accelerator's compiler ({needs}; it runs on "
-                      f"a CPU-only machine): {' '.join(str(e).split())}") from e
+                      f"a CPU-only machine): {one_line(e)}") from e

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.errors import ConfigError, one_line
 
 REPLICA_PARALLEL_MIN_BYTES = 16 << 20
 
@@ -96,8 +96,7 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state),
             data=grain.checkpoint.CheckpointRestore(iterator)))
       except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
-        # (one line: Orbax's messages span several)
-        first_error = first_error or f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        first_error = first_error or f"{type(e).__name__}: {one_line(e)[:300]}"
         warnings.warn(f"checkpoint {step} in {self.directory} is unreadable ({first_error}); "
                       "trying an older one", RuntimeWarning)
         unreadable.append(step)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cope_jax.codec.errors import ConfigError
+from cope_jax.codec.errors import ConfigError, one_line
 from cope_jax.data.pipeline import (PipelineConfig, finetune_dataset, pad_to_length,
                                     pretrain_dataset)
 from cope_jax.models import presets
@@ -26,7 +26,7 @@ def _read_checkpoint(key: str, read, path: str):
     return read(path)
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(f"--config.{key}={path}: not a readable checkpoint ({type(e).__name__}: "
-                      f"{' '.join(str(e).split())[:300]})") from None
+                      f"{one_line(e)[:300]})") from None
 
 
 def model_config(config):
