@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from cope_jax.codec.sampling import SamplingConfig
+from cope_jax.codec.sampling import MAX_FPS, MAX_GOP, MAX_GOPS, SamplingConfig
 
 
 MIN_CHANGE_HELP = (
@@ -31,16 +31,18 @@ def add_sampling_flags(p: argparse.ArgumentParser, with_size: bool = True,
     p.add_argument("--quantizer", type=int, default=3,
                    help="MPEG-4 quantiser of the re-encode, 2 (best) to 31 (default 3)")
   p.add_argument("--fps", type=int, default=30,
-                 help="frame rate of the re-encoded video (default 30)")
+                 help=f"frame rate of the re-encoded video, up to {MAX_FPS} (default 30)")
   p.add_argument("--gop", type=int, default=240,
-                 help="frames per GOP: one I-frame + P-frames (default 240)")
+                 help=f"frames per GOP: one I-frame + P-frames, up to {MAX_GOP} (FFmpeg's "
+                      "MPEG-4 encoder puts an I-frame at least that often; default 240)")
   p.add_argument("--fusion", type=int, default=30,
                  help="frames fused into one Δ-frame, s; divides --gop "
                       "(default 30: 1 FPS at 30 fps)")
   p.add_argument("--keyframes-per-gop", type=int, default=1,
                  help="K keyframes per GOP, evenly spaced, the first on the I-frame (default 1)")
   p.add_argument("--max-gops", type=int, default=64,
-                 help="longer videos keep this many GOPs, sampled uniformly (default 64)")
+                 help=f"longer videos keep this many GOPs, sampled uniformly, up to {MAX_GOPS} "
+                      "(default 64)")
   if with_min_change:
     add_min_change_flag(p)
   else:
