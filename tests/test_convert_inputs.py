@@ -55,11 +55,29 @@ def test_activations_our_modules_do_not_compute_are_refused():
                                          "tiny")
 
 
+def test_fields_a_config_leaves_out_take_the_transformers_defaults():
+  from transformers import Qwen2Config, SiglipVisionConfig  # pylint: disable=import-outside-toplevel
+  # num_key_value_heads left out is 32 in transformers, not num_attention_heads
+  for given in ({}, {"num_attention_heads": 64, "hidden_size": 1024}):
+    hf, ours = Qwen2Config.from_dict(given), qwen2_convert.config_from_hf(given)
+    assert (ours.vocab_size, ours.hidden_size, ours.intermediate_size, ours.num_layers,
+            ours.num_heads, ours.num_kv_heads) == (
+                hf.vocab_size, hf.hidden_size, hf.intermediate_size, hf.num_hidden_layers,
+                hf.num_attention_heads, hf.num_key_value_heads)
+  with pytest.raises(CheckpointError, match="num_attention_heads 8 and num_key_value_heads 32"):
+    qwen2_convert.config_from_hf({"num_attention_heads": 8})  # (transformers: 32 kv heads too)
+  hf, ours = SiglipVisionConfig.from_dict({}), siglip_convert.config_from_hf({})
+  assert (ours.hidden_size, ours.intermediate_size, ours.num_layers, ours.num_heads,
+          ours.patch_size, ours.image_size) == (
+              hf.hidden_size, hf.intermediate_size, hf.num_hidden_layers,
+              hf.num_attention_heads, hf.patch_size, hf.image_size)
+
+
 @pytest.mark.parametrize("change,named", [
     ({"num_attention_heads": 0}, "num_attention_heads must be a whole number >= 1, got 0"),
     ({"num_hidden_layers": 0}, "num_hidden_layers must be a whole number >= 1, got 0"),
     ({"vocab_size": "97"}, "vocab_size must be a whole number >= 1, got '97'"),
-    ({"hidden_size": None}, "hidden_size must be a whole number >= 1, got nothing"),
+    ({"hidden_size": 2.5}, "hidden_size must be a whole number >= 1, got 2.5"),
     ({"num_key_value_heads": 3}, "hidden_size 64, num_attention_heads 4 and num_key_value_heads 3"),
 ])
 def test_config_values_that_describe_no_model_are_one_error_line(hf_root, tmp_path, change,

@@ -1,6 +1,7 @@
 """Numeric parity with the PyTorch reference models (transformers, torch==2.13.0 CPU)."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -232,12 +233,28 @@ def test_llava_next_layout_converts_identically(hf_root, tmp_path):
   save_file(tensors, str(tmp_path / "model.safetensors"))
   hf_cfg = read_config(path)
   flat = {**hf_cfg["text_config"], "model_type": "llava_qwen",
-          "mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu"}
+          "mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu",
+          "mm_patch_merge_type": "spatial_unpad", "mm_newline_position": "grid",
+          "mm_spatial_pool_mode": "bilinear", "mm_spatial_pool_stride": 2}
   (tmp_path / "config.json").write_text(json.dumps(flat))
   # the flat config gives the same LLM (vision is so400m by name: LLaVA-NeXT stores no config)
   assert llava_convert.config_from_checkpoint(read_config(str(tmp_path))).llm == cfg.llm
   with pytest.raises(CheckpointError, match="mm_newline_position"):
     llava_convert.config_from_checkpoint({**flat, "mm_newline_position": "one_token"})
+  # a key left out is LLaVA-NeXT's default, another layout than LLaVA-Video's (one newline per
+  # video; no newline at all; a linear projector), or a key LLaVA-NeXT cannot do without
+  for key, named in (("mm_newline_position", "missing (LLaVA-NeXT then uses 'one_token')"),
+                     ("mm_patch_merge_type", "missing (LLaVA-NeXT then uses 'flat')"),
+                     ("mm_projector_type", "missing (LLaVA-NeXT then uses 'linear')"),
+                     ("mm_spatial_pool_mode", "missing: LLaVA-NeXT needs it")):
+    with pytest.raises(CheckpointError, match=re.escape(f"{key} is {named}")):
+      llava_convert.config_from_checkpoint({k: v for k, v in flat.items() if k != key})
+  llava_convert.config_from_checkpoint({k: v for k, v in flat.items()
+                                        if k != "mm_spatial_pool_stride"})  # get_2dPool's 2
+  llava_convert.config_from_checkpoint({**flat, "mm_patch_merge_type": "spatial"})
+  for change in ({"mm_patch_merge_type": "flat"}, {"add_faster_video": True}):
+    with pytest.raises(CheckpointError, match=next(iter(change))):
+      llava_convert.config_from_checkpoint({**flat, **change})
   next_params = llava_convert.convert(read_checkpoint(str(tmp_path)), cfg, str(tmp_path))
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(next_params)):
     np.testing.assert_array_equal(a, b)

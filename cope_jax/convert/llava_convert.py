@@ -65,17 +65,43 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
     if "siglip" not in hf["mm_vision_tower"]:
       raise CheckpointError(f"vision tower {hf['mm_vision_tower']!r}: only SigLIP is supported")
     vision = SIGLIP["paper"]  # so400m-patch14-384 with the last layer dropped
-    # LLaVA-Video's token layout, which VideoLM implements: 2×2 bilinear pooling of each frame's
-    # grid, a newline after every row. OneVision's video setting differs (one newline token).
-    for key, expected in (("mm_projector_type", "mlp2x_gelu"), ("mm_newline_position", "grid"),
-                          ("mm_spatial_pool_mode", "bilinear"), ("mm_spatial_pool_stride", 2)):
-      if hf.get(key, expected) != expected:
-        raise CheckpointError(f"{key}={hf[key]!r}: only {expected!r} (LLaVA-Video's layout) is "
-                              "supported")
+    check_llava_next_layout(hf)
   else:
     raise CheckpointError("neither text_config/vision_config (llava-hf) nor "
                           "mm_vision_tower (LLaVA-NeXT)")
   return VideoLMConfig(vision, llm, dataclasses.replace(DELTA[delta], out_dim=vision.hidden_size))
+
+
+# LLaVA-Video's token layout, which VideoLM implements: 2×2 bilinear pooling of each frame's
+# grid, a newline after every row. A key left out means LLaVA-NeXT's own default (llava_arch:
+# getattr(config, "mm_newline_position", "one_token"), "mm_patch_merge_type" "flat"; the
+# projector builder's "mm_projector_type" "linear"; get_2dPool's stride 2), the layout that
+# checkpoint was trained with; None: LLaVA-NeXT reads the key as an attribute, so it must be there.
+LLAVA_NEXT_LAYOUT = (("mm_projector_type", "linear", "mlp2x_gelu"),
+                     ("mm_patch_merge_type", "flat", "spatial_unpad"),
+                     ("mm_newline_position", "one_token", "grid"),
+                     ("mm_spatial_pool_mode", None, "bilinear"),
+                     ("mm_spatial_pool_stride", 2, 2))
+
+
+def check_llava_next_layout(hf: dict) -> None:
+  """CheckpointError unless a LLaVA-NeXT config describes LLaVA-Video's token layout."""
+  for key, default, expected in LLAVA_NEXT_LAYOUT:
+    if key not in hf and default is None:
+      raise CheckpointError(f"{key} is missing: LLaVA-NeXT needs it (LLaVA-Video's is "
+                            f"{expected!r})")
+    value = hf.get(key, default)
+    if key == "mm_patch_merge_type":  # spatial, spatial_unpad, …: the frames' layout is the same
+      matches = isinstance(value, str) and value.startswith("spatial")
+    else:
+      matches = value == expected
+    if not matches:
+      got = (f"{key} is missing (LLaVA-NeXT then uses {value!r})" if key not in hf
+             else f"{key}={value!r}")
+      raise CheckpointError(f"{got}: only {expected!r} (LLaVA-Video's layout) is supported")
+  if hf.get("add_faster_video"):
+    raise CheckpointError("add_faster_video=True: LLaVA-Video's slow-fast frames are not "
+                          "supported (each frame's full grid only)")
 
 
 def tied_embeddings(hf: dict) -> bool:

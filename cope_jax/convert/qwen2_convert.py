@@ -9,6 +9,12 @@ from cope_jax.convert.tree import TensorSource, stack
 from cope_jax.models.qwen2 import Qwen2Config
 
 
+# transformers' Qwen2Config defaults, which a config.json may leave out (a missing
+# num_key_value_heads is 32 there, not num_attention_heads: only an explicit null copies that).
+HF_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32}
+
+
 def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
   if hf.get("model_type") not in (None, "qwen2"):
     raise CheckpointError(f"expected a qwen2 model, config.json says {hf.get('model_type')!r}")
@@ -24,9 +30,7 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
     raise CheckpointError("sliding-window attention (use_sliding_window / layer_types) is not "
                           "supported: every layer attends to the whole context")
   check_activation(hf, "hidden_act", "silu")
-  n = positive_ints({"num_key_value_heads": hf.get("num_attention_heads"), **hf},
-                    ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads"))
+  n = positive_ints(hf, HF_DEFAULTS)
   heads, kv_heads = n["num_attention_heads"], n["num_key_value_heads"]
   if n["hidden_size"] % heads or heads % kv_heads:
     raise CheckpointError(f"hidden_size {n['hidden_size']}, num_attention_heads {heads} and "

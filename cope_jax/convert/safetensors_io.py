@@ -95,15 +95,15 @@ def read_config(directory: str) -> dict:
   return config
 
 
-def positive_ints(config: dict, keys: tuple[str, ...]) -> dict[str, int]:
-  """The config's values of ``keys``, each a whole number >= 1 (CheckpointError naming the key
-  otherwise: a missing one, a string, a zero)."""
+def positive_ints(config: dict, defaults: dict[str, int]) -> dict[str, int]:
+  """The config's values of ``defaults``' keys, a missing one taking its default (what the
+  transformers config class takes: a config.json may leave a field at it), each a whole number
+  >= 1 (CheckpointError naming the key otherwise: a string, a zero)."""
   out = {}
-  for key in keys:
-    value = config.get(key)
+  for key, default in defaults.items():
+    value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      got = "nothing (the key is missing)" if key not in config else repr(value)
-      raise CheckpointError(f"{key} must be a whole number >= 1, got {got}")
+      raise CheckpointError(f"{key} must be a whole number >= 1, got {value!r}")
     out[key] = value
   return out
 

@@ -7,13 +7,17 @@ from cope_jax.convert.tree import TensorSource, stack
 from cope_jax.models.siglip import SiglipConfig
 
 
+# transformers' SiglipVisionConfig defaults, which a config.json may leave out.
+HF_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+               "num_attention_heads": 12, "patch_size": 16, "image_size": 224}
+
+
 def config_from_hf(hf: dict, **overrides) -> SiglipConfig:
   vision = hf.get("vision_config", hf)
   if vision.get("model_type") not in (None, "siglip_vision_model", "siglip"):
     raise CheckpointError(f"expected a SigLIP vision model, config says {vision.get('model_type')!r}")
   check_activation(vision, "hidden_act", "gelu_pytorch_tanh")
-  n = positive_ints(vision, ("hidden_size", "intermediate_size", "num_hidden_layers",
-                             "num_attention_heads", "patch_size", "image_size"))
+  n = positive_ints(vision, HF_DEFAULTS)
   if n["hidden_size"] % n["num_attention_heads"]:
     raise CheckpointError(f"hidden_size {n['hidden_size']} is not a multiple of "
                           f"num_attention_heads {n['num_attention_heads']}")
