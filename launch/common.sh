@@ -75,15 +75,58 @@ train_command() {
   printf '%s' "$cmd"
 }
 
-# wait_all PID …: wait for every background job; fail with the first failure's status (75: a
-# trainer stopped by SIGTERM after saving). Start a pipeline in a subshell, ( … | … ) &, so
-# that its PID's status is the pipeline's (pipefail), not its last command's.
+# wait_all PID …: wait for every background job; return the status of the first to fail, in
+# time (the cause: the others then abort in their next collective, with statuses of their own).
+# A failure stops the jobs still running at once (their process trees, SIGTERM) rather than
+# leaving them to JAX's heartbeat and shutdown timeouts (100–300 s) — except 75, a trainer
+# stopped by SIGTERM after saving, which every worker does together: the others finish saving.
+# Start a pipeline in a subshell, ( … | … ) &, so that its PID's status is the pipeline's
+# (pipefail), not its last command's.
 wait_all() {
-  local status=0 pid rc
-  for pid in "$@"; do
-    rc=0
-    wait "$pid" || rc=$?
-    if [[ $status == 0 ]]; then status=$rc; fi
+  local status=0 pid rc running=("$@") still
+  while ((${#running[@]})); do
+    still=()
+    for pid in "${running[@]}"; do
+      if kill -0 "$pid" 2>/dev/null; then
+        still+=("$pid")
+        continue
+      fi
+      rc=0
+      wait "$pid" || rc=$?
+      if [[ $status == 0 && $rc != 0 ]]; then
+        status=$rc
+        if [[ $rc != 75 ]]; then
+          echo "error: a worker failed (status $rc); stopping the others" >&2
+          for other in "${running[@]}"; do
+            stop_tree "$other"
+          done
+        fi
+      fi
+    done
+    running=("${still[@]+"${still[@]}"}")
+    if ((${#running[@]})); then
+      sleep 0.5
+    fi
   done
   return "$status"
+}
+
+# stop_tree PID: SIGTERM to a process and everything it started (a job's subshell alone would
+# leave its trainer running).
+stop_tree() {
+  local child
+  for child in $(pgrep -P "$1" 2>/dev/null); do
+    stop_tree "$child"
+  done
+  kill -TERM "$1" 2>/dev/null || true
+}
+
+# remote_path PATH: PATH quoted for a remote shell, a leading ~/ left for it to expand.
+# shellcheck disable=SC2088  # (the ~ is meant for the remote shell)
+remote_path() {
+  if [[ "$1" == "~/"* ]]; then
+    printf '~/%q' "${1#"~/"}"
+  else
+    printf '%q' "$1"
+  fi
 }

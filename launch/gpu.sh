@@ -19,7 +19,9 @@ Commands:
 
 Environment (required: CONFIG, WORKDIR):
   CONFIG, WORKDIR, DATA_DIR, EXTRA_FLAGS   as for the trainer (see launch/tpu.sh --help)
-  HOSTS           ssh: "gpu1 gpu2 …"      PORT   coordinator port (default 12355)
+  HOSTS           ssh: "gpu1 user@gpu2 …" (ssh destinations)  PORT  coordinator port (default 12355)
+  COORDINATOR_HOST  ssh: the address the hosts reach the first one at (default: its ssh
+                  destination without user@, an ~/.ssh/config alias resolved to its HostName)
   REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
   PYTHON          ssh: the interpreter on the hosts (default: REPO_DIR/.venv/bin/python where
                   this checkout has a .venv, else python)
@@ -37,11 +39,27 @@ host() {
   run bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
 }
 
+# coordinator_host SSH_DESTINATION: the address the workers reach the first host at —
+# COORDINATOR_HOST if set, else the destination without its user@, and an ~/.ssh/config alias
+# resolved to its HostName (the trainers connect over the network, not through ssh).
+coordinator_host() {
+  if [[ -n "${COORDINATOR_HOST:-}" ]]; then
+    printf '%s' "$COORDINATOR_HOST"
+    return
+  fi
+  local host=${1##*@} resolved=""
+  if command -v ssh >/dev/null; then
+    resolved=$(ssh -G "$host" 2>/dev/null | awk '$1 == "hostname" {print $2; exit}') || true
+  fi
+  printf '%s' "${resolved:-$host}"
+}
+
 ssh_hosts() {
   require HOSTS
   local host_list
   read -r -a host_list <<<"${HOSTS:?}"
-  local coordinator="${host_list[0]}:${PORT:-12355}" repo="${REPO_DIR:-$HERE/..}"
+  local coordinator repo="${REPO_DIR:-$HERE/..}"
+  coordinator="$(coordinator_host "${host_list[0]}"):${PORT:-12355}"
   # An ssh command runs outside any activated virtualenv: the checkout's own, where it has one.
   local python=${PYTHON:-python}
   if [[ -z "${PYTHON:-}" && -x "$HERE/../.venv/bin/python" ]]; then

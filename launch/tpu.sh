@@ -104,7 +104,8 @@ ssh_all() {
 
 install() {
   # The committed tree (git archive HEAD), not the folder: no virtualenv, .git or local runs.
-  local repo="${REPO_DIR:-~/cope_jax}" src tarball
+  local repo src tarball
+  repo=$(remote_path "${REPO_DIR:-~/cope_jax}")
   src=$(cd "$HERE/.." && pwd)
   tarball="${TMPDIR:-/tmp}/cope_jax_src.tar.gz"
   run git -C "$src" archive --format=tar.gz -o "$tarball" HEAD
@@ -118,8 +119,8 @@ install() {
 
 train() {
   require CONFIG WORKDIR
-  local repo="${REPO_DIR:-~/cope_jax}"
-  local cmd
+  local repo cmd
+  repo=$(remote_path "${REPO_DIR:-~/cope_jax}")
   cmd="cd $repo && COPE_DISTRIBUTED=1 ${WORKER_ENV:+$WORKER_ENV }$(PYTHON=.venv/bin/python train_command)"
   # One ssh per worker so that each log line can say where it comes from.
   local pids=() w

