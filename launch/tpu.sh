@@ -75,7 +75,8 @@ create() {
   if [[ "$DRY_RUN" != 1 ]]; then
     local state
     while state=$(queued_state) && [[ "$state" != ACTIVE ]]; do
-      if [[ "$state" =~ ^(FAILED|SUSPENDED)$ ]]; then
+      # (MISSING: it cannot be described at all, three times in a row — waiting would not help)
+      if [[ "$state" =~ ^(FAILED|SUSPENDED|MISSING)$ ]]; then
         die "the queued resource $TPU_NAME is $state; see \`launch/tpu.sh status\`"
       fi
       echo "waiting for $TPU_NAME ($ACCELERATOR) to become ACTIVE (${state:-no state yet})…"

@@ -155,6 +155,9 @@ def test_tpu_create_stops_when_the_request_fails(tmp_path):
   r = sh(TPU, "create", **_fake_gcloud(tmp_path, [], states=("WAITING_FOR_RESOURCES", "FAILED")))
   assert r.returncode == 2 and "the queued resource cope-v4-32 is FAILED" in r.stderr, r.stderr
   assert "waiting for cope-v4-32 (v4-8) to become ACTIVE (WAITING_FOR_RESOURCES)" in r.stdout
+  (tmp_path / "b").mkdir()  # describe failing for good: stop, not wait for ever
+  r = sh(TPU, "create", **_fake_gcloud(tmp_path / "b", [], states=("MISSING",)))
+  assert r.returncode == 2 and "the queued resource cope-v4-32 is MISSING" in r.stderr, r.stderr
 
 
 def test_gpu_dry_runs():

@@ -80,7 +80,8 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_rerunning_a_finished_run_says_so(tmp_path):
-  assert run("pretrain.py:tiny", tmp_path, "--config.total_steps=2").returncode == 0
+  r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=2")
+  assert r.returncode == 0 and "optim.warmup_steps 20 is not shorter than total_steps 2" in r.stdout
   logged = metrics(tmp_path)
   r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=2")
   assert r.returncode == 0, r.stderr[-3000:]

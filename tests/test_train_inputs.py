@@ -10,7 +10,7 @@ import pytest
 
 from cope_jax.codec.errors import ConfigError
 from cope_jax.demo.recipe import load_recipe
-from cope_jax.train import prepare
+from cope_jax.train import optim, prepare
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -82,3 +82,14 @@ def test_a_resume_that_would_batch_the_data_otherwise_is_refused(tmp_path):
   assert os.listdir(tmp_path / "checkpoints") == ["2"]
   r = train("--config.total_steps=4")  # the same settings, more steps: resumes
   assert r.returncode == 0 and "resumed from step 2" in r.stdout, r.stderr[-2000:]
+
+
+
+def test_a_warm_up_as_long_as_the_run_is_said():
+  """warmup_steps 1000 with total_steps 50 (the paper recipe, shortened) never came near the
+  configured rate, silently: the trainer now says so as it starts."""
+  assert optim.warmup_note(1000, 50) == (
+      "note: optim.warmup_steps 1000 is not shorter than total_steps 50: the learning rate rises "
+      "for the whole run and never exceeds 5% of its peak")
+  assert optim.warmup_note(50, 50) is not None and optim.warmup_note(49, 50) is None
+  assert optim.warmup_note(0, 1) is None

@@ -26,7 +26,7 @@ from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constr
 from cope_jax.train import PREEMPTED
 from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
-from cope_jax.train.optim import make_optimizer
+from cope_jax.train.optim import make_optimizer, warmup_note
 from cope_jax.train.prepare import check_batch_layout
 from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
@@ -240,6 +240,8 @@ def train(config, workdir: str) -> int:
   # Frozen parts are not in the checkpoints: they are loaded on every start, a resume included.
   trained_over, frozen_over, note = task.pretrained()
   print(note, flush=True)
+  if main and (warmup := warmup_note(config.optim.warmup_steps, config.total_steps)):
+    print(warmup, flush=True)
   state, frozen = program.init(trained_over, frozen_over)
   iterator = iter(task.dataset(jax.process_index(), jax.process_count()))
   if jax.process_count() > 1:

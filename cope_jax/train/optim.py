@@ -16,6 +16,16 @@ def schedule(peak: float, warmup: int, total: int) -> optax.Schedule:
                                             end_value=0.0)
 
 
+def warmup_note(warmup: int, total: int) -> str | None:
+  """A note for a run whose warm-up is not shorter than itself (a short smoke run of a long
+  recipe may mean to: said, not refused), else None."""
+  if warmup < total:
+    return None
+  return (f"note: optim.warmup_steps {warmup} is not shorter than total_steps {total}: the "
+          f"learning rate rises for the whole run and never exceeds {total / warmup:.0%} of "
+          "its peak")
+
+
 def decay_mask(params):
   """Weight decay on matrices, kernels and embeddings; not on biases, norms or single vectors.
   Decided by name: scanned layers stack a norm's (D,) scale into (layers, D)."""
