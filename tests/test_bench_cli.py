@@ -1,10 +1,11 @@
 """``python -m cope_jax.bench``: its help, usage errors and bad values; TTFT's settings and signs."""
 
+import dataclasses
 import subprocess
 import sys
 
 from cope_jax.bench.__main__ import BENCHMARKS
-from cope_jax.bench.ttft_bench import _change, measure
+from cope_jax.bench.ttft_bench import _change, measure, token_table
 from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, token_budget
 from cope_jax.models import presets
 
@@ -55,6 +56,9 @@ def test_bad_values_are_one_error_line_with_status_2(tmp_path):
   assert r.returncode == 2 and "grey levels within 0-255" in r.stderr.splitlines()[-1]
   r = _bench("adaptive", "--workdir", str(tmp_path), "--thresholds", "0")
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "finished demo" in r.stderr
+  r = _bench("adaptive", "--thresholds", "0", "--out", str(tmp_path / "no" / "x.json"))
+  assert r.returncode == 2 and r.stderr == (f"error: --out {tmp_path / 'no' / 'x.json'}: its "
+                                            "folder does not exist\n")  # before the clip
   text = tmp_path / "notes.mp4"
   text.write_text("not a video")
   r = _bench("codec", "--video", str(text))
@@ -72,6 +76,10 @@ def test_ttft_measures_every_setting_with_the_budget_s_frame_counts():
   """The tiny preset end to end: the keyframes and Δ-frames of each setting are the token
   budget's (``codec budget``), Δ-frames at the keyframes' side, dense the reference."""
   cfg = presets.video_lm("tiny")
+  # positions for the longest prompt (dense: 80 text tokens, the placeholder replaced by 64
+  # frames' tokens) and the 2 new tokens, no more: the visual tokens were counted twice
+  longest = 80 - 1 + 64 * cfg.keyframe_tokens
+  cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, max_positions=longest + 2))
   rows = measure(cfg, 16, new_tokens=2, repeats=1)
   assert [r["setting"] for r in rows] == ["dense 64 frames", "CoPE K=1", "CoPE K=2", "CoPE K=4"]
   assert rows[0]["visual_tokens"] == 64 * cfg.keyframe_tokens and rows[0]["ttft_reduction"] == 0
@@ -81,6 +89,15 @@ def test_ttft_measures_every_setting_with_the_budget_s_frame_counts():
     assert r["visual_tokens"] == (r["keyframes"] * cfg.keyframe_tokens
                                   + r["delta_frames"] * cfg.delta_tokens)
     assert 0 < r["ttft_s"] <= r["e2e_s"] and r["delta_side"] == cfg.vision.image_size == 64
+
+
+def test_the_token_table_covers_every_setting_up_to_an_hour():
+  """Its all-GOPs column asked for more GOPs than the sampler allows: the command failed."""
+  rows = token_table()
+  assert [r["seconds"] for r in rows][-1] == 3600
+  for r in rows:
+    assert r["K=1 (all GOPs)"] >= r["K=1"] > 0 and r["dense_64"] == 64 * 210
+  assert rows[-1]["K=1 (all GOPs)"] > rows[-1]["K=1"]
 
 
 def test_a_video_length_past_eleven_days_or_a_trainer_refusal_is_one_error_line():

@@ -36,9 +36,11 @@ def main() -> None:
     sys.exit(2)
   import importlib  # pylint: disable=import-outside-toplevel
   from cope_jax.codec.errors import ConfigError, VideoError  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer import PromptTooLong  # pylint: disable=import-outside-toplevel
   try:
     importlib.import_module(BENCHMARKS[sys.argv[1]][0]).main(sys.argv[2:])
-  except (VideoError, ConfigError, OSError) as e:  # a bad input or setting; bugs keep tracebacks
+  # a bad input or setting (a video too long for the model among them); bugs keep tracebacks
+  except (VideoError, ConfigError, OSError, PromptTooLong) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -171,6 +171,8 @@ def main(argv: list[str]) -> None:
   require_positive(parser, args, "--limit")
   if args.workdir:
     _demo_paths(args.workdir)  # before the clip's half minute
+  if args.out:
+    check_results_file("--out", args.out)
   if args.save_clip:
     if not args.save_clip.endswith(".mp4"):
       parser.error(f"--save-clip must name an .mp4 file, got {args.save_clip}")
