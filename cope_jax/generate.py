@@ -3,10 +3,11 @@
 Answers a question about a video with a trained model. With ``--json`` prints
 ``answer``, ``ttft_s``, ``e2e_s``, ``visual_tokens``, ``prompt_tokens`` (and ``extract_s``,
 ``compile_s``, ``mode``, ``new_tokens``). ``ttft_s`` and ``e2e_s`` leave out compilation, which
-a one-off command always pays: ``compile_s``. The first call in a process also pays one-off JAX
-set-up that is not compilation (0.1–0.2 s on the demo's model, against a warm TTFT of about
-10 ms): ``--repeat N`` asks N times and reports the warm calls' medians, with the first call's
-as ``ttft_cold_s`` and ``e2e_cold_s``.
+a one-off command always pays: ``compile_s``; a newly compiled prefill also runs twice, and the
+second run is timed (a program's first run is several times slower). The first call in a process
+still pays one-off JAX set-up that is not compilation, and the decode step's first, slower runs
+in ``e2e_s``: ``--repeat N`` asks N times and reports the warm calls' medians, with the first
+call's as ``ttft_cold_s`` and ``e2e_cold_s``.
 """
 
 from __future__ import annotations
