@@ -29,7 +29,7 @@ from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
 from cope_jax.command_line import ArgumentParser, check_results_file
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
-from cope_jax.infer import MODES, mode_sampling
+from cope_jax.infer import MODES, mode_sampling, settle_mode_flags
 
 ANSWER_FORMATS = ("letter", "open", "ranked")
 
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                            "trained it — or Qwen2's for a converted checkpoint)")
   parser.add_argument("--mode", default="cope", choices=MODES,
                       help="which frames the model sees (default cope; see above)")
-  parser.add_argument("--keyframes-per-gop", type=int, default=1,
+  parser.add_argument("--keyframes-per-gop", type=int, default=None,
                       help="K, keyframes per GOP in the cope and keyframes modes (default 1)")
   add_min_change_flag(parser)
-  parser.add_argument("--dense-frames", type=int, default=64,
+  parser.add_argument("--dense-frames", type=int, default=None,
                       help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's)")
   parser.add_argument("--out", required=True, help="RESULTS.json (+ RESULTS.log.jsonl)")
   parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
@@ -188,12 +188,17 @@ def main(argv: list[str] | None = None) -> int:
   formats.add_argument("--rank-options", action="store_true",
                        help="ask without the options; pick the option whose text the model "
                        "finds most likely (lm-eval-harness's scoring for base models; no TTFT)")
-  parser.add_argument("--post-prompt", default=MCQ_SUFFIX,
+  parser.add_argument("--post-prompt", default=None,
                       help="the line after the lettered options (default lmms-eval's for "
                       "PerceptionTest and VideoMME: \"Answer with the option's letter from the "
                       "given choices directly.\"; \"\" for none)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
+  settle_mode_flags(parser, args)
+  if args.post_prompt is not None and (args.open_ended or args.rank_options):
+    parser.error("--post-prompt follows the lettered options, which --open-ended and "
+                 "--rank-options leave out")
+  args.post_prompt = MCQ_SUFFIX if args.post_prompt is None else args.post_prompt
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   try:
     check_results_file("--out", args.out)

@@ -21,7 +21,7 @@ import sys
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
 from cope_jax.command_line import ArgumentParser
-from cope_jax.infer import MODES, PromptTooLong, mode_sampling
+from cope_jax.infer import MODES, PromptTooLong, mode_sampling, settle_mode_flags
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="cope: keyframes + Δ-frames (default); keyframes: without the "
                       "Δ-frames; dense: --dense-frames uniform RGB frames; cope_zero_delta: "
                       "Δ-tokens zeroed")
-  parser.add_argument("--keyframes-per-gop", type=int, default=1,
+  parser.add_argument("--keyframes-per-gop", type=int, default=None,
                       help="RGB keyframes per GOP (the paper's K: 1, 2 or 4; default 1)")
   add_min_change_flag(parser)
-  parser.add_argument("--dense-frames", type=int, default=64,
+  parser.add_argument("--dense-frames", type=int, default=None,
                       help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's; "
                       "the demo's base model was trained on 20)")
   parser.add_argument("--max-new-tokens", type=int, default=64,
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                       "and e2e_cold_s (default 1: the first call's only)")
   parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
   args = parser.parse_args(argv)
+  settle_mode_flags(parser, args)
   if args.repeat < 1:
     parser.error("--repeat must be at least 1")
   if args.dense_frames < 1:

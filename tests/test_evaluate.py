@@ -331,6 +331,29 @@ def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("cli,flags,named", [
+    ("evaluate", ("--mode", "dense", "--keyframes-per-gop", "2"),
+     "--keyframes-per-gop sets the keyframes per GOP of the cope, keyframes and cope_zero_delta "
+     "modes; --mode dense samples --dense-frames frames instead"),
+    ("evaluate", ("--dense-frames", "32"), "--dense-frames applies to --mode dense, not cope"),
+    ("generate", ("--mode", "keyframes", "--dense-frames", "32"),
+     "--dense-frames applies to --mode dense, not keyframes"),
+    ("generate", ("--mode", "dense", "--keyframes-per-gop", "1"), "--keyframes-per-gop sets"),
+    ("evaluate", ("--open-ended", "--post-prompt", "Answer briefly."),
+     "--post-prompt follows the lettered options, which --open-ended and --rank-options leave "
+     "out"),
+    ("evaluate", ("--rank-options", "--post-prompt", ""), "--post-prompt follows"),
+])
+def test_a_flag_the_mode_would_ignore_is_refused(tmp_path, cli, flags, named):
+  """Silently unused, each read as a setting of the run (a dense evaluation "at K = 2")."""
+  where = (("--data", str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "r.json"))
+           if cli == "evaluate" else ("--video", "v.mp4", "--question", "What moves?"))
+  r = subprocess.run([sys.executable, "-m", f"cope_jax.{cli}", "--workdir", str(tmp_path / "m"),
+                      *where, *flags], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith(f"error: {named}"), r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
   (tmp_path / "q.jsonl").write_text("not json\n")
   (tmp_path / "list.jsonl").write_text("[1, 2]\n")

@@ -21,3 +21,17 @@ def mode_sampling(mode: str, keyframes_per_gop: int = 1, min_change: float = 0.0
     raise ConfigError(f"min_change (--min-change) applies to the modes with Δ-frames "
                       f"{DELTA_MODES}, not {mode!r}")
   return SamplingConfig(keyframes_per_gop=keyframes_per_gop, min_change=min_change).validate()
+
+
+def settle_mode_flags(parser, args) -> None:
+  """The CLIs' --keyframes-per-gop (the GOP sampling, which --mode dense does not use) and
+  --dense-frames (dense mode's only): given to a mode that ignores it, a usage error (silently
+  unused, it read as a setting of the run); then their defaults (1 and LLaVA-Video's 64)."""
+  if args.mode == "dense" and args.keyframes_per_gop is not None:
+    parser.error("--keyframes-per-gop sets the keyframes per GOP of the cope, keyframes and "
+                 "cope_zero_delta modes; --mode dense samples --dense-frames frames instead")
+  if args.mode != "dense" and args.dense_frames is not None:
+    parser.error(f"--dense-frames applies to --mode dense, not {args.mode} (which samples by "
+                 "GOP: --keyframes-per-gop)")
+  args.keyframes_per_gop = 1 if args.keyframes_per_gop is None else args.keyframes_per_gop
+  args.dense_frames = 64 if args.dense_frames is None else args.dense_frames
