@@ -4,8 +4,10 @@ import dataclasses
 import subprocess
 import sys
 
+import numpy as np
+
 from cope_jax.bench.__main__ import BENCHMARKS
-from cope_jax.bench.ttft_bench import _change, measure, token_table
+from cope_jax.bench.ttft_bench import _change, compute_dtype, measure, token_table
 from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, token_budget
 from cope_jax.models import presets
 
@@ -66,6 +68,11 @@ def test_bad_values_are_one_error_line_with_status_2(tmp_path):
   assert r.stderr.startswith(f"error: {text}: not a readable video file")
   r = _bench("codec", "--size", "20")
   assert r.returncode == 2 and r.stderr.startswith("error: size must be a positive multiple of 16")
+
+
+def test_ttft_computes_in_bfloat16_on_accelerators_only_by_default():
+  assert compute_dtype("auto") == np.float32  # (this CPU)
+  assert compute_dtype("bfloat16").name == "bfloat16" and compute_dtype("float32") == np.float32
 
 
 def test_ttft_changes_are_signed():

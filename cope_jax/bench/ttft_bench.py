@@ -29,13 +29,21 @@ from cope_jax.models import presets
 from cope_jax.models.llava import VideoLMConfig
 
 
-def bench_config() -> VideoLMConfig:
+def bench_config(dtype=jnp.float32) -> VideoLMConfig:
   vision = dataclasses.replace(presets.SIGLIP["paper"], hidden_size=64, intermediate_size=128,
-                               num_layers=2, num_heads=4)
+                               num_layers=2, num_heads=4, dtype=dtype)
   llm = dataclasses.replace(presets.QWEN2["tiny"], hidden_size=256, intermediate_size=768,
-                            num_layers=4, num_heads=8, num_kv_heads=2)
-  delta = dataclasses.replace(presets.DELTA["tiny"], out_dim=64)
+                            num_layers=4, num_heads=8, num_kv_heads=2, dtype=dtype)
+  delta = dataclasses.replace(presets.DELTA["tiny"], out_dim=64, dtype=dtype)
   return VideoLMConfig(vision, llm, delta)
+
+
+def compute_dtype(name: str):
+  """``--dtype``: auto is bfloat16 on an accelerator (what a 7B model is served in, and what its
+  FLOP bound counts) and float32 on a CPU (which has no fast bfloat16 matrix units)."""
+  if name == "auto":
+    name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  return jnp.dtype(name)
 
 
 def settings(seconds: float) -> dict[str, tuple[int, int, np.ndarray]]:
@@ -134,13 +142,18 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=2,
                       help="timed runs per setting after a compiling one; the best is kept "
                       "(default 2)")
+  parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                      help="compute dtype (parameters stay float32; default auto: bfloat16 on an "
+                      "accelerator, float32 on a CPU)")
   parser.add_argument("--plot", default="tokens_vs_length.png",
                       help="where to save the tokens-vs-video-length plot "
                       "(default tokens_vs_length.png)")
   args = parser.parse_args(argv)
   require_positive(parser, args, "--repeats", "--new-tokens")
   require_video_seconds(parser, args.seconds)
-  cfg = bench_config() if args.preset == "bench" else presets.video_lm(args.preset)
+  dtype = compute_dtype(args.dtype)
+  cfg = (bench_config(dtype) if args.preset == "bench" else
+         presets.video_lm(args.preset, dtype=dtype))
   table = token_table()
   print("visual tokens (Tab. 1 settings; dense = 64 frames × 210):")
   print("  " + " | ".join(f"{k:>14}" for k in table[0]))
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
   device = jax.devices()[0]
   print(f"\nTTFT on {device.device_kind} ({platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores), preset {args.preset}, {args.seconds:.0f} s video, "
-        f"{args.new_tokens} new tokens, best of {args.repeats}:")
+        f"{args.new_tokens} new tokens, {dtype.name}, best of {args.repeats}:")
   for r in measure(cfg, args.seconds, args.new_tokens, args.repeats):
     print(f"  {r['setting']:16s} {r['visual_tokens']:6d} visual tokens  TTFT {r['ttft_s']:7.3f} s "
           f"({_change(r['ttft_reduction'])} vs dense)  end-to-end {r['e2e_s']:7.3f} s "
