@@ -36,6 +36,36 @@ def test_qwen2_equals_tiktoken_reference(qwen2):
     assert qwen2.decode(reference.encode(text), skip_special_tokens=False) == text
 
 
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+          "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+          "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_conversations_equal_the_chat_template(qwen2, tmp_path):
+  """Qwen2's chat template through transformers, <image> a special token there (LLaVA splits
+  the prompt at it): a turn that starts with newlines merged them with the role's line there
+  ("\n\n" one token), where the role's line was encoded apart."""
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=import-outside-toplevel
+  qwen2.save(str(tmp_path / "tokenizer.json"))
+  hf = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+  hf.add_tokens(["<image>"], special_tokens=True)
+  image = hf.convert_tokens_to_ids("<image>")
+  for turns in ([("user", "<image>\nWhat colour?\nA. red\nB. blue"), ("assistant", "A")],
+                [("user", "Hi"), ("assistant", " a space"), ("user", "x  "), ("assistant", "ok\n")],
+                [("user", "\nleading newline"), ("assistant", "\n\nanswer")],
+                [("user", "x<image>y\n\nz"), ("assistant", "日本語 café")]):
+    reference = hf.apply_chat_template([{"role": r, "content": t} for r, t in turns],
+                                       chat_template=CHATML, tokenize=True, return_dict=False)
+    enc = encode_conversation(qwen2, turns)
+    assert enc.ids.tolist() == [IMAGE_TOKEN_ID if i == image else i for i in reference], turns
+    # every token holding some of an answer is learned, with its <|im_end|>, and nothing else
+    learned = qwen2.decode(enc.ids[enc.loss_mask].tolist(), skip_special_tokens=False)
+    answers = [t for r, t in turns if r == "assistant"]
+    assert all(a.strip() in learned for a in answers)
+    assert learned.count("<|im_end|>") == len(answers) and "user" not in learned
+
+
 @pytest.mark.parametrize("which", ["qwen2", "small"])
 def test_loss_mask_covers_exactly_the_answers(qwen2, which):
   tok = qwen2 if which == "qwen2" else train_small_tokenizer(["What is it? A red cat. Yes."])

@@ -163,17 +163,23 @@ def encode_conversation(tok: Tokenizer, turns: Sequence[tuple[str, str]],
   for role, text in turns:
     if role not in ("user", "assistant"):
       raise ValueError(f"unknown role {role!r} (expected user or assistant)")
-    add([im_start] + tok.encode(f"{role}\n", add_special_tokens=False).ids, False)
-    if role == "assistant":
-      add(tok.encode(text, add_special_tokens=False).ids + [im_end], True)
-      add(nl, False)
-      continue
-    for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
+    # The role's line and the text are one string, as the chat template renders them (a text
+    # that starts with a newline merges with the role's: "\n\n" is one token); only <image>
+    # splits it.
+    pieces = text.split(IMAGE_PLACEHOLDER) if role == "user" else [text]
+    add([im_start], False)
+    for i, piece in enumerate(pieces):
       if i:
         add([IMAGE_TOKEN_ID], False)
-      if piece:
-        add(tok.encode(piece, add_special_tokens=False).ids, False)
-    add([im_end] + nl, False)
+      header = f"{role}\n" if i == 0 else ""
+      if not header + piece:
+        continue
+      enc = tok.encode(header + piece, add_special_tokens=False)
+      for token, (_, end) in zip(enc.ids, enc.offsets):
+        # an answer's tokens: every one that holds some of its text
+        add([token], role == "assistant" and end > len(header))
+    add([im_end], role == "assistant")
+    add(nl, False)
   return EncodedConversation(np.asarray(ids, np.int32), np.asarray(mask, bool))
 
 
