@@ -315,6 +315,14 @@ def test_a_sigterm_outside_training_saves_the_run_and_exits_75(tmp_path, monkeyp
   assert results["stages_run"] == ["codec"] and results["elapsed_s_all_runs"] >= 0
   assert signal.getsignal(signal.SIGTERM) is not demo_main._stop  # handed back
 
+  # A re-run stopped before it redoes a stage keeps what the workdir's results.json held (it
+  # used to start the file afresh: a finished workdir stopped early lost every result).
+  monkeypatch.setattr(codec_stage, "run_codec_stage", terminated)
+  assert demo_main.main(["--workdir", str(tmp_path / "w"), "--quick"]) == 75
+  again = json.loads((tmp_path / "w" / "results.json").read_text())
+  assert again["stages_run"] == ["codec"] and again["codec"] == {"clip": "done"}
+  assert again["elapsed_s_all_runs"] >= results["elapsed_s_all_runs"]
+
 
 def test_a_workdir_that_cannot_be_made_or_a_clip_the_codec_refuses_leaves_nothing(tmp_path,
                                                                                   capsys):

@@ -29,14 +29,15 @@ def _machine() -> dict:
           "devices": jax.device_count()}
 
 
-def _earlier_seconds(results_path: str) -> float:
-  """Time spent on this workdir by earlier runs (a resumed demo reports both)."""
+def _earlier_results(results_path: str) -> dict:
+  """The results an earlier run of this workdir saved (the same settings: checked first), or
+  {}."""
   try:
     with open(results_path) as f:
       earlier = json.load(f)
-    return float(earlier.get("elapsed_s_all_runs", earlier.get("elapsed_s", 0.0)))
+    return earlier if isinstance(earlier, dict) else {}
   except (OSError, ValueError):
-    return 0.0
+    return {}
 
 
 def _flags(settings: dict) -> str:
@@ -62,9 +63,12 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -
   paths = Paths(os.path.abspath(workdir))
   _check_workdir(paths.root, {"quick": quick, **settings.recorded()})
   out = os.path.join(paths.root, "results.json")
-  start, earlier = time.perf_counter(), _earlier_seconds(out)
-  results = {"quick": quick, "settings": settings.__dict__, "machine": _machine(),
-             "stages_run": []}
+  start, earlier_results = time.perf_counter(), _earlier_results(out)
+  earlier = float(earlier_results.get("elapsed_s_all_runs", earlier_results.get("elapsed_s", 0)))
+  # A re-run starts from what the workdir holds, each stage replaced as it is done again: one
+  # stopped early must not leave a finished workdir's results.json with its first stages only.
+  results = {**earlier_results, "quick": quick, "settings": settings.__dict__,
+             "machine": _machine(), "stages_run": list(earlier_results.get("stages_run", []))}
 
   def save() -> None:  # after every stage, so that a run stopped later still counts its time
     results["elapsed_s"] = round(time.perf_counter() - start, 1)  # this run
@@ -73,7 +77,8 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -
 
   def done(stage: str, value) -> None:
     results[stage] = value
-    results["stages_run"].append(stage)
+    if stage not in results["stages_run"]:
+      results["stages_run"].append(stage)
     save()
 
   try:  # however the run stops (SIGTERM, Ctrl-C, an error), its time counts: saved
