@@ -41,8 +41,8 @@ def test_the_keyframe_gives_no_shortcut_and_no_answer_hides_after_the_last_look(
       options = set(q["options"])
       if q["family"] in ("first_mover", "faster"):
         assert len(options & names) == 2, q
-      if q["family"] == "first_bounce":
-        assert names | {"no object bounces"} <= options, q
+      if q["family"] == "first_bounce":  # ("no object bounces" would never be the answer)
+        assert names <= options and "no object bounces" not in options, q
         assert min(s.bounces[0][0] for s in scene.sprites if s.bounces) <= last
       if q["family"] == "enters":
         assert names | {"no object enters"} <= options, q
@@ -65,9 +65,10 @@ def test_bounce_counts_are_balanced_over_the_dataset():
     for q in questions_for_scene(scene, rng, letters, asked):
       if q["family"] == "bounces":
         answers[q["open_answer"]] += 1
-  assert answers == {str(n): k for n, k in asked.items()}, (answers, asked)
+  assert answers == {str(n): k for (family, n), k in asked.items() if family == "bounces"}, (
+      answers, asked)
   assert max(answers[n] for n in "123") - min(answers[n] for n in "123") <= 1, answers
-  assert answers["1"] <= 0.4 * sum(answers.values()) and sum(answers.values()) >= 100, answers
+  assert answers["1"] <= 0.4 * sum(answers.values()) and sum(answers.values()) >= 60, answers
 
 
 def test_every_background_shows_a_pan_between_positions_a_second_apart():
@@ -84,3 +85,61 @@ def test_every_background_shows_a_pan_between_positions_a_second_apart():
       for k in range(0, 211, 5):
         change = np.abs(view(k, dx, dy) - view(k + 30, dx, dy)).mean()
         assert change >= 4, (name, (dx, dy), k, change)
+
+
+def _seen_turns(positions: np.ndarray, last: int, fps: int) -> list[int]:
+  """Where positions sampled once a second, to the last look, show motion turning back along an
+  axis (the steps' signs, ignoring still ones): what the Δ-frames can show of bounces."""
+  steps = np.diff(positions[np.arange(0, last + 1, fps)], axis=0)
+  turns = []
+  for axis in range(2):
+    signs = [(k, x) for k, x in enumerate(np.sign(np.round(steps[:, axis], 6))) if x]
+    turns += [(k + 1) * fps for (_, a), (k, b) in zip(signs, signs[1:]) if a != b]
+  return sorted(turns)
+
+
+def test_bounce_answers_are_what_a_second_by_second_look_shows():
+  """A bounce within a second of the last look (or in an object's first second of motion) shows
+  no turn between positions a second apart: 80 of the demo's 289 counts were more than the
+  sampled motion shows. Now every count is seen, and the first bounce's object turns first."""
+  from cope_jax.data.synthetic.questions import questions_for_scene  # pylint: disable=import-outside-toplevel
+  rng, letters, asked = np.random.default_rng(3), iter(lambda: 0, 1), collections.Counter()
+  checked = collections.Counter()
+  for _ in range(400):
+    scene = sample_scene(rng, size=64)
+    turns = {s.name: _seen_turns(s.positions, scene.last_seen_frame, scene.fps)
+             for s in scene.sprites}
+    for q in questions_for_scene(scene, rng, letters, asked):
+      if q["family"] == "bounces":
+        name = next(n for n in turns if n in q["question"])
+        assert len(turns[name]) == int(q["open_answer"]), (q, turns)
+        checked["bounces"] += 1
+      if q["family"] == "first_bounce":
+        first = q["open_answer"][len("the "):]
+        assert turns[first] and all(not t or t[0] > turns[first][0]
+                                    for n, t in turns.items() if n != first), (q, turns)
+        checked["first_bounce"] += 1
+  assert checked["bounces"] >= 40 and checked["first_bounce"] >= 200, checked
+
+
+def test_no_option_text_is_a_prior_for_the_answer():
+  """Left to chance, "no object enters" was the answer of half the enters questions and "no
+  object bounces" of none of the first_bounce ones: a rule on the options' text alone scored
+  31 % on the held-out motion questions. Now the best such rule learned from 1 000 scenes' answers
+  scores within chance on another 500 (four options: 25 %)."""
+  from cope_jax.data.synthetic.questions import questions_for_scene  # pylint: disable=import-outside-toplevel
+  rng, asked = np.random.default_rng(4), collections.Counter()
+  letters = iter(lambda: int(rng.integers(4)), -1)
+  seen = [q for _ in range(1500) for q in questions_for_scene(sample_scene(rng, size=64), rng,
+                                                               letters, asked)
+          if q["family"] in MOTION_FAMILIES]
+  train, test = seen[:len(seen) * 2 // 3], seen[len(seen) * 2 // 3:]
+  counts = collections.defaultdict(collections.Counter)
+  for q in train:
+    counts[q["family"]][q["open_answer"]] += 1
+  right = sum(max(q["options"], key=lambda o, q=q: counts[q["family"]][o]) == q["open_answer"]
+              for q in test)
+  assert right / len(test) < 0.28, right / len(test)
+  enters = [q for q in seen if q["family"] == "enters"]
+  share = sum(q["open_answer"] == "no object enters" for q in enters) / len(enters)
+  assert 0.22 < share < 0.28 and all("no object enters" in q["options"] for q in enters), share

@@ -110,12 +110,12 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
 
   rng = np.random.default_rng([seed, 1 << 30])
   splits = split_of(np.arange(videos), rng)
-  letters, bounces_asked = _balanced_letters(rng), collections.Counter()
+  letters, asked = _balanced_letters(rng), collections.Counter()
   scenes, questions, conversations = [], [], []
   for i in range(videos):
     scene = scene_for(seed, i, size, seconds)
     scenes.append({"video": f"videos/{i:05d}.mp4", "caption": caption(scene), **scene.to_json()})
-    qs = questions_for_scene(scene, rng, letters, bounces_asked)
+    qs = questions_for_scene(scene, rng, letters, asked)
     for j, q in enumerate(qs):
       questions.append({"id": f"{i:05d}-{j}", "video": f"videos/{i:05d}.mp4",
                         "question": q["question"], "options": q["options"],

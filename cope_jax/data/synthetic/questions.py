@@ -5,10 +5,14 @@
 by motion that happens after frame 0, when everything is still (and a visitor is still outside
 the frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them. So that the
 keyframe gives no shortcut, a question about objects offers the scene's other objects (and "no
-object …") among its distractors, and no question depends on an event after the last position
-that one-per-second sampling sees (``Scene.last_seen_frame``) or on a bounce in an object's first
-second of motion. ``bounces`` answers are balanced over the dataset (each count asked about
-as often as the rarest of 1, 2 and 3), or one count would be the answer two times in three.
+object …") among its distractors. No answer depends on what one-per-second sampling
+(``Scene.last_seen_frame``, ``seen_reversals``) does not show: ``bounces`` and ``first_bounce``
+are asked where every bounce counted shows as the object turning back between sampled
+positions, ``faster`` where the sampled steps rank the objects alike. No option's text is a
+prior for the answer: ``bounces`` answers are balanced over the dataset (each count asked about
+as often as the rarest of 1, 2 and 3, or one count would be the answer two times in three), "no
+object enters" is the answer of a quarter of ``enters`` questions (half the scenes have no
+visitor), and "no object bounces", which would never be right, is no option.
 """
 
 from __future__ import annotations
@@ -53,28 +57,88 @@ def _absent_objects(scene: Scene, rng) -> list[str]:
   return list(rng.permutation(candidates))
 
 
+def sampled_frames(scene: Scene) -> np.ndarray:
+  """The frames one-per-second sampling sees, to the last look (the positions a Δ-frame's fused
+  motion spans: one second of displacement each)."""
+  return np.arange(0, scene.last_seen_frame + 1, scene.fps)
+
+
+def seen_reversals(sprite, scene: Scene) -> list[int]:
+  """The sampled frames by which the object is seen to turn back along an axis — each a bounce
+  seen — in order. A bounce shows only between two whole sampled steps of motion, one each side:
+  one in the object's first second of motion, or within a second of the last look, shows none."""
+  frames = sampled_frames(scene)
+  steps = np.diff(sprite.positions[frames], axis=0)
+  out = []
+  for axis in range(2):
+    signs = [(k, x) for k, x in enumerate(np.sign(np.round(steps[:, axis], 6))) if x]
+    out += [int(frames[k + 1]) for (_, a), (k, b) in zip(signs, signs[1:]) if a != b]
+  return sorted(out)
+
+
+def _balanced(asked: collections.Counter, family: str, answer, share: dict) -> bool:
+  """Whether to ask ``family`` with ``answer`` now (counted if so), keeping each answer's share
+  of the family's questions near ``share`` over the dataset: it is asked while its count is not
+  ahead of its share of the answers counted so far (the first one of each always is)."""
+  counts = {a: asked[family, a] for a in share}
+  total = sum(counts.values())
+  if counts[answer] > share[answer] * (total + 1) and total >= len(share):
+    return False
+  asked[family, answer] += 1
+  return True
+
+
 def _bounces_subject(scene: Scene, asked: collections.Counter):
   """The sprite to ask ``bounces`` about, or None: of the sprites whose every bounce (at most
   three) is seen, the one whose count ``asked`` holds least, asked only while that count is not
   ahead of the rarest of 1, 2 and 3 — left to chance, "1" was the answer of 58–68 % (slow sprites
-  in an 8 s video mostly bounce once), a prior every mode learns and no frame is needed for."""
+  in an 8 s video mostly bounce once), a prior every mode learns and no frame is needed for.
+  ("0", an option of every such question, is the answer of few: nearly every object bounces.)"""
   seen = [s for s in scene.sprites
-          if len(s.bounces) <= 3 and all(frame <= scene.last_seen_frame for frame, _ in s.bounces)]
+          if len(s.bounces) <= 3 and len(seen_reversals(s, scene)) == len(s.bounces)]
   if not seen:
     return None
-  subject = min(seen, key=lambda s: asked[len(s.bounces)])
+  subject = min(seen, key=lambda s: asked["bounces", len(s.bounces)])
   n = len(subject.bounces)
-  if asked[n] > min(asked[k] for k in (1, 2, 3)):
+  if asked["bounces", n] > min(asked["bounces", k] for k in (1, 2, 3)):
     return None
-  asked[n] += 1
+  asked["bounces", n] += 1
   return subject
 
 
+def _first_bounce(scene: Scene):
+  """The object that bounces first, where sampling shows it first: the first bounce's object
+  turns back at an earlier sampled frame than any other does, and no other bounces within a
+  second of it; or None."""
+  bouncing = sorted((s.bounces[0][0], i) for i, s in enumerate(scene.sprites) if s.bounces)
+  if not bouncing:
+    return None
+  frame, i = bouncing[0]
+  first = scene.sprites[i]
+  seen = {id(s): (seen_reversals(s, scene) or [None])[0] for s in scene.sprites}
+  if seen[id(first)] is None:
+    return None
+  for s in scene.sprites:
+    if s is not first and ((s.bounces and s.bounces[0][0] - frame < scene.fps)
+                           or (seen[id(s)] is not None and seen[id(s)] <= seen[id(first)])):
+      return None
+  return first
+
+
+def _sampled_speed(sprite, scene: Scene) -> float:
+  """Mean displacement per sampled step once the object moves (what the Δ-frames show)."""
+  frames = sampled_frames(scene)
+  steps = np.diff(sprite.positions[frames], axis=0)[frames[1:] > sprite.start_frame]
+  return float(np.hypot(steps[:, 0], steps[:, 1]).mean()) if len(steps) else 0.0
+
+
 def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
-                        bounces_asked: collections.Counter | None = None) -> list[dict]:
+                        asked: collections.Counter | None = None) -> list[dict]:
   """One question per family (where the scene supports it). ``letters`` is an iterator of
-  answer positions (0–3), and ``bounces_asked`` counts the ``bounces`` answers given so far:
-  both shared across the dataset, so that answer letters and bounce counts are balanced."""
+  answer positions (0–3), and ``asked`` counts the ``bounces`` and ``enters`` answers given so
+  far: both shared across the dataset, so that answer letters, bounce counts and "no object
+  enters" are balanced."""
+  asked = collections.Counter() if asked is None else asked
   qs = []
   a, b = sorted(scene.sprites, key=lambda s: s.start_frame)[:2]
   s0 = scene.sprites[int(rng.integers(len(scene.sprites)))]
@@ -84,7 +148,6 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
       # not the color of another object of that shape (a second sprite, or the visitor)
       [c for c in COLORS if c not in {x.color for x in everyone if x.shape == s0.shape}],
       rng, next(letters)))
-  last = scene.last_seen_frame
   # Asked only when the first second of motion goes one way (a bounce in it would make the
   # first sampled step another direction).
   if not s0.bounces or s0.bounces[0][0] >= s0.start_frame + scene.fps:
@@ -95,8 +158,7 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
   qs.append(_question(
       "first_mover", "Which object starts moving first?", f"the {a.name}",
       _absent_objects(scene, rng), rng, next(letters), keep=others))
-  counted = _bounces_subject(scene, collections.Counter() if bounces_asked is None
-                             else bounces_asked)
+  counted = _bounces_subject(scene, asked)
   if counted is not None:
     qs.append(_question(
         "bounces", f"How many times does the {counted.name} bounce off the edge of the frame?",
@@ -106,26 +168,25 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
       "camera_pan", "In which direction does the camera pan?", pan,
       list(DIRECTIONS) + ["the camera does not move"], rng, next(letters)))
   fast, slow = sorted(scene.sprites[:2], key=lambda s: -s.speed())
-  qs.append(_question(
-      "faster", "Which object moves faster?", f"the {fast.name}",
-      _absent_objects(scene, rng), rng, next(letters), keep=[f"the {slow.name}"]))
-  bouncing = [(s.bounces[0][0], s) for s in scene.sprites if s.bounces]
-  if bouncing:
-    bouncing.sort(key=lambda x: x[0])
-    # ≥ 1 s apart, and the first one before the last look
-    if bouncing[0][0] <= last and (len(bouncing) == 1
-                                   or bouncing[1][0] - bouncing[0][0] >= scene.fps):
-      first = bouncing[0][1]
-      qs.append(_question(
-          "first_bounce", "Which object bounces off the edge of the frame first?",
-          f"the {first.name}", _absent_objects(scene, rng), rng, next(letters),
-          keep=[f"the {s.name}" for s in scene.sprites if s is not first]
-          + ["no object bounces"]))
-  entering = f"the {scene.visitor.name}" if scene.visitor else "no object enters"
-  qs.append(_question(
-      "enters", "Which object enters the frame after the video starts?", entering,
-      _absent_objects(scene, rng), rng, next(letters),
-      keep=[f"the {s.name}" for s in scene.sprites] + ["no object enters"]))
+  # (asked where the sampled steps rank them alike: bounces shorten what a second shows)
+  if _sampled_speed(fast, scene) > _sampled_speed(slow, scene):
+    qs.append(_question(
+        "faster", "Which object moves faster?", f"the {fast.name}",
+        _absent_objects(scene, rng), rng, next(letters), keep=[f"the {slow.name}"]))
+  first = _first_bounce(scene)
+  if first is not None:  # ("no object bounces" is no option: it would never be the answer)
+    qs.append(_question(
+        "first_bounce", "Which object bounces off the edge of the frame first?",
+        f"the {first.name}", _absent_objects(scene, rng), rng, next(letters),
+        keep=[f"the {s.name}" for s in scene.sprites if s is not first]))
+  # "no object enters" is an option of every such question, and the answer of a quarter
+  # (half the scenes have no visitor: left to chance it was the answer of half)
+  if _balanced(asked, "enters", scene.visitor is None, {True: 0.25, False: 0.75}):
+    entering = f"the {scene.visitor.name}" if scene.visitor else "no object enters"
+    qs.append(_question(
+        "enters", "Which object enters the frame after the video starts?", entering,
+        _absent_objects(scene, rng), rng, next(letters),
+        keep=[f"the {s.name}" for s in scene.sprites] + ["no object enters"]))
   return qs
 
 
