@@ -29,6 +29,7 @@ def get_config(arg: str = ""):
   c.trainable = ml_collections.ConfigDict({"delta_encoder": 1e-5, "projector": 1e-5,
                                            "llm": 1e-5, "image_newline": 1e-5,
                                            "vision_tower": 2e-6})
+  c.optim.lr = 0.0  # stage 1's rate: stage 2's are the trainable parts' (refused if set)
   # tokenizer.json; "" = DATA_DIR/synthetic/tokenizer.json for the tiny preset where it exists,
   # else Qwen2's (validation checks that its ids fit the LLM's vocabulary)
   c.tokenizer = ""

@@ -24,6 +24,18 @@ require() {
   fi
 }
 
+# local_paths VAR …: stop at once if a set one is a URL (gs://…): the trainer reads and writes
+# local paths and refuses it too, but on the workers — after a slice was created and installed.
+local_paths() {
+  local name value
+  for name in "$@"; do
+    value=${!name:-}
+    if [[ "$value" == *://* ]]; then
+      die "$name=$value: URLs are not supported; mount the bucket with Cloud Storage FUSE on every host (gcsfuse --implicit-dirs BUCKET /gcs/BUCKET, e.g. in SETUP) and pass the mounted path"
+    fi
+  done
+}
+
 # run CMD …: execute, or with --dry-run print the exact command (shell-quoted) instead.
 run() {
   if [[ "$DRY_RUN" == 1 ]]; then

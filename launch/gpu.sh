@@ -133,6 +133,7 @@ main() {
       ;;
     host | ssh | slurm | local)
       require CONFIG WORKDIR
+      local_paths WORKDIR DATA_DIR
       case "$command" in
         host) host ;;
         ssh) ssh_hosts ;;

@@ -198,6 +198,7 @@ main() {
     create | install | train | watch | status | delete)
       require PROJECT ZONE TPU_NAME ACCELERATOR
       check_accelerator
+      local_paths WORKDIR DATA_DIR
       "$command"
       ;;
     *) die "unknown command '$command' (see --help)" ;;

@@ -85,6 +85,16 @@ def test_values_with_spaces_stay_one_argument_and_bad_counts_are_refused(tmp_pat
     assert r.returncode == 2 and f"PROCESSES must be a whole number >= 1, got '{bad}'" in r.stderr
 
 
+def test_a_bucket_url_is_refused_before_any_slice_or_host_is_used(tmp_path):
+  """The trainer refuses gs:// too, but on the workers: after `create` and `install` had run."""
+  for script, command, env in ((TPU, "create", {**V4_32, "WORKDIR": "gs://b/run"}),
+                               (TPU, "train", {**V4_32, "DATA_DIR": "gs://b/shards"}),
+                               (GPU, "local", dict(CONFIG="c", WORKDIR="gs://b/run"))):
+    r = sh(script, command, **env, PATH=f"{tmp_path}:{os.environ['PATH']}")  # (no gcloud here)
+    assert r.returncode == 2 and "URLs are not supported; mount the bucket" in r.stderr, r.stderr
+    assert not r.stdout
+
+
 def test_missing_variables_fail_fast():
   env = {k: "" for k in V4_32}
   r = sh(TPU, "train", **env)

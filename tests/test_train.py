@@ -284,6 +284,9 @@ def _qwen2_tokenizer() -> str:
     # the pipeline takes the first bucket that fits: out of order, it would cut examples
     ("--config.length_buckets=(512,256)", "length_buckets must be positive and ascending"),
     ("--config.trainable.projector=0", "trainable.projector must be > 0"),
+    # stage 1's rate, unread in stage 2: it trained at the recipe's rates, silently
+    ("--config.optim.lr=1e-9", "optim.lr (1e-09) is stage 1's learning rate; stage 2 trains each "
+                               "part at its own: --config.trainable.PART=RATE for PART in"),
     # Qwen2's 151,646 ids in the tiny LLM's 1,032-row embedding: lookups silently clipped
     (lambda: f"--config.tokenizer={_qwen2_tokenizer()}", "more than the LLM's vocabulary of 1032"),
 ])

@@ -83,7 +83,9 @@ def load_recipe(name: str, variant: str) -> ml_collections.ConfigDict:
 
 def _common(c: ml_collections.ConfigDict, s: DemoSettings, steps: int) -> None:
   c.total_steps, c.batch_size, c.seed = steps, s.batch_size, s.seed
-  c.optim.lr, c.optim.warmup_steps = s.lr, max(1, steps // 20)
+  c.optim.warmup_steps = max(1, steps // 20)
+  if c.stage == "pretrain":  # (a finetune recipe's rates are its trainable parts')
+    c.optim.lr = s.lr
   c.log_every, c.checkpoint_every = min(s.log_every, steps), s.checkpoint_every
   c.codec_size = s.size
   c.synthetic.videos = 0  # the demo makes its own data

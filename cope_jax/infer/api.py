@@ -106,6 +106,10 @@ class CoPE:
       cfg = config_io.load(os.path.join(path, "model_config.json"))
       with open(os.path.join(path, "train_config.json")) as f:
         train = json.load(f)
+      if train.get("stage") == "pretrain":
+        raise ValueError(f"{path}: a stage-1 (Δ-encoder pre-training) workdir, which answers "
+                         "nothing: give a stage-2 workdir (its next-frame retrieval: python -m "
+                         "cope_jax.infer.retrieval)")
       from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
       params = dict(latest_params(path))
       if "delta_encoder" not in params and train.get("stage1_checkpoint"):
@@ -145,6 +149,10 @@ class CoPE:
       raise ValueError(f"{tokenizer}: not a tokenizers JSON file ({e})") from None
     if tok.token_to_id("<|im_end|>") is None:  # (the token generation stops at)
       raise ValueError(f"{tokenizer}: has no <|im_end|> token: not a Qwen2 chat tokenizer")
+    if tok.get_vocab_size() > cfg.llm.vocab_size:  # (its lookups would read clipped rows)
+      raise ValueError(f"{tokenizer} has {tok.get_vocab_size()} ids, more than the model's "
+                       f"vocabulary of {cfg.llm.vocab_size}: not the tokenizer it was trained "
+                       "with (--tokenizer FILE names that one)")
     return cls(cfg, params, tok, codec, rgb_only)
 
   def check_mode(self, mode: str) -> None:

@@ -189,6 +189,10 @@ def validate(config, device_count: int, process_count: int = 1) -> None:
 def _check_optimiser(config) -> None:
   """Values that would train uphill, not at all, or divide by zero — silently otherwise."""
   o = config.optim
+  if config.stage == "finetune" and o.lr:  # (unread there: silently, another rate than asked)
+    raise ConfigError(f"optim.lr ({o.lr}) is stage 1's learning rate; stage 2 trains each part at "
+                      "its own: --config.trainable.PART=RATE for PART in "
+                      f"{', '.join(config.trainable)}")
   rates = ({"optim.lr": o.lr} if config.stage == "pretrain" else
            {f"trainable.{k}": v for k, v in config.trainable.items()})
   for key, value in {**rates, "optim.clip_norm": o.clip_norm}.items():
