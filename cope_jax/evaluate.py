@@ -194,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                       "given choices directly.\"; \"\" for none)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
-  settle_mode_flags(parser, args)
+  settle_mode_flags(args)
   if args.post_prompt is not None and (args.open_ended or args.rank_options):
-    parser.error("--post-prompt follows the lettered options, which --open-ended and "
-                 "--rank-options leave out")
+    print("warning: --post-prompt follows the lettered options, which --open-ended and "
+          "--rank-options leave out: ignored", file=sys.stderr)
   args.post_prompt = MCQ_SUFFIX if args.post_prompt is None else args.post_prompt
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   try:

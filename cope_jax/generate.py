@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                       "and e2e_cold_s (default 1: the first call's only)")
   parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
   args = parser.parse_args(argv)
-  settle_mode_flags(parser, args)
+  settle_mode_flags(args)
   if args.repeat < 1:
     parser.error("--repeat must be at least 1")
   if args.dense_frames < 1:

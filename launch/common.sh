@@ -46,8 +46,11 @@ run() {
   fi
 }
 
-# prefix NAME: prepend "[NAME] " to every line of stdin (per-worker log streams).
+# prefix NAME: prepend "[NAME] " to every line of stdin (per-worker log streams). It ignores
+# SIGTERM, which wait_all sends every process under a failed run's jobs, so that a trainer's
+# last words still show; it ends with their stream (or by SIGKILL).
 prefix() {
+  trap '' TERM
   local line
   while IFS= read -r line; do
     printf '[%s] %s\n' "$1" "$line"
@@ -89,13 +92,16 @@ train_command() {
 
 # wait_all PID …: wait for every background job; return the status of the first to fail, in
 # time (the cause: the others then abort in their next collective, with statuses of their own).
-# A failure stops the jobs still running at once (their process trees, SIGTERM) rather than
-# leaving them to JAX's heartbeat and shutdown timeouts (100–300 s) — except 75, a trainer
-# stopped by SIGTERM after saving, which every worker does together: the others finish saving.
+# A failure stops the local jobs still running — every process under them, SIGTERM, then SIGKILL
+# after STOP_GRACE seconds (default 10: a trainer takes SIGTERM for a preemption and tries to
+# save, which a run with a dead worker cannot) — rather than leave them to JAX's heartbeat and
+# shutdown timeouts (100–300 s). Remote trainers (ssh, TPU workers) lose their connection and
+# end by those timeouts. A 75 (a trainer stopped by SIGTERM after saving, which every worker
+# does together) lets the others finish saving, and gives way to a later real failure.
 # Start a pipeline in a subshell, ( … | … ) &, so that its PID's status is the pipeline's
 # (pipefail), not its last command's.
 wait_all() {
-  local status=0 pid rc running=("$@") still
+  local status=0 pid rc running=("$@") still other more stopped_at="" stopping=()
   while ((${#running[@]})); do
     still=()
     for pid in "${running[@]}"; do
@@ -105,32 +111,70 @@ wait_all() {
       fi
       rc=0
       wait "$pid" || rc=$?
-      if [[ $status == 0 && $rc != 0 ]]; then
+      if [[ $rc != 0 && ($status == 0 || ($status == 75 && $rc != 75)) ]]; then
         status=$rc
-        if [[ $rc != 75 ]]; then
+        if [[ $rc != 75 && -z "$stopped_at" ]]; then
           echo "error: a worker failed (status $rc); stopping the others" >&2
+          stopped_at=$SECONDS
+          # Every process under the jobs, listed before any is signalled (a shell that dies
+          # orphans its children, which the tree would no longer show); not the jobs' own
+          # subshells, which end with their pipelines and give their statuses.
           for other in "${running[@]}"; do
-            stop_tree "$other"
+            read -r -a more <<<"$(descendants "$other" | tr '\n' ' ')"
+            stopping+=("${more[@]+"${more[@]}"}")
           done
+          signal TERM "${stopping[@]+"${stopping[@]}"}"
         fi
       fi
     done
     running=("${still[@]+"${still[@]}"}")
     if ((${#running[@]})); then
+      if [[ -n "$stopped_at" ]] && ((SECONDS - stopped_at >= ${STOP_GRACE:-10})); then
+        for other in "${running[@]}"; do
+          read -r -a more <<<"$(descendants "$other" | tr '\n' ' ')"
+          stopping+=("${more[@]+"${more[@]}"}" "$other")
+        done
+        signal KILL "${stopping[@]+"${stopping[@]}"}"
+      fi
       sleep 0.5
     fi
   done
   return "$status"
 }
 
-# stop_tree PID: SIGTERM to a process and everything it started (a job's subshell alone would
-# leave its trainer running).
-stop_tree() {
+# signal NAME PID …: the signal to each process still there.
+signal() {
+  local name=$1
+  shift
+  if (($#)); then
+    kill "-$name" "$@" 2>/dev/null || true
+  fi
+}
+
+# descendants PID: every process under PID, one per line (pgrep, or /proc where procps is
+# missing).
+descendants() {
   local child
-  for child in $(pgrep -P "$1" 2>/dev/null); do
-    stop_tree "$child"
+  for child in $(children "$1"); do
+    echo "$child"
+    descendants "$child"
   done
-  kill -TERM "$1" 2>/dev/null || true
+}
+
+# children PID: the processes PID started.
+children() {
+  if command -v pgrep >/dev/null; then
+    pgrep -P "$1" 2>/dev/null || true
+    return
+  fi
+  local stat rest
+  for stat in /proc/[0-9]*/stat; do
+    # the fields after the command's closing parenthesis: state, then the parent's PID
+    rest=$(sed 's/.*) //' "$stat" 2>/dev/null) || continue
+    if [[ "$(cut -d' ' -f2 <<<"$rest")" == "$1" ]]; then
+      basename "$(dirname "$stat")"
+    fi
+  done
 }
 
 # remote_path PATH: PATH quoted for a remote shell, a leading ~/ left for it to expand.

@@ -68,7 +68,7 @@ ssh_hosts() {
   local pids=() i
   for i in "${!host_list[@]}"; do
     local cmd
-    cmd="cd $(printf '%q' "$repo") && ${WORKER_ENV:+$WORKER_ENV }COPE_DISTRIBUTED=1"
+    cmd="cd $(remote_path "$repo") && ${WORKER_ENV:+$WORKER_ENV }COPE_DISTRIBUTED=1"
     cmd+=" COPE_COORDINATOR=$coordinator"
     cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(PYTHON=$python train_command)"
     if [[ "$DRY_RUN" == 1 ]]; then

@@ -198,7 +198,9 @@ main() {
     create | install | train | watch | status | delete)
       require PROJECT ZONE TPU_NAME ACCELERATOR
       check_accelerator
-      local_paths WORKDIR DATA_DIR
+      if [[ "$command" != status && "$command" != delete ]]; then
+        local_paths WORKDIR DATA_DIR
+      fi
       "$command"
       ;;
     *) die "unknown command '$command' (see --help)" ;;

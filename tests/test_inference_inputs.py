@@ -66,7 +66,7 @@ def test_a_missing_or_broken_tokenizer_is_one_error_line_and_can_be_named(tiny_w
   # Qwen2's 151,646 ids in the tiny LLM's 1,032 rows: it answered "!!!…", exit status 0
   from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
   _one_error_line(_run(*ask, "--tokenizer", qwen2_tokenizer_file()),
-                  "has 151646 ids, more than the model's vocabulary of 1032")
+                  "has 151646 ids, more than the LLM's vocabulary of 1032: not the tokenizer")
   r = _run(*ask, "--tokenizer", tokenizer)
   assert r.returncode == 0 and json.loads(r.stdout)["visual_tokens"] == 90, r.stderr[-2000:]
   train["stage"] = "pretrain"  # a stage-1 workdir answers nothing: said so

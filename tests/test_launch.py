@@ -206,7 +206,7 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
   SIGTERM after saving) lets the others finish."""
   fake = tmp_path / "python"
   fake.write_text('#!/usr/bin/env bash\n'
-                  'if [[ $COPE_PROCESS_ID == 1 ]]; then sleep 0.5; exit "$FAIL_WITH"; fi\n'
+                  'if [[ $COPE_PROCESS_ID == 1 ]]; then sleep 2; exit "$FAIL_WITH"; fi\n'
                   'trap "echo stopped; exit 143" TERM\n'
                   'for _ in $(seq 1 "$SECONDS_0"); do sleep 1; done; echo finished\n')
   fake.chmod(0o755)
@@ -217,6 +217,15 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
   assert "a worker failed (status 3); stopping the others" in r.stderr
   r = sh(GPU, "local", FAIL_WITH="75", SECONDS_0="2", **env)
   assert r.returncode == 75 and "[process 0] finished" in r.stdout, r.stdout + r.stderr
+  # a real failure after a 75 is the run's status (it hid behind the 75, which resumes)
+  fake.write_text(fake.read_text().replace('echo finished', 'echo failed; exit 4'))
+  r = sh(GPU, "local", FAIL_WITH="75", SECONDS_0="2", **env)
+  assert r.returncode == 4 and "[process 0] failed" in r.stdout, r.stdout + r.stderr
+  # a trainer that takes SIGTERM for a preemption and keeps going is killed after STOP_GRACE
+  fake.write_text(fake.read_text().replace('trap "echo stopped; exit 143" TERM',
+                                           'trap "echo saving" TERM'))
+  r = sh(GPU, "local", FAIL_WITH="3", SECONDS_0="120", STOP_GRACE="1", **env)
+  assert r.returncode == 3 and "[process 0] saving" in r.stdout, r.stdout + r.stderr
 
 
 def test_shellcheck_clean():

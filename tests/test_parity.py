@@ -246,11 +246,10 @@ def test_llava_next_layout_converts_identically(hf_root, tmp_path):
   for key, named in (("mm_newline_position", "missing (LLaVA-NeXT then uses 'one_token')"),
                      ("mm_patch_merge_type", "missing (LLaVA-NeXT then uses 'flat')"),
                      ("mm_projector_type", "missing (LLaVA-NeXT then uses 'linear')"),
-                     ("mm_spatial_pool_mode", "missing: LLaVA-NeXT needs it")):
+                     ("mm_spatial_pool_mode", "missing: LLaVA-NeXT needs it"),
+                     ("mm_spatial_pool_stride", "missing: LLaVA-NeXT needs it")):
     with pytest.raises(CheckpointError, match=re.escape(f"{key} is {named}")):
       llava_convert.config_from_checkpoint({k: v for k, v in flat.items() if k != key})
-  llava_convert.config_from_checkpoint({k: v for k, v in flat.items()
-                                        if k != "mm_spatial_pool_stride"})  # get_2dPool's 2
   llava_convert.config_from_checkpoint({**flat, "mm_patch_merge_type": "spatial"})
   for change in ({"mm_patch_merge_type": "flat"}, {"add_faster_video": True}):
     with pytest.raises(CheckpointError, match=next(iter(change))):

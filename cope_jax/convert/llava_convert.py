@@ -75,13 +75,14 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
 # LLaVA-Video's token layout, which VideoLM implements: 2×2 bilinear pooling of each frame's
 # grid, a newline after every row. A key left out means LLaVA-NeXT's own default (llava_arch:
 # getattr(config, "mm_newline_position", "one_token"), "mm_patch_merge_type" "flat"; the
-# projector builder's "mm_projector_type" "linear"; get_2dPool's stride 2), the layout that
-# checkpoint was trained with; None: LLaVA-NeXT reads the key as an attribute, so it must be there.
+# projector builder's "mm_projector_type" "linear"), the layout that checkpoint was trained with;
+# None: LLaVA-NeXT reads the key as an attribute (the pooling's, in its versions that pass the
+# stride), so it must be there.
 LLAVA_NEXT_LAYOUT = (("mm_projector_type", "linear", "mlp2x_gelu"),
                      ("mm_patch_merge_type", "flat", "spatial_unpad"),
                      ("mm_newline_position", "one_token", "grid"),
                      ("mm_spatial_pool_mode", None, "bilinear"),
-                     ("mm_spatial_pool_stride", 2, 2))
+                     ("mm_spatial_pool_stride", None, 2))
 
 
 def check_llava_next_layout(hf: dict) -> None:

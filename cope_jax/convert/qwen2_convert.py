@@ -10,7 +10,7 @@ from cope_jax.models.qwen2 import Qwen2Config
 
 
 # transformers' Qwen2Config defaults, which a config.json may leave out (a missing
-# num_key_value_heads is 32 there, not num_attention_heads: only an explicit null copies that).
+# num_key_value_heads is 32 there, not num_attention_heads).
 HF_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32}
 

@@ -143,6 +143,15 @@ class EncodedConversation:
   loss_mask: np.ndarray  # (L,) bool, True on assistant answer tokens and their <|im_end|>
 
 
+def ids_past_vocabulary(tok: Tokenizer, vocab_size: int) -> str | None:
+  """"has N ids, more than the LLM's vocabulary of V" when the tokenizer's ids do not all fit
+  an embedding table of ``vocab_size`` rows (lookups past it read clipped rows, silently: the
+  Qwen2 tokenizer's 151,646 ids in a tiny LLM's 1,032 answered "!!!…"), else None."""
+  size = tok.get_vocab_size()
+  return (f"has {size} ids, more than the LLM's vocabulary of {vocab_size}"
+          if size > vocab_size else None)
+
+
 def encode_conversation(tok: Tokenizer, turns: Sequence[tuple[str, str]],
                         system: str = SYSTEM_PROMPT) -> EncodedConversation:
   """ChatML (LLaVA's ``qwen_1_5``) for ``turns`` = [(role, text), …] with role user|assistant.

@@ -84,7 +84,7 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -
   try:  # however the run stops (SIGTERM, Ctrl-C, an error), its time counts: saved
     done("codec", run_codec_stage(paths.root, video, settings.codec_seconds))
     done("data", stages.make_data(settings, paths))
-    training = results["training"] = {}
+    training = results["training"] = dict(results.get("training", {}))  # (each stage replaced)
     base = base_config(settings, paths)
     training["base"] = stages.train_stage("base", base, paths.base)
     save()

@@ -23,15 +23,18 @@ def mode_sampling(mode: str, keyframes_per_gop: int = 1, min_change: float = 0.0
   return SamplingConfig(keyframes_per_gop=keyframes_per_gop, min_change=min_change).validate()
 
 
-def settle_mode_flags(parser, args) -> None:
+def settle_mode_flags(args) -> None:
   """The CLIs' --keyframes-per-gop (the GOP sampling, which --mode dense does not use) and
-  --dense-frames (dense mode's only): given to a mode that ignores it, a usage error (silently
-  unused, it read as a setting of the run); then their defaults (1 and LLaVA-Video's 64)."""
+  --dense-frames (dense mode's only): given to a mode that ignores it, a warning on stderr (a
+  harness may pass one set of flags to every mode; silently unused, it read as a setting of the
+  run); then their defaults (1 and LLaVA-Video's 64)."""
+  import sys  # pylint: disable=import-outside-toplevel
   if args.mode == "dense" and args.keyframes_per_gop is not None:
-    parser.error("--keyframes-per-gop sets the keyframes per GOP of the cope, keyframes and "
-                 "cope_zero_delta modes; --mode dense samples --dense-frames frames instead")
+    print("warning: --keyframes-per-gop sets the keyframes per GOP of the cope, keyframes and "
+          "cope_zero_delta modes; --mode dense samples --dense-frames frames and ignores it",
+          file=sys.stderr)
   if args.mode != "dense" and args.dense_frames is not None:
-    parser.error(f"--dense-frames applies to --mode dense, not {args.mode} (which samples by "
-                 "GOP: --keyframes-per-gop)")
+    print(f"warning: --dense-frames applies to --mode dense; {args.mode} samples by GOP "
+          "(--keyframes-per-gop) and ignores it", file=sys.stderr)
   args.keyframes_per_gop = 1 if args.keyframes_per_gop is None else args.keyframes_per_gop
   args.dense_frames = 64 if args.dense_frames is None else args.dense_frames

@@ -24,7 +24,7 @@ import numpy as np
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import KEYFRAME, SamplingConfig, plan_positions
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
-from cope_jax.data.tokenizer import generation_prompt
+from cope_jax.data.tokenizer import generation_prompt, ids_past_vocabulary
 from cope_jax.infer import MODES, PromptTooLong, mode_sampling
 
 MODEL_PARTS = {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}
@@ -149,10 +149,9 @@ class CoPE:
       raise ValueError(f"{tokenizer}: not a tokenizers JSON file ({e})") from None
     if tok.token_to_id("<|im_end|>") is None:  # (the token generation stops at)
       raise ValueError(f"{tokenizer}: has no <|im_end|> token: not a Qwen2 chat tokenizer")
-    if tok.get_vocab_size() > cfg.llm.vocab_size:  # (its lookups would read clipped rows)
-      raise ValueError(f"{tokenizer} has {tok.get_vocab_size()} ids, more than the model's "
-                       f"vocabulary of {cfg.llm.vocab_size}: not the tokenizer it was trained "
-                       "with (--tokenizer FILE names that one)")
+    if problem := ids_past_vocabulary(tok, cfg.llm.vocab_size):
+      raise ValueError(f"{tokenizer} {problem}: not the tokenizer the model was trained with "
+                       "(--tokenizer FILE names that one)")
     return cls(cfg, params, tok, codec, rgb_only)
 
   def check_mode(self, mode: str) -> None:

@@ -268,9 +268,9 @@ class Generator:
     prefill = functools.partial(self._prefill, inputs, _seed_key(options.seed),
                                 zero_delta=zero_delta, cache_length=length + extra,
                                 temperature=options.temperature, top_p=options.top_p)
-    before = time.perf_counter()
+    before, compiled = time.perf_counter(), _CompileClock.seconds
     step = prefill()
-    if _CompileClock.seconds > compiled_before:
+    if _CompileClock.seconds > compiled:
       # This call compiled the prefill, and a new program's first run is several times slower
       # than the next (memory and thunks set up: 47 vs 7 ms for the tiny model on a CPU), which
       # is no more part of the time to first token than the compilation: it runs again, and the
@@ -279,7 +279,7 @@ class Generator:
       jax.block_until_ready(step)
       del step
       first_run = time.perf_counter() - before
-      start += first_run - (_CompileClock.seconds - compiled_before)
+      start += first_run - (_CompileClock.seconds - compiled)
       step = prefill()
     return self._decode_loop(step, options, start, compiled_before)
 

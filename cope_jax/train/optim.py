@@ -22,8 +22,8 @@ def warmup_note(warmup: int, total: int) -> str | None:
   if warmup < total:
     return None
   return (f"note: optim.warmup_steps {warmup} is not shorter than total_steps {total}: the "
-          f"learning rate rises for the whole run and never exceeds {total / warmup:.0%} of "
-          "its peak")
+          f"learning rate rises for the whole run and never exceeds {(total - 1) / warmup:.0%} "
+          "of its peak")
 
 
 def decay_mask(params):

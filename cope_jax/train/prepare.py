@@ -168,15 +168,15 @@ def _check_tokenizer(path: str, vocab_size: int) -> None:
   if not path:
     return  # resolve() fills it; validate() alone (the tests) may not have run it
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.tokenizer import ids_past_vocabulary  # pylint: disable=import-outside-toplevel
   try:
-    size = Tokenizer.from_file(path).get_vocab_size()
+    tok = Tokenizer.from_file(path)
   except Exception as e:  # tokenizers raises its own Exception types
     raise ConfigError(f"--config.tokenizer {path}: not a tokenizer.json ({e})") from e
-  if size > vocab_size:
-    raise ConfigError(f"--config.tokenizer {path} has {size} ids, more than the LLM's vocabulary "
-                      f"of {vocab_size}: pass the tokenizer the shards were built for (a tiny "
-                      f"model: DATA_DIR/synthetic/tokenizer.json of `data build --source "
-                      "synthetic`)")
+  if problem := ids_past_vocabulary(tok, vocab_size):
+    raise ConfigError(f"--config.tokenizer {path} {problem}: pass the tokenizer the shards were "
+                      "built for (a tiny model: DATA_DIR/synthetic/tokenizer.json of `data build "
+                      "--source synthetic`)")
 
 
 def validate(config, device_count: int, process_count: int = 1) -> None:

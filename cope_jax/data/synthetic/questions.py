@@ -4,8 +4,9 @@
 ``first_mover``, ``bounces``, ``camera_pan``, ``faster``, ``first_bounce``, ``enters``) are decided
 by motion that happens after frame 0, when everything is still (and a visitor is still outside
 the frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them. So that the
-keyframe gives no shortcut, a question about objects offers the scene's other objects (and "no
-object …") among its distractors. No answer depends on what one-per-second sampling
+keyframe gives no shortcut, a question about objects frame 0 shows offers the scene's other
+objects among its distractors, and ``enters``, about an object frame 0 does not show, offers
+none of them (with "no object enters"). No answer depends on what one-per-second sampling
 (``Scene.last_seen_frame``, ``seen_reversals``) does not show: ``bounces`` and ``first_bounce``
 are asked where every bounce counted shows as the object turning back between sampled
 positions, ``faster`` where the sampled steps rank the objects alike. No option's text is a
@@ -65,8 +66,9 @@ def sampled_frames(scene: Scene) -> np.ndarray:
 
 def seen_reversals(sprite, scene: Scene) -> list[int]:
   """The sampled frames by which the object is seen to turn back along an axis — each a bounce
-  seen — in order. A bounce shows only between two whole sampled steps of motion, one each side:
-  one in the object's first second of motion, or within a second of the last look, shows none."""
+  seen — in order: where a sampled step's displacement reverses the previous moving one's. A
+  bounce in the object's first second of motion, or within a second of the last look, may show
+  none (the step around it can keep the other one's direction)."""
   frames = sampled_frames(scene)
   steps = np.diff(sprite.positions[frames], axis=0)
   out = []
@@ -179,14 +181,15 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
         "first_bounce", "Which object bounces off the edge of the frame first?",
         f"the {first.name}", _absent_objects(scene, rng), rng, next(letters),
         keep=[f"the {s.name}" for s in scene.sprites if s is not first]))
-  # "no object enters" is an option of every such question, and the answer of a quarter
-  # (half the scenes have no visitor: left to chance it was the answer of half)
+  # "no object enters" is an option of every such question and the answer of a quarter (half
+  # the scenes have no visitor: left to chance, of half); the other options are objects frame 0
+  # does not show, as the visitor is not shown there (the scene's objects, ruled out by the
+  # keyframe, left a keyframe-only guess between two options).
   if _balanced(asked, "enters", scene.visitor is None, {True: 0.25, False: 0.75}):
     entering = f"the {scene.visitor.name}" if scene.visitor else "no object enters"
     qs.append(_question(
         "enters", "Which object enters the frame after the video starts?", entering,
-        _absent_objects(scene, rng), rng, next(letters),
-        keep=[f"the {s.name}" for s in scene.sprites] + ["no object enters"]))
+        _absent_objects(scene, rng), rng, next(letters), keep=["no object enters"]))
   return qs
 
 
