@@ -30,6 +30,8 @@ Environment (required: CONFIG, WORKDIR):
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
   CPUS_PER_TASK   slurm: CPUs per GPU process, for its Grain decoding workers (default 8)
   PROCESSES, DEVICES_PER_PROCESS          local (defaults 2, 4)
+  STOP_GRACE      when a worker fails, seconds between SIGTERM and SIGKILL for the others'
+                  processes on this machine (default 10)
 
 --dry-run (anywhere on the line) prints the exact commands instead of running them.
 USAGE
