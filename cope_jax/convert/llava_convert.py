@@ -46,6 +46,9 @@ def detect_layout(tensors: dict) -> str:
                         "'model.image_newline' + 'model.mm_projector.*' (LLaVA-NeXT)")
 
 
+INFERENCE_ATTENTION_CHUNK = 1024
+
+
 def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
   """Our config from a llava config.json (llava-hf nested, or LLaVA-NeXT flat Qwen2 + mm_*)."""
   if "text_config" in hf:
@@ -69,6 +72,10 @@ def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
   else:
     raise CheckpointError("neither text_config/vision_config (llava-hf) nor "
                           "mm_vision_tower (LLaVA-NeXT)")
+  # Attention in blocks of 1024 queries, as the paper recipe trains: the same numbers, and a
+  # long prompt (64 dense frames are 13,500 positions; the context 32,768) never holds all its
+  # (L, L) scores per layer (20 GB in float32 at 13,500 for 28 heads). Shorter prompts: one block.
+  llm = dataclasses.replace(llm, attention_chunk=INFERENCE_ATTENTION_CHUNK)
   return VideoLMConfig(vision, llm, dataclasses.replace(DELTA[delta], out_dim=vision.hidden_size))
 
 
