@@ -98,6 +98,18 @@ def test_config_values_that_describe_no_model_are_one_error_line(hf_root, tmp_pa
                   f"{folder / 'config.json'}: {named}")
 
 
+def test_a_checkpoint_folder_that_is_not_there_is_named_so(tmp_path):
+  """It said "no config.json", as if the folder were there."""
+  from cope_jax.convert.safetensors_io import read_config  # pylint: disable=import-outside-toplevel
+  with pytest.raises(CheckpointError, match="gone: no such folder"):
+    read_config(str(tmp_path / "gone"))
+  (tmp_path / "file").write_text("")
+  with pytest.raises(CheckpointError, match="file: not a folder"):
+    read_config(str(tmp_path / "file"))
+  with pytest.raises(CheckpointError, match=": no config.json"):
+    read_config(str(tmp_path))
+
+
 def test_a_safetensors_file_cut_short_or_a_broken_index_is_refused(hf_root, tmp_path):
   folder = tmp_path / "qwen2"
   shutil.copytree(hf_models.qwen2_dir(hf_root, 97, 4, 2), folder)

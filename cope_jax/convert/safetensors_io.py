@@ -83,6 +83,10 @@ def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
 
 def read_config(directory: str) -> dict:
   path = os.path.join(directory, "config.json")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"{directory}: " + ("not a folder" if os.path.exists(directory) else
+                                              "no such folder") +
+                          " (a Hugging Face checkpoint folder: config.json and *.safetensors)")
   if not os.path.exists(path):
     raise CheckpointError(f"{directory}: no config.json")
   with open(path) as f:
