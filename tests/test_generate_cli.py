@@ -1,0 +1,108 @@
+"""The generate CLI on a briefly trained tiny model: its JSON, sampling, limits and refusals, and
+loading a workdir (other devices, a Δ-encoder kept frozen in stage 2)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def test_generate_cli_json(tiny_workdir):
+  workdir, synth = tiny_workdir
+  video = os.path.join(synth, "videos", "00000.mp4")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
+                      "--video", video, "--question", "What moves?", "--json",
+                      "--max-new-tokens", "4", "--repeat", "2"], capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout)
+  for key in ("answer", "ttft_s", "e2e_s", "visual_tokens", "prompt_tokens", "extract_s"):
+    assert key in out
+  assert out["visual_tokens"] == 20 + 7 * 10 and 0 < out["ttft_s"] <= out["e2e_s"]
+  # The second call's timings, the first's apart (it pays one-off set-up besides compilation;
+  # how much is for benchmarks, not a pass/fail test).
+  assert out["repeat"] == 2 and 0 < out["ttft_cold_s"] <= out["e2e_cold_s"]
+
+
+def test_a_workdir_trained_on_other_devices_answers(tiny_workdir):
+  """The fixture trained with this process's devices (1, or CI's 8 emulated): generate on 3."""
+  workdir, synth = tiny_workdir
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
+                      "--video", os.path.join(synth, "videos", "00000.mp4"), "--question",
+                      "What moves?", "--max-new-tokens", "2", "--json"], capture_output=True,
+                     text=True, timeout=600, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "unreadable" not in r.stderr and json.loads(r.stdout)["visual_tokens"] == 90
+
+
+def test_generate_cli_samples_with_temperature_and_top_p(tiny_workdir):
+  workdir, synth = tiny_workdir
+  video = os.path.join(synth, "videos", "00000.mp4")
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
+                      "--video", video, "--question", "What moves?", "--json",
+                      "--max-new-tokens", "3", "--temperature", "0.8", "--top-p", "0.9"],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert isinstance(json.loads(r.stdout)["answer"], str)
+
+
+def test_generate_cli_refuses_more_new_tokens_than_positions(tiny_workdir):
+  """The KV cache holds every slot: an absurd --max-new-tokens is refused, not allocated."""
+  workdir, synth = tiny_workdir
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
+                      "--video", os.path.join(synth, "videos", "00000.mp4"), "--question",
+                      "What moves?", "--max-new-tokens", "10000000"], capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr[-2000:]
+  assert "max_new_tokens 10000000 exceed the model's" in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--temperature", "-1", "temperature must be >= 0"), ("--temperature", "nan", "temperature"),
+    ("--top-p", "0", "top_p must be in (0, 1]"), ("--top-p", "1.5", "top_p must be in (0, 1]"),
+    ("--min-change", "300", "min_change must be within 0-255"),
+    ("--seed", "-1", "seed must be from 0 to 2**32 - 1")])
+def test_generate_cli_refuses_sampling_values_before_loading(tmp_path, flag, value, message):
+  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir",
+                      str(tmp_path / "no_model"), "--video", str(tmp_path / "no.mp4"),
+                      "--question", "What moves?", flag, value],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_loading_a_workdir_logs_no_orbax_warning(tiny_workdir, caplog):
+  """Orbax warns that a folder opened read-only is read-only: loading mutes it, every time."""
+  from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
+  workdir, _ = tiny_workdir
+  with caplog.at_level("WARNING"):
+    assert latest_params(str(workdir))
+  assert not [r for r in caplog.records if r.name == "absl"], caplog.text
+
+
+def test_a_delta_encoder_frozen_in_stage_2_is_loaded_from_stage_1(tiny_workdir, tmp_path,
+                                                                   monkeypatch):
+  """Not the init_checkpoint's (a random one, for a converted LLaVA-Video) nor a zero one."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  from cope_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  workdir, _ = tiny_workdir
+  trained = dict(checkpointing.latest_params(str(workdir)))
+  stage1 = jax.tree_util.tree_map(lambda x: np.full_like(x, 0.5), trained.pop("delta_encoder"))
+  run = tmp_path / "stage2"
+  shutil.copytree(workdir, run)
+  config = json.loads((run / "train_config.json").read_text())
+  config["stage1_checkpoint"] = str(tmp_path / "stage1")
+  (run / "train_config.json").write_text(json.dumps(config))
+  monkeypatch.setattr(checkpointing, "latest_params", lambda path: (
+      {"delta_encoder": stage1} if path == str(tmp_path / "stage1") else trained))
+  model = CoPE.load(str(run))
+  assert not model.rgb_only
+  leaves = jax.tree_util.tree_leaves(model.generator.params["delta_encoder"])
+  assert leaves and all(np.all(np.asarray(x) == 0.5) for x in leaves)
