@@ -29,7 +29,7 @@ from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
 from cope_jax.command_line import ArgumentParser, check_results_file
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
-from cope_jax.infer import MODES, mode_sampling, settle_mode_flags
+from cope_jax.infer import DENSE_FRAMES, MODES, mode_sampling, settle_mode_flags
 
 ANSWER_FORMATS = ("letter", "open", "ranked")
 
@@ -46,7 +46,7 @@ def right_option(q: dict) -> str:
 
 
 def cached_inputs(model, frames: dict, video: str, mode: str, keyframes_per_gop: int = 1,
-                  dense_frames: int = 64, min_change: float = 0.0):
+                  dense_frames: int = DENSE_FRAMES, min_change: float = 0.0):
   """``model.video_inputs`` of ``video`` for ``mode``, extracted once into ``frames`` (the modes
   that read the same frames share them: ``cope_zero_delta`` is ``cope``'s)."""
   kind = "cope" if mode == "cope_zero_delta" else mode
@@ -58,7 +58,7 @@ def cached_inputs(model, frames: dict, video: str, mode: str, keyframes_per_gop:
 
 def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1,
              max_new_tokens: int | None = None, log_path: str | None = None,
-             progress: bool = True, dense_frames: int = 64, answer_format: str = "letter",
+             progress: bool = True, dense_frames: int = DENSE_FRAMES, answer_format: str = "letter",
              frames: dict | None = None, post_prompt: str = MCQ_SUFFIX,
              min_change: float = 0.0, label: str | None = None) -> dict:
   """Accuracy of ``model`` on ``questions`` in ``mode``: multiple choice scored by the option

@@ -101,7 +101,7 @@ train_command() {
 # Start a pipeline in a subshell, ( … | … ) &, so that its PID's status is the pipeline's
 # (pipefail), not its last command's.
 wait_all() {
-  local status=0 pid rc running=("$@") still other more stopped_at="" stopping=()
+  local status=0 pid rc running=("$@") still more stopped_at="" stopping=()
   while ((${#running[@]})); do
     still=()
     for pid in "${running[@]}"; do
@@ -119,10 +119,7 @@ wait_all() {
           # Every process under the jobs, listed before any is signalled (a shell that dies
           # orphans its children, which the tree would no longer show); not the jobs' own
           # subshells, which end with their pipelines and give their statuses.
-          for other in "${running[@]}"; do
-            read -r -a more <<<"$(descendants "$other" | tr '\n' ' ')"
-            stopping+=("${more[@]+"${more[@]}"}")
-          done
+          read -r -a stopping <<<"$(descendants "${running[@]}" | tr '\n' ' ')"
           signal TERM "${stopping[@]+"${stopping[@]}"}"
         fi
       fi
@@ -130,10 +127,8 @@ wait_all() {
     running=("${still[@]+"${still[@]}"}")
     if ((${#running[@]})); then
       if [[ -n "$stopped_at" ]] && ((SECONDS - stopped_at >= ${STOP_GRACE:-10})); then
-        for other in "${running[@]}"; do
-          read -r -a more <<<"$(descendants "$other" | tr '\n' ' ')"
-          stopping+=("${more[@]+"${more[@]}"}" "$other")
-        done
+        read -r -a more <<<"$(descendants "${running[@]}" | tr '\n' ' ')"
+        stopping+=("${more[@]+"${more[@]}"}" "${running[@]}")
         signal KILL "${stopping[@]+"${stopping[@]}"}"
       fi
       sleep 0.5
@@ -151,13 +146,15 @@ signal() {
   fi
 }
 
-# descendants PID: every process under PID, one per line (pgrep, or /proc where procps is
+# descendants PID …: every process under them, one per line (pgrep, or /proc where procps is
 # missing).
 descendants() {
-  local child
-  for child in $(children "$1"); do
-    echo "$child"
-    descendants "$child"
+  local pid child
+  for pid in "$@"; do
+    for child in $(children "$pid"); do
+      echo "$child"
+      descendants "$child"
+    done
   done
 }
 

@@ -7,6 +7,7 @@ from cope_jax.codec.sampling import SamplingConfig
 # What the model sees of a video (the CLIs' --mode; importing this module imports no JAX).
 MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
 DELTA_MODES = ("cope", "cope_zero_delta")  # the modes that read Δ-frames
+DENSE_FRAMES = 64  # frames --mode dense samples uniformly by default: LLaVA-Video's
 
 
 class PromptTooLong(ValueError):
@@ -37,4 +38,4 @@ def settle_mode_flags(args) -> None:
     print(f"warning: --dense-frames applies to --mode dense; {args.mode} samples by GOP "
           "(--keyframes-per-gop) and ignores it", file=sys.stderr)
   args.keyframes_per_gop = 1 if args.keyframes_per_gop is None else args.keyframes_per_gop
-  args.dense_frames = 64 if args.dense_frames is None else args.dense_frames
+  args.dense_frames = DENSE_FRAMES if args.dense_frames is None else args.dense_frames

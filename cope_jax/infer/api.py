@@ -25,7 +25,7 @@ from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling import KEYFRAME, SamplingConfig, plan_positions
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt, ids_past_vocabulary
-from cope_jax.infer import MODES, PromptTooLong, mode_sampling
+from cope_jax.infer import DENSE_FRAMES, MODES, PromptTooLong, mode_sampling
 
 MODEL_PARTS = {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}
 
@@ -163,7 +163,7 @@ class CoPE:
                        "frames only (its checkpoint has none): use dense or keyframes")
 
   def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
-                   dense_frames: int = 64, min_change: float = 0.0) -> VideoInputs:
+                   dense_frames: int = DENSE_FRAMES, min_change: float = 0.0) -> VideoInputs:
     """The frames a mode uses: CoPE positions, keyframes only, or ``dense_frames`` uniform RGB
     frames. ``min_change`` > 0 (the cope modes): adaptive fusion (``codec.sampling``), Δ
     positions that hardly changed are left out."""
@@ -237,7 +237,7 @@ class CoPE:
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,
           max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
           inputs: VideoInputs | None = None, min_change: float = 0.0,
-          dense_frames: int = 64, seed: int = 0) -> Answer:
+          dense_frames: int = DENSE_FRAMES, seed: int = 0) -> Answer:
     """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames: then
     ``keyframes_per_gop``, ``min_change`` (adaptive fusion) and ``dense_frames`` are theirs).
     ``seed`` picks the sampling stream when ``temperature`` > 0."""
@@ -256,7 +256,7 @@ class CoPE:
 
   def rank_options(self, video: str, question: str, options: list[str], mode: str = "cope",
                    keyframes_per_gop: int = 1, inputs: VideoInputs | None = None,
-                   min_change: float = 0.0, dense_frames: int = 64) -> RankedOptions:
+                   min_change: float = 0.0, dense_frames: int = DENSE_FRAMES) -> RankedOptions:
     """Ranks ``options`` by the model's log-likelihood of each one's text, then <|im_end|>, as the
     answer to ``question`` asked alone (lm-eval-harness's multiple-choice scoring, for models
     that do not follow the "answer with the option's letter" instruction); nothing is

@@ -64,13 +64,18 @@ def sampled_frames(scene: Scene) -> np.ndarray:
   return np.arange(0, scene.last_seen_frame + 1, scene.fps)
 
 
+def _sampled_steps(sprite, scene: Scene) -> np.ndarray:
+  """(steps, 2): the object's displacement between consecutive sampled frames."""
+  return np.diff(sprite.positions[sampled_frames(scene)], axis=0)
+
+
 def seen_reversals(sprite, scene: Scene) -> list[int]:
   """The sampled frames by which the object is seen to turn back along an axis — each a bounce
   seen — in order: where a sampled step's displacement reverses the previous moving one's. A
   bounce in the object's first second of motion, or within a second of the last look, may show
   none (the step around it can keep the other one's direction)."""
   frames = sampled_frames(scene)
-  steps = np.diff(sprite.positions[frames], axis=0)
+  steps = _sampled_steps(sprite, scene)
   out = []
   for axis in range(2):
     signs = [(k, x) for k, x in enumerate(np.sign(np.round(steps[:, axis], 6))) if x]
@@ -90,14 +95,14 @@ def _balanced(asked: collections.Counter, family: str, answer, share: dict) -> b
   return True
 
 
-def _bounces_subject(scene: Scene, asked: collections.Counter):
+def _bounces_subject(scene: Scene, asked: collections.Counter, turns: dict):
   """The sprite to ask ``bounces`` about, or None: of the sprites whose every bounce (at most
   three) is seen, the one whose count ``asked`` holds least, asked only while that count is not
   ahead of the rarest of 1, 2 and 3 — left to chance, "1" was the answer of 58–68 % (slow sprites
   in an 8 s video mostly bounce once), a prior every mode learns and no frame is needed for.
   ("0", an option of every such question, is the answer of few: nearly every object bounces.)"""
   seen = [s for s in scene.sprites
-          if len(s.bounces) <= 3 and len(seen_reversals(s, scene)) == len(s.bounces)]
+          if len(s.bounces) <= 3 and len(turns[id(s)]) == len(s.bounces)]
   if not seen:
     return None
   subject = min(seen, key=lambda s: asked["bounces", len(s.bounces)])
@@ -108,8 +113,9 @@ def _bounces_subject(scene: Scene, asked: collections.Counter):
   return subject
 
 
-def _first_bounce(scene: Scene):
-  """The object that bounces first, where sampling shows it first: the first bounce's object
+def _first_bounce(scene: Scene, turns: dict):
+  """The object that bounces first, where sampling shows it first (``turns``: each object's
+  ``seen_reversals`` by id): the first bounce's object
   turns back at an earlier sampled frame than any other does, and no other bounces within a
   second of it; or None."""
   bouncing = sorted((s.bounces[0][0], i) for i, s in enumerate(scene.sprites) if s.bounces)
@@ -117,7 +123,7 @@ def _first_bounce(scene: Scene):
     return None
   frame, i = bouncing[0]
   first = scene.sprites[i]
-  seen = {id(s): (seen_reversals(s, scene) or [None])[0] for s in scene.sprites}
+  seen = {key: (t or [None])[0] for key, t in turns.items()}
   if seen[id(first)] is None:
     return None
   for s in scene.sprites:
@@ -129,8 +135,7 @@ def _first_bounce(scene: Scene):
 
 def _sampled_speed(sprite, scene: Scene) -> float:
   """Mean displacement per sampled step once the object moves (what the Δ-frames show)."""
-  frames = sampled_frames(scene)
-  steps = np.diff(sprite.positions[frames], axis=0)[frames[1:] > sprite.start_frame]
+  steps = _sampled_steps(sprite, scene)[sampled_frames(scene)[1:] > sprite.start_frame]
   return float(np.hypot(steps[:, 0], steps[:, 1]).mean()) if len(steps) else 0.0
 
 
@@ -160,7 +165,9 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
   qs.append(_question(
       "first_mover", "Which object starts moving first?", f"the {a.name}",
       _absent_objects(scene, rng), rng, next(letters), keep=others))
-  counted = _bounces_subject(scene, asked)
+  # each object's seen bounces, by id: what both bounce families ask about
+  turns = {id(s): seen_reversals(s, scene) for s in scene.sprites}
+  counted = _bounces_subject(scene, asked, turns)
   if counted is not None:
     qs.append(_question(
         "bounces", f"How many times does the {counted.name} bounce off the edge of the frame?",
@@ -175,7 +182,7 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
     qs.append(_question(
         "faster", "Which object moves faster?", f"the {fast.name}",
         _absent_objects(scene, rng), rng, next(letters), keep=[f"the {slow.name}"]))
-  first = _first_bounce(scene)
+  first = _first_bounce(scene, turns)
   if first is not None:  # ("no object bounces" is no option: it would never be the answer)
     qs.append(_question(
         "first_bounce", "Which object bounces off the edge of the frame first?",
