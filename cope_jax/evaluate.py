@@ -175,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--mode", default="cope", choices=MODES,
                       help="which frames the model sees (default cope; see above)")
   parser.add_argument("--keyframes-per-gop", type=int, default=None,
-                      help="K, keyframes per GOP in the cope and keyframes modes (default 1)")
+                      help="K, keyframes per GOP in the cope and keyframes modes (default 1; "
+                      "--mode dense ignores it, with a warning)")
   add_min_change_flag(parser)
   parser.add_argument("--dense-frames", type=int, default=None,
-                      help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's)")
+                      help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's; "
+                      "the other modes ignore it, with a warning)")
   parser.add_argument("--out", required=True, help="RESULTS.json (+ RESULTS.log.jsonl)")
   parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
   formats = parser.add_mutually_exclusive_group()
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--post-prompt", default=None,
                       help="the line after the lettered options (default lmms-eval's for "
                       "PerceptionTest and VideoMME: \"Answer with the option's letter from the "
-                      "given choices directly.\"; \"\" for none)")
+                      "given choices directly.\"; \"\" for none; ignored, with a warning, with "
+                      "--open-ended or --rank-options)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
   args = parser.parse_args(argv)
   settle_mode_flags(args)

@@ -41,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
                       "Δ-frames; dense: --dense-frames uniform RGB frames; cope_zero_delta: "
                       "Δ-tokens zeroed")
   parser.add_argument("--keyframes-per-gop", type=int, default=None,
-                      help="RGB keyframes per GOP (the paper's K: 1, 2 or 4; default 1)")
+                      help="RGB keyframes per GOP (the paper's K: 1, 2 or 4; default 1; "
+                      "--mode dense ignores it, with a warning)")
   add_min_change_flag(parser)
   parser.add_argument("--dense-frames", type=int, default=None,
                       help="frames sampled uniformly in --mode dense (default 64, LLaVA-Video's; "
-                      "the demo's base model was trained on 20)")
+                      "the demo's base model was trained on 20; the other modes ignore it, with a "
+                      "warning)")
   parser.add_argument("--max-new-tokens", type=int, default=64,
                       help="answer length limit (default 64)")
   parser.add_argument("--temperature", type=float, default=0.0,
