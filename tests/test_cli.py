@@ -239,3 +239,23 @@ def test_a_failed_write_names_the_output_and_leaves_nothing(pan_clip, tmp_path, 
   with pytest.raises(errors.VideoError, match="prims.npz: cannot be written: No space left"):
     extract.save_npz(prims, out)
   assert not list(tmp_path.iterdir())
+
+
+def test_a_stream_damaged_midway_counts_the_frames_decoded(tmp_path):
+  # A conformant file (used as is) whose middle is overwritten: decoding stops at the damage,
+  # and the frames counted are those decoded, not the 150 the packet headers list.
+  video = tmp_path / "damaged.m4v"
+  synthetic_clips.write_clip(video, synthetic_clips.pan_frames(150, 384, 384, (2, 1), "coffee"),
+                             codec="mpeg4", gop=240)
+  data = bytearray(video.read_bytes())
+  mid = len(data) // 2
+  data[mid:mid + 4000] = np.random.default_rng(0).integers(0, 256, 4000, np.uint8).tobytes()
+  video.write_bytes(bytes(data))
+  out = tmp_path / "p.npz"
+  r = run_cli("extract", video, "--out", out, "--quiet")
+  assert r.returncode == 0 and "stream damaged after" in r.stderr, r.stderr
+  decoded = int(r.stderr.split("stream damaged after ")[1].split()[0])
+  assert decoded < 150
+  with np.load(out) as d:
+    assert int(d["num_frames"]) == decoded and d["frame_index"].max() < decoded
+  assert f"over {decoded} frames" in r.stdout

@@ -113,3 +113,67 @@ def test_conformance_problems_name_the_reason(tmp_path):
                              codec="mpeg4", gop=12)
   assert any("I-frames" in p for p in conformance_problems(path, SPEC))
   assert any("size" in p for p in conformance_problems(path, EncodeSpec(size=192, gop=12)))
+
+
+def test_conformant_stream_in_matroska_is_not_reencoded(tmp_path, private_tmp):
+  # Matroska stores times in 1 ms ticks: 30 fps frames are 33, 33 and 34 ticks apart.
+  path = tmp_path / "conformant.mkv"
+  synthetic_clips.write_clip(path, synthetic_clips.pan_frames(75, 384, 384, (1, 1), "coffee"),
+                             codec="mpeg4", gop=SPEC.gop)
+  assert conformance_problems(path, SPEC) == []
+  with conformant_video(path, SPEC) as (out, reencoded):
+    assert out == str(path) and not reencoded
+
+
+def _write_raw(path, fmt, codec, frames, fps):
+  import av  # pylint: disable=import-outside-toplevel
+  with av.open(str(path), "w", format=fmt) as out:
+    s = out.add_stream(codec, rate=fps)
+    s.height, s.width = frames[0].shape[:2]
+    s.pix_fmt = "yuv420p"
+    for i, rgb in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+      frame.pts = i
+      for packet in s.encode(frame):
+        out.mux(packet)
+    for packet in s.encode(None):
+      out.mux(packet)
+
+
+@pytest.mark.parametrize("fmt,codec", [("h264", "libx264"), ("m4v", "mpeg4")])
+def test_raw_elementary_stream_keeps_its_rate(tmp_path, private_tmp, fmt, codec):
+  # A raw stream has no container timestamps, and FFmpeg's demuxer assumes 25 fps: the rate the
+  # bitstream declares is the stream's (60 frames at 30 fps were re-encoded as 72, 2.4 s).
+  path = tmp_path / f"raw.{fmt}"
+  _write_raw(path, fmt, codec, list(synthetic_clips.pan_frames(60, 96, 160, (1, 0), "coffee")), 30)
+  info = inspect_video(path)
+  assert info["fps"] == 30 and info["num_frames"] == 60 and info["duration_s"] == 2.0
+  with conformant_video(path, SPEC) as (out, _):
+    _check_conformant(out, 2.0)
+    assert inspect_video(out)["num_frames"] == 60
+
+
+def test_the_main_video_stream_is_read(tmp_path):
+  # A one-picture stream (cover art) listed before the video: FFmpeg's best stream is the video.
+  import av  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "cover_first.mkv"
+  with av.open(str(path), "w") as out:
+    cover = out.add_stream("mjpeg", rate=1)
+    cover.width = cover.height = 64
+    cover.pix_fmt = "yuvj420p"
+    video = out.add_stream("mpeg4", rate=30)
+    video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
+    picture = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 200, np.uint8), format="rgb24")
+    picture.pts = 0
+    for packet in list(cover.encode(picture)) + list(cover.encode(None)):
+      out.mux(packet)
+    for i, rgb in enumerate(synthetic_clips.pan_frames(45, 96, 160, (1, 0), "coffee")):
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+      frame.pts = i
+      for packet in video.encode(frame):
+        out.mux(packet)
+    for packet in video.encode(None):
+      out.mux(packet)
+  info = inspect_video(path)
+  assert (info["codec"], info["width"], info["height"]) == ("mpeg4", 160, 96)
+  assert info["num_frames"] == 45

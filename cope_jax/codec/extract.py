@@ -67,11 +67,14 @@ def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
                         keep_rgb: bool = False,
                         on_frame: Callable[[str], None] | None = None,
                         source_path: str | None = None,
-                        num_frames: int | None = None) -> Iterator[SampledFrame]:
+                        num_frames: int | None = None,
+                        info: dict | None = None) -> Iterator[SampledFrame]:
   """Yields the sampled positions of a conformant video (see ``conformant_video``) in order.
 
   ``keep_rgb`` also attaches the decoded reference and target RGB to Δ-frames (for stage-1
-  training pairs and visualisation). ``source_path`` names the user's file in errors.
+  training pairs and visualisation). ``source_path`` names the user's file in errors. If
+  ``info`` is a dict, its ``num_frames`` becomes the frames decoded once the generator is
+  exhausted: fewer than the packets counted where decoding stopped at a damaged packet.
   """
   name = source_path or conformant_path
   sampling.validate()
@@ -83,8 +86,10 @@ def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
   gop = sampling.gop
   grid = None
   steps, anchor_rgb = [], None
+  decoded = 0
   with open_video(conformant_path, _EXPORT_MVS) as (container, stream):
     for index, frame in enumerate(decode_frames(name, container, stream)):
+      decoded = index + 1
       if on_frame is not None:
         on_frame("extract")
       if index // gop not in kept_gops:
@@ -110,6 +115,8 @@ def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,
                            reference_rgb=anchor_rgb if keep_rgb else None,
                            target_rgb=rgb if keep_rgb else None)
       anchor_rgb, steps = rgb, []
+  if info is not None:
+    info["num_frames"] = decoded
 
 
 def iter_video(path: str | os.PathLike, size: int = 384,
@@ -123,7 +130,8 @@ def iter_video(path: str | os.PathLike, size: int = 384,
   Videos with fewer than ``min_frames`` frames after re-encoding (default: one fusion window
   plus one, the least that can yield a Δ-frame, with K ≤ gop / (2·fusion) keyframes per GOP,
   4 at the defaults) are rejected with a VideoError. If ``info`` is a dict, it receives
-  ``reencoded``, ``num_frames`` and ``conformant_bytes`` (of the conformant video).
+  ``reencoded``, ``num_frames`` and ``conformant_bytes`` (of the conformant video; once the
+  generator is exhausted, ``num_frames`` counts the frames decoded).
   """
   path = os.fspath(path)
   sampling.validate()
@@ -140,7 +148,7 @@ def iter_video(path: str | os.PathLike, size: int = 384,
                              f"least {min_frames}" + ("" if sampling.uniform_frames else
                              f" (one fusion window of {sampling.fusion} + 1)"))
     yield from iter_sampled_frames(conformant, sampling, keep_rgb=keep_rgb, on_frame=on_frame,
-                                   source_path=path, num_frames=num_frames)
+                                   source_path=path, num_frames=num_frames, info=info)
 
 
 def extract_primitives(path: str | os.PathLike, size: int = 384,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fractions
 import os
 import warnings
 from typing import Iterator
@@ -35,7 +36,8 @@ def check_path(path: str | os.PathLike) -> str:
 def open_video(path: str | os.PathLike,
                decoder_options: dict | None = None) -> Iterator[tuple[av.container.InputContainer,
                                                                        av.video.stream.VideoStream]]:
-  """Opens ``path`` and yields (container, first video stream), with all failures as VideoError."""
+  """Opens ``path`` and yields (container, its main video stream), with all failures as
+  VideoError."""
   path = check_path(path)
   try:
     container = av.open(path, metadata_errors="ignore")
@@ -45,7 +47,9 @@ def open_video(path: str | os.PathLike,
     if not container.streams.video:
       kinds = sorted({s.type for s in container.streams}) or ["no"]
       raise VideoError(path, f"no video stream (has {', '.join(kinds)} streams only)")
-    stream = container.streams.video[0]
+    # FFmpeg's choice, as its command line makes it: not a cover picture or thumbnail stream
+    # that a file may list first.
+    stream = container.streams.best("video") or container.streams.video[0]
     w, h = stream.codec_context.width, stream.codec_context.height
     if w <= 0 or h <= 0:
       raise VideoError(path, f"video stream declares no frame size ({w}x{h})")
@@ -82,8 +86,23 @@ def decode_frames(path: str, container: av.container.InputContainer,
     raise VideoError(path, "no decodable video frames")
 
 
+# Raw elementary streams: no container timestamps, and the demuxer's average rate is its
+# assumption (25 fps), not the stream's; the rate the bitstream declares is FFmpeg's guess.
+ELEMENTARY_FORMATS = {"h264", "hevc", "vvc", "m4v", "mpegvideo", "mjpeg", "cavsvideo", "vc1",
+                      "dirac", "obu", "avs2", "avs3"}
+
+
+def stream_rate(stream: av.video.stream.VideoStream) -> fractions.Fraction | None:
+  """Frames per second: the container's average, or for a raw elementary stream the rate its
+  bitstream declares (None if neither is known)."""
+  rates = (stream.average_rate, stream.guessed_rate, stream.base_rate)
+  if stream.container.format.name in ELEMENTARY_FORMATS:
+    rates = (stream.guessed_rate, stream.average_rate, stream.base_rate)
+  return next((fractions.Fraction(r) for r in rates if r), None)
+
+
 def stream_fps(stream: av.video.stream.VideoStream) -> float:
-  rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+  rate = stream_rate(stream)
   return float(rate) if rate else 0.0
 
 
