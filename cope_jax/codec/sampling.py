@@ -186,6 +186,8 @@ def token_budget(num_frames: int, cfg: SamplingConfig) -> dict:
   """Visual-token cost of a video under CoPE sampling and under 64-frame dense sampling."""
   plan = plan_positions(num_frames, cfg)
   cope = visual_tokens(plan.num_keyframes, plan.num_delta_frames)
+  # A clip of fewer than 64 frames: each frame once, as the dense mode feeds them (LLaVA-Video's
+  # force_sample repeats frames up to 64, which only inflates the baseline).
   dense = min(DENSE_FRAMES, num_frames) * KEYFRAME_TOKENS
   return {
       "cope_tokens": int(cope),
