@@ -157,6 +157,8 @@ def families_accuracy(result: dict, families) -> float:
 def read_questions(path: str, limit: int | None = None) -> list[dict]:
   """The MCQ JSONL's questions, checked, video paths absolute (``data.sources.mcq_lines``)."""
   out = [q for _, q in mcq_lines(path)]
+  if not out:
+    raise ValueError(f"{path}: no questions (an MCQ JSONL has one JSON object per line)")
   return out[:limit] if limit else out
 
 
@@ -203,8 +205,15 @@ def main(argv: list[str] | None = None) -> int:
           "--rank-options leave out: ignored", file=sys.stderr)
   args.post_prompt = MCQ_SUFFIX if args.post_prompt is None else args.post_prompt
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  log_path = os.path.splitext(args.out)[0] + ".log.jsonl"
   try:
     check_results_file("--out", args.out)
+    check_results_file("--out's per-question log", log_path)
+    for written in (args.out, log_path):
+      if os.path.abspath(written) == os.path.abspath(args.data):
+        raise ValueError(f"--out {args.out} would overwrite --data {args.data} (with "
+                         f"{'the results' if written == args.out else 'its per-question log'}): "
+                         "name another results file")
     mode_sampling(args.mode, args.keyframes_per_gop, args.min_change)  # a ConfigError
     for flag, value in (("--dense-frames", args.dense_frames), ("--limit", args.limit)):
       if value is not None and value < 1:
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   results = evaluate(model, questions, args.mode, args.keyframes_per_gop,
-                     log_path=os.path.splitext(args.out)[0] + ".log.jsonl",
+                     log_path=log_path,
                      progress=not args.quiet, dense_frames=args.dense_frames,
                      answer_format=("open" if args.open_ended else
                                     "ranked" if args.rank_options else "letter"),

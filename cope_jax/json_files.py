@@ -1,10 +1,27 @@
 """Writing JSON result files atomically (a reader never sees half a file, an interrupted run
-leaves the old one)."""
+leaves the old one), and reading back the ones a run left (a damaged one named as such)."""
 
 from __future__ import annotations
 
 import json
 import os
+
+from cope_jax.codec.errors import ConfigError, one_line
+
+
+def read_json(path: str, kind: type = dict):
+  """The JSON value in ``path``, of type ``kind``; ConfigError naming the file if it is not
+  JSON or holds another type (a file a run wrote, edited or cut short since)."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:  # (JSONDecodeError is a ValueError)
+    raise ConfigError(f"{path}: not a readable JSON file ({one_line(e)}); restore or remove "
+                      "it") from None
+  if not isinstance(value, kind):
+    raise ConfigError(f"{path}: holds a JSON {type(value).__name__}, not a "
+                      f"{'JSON object' if kind is dict else kind.__name__}; restore or remove it")
+  return value
 
 
 def earlier_settings(path: str, settings: dict) -> dict | None:
@@ -14,8 +31,7 @@ def earlier_settings(path: str, settings: dict) -> dict | None:
   if not os.path.exists(path):
     write_json(path, settings)
     return None
-  with open(path) as f:
-    earlier = json.load(f)
+  earlier = read_json(path)
   return earlier if earlier != settings else None
 
 

@@ -61,6 +61,9 @@ def test_bad_values_are_one_error_line_with_status_2(tmp_path):
   r = _bench("adaptive", "--thresholds", "0", "--out", str(tmp_path / "no" / "x.json"))
   assert r.returncode == 2 and r.stderr == (f"error: --out {tmp_path / 'no' / 'x.json'}: its "
                                             "folder does not exist\n")  # before the clip
+  r = _bench("ttft", "--plot", str(tmp_path / "no" / "x.png"))
+  assert r.returncode == 2 and r.stdout == "" and r.stderr == (
+      f"error: --plot {tmp_path / 'no' / 'x.png'}: its folder does not exist\n")
   text = tmp_path / "notes.mp4"
   text.write_text("not a video")
   r = _bench("codec", "--video", str(text))

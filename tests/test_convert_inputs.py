@@ -137,4 +137,9 @@ def test_hf_forward_inputs_cut_short_and_an_out_folder_are_one_error_line(hf_roo
                     f"{tmp_path / name}: not a .npz of arrays")
   (tmp_path / "folder").mkdir()
   _one_error_line(_forward(path, tmp_path / "in.npz", tmp_path / "folder"), "is a folder")
-  assert sorted(os.listdir(tmp_path)) == ["cut.npz", "folder", "in.npz", "objects.npz"]
+  # past the model's positions (its logits alone would take 78 GB: an out-of-memory traceback)
+  np.savez(tmp_path / "long.npz", input_ids=np.zeros((1, 40_000), np.int64))
+  _one_error_line(_forward(path, tmp_path / "long.npz", tmp_path / "out.npz"),
+                  "input_ids of 40000 positions exceed the model's 32768")
+  assert sorted(os.listdir(tmp_path)) == ["cut.npz", "folder", "in.npz", "long.npz",
+                                          "objects.npz"]

@@ -2,6 +2,7 @@
 results.json is complete, and a second run resumes instead of starting over."""
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -337,3 +338,10 @@ def test_a_workdir_that_cannot_be_made_or_a_clip_the_codec_refuses_leaves_nothin
   synthetic_clips.write_clip(clip, synthetic_clips.pan_frames(1, 64, 64, (1, 0)), fps=30)
   assert main(["--workdir", str(tmp_path / "demo"), "--quick", "--video", str(clip)]) == 2
   assert "too short" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+  (tmp_path / "damaged").mkdir()
+  (tmp_path / "damaged" / "settings.json").write_text("garbage")  # edited or cut short
+  assert main(["--workdir", str(tmp_path / "damaged"), "--quick"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(
+      f"error: {tmp_path / 'damaged' / 'settings.json'}: not a readable JSON file"), err
+  assert os.listdir(tmp_path / "damaged") == ["settings.json"]

@@ -268,8 +268,15 @@ def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
   (tmp_path / "z.jsonl").write_text(json.dumps({**good, "answer": "Z"}) + "\n")
   (tmp_path / "str.jsonl").write_text(json.dumps(good) + "\n"
                                       + json.dumps({**good, "options": "ab"}))
+  (tmp_path / "empty.jsonl").write_text("\n")
+  (tmp_path / "d.log.jsonl").mkdir()
+  (tmp_path / "qq.log.jsonl").write_text(json.dumps(good) + "\n")
   # (the MCQ lines are read as data build reads them: one checker)
   for data, out, message in (("q.jsonl", "r.json", f"{tmp_path / 'q.jsonl'}:1: not a JSON line"),
+                             ("empty.jsonl", "r.json", "empty.jsonl: no questions"),
+                             ("q.jsonl", "d.json", "--out's per-question log "
+                                                   f"{tmp_path / 'd.log.jsonl'} is a folder"),
+                             ("qq.log.jsonl", "qq.json", "would overwrite --data"),
                              ("list.jsonl", "r.json", "list.jsonl:1: not a JSON object"),
                              ("z.jsonl", "r.json", "z.jsonl:1: answer 'Z' is not one of"),
                              ("str.jsonl", "r.json", "str.jsonl:2: options must be a list"),
@@ -280,6 +287,8 @@ def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
                        timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+  assert (tmp_path / "qq.log.jsonl").read_text() == json.dumps(good) + "\n"
+  assert not {"r.json", "d.json", "qq.json", "r.log.jsonl"} & set(os.listdir(tmp_path))
 
 
 def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):

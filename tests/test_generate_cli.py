@@ -64,7 +64,9 @@ def test_generate_cli_refuses_more_new_tokens_than_positions(tiny_workdir):
 
 
 @pytest.mark.parametrize("flag,value,message", [
-    ("--temperature", "-1", "temperature must be >= 0"), ("--temperature", "nan", "temperature"),
+    ("--temperature", "-1", "temperature must be a finite number >= 0"),
+    ("--temperature", "nan", "temperature"), ("--temperature", "inf", "got inf"),
+    ("--temperature", "1e308", "got 1e+308"),
     ("--top-p", "0", "top_p must be in (0, 1]"), ("--top-p", "1.5", "top_p must be in (0, 1]"),
     ("--min-change", "300", "min_change must be within 0-255"),
     ("--seed", "-1", "seed must be from 0 to 2**32 - 1")])

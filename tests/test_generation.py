@@ -201,6 +201,20 @@ def test_the_position_limit_counts_the_prompts_positions_not_its_padded_length(s
     scorer.score(row, [[5, 6, 7, 8, 9]])
 
 
+def test_a_prompt_longer_than_its_padded_text_is_refused(setup):
+  """The splice drops the slots past the padded text: a prompt cut there lost its question and
+  the assistant's turn and was answered anyway (callers that pad as CoPE does never hit it)."""
+  cfg, params, inputs, _ = setup
+  gen = Generator(cfg, params, eos_id=-1)
+  need = int(prompt_positions(cfg, inputs).max())
+  short = (inputs[0][:, :need - 1], inputs[1][:, :need - 1]) + inputs[2:]
+  message = f"a prompt takes {need} positions .* input_ids hold {need - 1} slots"
+  with pytest.raises(ValueError, match=message):
+    gen.generate(short, SamplingOptions(max_new_tokens=1))
+  with pytest.raises(ValueError, match=message):
+    gen.score(_row(short, 0), [[5, 6]])  # (row 0 takes the most: 59 positions)
+
+
 def _recomputed_log_likelihood(cfg, params, inputs, b, n, continuation, zero_delta=False):
   """log p(continuation | row ``b``'s prompt of ``n`` tokens), from one full forward pass."""
   ids, mask = np.array(inputs[0][b]), np.array(inputs[1][b])

@@ -338,3 +338,14 @@ def test_synth_help_states_the_bounds(capsys):
   text = " ".join(capsys.readouterr().out.split())
   for bound in ("1 to 100000", "5 to 600", "from 16 to 2048", "1 to 1024", "1000000 s"):
     assert bound in text, bound
+
+
+def test_synth_into_a_folder_with_a_damaged_settings_file_names_it(tmp_path, capsys):
+  from cope_jax.data.__main__ import main  # pylint: disable=import-outside-toplevel
+  (tmp_path / "out" / "videos").mkdir(parents=True)
+  settings = tmp_path / "out" / "videos" / "settings.json"
+  settings.write_text("garbage")
+  assert main(["synth", "--out", str(tmp_path / "out"), "--videos", "1", "--seconds", "5",
+               "--size", "32", "--workers", "1", "--quiet"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: {settings}: not a readable JSON file") and err.count("\n") == 1

@@ -332,6 +332,11 @@ def test_finetune_tiny_with_stage1_checkpoint(tmp_path):
   assert "Δ-encoder from stage 1" in r.stdout
   m = metrics(tmp_path / "s2")
   assert m[-1]["loss"] < m[0]["loss"] and "answer_token_accuracy" in m[-1]
+  # A stage 1 of another Δ-encoder is refused, naming the setting that loaded it.
+  r = run("finetune.py:tiny", tmp_path / "s2_demo", "--config.total_steps=1",
+          f"--config.stage1_checkpoint={tmp_path / 's1'}", "--config.model.delta=demo")
+  assert r.returncode == 2 and r.stderr.startswith("error: delta_encoder from "
+                                                   "--config.stage1_checkpoint="), r.stderr
 
 
 def test_loaded_parameters_of_another_size_are_refused_by_name():
@@ -344,7 +349,7 @@ def test_loaded_parameters_of_another_size_are_refused_by_name():
   with pytest.raises(ConfigError, match=r"llm\['layer'\]\['kernel'\]: the checkpoint's shape "
                      r"\(4, 16\) is not the model's \(4, 8\)"):
     _place({"layer": {"kernel": np.ones((4, 16))}}, abstract, "llm")
-  with pytest.raises(ConfigError, match="different tree"):
+  with pytest.raises(ConfigError, match="another tree of parameters"):
     _place({"layer": {"bias": np.ones(8)}}, abstract, "llm")
 
 

@@ -93,3 +93,21 @@ def test_a_warm_up_as_long_as_the_run_is_said():
       "for the whole run and never exceeds 5% of its peak")
   assert optim.warmup_note(50, 50) is not None and optim.warmup_note(49, 50) is None
   assert optim.warmup_note(0, 1) is None
+
+
+@pytest.mark.parametrize("content, reason", [("{garbage", "not a readable JSON file"),
+                                             ("[1, 2]", "holds a JSON list, not a JSON object")])
+def test_a_damaged_json_file_a_run_reads_back_is_named(tmp_path, content, reason):
+  """A train_config.json, build report or dataset_info.json edited or cut short: one error
+  naming the file (it was a JSONDecodeError traceback, status 1)."""
+  from cope_jax.json_files import earlier_settings  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.loop import check_same_data_order  # pylint: disable=import-outside-toplevel
+  for name in ("train_config.json", "report_finetune.json", "settings.json"):
+    (tmp_path / name).write_text(content)
+  path = tmp_path / "train_config.json"
+  with pytest.raises(ConfigError, match=f"^{path}: {reason}"):
+    check_same_data_order({"batch_size": 8}, str(tmp_path))
+  with pytest.raises(ConfigError, match=f"report_finetune.json: {reason}"):
+    prepare._build_report(str(tmp_path), "finetune")  # pylint: disable=protected-access
+  with pytest.raises(ConfigError, match=f"settings.json: {reason}"):
+    earlier_settings(str(tmp_path / "settings.json"), {"seed": 0})

@@ -24,7 +24,7 @@ import numpy as np
 from cope_jax.bench import require_positive, require_video_seconds
 from cope_jax.codec.sampling import (MAX_GOPS, SamplingConfig, num_frames_for_duration,
                                      plan_positions, token_budget)
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, check_results_file
 from cope_jax.models import presets
 from cope_jax.models.llava import VideoLMConfig
 
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   require_positive(parser, args, "--repeats", "--new-tokens")
   require_video_seconds(parser, args.seconds)
+  if not args.plot.endswith(".png"):
+    parser.error(f"--plot must name a .png file, got {args.plot}")
+  check_results_file("--plot", args.plot)  # before the table and the measurements
   dtype = compute_dtype(args.dtype)
   cfg = (bench_config(dtype) if args.preset == "bench" else
          presets.video_lm(args.preset, dtype=dtype))

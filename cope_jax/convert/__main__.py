@@ -78,6 +78,9 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
     if ids.size and not 0 <= ids.min() <= ids.max() < cfg.vocab_size:
       raise CheckpointError(f"{inputs}: input_ids must lie in [0, {cfg.vocab_size}), got "
                             f"[{ids.min()}, {ids.max()}]")
+    if ids.shape[1] > cfg.max_positions:
+      raise CheckpointError(f"{inputs}: input_ids of {ids.shape[1]} positions exceed the "
+                            f"model's {cfg.max_positions} (max_position_embeddings)")
     params = qwen2_convert.convert(TensorSource(tensors, hf_dir), cfg)
     logits, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(ids))
     result = {"logits": np.asarray(logits, np.float32)}

@@ -15,7 +15,6 @@ bucket, small eager operations on first use).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -26,6 +25,7 @@ from cope_jax.codec.sampling import KEYFRAME, SamplingConfig, plan_positions
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt, ids_past_vocabulary
 from cope_jax.infer import DENSE_FRAMES, MODES, PromptTooLong, mode_sampling
+from cope_jax.json_files import read_json
 
 MODEL_PARTS = {"vision_tower", "projector", "delta_encoder", "llm", "image_newline"}
 
@@ -104,8 +104,7 @@ class CoPE:
     rgb_only = False
     if os.path.exists(os.path.join(path, "model_config.json")):
       cfg = config_io.load(os.path.join(path, "model_config.json"))
-      with open(os.path.join(path, "train_config.json")) as f:
-        train = json.load(f)
+      train = read_json(os.path.join(path, "train_config.json"))
       if train.get("stage") == "pretrain":
         raise ValueError(f"{path}: a stage-1 (Δ-encoder pre-training) workdir, which answers "
                          "nothing: give a stage-2 workdir (its next-frame retrieval: python -m "

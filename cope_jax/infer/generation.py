@@ -40,8 +40,10 @@ class SamplingOptions:
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-    if not self.temperature >= 0:
-      raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
+    # (finite as a float32, which the logits are divided in: 1e308 became inf there)
+    if not 0 <= self.temperature <= float(np.finfo(np.float32).max):
+      raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got "
+                       f"{self.temperature}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
     if not 0 <= self.seed < 2**32:
@@ -120,6 +122,17 @@ def prompt_positions(cfg: VideoLMConfig, inputs: tuple) -> np.ndarray:
   ids, mask, kinds = np.asarray(inputs[0]), np.asarray(inputs[1]), np.asarray(inputs[5])
   has_image = (ids == IMAGE_TOKEN_ID).any(axis=1)
   return mask.sum(axis=1) - has_image + np.where(has_image, cfg.visual_positions(kinds), 0)
+
+
+def _check_room(cfg: VideoLMConfig, inputs: tuple) -> int:
+  """The most positions a row's prompt takes; ValueError if that is more than the slots of its
+  padded text, where the splice would drop the prompt's end (the question, the assistant's
+  turn) without a word."""
+  need = int(prompt_positions(cfg, inputs).max())
+  if need > inputs[0].shape[1]:
+    raise ValueError(f"a prompt takes {need} positions (its text and visual tokens) but its "
+                     f"input_ids hold {inputs[0].shape[1]} slots: pad them to at least {need}")
+  return need
 
 
 def _on_device(params: dict) -> dict:
@@ -238,6 +251,7 @@ class Generator:
     valid = np.zeros((len(continuations), width), bool)
     for i, c in enumerate(continuations):
       ids[i, :len(c)], valid[i, :len(c)] = c, True
+    _check_room(self.cfg, inputs)
     need = int(prompt_positions(self.cfg, inputs)[0]) + max(map(len, continuations))
     if need > self.cfg.llm.max_positions:
       raise PromptTooLong(f"a prompt and its longest continuation take {need} positions, more "
@@ -259,7 +273,7 @@ class Generator:
     # Checked on the positions the prompt takes, not its padded length: a prompt that fits is
     # never refused for its bucket. (The cache holds every slot, so this also keeps an absurd
     # max_new_tokens from exhausting the memory.)
-    need = int(prompt_positions(self.cfg, inputs).max())
+    need = _check_room(self.cfg, inputs)
     if need + options.max_new_tokens + reserve > self.cfg.llm.max_positions:
       raise PromptTooLong(f"a prompt of {need} positions + max_new_tokens "
                           f"{options.max_new_tokens}" + (f" + reserve {reserve}" if reserve else "")

@@ -8,7 +8,6 @@ the length buckets), and its memory use is printed per device.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import optax
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.json_files import read_json
 from cope_jax.models.checkpoints import run_initialiser
 from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain,
                                       logical_shardings, make_mesh)
@@ -36,7 +36,8 @@ def _place(tree, abstract, what: str):
   """Loaded numpy parameters onto the shardings of ``abstract`` (ShapeDtypeStructs), checking
   the structure and shapes: a checkpoint of another model size fails here, named."""
   if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(abstract):
-    raise ConfigError(f"{what}: the loaded parameters do not match the model (different tree)")
+    raise ConfigError(f"{what}: the loaded parameters do not match the model (another tree of "
+                      "parameters: a checkpoint of other model settings?)")
   for (path, x), want in zip(jax.tree_util.tree_leaves_with_path(tree),
                              jax.tree_util.tree_leaves(abstract)):
     if tuple(np.shape(x)) != tuple(want.shape):
@@ -132,9 +133,10 @@ class TrainProgram:
     checkpoints: top-level names of the trained or frozen parameters) are placed as they are and
     their random initialisers drop out of the program, which is most of its compile time (on a
     2-core CPU, 15 s for a tiny recipe's whole model)."""
-    trained_given = {k: _place(v, self.abstract_state["params"][k], k)
+    what = lambda k: f"{k} from {self.task.source(k)}"  # noqa: E731
+    trained_given = {k: _place(v, self.abstract_state["params"][k], what(k))
                      for k, v in (trained_given or {}).items()}
-    frozen_given = {k: _place(v, self.abstract_frozen[k], k)
+    frozen_given = {k: _place(v, self.abstract_frozen[k], what(k))
                     for k, v in (frozen_given or {}).items()}
 
     init = lambda key, trained, frozen: nn.meta.unbox(  # noqa: E731
@@ -216,8 +218,7 @@ def check_same_data_order(config, workdir: str) -> None:
   path = os.path.join(workdir, "train_config.json")
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    before = json.load(f)
+  before = read_json(path)
   changed = [f"{k} {before[k]!r} → {config.get(k)!r}" for k in DATA_ORDER_KEYS
              if k in before and before[k] != config.get(k)]
   if changed:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sys
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.json_files import read_json
 from cope_jax.data.tokenizer import cache_dir, qwen2_tokenizer_file
 
 STAGE2_PARTS = ("vision_tower", "projector", "delta_encoder", "llm", "image_newline")
@@ -285,8 +285,7 @@ def _build_report(data_dir: str, stage: str) -> dict:
   for name in (f"report_{stage}.json", "report.json"):
     path = os.path.join(data_dir, name)
     if os.path.exists(path):
-      with open(path) as f:
-        r = json.load(f)
+      r = read_json(path)
       if r.get("stage", stage) == stage:
         return r
   return {}
@@ -306,8 +305,8 @@ def check_inputs(config) -> None:
     raise ConfigError(f"no {config.stage} shards in {config.data_dir} (expected {shards}): run "
                       f"`python -m cope_jax.data build --stage {config.stage} … --out "
                       f"{config.data_dir}` (or try the :tiny variant)")
-  with open(os.path.join(shards, "dataset_info.json")) as f:
-    splits = [s["name"] for s in json.load(f).get("splits", [])]
+  info = read_json(os.path.join(shards, "dataset_info.json"))
+  splits = [s["name"] for s in info.get("splits", []) if isinstance(s, dict) and "name" in s]
   if config.split not in splits:
     raise ConfigError(f"split {config.split!r} is not in the shards in {config.data_dir}: they "
                       f"have {splits}")

@@ -66,6 +66,11 @@ class PretrainTask:
   def trained_parts(self, trained) -> dict[str, float]:
     return {k: self.config.optim.lr for k in trained}
 
+  def source(self, part: str) -> str:
+    """The setting that loads ``part`` (for messages)."""
+    del part  # (only the vision tower is loaded)
+    return f"--config.vision_checkpoint={self.config.vision_checkpoint}"
+
   def pretrained(self) -> tuple[dict, dict, str]:
     """(trained overrides, frozen overrides, message)."""
     path = self.config.vision_checkpoint
@@ -121,6 +126,11 @@ class FinetuneTask:
 
   def trained_parts(self, trained) -> dict[str, float]:
     return {k: float(self.config.trainable[k]) for k in trained}
+
+  def source(self, part: str) -> str:
+    """The setting that loads ``part`` (for messages)."""
+    key = "stage1_checkpoint" if part == "delta_encoder" else "init_checkpoint"
+    return f"--config.{key}={self.config.get(key)}"
 
   def pretrained(self) -> tuple[dict, dict, str]:
     from cope_jax.models.checkpoints import load_params  # pylint: disable=import-outside-toplevel
