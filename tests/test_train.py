@@ -125,6 +125,21 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   assert str(saved) in os.listdir(tmp_path / "checkpoints")
 
 
+def test_sigterm_while_the_run_starts_exits_75(tmp_path):
+  """Before the loop (data, compilation, restore) there is nothing new to save: the status is
+  still "re-run to resume" (it was 143, which launch/tpu.sh's watch takes for a failure)."""
+  proc = subprocess.Popen(train_cmd("pretrain.py:tiny", tmp_path, "--config.total_steps=4"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  first = proc.stdout.readline()  # the note on the frozen encoder, printed before compiling
+  assert "vision encoder" in first, first
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 75, err[-2000:]
+  assert "SIGTERM before the first step: nothing new to save" in err
+  assert "Traceback" not in err and not os.path.exists(tmp_path / "metrics.jsonl")
+
+
 def _two_processes(workdir, *overrides):
   """The multi-host path on one machine (launch/gpu.sh local): 2 processes × 4 CPU devices.
   With the demo's smaller Δ-encoder: process 1 compiles every run afresh (JAX writes only process
@@ -177,11 +192,13 @@ def test_two_process_sigterm_on_one_host_and_exact_resume(tmp_path):
 
 @pytest.mark.xdist_group("processes")
 def test_hosts_agree_on_the_checkpoint_they_resume_from(tmp_path):
-  """Host 1 cannot read its data position in the newest checkpoint, host 0 can: both resume
-  from the older one (host 1 failing inside Orbax's restore left host 0 waiting there)."""
+  """Host 1 cannot restore its data position in the newest checkpoint, host 0 can: both resume
+  from the older one (host 1 failing inside Orbax's restore left host 0 waiting there, then the
+  two out of step, and the run died of a barrier's timeout minutes later). The position is JSON
+  but not Grain's (a file that does not parse goes the same way)."""
   _finish(_two_processes(tmp_path, "--config.total_steps=8", "--config.checkpoint_every=4"))
   position = tmp_path / "checkpoints" / "8" / "data" / "process_1-of-2.json"
-  position.write_text("garbage")
+  position.write_text("{}")
   outs = _finish(_two_processes(tmp_path, "--config.total_steps=10",
                                 "--config.checkpoint_every=4"))
   assert all("resumed from step 4" in out for out in outs), outs

@@ -10,7 +10,9 @@ exits.
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -37,6 +39,21 @@ def _distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+def _stopped_before_training(main_pid: int, signum, frame) -> None:
+  """SIGTERM while the run starts (data, compilation, restore: minutes on a pod), before the
+  training loop takes it over (save, then stop): nothing trained since the last checkpoint, so
+  nothing to save; the status says "re-run to resume", as a preempted run's does."""
+  del frame
+  if os.getpid() != main_pid:  # a forked worker (data building) ends as it would have
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return
+  from cope_jax.train import PREEMPTED  # pylint: disable=import-outside-toplevel
+  print("SIGTERM before the first step: nothing new to save; re-run the same command to resume "
+        f"(exit status {PREEMPTED})", file=sys.stderr, flush=True)
+  sys.exit(PREEMPTED)
+
+
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax and Grain log every step at INFO
@@ -49,6 +66,8 @@ def main(argv) -> None:
     from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
     _distributed(config)
     import jax  # pylint: disable=import-outside-toplevel
+    if jax.process_count() == 1:  # (several: JAX's coordination service takes SIGTERM)
+      signal.signal(signal.SIGTERM, functools.partial(_stopped_before_training, os.getpid()))
     prepare.check_local_path("--workdir", workdir)
     prepare.check_folder("--workdir", workdir)
     # The recipe's values first: a bad one is refused before resolve() makes any data.

@@ -83,24 +83,26 @@ class Checkpointer:
     is set to that checkpoint's data position."""
     unreadable, first_error = [], None
     for step in sorted(self.manager.all_steps(), reverse=True):
-      # Hosts restore together (Orbax's restore has barriers): one that fails inside it would
-      # leave the others waiting. Each checks its own data position first, and all agree.
-      if not _on_every_host(self._position_readable(step)):
-        first_error = first_error or "a host's data position does not read"
-        warnings.warn(f"checkpoint {step} in {self.directory}: a host's data position does not "
-                      "read; trying an older one", RuntimeWarning)
+      # Hosts restore the state together (Orbax's restore has barriers): one that failed inside
+      # it would leave the others waiting, then out of step. So each sets its own data position
+      # first, outside Orbax (Grain's handler does no more: read this host's JSON, set_state),
+      # and all agree on it before the state is read.
+      error = self._set_position(step, iterator)
+      if not _on_every_host(error is None):
+        error = error or "another host's data position does not restore"
+      else:
+        try:
+          out = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
+          error = f"{type(e).__name__}: {one_line(e)[:300]}"
+      if error is not None:
+        first_error = first_error or error
+        warnings.warn(f"checkpoint {step} in {self.directory} is unreadable ({error}); trying an "
+                      "older one", RuntimeWarning)
         unreadable.append(step)
         continue
-      try:
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(iterator)))
-      except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
-        first_error = first_error or f"{type(e).__name__}: {one_line(e)[:300]}"
-        warnings.warn(f"checkpoint {step} in {self.directory} is unreadable ({first_error}); "
-                      "trying an older one", RuntimeWarning)
-        unreadable.append(step)
-        continue
+      iterator.start_prefetch()
       self._move_aside(unreadable)  # training goes on from here and writes those steps again
       return step, out.state
     if unreadable:
@@ -110,18 +112,19 @@ class Checkpointer:
                         "format follows them)? Use its settings, or another --workdir")
     return None
 
-  def _position_readable(self, step: int) -> bool:
-    """This host's saved data position (Grain's JSON) parses, or there is none to read."""
+  def _set_position(self, step: int, iterator) -> str | None:
+    """Sets ``iterator`` to this host's data position saved at ``step`` (as Grain's checkpoint
+    handler restores it); the reason if it cannot."""
     path = os.path.join(self.directory, str(step), "data",
                         f"process_{jax.process_index()}-of-{jax.process_count()}.json")
-    if not os.path.exists(path):
-      return True  # (another layout: the restore itself decides)
     try:
       with open(path) as f:
-        json.load(f)
-      return True
-    except (OSError, ValueError):
-      return False
+        text = f.read()
+      iterator.set_state(json.loads(text) if isinstance(iterator, grain.DatasetIterator)
+                         else text.encode())
+      return None
+    except Exception as e:  # pylint: disable=broad-except  (missing, cut short, another format)
+      return f"data position {os.path.basename(path)}: {type(e).__name__}: {one_line(e)[:200]}"
 
   def _move_aside(self, steps) -> None:
     if not steps:
