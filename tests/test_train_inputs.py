@@ -111,3 +111,13 @@ def test_a_damaged_json_file_a_run_reads_back_is_named(tmp_path, content, reason
     prepare._build_report(str(tmp_path), "finetune")  # pylint: disable=protected-access
   with pytest.raises(ConfigError, match=f"settings.json: {reason}"):
     earlier_settings(str(tmp_path / "settings.json"), {"seed": 0})
+
+
+def test_a_resume_with_another_length_says_the_rate_moves():
+  """The schedule follows total_steps: resumed with another, the rate jumps (peak 2e-3, warm-up
+  2, 8 steps: 1.3e-4 at step 7; resumed with 16, 1.22e-3 at step 8)."""
+  assert optim.resumed_schedule_note(2, 8, 8, 4) is None
+  assert optim.resumed_schedule_note(2, 16, 8, 4) == (
+      "note: total_steps 16 → 8: the learning-rate schedule follows the new length, so every "
+      "rate at step 4 changes 0.79× at once")
+  assert "changes from 0 to a positive value" in optim.resumed_schedule_note(2, 8, 16, 8)

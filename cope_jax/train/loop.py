@@ -26,7 +26,7 @@ from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constr
 from cope_jax.train import PREEMPTED
 from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
-from cope_jax.train.optim import make_optimizer, warmup_note
+from cope_jax.train.optim import make_optimizer, resumed_schedule_note, warmup_note
 from cope_jax.train.prepare import check_batch_layout
 from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
@@ -262,6 +262,11 @@ def train(config, workdir: str) -> int:
             flush=True)
     else:
       print(f"resumed from step {step0} in {ckpt.directory}", flush=True)
+      saved = os.path.join(workdir, "train_config.json")
+      before = read_json(saved).get("total_steps") if os.path.exists(saved) else None
+      if main and isinstance(before, int) and (note := resumed_schedule_note(
+          config.optim.warmup_steps, before, config.total_steps, step0)):
+        print(note, flush=True)
   if main:  # what inference needs to rebuild the model: once the checkpoints fit this config
     from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
     config_io.save(task.cfg, os.path.join(workdir, "model_config.json"))
