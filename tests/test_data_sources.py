@@ -59,6 +59,17 @@ def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
                                                            {"from": "gpt", "value": None}]}],
      "entry 0 (x5): not a {video, conversations} object with human/gpt turns (TypeError: a "
      "turn's value is not text"),
+    # no answer (a step that trains nothing), an empty one (trains saying nothing), two in a row
+    ([{"id": "x6", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"}]}],
+     "entry 0 (x6): not a {video, conversations} object with human/gpt turns (ValueError: turns "
+     "that are not human, gpt, human, gpt, … ending with gpt"),
+    ([{"id": "x7", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"},
+                                                           {"from": "gpt", "value": " "}]}],
+     "entry 0 (x7): not a {video, conversations} object with human/gpt turns (ValueError: an "
+     "empty answer"),
+    ([{"id": "x8", "video": "clip.mp4", "conversations": [
+        {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"},
+        {"from": "gpt", "value": "b"}]}], "entry 0 (x8)"),
 ])
 def test_llava_video_annotations_malformed(tmp_path, entries, named):
   """(Also: a conversation that opens with the assistant, or has no turns.)"""
@@ -77,8 +88,10 @@ def test_llava_video_annotations(tmp_path, pan_clip):
       {"id": "x1", "video": "clip.mp4", "conversations": [
           {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A pan."},
           {"from": "human", "value": "Which way?"}, {"from": "gpt", "value": "Right."}]},
-      {"id": "x2", "video": "clip.mp4", "conversations": [
-          {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Grass."}]}]))
+      # the same video written another way, in the chat roles other datasets use
+      {"id": "x2", "video": "./clip.mp4", "conversations": [
+          {"from": "user", "value": "<image>\nDescribe it."},
+          {"from": "assistant", "value": "Grass."}]}]))
   items = load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
   assert len(items) == 1 and len(items[0].conversations) == 2
   assert items[0].conversations[0][0] == ("user", "<image>\nWhat happens?")

@@ -106,7 +106,8 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
       split = q.get("split", "train")  # (a shard split's name: letters, digits, underscores)
       if not isinstance(split, str) or not re.fullmatch(r"\w+", split):
         raise ValueError(f"{path}:{n}: split must be a name like train or test, got {split!r}")
-      q["video"] = q["video"] if os.path.isabs(q["video"]) else os.path.join(folder, q["video"])
+      # (normalised: one video written two ways, "a.mp4" and "./a.mp4", is one video)
+      q["video"] = os.path.normpath(os.path.join(folder, q["video"]))
       yield n, q
 
 
@@ -138,6 +139,10 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
   return list(items.values())
 
 
+# A turn's "from": LLaVA-Video-178K's names, and the chat roles other datasets write.
+ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
+
+
 def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
   """LLaVA-Video-178K-style annotations (all in the train split): one item per video, holding the
   conversations of all its entries in file order (the dataset annotates a video several times:
@@ -156,19 +161,23 @@ def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
   items: dict[str, VideoItem] = {}
   for n, e in enumerate(entries):
     try:
-      turns = [({"human": "user", "gpt": "assistant"}[t["from"]], t["value"])
-               for t in e["conversations"]]
+      turns = [(ROLES[t["from"]], t["value"]) for t in e["conversations"]]
       video = e["video"]
-      if not turns or turns[0][0] != "user":
-        raise KeyError("a first turn from human")
       if not isinstance(video, str) or not video:
         raise TypeError(f"video is {video!r}, not a file name")
       if not all(isinstance(text, str) for _, text in turns):
         raise TypeError("a turn's value is not text")
-    except (KeyError, TypeError) as err:
+      # Questions and answers in turn, each question answered: an entry without an answer
+      # trained nothing at the cost of a step, an empty one taught the model to say nothing.
+      if not turns or len(turns) % 2 or any(
+          role != ("user", "assistant")[i % 2] for i, (role, _) in enumerate(turns)):
+        raise ValueError("turns that are not human, gpt, human, gpt, … ending with gpt")
+      if any(not text.strip() for role, text in turns if role == "assistant"):
+        raise ValueError("an empty answer")
+    except (KeyError, TypeError, ValueError) as err:
       name = e.get("id", "?") if isinstance(e, dict) else type(e).__name__
       raise ValueError(f"{annotations}: entry {n} ({name}): not a {{video, conversations}} "
                        f"object with human/gpt turns ({type(err).__name__}: {err})") from None
-    path = os.path.join(video_dir, video)
+    path = os.path.normpath(os.path.join(video_dir, video))
     items.setdefault(path, VideoItem(path, "train")).conversations.append(turns)
   return list(items.values())
