@@ -123,6 +123,25 @@ def test_resnet_stem_and_group_norm_equal_the_textbook_layers(dtype):
       == jax.tree_util.tree_structure(nn.GroupNorm(num_groups=4).init(jax.random.key(0), y))
 
 
+def test_the_stems_bfloat16_kernel_gradient_does_not_lose_precision_with_more_frames():
+  """Summed over groups of 8 frames on a CPU: a bfloat16 running sum lost precision as the
+  groups grew in number (1.4 % relative error at 1024 frames, 0.7 % at 256, where one bfloat16
+  convolution's gradient has 0.2 %). Now about nn.Conv's at any count."""
+  from cope_jax.models.resnet import Stem  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((512, 16, 16, 3)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((512, 8, 8, 8)), jnp.float32)
+  params = nn.meta.unbox(Stem(8).init(jax.random.key(0), x))
+  def kernel_grad(module):
+    loss = lambda p: jnp.sum(module.apply(p, x).astype(jnp.float32) * cotangent)  # noqa: E731
+    return np.asarray(jax.jit(jax.grad(loss))(params)["params"]["kernel"], np.float32)
+  conv = lambda dtype: nn.Conv(8, (7, 7), strides=(2, 2), padding="SAME", use_bias=False,  # noqa: E731
+                               dtype=dtype)
+  truth = kernel_grad(conv(jnp.float32))
+  error = lambda g: np.linalg.norm(g - truth) / np.linalg.norm(truth)  # noqa: E731
+  assert error(kernel_grad(Stem(8, jnp.bfloat16))) < 1.5 * error(kernel_grad(conv(jnp.bfloat16)))
+
+
 def test_dense_layers_are_nn_dense_without_a_transposed_weight_gradient():
   """``layers.dense`` computes nn.Dense (same parameters, same values and gradients) over
   (B, L, D) activations, and its compiled gradient copies nothing of the activations' size: XLA

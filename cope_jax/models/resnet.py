@@ -108,8 +108,11 @@ KERNEL_GRAD_FRAMES = 8
 def _kernel_grad(x: jax.Array, k: jax.Array, dy: jax.Array, frames: int) -> jax.Array:
   # The conv is linear in the kernel: transposing it gives the gradient without evaluating it.
   grad = lambda x, dy: jax.linear_transpose(lambda k: _conv_valid(x, k), k)(dy)[0]  # noqa: E731
-  return sum((grad(x[i:i + frames], dy[i:i + frames]) for i in range(0, x.shape[0], frames)),
-             jnp.zeros_like(k))
+  # (summed in float32: a bfloat16 running sum over N/8 groups lost precision as N grew — 1.4 %
+  # relative error at 1024 frames where one convolution's gradient has 0.2 %)
+  total = sum((grad(x[i:i + frames], dy[i:i + frames]).astype(jnp.float32)
+               for i in range(0, x.shape[0], frames)), jnp.zeros(k.shape, jnp.float32))
+  return total.astype(k.dtype)
 
 
 @jax.custom_vjp
