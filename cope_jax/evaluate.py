@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     check_results_file("--out", args.out)
     check_results_file("--out's per-question log", log_path)
     for written in (args.out, log_path):
-      if os.path.abspath(written) == os.path.abspath(args.data):
+      if os.path.realpath(written) == os.path.realpath(args.data):  # (links followed)
         raise ValueError(f"--out {args.out} would overwrite --data {args.data} (with "
                          f"{'the results' if written == args.out else 'its per-question log'}): "
                          "name another results file")

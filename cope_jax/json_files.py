@@ -15,9 +15,9 @@ def read_json(path: str, kind: type = dict):
   try:
     with open(path) as f:
       value = json.load(f)
-  except (ValueError, UnicodeDecodeError) as e:  # (JSONDecodeError is a ValueError)
+  except (OSError, ValueError) as e:  # a folder, no permission; (JSONDecodeError and
     raise ConfigError(f"{path}: not a readable JSON file ({one_line(e)}); restore or remove "
-                      "it") from None
+                      "it") from None  # UnicodeDecodeError are ValueErrors)
   if not isinstance(value, kind):
     raise ConfigError(f"{path}: holds a JSON {type(value).__name__}, not a "
                       f"{'JSON object' if kind is dict else kind.__name__}; restore or remove it")

@@ -259,3 +259,9 @@ def test_a_stream_damaged_midway_counts_the_frames_decoded(tmp_path):
   with np.load(out) as d:
     assert int(d["num_frames"]) == decoded and d["frame_index"].max() < decoded
   assert f"over {decoded} frames" in r.stdout
+  # Decoding that stops before the frames a caller needs is refused like a clip that short.
+  from cope_jax.codec.errors import VideoError  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
+  with pytest.warns(RuntimeWarning, match="stream damaged"), pytest.raises(
+      VideoError, match=f"too short: decoding stopped after {decoded} of 150 frames"):
+    extract_primitives(video, min_frames=decoded + 1)

@@ -29,7 +29,8 @@ def test_parse_letter(text, letter):
 
 @pytest.mark.parametrize("text,letter", [
     ("I think the answer is B.", "B"), ("I think it is J", "J"), ("I. left", "I"), ("(I)", "I"),
-    ("I", "I"), ("The answer is I.", "I"),
+    ("I", "I"), ("The answer is I.", "I"), ("I'm not sure, but C", "C"), ("I'd say C", "C"),
+    ("I’ll go with D", "D"), ("I've no idea: I", "I"),
 ])
 def test_parse_letter_with_ten_options_reads_the_pronoun_i_as_no_letter(text, letter):
   assert parse_letter(text, 10) == letter

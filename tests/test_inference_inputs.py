@@ -1,6 +1,7 @@
 """What generate and evaluate accept: short clips in every mode, and a broken workdir, tokenizer
 or data line as one ``error:`` line and exit status 2."""
 
+import glob
 import json
 import os
 import shutil
@@ -103,3 +104,23 @@ def test_a_family_that_is_not_a_string_is_refused_before_loading(tmp_path):
            str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "r.json"))
   _one_error_line(r, "q.jsonl:2: family must be a string, got None")
   assert not (tmp_path / "r.json").exists()
+
+
+def test_frames_of_another_mode_are_refused(tiny_workdir):
+  """ask/rank_options with ``inputs`` of another mode answered about those frames under the
+  asked mode's name (a "dense" answer from cope's keyframe and Δ-frames; an RGB-only model ran
+  its placeholder Δ-encoder as "keyframes")."""
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  workdir, synth = tiny_workdir
+  model = CoPE.load(str(workdir))
+  video = sorted(glob.glob(os.path.join(synth, "videos", "*.mp4")))[0]
+  cope = model.video_inputs(str(video), "cope")
+  dense = model.video_inputs(str(video), "dense", dense_frames=4)
+  assert model.ask(str(video), "Q?", "cope_zero_delta", max_new_tokens=1, inputs=cope).mode \
+      == "cope_zero_delta"  # (cope's frames, read as they are)
+  for mode, inputs in (("dense", cope), ("keyframes", cope), ("cope", dense)):
+    with pytest.raises(ValueError, match=f"inputs sampled for '{inputs.sampling}' cannot be "
+                                         f"asked in mode '{mode}'"):
+      model.ask(str(video), "Q?", mode, max_new_tokens=1, inputs=inputs)
+  with pytest.raises(ValueError, match="cannot be asked in mode 'keyframes'"):
+    model.rank_options(str(video), "Q?", ["a", "b"], "keyframes", inputs=cope)

@@ -136,7 +136,7 @@ def test_sigterm_while_the_run_starts_exits_75(tmp_path):
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 75, err[-2000:]
-  assert "SIGTERM before the first step: nothing new to save" in err
+  assert "SIGTERM outside the training steps: nothing new to save" in err
   assert "Traceback" not in err and not os.path.exists(tmp_path / "metrics.jsonl")
 
 

@@ -147,8 +147,14 @@ def iter_video(path: str | os.PathLike, size: int = 384,
       raise VideoError(path, f"too short: {num_frames} frames at {sampling.fps} fps, need at "
                              f"least {min_frames}" + ("" if sampling.uniform_frames else
                              f" (one fusion window of {sampling.fusion} + 1)"))
+    decoded = {}
     yield from iter_sampled_frames(conformant, sampling, keep_rgb=keep_rgb, on_frame=on_frame,
-                                   source_path=path, num_frames=num_frames, info=info)
+                                   source_path=path, num_frames=num_frames, info=decoded)
+    if decoded["num_frames"] < min_frames:  # decoding stopped at a damaged packet that early
+      raise VideoError(path, f"too short: decoding stopped after {decoded['num_frames']} of "
+                             f"{num_frames} frames (damaged), need at least {min_frames}")
+    if info is not None:
+      info["num_frames"] = decoded["num_frames"]
 
 
 def extract_primitives(path: str | os.PathLike, size: int = 384,

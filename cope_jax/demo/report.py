@@ -10,7 +10,7 @@ import numpy as np
 
 from cope_jax.demo.progress import log
 from cope_jax.demo.recipe import DemoSettings, Paths
-from cope_jax.json_files import write_json
+from cope_jax.json_files import read_json, write_json
 
 # (result name, model, mode). ``keyframes`` is the paper's baseline (the base model given the
 # keyframes only); ``keyframes_stage2`` is the same for the fine-tuned model. The targets compare
@@ -57,8 +57,7 @@ def evaluate_modes(s: DemoSettings, p: Paths, motion_families, answer_format: st
       r["model"] = which
       r["motion_accuracy"] = families_accuracy(r, motion_families)
       write_json(path, r)
-    with open(path) as f:
-      results[name] = json.load(f)
+    results[name] = read_json(path)
   return results
 
 
@@ -121,8 +120,7 @@ def trained_letters(s: DemoSettings, p: Paths, frames: dict | None = None,
       groups["asked_by_letter" if by_letter[qid] else "asked_open_ended"].append(right)
     write_json(path, {"videos": len(videos), **{
         k: {"n": len(v), "accuracy": float(np.mean(v)) if v else None} for k, v in groups.items()}})
-  with open(path) as f:
-    return json.load(f)
+  return read_json(path)
 
 
 def _min_change(s: DemoSettings, mode: str) -> float:
@@ -173,8 +171,7 @@ def ttft_interleaved(s: DemoSettings, p: Paths, frames: dict | None = None,
             times[mode].append(answer.ttft_s)
     write_json(path, {"questions": len(questions), "rounds": TTFT_ROUNDS,
                       **{f"{mode}_s": float(np.median(t)) for mode, t in times.items()}})
-  with open(path) as f:
-    return json.load(f)
+  return read_json(path)
 
 
 def retrieval(p: Paths) -> dict:
@@ -187,8 +184,7 @@ def retrieval(p: Paths) -> dict:
     log(f"[retrieval] next-frame retrieval on {len(videos)} held-out videos")
     r = evaluate_videos(p.stage1, [os.path.join(p.synthetic, v) for v in videos])
     write_json(path, r)
-  with open(path) as f:
-    return json.load(f)
+  return read_json(path)
 
 
 # Accuracies are ratios of counts: a margin of exactly 10 points (4/30 vs 1/30) must not miss

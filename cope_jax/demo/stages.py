@@ -10,6 +10,7 @@ import numpy as np
 from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.demo.progress import log
 from cope_jax.demo.recipe import DemoSettings, Paths
+from cope_jax.json_files import read_json
 
 
 def _shards_done(out: str, stage: str) -> bool:
@@ -30,8 +31,7 @@ def make_data(s: DemoSettings, p: Paths) -> dict:
   if not os.path.exists(summary_path):
     log(f"[data] generating {s.videos} synthetic videos ({s.size}² px, 8 s) and their questions")
     synthetic.generate(p.synthetic, s.videos, seed=s.seed, size=s.size)
-  with open(summary_path) as f:
-    summary = json.load(f)
+  summary = read_json(summary_path)
   items = read_llava_video(os.path.join(p.synthetic, "train_conversations.json"), p.synthetic)
   # LLaVA-Video's uniform frames, as the dense mode evaluates them (the base model once trained
   # on every 12th frame from 0 and was asked about frames at linspace(0, 239, 20): 2 of 20 alike)

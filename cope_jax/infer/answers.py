@@ -19,8 +19,9 @@ def parse_letter(text: str, num_options: int = 4) -> str | None:
   t = text.strip()
   if len(t) == 1 and t.upper() in valid:
     return t.upper()
-  # With nine options or more, "I" is a letter too: not the pronoun of "I think it is B".
-  m = re.search(rf"\b(?!I\s+[a-z])([{valid}])\b", t)
+  # With nine options or more, "I" is a letter too: not the pronoun of "I think it is B" or
+  # "I'm not sure, but C" (I'm, I'd, I've, I'll; either apostrophe).
+  m = re.search(rf"\b(?!I\s+[a-z]|I['’](?:m|d|ve|ll)\b)([{valid}])\b", t)
   if m:
     return m.group(1)
   m = re.search(rf"(?i:answer)(?: is|:)?\s*\(([{valid.lower()}])\)", t)

@@ -74,6 +74,14 @@ class VideoInputs:
   residual: np.ndarray
   duration_s: float
   extract_s: float
+  sampling: str  # the frames of "dense", "keyframes" or "cope" (cope_zero_delta reads cope's)
+
+  def check_fits(self, mode: str) -> None:
+    """ValueError unless these frames are the ones ``mode`` reads."""
+    wanted = "cope" if mode == "cope_zero_delta" else mode
+    if self.sampling != wanted:
+      raise ValueError(f"inputs sampled for {self.sampling!r} cannot be asked in mode {mode!r}, "
+                       f"which reads {wanted!r} frames: pass video_inputs(video, {mode!r})")
 
 
 class CoPE:
@@ -181,7 +189,7 @@ class CoPE:
       kinds, times = kinds[keep], times[keep]
       mv, residual = mv[:0], residual[:0]
     return VideoInputs(kinds, times, p.rgb, mv, residual, p.num_frames / 30.0,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, "keyframes" if mode == "keyframes" else "cope")
 
   def _dense(self, video, n, start) -> VideoInputs:
     from cope_jax.codec.extract import count_frames  # pylint: disable=import-outside-toplevel
@@ -202,7 +210,7 @@ class CoPE:
     times = (np.asarray(taken) / 30.0).astype(np.float32)
     return VideoInputs(np.zeros(len(frames), np.uint8), times, np.stack(frames),
                        np.zeros((0, c, c, 2), np.float32), np.zeros((0, c, c, 3), np.int16),
-                       total / 30.0, time.perf_counter() - start)
+                       total / 30.0, time.perf_counter() - start, "dense")
 
   def model_inputs(self, v: VideoInputs, question: str):
     """Batch-of-one model inputs (text padded to a length bucket) and the token counts."""
@@ -226,11 +234,13 @@ class CoPE:
 
   def _checked_inputs(self, video, mode, keyframes_per_gop, dense_frames, min_change,
                       inputs: VideoInputs | None) -> VideoInputs:
-    """The frames given (the mode checked against this model: an RGB-only one has no Δ-encoder
-    to run), or extracted (``video_inputs`` checks it)."""
+    """The frames given (checked: the mode against this model — an RGB-only one has no
+    Δ-encoder to run — and the frames against the mode, or a dense answer would be reported for
+    cope's frames), or extracted (``video_inputs`` checks the mode)."""
     if inputs is None:
       return self.video_inputs(video, mode, keyframes_per_gop, dense_frames, min_change)
     self.check_mode(mode)
+    inputs.check_fits(mode)
     return inputs
 
   def ask(self, video: str, question: str, mode: str = "cope", keyframes_per_gop: int = 1,

@@ -39,18 +39,19 @@ def _distributed(config) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def _stopped_before_training(main_pid: int, signum, frame) -> None:
-  """SIGTERM while the run starts (data, compilation, restore: minutes on a pod), before the
-  training loop takes it over (save, then stop): nothing trained since the last checkpoint, so
-  nothing to save; the status says "re-run to resume", as a preempted run's does."""
+def _stopped_outside_training(main_pid: int, signum, frame) -> None:
+  """SIGTERM while the run starts (data, compilation, restore: minutes on a pod) or after its
+  last save, outside the training loop's own handler (save, then stop): nothing trained since
+  the last checkpoint, so nothing to save; the status says "re-run to resume", as a preempted
+  run's does."""
   del frame
   if os.getpid() != main_pid:  # a forked worker (data building) ends as it would have
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     return
   from cope_jax.train import PREEMPTED  # pylint: disable=import-outside-toplevel
-  print("SIGTERM before the first step: nothing new to save; re-run the same command to resume "
-        f"(exit status {PREEMPTED})", file=sys.stderr, flush=True)
+  print("SIGTERM outside the training steps: nothing new to save; re-run the same command to "
+        f"resume (exit status {PREEMPTED})", file=sys.stderr, flush=True)
   sys.exit(PREEMPTED)
 
 
@@ -67,7 +68,7 @@ def main(argv) -> None:
     _distributed(config)
     import jax  # pylint: disable=import-outside-toplevel
     if jax.process_count() == 1:  # (several: JAX's coordination service takes SIGTERM)
-      signal.signal(signal.SIGTERM, functools.partial(_stopped_before_training, os.getpid()))
+      signal.signal(signal.SIGTERM, functools.partial(_stopped_outside_training, os.getpid()))
     prepare.check_local_path("--workdir", workdir)
     prepare.check_folder("--workdir", workdir)
     # The recipe's values first: a bad one is refused before resolve() makes any data.

@@ -30,9 +30,9 @@ def resumed_schedule_note(warmup: int, total_before: int, total: int, step: int)
   """A note for a run resumed at ``step`` with another total_steps than it started with: the
   warm-up and cosine follow the new length, so the learning rate moves at once (said, not
   refused: lengthening a run is a choice); None when the length is the same."""
-  if total_before == total:
-    return None
   before, now = (float(schedule(1.0, warmup, t)(step)) for t in (total_before, total))
+  if before == now:  # (the same length, or still warming up in both)
+    return None
   change = f"{now / before:.2f}×" if before else "from 0 to a positive value"
   return (f"note: total_steps {total_before} → {total}: the learning-rate schedule follows the "
           f"new length, so every rate at step {step} changes {change} at once")
