@@ -121,3 +121,10 @@ def test_a_resume_with_another_length_says_the_rate_moves():
       "note: total_steps 16 → 8: the learning-rate schedule follows the new length, so every "
       "rate at step 4 changes 0.79× at once")
   assert "changes from 0 to a positive value" in optim.resumed_schedule_note(2, 8, 16, 8)
+
+
+def test_a_folder_where_a_json_file_belongs_is_named(tmp_path):
+  from cope_jax.json_files import read_json  # pylint: disable=import-outside-toplevel
+  (tmp_path / "train_config.json").mkdir()
+  with pytest.raises(ConfigError, match="train_config.json: not a readable JSON file"):
+    read_json(str(tmp_path / "train_config.json"))
