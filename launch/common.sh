@@ -52,7 +52,7 @@ run() {
 prefix() {
   trap '' TERM
   local line
-  while IFS= read -r line; do
+  while IFS= read -r line || [[ -n "$line" ]]; do  # (a last line without its newline too)
     printf '[%s] %s\n' "$1" "$line"
   done
 }

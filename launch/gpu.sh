@@ -19,7 +19,8 @@ Commands:
 
 Environment (required: CONFIG, WORKDIR):
   CONFIG, WORKDIR, DATA_DIR, EXTRA_FLAGS   as for the trainer (see launch/tpu.sh --help)
-  HOSTS           ssh: "gpu1 user@gpu2 …" (ssh destinations)  PORT  coordinator port (default 12355)
+  HOSTS           ssh: "gpu1 user@gpu2 …" (ssh destinations; IPv6 and ssh://host:port too)
+  PORT            ssh and local: the coordinator's port (default 12355)
   COORDINATOR_HOST  ssh: the address the hosts reach the first one at (default: its ssh
                   destination without user@, an ~/.ssh/config alias resolved to its HostName)
   REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
@@ -29,7 +30,7 @@ Environment (required: CONFIG, WORKDIR):
                   (an ssh command sees none of this shell's)
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
   CPUS_PER_TASK   slurm: CPUs per GPU process, for its Grain decoding workers (default 8)
-  PROCESSES, DEVICES_PER_PROCESS          local (defaults 2, 4)
+  PROCESSES, DEVICES_PER_PROCESS          local (defaults 2, 4; XLA_FLAGS given here are kept)
   STOP_GRACE      when a worker fails, seconds between SIGTERM and SIGKILL for the others'
                   processes on this machine (default 10)
 
@@ -49,11 +50,22 @@ coordinator_host() {
     printf '%s' "$COORDINATOR_HOST"
     return
   fi
-  local host=${1##*@} resolved=""
+  local host=${1#ssh://} resolved=""
+  host=${host##*@}
+  if [[ "$host" == \[* ]]; then  # [IPv6] or [IPv6]:port
+    host=${host#\[}
+    host=${host%%]*}
+  elif [[ "$1" == ssh://* ]]; then  # ssh://host:port: the port is ssh's, not the trainers'
+    host=${host%:*}
+  fi
   if command -v ssh >/dev/null; then
     resolved=$(ssh -G "$host" 2>/dev/null | awk '$1 == "hostname" {print $2; exit}') || true
   fi
-  printf '%s' "${resolved:-$host}"
+  host=${resolved:-$host}
+  if [[ "$host" == *:* ]]; then  # an IPv6 address: bracketed before the port is added
+    host="[$host]"
+  fi
+  printf '%s' "$host"
 }
 
 ssh_hosts() {
@@ -65,7 +77,7 @@ ssh_hosts() {
   # An ssh command runs outside any activated virtualenv: the checkout's own, where it has one.
   local python=${PYTHON:-python}
   if [[ -z "${PYTHON:-}" && -x "$HERE/../.venv/bin/python" ]]; then
-    python="$repo/.venv/bin/python"
+    python="$(remote_path "$repo/.venv/bin/python")"  # (one word, a space in the path or not)
   fi
   local pids=() i
   for i in "${!host_list[@]}"; do
@@ -114,7 +126,7 @@ local_processes() {
   for ((i = 0; i < n; i++)); do
     local env=(COPE_DISTRIBUTED=1 "COPE_COORDINATOR=localhost:$port" "COPE_NUM_PROCESSES=$n"
       "COPE_PROCESS_ID=$i" JAX_PLATFORMS=cpu
-      "XLA_FLAGS=--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-4}")
+      "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-4}")
     if [[ "$DRY_RUN" == 1 ]]; then
       run env "${env[@]}" bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
     else

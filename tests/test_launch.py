@@ -193,11 +193,33 @@ def test_ssh_coordinator_is_a_network_address_and_remote_paths_stay_one_word():
   assert r.stdout.count("COPE_COORDINATOR=g1:12355") == 2 and "ssh alice@g1 " in r.stdout
   r = sh(GPU, "--dry-run", "ssh", HOSTS="alice@g1 g2", COORDINATOR_HOST="10.0.0.5", **base)
   assert r.stdout.count("COPE_COORDINATOR=10.0.0.5:12355") == 2
+  # an IPv6 address bracketed before the port; an ssh:// destination's port is ssh's
+  r = sh(GPU, "--dry-run", "ssh", HOSTS="2001:db8::1 2001:db8::2", **base)
+  assert r.stdout.count("COPE_COORDINATOR=\\[2001:db8::1\\]:12355") == 2, r.stdout
+  r = sh(GPU, "--dry-run", "ssh", HOSTS="ssh://alice@g1:2222 g2", **base)
+  assert r.stdout.count("COPE_COORDINATOR=g1:12355") == 2, r.stdout
+  if os.access(os.path.join(ROOT, ".venv", "bin", "python"), os.X_OK):  # the checkout's venv
+    r = sh(GPU, "--dry-run", "ssh", HOSTS="g1", REPO_DIR="/opt/my repo", **base)
+    assert "\\ /opt/my\\\\\\ repo/.venv/bin/python\\ -m" in r.stdout, r.stdout
   tpu = {**V4_32, "ACCELERATOR": "v4-8"}
   r = sh(TPU, "--dry-run", "train", REPO_DIR="/opt/my repo", **tpu)
   assert r.returncode == 0 and "--command=cd\\ /opt/my\\\\\\ repo\\ " in r.stdout, r.stdout
   r = sh(TPU, "--dry-run", "train", **tpu)  # the default stays ~/cope_jax, for the worker's ~
   assert "--command=cd\\ ~/cope_jax\\ " in r.stdout, r.stdout
+
+
+def test_local_workers_keep_xla_flags_and_a_last_line_without_newline(tmp_path):
+  """The device count was set by replacing the user's XLA_FLAGS; a worker's last words without a
+  final newline (a traceback cut short) were dropped by the log prefix."""
+  fake = tmp_path / "python"
+  fake.write_text('#!/usr/bin/env bash\necho "flags: $XLA_FLAGS"\nprintf "last words"\nexit 3\n')
+  fake.chmod(0o755)
+  r = sh(GPU, "local", PYTHON=str(fake), CONFIG="c", WORKDIR=str(tmp_path), PROCESSES="1",
+         XLA_FLAGS="--xla_dump_to=/tmp/dump")
+  assert r.returncode == 3
+  assert ("[process 0] flags: --xla_dump_to=/tmp/dump "
+          "--xla_force_host_platform_device_count=4") in r.stdout, r.stdout
+  assert "[process 0] last words" in r.stdout, r.stdout
 
 
 def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
