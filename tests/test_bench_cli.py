@@ -126,3 +126,31 @@ def test_mfu_peaks_by_device_kind():
   from cope_jax.bench.train_bench import peak_tflops  # pylint: disable=import-outside-toplevel
   assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
   assert peak_tflops("TPU v4") == 275.0 and peak_tflops("cpu") is None
+
+
+def test_letter_bench_runs_one_step_and_refuses_lines_it_cannot_use(tmp_path):
+  """One step crashed in optax's schedule (its warm-up took the whole run); a line without
+  `family` failed after the training, a question past the 160-token rows in a numpy
+  broadcast."""
+  import json  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.tokenizer import train_small_tokenizer  # pylint: disable=import-outside-toplevel
+  colours = ["red", "green", "blue", "yellow"]
+  questions = [{"question": f"What colour is square {i}?", "options": colours,
+                "answer": "ABCD"[i % 4], "open_answer": colours[i % 4], "family": "appearance",
+                "split": "train" if i < 8 else "test"} for i in range(12)]
+  tokenizer = tmp_path / "tok.json"
+  train_small_tokenizer([json.dumps(q) for q in questions]).save(str(tokenizer))
+  def write(name, lines):
+    (tmp_path / name).write_text("".join(json.dumps(q) + "\n" for q in lines))
+    return str(tmp_path / name)
+  args = ("letter", "--tokenizer", str(tokenizer), "--batch", "4", "--layers", "1")
+  r = _bench(*args, "--questions", write("q.jsonl", questions), "--steps", "1")
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = _bench(*args, "--questions", write("nofamily.jsonl", [
+      {k: v for k, v in q.items() if k != "family"} for q in questions]), "--steps", "1")
+  assert r.returncode == 2 and "needs question, options, answer, open_answer, split, family" \
+      in r.stderr.splitlines()[-1], r.stderr
+  long = dict(questions[0], question="Which? " * 200)
+  r = _bench(*args, "--questions", write("long.jsonl", [long] + questions[1:]), "--steps", "1")
+  assert r.returncode == 2 and "more than the benchmark's 160" in r.stderr.splitlines()[-1], \
+      r.stderr

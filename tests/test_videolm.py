@@ -241,6 +241,10 @@ def test_forward_sharded_over_8_devices_equals_single_device():
   single, _ = jax.jit(model.apply)({"params": params}, *batch)
 
   mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  with pytest.raises(ValueError, match=r"unknown mesh axes \['dta'\]"):
+    make_mesh({"dta": 8})  # (was left out: "needs 1 devices, have 8")
+  with pytest.raises(ValueError, match="each >= 1 or -1"):
+    make_mesh({"data": 0, "fsdp": -1})  # (was a ZeroDivisionError)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *batch)["params"])
   shardings = logical_shardings(abstract, mesh)
   sharded_params = jax.device_put(params, nn.meta.unbox(shardings))

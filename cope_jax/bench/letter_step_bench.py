@@ -32,6 +32,7 @@ from cope_jax.data.sources import LETTERS, mcq_prompt
 from cope_jax.data.tokenizer import encode_conversation
 from cope_jax.models.presets import QWEN2
 from cope_jax.models.qwen2 import Qwen2
+from cope_jax.train.optim import schedule
 
 LENGTH = 160  # a question, its answer and its multiple-choice form: under 110 tokens
 
@@ -52,6 +53,9 @@ def letter_examples(questions: list[dict], tok, answer_prefix: str = "",
       turns = [("user", q["question"]), ("assistant", answer_prefix + q["open_answer"]), mcq,
                ("assistant", q["answer"])]
     enc = encode_conversation(tok, turns)
+    if len(enc.ids) > LENGTH:
+      raise ValueError(f"the question {q['question']!r} takes {len(enc.ids)} tokens with its "
+                       f"answers, more than the benchmark's {LENGTH}")
     ids[i, :len(enc.ids)] = enc.ids
     answer = np.flatnonzero(enc.loss_mask)
     at[i] = answer[np.asarray(enc.ids)[answer] == tok.token_to_id(q["answer"])][-1]
@@ -122,8 +126,10 @@ def main(argv: list[str] | None = None) -> None:
       questions = [json.loads(line) for line in f if line.strip()]
   except (OSError, ValueError) as e:
     _fail(f"{args.questions}: {e}")
-  if not questions or not all("open_answer" in q and "split" in q for q in questions):
-    _fail(f"{args.questions}: needs open_answer and split on every line (the synthetic "
+  keys = ("question", "options", "answer", "open_answer", "split", "family")
+  if not questions or not all(isinstance(q, dict) and all(k in q for k in keys)
+                              for q in questions):
+    _fail(f"{args.questions}: needs {', '.join(keys)} on every line (the synthetic "
           "questions.jsonl)")
   train = [q for q in questions if q["split"] == "train"]
   test = [q for q in questions if q["split"] == "test"]
@@ -135,8 +141,11 @@ def main(argv: list[str] | None = None) -> None:
   if args.fresh_options:
     picks = rng.integers(len(train), size=args.steps * args.batch)
     train = [reshuffled(train[i], rng) for i in picks]
-  train_ids, train_at = letter_examples(train, tok, prefix, args.text_first)
-  test_ids, test_at = letter_examples(test, tok, prefix, args.text_first)
+  try:
+    train_ids, train_at = letter_examples(train, tok, prefix, args.text_first)
+    test_ids, test_at = letter_examples(test, tok, prefix, args.text_first)
+  except ValueError as e:
+    _fail(f"{args.questions}: {e}")
   model = Qwen2(dataclasses.replace(QWEN2["tiny"], num_layers=args.layers))
   params = model.init(jax.random.key(0), jnp.zeros((1, LENGTH), jnp.int32))
 
@@ -150,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
   start = time.perf_counter()
 
   def train_phase(params, name, steps, batch_of, held_out):
-    tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, args.lr, max(1, steps // 20), steps),
-                     weight_decay=0.0)
+    # (the trainer's schedule: a run of a step or a few has no warm-up, where optax's needs one
+    # step of cosine after it)
+    tx = optax.adamw(schedule(args.lr, steps // 20, steps), weight_decay=0.0)
     opt = tx.init(params)
 
     @jax.jit

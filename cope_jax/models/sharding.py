@@ -43,7 +43,12 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 def make_mesh(shape: dict[str, int] | Sequence[int], devices=None) -> Mesh:
   """A mesh with axes (data, fsdp, tensor); a size of −1 takes the remaining devices."""
   devices = np.asarray(devices if devices is not None else jax.devices())
+  if isinstance(shape, dict) and (unknown := sorted(set(shape) - set(MESH_AXES))):
+    raise ValueError(f"unknown mesh axes {unknown}; the axes are {MESH_AXES}")
   sizes = [shape.get(a, 1) for a in MESH_AXES] if isinstance(shape, dict) else list(shape)
+  if len(sizes) != len(MESH_AXES) or not all(s == -1 or s >= 1 for s in sizes):
+    raise ValueError(f"a mesh is {len(MESH_AXES)} sizes {MESH_AXES}, each >= 1 or -1 (the rest), "
+                     f"got {sizes}")
   if sizes.count(-1) > 1:
     raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
   known = int(np.prod([s for s in sizes if s != -1]))
