@@ -1,6 +1,7 @@
 """Numeric parity with the PyTorch reference models (transformers, torch==2.13.0 CPU)."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -306,6 +307,20 @@ def test_llava_video_command_writes_an_orbax_checkpoint(hf_root, tmp_path):
                      timeout=300)
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
   assert r.stderr.startswith(f"error: --out {tmp_path / 'a_file'} is a file")
+  # --out the checkpoint itself (its config.json was overwritten) or a workdir: refused; an
+  # earlier conversion's folder is replaced whole
+  before = sorted(os.listdir(path))
+  r = subprocess.run([sys.executable, "-m", "cope_jax.convert", "llava-video", "--checkpoint", path,
+                      "--out", path], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.startswith(f"error: --out {path} holds other files")
+  assert sorted(os.listdir(path)) == before
+  r = subprocess.run([sys.executable, "-m", "cope_jax.convert", "llava-video", "--checkpoint", path,
+                      "--out", str(out), "--delta", "compact"], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert load_params(str(out))[1].delta.width == 256 and sorted(os.listdir(out)) == [
+      "config.json", "params"]
+  assert sorted(os.listdir(tmp_path)) == sorted(["stage2_init", "other", "a_file"])
 
 
 @pytest.mark.parametrize("settings,refused", [

@@ -3,6 +3,7 @@ checkpoints (and the first save's compilations), NaN guard, validation errors, a
 processes (a SIGTERM on one host, exact resume; the launcher's local mode: tests/test_launch.py).
 The train step's math in-process: tests/test_train_math.py; AOT: tests/test_aot.py."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -48,11 +49,13 @@ def test_pretrain_tiny_learns_and_logs(tmp_path):
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))
 
 
-def _vision_checkpoint(path) -> str:
-  """A tiny VideoLM checkpoint whose vision tower is not the one a run initialises itself."""
+def _vision_checkpoint(path, **vision) -> str:
+  """A tiny VideoLM checkpoint whose vision tower is not the one a run initialises itself
+  (``vision``: fields of its config.json's vision encoder changed)."""
   from cope_jax.models import checkpoints, presets  # pylint: disable=import-outside-toplevel
   from cope_jax.models.llava import VideoLM  # pylint: disable=import-outside-toplevel
   cfg = presets.video_lm("tiny")
+  cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **vision))
   s = cfg.vision.image_size
   args = (jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4), bool), jnp.zeros((1, 1, s, s, 3)),
           jnp.zeros((1, 1, 64, 64, 2)), jnp.zeros((1, 1, 64, 64, 3), jnp.int16),
@@ -77,6 +80,16 @@ def test_resume_is_exact(tmp_path):
   for step in range(5, 9):
     assert b[step] == pytest.approx(a[step], rel=1e-5), step
   assert "vision encoder from" in r.stdout
+
+
+def test_a_checkpoint_of_another_model_with_the_same_shapes_is_refused(tmp_path):
+  """Only shapes were checked: a SigLIP (or Qwen2) with another eps (rope_theta) trained and
+  answered as the recipe's model, silently."""
+  vision = _vision_checkpoint(tmp_path / "vision", eps=1e-3)
+  r = run("pretrain.py:tiny", tmp_path / "w", "--config.total_steps=1", vision)
+  assert r.returncode == 2 and r.stderr.startswith(
+      f"error: --config.vision_checkpoint={tmp_path / 'vision'}: its model is not the recipe's: "
+      "vision.eps 0.001 (the recipe: 1e-06)"), r.stderr[-2000:]
 
 
 def test_rerunning_a_finished_run_says_so(tmp_path):
@@ -138,6 +151,35 @@ def test_sigterm_while_the_run_starts_exits_75(tmp_path):
   assert proc.returncode == 75, err[-2000:]
   assert "SIGTERM outside the training steps: nothing new to save" in err
   assert "Traceback" not in err and not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+# The trainer's command with a SIGTERM sent to itself once the last step (2) is logged.
+_SIGTERM_AT_THE_LAST_STEP = """
+import os, runpy, signal, sys
+from cope_jax.train.metrics_log import MetricsLog
+write = MetricsLog.write
+def write_then_signal(self, step, values):
+  write(self, step, values)
+  if step == 2:
+    os.kill(os.getpid(), signal.SIGTERM)
+MetricsLog.write = write_then_signal
+sys.argv = ["cope_jax.train"] + sys.argv[1:]
+runpy.run_module("cope_jax.train", run_name="__main__")
+"""
+
+
+def test_sigterm_at_the_last_step_is_not_lost(tmp_path):
+  """The loop stops for a SIGTERM only before its last step: one at the last step or during the
+  final save was swallowed (the demo ran on into its next stage). The run finishes and saves,
+  then the signal reaches the handler before the loop's: here the command's, status 75."""
+  cmd = train_cmd("pretrain.py:tiny", tmp_path, "--config.total_steps=2")
+  r = subprocess.run([sys.executable, "-c", _SIGTERM_AT_THE_LAST_STEP, *cmd[3:]],
+                     capture_output=True, text=True, timeout=600,
+                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 75, r.stderr[-2000:]
+  assert "SIGTERM outside the training steps: nothing new to save" in r.stderr
+  assert [x["step"] for x in metrics(tmp_path)] == [1, 2]
+  assert "2" in os.listdir(tmp_path / "checkpoints")
 
 
 def _two_processes(workdir, *overrides):

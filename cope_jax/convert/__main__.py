@@ -113,6 +113,14 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
   from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
   if os.path.exists(out) and not os.path.isdir(out):  # (Orbax would hang on it)
     raise NotADirectoryError(f"--out {out} is a file; name a folder for the checkpoint")
+  # The folder is replaced whole: only one an earlier conversion wrote (an --out equal to
+  # --checkpoint destroyed the Hugging Face checkpoint; a training workdir became unloadable).
+  other = sorted(set(os.listdir(out)) - {"params", "config.json"}) if os.path.isdir(out) else []
+  if other or (os.path.isdir(out) and os.listdir(out) and not os.path.isdir(
+      os.path.join(out, "params"))):
+    raise FileExistsError(f"--out {out} holds other files ({', '.join(other[:4]) or 'config.json'}"
+                          f"{', …' if len(other) > 4 else ''}): name a new or empty folder, or "
+                          "one an earlier conversion wrote")
   hf = read_config(checkpoint)
   try:
     cfg = llava_convert.config_from_checkpoint(hf, delta)

@@ -50,12 +50,24 @@ def unbox(tree):
 
 
 def save_params(directory: str, params: dict, cfg: VideoLMConfig) -> None:
+  """Writes ``params`` and ``config.json`` into ``directory`` together: both go to a folder
+  beside it that then takes its place, so an interrupted write leaves the earlier checkpoint
+  whole (new weights with the old config.json were another model)."""
+  import shutil  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   directory = os.path.abspath(directory)
   os.makedirs(os.path.dirname(directory) or ".", exist_ok=True)
-  with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(os.path.join(directory, "params"), params, force=True)
-  config_io.save(cfg, os.path.join(directory, "config.json"))
+  tmp, old = f"{directory}.tmp{os.getpid()}", f"{directory}.old{os.getpid()}"
+  try:
+    with ocp.StandardCheckpointer() as ckpt:
+      ckpt.save(os.path.join(tmp, "params"), params, force=True)
+    config_io.save(cfg, os.path.join(tmp, "config.json"))
+    if os.path.exists(directory):
+      os.rename(directory, old)
+    os.rename(tmp, directory)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def host_target(metadata):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -27,6 +28,24 @@ def _read_checkpoint(key: str, read, path: str):
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(f"--config.{key}={path}: not a readable checkpoint ({type(e).__name__}: "
                       f"{one_line(e)[:300]})") from None
+
+
+# How a model runs, not what it computes: a checkpoint may differ from the recipe in these.
+RUNTIME_FIELDS = {"dtype", "remat", "scan", "attention_chunk"}
+
+
+def check_same_model(key: str, path: str, recipe, checkpoint, parts: tuple[str, ...]) -> None:
+  """ConfigError unless the checkpoint's config (its config.json) describes the recipe's model
+  in ``parts``: only shapes are checked when the weights are placed, and a Qwen2 of the same
+  shapes with another rope_theta or rms_eps would train and answer as another model."""
+  differ = [f"{part}.{f.name} {getattr(getattr(checkpoint, part), f.name)!r} (the recipe: "
+            f"{getattr(getattr(recipe, part), f.name)!r})"
+            for part in parts for f in dataclasses.fields(getattr(recipe, part))
+            if f.name not in RUNTIME_FIELDS
+            and getattr(getattr(recipe, part), f.name) != getattr(getattr(checkpoint, part), f.name)]
+  if differ:
+    raise ConfigError(f"--config.{key}={path}: its model is not the recipe's: {'; '.join(differ)}"
+                      " — choose the --config.model.preset it was converted for")
 
 
 def model_config(config):
@@ -78,8 +97,11 @@ class PretrainTask:
       return {}, {}, ("no vision_checkpoint: the frozen vision encoder is RANDOM (fine for :tiny "
                       "smoke runs; real runs use the converted LLaVA-Video SigLIP)")
     from cope_jax.models.checkpoints import load_params  # pylint: disable=import-outside-toplevel
-    vision = _read_checkpoint("vision_checkpoint", lambda p: load_params(p)[0]["vision_tower"],
-                              path)
+    def read(p):
+      params, cfg = load_params(p)
+      return params["vision_tower"], cfg
+    vision, cfg = _read_checkpoint("vision_checkpoint", read, path)
+    check_same_model("vision_checkpoint", path, self.cfg, cfg, ("vision",))
     return {}, {"vision_tower": vision}, f"vision encoder from {path}"
 
   def loss(self, trained, frozen, batch):
@@ -136,8 +158,9 @@ class FinetuneTask:
     from cope_jax.models.checkpoints import load_params  # pylint: disable=import-outside-toplevel
     loaded, notes = {}, []
     if self.config.init_checkpoint:
-      params = _read_checkpoint("init_checkpoint", lambda p: load_params(p)[0],
-                                self.config.init_checkpoint)
+      params, cfg = _read_checkpoint("init_checkpoint", load_params, self.config.init_checkpoint)
+      check_same_model("init_checkpoint", self.config.init_checkpoint, self.cfg, cfg,
+                       ("vision", "llm"))
       loaded.update({k: v for k, v in params.items() if k != "delta_encoder"})
       notes.append(f"vision, projector, LLM from {self.config.init_checkpoint}")
     else:
