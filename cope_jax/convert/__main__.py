@@ -115,10 +115,10 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
     raise NotADirectoryError(f"--out {out} is a file; name a folder for the checkpoint")
   # The folder is replaced whole: only one an earlier conversion wrote (an --out equal to
   # --checkpoint destroyed the Hugging Face checkpoint; a training workdir became unloadable).
-  other = sorted(set(os.listdir(out)) - {"params", "config.json"}) if os.path.isdir(out) else []
-  if other or (os.path.isdir(out) and os.listdir(out) and not os.path.isdir(
-      os.path.join(out, "params"))):
-    raise FileExistsError(f"--out {out} holds other files ({', '.join(other[:4]) or 'config.json'}"
+  held = set(os.listdir(out)) if os.path.isdir(out) else set()
+  if held and ("params" not in held or not held <= {"params", "config.json"}):
+    other = sorted(held - {"params"})
+    raise FileExistsError(f"--out {out} holds other files ({', '.join(other[:4])}"
                           f"{', …' if len(other) > 4 else ''}): name a new or empty folder, or "
                           "one an earlier conversion wrote")
   hf = read_config(checkpoint)
@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                  help="OUT.npz: logits (B, L, V), or last_hidden_state (B, N, D)")
   p = sub.add_parser("llava-video", help="LLaVA-Video checkpoint → Orbax checkpoint for stage 2")
   p.add_argument("--checkpoint", required=True, help="folder with config.json + safetensors")
-  p.add_argument("--out", required=True, help="output folder (Orbax)")
+  p.add_argument("--out", required=True,
+                 help="output folder (Orbax params + config.json, written whole): new, empty, or "
+                 "an earlier conversion's, which it replaces")
   p.add_argument("--delta", default="paper", choices=["paper", "compact", "tiny"],
                  help="Δ-encoder size (default: paper, appendix B)")
   p.add_argument("--seed", type=int, default=0)

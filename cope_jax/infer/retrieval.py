@@ -20,6 +20,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.command_line import ArgumentParser, check_results_file
+from cope_jax.json_files import read_json
 
 
 def recall_at_k(queries: np.ndarray, database: np.ndarray, targets: np.ndarray,
@@ -50,12 +51,8 @@ def stage1_config(workdir: str) -> dict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--workdir {workdir}: no train_config.json, not a training workdir; "
                             f"{needs}")
-  try:
-    with open(path) as f:
-      config = json.load(f)
-  except ValueError as e:
-    raise ValueError(f"{path}: not a JSON training config ({e})") from e
-  stage = config.get("stage") if isinstance(config, dict) else None
+  config = read_json(path)
+  stage = config.get("stage")
   if stage != "pretrain":
     what = ("a stage-2 or base-model (finetune) workdir" if stage == "finetune" else
             f"a workdir of stage {stage!r}")
