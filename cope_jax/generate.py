@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--max-new-tokens", type=int, default=64,
                       help="answer length limit (default 64)")
   parser.add_argument("--temperature", type=float, default=0.0,
-                      help="sampling temperature, >= 0 (default 0 = greedy)")
+                      help="sampling temperature, a finite number >= 0 (default 0 = greedy)")
   parser.add_argument("--top-p", type=float, default=1.0,
                       help="nucleus sampling mass, in (0, 1] (default 1: the whole vocabulary)")
   parser.add_argument("--seed", type=int, default=0,
