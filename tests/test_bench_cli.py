@@ -7,8 +7,9 @@ import sys
 import numpy as np
 
 from cope_jax.bench.__main__ import BENCHMARKS
-from cope_jax.bench.ttft_bench import _change, compute_dtype, measure, token_table
-from cope_jax.codec.sampling import SamplingConfig, num_frames_for_duration, token_budget
+from cope_jax.bench.ttft_bench import _change, compute_dtype, measure, settings, token_table
+from cope_jax.codec.sampling import (KEYFRAME_TOKENS, SamplingConfig, num_frames_for_duration,
+                                     token_budget)
 from cope_jax.models import presets
 
 
@@ -99,6 +100,17 @@ def test_ttft_measures_every_setting_with_the_budget_s_frame_counts():
     assert r["visual_tokens"] == (r["keyframes"] * cfg.keyframe_tokens
                                   + r["delta_frames"] * cfg.delta_tokens)
     assert 0 < r["ttft_s"] <= r["e2e_s"] and r["delta_side"] == cfg.vision.image_size == 64
+
+
+def test_ttft_dense_of_a_short_clip_is_every_frame_as_the_budget_counts_it():
+  """A 1 s clip was timed as 64 dense frames (1 280 tokens, −95 %) where ``codec budget``
+  counts its 30 frames."""
+  dense = settings(1.0)
+  name, (frames, deltas, kinds) = next(iter(dense.items()))
+  budget = token_budget(num_frames_for_duration(1.0, 30), SamplingConfig())
+  assert (name, frames, deltas, len(kinds)) == ("dense 30 frames", 30, 0, 30)
+  assert frames * KEYFRAME_TOKENS == budget["dense_tokens"]
+  assert next(iter(settings(64.0))) == "dense 64 frames"
 
 
 def test_the_token_table_covers_every_setting_up_to_an_hour():

@@ -21,7 +21,10 @@ from cope_jax.infer.answers import parse_letter
     ("D", "D"), ("A red square", "A"), ("Answer: (d)", "D"), ("E", None), ("  B)  ", "B"),
     ("I think it is B", "B"),
     # SPEC §5: the first standalone letter, even before a later "answer is"
-    ("B is wrong, the answer is C", "B"), ("the answer is (c)", "C"), ("the answer is c", None),
+    ("B is wrong, the answer is C", "B"), ("the answer is (c)", "C"), ("the answer is c", "C"),
+    # a lower-case letter alone or named as the answer, in each of the capital's forms
+    ("(b)", "B"), ("b.", "B"), ("b)", "B"), ("answer: c", "C"), ("the answer is: (c)", "C"),
+    ("The answer is a dog", None), ("answer is c, since it moves", None), ("(b", None),
 ])
 def test_parse_letter(text, letter):
   assert parse_letter(text, 4) == letter

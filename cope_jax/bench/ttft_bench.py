@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cope_jax.bench import require_positive, require_video_seconds
-from cope_jax.codec.sampling import (MAX_GOPS, SamplingConfig, num_frames_for_duration,
-                                     plan_positions, token_budget)
+from cope_jax.codec.sampling import (DENSE_FRAMES, MAX_GOPS, SamplingConfig,
+                                     num_frames_for_duration, plan_positions, token_budget)
 from cope_jax.command_line import ArgumentParser, check_results_file
 from cope_jax.models import presets
 from cope_jax.models.llava import VideoLMConfig
@@ -47,10 +47,13 @@ def compute_dtype(name: str):
 
 
 def settings(seconds: float) -> dict[str, tuple[int, int, np.ndarray]]:
-  """name → (keyframes, Δ-frames, kinds) for a video of ``seconds``."""
-  out = {"dense 64 frames": (64, 0, np.zeros(64, np.int32))}
+  """name → (keyframes, Δ-frames, kinds) for a video of ``seconds``; dense is 64 frames, or
+  every frame of a shorter clip (as ``codec budget`` counts it)."""
+  frames = num_frames_for_duration(seconds, 30)
+  dense = min(DENSE_FRAMES, frames)
+  out = {f"dense {dense} frames": (dense, 0, np.zeros(dense, np.int32))}
   for k in (1, 2, 4):
-    plan = plan_positions(num_frames_for_duration(seconds, 30), SamplingConfig(keyframes_per_gop=k))
+    plan = plan_positions(frames, SamplingConfig(keyframes_per_gop=k))
     out[f"CoPE K={k}"] = (plan.num_keyframes, plan.num_delta_frames, plan.kinds.astype(np.int32))
   return out
 

@@ -8,21 +8,24 @@ from cope_jax.data.sources import LETTERS
 
 
 def parse_letter(text: str, num_options: int = 4) -> str | None:
-  """The chosen option letter, or None: "(B)", "B.", "B) red", "The answer is C.", "c" → B/B/B/C/C.
+  """The chosen option letter, or None: "(B)", "B.", "B) red", "The answer is C.", "(c)" → B/B/B/C/C.
 
   SPEC §5 (lmms-eval): the first standalone letter among the options — a reply that is just the
-  letter (either case), or the first standalone capital letter ("(B)", "B. red", "B is wrong,
-  the answer is C" → B). Only a reply with no capital letter falls back to a lower-case one in
-  parentheses named as the answer ("Answer: (d)"); "the answer is a dog" names no option.
+  letter in either case ("c", "(c)", "c."), or the first standalone capital letter ("(B)",
+  "B. red", "B is wrong, the answer is C" → B). Only a reply with no capital letter falls back
+  to a lower-case one named as the answer, in parentheses or ending the reply ("Answer: (d)",
+  "the answer is: c."); "the answer is a dog" names no option.
   """
   valid = LETTERS[:num_options]
+  lower = valid.lower()
   t = text.strip()
-  if len(t) == 1 and t.upper() in valid:
-    return t.upper()
+  m = re.fullmatch(rf"([{valid}{lower}])[.)]?|\(([{valid}{lower}])\)", t)
+  if m:
+    return (m.group(1) or m.group(2)).upper()
   # With nine options or more, "I" is a letter too: not the pronoun of "I think it is B" or
   # "I'm not sure, but C" (I'm, I'd, I've, I'll; either apostrophe).
   m = re.search(rf"\b(?!I\s+[a-z]|I['’](?:m|d|ve|ll)\b)([{valid}])\b", t)
   if m:
     return m.group(1)
-  m = re.search(rf"(?i:answer)(?: is|:)?\s*\(([{valid.lower()}])\)", t)
-  return m.group(1).upper() if m else None
+  m = re.search(rf"(?i:answer)(?:\s+is)?\s*:?\s*(?:\(([{lower}])\)|([{lower}])[.)]?\s*$)", t)
+  return (m.group(1) or m.group(2)).upper() if m else None
