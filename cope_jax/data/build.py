@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 
@@ -16,6 +14,7 @@ from cope_jax.data.builders import BUILDERS, records
 from cope_jax.data.parallel import check_workers
 from cope_jax.data.pipeline import SEQUENCE_INDEX, conversation_characters
 from cope_jax.data.primitive_cache import ExtractSettings
+from cope_jax.data.shard_writer import write_dataset
 from cope_jax.json_files import write_json
 
 
@@ -55,16 +54,27 @@ def load_items(source: str, out: str, annotations: str | None, videos: str | Non
 
 
 def shard_dir(out: str, stage: str) -> str:
-  """Where TFDS puts the shards of ``stage`` (cope_<stage>/1.0.0)."""
-  builder = BUILDERS[stage]
-  return os.path.join(out, builder.name, str(builder.VERSION))
+  """Where the shards of ``stage`` go (cope_<stage>/1.0.0, TFDS's layout)."""
+  kind = BUILDERS[stage]
+  return os.path.join(out, kind.name, kind.version)
+
+
+_NEEDS = {"pretrain": "a Δ-frame", "finetune": "a conversation", "eval": "a question"}
+BUILD_REPORT = "report.json"  # also in the shard folder: what training checks the shards with
 
 
 def build(stage: str, items: list[sources.VideoItem], out: str, settings: ExtractSettings,
           workers: int | None = None, limit: int | None = None, progress: bool = True) -> dict:
-  """Extracts every video (in parallel, resumable) and writes the shards and report.json."""
+  """Extracts every video (in parallel, resumable) and writes the shards and report.json.
+
+  The shards are written into a folder beside the stage's, with their sequence index and
+  report, and renamed into place whole; the previous build's shards stay until then (and come
+  back if a build is killed while they are set aside)."""
   if stage not in BUILDERS:
     raise ConfigError(f"unknown stage {stage!r} (pretrain, finetune, eval)")
+  if stage == "eval" and items and not any(it.questions for it in items):
+    raise ConfigError("--stage eval writes one record per multiple-choice question, and these "
+                      "annotations have none (use --source mcq)")
   check_workers(workers)
   check_limit(limit)
   if limit is not None:
@@ -74,67 +84,79 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
                                               progress)
   kept = [(i, it) for i, it in enumerate(items) if it.video in done]
   splits = tuple(sorted({it.split for _, it in kept})) or ("train",)
-  video_seconds, conformant_bytes, frames = 0.0, 0, {}
-  for video in {it.video for _, it in kept}:
-    cached = primitive_cache.load(done[video])
-    video_seconds += cached.duration_s
-    conformant_bytes += cached.conformant_bytes
-    frames[video] = (int(np.sum(cached.kinds == KEYFRAME)), int(np.sum(cached.kinds == DELTA)))
+  produced = dict.fromkeys((it.video for _, it in kept), 0)  # records per video
 
   def examples(split):
-    for i, it in kept:
-      if it.split != split:
-        continue
-      cached = primitive_cache.load(done[it.video])
-      for j, rec in enumerate(records(stage, it.video, cached, it)):
-        yield f"{i:08d}-{j:04d}", rec
+    for _, it in kept:
+      if it.split == split:
+        for rec in records(stage, it.video, primitive_cache.load(done[it.video]), it):
+          produced[it.video] += 1
+          yield rec
 
-  # TFDS keeps a dataset folder that exists; the extracted primitives are cached, so a rebuild
-  # (other videos, splits or sampling) rewrites the shards rather than reporting stale ones. The
-  # previous shards are set aside until the new ones are written, and put back if none are.
   directory = shard_dir(out, stage)
-  previous = directory + ".previous"
+  new, previous = directory + ".incomplete", directory + ".previous"
   if os.path.exists(previous) and not os.path.exists(directory):  # a build killed before: its
     os.replace(previous, directory)                                  # shards were set aside
-  shutil.rmtree(previous, ignore_errors=True)
-  if os.path.exists(directory):
-    os.replace(directory, previous)
-  builder = BUILDERS[stage](examples=examples, splits=splits, data_dir=out)
+  for stale in (previous, new):
+    shutil.rmtree(stale, ignore_errors=True)
+  kind = BUILDERS[stage]
   try:
-    if progress:
-      builder.download_and_prepare()
-    else:
-      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-      tfds.disable_progress_bar()
-      with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its own banner
-        builder.download_and_prepare()
+    counts = write_dataset(new, kind.name, kind.features, kind.description,
+                           ((s, examples(s)) for s in splits), kind.version, progress=progress)
+    if not any(counts.values()):
+      first = f", the first: {skipped[0]['video']}: {skipped[0]['reason']}" if skipped else ""
+      raise ConfigError(
+          f"no {stage} record to write from {len(kept)} readable of {len(items)} videos "
+          f"({len(skipped)} skipped{first}); each {stage} record needs {_NEEDS[stage]}; the "
+          "previous shards, if any, are kept")
+    skipped += [{"video": v, "reason": f"no {stage} record: none has {_NEEDS[stage]}"}
+                for v, n in produced.items() if not n]
+    written = sorted(v for v, n in produced.items() if n)
     if stage == "finetune":  # read at start instead of decoding every record (frames included)
-      write_json(os.path.join(directory, SEQUENCE_INDEX),
-                 {s: [[it.video, len(it.conversations), *frames[it.video],
+      write_json(os.path.join(new, SEQUENCE_INDEX),
+                 {s: [[it.video, len(it.conversations), *_frames(done[it.video]),
                        [conversation_characters(c) for c in it.conversations]]
-                      for _, it in kept if it.split == s] for s in splits}, indent=None)
-  except BaseException as e:  # (Ctrl-C included) the previous shards go back in place
-    shutil.rmtree(directory, ignore_errors=True)
-    if os.path.exists(previous):
-      os.replace(previous, directory)
-    for empty in (os.path.dirname(directory), os.path.join(out, "downloads", "extracted"),
-                  os.path.join(out, "downloads")):
-      if os.path.isdir(empty) and not os.listdir(empty):  # (TFDS's, for shards never written)
-        os.rmdir(empty)
-    if not (isinstance(e, AssertionError) and "No examples" in str(e)):
-      raise
-    first = f", the first: {skipped[0]['video']}: {skipped[0]['reason']}" if skipped else ""
-    raise ConfigError(
-        f"no {stage} record to write from {len(kept)} readable of {len(items)} videos "
-        f"({len(skipped)} skipped{first}; TFDS: {e}); each {stage} record needs "
-        + {"pretrain": "a Δ-frame", "finetune": "a conversation",
-           "eval": "a question"}[stage] + "; the previous shards, if any, are kept") from None
+                      for _, it in kept if it.split == s] for s in splits if counts[s]},
+                 indent=None)
+    report = _report(stage, new, directory, done, written, skipped, counts, settings)
+    write_json(os.path.join(new, BUILD_REPORT), report)
+    if os.path.exists(directory):
+      os.replace(directory, previous)
+    os.replace(new, directory)
+  except BaseException:  # (Ctrl-C included) nothing half-written stays; the previous shards do
+    shutil.rmtree(new, ignore_errors=True)
+    parent = os.path.dirname(directory)
+    if os.path.isdir(parent) and not os.listdir(parent):
+      os.rmdir(parent)
+    raise
+  write_json(os.path.join(out, "report.json"), report)
+  # (report.json is the last build's; report_<stage>.json each stage's)
+  write_json(os.path.join(out, f"report_{stage}.json"), report)
   shutil.rmtree(previous, ignore_errors=True)
-  shard_bytes = sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)
+  return report
+
+
+def _frames(path: str) -> tuple[int, int]:
+  """A cached video's keyframes and Δ-frames, from its index alone."""
+  with np.load(path) as z:
+    kinds = z["kinds"]
+  return int(np.sum(kinds == KEYFRAME)), int(np.sum(kinds == DELTA))
+
+
+def _report(stage: str, folder: str, directory: str, done: dict, written: list[str],
+            skipped: list[dict], counts: dict, settings: ExtractSettings) -> dict:
+  video_seconds, conformant_bytes = 0.0, 0
+  for video in written:
+    with np.load(done[video]) as z:
+      num_frames, fps, conformant = (int(x) for x in z["meta"])
+    video_seconds += num_frames / fps
+    conformant_bytes += conformant
+  shard_bytes = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
                     if ".array_record" in f)
-  report = {
-      "stage": stage, "written": len({it.video for _, it in kept}), "skipped": skipped,
-      "records": {s: builder.info.splits[s].num_examples for s in splits},
+  return {
+      "stage": stage, "written": len(written), "skipped": skipped,
+      "records": {s: n for s, n in counts.items() if n},
+      "empty_splits": [s for s, n in counts.items() if not n],
       "bytes": shard_bytes, "video_seconds": round(video_seconds, 3),
       "bytes_per_video_second": shard_bytes / video_seconds if video_seconds else None,
       "reencoded_mpeg4_bytes": conformant_bytes,
@@ -142,7 +164,3 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
       "shards": directory, "size": settings.size,
       "sampling": settings.sampling.__dict__,
   }
-  write_json(os.path.join(out, "report.json"), report)
-  # (report.json is the last build's; training checks a stage's shards against its own)
-  write_json(os.path.join(out, f"report_{stage}.json"), report)
-  return report

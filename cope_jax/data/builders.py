@@ -1,4 +1,4 @@
-"""TFDS ``GeneratorBasedBuilder``s writing ArrayRecord shards (no TensorFlow needed).
+"""The records a build writes: TFDS features of ArrayRecord datasets (no TensorFlow needed).
 
 Three record kinds:
 - ``cope_pretrain`` (stage 1): one Δ-frame pair per record — reference RGB (the previous sampled
@@ -7,14 +7,15 @@ Three record kinds:
   keyframes, Δ-frames) and its conversations (JSON);
 - ``cope_eval``: one multiple-choice question per record, with its video's sequence.
 
-The builders read videos already extracted by ``primitive_cache``; TFDS writes each split into
-``incomplete.*`` and renames it when done, so shards appear atomically.
+Records are made from videos already extracted by ``primitive_cache``; ``shard_writer`` writes
+them and ``build`` renames the folder into place when done, so shards appear atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -57,50 +58,29 @@ def pair_examples(video: str, cached: CachedVideo) -> Iterator[dict]:
     d += 1
 
 
-class _Builder(tfds.core.GeneratorBasedBuilder):
-  """Shared plumbing: examples come from a callable ``split -> iterator of (key, example)``."""
-  VERSION = tfds.core.Version("1.0.0")
-  FEATURES: dict = {}
-
-  def __init__(self, *, examples: Callable[[str], Iterator[tuple[str, dict]]] | None = None,
-               splits: tuple[str, ...] = ("train",), **kwargs):
-    self._examples, self._splits = examples, splits
-    super().__init__(file_format="array_record", **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(self.FEATURES),
-                                 disable_shuffling=True, description=self.__doc__)
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(split) for split in self._splits}
-
-  def _generate_examples(self, split):
-    if self._examples is None:
-      raise RuntimeError("this builder only writes when given examples; read with "
-                         "tfds.builder_from_directory")
-    yield from self._examples(split)
+@dataclasses.dataclass(frozen=True)
+class RecordKind:
+  """One TFDS dataset a build writes (``shard_writer``): its name, folder version and features."""
+  name: str
+  description: str
+  features: dict
+  version: str = "1.0.0"
 
 
-class CopePretrain(_Builder):
-  """Stage-1 frame pairs: reference and target RGB, motion field, residual."""
-  FEATURES = {"video": tfds.features.Text(), "time": np.float32, "reference": _BYTES,
-              "target": _BYTES, "mv": _BYTES, "residual": _BYTES}
-
-
-class CopeFinetune(_Builder):
-  """Stage-2 sequences: a video's keyframes and Δ-frames in temporal order + conversations."""
-  FEATURES = {**SEQUENCE_FEATURES, "conversations": tfds.features.Text()}
-
-
-class CopeEval(_Builder):
-  """Multiple-choice questions with their video's sequence."""
-  FEATURES = {**SEQUENCE_FEATURES, "id": tfds.features.Text(), "question": tfds.features.Text(),
-              "options": tfds.features.Text(), "answer": tfds.features.Text(),
-              "family": tfds.features.Text()}
-
-
-BUILDERS = {"pretrain": CopePretrain, "finetune": CopeFinetune, "eval": CopeEval}
+BUILDERS = {
+    "pretrain": RecordKind("cope_pretrain", "Stage-1 frame pairs: reference and target RGB, "
+                           "motion field, residual.",
+                           {"video": tfds.features.Text(), "time": np.float32,
+                            "reference": _BYTES, "target": _BYTES, "mv": _BYTES,
+                            "residual": _BYTES}),
+    "finetune": RecordKind("cope_finetune", "Stage-2 sequences: a video's keyframes and "
+                           "Δ-frames in temporal order + conversations.",
+                           {**SEQUENCE_FEATURES, "conversations": tfds.features.Text()}),
+    "eval": RecordKind("cope_eval", "Multiple-choice questions with their video's sequence.",
+                       {**SEQUENCE_FEATURES, "id": tfds.features.Text(),
+                        "question": tfds.features.Text(), "options": tfds.features.Text(),
+                        "answer": tfds.features.Text(), "family": tfds.features.Text()}),
+}
 
 
 def records(stage: str, video: str, cached: CachedVideo, item) -> Iterator[dict]:

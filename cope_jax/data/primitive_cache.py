@@ -8,10 +8,12 @@ reason and skipped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -138,11 +140,46 @@ def extract_all(videos: list[str], cache_dir: str, settings: ExtractSettings,
     jobs.append((video, os.path.join(cache_dir, settings.key(video) + ".npz"), settings))
   paths = {video: path for video, path, _ in jobs}
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  with process_pool(workers) as pool:
-    for video, reason in tqdm(pool.map(_extract_one, jobs), total=len(jobs), desc="extract",
-                              unit=" videos", disable=not progress):
-      if reason is None:
-        done[video] = paths[video]
-      else:
-        skipped.append({"video": video, "reason": reason})
+  with tqdm(total=len(jobs), desc="extract", unit=" videos", disable=not progress) as bar:
+    reasons = _run_jobs(jobs, workers, bar)
+  for video, _, _ in jobs:  # in the videos' order, whichever finished first
+    if reasons[video] is None:
+      done[video] = paths[video]
+    else:
+      skipped.append({"video": video, "reason": reasons[video]})
   return done, skipped
+
+
+_DIED = ("the process extracting it died (killed by the system, e.g. out of memory, or a crash "
+         "in the decoder)")
+
+
+def _run_jobs(jobs: list, workers: int | None, bar) -> dict[str, str | None]:
+  """{video: None or the reason it was skipped}. A worker that dies (the out-of-memory killer,
+  a crash in FFmpeg) breaks the whole pool: the jobs that may have been in its hands — the first
+  unfinished ones, up to what the pool had handed out — are then run again one process each, so
+  the one that dies alone is reported, and the rest go on in a fresh pool."""
+  reasons: dict[str, str | None] = {}
+  n = max(1, workers or os.cpu_count() or 1)
+  pending = list(jobs)
+  while pending:
+    try:
+      with process_pool(n) as pool:
+        for future in concurrent.futures.as_completed([pool.submit(_extract_one, job)
+                                                       for job in pending]):
+          video, reason = future.result()
+          reasons[video] = reason
+          bar.update()
+      return reasons
+    except BrokenProcessPool:
+      pending = [job for job in pending if job[0] not in reasons]
+      # handed out: a job in each worker and up to n + 1 queued (the executor's call queue)
+      suspects, pending = pending[:2 * n + 1], pending[2 * n + 1:]
+      for job in suspects:
+        try:
+          with process_pool(1) as solo:
+            reasons[job[0]] = solo.submit(_extract_one, job).result()[1]
+        except BrokenProcessPool:
+          reasons[job[0]] = _DIED
+        bar.update()
+  return reasons

@@ -280,10 +280,13 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
 
 
 def _build_report(data_dir: str, stage: str) -> dict:
-  """The report of the build that wrote ``stage``'s shards (``report_<stage>.json``; before it
-  existed, ``report.json`` when the last build was that stage's), or {}."""
-  for name in (f"report_{stage}.json", "report.json"):
-    path = os.path.join(data_dir, name)
+  """The report of the build that wrote ``stage``'s shards: the copy in the shard folder (renamed
+  into place with them); for shards built before it was, ``report_<stage>.json``, or
+  ``report.json`` when the last build was that stage's; else {}."""
+  from cope_jax.data.build import BUILD_REPORT, shard_dir  # pylint: disable=import-outside-toplevel
+  for path in (os.path.join(shard_dir(data_dir, stage), BUILD_REPORT),
+               os.path.join(data_dir, f"report_{stage}.json"),
+               os.path.join(data_dir, "report.json")):
     if os.path.exists(path):
       r = read_json(path)
       if r.get("stage", stage) == stage:
