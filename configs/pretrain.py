@@ -5,7 +5,8 @@
   python -m cope_jax.train --config=configs/pretrain.py:tiny --workdir=/tmp/stage1   # CPU, minutes
 
 The default is the paper's recipe (113 K steps, global batch 1024, AdamW, LR 6.25e-5 × 16 GPUs,
-cosine, 1000 warm-up steps); ``vision_checkpoint`` is an Orbax checkpoint from
+cosine, 1000 warm-up steps; the paper gives no weight decay, so none, as stage 2's LLaVA recipe —
+``--config.optim.weight_decay=0.01`` is PyTorch's AdamW default); ``vision_checkpoint`` is an Orbax checkpoint from
 ``python -m cope_jax.convert llava-video`` (the frozen SigLIP is LLaVA-Video's own).
 """
 
