@@ -4,8 +4,9 @@ import os
 
 import numpy as np
 
+# layer_norm_eps not the default (1e-6): a converter that ignored it would show
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-              image_size=56, patch_size=14)
+              image_size=56, patch_size=14, layer_norm_eps=1e-3)
 
 
 def qwen2_dir(root: str, vocab: int, heads: int, kv_heads: int, seed: int = 0,
@@ -54,6 +55,9 @@ def onevision_dir(root: str) -> str:
     _randomise_norms_and_biases(model)
     with torch.no_grad():
       model.model.image_newline.normal_()
+      # GELU's inputs of order 1 (init std 0.02 left them near 0, where tanh's approximation
+      # and the exact GELU differ by 2e-6)
+      model.model.multi_modal_projector.linear_1.weight.mul_(20)
     model.save_pretrained(path)
   return path
 

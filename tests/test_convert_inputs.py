@@ -121,6 +121,7 @@ def test_a_safetensors_file_cut_short_or_a_broken_index_is_refused(hf_root, tmp_
   np.savez(tmp_path / "in.npz", input_ids=np.zeros((1, 3), np.int64))
   _one_error_line(_forward(folder, tmp_path / "in.npz", tmp_path / "out.npz"), "cut short")
   model.write_bytes(whole)
+  os.rename(model, folder / "model-00001-of-00001.safetensors")  # (model.safetensors goes first)
   (folder / "model.safetensors.index.json").write_text("{bad")
   with pytest.raises(CheckpointError, match="index.json: not a shard index with a weight_map"):
     read_checkpoint(str(folder))
@@ -141,5 +142,51 @@ def test_hf_forward_inputs_cut_short_and_an_out_folder_are_one_error_line(hf_roo
   np.savez(tmp_path / "long.npz", input_ids=np.zeros((1, 40_000), np.int64))
   _one_error_line(_forward(path, tmp_path / "long.npz", tmp_path / "out.npz"),
                   "input_ids of 40000 positions exceed the model's 32768")
-  assert sorted(os.listdir(tmp_path)) == ["cut.npz", "folder", "in.npz", "long.npz",
+  # no rows or no positions: refused (a SigLIP's empty batch was a ZeroDivisionError)
+  for shape in ((0, 3), (1, 0)):
+    np.savez(tmp_path / "empty.npz", input_ids=np.zeros(shape, np.int64))
+    _one_error_line(_forward(path, tmp_path / "empty.npz", tmp_path / "out.npz"),
+                    "B and L at least 1")
+  np.savez(tmp_path / "empty.npz", pixel_values=np.zeros((0, 3, 56, 56), np.float32))
+  _one_error_line(_forward(hf_models.siglip_dir(hf_root), tmp_path / "empty.npz",
+                           tmp_path / "out.npz"), "needs 'pixel_values' (B, 3, 56, 56)")
+  assert sorted(os.listdir(tmp_path)) == ["cut.npz", "empty.npz", "folder", "in.npz", "long.npz",
                                           "objects.npz"]
+
+
+@pytest.mark.parametrize("settings,refused", [
+    ({}, None),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}},
+     "only plain RoPE"),
+    ({"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0},
+     "sliding-window attention"),
+    # what transformers computes as our model does: no layer past max_window_layers, no window
+    ({"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 2}, None),
+    ({"use_sliding_window": True, "sliding_window": None, "max_window_layers": 0}, None),
+])
+def test_qwen2_configs_our_model_does_not_compute_are_refused(settings, refused):
+  """As transformers writes them: RoPE scaling and sliding windows would convert into other
+  logits (4e-3 and 0.3 off on a tiny model), so they are refused by name."""
+  from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
+  hf = Qwen2Config(num_hidden_layers=2, **settings).to_dict()
+  if refused is None:
+    assert qwen2_convert.config_from_hf(hf).rope_theta == hf["rope_parameters"]["rope_theta"]
+  else:
+    with pytest.raises(CheckpointError, match=refused):
+      qwen2_convert.config_from_hf(hf)
+
+
+@pytest.mark.parametrize("raw", [
+    {"num_key_value_heads": None},  # one per query head
+    {"hidden_act": "swish"},        # SiLU's other name
+    {"rope_theta": 5e5, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}},
+])
+def test_qwen2_config_json_is_read_as_transformers_reads_it(raw):
+  """Each was refused or read otherwise than transformers 5 (which takes rope_parameters'
+  theta before a top-level one)."""
+  from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
+  hf = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8,
+        "num_key_value_heads": 2, **raw}
+  ref, ours = Qwen2Config(**hf), qwen2_convert.config_from_hf(hf)
+  assert (ours.num_kv_heads, ours.rope_theta) == (ref.num_key_value_heads,
+                                                  ref.rope_parameters["rope_theta"])

@@ -21,6 +21,10 @@ from cope_jax.models.llava import VideoLM, add_row_newlines, pool_2x2
 from cope_jax.models.qwen2 import Qwen2
 from cope_jax.models.siglip import Siglip
 
+# float32 against torch's float32: what is seen is 1e-7 to 5e-6; 1e-4 let a tanh GELU in the
+# projector or a SigLIP eps ten times off through (SPEC §3 names both)
+TOL = 1e-5
+
 pytestmark = pytest.mark.parity
 
 
@@ -55,7 +59,7 @@ def test_qwen2_logits(hf_root, vocab, heads, kv_heads, tied):
   ours, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(ids), positions=jnp.asarray(positions),
                              valid=jnp.asarray(valid))
   diff = np.abs(np.asarray(ours) - ref)[valid]
-  assert diff.max() <= 1e-4, diff.max()
+  assert diff.max() <= TOL, diff.max()
 
 
 def test_kv_cache_decoding_equals_full_forward(hf_root):
@@ -97,7 +101,7 @@ def test_siglip_last_hidden_state(hf_root, post_layernorm):
   # HF: last_hidden_state has post_layernorm; LLaVA-Video takes hidden_states[-1] (before it).
   ref = (out.last_hidden_state if post_layernorm else out.hidden_states[-1]).numpy()
   ours, _ = Siglip(cfg).apply({"params": params}, jnp.asarray(x.transpose(0, 2, 3, 1)))
-  assert np.abs(np.asarray(ours) - ref).max() <= 1e-4
+  assert np.abs(np.asarray(ours) - ref).max() <= TOL
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "siglip"])
@@ -120,13 +124,13 @@ def test_hf_forward_cli(hf_root, tmp_path, kind):
       ref = Qwen2ForCausalLM.from_pretrained(path).eval()(
           torch.tensor(inputs["input_ids"])).logits.numpy()
     assert out["logits"].dtype == np.float32 and out["logits"].shape == ref.shape
-    assert np.abs(out["logits"] - ref).max() <= 1e-4
+    assert np.abs(out["logits"] - ref).max() <= TOL
   else:
     from transformers import SiglipVisionModel  # pylint: disable=import-outside-toplevel
     with torch.no_grad():
       ref = SiglipVisionModel.from_pretrained(path).eval()(
           pixel_values=torch.tensor(inputs["pixel_values"])).last_hidden_state.numpy()
-    assert np.abs(out["last_hidden_state"] - ref).max() <= 1e-4
+    assert np.abs(out["last_hidden_state"] - ref).max() <= TOL
   # bad inputs: one error line, exit status 2
   bad = ({"input_ids": np.array([[0, 1001]])} if kind == "qwen2"
          else {"pixel_values": hf_models.rng_inputs((2, 3, 50, 56))})
@@ -195,9 +199,9 @@ def test_onevision_checkpoint_converts_and_matches_torch(hf_root):
   full = {**params, "delta_encoder": _delta_params(cfg)}
   tokens = model.apply({"params": full}, jnp.asarray(x.transpose(0, 2, 3, 1)),
                        method=VideoLM.keyframe_tokens)
-  assert np.abs(np.asarray(tokens) - ref_tokens).max() <= 1e-4
+  assert np.abs(np.asarray(tokens) - ref_tokens).max() <= TOL
   logits, _ = Qwen2(cfg.llm).apply({"params": params["llm"]}, jnp.asarray(ids))
-  assert np.abs(np.asarray(logits) - ref_logits).max() <= 1e-4
+  assert np.abs(np.asarray(logits) - ref_logits).max() <= TOL
 
 
 def _delta_params(cfg):
@@ -323,25 +327,6 @@ def test_llava_video_command_writes_an_orbax_checkpoint(hf_root, tmp_path):
   assert sorted(os.listdir(tmp_path)) == sorted(["stage2_init", "other", "a_file"])
 
 
-@pytest.mark.parametrize("settings,refused", [
-    ({}, None),
-    ({"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}},
-     "only plain RoPE"),
-    ({"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0},
-     "sliding-window attention"),
-])
-def test_qwen2_configs_our_model_does_not_compute_are_refused(settings, refused):
-  """As transformers writes them: RoPE scaling and sliding windows would convert into other
-  logits (4e-3 and 0.3 off on a tiny model), so they are refused by name."""
-  from transformers import Qwen2Config  # pylint: disable=import-outside-toplevel
-  hf = Qwen2Config(**settings).to_dict()
-  if refused is None:
-    assert qwen2_convert.config_from_hf(hf).rope_theta == hf["rope_parameters"]["rope_theta"]
-  else:
-    with pytest.raises(CheckpointError, match=refused):
-      qwen2_convert.config_from_hf(hf)
-
-
 @pytest.mark.parametrize("top,text,tied", [(None, True, True), (True, False, True),
                                            (False, False, False), (None, None, False)])
 def test_either_tie_flag_lets_the_embedding_stand_for_a_missing_head(top, text, tied):
@@ -351,16 +336,23 @@ def test_either_tie_flag_lets_the_embedding_stand_for_a_missing_head(top, text, 
   assert llava_convert.tied_embeddings(hf) is tied
 
 
-def test_an_ambiguous_checkpoint_folder_is_refused(hf_root, tmp_path):
-  """A second file holding the model's tensors (an adapter beside it, no index) or a second
-  index would silently replace weights: refused by name."""
+def test_a_checkpoint_folder_is_read_as_transformers_reads_it_or_refused(hf_root, tmp_path):
+  """``model.safetensors`` first, whatever lies beside it (transformers loads it before any shard
+  index: reading a stale index's shards gave logits 0.58 off); without it, a second file holding
+  the model's tensors (an adapter, no index) or a second index would silently replace weights:
+  refused by name."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   folder = tmp_path / "qwen2"
   shutil.copytree(hf_models.qwen2_dir(hf_root, 1024, 4, 2), folder)
-  assert "model.norm.weight" in read_checkpoint(str(folder))
+  norm = np.array(read_checkpoint(str(folder))["model.norm.weight"])
   save_file({"model.norm.weight": np.zeros(64, np.float32)}, str(folder / "adapter.safetensors"))
+  (folder / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {"model.norm.weight": "adapter.safetensors"}}))
+  np.testing.assert_array_equal(read_checkpoint(str(folder))["model.norm.weight"], norm)
+  os.remove(folder / "model.safetensors.index.json")
+  os.rename(folder / "model.safetensors", folder / "model-00001-of-00001.safetensors")
   with pytest.raises(CheckpointError, match="'model.norm.weight' is in both adapter.safetensors "
-                                            "and model.safetensors"):
+                                            "and model-00001-of-00001.safetensors"):
     read_checkpoint(str(folder))
   for name in ("a.safetensors.index.json", "b.safetensors.index.json"):
     (folder / name).write_text(json.dumps({"weight_map": {"model.norm.weight": "model.safetensors"}}))

@@ -358,3 +358,24 @@ def test_attention_in_query_blocks_equals_all_at_once():
   np.testing.assert_allclose(fresh[0], prefill[0], atol=2e-5, rtol=2e-5)
   for a, c in zip(jax.tree_util.tree_leaves(filled), jax.tree_util.tree_leaves(filled_fresh)):
     np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=2e-5, rtol=2e-5)
+
+
+def test_layer_norm_keeps_float32_precision_under_a_shared_offset():
+  """Flax's default variance, E[x²] − E[x]², lost precision when the channels share an offset
+  (2.8e-3 off in SigLIP's output at an offset of 50); torch computes it in two passes."""
+  from cope_jax.models.layers import layer_norm  # pylint: disable=import-outside-toplevel
+  x = np.random.default_rng(0).standard_normal((4, 1152)).astype(np.float32) + 50
+  norm = layer_norm(1e-6, jnp.float32)
+  y = np.asarray(norm.apply(norm.init(jax.random.key(0), x), x))
+  x64 = x.astype(np.float64)
+  ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
+  assert np.abs(y - ref).max() < 1e-5
+
+
+def test_a_config_read_back_from_json_hashes_as_its_preset():
+  """A loaded config compared equal to its preset but hashed otherwise (np.dtype against jnp's
+  type): every cache keyed by the config missed, and the programs compiled again."""
+  from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
+  for cfg in (presets.video_lm("tiny"), presets.video_lm("small", dtype=jnp.bfloat16)):
+    back = config_io.from_dict(config_io.to_dict(cfg))
+    assert back == cfg and hash(back) == hash(cfg)

@@ -63,6 +63,7 @@ def _read_inputs(inputs: str) -> dict:
 
 
 def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cope_jax.convert import qwen2_convert, siglip_convert  # pylint: disable=import-outside-toplevel
   from cope_jax.convert.tree import TensorSource  # pylint: disable=import-outside-toplevel
@@ -73,8 +74,9 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
   if kind == "qwen2":
     from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel
     ids = data.get("input_ids")
-    if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu":
-      raise CheckpointError(f"{inputs}: a Qwen2 model needs integer 'input_ids' (B, L)")
+    if ids is None or ids.ndim != 2 or ids.dtype.kind not in "iu" or not ids.size:
+      raise CheckpointError(f"{inputs}: a Qwen2 model needs integer 'input_ids' (B, L), B and L "
+                            f"at least 1, got {None if ids is None else (ids.dtype, ids.shape)}")
     if ids.size and not 0 <= ids.min() <= ids.max() < cfg.vocab_size:
       raise CheckpointError(f"{inputs}: input_ids must lie in [0, {cfg.vocab_size}), got "
                             f"[{ids.min()}, {ids.max()}]")
@@ -82,20 +84,22 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
       raise CheckpointError(f"{inputs}: input_ids of {ids.shape[1]} positions exceed the "
                             f"model's {cfg.max_positions} (max_position_embeddings)")
     params = qwen2_convert.convert(TensorSource(tensors, hf_dir), cfg)
-    logits, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(ids))
+    with jax.default_matmul_precision("highest"):  # (float32 on GPUs/TPUs too, as torch's CPU)
+      logits, _ = Qwen2(cfg).apply({"params": params}, jnp.asarray(ids))
     result = {"logits": np.asarray(logits, np.float32)}
   else:
     from cope_jax.models.siglip import Siglip  # pylint: disable=import-outside-toplevel
     pixels = data.get("pixel_values")
     want = (3, cfg.image_size, cfg.image_size)
-    if pixels is None or pixels.ndim != 4 or pixels.shape[1:] != want:
+    if pixels is None or pixels.ndim != 4 or pixels.shape[1:] != want or not len(pixels):
       raise CheckpointError(f"{inputs}: a SigLIP model needs 'pixel_values' (B, {want[0]}, "
                             f"{want[1]}, {want[2]}), got "
                             f"{None if pixels is None else pixels.shape}")
     prefix = siglip_convert.find_prefix(tensors, ("vision_model.", ""))
     params = siglip_convert.convert(TensorSource(tensors, hf_dir), cfg, prefix)
-    hidden, _ = Siglip(cfg).apply({"params": params},
-                                  jnp.asarray(pixels, jnp.float32).transpose(0, 2, 3, 1))
+    with jax.default_matmul_precision("highest"):
+      hidden, _ = Siglip(cfg).apply({"params": params},
+                                    jnp.asarray(pixels, jnp.float32).transpose(0, 2, 3, 1))
     result = {"last_hidden_state": np.asarray(hidden, np.float32)}
   tmp = f"{out}.tmp{os.getpid()}.npz"
   try:

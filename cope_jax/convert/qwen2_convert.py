@@ -26,10 +26,13 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
     if kind != "default":
       raise CheckpointError(f"{key} {hf[key]}: only plain RoPE (rope_type 'default') is "
                             "supported")
-  if hf.get("use_sliding_window") or "sliding_attention" in (hf.get("layer_types") or ()):
+  if hf.get("num_key_value_heads", 0) is None:  # (transformers: null is one per query head)
+    hf = {**hf, "num_key_value_heads": hf.get("num_attention_heads",
+                                              HF_DEFAULTS["num_attention_heads"])}
+  if "sliding_attention" in _layer_types(hf):
     raise CheckpointError("sliding-window attention (use_sliding_window / layer_types) is not "
                           "supported: every layer attends to the whole context")
-  check_activation(hf, "hidden_act", "silu")
+  check_activation(hf, "hidden_act", "silu", also=("swish",))  # (one function, two names)
   n = positive_ints(hf, HF_DEFAULTS)
   heads, kv_heads = n["num_attention_heads"], n["num_key_value_heads"]
   if n["hidden_size"] % heads or heads % kv_heads:
@@ -42,12 +45,25 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
   settings = dict(vocab_size=n["vocab_size"], hidden_size=n["hidden_size"],
                   intermediate_size=n["intermediate_size"],
                   num_layers=n["num_hidden_layers"], num_heads=heads, num_kv_heads=kv_heads,
-                  rope_theta=float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get(
-                      "rope_theta", 10000.0))),
+                  # transformers 5 reads rope_parameters' theta before a top-level one
+                  rope_theta=float((hf.get("rope_parameters") or {}).get(
+                      "rope_theta", hf.get("rope_theta", 10000.0))),
                   rms_eps=hf.get("rms_norm_eps", 1e-6),
                   max_positions=hf.get("max_position_embeddings", 32768),
                   tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
   return Qwen2Config(**{**settings, **overrides})
+
+
+def _layer_types(hf: dict) -> list[str]:
+  """transformers' layer_types: as given, else sliding from layer max_window_layers on when
+  use_sliding_window and a sliding_window are set (a window past the last layer slides none)."""
+  if hf.get("layer_types"):
+    return list(hf["layer_types"])
+  layers = hf.get("num_hidden_layers", HF_DEFAULTS["num_hidden_layers"])
+  layers = layers if isinstance(layers, int) else 0  # (refused by name in config_from_hf)
+  slides = hf.get("use_sliding_window") and hf.get("sliding_window", 4096) is not None
+  return ["sliding_attention" if slides and i >= hf.get("max_window_layers", 28)
+          else "full_attention" for i in range(layers)]
 
 
 def convert(src: TensorSource, cfg: Qwen2Config, prefix: str = "model.",

@@ -54,9 +54,12 @@ def read_file(path: str) -> dict[str, np.ndarray]:
 
 
 def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
-  """All tensors of a checkpoint folder (one file or an index of shards)."""
+  """All tensors of a checkpoint folder: ``model.safetensors`` if there is one (transformers reads
+  it before any shard index), else the shards of its index, else every .safetensors file."""
   if os.path.isfile(directory):
     return read_file(directory)
+  if os.path.isfile(os.path.join(directory, "model.safetensors")):
+    return read_file(os.path.join(directory, "model.safetensors"))
   index = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors.index.json"))
   if len(index) > 1:
     raise CheckpointError(f"{directory}: several shard indexes {index}; keep the model's one")
@@ -112,11 +115,11 @@ def positive_ints(config: dict, defaults: dict[str, int]) -> dict[str, int]:
   return out
 
 
-def check_activation(config: dict, key: str, supported: str) -> None:
+def check_activation(config: dict, key: str, supported: str, also: tuple[str, ...] = ()) -> None:
   """CheckpointError unless ``config[key]`` is the activation our module computes (absent, the
-  Hugging Face default, which is that one): another would convert cleanly and compute other
-  numbers."""
+  Hugging Face default, which is that one; or another name of it, ``also``): another would
+  convert cleanly and compute other numbers."""
   value = config.get(key, supported)
-  if value != supported:
+  if value != supported and value not in also:
     raise CheckpointError(f"{key}={value!r}: only {supported!r} is supported (what our module "
                           "computes)")

@@ -28,7 +28,9 @@ def from_dict(d: dict) -> VideoLMConfig:
   parts = {}
   for part, cls in _PARTS.items():
     fields = dict(d[part])
-    fields["dtype"] = jnp.dtype(fields.get("dtype", "float32"))
+    # jnp's scalar type, as the presets hold it: equal to np.dtype but hashed otherwise, so a
+    # loaded config would miss every cache keyed by the preset's (and compile again)
+    fields["dtype"] = getattr(jnp, jnp.dtype(fields.get("dtype", "float32")).name)
     if "resnet_widths" in fields:
       fields["resnet_widths"] = tuple(fields["resnet_widths"])
     parts[part] = cls(**fields)
