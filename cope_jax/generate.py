@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
   parser = ArgumentParser(prog="python -m cope_jax.generate", description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="a stage-2 workdir or converted checkpoint "
-                      "(a workdir trained on RGB frames only, as the demo's base model: the "
-                      "dense and keyframes modes)")
+                      "(a workdir trained on RGB frames only, as the demo's base model, and a "
+                      "converted checkpoint, whose Δ-encoder is untrained: the dense and "
+                      "keyframes modes)")
   parser.add_argument("--video", required=True, help="any video PyAV reads (re-encoded if needed)")
   parser.add_argument("--tokenizer", default=None,
                       help="the tokenizers JSON file to use (default: the one the model was trained "

@@ -142,6 +142,13 @@ def test_demo_quick(tmp_path):
   for ask in (model.ask, lambda *a, **k: model.rank_options(a[0], a[1], ["left"], *a[2:], **k)):
     with pytest.raises(ValueError, match="RGB frames only"):
       ask(str(tmp_path / "pan.mp4"), "What moves?", "cope", inputs=frames)
+  # the base model's export (a converted checkpoint's layout, its Δ-encoder freshly made for
+  # stage 1) answered in the cope modes from that untrained Δ-encoder
+  tokenizer = json.loads((tmp_path / "base" / "train_config.json").read_text())["tokenizer"]
+  export = CoPE.load(str(tmp_path / "base" / "export"), tokenizer=tokenizer)
+  export.check_mode("keyframes")
+  with pytest.raises(ValueError, match="a converted checkpoint, whose Δ-encoder is freshly"):
+    export.check_mode("cope_zero_delta")
 
   # bench adaptive on the finished demo: the still-camera clip keeps only the Δ-frames of its
   # 8 s of motion, and the demo's model answers at each threshold with the kept Δ-frames' tokens.

@@ -105,6 +105,6 @@ def test_a_delta_encoder_frozen_in_stage_2_is_loaded_from_stage_1(tiny_workdir, 
   monkeypatch.setattr(checkpointing, "latest_params", lambda path: (
       {"delta_encoder": stage1} if path == str(tmp_path / "stage1") else trained))
   model = CoPE.load(str(run))
-  assert not model.rgb_only
+  assert not model.untrained_delta
   leaves = jax.tree_util.tree_leaves(model.generator.params["delta_encoder"])
   assert leaves and all(np.all(np.asarray(x) == 0.5) for x in leaves)

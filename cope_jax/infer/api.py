@@ -86,7 +86,7 @@ class VideoInputs:
 
 class CoPE:
 
-  def __init__(self, cfg, params, tokenizer, codec_size: int, rgb_only: bool = False):
+  def __init__(self, cfg, params, tokenizer, codec_size: int, untrained_delta: str = ""):
     from cope_jax.infer.generation import Generator  # pylint: disable=import-outside-toplevel
     most = cfg.delta.patch * cfg.delta.max_grid  # (the Δ-encoder's grid position tables)
     if codec_size % cfg.delta.patch or not cfg.delta.patch <= codec_size <= most:
@@ -94,7 +94,8 @@ class CoPE:
                        f"{cfg.delta.patch} up to {most} pixels")
     self.cfg, self.tok = cfg, tokenizer
     self.codec_size, self.image_size = codec_size, cfg.vision.image_size
-    self.rgb_only = rgb_only  # no trained Δ-encoder: the dense and keyframes modes only
+    # why the Δ-encoder is not a trained one ("" if it is): the dense and keyframes modes only
+    self.untrained_delta = untrained_delta
     self.generator = Generator(cfg, params, tokenizer.token_to_id("<|im_end|>"))
 
   @classmethod
@@ -103,13 +104,13 @@ class CoPE:
     """A stage-2 workdir (newest checkpoint; frozen parts from its stage1_checkpoint (the
     Δ-encoder) and init_checkpoint (the rest), as training took them) or a folder
     written by ``convert llava-video``. A workdir trained on RGB frames only (no Δ-encoder in
-    its checkpoint, no init_checkpoint: the demo's base model) answers in the dense and
-    keyframes modes. ``codec_size``: the re-encoded frame side (default: the
+    its checkpoint, no init_checkpoint: the demo's base model) and a converted checkpoint (its
+    Δ-encoder freshly initialised) answer in the dense and keyframes modes. ``codec_size``: the re-encoded frame side (default: the
     workdir's, or the paper's 384 for a converted checkpoint). The weights are read into host
     memory whatever devices trained them, then placed on the first device."""
     from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
     from cope_jax.models import checkpoints, config_io  # pylint: disable=import-outside-toplevel
-    rgb_only = False
+    untrained_delta = ""
     if os.path.exists(os.path.join(path, "model_config.json")):
       cfg = config_io.load(os.path.join(path, "model_config.json"))
       train = read_json(os.path.join(path, "train_config.json"))
@@ -129,7 +130,7 @@ class CoPE:
         # Trained on RGB frames only (the demo's base model): a zero Δ-encoder makes the
         # parameter tree whole; the modes that would run it are refused.
         params["delta_encoder"] = checkpoints.zero_delta_encoder(cfg)
-        rgb_only = True
+        untrained_delta = "this model was trained on RGB frames only (its checkpoint has none)"
       elif missing:
         if not train.get("init_checkpoint"):
           raise FileNotFoundError(f"{path}: the checkpoint lacks {missing} (parts the run did "
@@ -141,6 +142,9 @@ class CoPE:
     elif os.path.exists(os.path.join(path, "config.json")):
       params, cfg = checkpoints.load_params(path)
       codec = codec_size or 384
+      # (``convert llava-video`` and the demo's base export give a fresh Δ-encoder to train)
+      untrained_delta = ("this is a converted checkpoint, whose Δ-encoder is freshly initialised "
+                         "for training (stages 1 and 2 train it)")
     else:
       raise FileNotFoundError(f"{path}: neither a training workdir (model_config.json) nor a "
                               "converted checkpoint (config.json)")
@@ -159,15 +163,15 @@ class CoPE:
     if problem := ids_past_vocabulary(tok, cfg.llm.vocab_size):
       raise ValueError(f"{tokenizer} {problem}: not the tokenizer the model was trained with "
                        "(--tokenizer FILE names that one)")
-    return cls(cfg, params, tok, codec, rgb_only)
+    return cls(cfg, params, tok, codec, untrained_delta)
 
   def check_mode(self, mode: str) -> None:
     """ValueError unless this model can answer in ``mode``."""
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if self.rgb_only and mode not in ("dense", "keyframes"):
-      raise ValueError(f"mode {mode!r} needs a trained Δ-encoder; this model was trained on RGB "
-                       "frames only (its checkpoint has none): use dense or keyframes")
+    if self.untrained_delta and mode not in ("dense", "keyframes"):
+      raise ValueError(f"mode {mode!r} needs a trained Δ-encoder; {self.untrained_delta}: use "
+                       "dense or keyframes")
 
   def video_inputs(self, video: str, mode: str = "cope", keyframes_per_gop: int = 1,
                    dense_frames: int = DENSE_FRAMES, min_change: float = 0.0) -> VideoInputs:
