@@ -6,6 +6,7 @@ math in-process: tests/test_train_math.py; AOT: tests/test_aot.py."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -63,19 +64,23 @@ def _vision_checkpoint(path, **vision) -> str:
 
 def test_resume_is_exact(tmp_path):
   """Trained parts, optimizer and data order from the checkpoint; the frozen vision encoder
-  from its own checkpoint again (it is not saved with the run)."""
+  from its own checkpoint again (it is not saved with the run). Resumed on another mesh
+  (data × fsdp × tensor = 2 × 2 × 2 where it was saved on data = 8): the same losses too."""
   straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
   vision = _vision_checkpoint(tmp_path / "vision")
   assert run("pretrain.py:tiny", straight, "--config.total_steps=8", vision).returncode == 0
   assert run("pretrain.py:tiny", interrupted, "--config.total_steps=4", vision).returncode == 0
-  r = run("pretrain.py:tiny", interrupted, "--config.total_steps=8", vision)
-  assert r.returncode == 0 and "resumed from step 4" in r.stdout
+  shutil.copytree(interrupted, tmp_path / "remeshed")
   a = {x["step"]: x["loss"] for x in metrics(straight)}
-  b = {x["step"]: x["loss"] for x in metrics(interrupted)}
-  # Same data order (iterator state restored) and same parameters: the same losses.
-  for step in range(5, 9):
-    assert b[step] == pytest.approx(a[step], rel=1e-5), step
-  assert "vision encoder from" in r.stdout
+  for workdir, mesh in ((interrupted, ()), (tmp_path / "remeshed", (
+      "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"))):
+    r = run("pretrain.py:tiny", workdir, "--config.total_steps=8", vision, *mesh)
+    assert r.returncode == 0 and "resumed from step 4" in r.stdout, r.stderr[-3000:]
+    assert "vision encoder from" in r.stdout
+    b = {x["step"]: x["loss"] for x in metrics(workdir)}
+    # Same data order (iterator state restored) and same parameters: the same losses.
+    for step in range(5, 9):
+      assert b[step] == pytest.approx(a[step], rel=1e-5), (workdir, step)
 
 
 def test_a_checkpoint_of_another_model_with_the_same_shapes_is_refused(tmp_path):
@@ -170,6 +175,7 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
     (["--config.optim.lrr=1"], "lrr"),
     (["--config.keep_checkpoints=0"], "keep_checkpoints must be >= 1"),
     (["--config.mesh.data=0"], "each axis is a size >= 1, or -1"),
+    (["--config.mesh.fsdp=-1"], "data and fsdp are both -1"),  # (data is -1 unless set)
     (["--config.split=trian"], "split 'trian' is not in the shards"),
     (["--config.optim.lr=-1e-3"], "optim.lr must be > 0, got -0.001"),
     (["--config.optim.clip_norm=0"], "optim.clip_norm must be > 0"),

@@ -37,6 +37,17 @@ def test_loader_seed_and_dtype_values_are_refused_by_name(key, value, message):
     prepare.check_settings(config, device_count=8)
 
 
+def test_a_tensor_axis_that_does_not_divide_the_heads_is_warned_about(capsys):
+  """Correct but slow (attention replicated and re-split in every layer): it passed silently."""
+  config = load_recipe("pretrain", "tiny")  # LLM 4 query and 2 key/value heads, vision 4
+  for tensor, warned in ((2, False), (4, True)):
+    with config.unlocked():
+      config.mesh.data, config.mesh.tensor = 8 // tensor, tensor
+    prepare.check_settings(config, device_count=8)
+    err = capsys.readouterr().err
+    assert ("warning: mesh tensor=4 does not divide the LLM key/value heads 2" in err) is warned
+
+
 def test_a_workdir_that_cannot_be_created_is_one_error_line(tmp_path):
   """Under /proc no one can make a folder, root included (for whom every folder is writable)."""
   r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/pretrain.py:tiny",

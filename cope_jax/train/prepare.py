@@ -123,10 +123,15 @@ def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> N
   if any(s < 1 and s != -1 for s in sizes):
     raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: each axis is a size >= 1, or -1 for "
                       "the rest of the devices")
+  if sizes.count(-1) > 1:
+    rest = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
+    raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: {' and '.join(rest)} are both -1, "
+                      "and only one axis can take the rest of the devices (every recipe's data "
+                      "axis is -1 unless set: add --config.mesh.data=1, say)")
   known = 1
   for s in sizes:
     known *= s if s != -1 else 1
-  if sizes.count(-1) > 1 or device_count % known or (-1 not in sizes and known != device_count):
+  if device_count % known or (-1 not in sizes and known != device_count):
     raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} does not multiply to the "
                       f"{device_count} devices (use -1 for one axis to take the rest)")
   data_parallel = (device_count // known if sizes[0] == -1 else sizes[0]) * (
@@ -148,6 +153,25 @@ def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> N
   if (config.batch_size // process_count) % config.grad_accum_steps:
     raise ConfigError(f"the per-host batch {config.batch_size // process_count} is not divisible "
                       f"by grad_accum_steps {config.grad_accum_steps}")
+
+
+def _warn_tensor_split(config, device_count: int, cfg) -> None:
+  """A tensor axis that does not divide the attention heads is correct but slow: the heads'
+  activations cannot be split, so XLA replicates and re-splits them in every layer (its
+  "involuntary full rematerialization" warnings). Said once on stderr."""
+  from cope_jax.models.sharding import MESH_AXES  # pylint: disable=import-outside-toplevel
+  sizes = {a: config.mesh.get(a, 1) for a in MESH_AXES}
+  known = 1
+  for s in sizes.values():
+    known *= s if s != -1 else 1
+  tensor = device_count // known if sizes["tensor"] == -1 else sizes["tensor"]
+  heads = {"LLM query": cfg.llm.num_heads, "LLM key/value": cfg.llm.num_kv_heads,
+           "vision": cfg.vision.num_heads}
+  uneven = [f"{name} heads {n}" for name, n in heads.items() if n % tensor]
+  if tensor > 1 and uneven:
+    print(f"warning: mesh tensor={tensor} does not divide the {', '.join(uneven)}: correct, but "
+          "their attention is replicated and re-split in every layer (slower, more memory); "
+          "a tensor size that divides them, or fsdp, avoids it", file=sys.stderr)
 
 
 def check_batch_layout(mesh, batch_size: int) -> None:
@@ -174,9 +198,10 @@ def _check_tokenizer(path: str, vocab_size: int) -> None:
   except Exception as e:  # tokenizers raises its own Exception types
     raise ConfigError(f"--config.tokenizer {path}: not a tokenizer.json ({e})") from e
   if problem := ids_past_vocabulary(tok, vocab_size):
-    raise ConfigError(f"--config.tokenizer {path} {problem}: pass the tokenizer the shards were "
-                      "built for (a tiny model: DATA_DIR/synthetic/tokenizer.json of `data build "
-                      "--source synthetic`)")
+    raise ConfigError(f"--config.tokenizer {path} {problem}: pass the tokenizer this model's "
+                      f"{vocab_size}-row embedding was made for (the tiny preset's: the "
+                      "tokenizer.json that `data build --source synthetic` trains in "
+                      "DATA_DIR/synthetic; Qwen2's needs a Qwen2-sized vocabulary)")
 
 
 def validate(config, device_count: int, process_count: int = 1) -> None:
@@ -245,6 +270,7 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
   _check_optimiser(config)
   _check_loader(config)
   cfg = model_config(config)
+  _warn_tensor_split(config, device_count, cfg)
   if config.codec_size % cfg.delta.patch:
     raise ConfigError(f"codec_size {config.codec_size} is not a multiple of the Δ-encoder's "
                       f"{cfg.delta.patch}-pixel patches")
