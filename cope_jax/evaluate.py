@@ -79,11 +79,19 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   rows, skipped, unreadable = [], {}, set()
   store = {} if frames is None else frames
-  log = open(log_path, "w") if log_path else None
+  # (written beside, then renamed: an interrupted run leaves no log of part of its questions)
+  partial = f"{log_path}.tmp{os.getpid()}" if log_path else None
+  log = open(partial, "w") if log_path else None
+  # Each video's questions together (in their order), so that its frames are extracted once
+  # even where the file interleaves videos; the log's rows name their questions by id.
+  first = {}
+  for i, q in enumerate(questions):
+    first.setdefault(q["video"], i)
+  ordered = sorted(questions, key=lambda q: first[q["video"]])
   try:
     desc = f"evaluate {label or mode}" + {"letter": "", "open": " (open-ended)",
                                  "ranked": " (options ranked)"}[answer_format]
-    for q in tqdm(questions, desc=desc, unit=" questions", disable=not progress):
+    for q in tqdm(ordered, desc=desc, unit=" questions", disable=not progress):
       if q["video"] in unreadable:  # tried once
         skipped[q["video"]]["questions"] += 1
         continue
@@ -125,9 +133,14 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
       rows.append(row)
       if log:
         log.write(json.dumps(row) + "\n")
-  finally:
     if log:
       log.close()
+      os.replace(partial, log_path)
+  finally:
+    if log and not log.closed:
+      log.close()
+    if partial and os.path.exists(partial):
+      os.remove(partial)
   families = collections.defaultdict(list)
   for r in rows:
     families[r["family"]].append(r["correct"])
@@ -155,8 +168,9 @@ def families_accuracy(result: dict, families) -> float:
 
 
 def read_questions(path: str, limit: int | None = None) -> list[dict]:
-  """The MCQ JSONL's questions, checked, video paths absolute (``data.sources.mcq_lines``)."""
-  out = [q for _, q in mcq_lines(path)]
+  """The MCQ JSONL's questions, checked, video paths absolute (``data.sources.mcq_lines``); a
+  line without an ``id`` takes its line number as one (the per-question log's rows name it)."""
+  out = [{**q, "id": q.get("id", str(n))} for n, q in mcq_lines(path)]
   if not out:
     raise ValueError(f"{path}: no questions (an MCQ JSONL has one JSON object per line)")
   return out[:limit] if limit else out
@@ -219,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
       if value is not None and value < 1:
         raise ValueError(f"{flag} must be >= 1, got {value}")
     questions = read_questions(args.data, args.limit)
+    for written in (args.out, log_path):  # (a results file in a video's place: the video lost)
+      if os.path.realpath(written) in {os.path.realpath(q["video"]) for q in questions}:
+        raise ValueError(f"--out {args.out} would overwrite a video of --data "
+                         f"({written}): name another results file")
     model = CoPE.load(args.workdir, tokenizer=args.tokenizer)
     model.check_mode(args.mode)
   except (ValueError, OSError) as e:  # JSONDecodeError is a ValueError

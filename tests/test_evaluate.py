@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from cope_jax.evaluate import evaluate
+from cope_jax.evaluate import evaluate, read_questions
 from cope_jax.infer.answers import parse_letter
 
 
@@ -265,6 +265,31 @@ def test_a_flag_the_mode_would_ignore_is_said(tmp_path, cli, flags, named):
   assert len(lines) == 2 and lines[1].startswith("error: "), r.stderr
 
 
+def test_evaluate_asks_each_video_s_questions_together_and_logs_them_by_id(tmp_path):
+  """Interleaved videos were extracted again at each change; the log's rows of lines without an
+  id could not be told apart; an interrupted run left a log of part of its questions."""
+  calls = []
+
+  class Counting(_ScriptedModel):
+    def video_inputs(self, video, mode, keyframes_per_gop, dense_frames, min_change):
+      calls.append(video)
+      return video
+
+  path = tmp_path / "q.jsonl"
+  path.write_text("".join(json.dumps({k: v for k, v in q.items() if k != "open_answer"}) + "\n"
+                          for q in (QUESTIONS[0], QUESTIONS[2], QUESTIONS[1])))
+  questions = read_questions(str(path))
+  log = tmp_path / "r.log.jsonl"
+  evaluate(Counting(["B", "A", "C"]), questions, "cope", progress=False, log_path=str(log))
+  assert [os.path.basename(v) for v in calls] == ["a.mp4", "b.mp4"]
+  rows = [json.loads(l) for l in log.read_text().splitlines()]
+  assert [(r["id"], r["correct"]) for r in rows] == [("1", True), ("3", False), ("2", False)]
+  log.unlink()
+  with pytest.raises(IndexError):  # (the scripted model runs out of replies at the 3rd)
+    evaluate(Counting(["B", "A"]), questions, "cope", progress=False, log_path=str(log))
+  assert sorted(os.listdir(tmp_path)) == ["q.jsonl"]
+
+
 def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
   (tmp_path / "q.jsonl").write_text("not json\n")
   (tmp_path / "list.jsonl").write_text("[1, 2]\n")
@@ -273,6 +298,11 @@ def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
   (tmp_path / "str.jsonl").write_text(json.dumps(good) + "\n"
                                       + json.dumps({**good, "options": "ab"}))
   (tmp_path / "empty.jsonl").write_text("\n")
+  (tmp_path / "oa.jsonl").write_text(json.dumps({**good, "open_answer": 3}) + "\n")
+  (tmp_path / "vid.jsonl").write_text(json.dumps(good) + "\n")
+  # a byte-order mark (Windows editors write one) is read past: the line's own error shows
+  (tmp_path / "bom.jsonl").write_text(json.dumps({**good, "answer": "Z"}) + "\n",
+                                      encoding="utf-8-sig")
   (tmp_path / "d.log.jsonl").mkdir()
   (tmp_path / "qq.log.jsonl").write_text(json.dumps(good) + "\n")
   # (the MCQ lines are read as data build reads them: one checker)
@@ -284,6 +314,10 @@ def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
                              ("list.jsonl", "r.json", "list.jsonl:1: not a JSON object"),
                              ("z.jsonl", "r.json", "z.jsonl:1: answer 'Z' is not one of"),
                              ("str.jsonl", "r.json", "str.jsonl:2: options must be a list"),
+                             ("oa.jsonl", "r.json", "oa.jsonl:1: open_answer (the open-ended "
+                                                    "answer) must be a non-empty string"),
+                             ("vid.jsonl", "a.mp4", "would overwrite a video of --data"),
+                             ("bom.jsonl", "r.json", "bom.jsonl:1: answer 'Z' is not one of"),
                              ("q.jsonl", ".", "is a folder")):
     r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir",
                         str(tmp_path / "no_model"), "--data", str(tmp_path / data),
@@ -292,7 +326,7 @@ def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
   assert (tmp_path / "qq.log.jsonl").read_text() == json.dumps(good) + "\n"
-  assert not {"r.json", "d.json", "qq.json", "r.log.jsonl"} & set(os.listdir(tmp_path))
+  assert not {"r.json", "d.json", "qq.json", "r.log.jsonl", "a.mp4"} & set(os.listdir(tmp_path))
 
 
 def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):

@@ -118,4 +118,6 @@ def test_retrieval_checks_its_output_path_before_any_work(tmp_path, capsys):
   assert line == f"error: --out {tmp_path / 'missing' / 'r.json'}: its folder does not exist"
   line = _refusal(capsys, "--workdir", str(tmp_path), "--videos", video, "--out", str(tmp_path))
   assert line == f"error: --out {tmp_path} is a folder; name the results file"
+  line = _refusal(capsys, "--workdir", str(tmp_path), "--videos", video, "--out", video)
+  assert line == f"error: --out {video} is one of --videos: the results would overwrite it"
   assert sorted(os.listdir(tmp_path)) == ["train_config.json"]

@@ -45,10 +45,11 @@ def check_seed(seed: int) -> None:
 
 
 def open_text(path: str):
-  """``path`` opened for reading as UTF-8 text; a missing or unreadable file, or a folder, fails
-  with the same OSError type and a one-line message that names the path first."""
+  """``path`` opened for reading as UTF-8 text (a byte-order mark, as Windows editors write,
+  skipped); a missing or unreadable file, or a folder, fails with the same OSError type and a
+  one-line message that names the path first."""
   try:
-    return open(path, encoding="utf-8")
+    return open(path, encoding="utf-8-sig")
   except FileNotFoundError as e:
     error, reason = e, "no such file"
   except IsADirectoryError as e:
@@ -103,6 +104,9 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
         raise ValueError(f"{path}:{n}: video and question must be strings")
       if not isinstance(q.get("family", ""), str):  # (accuracies are reported per family)
         raise ValueError(f"{path}:{n}: family must be a string, got {q['family']!r}")
+      if not isinstance(q.get("open_answer", "-"), str) or not q.get("open_answer", "-").strip():
+        raise ValueError(f"{path}:{n}: open_answer (the open-ended answer) must be a non-empty "
+                         f"string, got {q['open_answer']!r}")
       split = q.get("split", "train")  # (a shard split's name: letters, digits, underscores)
       if not isinstance(split, str) or not re.fullmatch(r"\w+", split):
         raise ValueError(f"{path}:{n}: split must be a name like train or test, got {split!r}")

@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
   try:  # bad input: one line on stderr, exit status 2, before any work
     if args.out:
       check_results_file("--out", args.out)
+      if os.path.realpath(args.out) in {os.path.realpath(v) for v in args.videos}:
+        raise ValueError(f"--out {args.out} is one of --videos: the results would overwrite it")
     embed = Stage1Embedder(*load_stage1(args.workdir))
   except (ValueError, OSError) as e:  # (no checkpoint: latest_params' FileNotFoundError)
     print(f"error: {e}", file=sys.stderr)
