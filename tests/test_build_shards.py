@@ -114,6 +114,22 @@ def test_the_report_and_index_travel_with_their_shards(tmp_path, pan_clip, monke
   build("finetune", items, out, ExtractSettings(SIZE, SamplingConfig()), workers=1,
         progress=False)  # the set-aside folder is cleared by the next build
   assert not os.path.exists(folder + ".previous")
+  # interrupted between setting the old shards aside and renaming the new ones in: the old
+  # ones go back (the stage had no shards until the next build)
+  real_replace = os.replace
+
+  def between(src, dst):
+    if str(src).endswith(".incomplete"):
+      raise KeyboardInterrupt
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", between)
+  with pytest.raises(KeyboardInterrupt):
+    build("finetune", items, out, ExtractSettings(48, SamplingConfig()), workers=1,
+          progress=False)
+  monkeypatch.setattr(os, "replace", real_replace)
+  assert sorted(os.listdir(os.path.dirname(folder))) == ["1.0.0"]
+  assert prepare._build_report(out, "finetune")["size"] == SIZE  # pylint: disable=protected-access
 
 
 def test_eval_without_questions_is_refused_before_extracting(tmp_path):

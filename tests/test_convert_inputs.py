@@ -163,6 +163,9 @@ def test_hf_forward_inputs_cut_short_and_an_out_folder_are_one_error_line(hf_roo
     # what transformers computes as our model does: no layer past max_window_layers, no window
     ({"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 2}, None),
     ({"use_sliding_window": True, "sliding_window": None, "max_window_layers": 0}, None),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, None),  # no window: full
+    ({"layer_types": ["full_attention", "sliding_attention"], "use_sliding_window": True,
+      "sliding_window": 8}, "sliding-window attention"),
 ])
 def test_qwen2_configs_our_model_does_not_compute_are_refused(settings, refused):
   """As transformers writes them: RoPE scaling and sliding windows would convert into other

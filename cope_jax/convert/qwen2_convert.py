@@ -55,15 +55,17 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
 
 
 def _layer_types(hf: dict) -> list[str]:
-  """transformers' layer_types: as given, else sliding from layer max_window_layers on when
-  use_sliding_window and a sliding_window are set (a window past the last layer slides none)."""
-  if hf.get("layer_types"):
-    return list(hf["layer_types"])
+  """The layers that slide, as transformers runs them: none unless use_sliding_window and a
+  sliding_window are set (without them, a layer typed sliding attends fully); then layer_types
+  as given, else from layer max_window_layers on (a window past the last layer slides none)."""
   layers = hf.get("num_hidden_layers", HF_DEFAULTS["num_hidden_layers"])
   layers = layers if isinstance(layers, int) else 0  # (refused by name in config_from_hf)
-  slides = hf.get("use_sliding_window") and hf.get("sliding_window", 4096) is not None
-  return ["sliding_attention" if slides and i >= hf.get("max_window_layers", 28)
-          else "full_attention" for i in range(layers)]
+  if not (hf.get("use_sliding_window") and hf.get("sliding_window", 4096) is not None):
+    return ["full_attention"] * layers
+  if hf.get("layer_types"):
+    return list(hf["layer_types"])
+  return ["sliding_attention" if i >= hf.get("max_window_layers", 28) else "full_attention"
+          for i in range(layers)]
 
 
 def convert(src: TensorSource, cfg: Qwen2Config, prefix: str = "model.",

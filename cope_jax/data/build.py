@@ -124,6 +124,8 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
       os.replace(directory, previous)
     os.replace(new, directory)
   except BaseException:  # (Ctrl-C included) nothing half-written stays; the previous shards do
+    if os.path.exists(previous) and not os.path.exists(directory):  # (between the two renames)
+      os.replace(previous, directory)
     shutil.rmtree(new, ignore_errors=True)
     parent = os.path.dirname(directory)
     if os.path.isdir(parent) and not os.listdir(parent):

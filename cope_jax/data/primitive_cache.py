@@ -175,11 +175,17 @@ def _run_jobs(jobs: list, workers: int | None, bar) -> dict[str, str | None]:
       pending = [job for job in pending if job[0] not in reasons]
       # handed out: a job in each worker and up to n + 1 queued (the executor's call queue)
       suspects, pending = pending[:2 * n + 1], pending[2 * n + 1:]
-      for job in suspects:
-        try:
-          with process_pool(1) as solo:
-            reasons[job[0]] = solo.submit(_extract_one, job).result()[1]
-        except BrokenProcessPool:
-          reasons[job[0]] = _DIED
-        bar.update()
+      with concurrent.futures.ThreadPoolExecutor(n) as threads:  # n one-process pools at once
+        for video, reason in threads.map(_run_alone, suspects):
+          reasons[video] = reason
+          bar.update()
   return reasons
+
+
+def _run_alone(job) -> tuple[str, str | None]:
+  """``_extract_one`` in a process of its own: if it dies, only this video is lost."""
+  try:
+    with process_pool(1) as solo:
+      return solo.submit(_extract_one, job).result()
+  except BrokenProcessPool:
+    return job[0], _DIED
