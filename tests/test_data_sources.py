@@ -175,10 +175,10 @@ def test_a_build_that_fails_after_its_shards_keeps_the_previous_shards(tmp_path,
   before = sorted(os.listdir(shard_dir(out, "finetune")))
   assert "sequence_index.json" in before
 
-  def broken(conversation):
+  def broken(conversation, duration_s, times):
     raise RuntimeError("disk gone")
 
-  monkeypatch.setattr(build_module, "conversation_characters", broken)
+  monkeypatch.setattr(build_module, "example_characters", broken)
   with pytest.raises(RuntimeError, match="disk gone"):
     build("finetune", sources.read_mcq(str(path)), out, settings, workers=1, progress=False)
   assert sorted(os.listdir(shard_dir(out, "finetune"))) == before

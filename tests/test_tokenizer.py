@@ -94,3 +94,18 @@ def test_a_video_conversation_has_one_image_token_wherever_the_annotation_put_it
   assert turns[0][1].startswith("<image>\nThe video lasts for 8.00 seconds, and 2 frames")
   assert turns[0][1].endswith("\nWhat is it?") and turns[2] == ("user", "And now?")
   assert np.sum(encode_conversation(tok, turns).ids == IMAGE_TOKEN_ID) == 1
+
+
+def test_length_grouping_sizes_follow_the_token_counts_across_video_lengths(qwen2):
+  """The grouping size was the conversation's characters alone: a 3-minute video's time
+  instruction (a time stamp per sampled position, over 1 000 tokens) left out, so a short
+  question about a long video sorted with the short examples (rank correlation −0.57 on
+  mixed 8 s and 180 s videos)."""
+  from cope_jax.data.pipeline import example_characters, with_video_prompt  # pylint: disable=import-outside-toplevel
+  long_talk = [("user", "Describe the video in detail. " * 12), ("assistant", "It pans. " * 30)]
+  short_talk = [("user", "What moves?"), ("assistant", "The square.")]
+  examples = [(long_talk, 8.0, [float(t) for t in range(8)]),
+              (short_talk, 180.0, [float(t) for t in range(180)])]
+  sizes = [example_characters(c, d, t) for c, d, t in examples]
+  tokens = [len(encode_conversation(qwen2, with_video_prompt(c, d, t)).ids) for c, d, t in examples]
+  assert (sizes[0] < sizes[1]) == (tokens[0] < tokens[1]) and tokens[0] < tokens[1]

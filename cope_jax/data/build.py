@@ -12,7 +12,7 @@ from cope_jax.codec.sampling import DELTA, KEYFRAME
 from cope_jax.data import primitive_cache, sources
 from cope_jax.data.builders import BUILDERS, records
 from cope_jax.data.parallel import check_workers
-from cope_jax.data.pipeline import SEQUENCE_INDEX, conversation_characters
+from cope_jax.data.pipeline import SEQUENCE_INDEX, example_characters
 from cope_jax.data.primitive_cache import ExtractSettings
 from cope_jax.data.shard_writer import write_dataset
 from cope_jax.json_files import write_json
@@ -114,10 +114,8 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
     written = sorted(v for v, n in produced.items() if n)
     if stage == "finetune":  # read at start instead of decoding every record (frames included)
       write_json(os.path.join(new, SEQUENCE_INDEX),
-                 {s: [[it.video, len(it.conversations), *_frames(done[it.video]),
-                       [conversation_characters(c) for c in it.conversations]]
-                      for _, it in kept if it.split == s] for s in splits if counts[s]},
-                 indent=None)
+                 {s: [_index_row(it, done[it.video]) for _, it in kept if it.split == s]
+                  for s in splits if counts[s]}, indent=None)
     report = _report(stage, new, directory, done, written, skipped, counts, settings)
     write_json(os.path.join(new, BUILD_REPORT), report)
     if os.path.exists(directory):
@@ -138,11 +136,14 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   return report
 
 
-def _frames(path: str) -> tuple[int, int]:
-  """A cached video's keyframes and Δ-frames, from its index alone."""
-  with np.load(path) as z:
-    kinds = z["kinds"]
-  return int(np.sum(kinds == KEYFRAME)), int(np.sum(kinds == DELTA))
+def _index_row(item: sources.VideoItem, cached: str) -> list:
+  """A stage-2 record's row of the sequence index: video, conversations, keyframes, Δ-frames and
+  each conversation's size for length grouping — from the cache entry's index alone."""
+  with np.load(cached) as z:
+    kinds, times, (num_frames, fps, _) = z["kinds"], z["times"].tolist(), z["meta"]
+  return [item.video, len(item.conversations), int(np.sum(kinds == KEYFRAME)),
+          int(np.sum(kinds == DELTA)),
+          [example_characters(c, int(num_frames) / int(fps), times) for c in item.conversations]]
 
 
 def _report(stage: str, folder: str, directory: str, done: dict, written: list[str],
