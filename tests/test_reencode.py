@@ -67,6 +67,24 @@ def test_any_input_becomes_conformant(tmp_path, private_tmp, name):
   assert os.listdir(private_tmp) == []  # the re-encoded file is gone
 
 
+def test_b_frames_in_avi_keep_every_frame_in_order(tmp_path, private_tmp):
+  """AVI stores no presentation times: H.264 with B-frames decodes with decode-order pts (1, 3, 4,
+  2, …), and the re-encode dropped every B-frame and showed the frame before it twice."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  frames = list(synthetic_clips.pan_frames(60, 240, 320, (2, 1), "chelsea"))
+  path = tmp_path / "bframes.avi"
+  synthetic_clips.write_clip(path, iter(frames), fps=30, codec="libx264", b_frames=2)
+  small = [cv2.resize(f, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
+           for f in frames]
+  with conformant_video(path, EncodeSpec(size=128, fps=30, gop=30)) as (out, reencoded):
+    import av  # pylint: disable=import-outside-toplevel
+    with av.open(out) as container:
+      got = [f.to_ndarray(format="rgb24").astype(np.float32) for f in container.decode(video=0)]
+  assert reencoded
+  shown = [int(np.argmin([np.abs(s - g).mean() for s in small])) for g in got]
+  assert shown == list(range(60))
+
+
 def test_variable_frame_rate(tmp_path, private_tmp):
   rng = np.random.default_rng(0)
   times = np.cumsum(rng.uniform(1 / 60, 1 / 15, 90))  # 15–60 fps, irregular

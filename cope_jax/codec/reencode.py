@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fractions
+import itertools
 import os
 import tempfile
 from typing import Callable, Iterator
@@ -117,11 +118,9 @@ def reencode(path: str | os.PathLike, out_path: str | os.PathLike, spec: EncodeS
       occ.options = {"sc_threshold": "1000000000", "flags": "+mv4"}
       written = 0
       graph = None
-      for index, frame in enumerate(decode_frames(path, container, stream)):
+      for frame in _presentation_timed(decode_frames(path, container, stream), stream, spec):
         if graph is None:
           graph = _build_graph(stream, frame, spec)
-        if frame.pts is None:  # raw streams without timestamps: the rate the stream declares
-          frame.pts = int(index / ((stream_rate(stream) or spec.fps) * stream.time_base))
         graph.push(frame)
         written += _drain(graph, ostream, out, written, on_frame)
       if graph is not None:
@@ -134,6 +133,35 @@ def reencode(path: str | os.PathLike, out_path: str | os.PathLike, spec: EncodeS
   if written == 0:
     raise VideoError(path, "no frames left after frame-rate conversion")
   return written
+
+
+_TIMING_WINDOW = 8  # frames read before the timestamps are chosen (B-frame reordering shows)
+
+
+def _backwards(values) -> int:
+  values = [v for v in values if v is not None]
+  return sum(b <= a for a, b in zip(values, values[1:]))
+
+
+def _presentation_timed(frames: Iterator[av.VideoFrame], stream,
+                        spec: EncodeSpec) -> Iterator[av.VideoFrame]:
+  """The decoded frames, each ``pts`` its presentation time. Where the decoder's pts go backwards
+  and the dts do not, the dts (FFmpeg's best-effort timestamp does the same; here decided over
+  the first frames, for the whole stream): AVI stores no presentation times, and an H.264
+  stream with B-frames in it decodes with decode-order pts (1, 3, 4, 2, …), which the frame-rate
+  filter took at their word — every B-frame dropped, the frame before it shown twice. Raw
+  streams without timestamps: the rate the stream declares."""
+  head = [f for _, f in zip(range(_TIMING_WINDOW), frames)]
+  use_dts = _backwards(f.pts for f in head) > _backwards(f.dts for f in head)
+  rate = stream_rate(stream) or spec.fps
+  tick, last = max(1, round(1 / (rate * stream.time_base))), None
+  for index, frame in enumerate(itertools.chain(head, frames)):
+    if use_dts:  # (the frames the decoder flushes at the end have no dts: one frame later)
+      frame.pts = frame.dts if frame.dts is not None else (None if last is None else last + tick)
+    if frame.pts is None:
+      frame.pts = int(index / (rate * stream.time_base))
+    last = frame.pts
+    yield frame
 
 
 def _build_graph(stream, first_frame: av.VideoFrame, spec: EncodeSpec) -> av.filter.Graph:
