@@ -169,6 +169,20 @@ def test_raw_elementary_stream_keeps_its_rate(tmp_path, private_tmp, fmt, codec)
     assert inspect_video(out)["num_frames"] == 60
 
 
+def test_inspect_gives_the_first_frame_s_size_when_the_stream_changes_it(tmp_path):
+  """The codec context's size after decoding every frame was the last frame's (160×120 for a
+  stream that opens at 320×240)."""
+  parts = []
+  for i, (h, w) in enumerate(((240, 320), (120, 160))):
+    parts.append(tmp_path / f"part{i}.h264")
+    _write_raw(parts[-1], "h264", "libx264",
+               list(synthetic_clips.pan_frames(30, h, w, (1, 0), "coffee")), 30)
+  joined = tmp_path / "joined.h264"
+  joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+  info = inspect_video(joined)
+  assert (info["width"], info["height"], info["num_frames"]) == (320, 240, 60)
+
+
 def test_the_main_video_stream_is_read(tmp_path):
   # A one-picture stream (cover art) listed before the video: FFmpeg's best stream is the video.
   import av  # pylint: disable=import-outside-toplevel

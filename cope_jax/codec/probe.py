@@ -111,9 +111,10 @@ def inspect_video(path: str | os.PathLike) -> dict:
   path = os.fspath(path)
   with open_video(path) as (container, stream):
     types, pts, rotation = [], [], 0
+    size = (stream.codec_context.width, stream.codec_context.height)
     for frame in decode_frames(path, container, stream):
-      if not types:
-        rotation = display_rotation(frame)
+      if not types:  # (the first frame's size: a stream may change it later, the context with it)
+        rotation, size = display_rotation(frame), (frame.width, frame.height)
       types.append(_PICT.get(frame.pict_type, "?"))
       pts.append(frame.pts)
     fps = stream_fps(stream)
@@ -121,8 +122,8 @@ def inspect_video(path: str | os.PathLike) -> dict:
     info = {
         "path": path,
         "codec": stream.codec_context.name,
-        "width": stream.codec_context.width,
-        "height": stream.codec_context.height,
+        "width": size[0],
+        "height": size[1],
         "fps": round(fps, 4),
         "num_frames": len(types),
         "duration_s": round(_duration(stream, pts, fps, len(types)), 4),
