@@ -171,9 +171,10 @@ def test_pooling_and_grid_newlines_equal_llava_next(grid):
   features = rng.standard_normal((3, grid * grid, 16)).astype(np.float32)
   newline = rng.standard_normal(16).astype(np.float32)
   ours = add_row_newlines(pool_2x2(jnp.asarray(features), grid), jnp.asarray(newline))
-  # float32 bilinear weights are computed differently (torch vs XLA): equal to ~1 ulp of the sum
+  # float32 bilinear weights are computed differently (torch vs XLA): a few ulps of the sum
+  # (seen: 5e-6 at grid 27)
   np.testing.assert_allclose(np.asarray(ours), _get_2d_pool_and_grid(features, newline, grid),
-                             atol=2e-5)
+                             atol=TOL)
   if grid == 27:
     assert ours.shape[1] == 210
 
