@@ -1,9 +1,10 @@
 """Codec extraction speed against plain decoding of the same conformant file.
 
-Plain decode is what a dense-RGB VideoLM pipeline does with every frame (decode + convert to
-RGB): the physical floor for reading a video. Extraction is the full CoPE path: decode with
+Plain decode (every frame decoded, nothing converted) is the physical floor for this step, the
+bar of SPEC §8 (extraction ≥ 0.5× its frames/s). Extraction is the full CoPE path: decode with
 motion-vector export, paint and chain the motion fields of every frame, and warp + residual +
-RGB at the sampled positions.
+RGB at the sampled positions. Decoding with every frame converted to RGB is printed too, for
+scale (more work than a dense sampler does: it converts only the frames it samples).
 """
 
 from __future__ import annotations
@@ -91,5 +92,5 @@ def main(argv: list[str] | None = None) -> None:
   print(f"  plain decode (no RGB)     {r['decode_fps']:8.0f} frames/s")
   print(f"  plain decode -> RGB       {r['decode_rgb_fps']:8.0f} frames/s")
   print(f"  fused extraction          {r['extract_fps']:8.0f} frames/s")
-  print(f"  extraction / decode->RGB  {r['ratio_vs_decode_rgb']:8.2f}x   (goal >= 0.5x)")
-  print(f"  extraction / decode       {r['ratio_vs_decode']:8.2f}x")
+  print(f"  extraction / decode       {r['ratio_vs_decode']:8.2f}x   (goal >= 0.5x)")
+  print(f"  extraction / decode->RGB  {r['ratio_vs_decode_rgb']:8.2f}x")
