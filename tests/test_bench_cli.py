@@ -138,6 +138,7 @@ def test_mfu_peaks_by_device_kind():
   from cope_jax.bench.train_bench import peak_tflops  # pylint: disable=import-outside-toplevel
   assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
   assert peak_tflops("TPU v4") == 275.0 and peak_tflops("cpu") is None
+  assert peak_tflops("NVIDIA H100 NVL") == peak_tflops("NVIDIA H200 NVL") == 835.0
 
 
 def test_letter_bench_runs_one_step_and_refuses_lines_it_cannot_use(tmp_path):

@@ -18,9 +18,10 @@ import time
 from cope_jax.bench import require_positive
 from cope_jax.command_line import ArgumentParser
 
-# bf16, dense; the first name the device kind contains wins (the PCIe H100 has fewer SMs and a
-# lower clock than the SXM part)
-PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0}
+# bf16, dense; the first name the device kind contains wins (the PCIe and NVL parts have fewer
+# SMs or lower clocks than the SXM ones)
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.0,
+               "H200": 989.0, "A100": 312.0, "TPU v4": 275.0}
 
 
 def peak_tflops(device_kind: str) -> float | None:
