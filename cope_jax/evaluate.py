@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ from cope_jax.codec.sampling_flags import add_min_change_flag
 from cope_jax.command_line import ArgumentParser, check_results_file
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
 from cope_jax.infer import DENSE_FRAMES, MODES, mode_sampling, settle_mode_flags
+from cope_jax.json_files import write_json, write_jsonl
 
 ANSWER_FORMATS = ("letter", "open", "ranked")
 
@@ -79,68 +79,56 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   rows, skipped, unreadable = [], {}, set()
   store = {} if frames is None else frames
-  # (written beside, then renamed: an interrupted run leaves no log of part of its questions)
-  partial = f"{log_path}.tmp{os.getpid()}" if log_path else None
-  log = open(partial, "w") if log_path else None
   # Each video's questions together (in their order), so that its frames are extracted once
   # even where the file interleaves videos; the log's rows name their questions by id.
   first = {}
   for i, q in enumerate(questions):
     first.setdefault(q["video"], i)
   ordered = sorted(questions, key=lambda q: first[q["video"]])
-  try:
-    desc = f"evaluate {label or mode}" + {"letter": "", "open": " (open-ended)",
-                                 "ranked": " (options ranked)"}[answer_format]
-    for q in tqdm(ordered, desc=desc, unit=" questions", disable=not progress):
-      if q["video"] in unreadable:  # tried once
-        skipped[q["video"]]["questions"] += 1
-        continue
-      try:
-        if frames is None and q["video"] not in {key[0] for key in store}:
-          store.clear()  # questions share videos: keep the current one's frames only
-        inputs = cached_inputs(model, store, q["video"], mode, keyframes_per_gop, dense_frames,
-                               min_change)
-        if answer_format == "ranked":
-          answer = model.rank_options(q["video"], q["question"], q["options"], mode,
-                                      keyframes_per_gop, inputs=inputs)
-        else:
-          prompt = (mcq_prompt(q["question"], q["options"], post_prompt)
-                    if answer_format == "letter" else
-                    q["question"])
-          answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
-                             inputs=inputs)
-      except (VideoError, PromptTooLong) as e:  # unreadable; or this prompt is too long, where
-        # a shorter question about the same video may still fit
-        entry = skipped.setdefault(q["video"], {"video": q["video"],
-                                                "reason": getattr(e, "reason", str(e)),
-                                                "questions": 0})
-        entry["questions"] += 1
-        if isinstance(e, VideoError):
-          unreadable.add(q["video"])
-        continue
+  desc = f"evaluate {label or mode}" + {"letter": "", "open": " (open-ended)",
+                               "ranked": " (options ranked)"}[answer_format]
+  for q in tqdm(ordered, desc=desc, unit=" questions", disable=not progress):
+    if q["video"] in unreadable:  # tried once
+      skipped[q["video"]]["questions"] += 1
+      continue
+    try:
+      if frames is None and q["video"] not in {key[0] for key in store}:
+        store.clear()  # questions share videos: keep the current one's frames only
+      inputs = cached_inputs(model, store, q["video"], mode, keyframes_per_gop, dense_frames,
+                             min_change)
       if answer_format == "ranked":
-        expected, predicted = q["answer"], LETTERS[answer.best]
-        output, ttft = [round(x, 4) for x in answer.log_likelihoods], None
-      elif answer_format == "letter":
-        expected, predicted = q["answer"], parse_letter(answer.text, len(q["options"]))
-        output, ttft = answer.text, answer.ttft_s
+        answer = model.rank_options(q["video"], q["question"], q["options"], mode,
+                                    keyframes_per_gop, inputs=inputs)
       else:
-        expected, predicted = normalize_answer(right_option(q)), normalize_answer(answer.text)
-        output, ttft = answer.text, answer.ttft_s
-      row = {"id": q.get("id"), "family": q.get("family", ""), "answer": expected,
-             "predicted": predicted, "correct": predicted == expected, "output": output,
-             "visual_tokens": answer.visual_tokens, "ttft_s": ttft}
-      rows.append(row)
-      if log:
-        log.write(json.dumps(row) + "\n")
-    if log:
-      log.close()
-      os.replace(partial, log_path)
-  finally:
-    if log and not log.closed:
-      log.close()
-    if partial and os.path.exists(partial):
-      os.remove(partial)
+        prompt = (mcq_prompt(q["question"], q["options"], post_prompt)
+                  if answer_format == "letter" else
+                  q["question"])
+        answer = model.ask(q["video"], prompt, mode, keyframes_per_gop, max_new_tokens,
+                           inputs=inputs)
+    except (VideoError, PromptTooLong) as e:  # unreadable; or this prompt is too long, where
+      # a shorter question about the same video may still fit
+      entry = skipped.setdefault(q["video"], {"video": q["video"],
+                                              "reason": getattr(e, "reason", str(e)),
+                                              "questions": 0})
+      entry["questions"] += 1
+      if isinstance(e, VideoError):
+        unreadable.add(q["video"])
+      continue
+    if answer_format == "ranked":
+      expected, predicted = q["answer"], LETTERS[answer.best]
+      output, ttft = [round(x, 4) for x in answer.log_likelihoods], None
+    elif answer_format == "letter":
+      expected, predicted = q["answer"], parse_letter(answer.text, len(q["options"]))
+      output, ttft = answer.text, answer.ttft_s
+    else:
+      expected, predicted = normalize_answer(right_option(q)), normalize_answer(answer.text)
+      output, ttft = answer.text, answer.ttft_s
+    row = {"id": q.get("id"), "family": q.get("family", ""), "answer": expected,
+           "predicted": predicted, "correct": predicted == expected, "output": output,
+           "visual_tokens": answer.visual_tokens, "ttft_s": ttft}
+    rows.append(row)
+  if log_path:  # written whole: an interrupted run leaves no log of part of its questions
+    write_jsonl(log_path, rows)
   families = collections.defaultdict(list)
   for r in rows:
     families[r["family"]].append(r["correct"])
@@ -233,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
       if value is not None and value < 1:
         raise ValueError(f"{flag} must be >= 1, got {value}")
     questions = read_questions(args.data, args.limit)
+    videos = {os.path.realpath(q["video"]) for q in questions}
     for written in (args.out, log_path):  # (a results file in a video's place: the video lost)
-      if os.path.realpath(written) in {os.path.realpath(q["video"]) for q in questions}:
+      if os.path.realpath(written) in videos:
         raise ValueError(f"--out {args.out} would overwrite a video of --data "
                          f"({written}): name another results file")
     model = CoPE.load(args.workdir, tokenizer=args.tokenizer)
@@ -248,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
                      answer_format=("open" if args.open_ended else
                                     "ranked" if args.rank_options else "letter"),
                      post_prompt=args.post_prompt, min_change=args.min_change)
-  from cope_jax.json_files import write_json  # pylint: disable=import-outside-toplevel
   write_json(args.out, results)
   label = args.mode + (" (open-ended)" if args.open_ended else
                        " (options ranked)" if args.rank_options else "")

@@ -36,7 +36,16 @@ def earlier_settings(path: str, settings: dict) -> dict | None:
 
 
 def write_json(path: str, value, indent: int | None = 2) -> None:
+  _write_whole(path, lambda f: json.dump(value, f, indent=indent))
+
+
+def write_jsonl(path: str, rows) -> None:
+  """One JSON object per line, written whole as ``write_json`` writes."""
+  _write_whole(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows))
+
+
+def _write_whole(path: str, write) -> None:
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(value, f, indent=indent)
+    write(f)
   os.replace(tmp, path)

@@ -13,6 +13,13 @@ def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
       parser.error(f"{name} must be > 0, got {value}")
 
 
+def masked_attention_flops(llm, batch: int, length: int) -> float:
+  """FLOPs of the masked half of a causal forward pass's attention scores (QKᵀ and AV, 2 FLOPs
+  per multiply-add): what XLA counts and MaxText (SPEC §8's bar) does not — it counts causal
+  attention as half the L² product. A training step's is three times this."""
+  return 0.5 * 4 * batch * length**2 * llm.num_heads * llm.head_dim * llm.num_layers
+
+
 def require_video_seconds(parser: argparse.ArgumentParser, seconds: float) -> None:
   """``parser.error`` unless ``--seconds`` is a video length ``codec budget`` accepts too (inf
   and 1e300 overflowed the sampler)."""

@@ -17,7 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from cope_jax.bench import require_positive, require_video_seconds
+from cope_jax.bench import masked_attention_flops, require_positive, require_video_seconds
 from cope_jax.bench.train_bench import step_flops
 from cope_jax.bench.ttft_bench import bench_config, settings
 from cope_jax.command_line import ArgumentParser
@@ -70,10 +70,8 @@ def component_flops(cfg, keyframes: int, delta_frames: int, text_tokens: int,
   llm = Qwen2(dataclasses.replace(cfg.llm, attention_chunk=0))  # (all L² scores, counted whole)
   ids = sds((1, length), jnp.int32)
   last = jnp.full((1,), length - 1)  # a prefill computes the logits of the last slot only
-  # less the masked half of the causal scores (QKᵀ and AV), as MaxText counts attention
-  masked = 0.5 * 4 * length**2 * cfg.llm.num_heads * cfg.llm.head_dim * cfg.llm.num_layers
   out["llm_prefill"] = _flops(lambda p, i: llm.apply(p, i, logits_at=last)[0], params(llm, ids),
-                              ids) - masked
+                              ids) - masked_attention_flops(cfg.llm, 1, length)
   out["total"] = sum(out.values())
   out["prompt_tokens"] = length
   return out

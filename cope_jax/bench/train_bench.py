@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from cope_jax.bench import require_positive
+from cope_jax.bench import masked_attention_flops, require_positive
 from cope_jax.command_line import ArgumentParser
 
 # bf16, dense; the first name the device kind contains wins (the PCIe and NVL parts have fewer
@@ -96,14 +96,10 @@ def main(argv: list[str] | None = None) -> None:
   flat = TrainProgram(config, TASKS[config.stage](config, shards=""), program.mesh)
   flops = step_flops(jax.jit(flat._step).lower(  # pylint: disable=protected-access
       flat.abstract_state, flat.abstract_frozen, shapes))
-  # MaxText (SPEC §8's bar) counts causal attention as half the L² product: the masked half of
-  # the LLM's scores (QKᵀ and AV, forward and backward) is not useful work either.
-  masked = 0.0
+  masked = 0.0  # the masked half of the LLM's causal scores, forward and backward
   if config.stage == "finetune":
     from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
-    llm = model_config(config).llm
-    b, length = shapes["input_ids"].shape
-    masked = 3 * 0.5 * 4 * b * length**2 * llm.num_heads * llm.head_dim * llm.num_layers
+    masked = 3 * masked_attention_flops(model_config(config).llm, *shapes["input_ids"].shape)
   state, metrics = program.run(state, frozen, batch)  # warm-up
   jax.block_until_ready(metrics)
   start = time.perf_counter()

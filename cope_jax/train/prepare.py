@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import sys
 
@@ -128,14 +129,12 @@ def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> N
     raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))}: {' and '.join(rest)} are both -1, "
                       "and only one axis can take the rest of the devices (every recipe's data "
                       "axis is -1 unless set: add --config.mesh.data=1, say)")
-  known = 1
-  for s in sizes:
-    known *= s if s != -1 else 1
+  known = math.prod(s for s in sizes if s != -1)
   if device_count % known or (-1 not in sizes and known != device_count):
     raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} does not multiply to the "
                       f"{device_count} devices (use -1 for one axis to take the rest)")
-  data_parallel = (device_count // known if sizes[0] == -1 else sizes[0]) * (
-      device_count // known if sizes[1] == -1 else sizes[1])
+  mesh = mesh_sizes(config, device_count)
+  data_parallel = mesh["data"] * mesh["fsdp"]
   if config.batch_size % data_parallel:
     raise ConfigError(f"batch_size {config.batch_size} is not divisible by the data-parallel "
                       f"size data × fsdp = {data_parallel}")
@@ -155,16 +154,19 @@ def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> N
                       f"by grad_accum_steps {config.grad_accum_steps}")
 
 
+def mesh_sizes(config, device_count: int) -> dict[str, int]:
+  """The recipe's mesh axis sizes with its −1 resolved (once ``check_mesh_and_batch`` passed)."""
+  from cope_jax.models.sharding import MESH_AXES  # pylint: disable=import-outside-toplevel
+  sizes = {a: config.mesh.get(a, 1) for a in MESH_AXES}
+  known = math.prod(s for s in sizes.values() if s != -1)
+  return {a: device_count // known if s == -1 else s for a, s in sizes.items()}
+
+
 def _warn_tensor_split(config, device_count: int, cfg) -> None:
   """A tensor axis that does not divide the attention heads is correct but slow: the heads'
   activations cannot be split, so XLA replicates and re-splits them in every layer (its
   "involuntary full rematerialization" warnings). Said once on stderr."""
-  from cope_jax.models.sharding import MESH_AXES  # pylint: disable=import-outside-toplevel
-  sizes = {a: config.mesh.get(a, 1) for a in MESH_AXES}
-  known = 1
-  for s in sizes.values():
-    known *= s if s != -1 else 1
-  tensor = device_count // known if sizes["tensor"] == -1 else sizes["tensor"]
+  tensor = mesh_sizes(config, device_count)["tensor"]
   heads = {"LLM query": cfg.llm.num_heads, "LLM key/value": cfg.llm.num_kv_heads,
            "vision": cfg.vision.num_heads}
   uneven = [f"{name} heads {n}" for name, n in heads.items() if n % tensor]
