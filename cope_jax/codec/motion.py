@@ -49,6 +49,11 @@ class MotionStep:
   cell: int          # a power of two
 
 
+def _as_pairs(cells: np.ndarray) -> np.ndarray:
+  """(R, Q, 2) int16 → (R, Q) int32 holding each (x, y) pair, without copying when contiguous."""
+  return np.ascontiguousarray(cells).view(np.int32).reshape(cells.shape[:2])
+
+
 class MotionGrid:
   """Motion-field operations for one frame size; build once per video, reuse for every frame."""
 
@@ -70,39 +75,44 @@ class MotionGrid:
     Blocks are expected not to overlap (codecs' never do); where they would, the one painted
     last wins — in array order, or, on the fast path for square blocks, the smaller one.
     """
-    if mvs is not None and (mvs["source"] >= 0).any():
+    if mvs is not None and mvs["source"].max(initial=-1) >= 0:
       mvs = mvs[mvs["source"] < 0]
     if mvs is None or not len(mvs):
       return MotionStep(np.zeros((-(-self.height // 16), -(-self.width // 16), 2), np.int16), 16)
-    # This runs for every decoded frame, on ~10³ blocks: numpy's per-call cost is what counts.
-    w, h = mvs["w"].astype(np.intp), mvs["h"].astype(np.intp)
-    top, left = mvs["dst_y"].astype(np.intp) - h // 2, mvs["dst_x"].astype(np.intp) - w // 2
-    if (top.max() >= self.height or left.max() >= self.width or (top + h).min() <= 0
-        or (left + w).min() <= 0):
+    # This runs for every decoded frame, on ~10³ blocks: numpy's per-call cost is what counts,
+    # so the common case takes few calls (int16 arithmetic on the fields as they come).
+    w, h = mvs["w"], mvs["h"]
+    top, left = mvs["dst_y"] - (h >> 1), mvs["dst_x"] - (w >> 1)
+    if not (0 <= (top | left).min() and top.max() < self.height and left.max() < self.width):
       # MPEG-4 with 4MV exports all four 8×8 blocks of a macroblock on the last row or column
       # even where the frame's side is not a multiple of 16 and two of them lie wholly outside
       # it: they describe no pixel, and clamped onto the border they would overwrite the
       # vectors of the blocks that are there.
       inside = ((top < self.height) & (left < self.width) & (top + h > 0) & (left + w > 0))
-      mvs, w, h, top, left = mvs[inside], w[inside], h[inside], top[inside], left[inside]
-      if not len(mvs):
-        return self.step_from_vectors(None)
+      if not inside.all():
+        mvs, w, h, top, left = mvs[inside], w[inside], h[inside], top[inside], left[inside]
+        if not len(mvs):
+          return self.step_from_vectors(None)
     # The largest power of two dividing every side and 16 is the lowest set bit of their OR (for
     # power-of-two sides, the OR also has one bit per side that occurs).
     sides = int(np.bitwise_or.reduce(w)) | int(np.bitwise_or.reduce(h))
     cell = (sides | 16) & -(sides | 16)
-    scale = mvs["motion_scale"].astype(np.intp)
-    q = np.stack([mvs["motion_x"] * QPEL // scale, mvs["motion_y"] * QPEL // scale], -1)
-    if not ((w == h).all() and (w > 0).all() and not (w & (w - 1)).any()
-            and not ((top | left) & (w - 1)).any()
-            and 0 <= top.min() and top.max() < self.height
-            and 0 <= left.min() and left.max() < self.width):
+    packed = self._quarter_pel_pairs(mvs)
+    if sides & (sides - 1):  # two or more block sizes
+      square = ((w == h).all() and w.min() > 0 and not (w & (w - 1)).any()
+                and not ((top | left) & (w - 1)).any())
+    else:  # one power of two: every side is either it or 0
+      square = w.min() > 0 and h.min() > 0 and not ((top | left) & (sides - 1)).any()
+    if not (square and 0 <= (top | left).min() and top.max() < self.height
+            and left.max() < self.width):
       # Not MPEG-4's: rectangles, sides that are not powers of two, blocks off their own grid or
       # reaching outside the frame (their cells clamped onto its border).
-      return MotionStep(self._paint_blocks(w, h, top, left, q, cell), cell)
+      q = packed.view(np.int16).reshape(-1, 2)
+      return MotionStep(self._paint_blocks(w, h, top.astype(np.intp), left.astype(np.intp), q,
+                                           cell), cell)
     # Square power-of-two blocks on their own grid, inside the frame (MPEG-4: 16×16 macroblocks,
     # 8×8 blocks with 4MV): largest first, each side on its own grid, which is then repeated
-    # onto the next smaller one.
+    # onto the next smaller one. Cells are written as packed (x, y) pairs, one int32 each.
     cells = None
     for bit in range(sides.bit_length() - 1, cell.bit_length() - 2, -1):
       side = 1 << bit
@@ -114,9 +124,28 @@ class MotionGrid:
         cells = np.ascontiguousarray(cells)  # (the flat view below must not be a copy)
       if not sides >> bit & 1:
         continue
-      pick = w == side
-      cells.reshape(-1, 2)[(top[pick] >> bit) * cols + (left[pick] >> bit)] = q[pick]
+      flat = _as_pairs(cells).reshape(-1)
+      if sides == side:
+        flat[(top >> bit).astype(np.intp) * cols + (left >> bit)] = packed
+      else:
+        pick = w == side
+        flat[(top[pick] >> bit).astype(np.intp) * cols + (left[pick] >> bit)] = packed[pick]
     return MotionStep(cells, cell)
+
+  @staticmethod
+  def _quarter_pel_pairs(mvs: np.ndarray) -> np.ndarray:
+    """Each vector in quarter pixels as a packed (x, y) int16 pair: (N,) int32."""
+    q = np.empty((len(mvs), 2), np.int16)
+    scale = mvs["motion_scale"]
+    first = int(scale[0])
+    if first in (1, 2, 4) and (scale == first).all():  # (the usual case: one multiply each)
+      np.multiply(mvs["motion_x"], QPEL // first, out=q[:, 0], casting="unsafe")
+      np.multiply(mvs["motion_y"], QPEL // first, out=q[:, 1], casting="unsafe")
+    else:
+      scale = scale.astype(np.intp)
+      q[:, 0] = mvs["motion_x"] * QPEL // scale
+      q[:, 1] = mvs["motion_y"] * QPEL // scale
+    return q.view(np.int32).reshape(-1)
 
   def _paint_blocks(self, w, h, top, left, q, cell) -> np.ndarray:
     """Blocks of any sides on the ``cell`` grid, in array order: one entry per covered cell,
@@ -160,12 +189,15 @@ class MotionGrid:
     # position = p + displacement so far, in quarter-pel, plus half a pixel (see _origin). The
     # newest step is read at p itself; each older one at the cell holding floor(position + 0.5).
     # cv2.add saturates instead of wrapping, should a wild chain run far off the frame.
+    # Each step's (x, y) int16 pairs are gathered as one int32 (a bit-exact view): OpenCV's
+    # one-channel remap is about twice as fast as its two-channel one, and this gather runs
+    # once for every decoded frame.
     position = cv2.add(self._origin, self.expand(steps[-1]))
     for step in reversed(steps[:-1]):
       cell_of = position >> (2 + step.cell.bit_length() - 1)
-      read = cv2.remap(step.cells, cell_of, None, cv2.INTER_NEAREST,
+      read = cv2.remap(_as_pairs(step.cells), cell_of, None, cv2.INTER_NEAREST,
                        borderMode=cv2.BORDER_REPLICATE)
-      position = cv2.add(position, read)
+      position = cv2.add(position, read.view(np.int16).reshape(position.shape))
     return cv2.subtract(position, self._origin)
 
   def residual(self, target: np.ndarray, reference: np.ndarray,
