@@ -139,6 +139,35 @@ def test_eval_without_questions_is_refused_before_extracting(tmp_path):
   assert not os.path.exists(tmp_path / "o")
 
 
+def test_workers_that_cannot_start_are_one_error_not_every_video_died(tmp_path, pan_clip):
+  """A pool whose processes die as they start (a script without a __main__ guard under spawn,
+  a process limit) reported every video as having killed its worker."""
+  videos = [str(tmp_path / f"v{i}.mp4") for i in range(2)]
+  for v in videos:
+    shutil.copy(pan_clip, v)
+  script = textwrap.dedent(f"""
+      import concurrent.futures, multiprocessing, os
+      from cope_jax.codec.sampling import SamplingConfig
+      from cope_jax.data import primitive_cache
+      def process_pool(n):  # every worker exits before it runs anything
+          return concurrent.futures.ProcessPoolExecutor(
+              n, mp_context=multiprocessing.get_context("fork"), initializer=os._exit,
+              initargs=(3,))
+      primitive_cache.process_pool = process_pool
+      try:
+          primitive_cache.extract_all(
+              {videos!r}, {str(tmp_path / "cache")!r},
+              primitive_cache.ExtractSettings({SIZE}, SamplingConfig()), workers=2,
+              progress=False)
+      except ChildProcessError as e:
+          print("refused:", e)
+      """)
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "refused: the worker processes die as they start" in r.stdout, r.stdout
+  assert "__main__" in r.stdout
+
+
 def test_a_worker_that_dies_is_reported_and_the_build_goes_on(tmp_path, pan_clip, object_clip):
   """A worker killed mid-video (the out-of-memory killer, a crash in FFmpeg) broke the process
   pool: a traceback, nothing written, and the same again on every rerun."""

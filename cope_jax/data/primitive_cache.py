@@ -172,6 +172,12 @@ def _run_jobs(jobs: list, workers: int | None, bar) -> dict[str, str | None]:
           bar.update()
       return reasons
     except BrokenProcessPool:
+      if not _pool_starts():
+        raise ChildProcessError(
+            "the worker processes die as they start, so no video can be extracted (with the "
+            "spawn start method, used once JAX is imported, a script that starts the build must "
+            "do it under `if __name__ == \"__main__\":`; also check the memory and process "
+            "limits)") from None
       pending = [job for job in pending if job[0] not in reasons]
       # handed out: a job in each worker and up to n + 1 queued (the executor's call queue)
       suspects, pending = pending[:2 * n + 1], pending[2 * n + 1:]
@@ -180,6 +186,16 @@ def _run_jobs(jobs: list, workers: int | None, bar) -> dict[str, str | None]:
           reasons[video] = reason
           bar.update()
   return reasons
+
+
+def _pool_starts() -> bool:
+  """Whether a fresh worker process can run anything at all: if not, every video would be
+  reported as having killed its worker."""
+  try:
+    with process_pool(1) as solo:
+      return solo.submit(int).result() == 0
+  except BrokenProcessPool:
+    return False
 
 
 def _run_alone(job) -> tuple[str, str | None]:
