@@ -2,13 +2,16 @@
 loader's sizes, the model's dtype, a workdir that cannot be created, and a checkpoint to start
 from that does not read."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.data.build import shard_dir
 from cope_jax.demo.recipe import load_recipe
 from cope_jax.train import optim, prepare
 
@@ -91,8 +94,24 @@ def test_a_resume_that_would_batch_the_data_otherwise_is_refused(tmp_path):
   assert "batched its data otherwise (batch_size 16 → 8, seed 0 → 3)" in errors[0]
   assert (tmp_path / "train_config.json").read_text() == saved
   assert os.listdir(tmp_path / "checkpoints") == ["2"]
-  r = train("--config.total_steps=4")  # the same settings, more steps: resumes
+  data = json.loads(saved)["data_dir"]
+  moved = tmp_path.parent / f"{tmp_path.name}_moved_data"
+  shutil.copytree(data, moved)
+  r = train("--config.total_steps=4", f"--config.data_dir={moved}")  # the same records, moved
   assert r.returncode == 0 and "resumed from step 2" in r.stdout, r.stderr[-2000:]
+  # Other records under the same settings: the saved data position would mean other examples.
+  info = os.path.join(shard_dir(str(moved), "pretrain"), "dataset_info.json")
+  with open(info) as f:
+    meta = json.load(f)
+  train_split = next(s for s in meta["splits"] if s["name"] == "train")
+  train_split["numBytes"] = str(int(train_split["numBytes"]) + 4096)  # as a rebuild would
+  with open(info, "w") as f:
+    json.dump(meta, f)
+  r = train("--config.total_steps=6", f"--config.data_dir={moved}")
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+  assert f"the run in {tmp_path} read other data: " in errors[0]
+  assert f"{moved} now holds" in errors[0] and "its saved data position" in errors[0]
 
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from cope_jax.codec.errors import ConfigError
-from cope_jax.json_files import read_json
+from cope_jax.json_files import read_json, write_json
 from cope_jax.models.checkpoints import run_initialiser
 from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain,
                                       logical_shardings, make_mesh)
@@ -214,8 +214,21 @@ def memory_report(compiled) -> str:
 DATA_ORDER_KEYS = ("batch_size", "seed", "split", "group_by_length")
 
 
+DATA_ORDER = "data_order.json"  # in the workdir: the records the run's data position counts
+
+
+def split_records(config) -> dict:
+  """The records of the split a run reads, shard by shard (from the shards' dataset_info.json):
+  a data position saved against other records would mean other examples."""
+  info = read_json(os.path.join(shard_dir(config.data_dir, config.stage), "dataset_info.json"))
+  split = next((s for s in info.get("splits", []) if s.get("name") == config.split), {})
+  return {"split": config.split, "shard_lengths": [int(n) for n in split.get("shardLengths", [])],
+          "num_bytes": int(split.get("numBytes", 0))}
+
+
 def check_same_data_order(config, workdir: str) -> None:
-  """ConfigError if the run being resumed (its ``train_config.json``) batched its data otherwise."""
+  """ConfigError if the run being resumed (its ``train_config.json``) batched its data otherwise,
+  or read other records (its ``data_order.json``: the data may move, not change)."""
   path = os.path.join(workdir, "train_config.json")
   if not os.path.exists(path):
     return
@@ -226,6 +239,15 @@ def check_same_data_order(config, workdir: str) -> None:
     raise ConfigError(f"the run in {workdir} batched its data otherwise ({', '.join(changed)}): "
                       "its saved data position would mean other examples; resume with its "
                       "settings, or use another --workdir")
+  order = os.path.join(workdir, DATA_ORDER)
+  if os.path.exists(order) and (was := read_json(order)) != (now := split_records(config)):
+    def records(r):
+      return (f"{sum(r['shard_lengths'])} records in {len(r['shard_lengths'])} shards of "
+              f"{r.get('num_bytes', 0)} bytes")
+    raise ConfigError(f"the run in {workdir} read other data: {records(was)}, and "
+                      f"{config.data_dir} now holds {records(now)} for split {config.split!r}; "
+                      "its saved data position would mean other examples: resume on the shards "
+                      "it read (they may move), or use another --workdir")
 
 
 def train(config, workdir: str) -> int:
@@ -273,6 +295,7 @@ def train(config, workdir: str) -> int:
     config_io.save(task.cfg, os.path.join(workdir, "model_config.json"))
     with open(os.path.join(workdir, "train_config.json"), "w") as f:
       f.write(config.to_json(indent=2))
+    write_json(os.path.join(workdir, DATA_ORDER), split_records(config))
   mesh = program.mesh
 
   profile = tuple(int(x) for x in config.profile_steps.split(":")) if config.profile_steps else ()
