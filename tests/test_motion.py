@@ -175,3 +175,25 @@ def test_mpeg4_4mv_blocks_below_a_frame_not_a_multiple_of_16_high_are_dropped():
   assert not field[:16].any()
   only_outside = _vectors([(0, 24, 8, -10.0, -10.0, 2)])
   assert not grid.field_from_vectors(only_outside).any()
+
+
+def test_trace_reads_cells_of_any_byte_order_or_integer_type():
+  """Each step's (x, y) pairs are gathered as one int32: cells not native int16 (a step loaded
+  from a big-endian file) must be converted first, not reinterpreted."""
+  grid = MotionGrid(16, 16)
+  native = [MotionStep(np.array([[[4, 8]]], np.int16), 16), MotionStep(np.zeros((1, 1, 2), np.int16), 16)]
+  expected = grid.trace(native)
+  assert expected[0, 0].tolist() == [4, 8]
+  for dtype in (">i2", np.int32):
+    steps = [MotionStep(s.cells.astype(dtype), s.cell) for s in native]
+    np.testing.assert_array_equal(grid.trace(steps), expected)
+
+
+def test_a_zero_sided_block_on_the_frame_edge_is_dropped_as_outside():
+  """It describes no pixel: painted, it moved the step off MPEG-4's grid (cell 16 → 8) and,
+  overlapping others, changed which vector won."""
+  mvs = _vectors([(0, 0, 16, 1.25, 0, 4)])
+  empty = _vectors([(0, 0, 8, 1.75, 0, 4)])
+  empty[["w", "h", "dst_x", "dst_y"]] = (8, 0, 4, 0)  # zero height, at the top edge
+  step = MotionGrid(16, 16).step_from_vectors(np.concatenate([mvs, empty]))
+  assert step.cell == 16 and step.cells.tolist() == [[[5, 0]]]

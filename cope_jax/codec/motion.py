@@ -50,8 +50,9 @@ class MotionStep:
 
 
 def _as_pairs(cells: np.ndarray) -> np.ndarray:
-  """(R, Q, 2) int16 → (R, Q) int32 holding each (x, y) pair, without copying when contiguous."""
-  return np.ascontiguousarray(cells).view(np.int32).reshape(cells.shape[:2])
+  """(R, Q, 2) int16 → (R, Q) int32 holding each (x, y) pair, without copying native contiguous
+  int16 (which ``step_from_vectors`` writes through); other cells are converted first."""
+  return np.ascontiguousarray(cells, np.int16).view(np.int32).reshape(cells.shape[:2])
 
 
 class MotionGrid:
@@ -83,7 +84,8 @@ class MotionGrid:
     # so the common case takes few calls (int16 arithmetic on the fields as they come).
     w, h = mvs["w"], mvs["h"]
     top, left = mvs["dst_y"] - (h >> 1), mvs["dst_x"] - (w >> 1)
-    if not (0 <= (top | left).min() and top.max() < self.height and left.max() < self.width):
+    if not (0 <= (top | left).min() and top.max() < self.height and left.max() < self.width
+            and w.min() > 0 and h.min() > 0):
       # MPEG-4 with 4MV exports all four 8×8 blocks of a macroblock on the last row or column
       # even where the frame's side is not a multiple of 16 and two of them lie wholly outside
       # it: they describe no pixel, and clamped onto the border they would overwrite the
