@@ -102,6 +102,10 @@ train_command() {
 # (pipefail), not its last command's.
 wait_all() {
   local status=0 pid rc running=("$@") still more stopped_at="" stopping=()
+  # A SIGTERM to the launcher (kill, timeout, a job supervisor) goes to the workers, as a
+  # preemption: they save and exit 75, and the STOP_GRACE kill applies. Without this they ran on
+  # unsupervised. (Ctrl-C already reaches the whole process group.)
+  trap 'stop_workers "the launcher got SIGTERM"' TERM
   while ((${#running[@]})); do
     still=()
     for pid in "${running[@]}"; do
@@ -115,12 +119,7 @@ wait_all() {
         status=$rc
         if [[ $rc != 75 && -z "$stopped_at" ]]; then
           echo "error: a worker failed (status $rc); stopping the others" >&2
-          stopped_at=$SECONDS
-          # Every process under the jobs, listed before any is signalled (a shell that dies
-          # orphans its children, which the tree would no longer show); not the jobs' own
-          # subshells, which end with their pipelines and give their statuses.
-          read -r -a stopping <<<"$(descendants "${running[@]}" | tr '\n' ' ')"
-          signal TERM "${stopping[@]+"${stopping[@]}"}"
+          stop_workers ""
         fi
       fi
     done
@@ -134,7 +133,21 @@ wait_all() {
       sleep 0.5
     fi
   done
+  trap - TERM
   return "$status"
+}
+
+# stop_workers [WHY]: SIGTERM to every process under wait_all's running jobs (its locals), once;
+# STOP_GRACE later the loop kills what is left.
+stop_workers() {
+  [[ -n "$stopped_at" ]] && return
+  [[ -n "${1:-}" ]] && echo "$1: stopping the workers (SIGTERM; they save and exit)" >&2
+  stopped_at=$SECONDS
+  # Every process under the jobs, listed before any is signalled (a shell that dies orphans its
+  # children, which the tree would no longer show); not the jobs' own subshells, which end with
+  # their pipelines and give their statuses.
+  read -r -a stopping <<<"$(descendants "${running[@]}" | tr '\n' ' ')"
+  signal TERM "${stopping[@]+"${stopping[@]}"}"
 }
 
 # signal NAME PID …: the signal to each process still there.

@@ -19,7 +19,8 @@ Commands:
 
 Environment (required: CONFIG, WORKDIR):
   CONFIG, WORKDIR, DATA_DIR, EXTRA_FLAGS   as for the trainer (see launch/tpu.sh --help)
-  HOSTS           ssh: "gpu1 user@gpu2 …" (ssh destinations; IPv6 and ssh://host:port too)
+  HOSTS           ssh: "gpu1 user@gpu2 …" (ssh destinations separated by spaces or newlines;
+                  IPv6 and ssh://host:port too)
   PORT            ssh and local: the coordinator's port (default 12355)
   COORDINATOR_HOST  ssh: the address the hosts reach the first one at (default: its ssh
                   destination without user@, an ~/.ssh/config alias resolved to its HostName)
@@ -29,7 +30,8 @@ Environment (required: CONFIG, WORKDIR):
   WORKER_ENV      ssh: environment for the trainer on every host, e.g. "NCCL_DEBUG=WARN XLA_FLAGS=…"
                   (an ssh command sees none of this shell's)
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
-  CPUS_PER_TASK   slurm: CPUs per GPU process, for its Grain decoding workers (default 8)
+  CPUS_PER_TASK   slurm: CPUs per GPU process, for its Grain decoding workers (default 8;
+                  given to srun too: since SLURM 22.05 its tasks do not inherit sbatch's)
   PROCESSES, DEVICES_PER_PROCESS          local (defaults 2, 4; XLA_FLAGS given here are kept)
   STOP_GRACE      when a worker fails, seconds between SIGTERM and SIGKILL for the others'
                   processes on this machine (default 10)
@@ -70,8 +72,9 @@ coordinator_host() {
 
 ssh_hosts() {
   require HOSTS
-  local host_list
-  read -r -a host_list <<<"${HOSTS:?}"
+  local host_list=()
+  # Any whitespace separates hosts, newlines too (HOSTS=$(cat hostfile)).
+  read -r -d '' -a host_list <<<"${HOSTS:?}" || true  # (require: not blank)
   local coordinator repo="${REPO_DIR:-$HERE/..}"
   coordinator="$(coordinator_host "${host_list[0]}"):${PORT:-12355}"
   # An ssh command runs outside any activated virtualenv: the checkout's own, where it has one.
@@ -109,7 +112,7 @@ slurm() {
 ${PARTITION:+#SBATCH --partition=$PARTITION}
 #SBATCH --requeue
 cd $(printf '%q' "$HERE/..")
-srun env COPE_DISTRIBUTED=1 $(train_command)
+srun --cpus-per-task=${CPUS_PER_TASK:-8} env COPE_DISTRIBUTED=1 $(train_command)
 SBATCH
 )
   if [[ "$DRY_RUN" == 1 ]]; then

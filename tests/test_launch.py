@@ -177,8 +177,16 @@ def test_gpu_dry_runs():
   assert "NCCL_DEBUG=WARN\\ COPE_DISTRIBUTED=1" in r.stdout
   assert "/opt/venv/bin/python\\ -m\\ cope_jax.train" in r.stdout
   assert "COPE_COORDINATOR=g1:12355" in r.stdout and "COPE_PROCESS_ID=1" in r.stdout
+  # a host file's lines (HOSTS=$(cat hosts)): every line a host, not the first alone
+  r = sh(GPU, "--dry-run", "ssh", CONFIG="c", WORKDIR="/w", HOSTS="\ng1\ng2 g3\n")
+  assert r.returncode == 0 and r.stdout.count("ssh g") == 3, r.stdout + r.stderr
+  assert "COPE_NUM_PROCESSES=3" in r.stdout and "COPE_PROCESS_ID=2" in r.stdout
+  r = sh(GPU, "--dry-run", "ssh", CONFIG="c", WORKDIR="/w", HOSTS="\n \n")
+  assert r.returncode == 2 and r.stderr == "error: set HOSTS (see --help)\n", r.stderr
   r = sh(GPU, "--dry-run", "slurm", CONFIG="configs/finetune.py", WORKDIR="/ckpt", NODES="4")
-  assert "#SBATCH --nodes=4" in r.stdout and "srun env COPE_DISTRIBUTED=1" in r.stdout
+  assert "#SBATCH --nodes=4" in r.stdout
+  # since SLURM 22.05 srun's tasks do not inherit sbatch's --cpus-per-task: given again
+  assert "srun --cpus-per-task=8 env COPE_DISTRIBUTED=1" in r.stdout
   # one process per GPU: JAX's SLURM detection gives each task the GPU of its SLURM_LOCALID
   assert "#SBATCH --ntasks-per-node=8" in r.stdout
   assert "#SBATCH --cpus-per-task=8" in r.stdout  # the Grain workers' CPUs
@@ -248,6 +256,33 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
                                            'trap "echo saving" TERM'))
   r = sh(GPU, "local", FAIL_WITH="3", SECONDS_0="120", STOP_GRACE="1", **env)
   assert r.returncode == 3 and "[process 0] saving" in r.stdout, r.stdout + r.stderr
+
+
+def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path):
+  """kill, timeout or a job supervisor stopped the launcher alone: the workers trained on,
+  unsupervised, holding the coordinator's port. They now get it as a preemption: they save,
+  exit 75, and that is the launcher's status."""
+  fake = tmp_path / "python"
+  fake.write_text('#!/usr/bin/env bash\n'
+                  'trap "echo saved; exit 75" TERM\n'
+                  'echo started\n'
+                  'for _ in $(seq 1 120); do sleep 0.2; done; echo finished\n')
+  fake.chmod(0o755)
+  launcher = subprocess.Popen([GPU, "local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True,
+                              env={**os.environ, "PYTHON": str(fake), "CONFIG": "c",
+                                   "WORKDIR": str(tmp_path), "PROCESSES": "2"})
+  try:
+    started = [launcher.stdout.readline() for _ in range(2)]
+    assert all(line.endswith("started\n") for line in started), started
+    launcher.terminate()  # SIGTERM to the launcher's process only
+    out, err = launcher.communicate(timeout=60)
+  finally:
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, 9)
+  assert launcher.returncode == 75, out + err
+  assert out.count("saved") == 2 and "finished" not in out, out
+  assert "the launcher got SIGTERM: stopping the workers" in err
 
 
 def test_shellcheck_clean():
