@@ -146,7 +146,7 @@ stop_workers() {
   # Every process under the jobs, listed before any is signalled (a shell that dies orphans its
   # children, which the tree would no longer show); not the jobs' own subshells, which end with
   # their pipelines and give their statuses.
-  read -r -a stopping <<<"$(descendants "${running[@]}" | tr '\n' ' ')"
+  read -r -a stopping <<<"$(descendants "${running[@]+"${running[@]}"}" | tr '\n' ' ')"
   signal TERM "${stopping[@]+"${stopping[@]}"}"
 }
 

@@ -25,8 +25,8 @@ Environment (required: CONFIG, WORKDIR):
   COORDINATOR_HOST  ssh: the address the hosts reach the first one at (default: its ssh
                   destination without user@, an ~/.ssh/config alias resolved to its HostName)
   REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
-  PYTHON          ssh: the interpreter on the hosts (default: REPO_DIR/.venv/bin/python where
-                  this checkout has a .venv, else python)
+  PYTHON          the trainer's interpreter (default: the checkout's .venv/bin/python where it
+                  has one — on the hosts, REPO_DIR/.venv/bin/python — else python)
   WORKER_ENV      ssh: environment for the trainer on every host, e.g. "NCCL_DEBUG=WARN XLA_FLAGS=…"
                   (an ssh command sees none of this shell's)
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
@@ -41,7 +41,19 @@ USAGE
 }
 
 host() {
-  run bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
+  run bash -c "cd $(printf '%q' "$HERE/..") && $(PYTHON=$(checkout_python) train_command)"
+}
+
+# checkout_python: PYTHON, else this checkout's .venv interpreter where it has one (a job run
+# from a script or a scheduler sees no activated virtualenv), else python — quoted for a shell.
+checkout_python() {
+  if [[ -n "${PYTHON:-}" ]]; then
+    printf '%s' "$PYTHON"
+  elif [[ -x "$HERE/../.venv/bin/python" ]]; then
+    printf '%q' "$(cd "$HERE/.." && pwd)/.venv/bin/python"
+  else
+    printf python
+  fi
 }
 
 # coordinator_host SSH_DESTINATION: the address the workers reach the first host at —
@@ -97,7 +109,7 @@ ssh_hosts() {
       pids+=($!)
     fi
   done
-  wait_all "${pids[@]}"
+  wait_all "${pids[@]+"${pids[@]}"}"
 }
 
 slurm() {
@@ -112,7 +124,7 @@ slurm() {
 ${PARTITION:+#SBATCH --partition=$PARTITION}
 #SBATCH --requeue
 cd $(printf '%q' "$HERE/..")
-srun --cpus-per-task=${CPUS_PER_TASK:-8} env COPE_DISTRIBUTED=1 $(train_command)
+srun --cpus-per-task=${CPUS_PER_TASK:-8} env COPE_DISTRIBUTED=1 $(PYTHON=$(checkout_python) train_command)
 SBATCH
 )
   if [[ "$DRY_RUN" == 1 ]]; then
@@ -123,7 +135,8 @@ SBATCH
 }
 
 local_processes() {
-  local n=${PROCESSES:-2} port=${PORT:-12355}
+  local n=${PROCESSES:-2} port=${PORT:-12355} python
+  python=$(checkout_python)
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "PROCESSES must be a whole number >= 1, got '$n'"
   local pids=() i
   for ((i = 0; i < n; i++)); do
@@ -131,13 +144,14 @@ local_processes() {
       "COPE_PROCESS_ID=$i" JAX_PLATFORMS=cpu
       "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-4}")
     if [[ "$DRY_RUN" == 1 ]]; then
-      run env "${env[@]}" bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
+      run env "${env[@]}" bash -c "cd $(printf '%q' "$HERE/..") && $(PYTHON=$python train_command)"
     else
-      ( (cd "$HERE/.." && env "${env[@]}" bash -c "$(train_command)") 2>&1 | prefix "process $i") &
+      ( (cd "$HERE/.." && env "${env[@]}" bash -c "$(PYTHON=$python train_command)") 2>&1 |
+        prefix "process $i") &
       pids+=($!)
     fi
   done
-  wait_all "${pids[@]}"
+  wait_all "${pids[@]+"${pids[@]}"}"
 }
 
 main() {

@@ -71,7 +71,7 @@ create() {
   fi
   gcloud_tpu queued-resources create "$TPU_NAME" --node-id="$TPU_NAME" \
     --accelerator-type="$ACCELERATOR" --runtime-version="${RUNTIME:-tpu-ubuntu2204-base}" \
-    "${spot[@]}"
+    "${spot[@]+"${spot[@]}"}"
   if [[ "$DRY_RUN" != 1 ]]; then
     local state
     while state=$(queued_state) && [[ "$state" != ACTIVE ]]; do
@@ -137,7 +137,7 @@ train() {
       --worker="$w" --command="$cmd" 2>&1 | prefix "worker $w") &
     pids+=($!)
   done
-  wait_all "${pids[@]}"
+  wait_all "${pids[@]+"${pids[@]}"}"
 }
 
 preempted() {

