@@ -28,6 +28,18 @@ def test_aot_tool_refuses_what_training_refuses():
   assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    ([], "error: --config is required"),  # (an AttributeError traceback)
+    (["--config=configs/pretrain.py:tiny", "--config.stage=finetune"],  # (a KeyError traceback)
+     "error: stage 'finetune' is not this recipe's"),
+])
+def test_aot_without_a_recipe_or_with_another_stage_is_one_error_line(args, message):
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot", "--devices=2", *args],
+                     capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert r.returncode == 2 and r.stderr.startswith(message), r.stderr[-2000:]
+  assert len(r.stderr.splitlines()) == 1
+
+
 
 def test_aot_flags_in_either_form(monkeypatch):
   """--topology / --devices are read before absl (they decide XLA_FLAGS): both --flag=value and

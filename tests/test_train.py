@@ -4,6 +4,8 @@ tests/test_train_stops.py; the launcher's local mode: tests/test_launch.py; the 
 math in-process: tests/test_train_math.py; AOT: tests/test_aot.py."""
 
 import dataclasses
+import glob
+import gzip
 import json
 import os
 import shutil
@@ -33,8 +35,15 @@ def metrics(workdir):
 
 
 def test_pretrain_tiny_learns_and_logs(tmp_path):
-  r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=12")
+  r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=12", "--config.profile_steps=2:3")
   assert r.returncode == 0, r.stderr[-3000:]
+  # steps 2 and 3 as logged (it traced step 3 alone): two runs of the step's program
+  assert "profile of steps 2–3" in r.stdout
+  trace, = glob.glob(str(tmp_path / "profile" / "**" / "*.trace.json.gz"), recursive=True)
+  with gzip.open(trace) as f:
+    events = json.load(f)["traceEvents"]
+  assert sum(e.get("name") == "CommonPjRtLoadedExecutable::Execute (jit__step)"
+             for e in events) == 2
   m = metrics(tmp_path)
   assert [x["step"] for x in m] == list(range(1, 13))
   for key in ("step", "loss", "learning_rate", "cosine_to_target", "copy_reference_mse",
@@ -171,6 +180,8 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
     (["--config.grad_accum_steps=4"], "whole rows over the data × fsdp = 8 devices"),
     (["--config.data_dir=/nonexistent", "--config.synthetic.videos=0"], "no pretrain shards"),
     (["--config.profile_steps=5"], "profile_steps"),
+    (["--config.profile_steps=0:2"], "the steps as logged, with 1 <= FIRST <= LAST"),
+    (["--config.stage=finetune"], "stage 'finetune' is not this recipe's"),
     (["--config.data_dir=gs://bucket/shards"], "gcsfuse"),
     (["--config.optim.lrr=1"], "lrr"),
     (["--config.keep_checkpoints=0"], "keep_checkpoints must be >= 1"),

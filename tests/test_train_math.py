@@ -163,3 +163,20 @@ def test_a_run_started_over_purges_the_tensorboard_steps_it_logs_again(tmp_path)
   starts = [e for e in events if e.session_log.status == SessionLog.START]
   assert len(starts) == 2 and all(e.step == 1 for e in starts), starts
   assert [json.loads(l)["loss"] for l in open(tmp_path / "metrics.jsonl")] == [2.0]
+
+
+def test_rates_and_the_eta_leave_out_compiling(tmp_path, monkeypatch, capsys):
+  """The first window held the step's compilation (39 s for the tiny recipe on 2 cores): its
+  steps/s and ETA were 100× off, and the demo's median of a resumed run's rates counted it."""
+  from cope_jax.train import metrics_log  # pylint: disable=import-outside-toplevel
+  clock = [100.0]
+  monkeypatch.setattr(metrics_log.time, "perf_counter", lambda: clock[0])
+  log = metrics_log.MetricsLog(str(tmp_path), 10, 0)
+  log.count_tokens(400)
+  clock[0] += 40.0  # compiling: 38 s; the step itself: 2 s
+  log.leave_out(38.0)
+  log.write(1, {"loss": 1.0, "learning_rate": 1e-3})
+  log.close()
+  record = json.loads((tmp_path / "metrics.jsonl").read_text())
+  assert record["steps_per_s"] == pytest.approx(0.5) and record["tokens_per_s"] == pytest.approx(200)
+  assert "ETA 0:00:18" in capsys.readouterr().out

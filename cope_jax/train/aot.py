@@ -59,6 +59,9 @@ def main(argv, topology: str | None = None) -> None:
     devices = (aot_targets.compile_only_devices(topology) if topology is not None else
                jax.devices())
     config = flags.FLAGS.config
+    if config is None:
+      raise ConfigError("--config is required: a recipe, e.g. --config=configs/finetune.py "
+                        "(see --help)")
     hosts = len({getattr(d, "process_index", 0) for d in devices})
     prepare.check_settings(config, len(devices), hosts)
     task = TASKS[config.stage](config, shards="")

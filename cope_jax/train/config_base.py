@@ -17,7 +17,7 @@ def base() -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: the rest
   c.distributed = False        # jax.distributed.initialize (also when COPE_DISTRIBUTED=1)
-  c.profile_steps = ""         # e.g. "5:8": jax.profiler trace of those steps in WORKDIR/profile
+  c.profile_steps = ""         # e.g. "5:8": jax.profiler trace of steps 5 to 8 (as logged) in WORKDIR/profile
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"      # cope_jax.models.presets: tiny | small | 1.5b | paper

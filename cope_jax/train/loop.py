@@ -121,6 +121,7 @@ class TrainProgram:
     _check_divisible(self.abstract_state["params"], mesh, "trained parameter ")
     _check_divisible(self.abstract_frozen, mesh, "frozen parameter ")
     self._compiled = {}
+    self.compile_s = 0.0  # seconds spent compiling steps, each new batch shape's once
 
   def _init_boxed(self, key, trained_given: dict | None = None, frozen_given: dict | None = None):
     trained, frozen = self.task.init_params(key)
@@ -180,6 +181,7 @@ class TrainProgram:
         # Gloo (CPU collectives) gives every process 30 s to reach a new collective; a host whose
         # compilation ends later than that (a loaded machine) would fail the step that follows.
         _wait_for_every_process(f"cope_compiled_{len(self._compiled)}")
+      self.compile_s += time.perf_counter() - start
       if verbose:
         print(f"compiled the train step for batch shapes {dict((k, s) for k, s, _ in key)} in "
               f"{time.perf_counter() - start:.1f} s; {memory_report(compiled)}", flush=True)
@@ -312,14 +314,18 @@ def train(config, workdir: str) -> int:
       batch = {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
                for k, v in local.items()}
       log.count_tokens(task.tokens(local) * jax.process_count())
-      if profile and step == profile[0]:
+      if profile and step == profile[0] - 1:  # (steps are numbered as logged: from 1)
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
         tracing = True
+      compiled_s = program.compile_s
       state, metrics = program.run(state, frozen, batch)
+      log.leave_out(program.compile_s - compiled_s)  # a rate, an ETA: of training, not compiling
       step += 1
       if tracing and step == profile[1]:
         jax.block_until_ready(metrics)
+        stopped = time.perf_counter()
         jax.profiler.stop_trace()
+        log.leave_out(time.perf_counter() - stopped)  # (writing the trace out)
         tracing = False
         print(f"profile of steps {profile[0]}–{profile[1]} in {workdir}/profile (open it with "
               "TensorBoard's profile plugin or Perfetto)", flush=True)

@@ -53,6 +53,10 @@ class MetricsLog:
   def count_tokens(self, n: int) -> None:
     self.tokens += n
 
+  def leave_out(self, seconds: float) -> None:
+    """Time that is not training (compiling a step, writing a profile): not in the next rates."""
+    self.last_time += seconds
+
   def write(self, step: int, metrics: dict[str, float]) -> None:
     now = time.perf_counter()
     dt = max(now - self.last_time, 1e-9)

@@ -252,6 +252,10 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
   from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
   if config.stage not in ("pretrain", "finetune"):
     raise ConfigError(f"stage must be pretrain or finetune, got {config.stage!r}")
+  if (config.stage == "finetune") != ("trainable" in config):  # (stage 2's per-part rates)
+    raise ConfigError(f"stage {config.stage!r} is not this recipe's: the stage comes with its "
+                      "recipe (configs/pretrain.py: stage 1, configs/finetune.py: stage 2); "
+                      "pick the recipe, not --config.stage")
   # (batch_size and grad_accum_steps: check_mesh_and_batch; keep_checkpoints 0: Orbax would
   # delete even the last checkpoint)
   for key in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -265,9 +269,9 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
       first, last = (int(x) for x in config.profile_steps.split(":"))
     except ValueError:
       first = last = -1
-    if not 0 <= first < last:
-      raise ConfigError(f"profile_steps must be FIRST:LAST with 0 <= FIRST < LAST (e.g. 5:8), got "
-                        f"{config.profile_steps!r}")
+    if not 1 <= first <= last:
+      raise ConfigError(f"profile_steps must be FIRST:LAST, the steps as logged, with 1 <= FIRST "
+                        f"<= LAST (e.g. 5:8), got {config.profile_steps!r}")
   check_mesh_and_batch(config, device_count, process_count)
   _check_optimiser(config)
   _check_loader(config)
