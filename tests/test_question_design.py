@@ -89,39 +89,68 @@ def test_every_background_shows_a_pan_between_positions_a_second_apart():
         assert change >= 4, (name, (dx, dy), k, change)
 
 
-def _seen_turns(positions: np.ndarray, last: int, fps: int) -> list[int]:
-  """Where positions sampled once a second, to the last look, show motion turning back along an
-  axis (the steps' signs, ignoring still ones): what the Δ-frames can show of bounces."""
-  steps = np.diff(positions[np.arange(0, last + 1, fps)], axis=0)
+def _drawn_turns(positions: np.ndarray, last: int, fps: int, min_px: int) -> list[int]:
+  """Where the frames sampled once a second, to the last look, draw an object turning back along
+  an axis: positions at whole pixels (as ``render`` draws them); a step counts as motion along
+  the axis if it moves ``min_px`` or more."""
+  steps = np.diff(np.rint(positions[np.arange(0, last + 1, fps)]), axis=0)
   turns = []
   for axis in range(2):
-    signs = [(k, x) for k, x in enumerate(np.sign(np.round(steps[:, axis], 6))) if x]
+    signs = [(k, np.sign(x)) for k, x in enumerate(steps[:, axis]) if abs(x) >= min_px]
     turns += [(k + 1) * fps for (_, a), (k, b) in zip(signs, signs[1:]) if a != b]
   return sorted(turns)
 
 
-def test_bounce_answers_are_what_a_second_by_second_look_shows():
+def test_answers_are_what_the_frames_sampled_a_second_apart_draw():
   """A bounce within a second of the last look (or in an object's first second of motion) shows
   no turn between positions a second apart: 80 of the demo's 289 counts were more than the
-  sampled motion shows. Now every count is seen, and the first bounce's object turns first."""
+  sampled motion shows. Then, judged on float positions, a bounce that moved an object 0.2 px
+  between two looks counted as seen, and a first mover that stayed on its pixels, or two speeds
+  1 % apart, were answers. Now, on the frames as drawn (whole pixels; 2 px to count): every
+  count is seen, the first bounce's object turns first (no other turns by then, by a pixel
+  either), the first mover is seen moving first, the faster object is seen 1.2× as fast, and
+  the direction asked is the first step's — at 64 px and at 16, where pixels are coarse."""
   from cope_jax.data.synthetic.questions import questions_for_scene  # pylint: disable=import-outside-toplevel
-  rng, letters, asked = np.random.default_rng(3), iter(lambda: 0, 1), collections.Counter()
-  checked = collections.Counter()
-  for _ in range(400):
-    scene = sample_scene(rng, size=64)
-    turns = {s.name: _seen_turns(s.positions, scene.last_seen_frame, scene.fps)
-             for s in scene.sprites}
-    for q in questions_for_scene(scene, rng, letters, asked):
-      if q["family"] == "bounces":
-        name = next(n for n in turns if n in q["question"])
-        assert len(turns[name]) == int(q["open_answer"]), (q, turns)
-        checked["bounces"] += 1
-      if q["family"] == "first_bounce":
-        first = q["open_answer"][len("the "):]
-        assert turns[first] and all(not t or t[0] > turns[first][0]
-                                    for n, t in turns.items() if n != first), (q, turns)
-        checked["first_bounce"] += 1
-  assert checked["bounces"] >= 40 and checked["first_bounce"] >= 200, checked
+  for size, scenes, least in ((64, 400, 40), (16, 300, 10)):
+    rng, letters, asked = np.random.default_rng(3), iter(lambda: 0, 1), collections.Counter()
+    checked = collections.Counter()
+    for _ in range(scenes):
+      scene = sample_scene(rng, size=size)
+      last, fps = scene.last_seen_frame, scene.fps
+      sampled = np.arange(0, last + 1, fps)
+      drawn = {s.name: np.rint(s.positions[sampled]) for s in scene.sprites}
+      for q in questions_for_scene(scene, rng, letters, asked):
+        family = q["family"]
+        named = q["open_answer"][len("the "):]
+        if family == "bounces":
+          s = next(s for s in scene.sprites if s.name in q["question"])
+          assert len(_drawn_turns(s.positions, last, fps, 2)) == int(q["open_answer"]), q
+        if family == "first_bounce":
+          first = _drawn_turns(next(s for s in scene.sprites if s.name == named).positions,
+                               last, fps, 2)
+          faint = [_drawn_turns(s.positions, last, fps, 1) for s in scene.sprites
+                   if s.name != named]
+          assert first and all(not t or t[0] > first[0] for t in faint), q
+        if family == "first_mover":
+          moved = {n: sampled[np.abs(p - p[0]).max(axis=1) >= 2] for n, p in drawn.items()}
+          assert len(moved[named]) and all(not len(m) or m[0] > moved[named][0]
+                                           for n, m in moved.items() if n != named), q
+        if family == "faster":
+          speed = {n: np.hypot(*np.diff(p, axis=0).T).mean() for n, p in drawn.items()}
+          other = next(n for n in speed if n != named)
+          # (the mean over the steps once each moves, as the question's check; 1.2× at least)
+          moving = {n: np.hypot(*np.diff(p, axis=0)[sampled[1:] > s.start_frame].T).mean()
+                    for (n, p), s in zip(drawn.items(), scene.sprites)}
+          assert moving[named] >= 1.2 * moving[other] - 1e-9, (q, moving, speed)
+        if family == "direction":
+          s = next(s for s in scene.sprites if s.name in q["question"])
+          k = np.searchsorted(sampled, s.start_frame, side="right") - 1
+          dx, dy = np.diff(drawn[s.name], axis=0)[k]
+          shown = (("right" if dx > 0 else "left") if abs(dx) > abs(dy) else
+                   ("down" if dy > 0 else "up"))
+          assert max(abs(dx), abs(dy)) >= 2 and abs(dx) != abs(dy) and shown == q["open_answer"], q
+        checked[family] += 1
+    assert all(checked[f] >= least for f in MOTION_FAMILIES), (size, checked)
 
 
 def test_no_option_text_is_a_prior_for_the_answer():

@@ -349,3 +349,27 @@ def test_synth_into_a_folder_with_a_damaged_settings_file_names_it(tmp_path, cap
                "--size", "32", "--workers", "1", "--quiet"]) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"error: {settings}: not a readable JSON file") and err.count("\n") == 1
+
+
+def test_an_interrupted_video_write_leaves_no_video_named_file(tmp_path, monkeypatch):
+  """Ctrl-C mid-write left NAME.mp4.tmpPID.mp4, cut short, for good: anything listing the folder
+  for .mp4 files took it for a video. The writer removes it; a run removes any a killed run
+  left."""
+  (tmp_path / "videos").mkdir()
+  target = tmp_path / "videos" / "00000.mp4"
+
+  def cut_short(path, *args, **kwargs):
+    with open(path, "wb") as f:
+      f.write(b"\x00" * 100)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(synthetic.synthetic_clips, "write_clip", cut_short)
+  with pytest.raises(KeyboardInterrupt):
+    synthetic._write_video((0, 0, 32, 5.0, str(target)))  # pylint: disable=protected-access
+  assert os.listdir(tmp_path / "videos") == []
+  monkeypatch.undo()
+  stale = tmp_path / "videos" / "00001.mp4.tmp4242.mp4"  # a run killed outright
+  stale.write_bytes(b"\x00" * 100)
+  synthetic.generate(str(tmp_path), videos=1, seed=0, size=32, seconds=5.0, workers=1,
+                     progress=False)
+  assert sorted(os.listdir(tmp_path / "videos")) == ["00000.mp4", "settings.json"]

@@ -20,11 +20,11 @@ def synthetic_data(config) -> str:
   from cope_jax.data.build import build, load_items, shard_dir  # pylint: disable=import-outside-toplevel
   from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
   s = config.synthetic
-  # v6: the synthetic scenes and questions of 2026-12-06 (textured backgrounds, the scene's
+  # v7: the synthetic scenes and questions of 2026-12-06 (textured backgrounds, the scene's
   # other objects among the options, bounce counts balanced; only what one-per-second sampling
-  # shows asked, no option text a prior); older caches are rebuilt
+  # shows in the frames as drawn asked, no option text a prior); older caches are rebuilt
   out = os.path.join(cache_dir(), "synthetic",
-                     f"v6_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
+                     f"v7_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
   done = lambda: all(os.path.exists(os.path.join(shard_dir(out, st), "dataset_info.json"))  # noqa: E731
                      for st in ("pretrain", "finetune"))
   if done():

@@ -48,13 +48,20 @@ def scene_for(seed: int, index: int, size: int, seconds: float) -> Scene:
   return sample_scene(np.random.default_rng([seed, index]), size=size, seconds=seconds)
 
 
+TMP_MARK = ".tmp"  # a video being written: NAME.mp4.tmpPID.mp4
+
+
 def _write_video(args) -> str:
   seed, index, size, seconds, path = args
   if not os.path.exists(path):
-    tmp = f"{path}.tmp{os.getpid()}.mp4"
-    synthetic_clips.write_clip(tmp, render(scene_for(seed, index, size, seconds)), fps=30,
-                               codec="mpeg4", gop=240, options={"flags": "+mv4"})
-    os.replace(tmp, path)
+    tmp = f"{path}{TMP_MARK}{os.getpid()}.mp4"
+    try:
+      synthetic_clips.write_clip(tmp, render(scene_for(seed, index, size, seconds)), fps=30,
+                                 codec="mpeg4", gop=240, options={"flags": "+mv4"})
+      os.replace(tmp, path)
+    finally:  # (Ctrl-C reaches the workers too: no cut-short video left under an .mp4 name)
+      if os.path.exists(tmp):
+        os.remove(tmp)
   return path
 
 
@@ -100,6 +107,9 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
                       "--out, or delete that folder to regenerate")
   jobs = [(seed, i, size, seconds, os.path.join(out, "videos", f"{i:05d}.mp4"))
           for i in range(videos)]
+  for name in os.listdir(folder):  # a run killed outright (no cleanup) left these
+    if TMP_MARK in name:
+      os.remove(os.path.join(folder, name))
   todo = [j for j in jobs if not os.path.exists(j[-1])]
   if todo:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel

@@ -7,9 +7,12 @@ the frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them. S
 keyframe gives no shortcut, a question about objects frame 0 shows offers the scene's other
 objects among its distractors, and ``enters``, about an object frame 0 does not show, offers
 none of them (with "no object enters"). No answer depends on what one-per-second sampling
-(``Scene.last_seen_frame``, ``seen_reversals``) does not show: ``bounces`` and ``first_bounce``
-are asked where every bounce counted shows as the object turning back between sampled
-positions, ``faster`` where the sampled steps rank the objects alike. No option's text is a
+(``Scene.last_seen_frame``, ``seen_reversals``) does not show, in the frames as drawn (whole
+pixels; ``SEEN_PX`` of displacement to count): ``bounces`` and ``first_bounce`` are asked where
+every bounce counted shows as the object turning back between sampled positions, ``first_mover``
+where the first mover is seen moving at an earlier sampled frame than the other, ``direction``
+where the first sampled step of motion shows that direction, ``faster`` where the sampled steps
+rank the objects alike by ``FASTER_RATIO`` or more. No option's text is a
 prior for the answer: ``bounces`` answers are balanced over the dataset (each count asked about
 as often as the rarest of 1, 2 and 3, or one count would be the answer two times in three), "no
 object enters" is the answer of a quarter of ``enters`` questions (half the scenes have no
@@ -64,23 +67,59 @@ def sampled_frames(scene: Scene) -> np.ndarray:
   return np.arange(0, scene.last_seen_frame + 1, scene.fps)
 
 
+# Pixels of displacement a sampled step must show to count as motion (along an axis, for a turn
+# or a direction; at all, for a start): the frames draw objects at whole pixels, and a bounce
+# that moves an object 0.2 px between two looks shows nothing.
+SEEN_PX = 2
+
+
+def seen_positions(sprite, scene: Scene) -> np.ndarray:
+  """(sampled frames, 2): where the frames one-per-second sampling sees draw the object — at
+  whole pixels, as ``render`` draws it."""
+  return np.rint(sprite.positions[sampled_frames(scene)])
+
+
 def _sampled_steps(sprite, scene: Scene) -> np.ndarray:
-  """(steps, 2): the object's displacement between consecutive sampled frames."""
-  return np.diff(sprite.positions[sampled_frames(scene)], axis=0)
+  """(steps, 2): the object's drawn displacement between consecutive sampled frames."""
+  return np.diff(seen_positions(sprite, scene), axis=0)
 
 
-def seen_reversals(sprite, scene: Scene) -> list[int]:
+def seen_reversals(sprite, scene: Scene, min_px: int = SEEN_PX) -> list[int]:
   """The sampled frames by which the object is seen to turn back along an axis — each a bounce
-  seen — in order: where a sampled step's displacement reverses the previous moving one's. A
-  bounce in the object's first second of motion, or within a second of the last look, may show
-  none (the step around it can keep the other one's direction)."""
+  seen — in order: where a sampled step reverses the previous one that moved at least
+  ``min_px`` along that axis, moving as far itself. A bounce in the object's first second of
+  motion, within a second of the last look, or near a look (the object back where it was) may
+  show none."""
   frames = sampled_frames(scene)
   steps = _sampled_steps(sprite, scene)
   out = []
   for axis in range(2):
-    signs = [(k, x) for k, x in enumerate(np.sign(np.round(steps[:, axis], 6))) if x]
+    signs = [(k, np.sign(x)) for k, x in enumerate(steps[:, axis]) if abs(x) >= min_px]
     out += [int(frames[k + 1]) for (_, a), (k, b) in zip(signs, signs[1:]) if a != b]
   return sorted(out)
+
+
+def seen_start(sprite, scene: Scene) -> int | None:
+  """The first sampled frame that shows the object ``SEEN_PX`` or more from where frame 0 draws
+  it (None: never, to the last look)."""
+  positions = seen_positions(sprite, scene)
+  moved = np.abs(positions - positions[0]).max(axis=1) >= SEEN_PX
+  return int(sampled_frames(scene)[np.argmax(moved)]) if moved.any() else None
+
+
+def seen_direction(sprite, scene: Scene) -> str | None:
+  """Where the first sampled step after the object starts shows it going: its larger drawn
+  component, at least ``SEEN_PX`` and larger than the other (None: that step shows no clear
+  direction)."""
+  frames = sampled_frames(scene)
+  k = int(np.searchsorted(frames, sprite.start_frame, side="right")) - 1  # the step spanning it
+  steps = _sampled_steps(sprite, scene)
+  if not 0 <= k < len(steps):
+    return None
+  dx, dy = steps[k]
+  if max(abs(dx), abs(dy)) < SEEN_PX or abs(dx) == abs(dy):
+    return None
+  return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
 
 
 def _balanced(asked: collections.Counter, family: str, answer, share: dict) -> bool:
@@ -123,18 +162,25 @@ def _first_bounce(scene: Scene, turns: dict):
     return None
   frame, i = bouncing[0]
   first = scene.sprites[i]
-  seen = {key: (t or [None])[0] for key, t in turns.items()}
-  if seen[id(first)] is None:
+  seen = (turns[id(first)] or [None])[0]
+  if seen is None:
     return None
   for s in scene.sprites:
+    # (any other turn by then, of a pixel too, would leave the first one in doubt)
+    faint = (seen_reversals(s, scene, min_px=1) or [None])[0]
     if s is not first and ((s.bounces and s.bounces[0][0] - frame < scene.fps)
-                           or (seen[id(s)] is not None and seen[id(s)] <= seen[id(first)])):
+                           or (faint is not None and faint <= seen)):
       return None
   return first
 
 
+# How much faster the answer of ``faster`` must be seen to move than the other object: near a
+# tie the drawn pixels can rank them the other way.
+FASTER_RATIO = 1.2
+
+
 def _sampled_speed(sprite, scene: Scene) -> float:
-  """Mean displacement per sampled step once the object moves (what the Δ-frames show)."""
+  """Mean drawn displacement per sampled step once the object moves (what the Δ-frames show)."""
   steps = _sampled_steps(sprite, scene)[sampled_frames(scene)[1:] > sprite.start_frame]
   return float(np.hypot(steps[:, 0], steps[:, 1]).mean()) if len(steps) else 0.0
 
@@ -157,14 +203,21 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
       rng, next(letters)))
   # Asked only when the first second of motion goes one way (a bounce in it would make the
   # first sampled step another direction).
-  if not s0.bounces or s0.bounces[0][0] >= s0.start_frame + scene.fps:
+  if ((not s0.bounces or s0.bounces[0][0] >= s0.start_frame + scene.fps)
+      and seen_direction(s0, scene) == s0.first_direction()):  # (and the drawn step shows it)
     qs.append(_question(
         "direction", f"In which direction does the {s0.name} move when it starts moving?",
         s0.first_direction(), list(DIRECTIONS), rng, next(letters)))
   others = [f"the {s.name}" for s in scene.sprites if s is not a]
-  qs.append(_question(
-      "first_mover", "Which object starts moving first?", f"the {a.name}",
-      _absent_objects(scene, rng), rng, next(letters), keep=others))
+  starts = [seen_start(s, scene) for s in scene.sprites]
+  seen_a = starts[scene.sprites.index(a)]
+  # asked where the frames show it first: a slow start (or a bounce back near a look) can keep
+  # an object where it was drawn until the other one moves too
+  if seen_a is not None and all(t is None or t > seen_a for s, t in zip(scene.sprites, starts)
+                                if s is not a):
+    qs.append(_question(
+        "first_mover", "Which object starts moving first?", f"the {a.name}",
+        _absent_objects(scene, rng), rng, next(letters), keep=others))
   # each object's seen bounces, by id: what both bounce families ask about
   turns = {id(s): seen_reversals(s, scene) for s in scene.sprites}
   counted = _bounces_subject(scene, asked, turns)
@@ -177,8 +230,9 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
       "camera_pan", "In which direction does the camera pan?", pan,
       list(DIRECTIONS) + ["the camera does not move"], rng, next(letters)))
   fast, slow = sorted(scene.sprites[:2], key=lambda s: -s.speed())
-  # (asked where the sampled steps rank them alike: bounces shorten what a second shows)
-  if _sampled_speed(fast, scene) > _sampled_speed(slow, scene):
+  # (asked where the sampled steps rank them alike, clearly: bounces shorten what a second
+  # shows, and drawn pixels round)
+  if _sampled_speed(fast, scene) >= FASTER_RATIO * _sampled_speed(slow, scene):
     qs.append(_question(
         "faster", "Which object moves faster?", f"the {fast.name}",
         _absent_objects(scene, rng), rng, next(letters), keep=[f"the {slow.name}"]))
