@@ -58,19 +58,24 @@ prefix() {
 }
 
 # parse_args ARG …: --dry-run wherever it stands sets DRY_RUN (a misplaced flag must never run
-# the real command); the one other argument is COMMAND; anything more is refused.
+# the real command), and --help wherever it stands asks for the help; the one other argument is
+# COMMAND; anything more is refused.
 parse_args() {
   COMMAND=""
-  local arg
+  local arg help=""
   for arg in "$@"; do
     case "$arg" in
       --dry-run) DRY_RUN=1 ;;
+      -h | --help) help=1 ;;  # (anywhere too: `gpu.sh local --help` asks for it)
       *)
         [[ -z "$COMMAND" ]] || die "unexpected argument '$arg' after '$COMMAND' (see --help)"
         COMMAND=$arg
         ;;
     esac
   done
+  if [[ -n "$help" ]]; then
+    COMMAND=--help
+  fi
 }
 
 # The training command every worker runs (CONFIG, WORKDIR, optional DATA_DIR and EXTRA_FLAGS;

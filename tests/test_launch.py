@@ -61,6 +61,9 @@ def test_dry_run_anywhere_and_no_stray_arguments():
   assert r.returncode == 2 and "unexpected argument 'now' after 'delete'" in r.stderr
   r = sh(GPU, "slurm", "--dry-run", CONFIG="configs/finetune.py", WORKDIR="/ckpt")
   assert r.returncode == 0 and "#SBATCH --nodes=2" in r.stdout
+  for script, command in ((GPU, "local"), (TPU, "train")):  # --help after a command: the help
+    r = sh(script, command, "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: "), r.stderr
   for bad in ("v4-abc", "v5litepod-8", "v4-12", "v4-08"):
     r = sh(TPU, "--dry-run", "train", **{**V4_32, "ACCELERATOR": bad})
     assert r.returncode == 2 and "must be a TPU v4 slice" in r.stderr and not r.stdout
