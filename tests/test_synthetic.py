@@ -289,6 +289,7 @@ def test_synth_cli(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
+    (["--out", ""], "--out is empty"),  # (it wrote the dataset into the current folder)
     # a frame side the codec refuses (it used to crash the worker pool half-way, or fill memory)
     (["--size", "100000"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
     (["--size", "4096"], "--size must be a multiple of 16 from 16 to 2048 pixels"),

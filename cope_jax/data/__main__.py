@@ -116,6 +116,8 @@ def _message(e: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   try:
+    if not args.out.strip():  # (it would write into the current folder)
+      raise ConfigError("--out is empty: name the output folder")
     if os.path.isfile(args.out):
       raise ConfigError(f"--out {args.out} is a file, not a folder")
     args.func(args)

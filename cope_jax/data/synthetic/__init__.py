@@ -13,7 +13,6 @@ two splits. Re-running resumes: finished videos are kept.
 from __future__ import annotations
 
 import collections
-import json
 import os
 from typing import Iterator
 
@@ -28,7 +27,7 @@ from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, captio
 from cope_jax.data.parallel import check_workers, process_pool
 from cope_jax.data.synthetic.scene import Scene, check_seconds, render, sample_scene
 from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
-from cope_jax.json_files import earlier_settings, write_json
+from cope_jax.json_files import earlier_settings, write_json, write_jsonl
 
 SPLITS = ("train", "validation", "test")
 MAX_VIDEOS = 100_000            # the demo uses 600; the ground truth of all is held in memory
@@ -134,10 +133,10 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
     if splits[i] == "train":
       conversations += _training_conversations(f"videos/{i:05d}.mp4", caption(scene), qs,
                                                np.random.default_rng([seed, i, 7]))
-  _write_jsonl(os.path.join(out, "scenes.jsonl"), scenes)
-  _write_jsonl(os.path.join(out, "questions.jsonl"), questions)
+  write_jsonl(os.path.join(out, "scenes.jsonl"), scenes)
+  write_jsonl(os.path.join(out, "questions.jsonl"), questions)
   for split in SPLITS:
-    _write_jsonl(os.path.join(out, f"{split}.jsonl"), [q for q in questions if q["split"] == split])
+    write_jsonl(os.path.join(out, f"{split}.jsonl"), [q for q in questions if q["split"] == split])
   write_json(os.path.join(out, "train_conversations.json"), conversations, indent=None)
   corpus = [t["value"] for c in conversations for t in c["conversations"]]
   corpus += [mcq_prompt(q["question"], q["options"]) for q in questions]
@@ -175,14 +174,6 @@ def _training_conversations(video: str, text: str, qs: list[dict],
            "conversations": [{"from": who, "value": value} for who, value in turns]}
           for kind, turns in (("caption", [("human", f"<image>\n{DESCRIBE}"), ("gpt", text)]),
                               ("qa", qa))]
-
-
-def _write_jsonl(path: str, rows) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
 
 
 __all__ = ["generate", "scene_for", "SPLITS", "FAMILIES", "MOTION_FAMILIES", "MAX_VIDEOS",
