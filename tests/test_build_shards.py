@@ -203,3 +203,14 @@ def test_a_worker_that_dies_is_reported_and_the_build_goes_on(tmp_path, pan_clip
   for v in done:
     assert np.load(os.path.join(tmp_path / "cache", ExtractSettings(
         SIZE, SamplingConfig()).key(v) + ".npz"))["kinds"].size
+
+
+def _opencv_threads(_) -> int:
+  import cv2  # pylint: disable=import-outside-toplevel
+  return cv2.getNumThreads()
+
+
+def test_pool_workers_use_one_opencv_thread_each():
+  from cope_jax.data.parallel import process_pool  # pylint: disable=import-outside-toplevel
+  with process_pool(2) as pool:  # the workers already share the cores
+    assert set(pool.map(_opencv_threads, range(4))) == {1}

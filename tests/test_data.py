@@ -397,14 +397,3 @@ def test_build_refuses_bad_annotations_and_videos_before_writing(tmp_path, monke
   assert err == f"error: {message}\n" or (err.startswith(f"error: {message}")
                                           and err.count("\n") == 1), err
   assert not (tmp_path / "out").exists()
-
-
-def _opencv_threads(_) -> int:
-  import cv2  # pylint: disable=import-outside-toplevel
-  return cv2.getNumThreads()
-
-
-def test_pool_workers_use_one_opencv_thread_each():
-  from cope_jax.data.parallel import process_pool  # pylint: disable=import-outside-toplevel
-  with process_pool(2) as pool:  # the workers already share the cores
-    assert set(pool.map(_opencv_threads, range(4))) == {1}
