@@ -86,7 +86,9 @@ def _pop_flag(name: str) -> str | None:
     a = args.pop(0)
     if a.startswith(f"--{name}="):
       value = a.split("=", 1)[1]
-    elif a == f"--{name}" and args:
+    elif a == f"--{name}":
+      if not args or args[0].startswith("--"):  # (not the next flag taken as its value)
+        _refuse(f"--{name} needs a value: --{name}=VALUE")
       value = args.pop(0)
     else:
       rest.append(a)
