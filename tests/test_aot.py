@@ -48,13 +48,13 @@ def test_aot_flags_in_either_form(monkeypatch):
   monkeypatch.setattr(sys, "argv", ["aot", "--config=c.py", "--topology", "8xh100", "--devices=4",
                                     "--config.mesh.data=8"])
   assert _pop_flag("topology") == "8xh100" and _pop_flag("devices") == "4"
+  assert sys.argv == ["aot", "--config=c.py", "--config.mesh.data=8"]
+  assert _pop_flag("topology") is None
   # a flag without its value does not take the next flag as one (the topology "--config=…")
   monkeypatch.setattr(sys, "argv", ["aot", "--topology", "--config=c.py"])
   with pytest.raises(SystemExit) as stop:
     _pop_flag("topology")
   assert stop.value.code == 2
-  assert sys.argv == ["aot", "--config=c.py", "--config.mesh.data=8"]
-  assert _pop_flag("topology") is None
 
 
 def _aot_refusal(capsys, topology):
