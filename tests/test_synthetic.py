@@ -369,8 +369,12 @@ def test_an_interrupted_video_write_leaves_no_video_named_file(tmp_path, monkeyp
     synthetic._write_video((0, 0, 32, 5.0, str(target)))  # pylint: disable=protected-access
   assert os.listdir(tmp_path / "videos") == []
   monkeypatch.undo()
-  stale = tmp_path / "videos" / "00001.mp4.tmp4242.mp4"  # a run killed outright
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  stale = tmp_path / "videos" / f"00001.mp4.tmp{dead}.mp4"  # a run killed outright
   stale.write_bytes(b"\x00" * 100)
+  writing = tmp_path / "videos" / f"00002.mp4.tmp{os.getpid()}.mp4"  # a run writing beside it
+  writing.write_bytes(b"\x00" * 100)
   synthetic.generate(str(tmp_path), videos=1, seed=0, size=32, seconds=5.0, workers=1,
                      progress=False)
-  assert sorted(os.listdir(tmp_path / "videos")) == ["00000.mp4", "settings.json"]
+  assert sorted(os.listdir(tmp_path / "videos")) == ["00000.mp4", writing.name, "settings.json"]

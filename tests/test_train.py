@@ -34,9 +34,36 @@ def metrics(workdir):
   return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
+# The trainer's command, printing what the loop leaves out of the logged rates.
+_RATES_NOTED = """
+import runpy, sys
+from cope_jax.train.metrics_log import MetricsLog
+leave_out, start_counting = MetricsLog.leave_out, MetricsLog.start_counting
+def noted_leave_out(self, seconds):
+  if seconds:
+    print(f"left out {seconds:.3f} s" + (" before step 1" if self.last_step == 0 else ""),
+          flush=True)
+  leave_out(self, seconds)
+def noted_start_counting(self, step):
+  print(f"counting from step {step}", flush=True)
+  start_counting(self, step)
+MetricsLog.leave_out, MetricsLog.start_counting = noted_leave_out, noted_start_counting
+sys.argv = ["cope_jax.train"] + sys.argv[1:]
+runpy.run_module("cope_jax.train", run_name="__main__")
+"""
+
+
 def test_pretrain_tiny_learns_and_logs(tmp_path):
-  r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=12", "--config.profile_steps=2:3")
+  cmd = train_cmd("pretrain.py:tiny", tmp_path, "--config.total_steps=12",
+                  "--config.profile_steps=2:3")
+  r = subprocess.run([sys.executable, "-c", _RATES_NOTED, *cmd[3:]], capture_output=True,
+                     text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert r.returncode == 0, r.stderr[-3000:]
+  # the rates leave out the compilation, the trace's writing and the first step (start-up)
+  noted = [line for line in r.stdout.splitlines() if line.startswith(("left out", "counting"))]
+  assert noted[0].startswith("left out") and noted[0].endswith("before step 1"), noted
+  assert noted[1] == "counting from step 1" and noted[2].startswith("left out"), noted
+  assert len(noted) == 3, noted
   # steps 2 and 3 as logged (it traced step 3 alone): two runs of the step's program
   assert "profile of steps 2–3" in r.stdout
   trace, = glob.glob(str(tmp_path / "profile" / "**" / "*.trace.json.gz"), recursive=True)

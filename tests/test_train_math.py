@@ -180,3 +180,26 @@ def test_rates_and_the_eta_leave_out_compiling(tmp_path, monkeypatch, capsys):
   record = json.loads((tmp_path / "metrics.jsonl").read_text())
   assert record["steps_per_s"] == pytest.approx(0.5) and record["tokens_per_s"] == pytest.approx(200)
   assert "ETA 0:00:18" in capsys.readouterr().out
+
+
+def test_the_first_step_of_a_run_is_its_own_rate(tmp_path, monkeypatch):
+  """The first step of a run also starts the data pipeline and runs a new program for the first
+  time (3 s on the tiny recipe): counted in the first window, step 1 logged 0.32 steps/s against
+  ~4.5 after it. The windows count from the first step's end; a record of that step alone keeps
+  its own rate."""
+  from cope_jax.train import metrics_log  # pylint: disable=import-outside-toplevel
+  clock = [0.0]
+  monkeypatch.setattr(metrics_log.time, "perf_counter", lambda: clock[0])
+  log = metrics_log.MetricsLog(str(tmp_path), 100, 0)
+  log.count_tokens(100)
+  clock[0] += 3.25  # the first step: 3 s of start-up, 0.25 s of training
+  log.start_counting(1)
+  log.write(1, {"loss": 1.0, "learning_rate": 1e-3})  # (log_every 1)
+  for step in (2, 3):
+    log.count_tokens(100)
+    clock[0] += 0.25
+  log.write(3, {"loss": 1.0, "learning_rate": 1e-3})
+  log.close()
+  first, window = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert first["steps_per_s"] == pytest.approx(1 / 3.25)
+  assert window["steps_per_s"] == pytest.approx(4.0) and window["tokens_per_s"] == pytest.approx(400)

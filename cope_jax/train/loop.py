@@ -8,6 +8,8 @@ the length buckets), and its memory use is printed per device.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import signal
 import sys
@@ -220,12 +222,24 @@ DATA_ORDER = "data_order.json"  # in the workdir: the records the run's data pos
 
 
 def split_records(config) -> dict:
-  """The records of the split a run reads, shard by shard (from the shards' dataset_info.json):
-  a data position saved against other records would mean other examples."""
-  info = read_json(os.path.join(shard_dir(config.data_dir, config.stage), "dataset_info.json"))
+  """What the split a run reads holds: its shard lengths (dataset_info.json) and a digest of its
+  shard files (every file's name and size, the first and the last file's first and last 64 KiB:
+  other records change them, a move or a copy does not) — a data position saved against other
+  records means other examples."""
+  shards = shard_dir(config.data_dir, config.stage)
+  info = read_json(os.path.join(shards, "dataset_info.json"))
   split = next((s for s in info.get("splits", []) if s.get("name") == config.split), {})
+  files = sorted(glob.glob(os.path.join(glob.escape(shards), f"*-{config.split}.array_record-*")))
+  digest = hashlib.sha256()
+  for path in files:
+    digest.update(f"{os.path.basename(path)} {os.path.getsize(path)}\n".encode())
+  for path in dict.fromkeys(files[:1] + files[-1:]):
+    with open(path, "rb") as f:
+      digest.update(f.read(1 << 16))
+      f.seek(max(0, os.path.getsize(path) - (1 << 16)))
+      digest.update(f.read())
   return {"split": config.split, "shard_lengths": [int(n) for n in split.get("shardLengths", [])],
-          "num_bytes": int(split.get("numBytes", 0))}
+          "content": digest.hexdigest()[:16]}
 
 
 def check_same_data_order(config, workdir: str) -> None:
@@ -242,12 +256,15 @@ def check_same_data_order(config, workdir: str) -> None:
                       "its saved data position would mean other examples; resume with its "
                       "settings, or use another --workdir")
   order = os.path.join(workdir, DATA_ORDER)
-  if os.path.exists(order) and (was := read_json(order)) != (now := split_records(config)):
+  if not os.path.exists(order):
+    return
+  was, now = read_json(order), split_records(config)
+  if any(was[k] != now[k] for k in set(was) & set(now)):
     def records(r):
-      return (f"{sum(r['shard_lengths'])} records in {len(r['shard_lengths'])} shards of "
-              f"{r.get('num_bytes', 0)} bytes")
-    raise ConfigError(f"the run in {workdir} read other data: {records(was)}, and "
-                      f"{config.data_dir} now holds {records(now)} for split {config.split!r}; "
+      return (f"{sum(r['shard_lengths'])} records in {len(r['shard_lengths'])} shards, "
+              f"content {r.get('content', '?')}")
+    raise ConfigError(f"the run in {workdir} read other data ({records(was)}) than "
+                      f"{config.data_dir} now holds for split {config.split!r} ({records(now)}): "
                       "its saved data position would mean other examples: resume on the shards "
                       "it read (they may move), or use another --workdir")
 
@@ -304,7 +321,8 @@ def train(config, workdir: str) -> int:
   preemption = Preemption(install=jax.process_count() == 1)
   step = int(jax.device_get(state["step"]))
   log = MetricsLog(workdir, config.total_steps, step, main)
-  status, tracing = 0, False  # (a run resumed inside the profiled steps traces nothing)
+  # (a run resumed inside the profiled steps traces nothing)
+  status, tracing, counting = 0, False, False
   try:
     while step < config.total_steps:
       local = next(iterator)
@@ -321,6 +339,10 @@ def train(config, workdir: str) -> int:
       state, metrics = program.run(state, frozen, batch)
       log.leave_out(program.compile_s - compiled_s)  # a rate, an ETA: of training, not compiling
       step += 1
+      if not counting:  # (once: the wait costs one step's overlap with the next batch)
+        jax.block_until_ready(metrics)
+        log.start_counting(step)
+        counting = True
       if tracing and step == profile[1]:
         jax.block_until_ready(metrics)
         stopped = time.perf_counter()

@@ -40,6 +40,7 @@ class MetricsLog:
   def __init__(self, workdir: str, total_steps: int, start_step: int, is_main: bool = True):
     self.total, self.is_main = total_steps, is_main
     self.last_time, self.last_step, self.tokens = time.perf_counter(), start_step, 0
+    self.first = None  # (seconds, steps, tokens) of the run's first step, until it is logged
     self.jsonl, self.tb = None, None
     if is_main:
       path = os.path.join(workdir, "metrics.jsonl")
@@ -57,12 +58,23 @@ class MetricsLog:
     """Time that is not training (compiling a step, writing a profile): not in the next rates."""
     self.last_time += seconds
 
+  def start_counting(self, step: int) -> None:
+    """The run's first ``step`` is done: the rates count from here. Its time holds one-time
+    costs — the data pipeline's start, a new program's first run — seconds that would put the
+    first window's rate and ETA far off; it is the rate of a record at that step alone."""
+    now = time.perf_counter()
+    self.first = (max(now - self.last_time, 1e-9), step - self.last_step, self.tokens)
+    self.last_time, self.last_step, self.tokens = now, step, 0
+
   def write(self, step: int, metrics: dict[str, float]) -> None:
     now = time.perf_counter()
-    dt = max(now - self.last_time, 1e-9)
-    steps_per_s = (step - self.last_step) / dt
-    record = {"step": step, **metrics, "steps_per_s": steps_per_s,
-              "tokens_per_s": self.tokens / dt}
+    if step == self.last_step and self.first is not None:  # a record of the first step alone
+      dt, steps, tokens = self.first
+    else:
+      dt, steps, tokens = max(now - self.last_time, 1e-9), step - self.last_step, self.tokens
+    self.first = None
+    steps_per_s = steps / dt
+    record = {"step": step, **metrics, "steps_per_s": steps_per_s, "tokens_per_s": tokens / dt}
     self.last_time, self.last_step, self.tokens = now, step, 0
     if not self.is_main:
       return

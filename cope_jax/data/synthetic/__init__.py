@@ -50,6 +50,20 @@ def scene_for(seed: int, index: int, size: int, seconds: float) -> Scene:
 TMP_MARK = ".tmp"  # a video being written: NAME.mp4.tmpPID.mp4
 
 
+def _writer_alive(name: str) -> bool:
+  """Whether the process a temporary video's name holds (NAME.mp4.tmpPID.mp4) still runs here."""
+  pid = name.rsplit(TMP_MARK, 1)[-1].split(".")[0]
+  if not pid.isdigit():
+    return False
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # (another user's process)
+    return True
+  return True
+
+
 def _write_video(args) -> str:
   seed, index, size, seconds, path = args
   if not os.path.exists(path):
@@ -107,7 +121,7 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   jobs = [(seed, i, size, seconds, os.path.join(out, "videos", f"{i:05d}.mp4"))
           for i in range(videos)]
   for name in os.listdir(folder):  # a run killed outright (no cleanup) left these
-    if TMP_MARK in name:
+    if TMP_MARK in name and not _writer_alive(name):
       os.remove(os.path.join(folder, name))
   todo = [j for j in jobs if not os.path.exists(j[-1])]
   if todo:
