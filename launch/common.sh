@@ -79,12 +79,22 @@ parse_args() {
 }
 
 # The training command every worker runs (CONFIG, WORKDIR, optional DATA_DIR and EXTRA_FLAGS;
-# PYTHON, the interpreter, default python).
+# PYTHON, the interpreter, default checkout_python's).
 # Values are quoted for the shell that runs the command (a WORKDIR with a space stays one
 # argument); EXTRA_FLAGS is split into words on purpose.
+# checkout_python: this checkout's .venv interpreter where it has one (a job run from a script
+# or a scheduler sees no activated virtualenv), else python — quoted for a shell.
+checkout_python() {
+  if [[ -x "$HERE/../.venv/bin/python" ]]; then
+    printf '%q' "$(cd "$HERE/.." && pwd)/.venv/bin/python"
+  else
+    printf python
+  fi
+}
+
 train_command() {
   local cmd
-  cmd="${PYTHON:-python} -m cope_jax.train $(printf '%q' "--config=${CONFIG}")"
+  cmd="${PYTHON:-$(checkout_python)} -m cope_jax.train $(printf '%q' "--config=${CONFIG}")"
   cmd+=" $(printf '%q' "--workdir=${WORKDIR}")"
   if [[ -n "${DATA_DIR:-}" ]]; then
     cmd+=" $(printf '%q' "--config.data_dir=${DATA_DIR}")"

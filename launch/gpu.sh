@@ -41,19 +41,7 @@ USAGE
 }
 
 host() {
-  run bash -c "cd $(printf '%q' "$HERE/..") && $(PYTHON=$(checkout_python) train_command)"
-}
-
-# checkout_python: PYTHON, else this checkout's .venv interpreter where it has one (a job run
-# from a script or a scheduler sees no activated virtualenv), else python — quoted for a shell.
-checkout_python() {
-  if [[ -n "${PYTHON:-}" ]]; then
-    printf '%s' "$PYTHON"
-  elif [[ -x "$HERE/../.venv/bin/python" ]]; then
-    printf '%q' "$(cd "$HERE/.." && pwd)/.venv/bin/python"
-  else
-    printf python
-  fi
+  run bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
 }
 
 # coordinator_host SSH_DESTINATION: the address the workers reach the first host at —
@@ -124,7 +112,7 @@ slurm() {
 ${PARTITION:+#SBATCH --partition=$PARTITION}
 #SBATCH --requeue
 cd $(printf '%q' "$HERE/..")
-srun --cpus-per-task=${CPUS_PER_TASK:-8} env COPE_DISTRIBUTED=1 $(PYTHON=$(checkout_python) train_command)
+srun --cpus-per-task=${CPUS_PER_TASK:-8} env COPE_DISTRIBUTED=1 $(train_command)
 SBATCH
 )
   if [[ "$DRY_RUN" == 1 ]]; then
@@ -135,8 +123,7 @@ SBATCH
 }
 
 local_processes() {
-  local n=${PROCESSES:-2} port=${PORT:-12355} python
-  python=$(checkout_python)
+  local n=${PROCESSES:-2} port=${PORT:-12355}
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "PROCESSES must be a whole number >= 1, got '$n'"
   local pids=() i
   for ((i = 0; i < n; i++)); do
@@ -144,10 +131,9 @@ local_processes() {
       "COPE_PROCESS_ID=$i" JAX_PLATFORMS=cpu
       "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-4}")
     if [[ "$DRY_RUN" == 1 ]]; then
-      run env "${env[@]}" bash -c "cd $(printf '%q' "$HERE/..") && $(PYTHON=$python train_command)"
+      run env "${env[@]}" bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
     else
-      ( (cd "$HERE/.." && env "${env[@]}" bash -c "$(PYTHON=$python train_command)") 2>&1 |
-        prefix "process $i") &
+      ( (cd "$HERE/.." && env "${env[@]}" bash -c "$(train_command)") 2>&1 | prefix "process $i") &
       pids+=($!)
     fi
   done

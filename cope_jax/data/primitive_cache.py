@@ -188,20 +188,21 @@ def _run_jobs(jobs: list, workers: int | None, bar) -> dict[str, str | None]:
   return reasons
 
 
+def _alone(fn, *args):
+  """``fn(*args)`` in a process of its own; None if that process dies."""
+  try:
+    with process_pool(1) as solo:
+      return solo.submit(fn, *args).result()
+  except BrokenProcessPool:
+    return None
+
+
 def _pool_starts() -> bool:
   """Whether a fresh worker process can run anything at all: if not, every video would be
   reported as having killed its worker."""
-  try:
-    with process_pool(1) as solo:
-      return solo.submit(int).result() == 0
-  except BrokenProcessPool:
-    return False
+  return _alone(int) == 0
 
 
 def _run_alone(job) -> tuple[str, str | None]:
   """``_extract_one`` in a process of its own: if it dies, only this video is lost."""
-  try:
-    with process_pool(1) as solo:
-      return solo.submit(_extract_one, job).result()
-  except BrokenProcessPool:
-    return job[0], _DIED
+  return _alone(_extract_one, job) or (job[0], _DIED)

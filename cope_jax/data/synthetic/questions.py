@@ -25,7 +25,7 @@ import collections
 
 import numpy as np
 
-from cope_jax.data.synthetic.scene import COLORS, DIRECTIONS, Scene
+from cope_jax.data.synthetic.scene import COLORS, DIRECTIONS, Scene, direction_of
 
 LETTERS = "ABCD"
 MOTION_FAMILIES = ("direction", "first_mover", "bounces", "camera_pan", "faster", "first_bounce",
@@ -119,7 +119,7 @@ def seen_direction(sprite, scene: Scene) -> str | None:
   dx, dy = steps[k]
   if max(abs(dx), abs(dy)) < SEEN_PX or abs(dx) == abs(dy):
     return None
-  return ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+  return direction_of(steps[k])
 
 
 def _balanced(asked: collections.Counter, family: str, answer, share: dict) -> bool:
@@ -166,10 +166,11 @@ def _first_bounce(scene: Scene, turns: dict):
   if seen is None:
     return None
   for s in scene.sprites:
+    if s is first:
+      continue
     # (any other turn by then, of a pixel too, would leave the first one in doubt)
     faint = (seen_reversals(s, scene, min_px=1) or [None])[0]
-    if s is not first and ((s.bounces and s.bounces[0][0] - frame < scene.fps)
-                           or (faint is not None and faint <= seen)):
+    if (s.bounces and s.bounces[0][0] - frame < scene.fps) or (faint is not None and faint <= seen):
       return None
   return first
 

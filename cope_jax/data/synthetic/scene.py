@@ -40,14 +40,19 @@ class Sprite:
     return f"{self.color} {self.shape}"
 
   def first_direction(self) -> str:
-    step = self.positions[self.start_frame + 1] - self.positions[self.start_frame]
-    axis = int(np.argmax(np.abs(step)))
-    return ("right" if step[0] > 0 else "left") if axis == 0 else ("down" if step[1] > 0 else "up")
+    return direction_of(self.positions[self.start_frame + 1] - self.positions[self.start_frame])
 
   def speed(self) -> float:
     """Mean speed while moving, px/frame."""
     moving = np.diff(self.positions[self.start_frame:], axis=0)
     return float(np.hypot(moving[:, 0], moving[:, 1]).mean()) if len(moving) else 0.0
+
+
+def direction_of(step) -> str:
+  """The direction (a DIRECTIONS key) of a displacement (x, y): its larger component's."""
+  if abs(step[0]) >= abs(step[1]):
+    return "right" if step[0] > 0 else "left"
+  return "down" if step[1] > 0 else "up"
 
 
 @dataclasses.dataclass
