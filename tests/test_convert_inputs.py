@@ -81,6 +81,7 @@ def test_fields_a_config_leaves_out_take_the_transformers_defaults():
     ({"vocab_size": "97"}, "vocab_size must be a whole number >= 1, got '97'"),
     ({"hidden_size": 2.5}, "hidden_size must be a whole number >= 1, got 2.5"),
     ({"num_key_value_heads": 3}, "hidden_size 64, num_attention_heads 4 and num_key_value_heads 3"),
+    ({"max_position_embeddings": 0}, "max_position_embeddings must be a whole number >= 1, got 0"),
 ])
 def test_config_values_that_describe_no_model_are_one_error_line(hf_root, tmp_path, change,
                                                                  named):
@@ -96,6 +97,12 @@ def test_config_values_that_describe_no_model_are_one_error_line(hf_root, tmp_pa
   np.savez(tmp_path / "in.npz", input_ids=np.zeros((1, 3), np.int64))
   _one_error_line(_forward(folder, tmp_path / "in.npz", tmp_path / "out.npz"),
                   f"{folder / 'config.json'}: {named}")
+
+
+def test_a_llava_config_without_its_vision_config_is_named_so():
+  """It was a bare KeyError: "error: 'vision_config'"."""
+  with pytest.raises(CheckpointError, match="text_config but no vision_config"):
+    llava_convert.config_from_checkpoint({"text_config": {}})
 
 
 def test_a_checkpoint_folder_that_is_not_there_is_named_so(tmp_path):
@@ -120,6 +127,10 @@ def test_a_safetensors_file_cut_short_or_a_broken_index_is_refused(hf_root, tmp_
     read_checkpoint(str(folder))
   np.savez(tmp_path / "in.npz", input_ids=np.zeros((1, 3), np.int64))
   _one_error_line(_forward(folder, tmp_path / "in.npz", tmp_path / "out.npz"), "cut short")
+  # a clone without git-lfs: its 8 first bytes read as a ~2 EB header (a MemoryError traceback)
+  model.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
+  _one_error_line(_forward(folder, tmp_path / "in.npz", tmp_path / "out.npz"),
+                  "not a safetensors file", "Git LFS pointer")
   model.write_bytes(whole)
   os.rename(model, folder / "model-00001-of-00001.safetensors")  # (model.safetensors goes first)
   (folder / "model.safetensors.index.json").write_text("{bad")
@@ -149,7 +160,10 @@ def test_hf_forward_inputs_cut_short_and_an_out_folder_are_one_error_line(hf_roo
                     "B and L at least 1")
   np.savez(tmp_path / "empty.npz", pixel_values=np.zeros((0, 3, 56, 56), np.float32))
   _one_error_line(_forward(hf_models.siglip_dir(hf_root), tmp_path / "empty.npz",
-                           tmp_path / "out.npz"), "needs 'pixel_values' (B, 3, 56, 56)")
+                           tmp_path / "out.npz"), "needs numeric 'pixel_values' (B, 3, 56, 56)")
+  np.savez(tmp_path / "empty.npz", pixel_values=np.full((1, 3, 56, 56), "a"))  # (a traceback)
+  _one_error_line(_forward(hf_models.siglip_dir(hf_root), tmp_path / "empty.npz",
+                           tmp_path / "out.npz"), "needs numeric 'pixel_values'", "<U1")
   assert sorted(os.listdir(tmp_path)) == ["cut.npz", "empty.npz", "folder", "in.npz", "long.npz",
                                           "objects.npz"]
 

@@ -40,6 +40,49 @@ def test_frames_tied_with_the_target_share_its_rank():
   assert r == {"recall@1": 1.0, "recall@2": 1.0, "recall@5": 1.0}
 
 
+def test_tied_frames_score_alike_however_the_queries_are_batched():
+  """A matrix product need not round identical database rows alike: the tie rule must not
+  depend on it. Batched or one query at a time, the same Recall@k (they differed before each
+  distinct row was scored once)."""
+  rng = np.random.default_rng(0)
+  for _ in range(40):
+    m, dim = int(rng.integers(8, 70)), int(rng.choice([64, 1152]))
+    database = rng.standard_normal((m, dim)).astype(np.float32)
+    a = int(rng.integers(1, m - 3))
+    database[a:int(rng.integers(a + 2, m)) + 1] = database[a]  # a still scene
+    targets = np.arange(1, m)
+    queries = database[targets] + 0.5 * rng.standard_normal((m - 1, dim)).astype(np.float32)
+    batched = recall_at_k(queries, database, targets, targets - 1)
+    alone = [recall_at_k(queries[[i]], database, targets[[i]], targets[[i]] - 1)
+             for i in range(m - 1)]
+    assert batched == pytest.approx({k: np.mean([r[k] for r in alone]) for k in batched},
+                                    abs=1e-12)
+
+
+def test_embeddings_are_float32_means_of_a_bfloat16_model(tmp_path):
+  """The paper recipe runs in bfloat16: its 729 tokens a frame summed in bfloat16 stop growing
+  (a mean of ~3 came out 2.1). The embeddings are the tokens' float32 means."""
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+  from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec import synthetic_clips  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.retrieval import Stage1Embedder  # pylint: disable=import-outside-toplevel
+  video = str(tmp_path / "pan.mp4")
+  synthetic_clips.write_clip(video, synthetic_clips.pan_frames(70, 64, 64), fps=30)
+  rng = np.random.default_rng(0)
+  tokens = (3 + rng.random((729, 8))).astype(ml_dtypes.bfloat16)
+  embed = Stage1Embedder.__new__(Stage1Embedder)
+  embed.task = SimpleNamespace(cfg=SimpleNamespace(vision=SimpleNamespace(image_size=28)),
+                               config=SimpleNamespace(codec_size=64))
+  embed.trained = embed.vision_params = None
+  embed._vision = lambda _, pixels: np.broadcast_to(tokens, (len(pixels),) + tokens.shape)
+  embed._predict = lambda _, prev, mv, res: prev
+  out = embed(video)
+  exact = tokens.astype(np.float64).mean(axis=0)
+  for key in ("frames", "predicted"):
+    assert out[key].dtype == np.float32
+    np.testing.assert_allclose(out[key], np.broadcast_to(exact, out[key].shape), rtol=1e-6)
+
+
 def test_retrieval_driver_on_a_stage1_workdir(tmp_path):
   r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/pretrain.py:tiny",
                       f"--workdir={tmp_path}", "--config.total_steps=2",

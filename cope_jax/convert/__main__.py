@@ -91,10 +91,11 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
     from cope_jax.models.siglip import Siglip  # pylint: disable=import-outside-toplevel
     pixels = data.get("pixel_values")
     want = (3, cfg.image_size, cfg.image_size)
-    if pixels is None or pixels.ndim != 4 or pixels.shape[1:] != want or not len(pixels):
-      raise CheckpointError(f"{inputs}: a SigLIP model needs 'pixel_values' (B, {want[0]}, "
-                            f"{want[1]}, {want[2]}), got "
-                            f"{None if pixels is None else pixels.shape}")
+    if (pixels is None or pixels.ndim != 4 or pixels.shape[1:] != want or not len(pixels)
+        or pixels.dtype.kind not in "fiu"):
+      raise CheckpointError(f"{inputs}: a SigLIP model needs numeric 'pixel_values' (B, "
+                            f"{want[0]}, {want[1]}, {want[2]}), got "
+                            f"{None if pixels is None else f'{pixels.dtype} {pixels.shape}'}")
     prefix = siglip_convert.find_prefix(tensors, ("vision_model.", ""))
     params = siglip_convert.convert(TensorSource(tensors, hf_dir), cfg, prefix)
     with jax.default_matmul_precision("highest"):

@@ -52,6 +52,9 @@ INFERENCE_ATTENTION_CHUNK = 1024
 def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
   """Our config from a llava config.json (llava-hf nested, or LLaVA-NeXT flat Qwen2 + mm_*)."""
   if "text_config" in hf:
+    if not isinstance(hf.get("vision_config"), dict):  # (no default vision tower is assumed)
+      raise CheckpointError("config.json has a text_config but no vision_config object: name "
+                            "the SigLIP vision tower's settings there, as llava-hf's configs do")
     llm = qwen2_convert.config_from_hf(hf["text_config"],
                                        tie_word_embeddings=tied_embeddings(hf))
     vision = siglip_convert.config_from_hf(hf["vision_config"], post_layernorm=False)

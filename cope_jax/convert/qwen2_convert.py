@@ -12,7 +12,8 @@ from cope_jax.models.qwen2 import Qwen2Config
 # transformers' Qwen2Config defaults, which a config.json may leave out (a missing
 # num_key_value_heads is 32 there, not num_attention_heads).
 HF_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
-               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32}
+               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+               "max_position_embeddings": 32768}
 
 
 def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
@@ -49,7 +50,7 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
                   rope_theta=float((hf.get("rope_parameters") or {}).get(
                       "rope_theta", hf.get("rope_theta", 10000.0))),
                   rms_eps=hf.get("rms_norm_eps", 1e-6),
-                  max_positions=hf.get("max_position_embeddings", 32768),
+                  max_positions=n["max_position_embeddings"],
                   tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
   return Qwen2Config(**{**settings, **overrides})
 

@@ -28,6 +28,9 @@ def read_file(path: str) -> dict[str, np.ndarray]:
   with open(path, "rb") as f:
     try:
       (n,) = struct.unpack("<Q", f.read(8))
+      if n > os.path.getsize(path) - 8:  # (read first, a Git LFS pointer's text asks for ~2 EB)
+        raise CheckpointError(f"{path}: not a safetensors file (its header would be {n} bytes, "
+                              "longer than the file; a Git LFS pointer? run `git lfs pull`)")
       header = json.loads(f.read(n))
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
       raise CheckpointError(f"{path}: not a safetensors file ({e})") from None

@@ -30,8 +30,11 @@ def recall_at_k(queries: np.ndarray, database: np.ndarray, targets: np.ndarray,
   Candidates as similar as the target (identical frames: a still scene) share its rank: Recall@k
   is its expectation when ties are broken at random, not the target put first."""
   q = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-12)
-  d = database / np.linalg.norm(database, axis=1, keepdims=True).clip(1e-12)
-  sim = q @ d.T
+  # Identical frames must score identically for the tie rule, and a matrix product need not
+  # round identical rows alike (BLAS tiles them differently): each distinct row is scored once.
+  unique, inverse = np.unique(database, axis=0, return_inverse=True)
+  d = unique / np.linalg.norm(unique, axis=1, keepdims=True).clip(1e-12)
+  sim = (q @ d.T)[:, inverse.reshape(-1)]
   sim[np.arange(len(q)), excluded] = -np.inf  # the query frame itself is not a candidate
   target_sim = sim[np.arange(len(q)), targets][:, None]
   above = (sim > target_sim).sum(axis=1)  # 0 = best
@@ -113,7 +116,9 @@ class Stage1Embedder:
     preds = np.asarray(self._predict(self.trained, tokens[positions - 1],
                                      np.stack([frames[t].mv for t in positions]),
                                      np.stack([frames[t].residual for t in positions])))
-    return {"frames": tokens.mean(axis=1), "predicted": preds.mean(axis=1),
+    # (means in float32: a bfloat16 model's tokens summed in bfloat16 stop growing)
+    return {"frames": tokens.astype(np.float32).mean(axis=1),
+            "predicted": preds.astype(np.float32).mean(axis=1),
             "positions": positions}
 
 
