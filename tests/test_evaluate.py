@@ -247,6 +247,8 @@ def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):
     ("generate", ("--mode", "keyframes", "--dense-frames", "32"),
      "--dense-frames applies to --mode dense; keyframes samples"),
     ("generate", ("--mode", "dense", "--keyframes-per-gop", "1"), "--keyframes-per-gop sets"),
+    # ignored as said, not then refused as out of range ("keyframes_per_gop must be >= 1")
+    ("generate", ("--mode", "dense", "--keyframes-per-gop", "0"), "--keyframes-per-gop sets"),
     ("evaluate", ("--open-ended", "--post-prompt", "Answer briefly."),
      "--post-prompt follows the lettered options, which --open-ended and --rank-options leave "
      "out: ignored"),
@@ -263,6 +265,7 @@ def test_a_flag_the_mode_would_ignore_is_said(tmp_path, cli, flags, named):
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 2 and lines[0].startswith(f"warning: {named}"), r.stderr
   assert len(lines) == 2 and lines[1].startswith("error: "), r.stderr
+  assert "keyframes_per_gop" not in lines[1], r.stderr
 
 
 def test_evaluate_asks_each_video_s_questions_together_and_logs_them_by_id(tmp_path):

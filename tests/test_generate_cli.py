@@ -108,3 +108,45 @@ def test_a_delta_encoder_frozen_in_stage_2_is_loaded_from_stage_1(tiny_workdir, 
   assert not model.untrained_delta
   leaves = jax.tree_util.tree_leaves(model.generator.params["delta_encoder"])
   assert leaves and all(np.all(np.asarray(x) == 0.5) for x in leaves)
+
+
+def test_a_missing_checkpoint_or_init_checkpoint_is_named_without_orbax_warnings(
+    tiny_workdir, tmp_path, monkeypatch, caplog):
+  """Orbax logged two warnings, then "Checkpoint at …/params not found", and did not say that
+  the path came from train_config.json's init_checkpoint (a path on the machine that trained)."""
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
+  from cope_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  (tmp_path / "copy").mkdir()
+  (tmp_path / "copy" / "config.json").write_text("{}")  # (an unfinished copy: no params/)
+  with caplog.at_level("WARNING"):
+    with pytest.raises(FileNotFoundError, match=r"copy: no params in it"):
+      checkpoints.load_params(str(tmp_path / "copy"))
+    with pytest.raises(FileNotFoundError, match=r"gone: no such folder"):
+      checkpoints.load_params(str(tmp_path / "gone"))
+    workdir, _ = tiny_workdir
+    trained = dict(checkpointing.latest_params(str(workdir)))
+    trained.pop("vision_tower")  # (a run that kept the vision tower frozen)
+    run = tmp_path / "stage2"
+    shutil.copytree(workdir, run)
+    config = json.loads((run / "train_config.json").read_text())
+    config["init_checkpoint"] = str(tmp_path / "gone")
+    (run / "train_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(checkpointing, "latest_params", lambda path: trained)
+    with pytest.raises(FileNotFoundError, match=r"lacks \['vision_tower'\].*its init_checkpoint "
+                                                r"\(train_config.json\).*gone: no such folder"):
+      CoPE.load(str(run))
+  assert not [r for r in caplog.records if r.name == "absl"], caplog.text
+
+
+def test_dense_frames_below_one_are_refused_by_the_api(tiny_workdir):
+  """SamplingConfig reads uniform_frames=0 as "not uniform": the API answered "dense" from
+  CoPE's 1-fps positions."""
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  workdir, data = tiny_workdir
+  model = CoPE.load(str(workdir))
+  video = os.path.join(data, "videos", "00001.mp4")
+  assert len(model.video_inputs(video, "dense", dense_frames=3).times) == 3
+  with pytest.raises(ConfigError, match="dense_frames must be at least 1, got 0"):
+    model.video_inputs(video, "dense", dense_frames=0)

@@ -37,5 +37,7 @@ def settle_mode_flags(args) -> None:
   if args.mode != "dense" and args.dense_frames is not None:
     print(f"warning: --dense-frames applies to --mode dense; {args.mode} samples by GOP "
           "(--keyframes-per-gop) and ignores it", file=sys.stderr)
-  args.keyframes_per_gop = 1 if args.keyframes_per_gop is None else args.keyframes_per_gop
+  # (ignored in dense mode as the warning says: not then refused as out of range)
+  args.keyframes_per_gop = (1 if args.keyframes_per_gop is None or args.mode == "dense"
+                            else args.keyframes_per_gop)
   args.dense_frames = DENSE_FRAMES if args.dense_frames is None else args.dense_frames

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from cope_jax.codec.errors import VideoError
+from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.sampling import KEYFRAME, SamplingConfig, plan_positions
 from cope_jax.data.pipeline import siglip_pixels, with_video_prompt
 from cope_jax.data.tokenizer import generation_prompt, ids_past_vocabulary
@@ -136,7 +136,13 @@ class CoPE:
           raise FileNotFoundError(f"{path}: the checkpoint lacks {missing} (parts the run did "
                                   "not train) and the run had no init_checkpoint to take them "
                                   "from")
-        base, _ = checkpoints.load_params(train["init_checkpoint"])
+        try:
+          base, _ = checkpoints.load_params(train["init_checkpoint"])
+        except FileNotFoundError as e:  # (a path on the machine that trained, like the tokenizer)
+          raise FileNotFoundError(
+              f"{path}: the checkpoint lacks {missing} (parts the run did not train), to be "
+              f"taken from its init_checkpoint (train_config.json), which cannot be read: {e}"
+          ) from None
         params = {**base, **params}
       tokenizer = tokenizer or train.get("tokenizer")
     elif os.path.exists(os.path.join(path, "config.json")):
@@ -179,6 +185,8 @@ class CoPE:
     frames. ``min_change`` > 0 (the cope modes): adaptive fusion (``codec.sampling``), Δ
     positions that hardly changed are left out."""
     self.check_mode(mode)
+    if mode == "dense" and dense_frames < 1:  # (0 is "not uniform" to SamplingConfig)
+      raise ConfigError(f"dense_frames must be at least 1, got {dense_frames}")
     sampling = mode_sampling(mode, keyframes_per_gop, min_change)
     start = time.perf_counter()
     if mode == "dense":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,11 +80,30 @@ def host_target(metadata):
   return jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), metadata)
 
 
+@contextlib.contextmanager
+def orbax_warnings_muted():
+  """Orbax logs a warning for choices made on purpose (a handler override, a read-only folder)
+  and before its own errors (a missing folder: two warnings, then the error)."""
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
 def load_params(directory: str) -> tuple[dict, VideoLMConfig]:
-  """A converted or exported checkpoint's parameters (numpy, see ``host_target``) and config."""
+  """A converted or exported checkpoint's parameters (numpy, see ``host_target``) and config;
+  FileNotFoundError naming what is missing."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   directory = os.path.abspath(directory)
   path = os.path.join(directory, "params")
-  with ocp.StandardCheckpointer() as ckpt:
+  for part in (path, os.path.join(directory, "config.json")):
+    if not os.path.exists(part):
+      raise FileNotFoundError(
+          f"{directory}: " + ("no such folder" if not os.path.isdir(directory) else
+                              f"no {os.path.basename(part)} in it (not a converted or exported "
+                              "checkpoint, or an unfinished copy of one)"))
+  with orbax_warnings_muted(), ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(path, host_target(ckpt.metadata(path).item_metadata))
   return params, config_io.load(os.path.join(directory, "config.json"))

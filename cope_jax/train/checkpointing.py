@@ -18,39 +18,27 @@ slices of at least ``REPLICA_PARALLEL_MIN_BYTES``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import warnings
 
-from absl import logging as absl_logging
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from cope_jax.codec.errors import ConfigError, one_line
+from cope_jax.models.checkpoints import orbax_warnings_muted
 
 REPLICA_PARALLEL_MIN_BYTES = 16 << 20
-
-
-@contextlib.contextmanager
-def _orbax_warnings_muted():
-  """Orbax logs a warning for choices made on purpose (a handler override, a read-only folder)."""
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  try:
-    yield
-  finally:
-    absl_logging.set_verbosity(verbosity)
 
 
 def _use_one_replica_per_process() -> None:
   """Registers the jax.Array handler of the module docstring (Orbax keeps one global registry,
   which StandardCheckpointHandler reads)."""
-  with _orbax_warnings_muted():
+  with orbax_warnings_muted():
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(
             use_replica_parallel=jax.process_count() > 1,
@@ -161,7 +149,7 @@ def latest_params(workdir: str) -> dict:
   devices trained it (``models.checkpoints.host_target``). Only the parameters are read, not
   the optimizer state (twice their size with Adam)."""
   from cope_jax.models.checkpoints import host_target  # pylint: disable=import-outside-toplevel
-  with _orbax_warnings_muted():
+  with orbax_warnings_muted():
     manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                     options=ocp.CheckpointManagerOptions(
                                         read_only=True, create=False, save_interval_steps=0),
@@ -169,7 +157,7 @@ def latest_params(workdir: str) -> dict:
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        with _orbax_warnings_muted():  # it names the "data" item, which is not read here
+        with orbax_warnings_muted():  # it names the "data" item, which is not read here
           target = {"params": host_target(manager.item_metadata(step)["state"]["params"])}
           out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
               target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
