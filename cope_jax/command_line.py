@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -55,3 +56,18 @@ def check_results_file(flag: str, path: str) -> None:
     raise FileNotFoundError(f"{flag} {path}: its folder does not exist")
   if os.path.isdir(path):
     raise IsADirectoryError(f"{flag} {path} is a folder; name the results file")
+
+
+def exit_on_sigterm() -> None:
+  """A SIGTERM (``kill``, ``timeout``, a scheduler) ends the command as Ctrl-C does, by an
+  exception, so that its ``finally`` blocks run: temporary files (a re-encoded video, a results
+  file half written) are removed and worker processes stopped. By default it kills the process
+  where it stands. Called by the commands' ``__main__`` blocks (not by ``main``, which tests and
+  notebooks call in their own process); a second SIGTERM kills."""
+
+  def stop(signum, _frame):
+    signal.signal(signum, signal.SIG_DFL)
+    print("stopped by SIGTERM", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+  signal.signal(signal.SIGTERM, stop)

@@ -26,7 +26,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
-from cope_jax.command_line import ArgumentParser, check_results_file
+from cope_jax.command_line import ArgumentParser, check_results_file, exit_on_sigterm
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
 from cope_jax.infer import DENSE_FRAMES, MODES, mode_sampling, settle_mode_flags
 from cope_jax.json_files import write_json, write_jsonl
@@ -260,4 +260,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  exit_on_sigterm()
   sys.exit(main())

@@ -20,7 +20,7 @@ import sys
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, exit_on_sigterm
 from cope_jax.infer import MODES, PromptTooLong, mode_sampling, settle_mode_flags
 
 
@@ -110,4 +110,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  exit_on_sigterm()
   sys.exit(main())

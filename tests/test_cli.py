@@ -265,3 +265,47 @@ def test_a_stream_damaged_midway_counts_the_frames_decoded(tmp_path):
   with pytest.warns(RuntimeWarning, match="stream damaged"), pytest.raises(
       VideoError, match=f"too short: decoding stopped after {decoded} of 150 frames"):
     extract_primitives(video, min_frames=decoded + 1)
+
+
+def _terminate_when(proc, ready, timeout=120):
+  """SIGTERM to ``proc`` once ``ready()`` holds; its exit status."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  while not ready():
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    assert time.perf_counter() - start < timeout
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  return proc.wait(timeout=120)
+
+
+@pytest.mark.parametrize("command", ["extract", "build"])
+def test_a_sigterm_leaves_no_temporary_files(tmp_path, bunny_clip, command):
+  """SIGTERM killed the command where it stood: the video being re-encoded stayed in the
+  temporary folder (and a data build's workers went on extracting, orphaned). Now it unwinds
+  as Ctrl-C does: exit status 143, nothing left behind."""
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  if command == "extract":
+    argv = ["-m", "cope_jax.codec", "extract", bunny_clip, "--out", str(tmp_path / "p.npz")]
+  else:
+    videos = []
+    for i in range(4):
+      videos.append(str(tmp_path / f"v{i}.mp4"))
+      os.symlink(bunny_clip, videos[-1])
+    (tmp_path / "q.jsonl").write_text("".join(
+        json.dumps({"video": v, "question": "Q?", "options": ["a", "b"], "answer": "A"}) + "\n"
+        for v in videos))
+    argv = ["-m", "cope_jax.data", "build", "--stage", "finetune", "--source", "mcq",
+            "--annotations", str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "out"), "--workers",
+            "2", "--quiet"]
+  proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "TMPDIR": str(scratch)})
+  reencoding = lambda: any(os.listdir(d) for d, _, _ in os.walk(scratch)  # noqa: E731
+                           if os.path.basename(d).startswith("cope_reencode_"))
+  assert _terminate_when(proc, reencoding) == 143
+  assert "stopped by SIGTERM" in proc.stderr.read()
+  assert not os.listdir(scratch)
+  assert not [n for _, _, names in os.walk(tmp_path) for n in names if ".tmp" in n]

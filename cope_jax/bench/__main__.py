@@ -2,6 +2,8 @@
 
 import sys
 
+from cope_jax.command_line import exit_on_sigterm
+
 # name: (module, what it measures)
 BENCHMARKS = {
     "codec": ("cope_jax.bench.codec_bench", "codec extraction speed vs plain decoding"),
@@ -46,4 +48,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  exit_on_sigterm()
   main()

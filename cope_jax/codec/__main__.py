@@ -18,7 +18,7 @@ from cope_jax.codec.extract import extract_primitives, iter_video, save_npz
 from cope_jax.codec.probe import inspect_video
 from cope_jax.codec.sampling import MAX_VIDEO_SECONDS, num_frames_for_duration, token_budget
 from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, exit_on_sigterm
 
 
 class _Progress:
@@ -165,4 +165,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  exit_on_sigterm()
   sys.exit(main())

@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, exit_on_sigterm
 from cope_jax.convert.safetensors_io import CheckpointError, read_checkpoint, read_config
 
 
@@ -169,4 +169,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  exit_on_sigterm()
   sys.exit(main())

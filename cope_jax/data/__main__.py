@@ -17,7 +17,7 @@ import sys
 from cope_jax.codec.errors import ConfigError, one_line
 from cope_jax.codec.motion import MAX_SIZE
 from cope_jax.codec.sampling_flags import add_sampling_flags, sampling_from_args
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, exit_on_sigterm
 from cope_jax.data import synthetic
 from cope_jax.data.parallel import MAX_WORKERS, check_workers
 from cope_jax.data.synthetic.scene import MAX_SECONDS
@@ -128,4 +128,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  exit_on_sigterm()
   sys.exit(main())

@@ -1,11 +1,22 @@
-"""One process pool for the data tools (synthesis, extraction)."""
+"""One process pool for the data tools (synthesis, extraction).
+
+Stopping it leaves nothing behind: the workers write their temporary files (a re-encoded video
+can be large) into one folder of the pool's, removed when the pool closes, and a SIGTERM to a
+worker (the pool terminates the others when one dies, or when the caller stops) unwinds its
+job, so that its own cleanup runs, instead of killing it where it stands.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
+import shutil
+import signal
 import sys
+import tempfile
+from typing import Iterator
 
 from cope_jax.codec.errors import ConfigError
 
@@ -18,19 +29,64 @@ def check_workers(workers: int | None) -> None:
     raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}, got {workers}")
 
 
-def process_pool(workers: int | None) -> concurrent.futures.ProcessPoolExecutor:
+@contextlib.contextmanager
+def process_pool(workers: int | None) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
   """``workers`` processes (default: all cores). Fork on Linux, so it also works from notebooks
-  and stdin scripts; spawn if JAX is already loaded here (forking its threads is unsafe)."""
+  and stdin scripts; spawn if JAX is already loaded here (forking its threads is unsafe).
+
+  Left by an exception (an error, Ctrl-C, a SIGTERM turned into one, a worker that died), the
+  jobs not started are cancelled and the workers stopped at once, not after every queued job."""
   check_workers(workers)
   method = "fork" if sys.platform == "linux" and "jax" not in sys.modules else "spawn"
   n = max(1, workers or os.cpu_count() or 1)
-  return concurrent.futures.ProcessPoolExecutor(
-      n, mp_context=multiprocessing.get_context(method),
-      initializer=_one_opencv_thread if n > 1 else None)
+  scratch = tempfile.mkdtemp(prefix="cope_workers_")
+  pool = _StoppablePool(n, mp_context=multiprocessing.get_context(method),
+                        initializer=_start_worker, initargs=(scratch, n > 1))
+  try:
+    yield pool
+  except BaseException:
+    workers_now = list((pool._processes or {}).values())  # pylint: disable=protected-access
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers_now:  # (Python 3.14's terminate_workers)
+      process.terminate()
+    for process in workers_now:
+      process.join()
+    raise
+  else:
+    pool.shutdown(wait=True)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _one_opencv_thread() -> None:
-  """Several workers already share the cores: OpenCV's own thread pool in each (as many threads
-  as cores) only adds switching (2 workers on 2 cores extracted 5–15 % more frames/s without)."""
-  import cv2  # pylint: disable=import-outside-toplevel
-  cv2.setNumThreads(1)
+class _StoppablePool(concurrent.futures.ProcessPoolExecutor):
+  """Runs every job through ``_stoppable`` (``map`` submits through ``submit``)."""
+
+  def submit(self, fn, /, *args, **kwargs):
+    return super().submit(_stoppable, fn, *args, **kwargs)
+
+
+class _Stopped(SystemExit):
+  """SIGTERM in a worker: raised where the worker stands, so that the job's ``finally`` and
+  ``with`` blocks run; idle, the worker exits quietly (a SystemExit)."""
+
+
+def _on_sigterm(signum, _frame):
+  raise _Stopped(128 + signum)
+
+
+def _stoppable(fn, *args, **kwargs):
+  try:
+    return fn(*args, **kwargs)
+  except _Stopped as stopped:  # unwound: now exit (the executor's loop would wait for more work)
+    os._exit(stopped.code)  # pylint: disable=protected-access
+
+
+def _start_worker(scratch: str, one_opencv_thread: bool) -> None:
+  tempfile.tempdir = scratch  # (removed by the pool: what a killed worker left goes with it)
+  signal.signal(signal.SIGTERM, _on_sigterm)
+  if one_opencv_thread:
+    # Several workers already share the cores: OpenCV's own thread pool in each (as many
+    # threads as cores) only adds switching (2 workers on 2 cores extracted 5–15 % more
+    # frames/s without).
+    import cv2  # pylint: disable=import-outside-toplevel
+    cv2.setNumThreads(1)

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from cope_jax.codec.errors import VideoError
-from cope_jax.command_line import ArgumentParser, check_results_file
+from cope_jax.command_line import ArgumentParser, check_results_file, exit_on_sigterm
 from cope_jax.json_files import read_json
 
 
@@ -178,4 +178,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  exit_on_sigterm()
   sys.exit(main())
