@@ -1,7 +1,6 @@
 """``data build``'s writing: streamed shards at any size, empty splits, a worker that dies, the
 report kept with its shards."""
 
-import glob
 import json
 import os
 import shutil
@@ -210,52 +209,3 @@ def test_a_worker_that_dies_is_reported_and_the_build_goes_on(tmp_path, pan_clip
   for v in done:
     assert np.load(os.path.join(tmp_path / "cache", ExtractSettings(
         SIZE, SamplingConfig()).key(v) + ".npz"))["kinds"].size
-
-
-def _opencv_threads(_) -> int:
-  import cv2  # pylint: disable=import-outside-toplevel
-  return cv2.getNumThreads()
-
-
-def test_pool_workers_use_one_opencv_thread_each():
-  from cope_jax.data.parallel import process_pool  # pylint: disable=import-outside-toplevel
-  with process_pool(2) as pool:  # the workers already share the cores
-    assert set(pool.map(_opencv_threads, range(4))) == {1}
-
-
-def _slow_job(folder: str) -> None:
-  """Makes a temporary folder, says where, and waits there (a long video's re-encode)."""
-  import tempfile  # pylint: disable=import-outside-toplevel
-  import time  # pylint: disable=import-outside-toplevel
-  with tempfile.TemporaryDirectory() as scratch:
-    with open(os.path.join(folder, f"{os.getpid()}.started"), "w") as f:
-      f.write(scratch)
-    try:
-      time.sleep(60)
-    finally:
-      open(os.path.join(folder, f"{os.getpid()}.unwound"), "w").close()
-
-
-def test_a_pool_left_by_an_exception_stops_its_workers_and_leaves_no_temporary_files(tmp_path):
-  """Leaving the pool by an exception (Ctrl-C, the demo's SIGTERM, a worker that died) waited for
-  every queued job; workers stopped by the pool were killed where they stood, leaving their
-  temporary folders (re-encoded videos) behind. Now the queue is dropped, and each worker's job
-  unwinds before it exits."""
-  import time  # pylint: disable=import-outside-toplevel
-  from cope_jax.data.parallel import process_pool  # pylint: disable=import-outside-toplevel
-  start = time.perf_counter()
-  with pytest.raises(KeyboardInterrupt):
-    with process_pool(2) as pool:
-      for _ in range(6):
-        pool.submit(_slow_job, str(tmp_path))
-      while len(glob.glob(str(tmp_path / "*.started"))) < 2:
-        assert time.perf_counter() - start < 120, "the workers did not start"
-        time.sleep(0.1)
-      raise KeyboardInterrupt
-  assert time.perf_counter() - start < 50  # (not the 60 s of a job, nor 3 × 60 s queued)
-  started = glob.glob(str(tmp_path / "*.started"))
-  assert len(started) == 2
-  for marker in started:
-    assert os.path.exists(marker.replace(".started", ".unwound"))
-    with open(marker) as f:
-      assert not os.path.exists(f.read())

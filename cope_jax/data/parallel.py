@@ -3,7 +3,8 @@
 Stopping it leaves nothing behind: the workers write their temporary files (a re-encoded video
 can be large) into one folder of the pool's, removed when the pool closes, and a SIGTERM to a
 worker (the pool terminates the others when one dies, or when the caller stops) unwinds its
-job, so that its own cleanup runs, instead of killing it where it stands.
+job, so that its own cleanup runs, instead of killing it where it stands (one that has not
+stopped ``STOP_GRACE_S`` later is killed).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from typing import Iterator
 
 from cope_jax.codec.errors import ConfigError
 
 MAX_WORKERS = 1024  # more than any one machine's cores; a fork pool starts them all at once
+STOP_GRACE_S = 5.0  # a stopped worker's time to unwind its job before it is killed
 
 
 def check_workers(workers: int | None) -> None:
@@ -49,8 +52,13 @@ def process_pool(workers: int | None) -> Iterator[concurrent.futures.ProcessPool
     pool.shutdown(wait=False, cancel_futures=True)
     for process in workers_now:  # (Python 3.14's terminate_workers)
       process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
     for process in workers_now:
-      process.join()
+      process.join(max(0.0, deadline - time.monotonic()))
+    for process in workers_now:  # (its exception lost: see _stoppable)
+      if process.is_alive():
+        process.kill()
+        process.join()
     raise
   else:
     pool.shutdown(wait=True)
@@ -70,23 +78,33 @@ class _Stopped(SystemExit):
   ``with`` blocks run; idle, the worker exits quietly (a SystemExit)."""
 
 
+_stopping = False  # (per worker process)
+
+
 def _on_sigterm(signum, _frame):
+  global _stopping  # pylint: disable=global-statement
+  if _stopping:  # once: a second SIGTERM (the executor terminates the others too, when one of
+    return       # them has exited) must not break into the cleanup the first one started
+  _stopping = True
   raise _Stopped(128 + signum)
 
 
 def _stoppable(fn, *args, **kwargs):
   try:
-    return fn(*args, **kwargs)
+    result = fn(*args, **kwargs)
   except _Stopped as stopped:  # unwound: now exit (the executor's loop would wait for more work)
     os._exit(stopped.code)  # pylint: disable=protected-access
+  if _stopping:  # raised where PyAV's error check turns it into its own "try again" (EAGAIN),
+    os._exit(128 + signal.SIGTERM)  # which the decoding loops take in stride: the job went on
+  return result
 
 
 def _start_worker(scratch: str, one_opencv_thread: bool) -> None:
   tempfile.tempdir = scratch  # (removed by the pool: what a killed worker left goes with it)
-  signal.signal(signal.SIGTERM, _on_sigterm)
   if one_opencv_thread:
     # Several workers already share the cores: OpenCV's own thread pool in each (as many
     # threads as cores) only adds switching (2 workers on 2 cores extracted 5–15 % more
     # frames/s without).
     import cv2  # pylint: disable=import-outside-toplevel
     cv2.setNumThreads(1)
+  signal.signal(signal.SIGTERM, _on_sigterm)  # (last: until then SIGTERM kills, quietly)

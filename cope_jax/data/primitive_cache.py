@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import threading
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -181,19 +183,39 @@ def _run_jobs(jobs: list, workers: int | None, bar) -> dict[str, str | None]:
       pending = [job for job in pending if job[0] not in reasons]
       # handed out: a job in each worker and up to n + 1 queued (the executor's call queue)
       suspects, pending = pending[:2 * n + 1], pending[2 * n + 1:]
-      with concurrent.futures.ThreadPoolExecutor(n) as threads:  # n one-process pools at once
-        for video, reason in threads.map(_run_alone, suspects):
+      # n one-process pools at once, from threads, which no signal reaches: stopped (an error,
+      # Ctrl-C, a SIGTERM), the main thread tells them to stop their pools, as it stops its own.
+      stop = threading.Event()
+      threads = concurrent.futures.ThreadPoolExecutor(n)
+      try:
+        for video, reason in threads.map(functools.partial(_run_alone, stop=stop), suspects):
           reasons[video] = reason
           bar.update()
+      except BaseException:
+        stop.set()
+        threads.shutdown(cancel_futures=True)
+        raise
+      threads.shutdown()
   return reasons
 
 
-def _alone(fn, *args):
-  """``fn(*args)`` in a process of its own; None if that process dies."""
+class _Abandoned(Exception):
+  """The caller stopped waiting (see ``_alone``)."""
+
+
+def _alone(fn, *args, stop: threading.Event | None = None):
+  """``fn(*args)`` in a process of its own; None if that process dies, or once ``stop`` is set
+  (the process then stopped as ``process_pool`` stops its workers)."""
   try:
     with process_pool(1) as solo:
-      return solo.submit(fn, *args).result()
-  except BrokenProcessPool:
+      future = solo.submit(fn, *args)
+      while True:
+        try:
+          return future.result(timeout=0.2)
+        except concurrent.futures.TimeoutError:
+          if stop is not None and stop.is_set():
+            raise _Abandoned from None
+  except (BrokenProcessPool, _Abandoned):
     return None
 
 
@@ -203,6 +225,6 @@ def _pool_starts() -> bool:
   return _alone(int) == 0
 
 
-def _run_alone(job) -> tuple[str, str | None]:
+def _run_alone(job, stop: threading.Event | None = None) -> tuple[str, str | None]:
   """``_extract_one`` in a process of its own: if it dies, only this video is lost."""
-  return _alone(_extract_one, job) or (job[0], _DIED)
+  return _alone(_extract_one, job, stop=stop) or (job[0], _DIED)
