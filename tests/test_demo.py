@@ -303,6 +303,42 @@ def test_codec_stage_on_a_real_clip(tmp_path, city_clip):
   assert r["mean_abs_residual"] < r["mean_abs_frame_difference"]
   assert r["tokens"]["cope_tokens"] == 210 + 7 * 10
   assert (tmp_path / "primitives.npz").exists() and (tmp_path / "codec.png").exists()
+  # a re-run keeps it (it was redone every time, though "finished stages are kept")
+  from cope_jax.demo import codec_stage  # pylint: disable=import-outside-toplevel
+  def extract(*args, **kwargs):
+    raise AssertionError("extracted again")
+  codec_stage.extract_primitives, original = extract, codec_stage.extract_primitives
+  try:
+    assert run_codec_stage(str(tmp_path), city_clip, seconds=16, earlier=r) is r
+  finally:
+    codec_stage.extract_primitives = original
+
+
+def test_a_sigterm_while_a_checkpoint_loads_stops_the_demo(tiny_workdir, monkeypatch):
+  """The SIGTERM's exception, raised inside the loader's "unreadable checkpoint: try an older
+  one", was taken for a damaged checkpoint: the demo went on with an older model (evaluated and
+  cached, or exported as the base model), and a resuming stage set a good checkpoint aside."""
+  import os  # pylint: disable=import-outside-toplevel
+  import signal  # pylint: disable=import-outside-toplevel
+  import warnings  # pylint: disable=import-outside-toplevel
+  from cope_jax.demo import __main__ as demo_main, stages  # pylint: disable=import-outside-toplevel
+  from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.checkpointing import latest_params  # pylint: disable=import-outside-toplevel
+  original = checkpoints.host_target
+
+  def terminated(metadata):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original(metadata)
+  monkeypatch.setattr(checkpoints, "host_target", terminated)
+  previous = signal.signal(signal.SIGTERM, demo_main._stop)  # pylint: disable=protected-access
+  try:
+    with warnings.catch_warnings(record=True) as seen:
+      warnings.simplefilter("always")
+      with pytest.raises(stages.StageStopped, match="SIGTERM"):
+        latest_params(str(tiny_workdir[0]))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert not [w for w in seen if "unreadable" in str(w.message)]
 
 
 def test_a_sigterm_outside_training_saves_the_run_and_exits_75(tmp_path, monkeypatch, capsys):

@@ -82,7 +82,8 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -
     save()
 
   try:  # however the run stops (SIGTERM, Ctrl-C, an error), its time counts: saved
-    done("codec", run_codec_stage(paths.root, video, settings.codec_seconds))
+    done("codec", run_codec_stage(paths.root, video, settings.codec_seconds,
+                                  earlier_results.get("codec")))
     done("data", stages.make_data(settings, paths))
     training = results["training"] = dict(results.get("training", {}))  # (each stage replaced)
     base = base_config(settings, paths)

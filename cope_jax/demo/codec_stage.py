@@ -18,8 +18,17 @@ from cope_jax.codec.visualize import render
 from cope_jax.demo.progress import log
 
 
-def run_codec_stage(workdir: str, video: str | None, seconds: int) -> dict:
+def run_codec_stage(workdir: str, video: str | None, seconds: int,
+                    earlier: dict | None = None) -> dict:
+  """The codec stage's results (``earlier``'s, if an earlier run did it on the same video and
+  its files are there)."""
   sampling = SamplingConfig()
+  npz, png = os.path.join(workdir, "primitives.npz"), os.path.join(workdir, "codec.png")
+  if (earlier and os.path.abspath(earlier.get("video", "")) == os.path.abspath(
+      video or os.path.join(workdir, "pan.mp4")) and os.path.exists(npz)
+      and os.path.exists(png)):
+    log(f"[codec] done earlier: {npz}, {png}")
+    return earlier
   if video is None:
     video = os.path.join(workdir, "pan.mp4")
     if not os.path.exists(video):
@@ -34,7 +43,6 @@ def run_codec_stage(workdir: str, video: str | None, seconds: int) -> dict:
   start = time.perf_counter()
   prims = extract_primitives(video, sampling=sampling)
   seconds_taken = time.perf_counter() - start
-  npz = os.path.join(workdir, "primitives.npz")
   save_npz(prims, npz)
   log(f"[codec] {len(prims.rgb)} keyframes + {len(prims.mv)} Δ-frames in {seconds_taken:.2f} s "
        f"-> {npz}")
@@ -56,7 +64,6 @@ def run_codec_stage(workdir: str, video: str | None, seconds: int) -> dict:
                          for f in with_rgb if f.kind == 1]))
   log(f"[codec] chained reconstruction exact: {exact}; mean |residual| {residual:.1f} vs "
        f"{plain:.1f} for the plain frame difference")
-  png = os.path.join(workdir, "codec.png")
   render(with_rgb[:16], png, title=f"{os.path.basename(video)}: codec primitives")
   budget = token_budget(prims.num_frames, sampling)
   budget_64s = token_budget(num_frames_for_duration(64, 30), sampling)

@@ -64,9 +64,12 @@ def _losses(workdir: str) -> list[dict]:
   return [by_step[k] for k in sorted(by_step)]
 
 
-class StageStopped(Exception):
+class StageStopped(BaseException):
   """A training stage stopped before its last step: an error it has reported (``status`` 1), or
-  a SIGTERM after saving (``status`` = ``loop.PREEMPTED``)."""
+  a SIGTERM after saving (``status`` = ``loop.PREEMPTED``), or one outside training. Not an
+  ``Exception``, as KeyboardInterrupt is not: raised by the SIGTERM handler wherever the run
+  stands, it must not be taken for the failure a broad ``except`` expects there (loading a
+  checkpoint: "unreadable, try an older one" — the demo went on with an older model)."""
 
   def __init__(self, message: str, status: int = 1):
     super().__init__(message)
