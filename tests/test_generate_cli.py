@@ -150,3 +150,31 @@ def test_dense_frames_below_one_are_refused_by_the_api(tiny_workdir):
   assert len(model.video_inputs(video, "dense", dense_frames=3).times) == 3
   with pytest.raises(ConfigError, match="dense_frames must be at least 1, got 0"):
     model.video_inputs(video, "dense", dense_frames=0)
+
+
+def test_ask_checks_its_sampling_values_before_the_video_and_rank_options_wants_a_list(
+    tiny_workdir, tmp_path, monkeypatch):
+  """A bad temperature was reported only after the video was extracted (here: the missing video
+  was reported instead); a string of options ranked its characters."""
+  from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
+  from cope_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  workdir, data = tiny_workdir
+  model = CoPE.load(str(workdir))
+  with pytest.raises(ValueError, match="temperature must be"):
+    model.ask(str(tmp_path / "missing.mp4"), "Q?", temperature=-1)
+  with pytest.raises(ValueError, match="a list of at least one option, got 'ab'"):
+    model.rank_options(os.path.join(data, "videos", "00001.mp4"), "Q?", "ab")
+  # a Δ-encoder kept frozen in stage 2 comes from stage1_checkpoint: named when unreadable
+  trained = dict(checkpointing.latest_params(str(workdir)))
+  trained.pop("delta_encoder")
+  run = tmp_path / "stage2"
+  shutil.copytree(workdir, run)
+  config = json.loads((run / "train_config.json").read_text())
+  config["stage1_checkpoint"] = str(tmp_path / "gone")
+  (run / "train_config.json").write_text(json.dumps(config))
+  real = checkpointing.latest_params
+  monkeypatch.setattr(checkpointing, "latest_params",
+                      lambda path: trained if path == str(run) else real(path))
+  with pytest.raises(FileNotFoundError, match=r"lacks the Δ-encoder.*stage1_checkpoint "
+                                              r"\(train_config.json\).*gone"):
+    CoPE.load(str(run))

@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 
 def test_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("COPE_NOTEBOOK_WORKDIR", str(tmp_path / "stage2"))
+  monkeypatch.setenv("COPE_NOTEBOOK_TRAIN", "1")  # (as at its default workdir)
   monkeypatch.setenv("COPE_NOTEBOOK_STEPS", "2")
   monkeypatch.setenv("COPE_NOTEBOOK_VIDEOS", "24")
   monkeypatch.setenv("COPE_REPO", ROOT)
@@ -21,3 +22,32 @@ def test_notebook_executes(tmp_path, monkeypatch):
   assert "TTFT" in outputs and "visual tokens" in outputs
   assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
              for o in c.get("outputs", []))
+
+
+def _model_cell() -> str:
+  nb = nbformat.read(os.path.join(ROOT, "launch", "colab_inference.ipynb"), as_version=4)
+  return next(c.source for c in nb.cells if c.cell_type == "code" and "WORKDIR =" in c.source)
+
+
+def test_a_workdir_with_no_model_is_refused_unless_it_is_the_notebook_s_own(tmp_path,
+                                                                            monkeypatch):
+  """A mistyped WORKDIR trained a random tiny model there; one whose run was stopped before its
+  first checkpoint (model_config.json written, no checkpoint) was taken for a model, and loading
+  failed on every re-run."""
+  import pytest  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  calls = []
+  monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+  (tmp_path / "stopped" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "stopped" / "model_config.json").write_text("{}")
+  for workdir in ("typo", "stopped"):
+    monkeypatch.setenv("COPE_NOTEBOOK_WORKDIR", str(tmp_path / workdir))
+    with pytest.raises(SystemExit, match="no model there"):
+      exec(_model_cell(), {})  # pylint: disable=exec-used
+  monkeypatch.setenv("COPE_NOTEBOOK_TRAIN", "1")  # the notebook's own: trained (resumed) there
+  monkeypatch.setenv("COPE_REPO", ROOT)
+  exec(_model_cell(), {})  # pylint: disable=exec-used
+  assert len(calls) == 1 and f"--workdir={tmp_path / 'stopped'}" in calls[0][0]
+  (tmp_path / "stopped" / "checkpoints" / "20").mkdir()  # trained: loaded, not trained again
+  exec(_model_cell(), {})  # pylint: disable=exec-used
+  assert len(calls) == 1

@@ -123,7 +123,13 @@ class CoPE:
       if "delta_encoder" not in params and train.get("stage1_checkpoint"):
         # A Δ-encoder kept frozen in stage 2 is stage 1's, as training took it (not the
         # init_checkpoint's copy, which training dropped).
-        params["delta_encoder"] = latest_params(train["stage1_checkpoint"])["delta_encoder"]
+        try:
+          params["delta_encoder"] = latest_params(train["stage1_checkpoint"])["delta_encoder"]
+        except FileNotFoundError as e:  # (a path on the machine that trained, like the tokenizer)
+          raise FileNotFoundError(
+              f"{path}: the checkpoint lacks the Δ-encoder (kept frozen in stage 2), to be taken "
+              f"from its stage1_checkpoint (train_config.json), which cannot be read: {e}"
+          ) from None
       missing = sorted(MODEL_PARTS - set(params))
       codec = codec_size or train["codec_size"]
       if missing == ["delta_encoder"] and not train.get("init_checkpoint"):
@@ -263,13 +269,15 @@ class CoPE:
     ``keyframes_per_gop``, ``min_change`` (adaptive fusion) and ``dense_frames`` are theirs).
     ``seed`` picks the sampling stream when ``temperature`` > 0."""
     from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
+    # (checked before the video is extracted: a long one took its time before a typo was said)
+    sampling = SamplingOptions(max_new_tokens, temperature, top_p, seed)
     v = self._checked_inputs(video, mode, keyframes_per_gop, dense_frames, min_change, inputs)
     start = time.perf_counter()  # primitives in memory
     # Host arrays go to the jitted prefill as they are: its C++ argument path moves them, 0.6 ms
     # sooner than a jax.device_put of the six first (demo cope prompts, 12.1 vs 12.7 ms).
     batch, visual, prompt_tokens = self.model_inputs(v, question)
     tokens, timings, _ = self.generator.generate(
-        batch, SamplingOptions(max_new_tokens, temperature, top_p, seed),
+        batch, sampling,
         zero_delta=mode == "cope_zero_delta", start=start)
     ids = [t for t in tokens[0] if t != self.generator.eos_id]
     return Answer(self.tok.decode(ids).strip(), mode, timings["ttft_s"], timings["e2e_s"],
@@ -282,8 +290,8 @@ class CoPE:
     answer to ``question`` asked alone (lm-eval-harness's multiple-choice scoring, for models
     that do not follow the "answer with the option's letter" instruction); nothing is
     generated."""
-    if not options:
-      raise ValueError("rank_options needs at least one option")
+    if isinstance(options, str) or not options:  # (a string ranked its characters)
+      raise ValueError(f"rank_options needs a list of at least one option, got {options!r}")
     v = self._checked_inputs(video, mode, keyframes_per_gop, dense_frames, min_change, inputs)
     batch, visual, prompt_tokens = self.model_inputs(v, question)
     answers = [self.tok.encode(o, add_special_tokens=False).ids + [self.generator.eos_id]
