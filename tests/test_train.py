@@ -240,7 +240,8 @@ def _qwen2_tokenizer() -> str:
     ("--config.group_by_length=-1", "group_by_length must be >= 0"),
     # the pipeline takes the first bucket that fits: out of order, it would cut examples
     ("--config.length_buckets=(512,256)", "length_buckets must be positive and ascending"),
-    ("--config.trainable.projector=0", "trainable.projector must be > 0"),
+    ("--config.trainable.projector=-1", "trainable.projector must be > 0 (a part's: or 0, "
+                                        "frozen), got -1"),
     # stage 1's rate, unread in stage 2: it trained at the recipe's rates, silently
     ("--config.optim.lr=1e-9", "optim.lr (1e-09) is stage 1's learning rate; stage 2 trains each "
                                "part at its own: --config.trainable.PART=RATE for PART in"),

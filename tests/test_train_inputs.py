@@ -29,6 +29,9 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
     ("model.dtype", "foo", "model.dtype must be one of ('float32', 'bfloat16', 'float16')"),
     # the tiny Δ-encoder's grid position tables hold 32 patches of 16 pixels
     ("codec_size", 528, "codec_size 528 exceeds the Δ-encoder's 512 pixels"),
+    # (negative chunks were tracebacks at compile time, after the data and a model's loading)
+    ("model.attention_chunk", -1, "model.attention_chunk must be >= 0 (0 = one block), got -1"),
+    ("model.loss_chunk", -5, "model.loss_chunk must be >= 0"),
 ])
 def test_loader_seed_and_dtype_values_are_refused_by_name(key, value, message):
   """Grain, NumPy and JAX refuse these too, but with tracebacks and after the data is made."""
@@ -38,6 +41,39 @@ def test_loader_seed_and_dtype_values_are_refused_by_name(key, value, message):
     (config[parent] if parent else config)[leaf] = value
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
                      .replace("*", r"\*")):
+    prepare.check_settings(config, device_count=8)
+
+
+@pytest.mark.parametrize("keyframes,deltas", [(0, 7), (-2, 7), (1, -1)])
+def test_frame_limits_that_fit_no_video_are_refused_before_the_data(keyframes, deltas):
+  """Refused only once the data was made (the data check: "has 7 Δ-frames, more than
+  max_delta_frames=-1"), and by aot with a traceback. 0 Δ-frames is allowed: RGB frames only."""
+  config = load_recipe("finetune", "tiny")
+  with config.unlocked():
+    config.max_keyframes, config.max_delta_frames = keyframes, deltas
+  with pytest.raises(ConfigError, match="max_keyframes must be >= 1 and max_delta_frames >= 0"):
+    prepare.check_settings(config, device_count=8)
+  with config.unlocked():
+    config.max_keyframes, config.max_delta_frames = 1, 0
+  prepare.check_settings(config, device_count=8)
+
+
+def test_a_rate_of_0_freezes_a_stage2_part():
+  """The recipe's trainable keys cannot be removed from the command line: no part could be
+  frozen there ("trainable.vision_tower must be > 0")."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import FinetuneTask  # pylint: disable=import-outside-toplevel
+  config = load_recipe("finetune", "tiny")
+  with config.unlocked():
+    config.trainable.vision_tower = 0.0
+  prepare.check_settings(config, device_count=8)
+  trained, frozen = jax.eval_shape(FinetuneTask(config, "").init_params, jax.random.key(0))
+  assert "vision_tower" in frozen and "vision_tower" not in trained
+  assert set(trained) == {"delta_encoder", "projector", "llm", "image_newline"}
+  with config.unlocked():
+    for part in config.trainable:
+      config.trainable[part] = 0.0
+  with pytest.raises(ConfigError, match="every trainable part's rate is 0"):
     prepare.check_settings(config, device_count=8)
 
 
@@ -133,7 +169,7 @@ def test_a_damaged_json_file_a_run_reads_back_is_named(tmp_path, content, reason
   """A train_config.json, build report or dataset_info.json edited or cut short: one error
   naming the file (it was a JSONDecodeError traceback, status 1)."""
   from cope_jax.json_files import earlier_settings  # pylint: disable=import-outside-toplevel
-  from cope_jax.train.loop import check_same_data_order  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.resume_checks import check_same_data_order  # pylint: disable=import-outside-toplevel
   for name in ("train_config.json", "report_finetune.json", "settings.json"):
     (tmp_path / name).write_text(content)
   path = tmp_path / "train_config.json"
@@ -143,6 +179,27 @@ def test_a_damaged_json_file_a_run_reads_back_is_named(tmp_path, content, reason
     prepare._build_report(str(tmp_path), "finetune")  # pylint: disable=protected-access
   with pytest.raises(ConfigError, match=f"settings.json: {reason}"):
     earlier_settings(str(tmp_path / "settings.json"), {"seed": 0})
+
+
+def test_a_resume_starts_from_the_checkpoints_its_run_started_from(tmp_path):
+  """A stage 2 started without stage1_checkpoint and resumed with one trained its random
+  Δ-encoder on (the checkpoint's) and said "Δ-encoder from stage 1"."""
+  from cope_jax.train.resume_checks import check_same_sources  # pylint: disable=import-outside-toplevel
+  (tmp_path / "train_config.json").write_text(json.dumps(
+      {"stage1_checkpoint": "", "init_checkpoint": "/runs/base"}))
+  resumed = {"stage1_checkpoint": "/runs/stage1", "init_checkpoint": "/runs/base"}
+  check_same_sources(resumed, str(tmp_path))  # no saved step yet: a first start
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  with pytest.raises(ConfigError, match="started without stage1_checkpoint.*resume it without "
+                                        "--config.stage1_checkpoint"):
+    check_same_sources(resumed, str(tmp_path))
+  with pytest.raises(ConfigError, match="started from init_checkpoint=/runs/base.*resume it with "
+                                        "--config.init_checkpoint=/runs/base"):
+    check_same_sources({"stage1_checkpoint": "", "init_checkpoint": ""}, str(tmp_path))
+  with pytest.warns(RuntimeWarning, match="init_checkpoint: .* started from /runs/base, resumed "
+                                          "with /mnt/base"):  # (moved)
+    check_same_sources({"stage1_checkpoint": None, "init_checkpoint": "/mnt/base"},
+                       str(tmp_path))
 
 
 def test_a_resume_with_another_length_says_the_rate_moves():

@@ -8,8 +8,6 @@ the length buckets), and its memory use is printed per device.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import os
 import signal
 import sys
@@ -31,6 +29,8 @@ from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
 from cope_jax.train.optim import make_optimizer, resumed_schedule_note, warmup_note
 from cope_jax.train.prepare import check_batch_layout
+from cope_jax.train.resume_checks import (DATA_ORDER, check_same_data_order, check_same_sources,
+                                          split_records)
 from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
 
@@ -213,62 +213,6 @@ def memory_report(compiled) -> str:
           f", outputs {mem.output_size_in_bytes / 2**30:.3f}, aliased {mem.alias_size_in_bytes / 2**30:.3f})")
 
 
-# What decides which examples make each batch: the saved data position is a batch count, so a
-# resume with any of these changed would silently skip or repeat data.
-DATA_ORDER_KEYS = ("batch_size", "seed", "split", "group_by_length")
-
-
-DATA_ORDER = "data_order.json"  # in the workdir: the records the run's data position counts
-
-
-def split_records(config) -> dict:
-  """What the split a run reads holds: its shard lengths (dataset_info.json) and a digest of its
-  shard files (every file's name and size, the first and the last file's first and last 64 KiB:
-  other records change them, a move or a copy does not) — a data position saved against other
-  records means other examples."""
-  shards = shard_dir(config.data_dir, config.stage)
-  info = read_json(os.path.join(shards, "dataset_info.json"))
-  split = next((s for s in info.get("splits", []) if s.get("name") == config.split), {})
-  files = sorted(glob.glob(os.path.join(glob.escape(shards), f"*-{config.split}.array_record-*")))
-  digest = hashlib.sha256()
-  for path in files:
-    digest.update(f"{os.path.basename(path)} {os.path.getsize(path)}\n".encode())
-  for path in dict.fromkeys(files[:1] + files[-1:]):
-    with open(path, "rb") as f:
-      digest.update(f.read(1 << 16))
-      f.seek(max(0, os.path.getsize(path) - (1 << 16)))
-      digest.update(f.read())
-  return {"split": config.split, "shard_lengths": [int(n) for n in split.get("shardLengths", [])],
-          "content": digest.hexdigest()[:16]}
-
-
-def check_same_data_order(config, workdir: str) -> None:
-  """ConfigError if the run being resumed (its ``train_config.json``) batched its data otherwise,
-  or read other records (its ``data_order.json``: the data may move, not change)."""
-  path = os.path.join(workdir, "train_config.json")
-  if not os.path.exists(path):
-    return
-  before = read_json(path)
-  changed = [f"{k} {before[k]!r} → {config.get(k)!r}" for k in DATA_ORDER_KEYS
-             if k in before and before[k] != config.get(k)]
-  if changed:
-    raise ConfigError(f"the run in {workdir} batched its data otherwise ({', '.join(changed)}): "
-                      "its saved data position would mean other examples; resume with its "
-                      "settings, or use another --workdir")
-  order = os.path.join(workdir, DATA_ORDER)
-  if not os.path.exists(order):
-    return
-  was, now = read_json(order), split_records(config)
-  if any(was[k] != now[k] for k in set(was) & set(now)):
-    def records(r):
-      return (f"{sum(r['shard_lengths'])} records in {len(r['shard_lengths'])} shards, "
-              f"content {r.get('content', '?')}")
-    raise ConfigError(f"the run in {workdir} read other data ({records(was)}) than "
-                      f"{config.data_dir} now holds for split {config.split!r} ({records(now)}): "
-                      "its saved data position would mean other examples: resume on the shards "
-                      "it read (they may move), or use another --workdir")
-
-
 def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
   try:
@@ -280,7 +224,9 @@ def train(config, workdir: str) -> int:
   check_batch_layout(mesh, config.batch_size)
   main = jax.process_index() == 0
   program = TrainProgram(config, task, mesh)
-  # Frozen parts are not in the checkpoints: they are loaded on every start, a resume included.
+  # Frozen parts are not in the checkpoints: they are loaded on every start, a resume included
+  # (trained ones come from the checkpoint: checked first that the run started from the same).
+  check_same_sources(config, workdir)
   trained_over, frozen_over, note = task.pretrained()
   print(note, flush=True)
   if main and (warmup := warmup_note(config.optim.warmup_steps, config.total_steps)):
@@ -303,7 +249,8 @@ def train(config, workdir: str) -> int:
             f"(total_steps {config.total_steps}); raise --config.total_steps to train further",
             flush=True)
     else:
-      print(f"resumed from step {step0} in {ckpt.directory}", flush=True)
+      print(f"resumed from step {step0} in {ckpt.directory} (the trained parts as saved there)",
+            flush=True)
       saved = os.path.join(workdir, "train_config.json")
       before = read_json(saved).get("total_steps") if os.path.exists(saved) else None
       if main and isinstance(before, int) and (note := resumed_schedule_note(

@@ -223,8 +223,13 @@ def _check_optimiser(config) -> None:
   rates = ({"optim.lr": o.lr} if config.stage == "pretrain" else
            {f"trainable.{k}": v for k, v in config.trainable.items()})
   for key, value in {**rates, "optim.clip_norm": o.clip_norm}.items():
+    if key.startswith("trainable.") and value == 0:  # (a part frozen from the command line)
+      continue
     if not value > 0:  # (nan too)
-      raise ConfigError(f"{key} must be > 0, got {value}")
+      raise ConfigError(f"{key} must be > 0 (a part's: or 0, frozen), got {value}"
+                        if key.startswith("trainable.") else f"{key} must be > 0, got {value}")
+  if config.stage == "finetune" and not any(v > 0 for v in config.trainable.values()):
+    raise ConfigError("every trainable part's rate is 0 (frozen): nothing to train")
   if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1 and o.weight_decay >= 0 and o.warmup_steps >= 0):
     raise ConfigError(f"optim.b1 and b2 must be in [0, 1), weight_decay and warmup_steps >= 0, "
                       f"got b1 {o.b1}, b2 {o.b2}, weight_decay {o.weight_decay}, warmup_steps "
@@ -261,6 +266,9 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
   for key in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if config[key] < 1:
       raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+  for key in ("attention_chunk", "loss_chunk"):  # (negative: a traceback at compile time)
+    if config.model[key] < 0:
+      raise ConfigError(f"model.{key} must be >= 0 (0 = one block), got {config.model[key]}")
   for key in ("data_dir", "init_checkpoint", "stage1_checkpoint", "vision_checkpoint",
               "tokenizer"):
     check_local_path(f"--config.{key}", str(config.get(key) or ""))
@@ -290,6 +298,10 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
   if unknown or not config.trainable:
     raise ConfigError(f"trainable parts must be a non-empty subset of {STAGE2_PARTS}, got "
                       f"{sorted(config.trainable)}")
+  # (refused by the data check otherwise, once the data is made; aot has no data check)
+  if config.max_keyframes < 1 or config.max_delta_frames < 0:
+    raise ConfigError(f"max_keyframes must be >= 1 and max_delta_frames >= 0 (0: RGB frames "
+                      f"only), got {config.max_keyframes} and {config.max_delta_frames}")
   buckets = tuple(config.length_buckets)
   # The pipeline takes the first bucket that holds an example: out of order, it would cut
   # examples that a later, longer bucket holds.

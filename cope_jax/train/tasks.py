@@ -125,6 +125,12 @@ class PretrainTask:
     return local  # frame pairs: one shape on every host
 
 
+def trained_parts(config) -> set[str]:
+  """Stage 2's trained parts: ``trainable``'s with a rate (0 freezes a part from the command
+  line, ``--config.trainable.vision_tower=0``: the recipe's keys cannot be removed there)."""
+  return {k for k, rate in config.trainable.items() if rate > 0}
+
+
 class FinetuneTask:
   """Stage 2: the VideoLM, next-token loss on the answers; trained parts from the config."""
   stage = "finetune"
@@ -142,7 +148,7 @@ class FinetuneTask:
     # trained on RGB frames only, max_delta_frames=0, has the same tree as stage 2).
     params = self.model.init(rng, *init_inputs(self.cfg, c.codec_size, c.max_keyframes,
                                                max(1, c.max_delta_frames)))["params"]
-    parts = dict(self.config.trainable)
+    parts = trained_parts(self.config)
     return ({k: v for k, v in params.items() if k in parts},
             {k: v for k, v in params.items() if k not in parts})
 
@@ -173,7 +179,7 @@ class FinetuneTask:
       notes.append(f"Δ-encoder from stage 1 at {self.config.stage1_checkpoint}")
     else:
       notes.append("no stage1_checkpoint: the Δ-encoder starts from RANDOM weights")
-    parts = set(self.config.trainable)
+    parts = trained_parts(self.config)
     return ({k: v for k, v in loaded.items() if k in parts},
             {k: v for k, v in loaded.items() if k not in parts}, "; ".join(notes))
 
