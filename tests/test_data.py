@@ -376,6 +376,16 @@ _LLAVA = [{"id": "x", "video": "a.mp4", "conversations": [{"from": "human", "val
     (["--source", "synthetic", "--synth-videos", "1", "--seed", "-1"], "--seed must be >= 0"),
     (["--source", "mcq", "--annotations", "ok.jsonl", "--seed", "-1", "--conversations", "video"],
      "--seed must be >= 0, got -1"),
+    # flags the source ignores (--videos with an MCQ file: every video reported missing, after
+    # the build) and a seed left unchecked where unused
+    (["--source", "mcq", "--annotations", "ok.jsonl", "--videos", "videos"],
+     "--videos does not apply to --source mcq (see --source llava_video's videos folder"),
+    (["--source", "llava_video", "--annotations", "ok.json", "--videos", "videos",
+      "--conversations", "video"], "--conversations does not apply to --source llava_video"),
+    (["--source", "synthetic", "--annotations", "ok.jsonl", "--synth-videos", "3"],
+     "--synth-videos does not apply to --source synthetic --annotations"),
+    (["--source", "llava_video", "--annotations", "ok.json", "--videos", "videos", "--seed",
+      "-1"], "--seed must be >= 0, got -1"),
 ])
 def test_build_refuses_bad_annotations_and_videos_before_writing(tmp_path, monkeypatch, capsys,
                                                                  args, message):

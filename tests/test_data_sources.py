@@ -206,9 +206,13 @@ def test_mcq_conversations_per_video(tmp_path, pan_clip):
     sources.read_mcq(str(path), "dialogue")
 
 
-@pytest.mark.parametrize("flags,message", [(["--size", "100"], "multiple of 16"),
-                                           (["--quantizer", "50"], "quantizer"),
-                                           (["--fusion", "7"], "fusion")])
+@pytest.mark.parametrize("flags,message", [
+    (["--size", "100"], "multiple of 16"), (["--quantizer", "50"], "quantizer"),
+    (["--fusion", "7"], "fusion"),
+    # stage 1's records are Δ-frames: refused once every video was extracted
+    (["--stage", "pretrain", "--keyframes-per-gop", "8"],
+     "--stage pretrain writes one record per Δ-frame, and --keyframes-per-gop 8 makes every one "
+     "of the 8 sampled positions per GOP a keyframe")])
 def test_build_refuses_bad_extraction_settings_before_reading_anything(tmp_path, capsys, flags,
                                                                        message):
   # Checked once up front, not by every worker per video (which reported each video as skipped

@@ -38,14 +38,44 @@ def cmd_build(args) -> None:
   settings = ExtractSettings(args.size, sampling_from_args(args), args.quantizer)  # checked here
   check_workers(args.workers)  # also checked here: --source synthetic writes videos first
   check_limit(args.limit)
-  items = load_items(args.source, args.out, args.annotations, args.videos, args.synth_videos,
-                     args.seed, args.size, args.workers, not args.quiet, args.conversations)
+  _check_flags_apply(args, settings)
+  items = load_items(args.source, args.out, args.annotations, args.videos,
+                     200 if args.synth_videos is None else args.synth_videos, args.seed,
+                     args.size, args.workers, not args.quiet, args.conversations or "question")
   report = build(args.stage, items, args.out, settings, workers=args.workers, limit=args.limit,
                  progress=not args.quiet)
   skipped = report["skipped"]
   print(f"wrote {report['written']} videos -> {report['records']} records, "
         f"{report['bytes'] / 1e6:.1f} MB in {report['shards']}; skipped {len(skipped)}"
         + (f" (see {args.out}/report.json)" if skipped else ""))
+
+
+def _check_flags_apply(args, settings) -> None:
+  """ConfigError, before any work, for flags the build would ignore (--videos with an MCQ file
+  reported every video missing, after the build) or settings that leave it nothing to write
+  (stage 1's records are Δ-frames: found out once every video was extracted)."""
+  from cope_jax.data.sources import check_seed  # pylint: disable=import-outside-toplevel
+  ignored = {"--videos": args.videos is not None and args.source != "llava_video",
+             "--conversations": args.conversations is not None and args.source == "llava_video",
+             "--synth-videos": args.synth_videos is not None and (
+                 args.source != "synthetic" or args.annotations is not None)}
+  for flag, unused in ignored.items():
+    if unused:
+      raise ConfigError(f"{flag} does not apply to --source {args.source}"
+                        + (" --annotations" if args.annotations and flag == "--synth-videos"
+                           else "") + f" (see {FLAG_USES[flag]})")
+  check_seed(args.seed)
+  sampling = settings.sampling
+  if args.stage == "pretrain" and sampling.keyframes_per_gop >= sampling.positions_per_gop:
+    raise ConfigError(f"--stage pretrain writes one record per Δ-frame, and --keyframes-per-gop "
+                      f"{sampling.keyframes_per_gop} makes every one of the "
+                      f"{sampling.positions_per_gop} sampled positions per GOP a keyframe")
+
+
+FLAG_USES = {"--videos": "--source llava_video's videos folder; an MCQ file's video paths are "
+                         "its own, relative to the file",
+             "--conversations": "the MCQ sources' question grouping",
+             "--synth-videos": "--source synthetic without --annotations: the videos it makes"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help=f"processes, 1 to {MAX_WORKERS} (default: all cores)")
   p.add_argument("--limit", type=int, default=None, help="only the first N items, >= 1")
   add_sampling_flags(p)
-  p.add_argument("--synth-videos", type=int, default=200,
+  p.add_argument("--synth-videos", type=int, default=None,
                  help="videos to generate for --source synthetic without --annotations "
                       "(default 200)")
-  p.add_argument("--conversations", choices=["question", "video"], default="question",
+  p.add_argument("--conversations", choices=["question", "video"], default=None,
                  help="MCQ sources: one single-turn conversation per question (default), or one "
                       "multi-turn conversation per video with all its questions (shuffled)")
   p.add_argument("--seed", type=int, default=0,
