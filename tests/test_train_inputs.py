@@ -66,6 +66,16 @@ def test_a_rate_of_0_freezes_a_stage2_part():
   config = load_recipe("finetune", "tiny")
   with config.unlocked():
     config.trainable.vision_tower = 0.0
+  # frozen, it must come from somewhere: else random in training and missing at inference
+  with pytest.raises(ConfigError, match="vision_tower is frozen .* and no init_checkpoint"):
+    prepare.check_settings(config, device_count=8)
+  with config.unlocked():
+    config.trainable.delta_encoder = 0.0
+    config.init_checkpoint = "/ckpt/llava"
+  with pytest.raises(ConfigError, match="delta_encoder is frozen .* and no stage1_checkpoint"):
+    prepare.check_settings(config, device_count=8)
+  with config.unlocked():
+    config.trainable.delta_encoder = 1e-3
   prepare.check_settings(config, device_count=8)
   trained, frozen = jax.eval_shape(FinetuneTask(config, "").init_params, jax.random.key(0))
   assert "vision_tower" in frozen and "vision_tower" not in trained
@@ -200,6 +210,19 @@ def test_a_resume_starts_from_the_checkpoints_its_run_started_from(tmp_path):
                                           "with /mnt/base"):  # (moved)
     check_same_sources({"stage1_checkpoint": None, "init_checkpoint": "/mnt/base"},
                        str(tmp_path))
+  # other trained parts (a rate set to 0, or back): Orbax's refusal blamed other model settings
+  config = load_recipe("finetune", "tiny")
+  with config.unlocked():
+    config.init_checkpoint = "/runs/base"
+  (tmp_path / "train_config.json").write_text(config.to_json())
+  check_same_sources(config, str(tmp_path))
+  with config.unlocked():
+    config.trainable.vision_tower = 0.0
+  with pytest.raises(ConfigError, match=r"trained \['delta_encoder', 'image_newline', 'llm', "
+                                        r"'projector', 'vision_tower'\], and this one would "
+                                        r"train \['delta_encoder', 'image_newline', 'llm', "
+                                        r"'projector'\]"):
+    check_same_sources(config, str(tmp_path))
 
 
 def test_a_resume_with_another_length_says_the_rate_moves():

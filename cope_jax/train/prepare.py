@@ -298,6 +298,15 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
   if unknown or not config.trainable:
     raise ConfigError(f"trainable parts must be a non-empty subset of {STAGE2_PARTS}, got "
                       f"{sorted(config.trainable)}")
+  # A frozen part is loaded on every start and never saved: from nothing, it would be random in
+  # training and missing (or another one) when inference loads the workdir.
+  from cope_jax.train.tasks import trained_parts  # pylint: disable=import-outside-toplevel
+  for part in sorted(set(STAGE2_PARTS) - trained_parts(config)):
+    key = "stage1_checkpoint" if part == "delta_encoder" else "init_checkpoint"
+    if not config.get(key) and not (part == "delta_encoder" and config.max_delta_frames == 0):
+      raise ConfigError(f"{part} is frozen (not in trainable, or its rate 0) and no {key} gives "
+                        "it: it would stay random in training and be missing when the workdir "
+                        f"is loaded; set --config.{key} or train it")
   # (refused by the data check otherwise, once the data is made; aot has no data check)
   if config.max_keyframes < 1 or config.max_delta_frames < 0:
     raise ConfigError(f"max_keyframes must be >= 1 and max_delta_frames >= 0 (0: RGB frames "
