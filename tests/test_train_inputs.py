@@ -72,7 +72,9 @@ def test_a_rate_of_0_freezes_a_stage2_part():
   with config.unlocked():
     config.trainable.delta_encoder = 0.0
     config.init_checkpoint = "/ckpt/llava"
-  with pytest.raises(ConfigError, match="delta_encoder is frozen .* and no stage1_checkpoint"):
+  with pytest.raises(ConfigError, match="delta_encoder is frozen .* and no stage1_checkpoint .* "
+                                        "taken from init_checkpoint's copy, which training "
+                                        "ignores"):
     prepare.check_settings(config, device_count=8)
   with config.unlocked():
     config.trainable.delta_encoder = 1e-3

@@ -228,7 +228,8 @@ def _check_optimiser(config) -> None:
     if not value > 0:  # (nan too)
       raise ConfigError(f"{key} must be > 0 (a part's: or 0, frozen), got {value}"
                         if key.startswith("trainable.") else f"{key} must be > 0, got {value}")
-  if config.stage == "finetune" and not any(v > 0 for v in config.trainable.values()):
+  if (config.stage == "finetune" and config.trainable
+      and not any(v > 0 for v in config.trainable.values())):  # (none: check_settings says so)
     raise ConfigError("every trainable part's rate is 0 (frozen): nothing to train")
   if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1 and o.weight_decay >= 0 and o.warmup_steps >= 0):
     raise ConfigError(f"optim.b1 and b2 must be in [0, 1), weight_decay and warmup_steps >= 0, "
@@ -304,9 +305,12 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
   for part in sorted(set(STAGE2_PARTS) - trained_parts(config)):
     key = "stage1_checkpoint" if part == "delta_encoder" else "init_checkpoint"
     if not config.get(key) and not (part == "delta_encoder" and config.max_delta_frames == 0):
+      later = ("taken from init_checkpoint's copy, which training ignores, when the workdir is "
+               "loaded" if part == "delta_encoder" and config.get("init_checkpoint") else
+               "missing when the workdir is loaded")
       raise ConfigError(f"{part} is frozen (not in trainable, or its rate 0) and no {key} gives "
-                        "it: it would stay random in training and be missing when the workdir "
-                        f"is loaded; set --config.{key} or train it")
+                        f"it: it would stay random in training and be {later}; set "
+                        f"--config.{key} or train it")
   # (refused by the data check otherwise, once the data is made; aot has no data check)
   if config.max_keyframes < 1 or config.max_delta_frames < 0:
     raise ConfigError(f"max_keyframes must be >= 1 and max_delta_frames >= 0 (0: RGB frames "
