@@ -263,3 +263,66 @@ def test_residuals_round_trip_in_any_memory_layout():
   a = np.arange(-600, 600, dtype=np.int16).reshape(20, 20, 3)
   for view in (np.asfortranarray(a), a[:, ::2], a.transpose(1, 0, 2), a.astype(np.int32)):
     np.testing.assert_array_equal(storage.decode_residual(storage.encode_residual(view)), view)
+
+
+_LLAVA = [{"id": "x", "video": "a.mp4", "conversations": [{"from": "human", "value": "<image>"}]}]
+
+
+@pytest.mark.parametrize("args,message", [
+    # missing, a folder, not text, empty: the file is named first, as VideoError names a video
+    (["--source", "llava_video", "--annotations", "missing.json", "--videos", "videos"],
+     "missing.json: no such file"),
+    (["--source", "llava_video", "--annotations", "folder", "--videos", "videos"],
+     "folder: is a folder, not a file"),
+    (["--source", "llava_video", "--annotations", "binary", "--videos", "videos"],
+     "binary: not UTF-8 text"),
+    (["--source", "llava_video", "--annotations", "empty.json", "--videos", "videos"],
+     "empty.json: no entries"),
+    (["--source", "mcq", "--annotations", "missing.jsonl"], "missing.jsonl: no such file"),
+    (["--source", "mcq", "--annotations", "folder"], "folder: is a folder, not a file"),
+    (["--source", "mcq", "--annotations", "binary"], "binary: not UTF-8 text"),
+    (["--source", "mcq", "--annotations", "empty.jsonl"], "empty.jsonl: no questions"),
+    (["--source", "synthetic", "--annotations", "missing.jsonl"], "missing.jsonl: no such file"),
+    (["--source", "synthetic", "--annotations", "folder"], "folder: is a folder, not a file"),
+    # --videos must be a folder (a missing one used to skip every video and write the build)
+    (["--source", "llava_video", "--annotations", "ok.json", "--videos", "missing"],
+     "missing: no such folder"),
+    (["--source", "llava_video", "--annotations", "ok.json", "--videos", "ok.json"],
+     "ok.json: is a file, not a folder of videos"),
+    # checked before --source synthetic generates its videos into OUT/synthetic
+    (["--source", "synthetic", "--synth-videos", "1", "--limit", "0"], "--limit must be >= 1"),
+    (["--source", "synthetic", "--synth-videos", "1", "--workers", "0"], "--workers must be from"),
+    (["--source", "synthetic", "--synth-videos", "1", "--seed", "-1"], "--seed must be >= 0"),
+    (["--source", "mcq", "--annotations", "ok.jsonl", "--seed", "-1", "--conversations", "video"],
+     "--seed must be >= 0, got -1"),
+    # flags the source ignores (--videos with an MCQ file: every video reported missing, after
+    # the build) and a seed left unchecked where unused
+    (["--source", "mcq", "--annotations", "ok.jsonl", "--videos", "videos"],
+     "--videos does not apply to --source mcq (see --source llava_video's videos folder"),
+    (["--source", "llava_video", "--annotations", "ok.json", "--videos", "videos",
+      "--conversations", "video"], "--conversations does not apply to --source llava_video"),
+    (["--source", "synthetic", "--annotations", "ok.jsonl", "--synth-videos", "3"],
+     "--synth-videos does not apply to --source synthetic --annotations"),
+    (["--source", "llava_video", "--annotations", "ok.json", "--videos", "videos", "--seed",
+      "-1"], "--seed must be >= 0, got -1"),
+])
+def test_build_refuses_bad_annotations_and_videos_before_writing(tmp_path, monkeypatch, capsys,
+                                                                 args, message):
+  """SPEC: one ``error: PATH: reason`` line (not a raw ``[Errno 2] …``), status 2, and nothing
+  under --out."""
+  from cope_jax.data.__main__ import main  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "folder").mkdir()
+  (tmp_path / "videos").mkdir()
+  (tmp_path / "binary").write_bytes(b"\xff\xfe\x00[\x81")
+  (tmp_path / "empty.json").write_text("[]")
+  (tmp_path / "empty.jsonl").write_text("\n")
+  (tmp_path / "ok.json").write_text(json.dumps(_LLAVA))
+  (tmp_path / "ok.jsonl").write_text(json.dumps({"video": "a.mp4", "question": "Q?",
+                                                 "options": ["a", "b"], "answer": "A"}) + "\n")
+  assert main(["build", "--stage", "finetune", "--out", "out", "--size", "64", "--quiet",
+               *args]) == 2
+  err = capsys.readouterr().err
+  assert err == f"error: {message}\n" or (err.startswith(f"error: {message}")
+                                          and err.count("\n") == 1), err
+  assert not (tmp_path / "out").exists()
