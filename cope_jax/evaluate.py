@@ -71,8 +71,8 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   (``codec.sampling``). ``label`` names the run on the progress bar (default: the mode)."""
   if answer_format not in ANSWER_FORMATS:
     raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {answer_format!r}")
-  if max_new_tokens is None:  # a letter; or the longest option text, "the camera does not move"
-    max_new_tokens = 8 if answer_format == "letter" else 16
+  if max_new_tokens is None:  # a letter; or room for the longest right answer's text
+    max_new_tokens = 8 if answer_format == "letter" else _open_answer_room(model, questions)
   from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
   from cope_jax.infer.answers import LETTERS, parse_letter  # pylint: disable=import-outside-toplevel
   from cope_jax.infer import PromptTooLong  # pylint: disable=import-outside-toplevel
@@ -155,10 +155,30 @@ def families_accuracy(result: dict, families) -> float:
   return sum(f["accuracy"] * f["n"] for f in fams) / n if n else 0.0
 
 
+def _open_answer_room(model, questions: list[dict]) -> int:
+  """New tokens for an open-ended answer: the longest right answer's and a few more (matched
+  exactly, an answer cut short can never be right; at least 16, the synthetic data's needs)."""
+  tok = getattr(model, "tok", None)
+  if tok is None or not questions:
+    return 16
+  longest = max(len(tok.encode(right_option(q), add_special_tokens=False).ids)
+                for q in questions)
+  return max(16, longest + 4)
+
+
 def read_questions(path: str, limit: int | None = None) -> list[dict]:
   """The MCQ JSONL's questions, checked, video paths absolute (``data.sources.mcq_lines``); a
-  line without an ``id`` takes its line number as one (the per-question log's rows name it)."""
-  out = [{**q, "id": q.get("id", str(n))} for n, q in mcq_lines(path)]
+  line without an ``id`` (or a null one) takes its line number as one; ids must be unique (the
+  per-question log's rows are joined back to the questions by them)."""
+  out, lines = [], {}
+  for n, q in mcq_lines(path):
+    q = {**q, "id": str(n) if q.get("id") is None else q["id"]}
+    key = str(q["id"])
+    if key in lines:
+      raise ValueError(f"{path}: lines {lines[key]} and {n} have one id, {key!r} (a line "
+                       "without one takes its line number): the log could not tell them apart")
+    lines[key] = n
+    out.append(q)
   if not out:
     raise ValueError(f"{path}: no questions (an MCQ JSONL has one JSON object per line)")
   return out[:limit] if limit else out
