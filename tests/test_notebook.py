@@ -48,6 +48,15 @@ def test_a_workdir_with_no_model_is_refused_unless_it_is_the_notebook_s_own(tmp_
   monkeypatch.setenv("COPE_REPO", ROOT)
   exec(_model_cell(), {})  # pylint: disable=exec-used
   assert len(calls) == 1 and f"--workdir={tmp_path / 'stopped'}" in calls[0][0]
+  # stopped after a checkpoint (a SIGTERM saves; the tiny recipe saves every 50 steps): resumed
+  (tmp_path / "stopped" / "train_config.json").write_text('{"total_steps": 20}')
+  (tmp_path / "stopped" / "checkpoints" / "10").mkdir()
+  exec(_model_cell(), {})  # pylint: disable=exec-used
+  assert len(calls) == 2
   (tmp_path / "stopped" / "checkpoints" / "20").mkdir()  # trained: loaded, not trained again
   exec(_model_cell(), {})  # pylint: disable=exec-used
-  assert len(calls) == 1
+  assert len(calls) == 2
+  monkeypatch.delenv("COPE_NOTEBOOK_TRAIN")  # a workdir of the user's own: loaded as it is
+  os.rmdir(tmp_path / "stopped" / "checkpoints" / "20")
+  exec(_model_cell(), {})  # pylint: disable=exec-used
+  assert len(calls) == 2

@@ -1,7 +1,8 @@
 """``python -m cope_jax.train --config=configs/{pretrain,finetune}.py[:VARIANT] --workdir=DIR``
 
 Overrides: ``--config.total_steps=50 --config.optim.lr=3e-4 …`` (stage 1's rate; stage 2 trains
-each part at its own, ``--config.trainable.llm=3e-5 …``). Every recipe's keys, with a
+each part at its own, ``--config.trainable.llm=3e-5 …``; a rate of 0 freezes a part, which a
+checkpoint must then give). Every recipe's keys, with a
 comment each, are in cope_jax/train/config_base.py; the recipes (configs/pretrain.py,
 configs/finetune.py) add their stage's keys and the ``:tiny`` variant. Re-running the same
 command resumes from the newest checkpoint (data-iterator position included); SIGTERM saves and
