@@ -370,18 +370,6 @@ def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):
   assert r.returncode == 2 and "not allowed with" in r.stderr
 
 
-def test_question_ids_are_unique_and_a_null_one_is_its_line(tmp_path):
-  """A line without an id took its line number, which another line's id could be; a null id
-  stayed null: the log's rows could not be joined back to their questions."""
-  good = {"video": "a.mp4", "question": "Q?", "options": ["a", "b"], "answer": "A"}
-  path = tmp_path / "q.jsonl"
-  path.write_text(json.dumps({**good, "id": None}) + "\n" + json.dumps({**good, "id": "x"}) + "\n")
-  assert [q["id"] for q in read_questions(str(path))] == ["1", "x"]
-  path.write_text(json.dumps({**good, "id": "2"}) + "\n" + json.dumps(good) + "\n")
-  with pytest.raises(ValueError, match="lines 1 and 2 have one id, '2'"):
-    read_questions(str(path))
-
-
 def test_open_ended_answers_have_room_for_the_longest_right_answer():
   """Cut at 16 new tokens, a right answer of 31 could never match exactly."""
   class Tokenizer:

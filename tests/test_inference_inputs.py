@@ -124,3 +124,16 @@ def test_frames_of_another_mode_are_refused(tiny_workdir):
       model.ask(str(video), "Q?", mode, max_new_tokens=1, inputs=inputs)
   with pytest.raises(ValueError, match="cannot be asked in mode 'keyframes'"):
     model.rank_options(str(video), "Q?", ["a", "b"], "keyframes", inputs=cope)
+
+
+def test_question_ids_are_unique_and_a_null_one_is_its_line(tmp_path):
+  """A line without an id took its line number, which another line's id could be; a null id
+  stayed null: the log's rows could not be joined back to their questions."""
+  from cope_jax.evaluate import read_questions  # pylint: disable=import-outside-toplevel
+  good = {"video": "a.mp4", "question": "Q?", "options": ["a", "b"], "answer": "A"}
+  path = tmp_path / "q.jsonl"
+  path.write_text(json.dumps({**good, "id": None}) + "\n" + json.dumps({**good, "id": "x"}) + "\n")
+  assert [q["id"] for q in read_questions(str(path))] == ["1", "x"]
+  path.write_text(json.dumps({**good, "id": "2"}) + "\n" + json.dumps(good) + "\n")
+  with pytest.raises(ValueError, match="lines 1 and 2 have one id, '2'"):
+    read_questions(str(path))
