@@ -58,5 +58,6 @@ def test_a_workdir_with_no_model_is_refused_unless_it_is_the_notebook_s_own(tmp_
   assert len(calls) == 2
   monkeypatch.delenv("COPE_NOTEBOOK_TRAIN")  # a workdir of the user's own: loaded as it is
   os.rmdir(tmp_path / "stopped" / "checkpoints" / "20")
+  (tmp_path / "stopped" / "train_config.json").write_text("{}")  # (total_steps not needed)
   exec(_model_cell(), {})  # pylint: disable=exec-used
   assert len(calls) == 2
