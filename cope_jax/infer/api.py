@@ -84,6 +84,17 @@ class VideoInputs:
                        f"which reads {wanted!r} frames: pass video_inputs(video, {mode!r})")
 
 
+def _from_train_config(workdir: str, train: dict, key: str, what: str, load):
+  """``load(train[key])``: a part a training workdir's checkpoint lacks, from the checkpoint its
+  train_config.json names (a path on the machine that trained, like the tokenizer); unreadable,
+  a FileNotFoundError saying where the path came from."""
+  try:
+    return load(train[key])
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{workdir}: the checkpoint lacks {what}, to be taken from its {key} "
+                            f"(train_config.json), which cannot be read: {e}") from None
+
+
 class CoPE:
 
   def __init__(self, cfg, params, tokenizer, codec_size: int, untrained_delta: str = ""):
@@ -123,13 +134,9 @@ class CoPE:
       if "delta_encoder" not in params and train.get("stage1_checkpoint"):
         # A Δ-encoder kept frozen in stage 2 is stage 1's, as training took it (not the
         # init_checkpoint's copy, which training dropped).
-        try:
-          params["delta_encoder"] = latest_params(train["stage1_checkpoint"])["delta_encoder"]
-        except FileNotFoundError as e:  # (a path on the machine that trained, like the tokenizer)
-          raise FileNotFoundError(
-              f"{path}: the checkpoint lacks the Δ-encoder (kept frozen in stage 2), to be taken "
-              f"from its stage1_checkpoint (train_config.json), which cannot be read: {e}"
-          ) from None
+        params["delta_encoder"] = _from_train_config(
+            path, train, "stage1_checkpoint", "the Δ-encoder (kept frozen in stage 2)",
+            lambda p: latest_params(p)["delta_encoder"])
       missing = sorted(MODEL_PARTS - set(params))
       codec = codec_size or train["codec_size"]
       if missing == ["delta_encoder"] and not train.get("init_checkpoint"):
@@ -142,13 +149,9 @@ class CoPE:
           raise FileNotFoundError(f"{path}: the checkpoint lacks {missing} (parts the run did "
                                   "not train) and the run had no init_checkpoint to take them "
                                   "from")
-        try:
-          base, _ = checkpoints.load_params(train["init_checkpoint"])
-        except FileNotFoundError as e:  # (a path on the machine that trained, like the tokenizer)
-          raise FileNotFoundError(
-              f"{path}: the checkpoint lacks {missing} (parts the run did not train), to be "
-              f"taken from its init_checkpoint (train_config.json), which cannot be read: {e}"
-          ) from None
+        base, _ = _from_train_config(path, train, "init_checkpoint",
+                                     f"{missing} (parts the run did not train)",
+                                     checkpoints.load_params)
         params = {**base, **params}
       tokenizer = tokenizer or train.get("tokenizer")
     elif os.path.exists(os.path.join(path, "config.json")):

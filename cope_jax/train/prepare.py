@@ -301,8 +301,8 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
                       f"{sorted(config.trainable)}")
   # A frozen part is loaded on every start and never saved: from nothing, it would be random in
   # training and missing (or another one) when inference loads the workdir.
-  from cope_jax.train.tasks import trained_parts  # pylint: disable=import-outside-toplevel
-  for part in sorted(set(STAGE2_PARTS) - trained_parts(config)):
+  from cope_jax.train.tasks import trained_part_names  # pylint: disable=import-outside-toplevel
+  for part in sorted(set(STAGE2_PARTS) - trained_part_names(config.trainable)):
     key = "stage1_checkpoint" if part == "delta_encoder" else "init_checkpoint"
     if not config.get(key) and not (part == "delta_encoder" and config.max_delta_frames == 0):
       later = ("taken from init_checkpoint's copy, which training ignores, when the workdir is "

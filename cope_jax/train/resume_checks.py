@@ -87,11 +87,11 @@ def check_same_sources(config, workdir: str) -> None:
     return
   before = read_json(saved)
   if "trainable" in config and isinstance(before.get("trainable"), dict):
-    from cope_jax.train.tasks import trained_parts  # pylint: disable=import-outside-toplevel
-    was = {k for k, rate in before["trainable"].items() if rate > 0}
-    if was != trained_parts(config):  # (Orbax's refusal blamed other model settings)
+    from cope_jax.train.tasks import trained_part_names  # pylint: disable=import-outside-toplevel
+    was, now = trained_part_names(before["trainable"]), trained_part_names(config.trainable)
+    if was != now:  # (Orbax's refusal blamed other model settings)
       raise ConfigError(f"the run in {workdir} trained {sorted(was)}, and this one would train "
-                        f"{sorted(trained_parts(config))}: its checkpoints hold the first; resume "
+                        f"{sorted(now)}: its checkpoints hold the first; resume "
                         "with its trainable rates, or use another --workdir")
   for key in SOURCE_KEYS:
     was, now = before.get(key) or "", config.get(key) or ""

@@ -125,10 +125,11 @@ class PretrainTask:
     return local  # frame pairs: one shape on every host
 
 
-def trained_parts(config) -> set[str]:
-  """Stage 2's trained parts: ``trainable``'s with a rate (0 freezes a part from the command
-  line, ``--config.trainable.vision_tower=0``: the recipe's keys cannot be removed there)."""
-  return {k for k, rate in config.trainable.items() if rate > 0}
+def trained_part_names(trainable) -> set[str]:
+  """Stage 2's trained parts: those of ``trainable`` (its rates by part) with a rate (0 freezes a
+  part from the command line, ``--config.trainable.vision_tower=0``: the recipe's keys cannot be
+  removed there)."""
+  return {k for k, rate in trainable.items() if rate > 0}
 
 
 class FinetuneTask:
@@ -148,7 +149,7 @@ class FinetuneTask:
     # trained on RGB frames only, max_delta_frames=0, has the same tree as stage 2).
     params = self.model.init(rng, *init_inputs(self.cfg, c.codec_size, c.max_keyframes,
                                                max(1, c.max_delta_frames)))["params"]
-    parts = trained_parts(self.config)
+    parts = trained_part_names(self.config.trainable)
     return ({k: v for k, v in params.items() if k in parts},
             {k: v for k, v in params.items() if k not in parts})
 
@@ -179,7 +180,7 @@ class FinetuneTask:
       notes.append(f"Δ-encoder from stage 1 at {self.config.stage1_checkpoint}")
     else:
       notes.append("no stage1_checkpoint: the Δ-encoder starts from RANDOM weights")
-    parts = trained_parts(self.config)
+    parts = trained_part_names(self.config.trainable)
     return ({k: v for k, v in loaded.items() if k in parts},
             {k: v for k, v in loaded.items() if k not in parts}, "; ".join(notes))
 
