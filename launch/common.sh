@@ -92,9 +92,18 @@ checkout_python() {
   fi
 }
 
+# PYTHON is a path, quoted here like the other values (a space in it stays in the path);
+# PYTHON_WORD, set by the ssh mode, is one already quoted for the remote shell.
 train_command() {
-  local cmd
-  cmd="${PYTHON:-$(checkout_python)} -m cope_jax.train $(printf '%q' "--config=${CONFIG}")"
+  local cmd python
+  if [[ -n "${PYTHON_WORD:-}" ]]; then
+    python=$PYTHON_WORD
+  elif [[ -n "${PYTHON:-}" ]]; then
+    python=$(printf '%q' "$PYTHON")
+  else
+    python=$(checkout_python)
+  fi
+  cmd="$python -m cope_jax.train $(printf '%q' "--config=${CONFIG}")"
   cmd+=" $(printf '%q' "--workdir=${WORKDIR}")"
   if [[ -n "${DATA_DIR:-}" ]]; then
     cmd+=" $(printf '%q' "--config.data_dir=${DATA_DIR}")"
@@ -113,14 +122,16 @@ train_command() {
 # shutdown timeouts (100–300 s). Remote trainers (ssh, TPU workers) lose their connection and
 # end by those timeouts. A 75 (a trainer stopped by SIGTERM after saving, which every worker
 # does together) lets the others finish saving, and gives way to a later real failure.
-# Start a pipeline in a subshell, ( … | … ) &, so that its PID's status is the pipeline's
-# (pipefail), not its last command's.
+# Start a pipeline in a subshell, ( trap : TERM; … | … ) &, so that its PID's status is the
+# pipeline's (pipefail), not its last command's; the trap keeps the subshell waiting for its
+# pipeline when a SIGTERM reaches the whole process group (timeout, most supervisors), where it
+# would otherwise die at once, the launcher with it, and orphan its trainer.
 wait_all() {
-  local status=0 pid rc running=("$@") still more stopped_at="" stopping=()
+  local status=0 pid rc running=("$@") still more stopped_at="" stopping=() relayed=""
   # A SIGTERM to the launcher (kill, timeout, a job supervisor) goes to the workers, as a
-  # preemption: they save and exit 75, and the STOP_GRACE kill applies. Without this they ran on
-  # unsupervised. (Ctrl-C already reaches the whole process group.)
-  trap 'stop_workers "the launcher got SIGTERM"' TERM
+  # preemption: they save and exit 75. Without this they ran on unsupervised. (Ctrl-C already
+  # reaches the whole process group.)
+  trap relay_sigterm TERM
   while ((${#running[@]})); do
     still=()
     for pid in "${running[@]}"; do
@@ -134,7 +145,7 @@ wait_all() {
         status=$rc
         if [[ $rc != 75 && -z "$stopped_at" ]]; then
           echo "error: a worker failed (status $rc); stopping the others" >&2
-          stop_workers ""
+          stop_workers
         fi
       fi
     done
@@ -145,18 +156,30 @@ wait_all() {
         stopping+=("${more[@]+"${more[@]}"}" "${running[@]}")
         signal KILL "${stopping[@]+"${stopping[@]}"}"
       fi
-      sleep 0.5
+      sleep 0.5 || true  # (a SIGTERM to the process group ends it early: not a failure)
     fi
   done
   trap - TERM
   return "$status"
 }
 
-# stop_workers [WHY]: SIGTERM to every process under wait_all's running jobs (its locals), once;
-# STOP_GRACE later the loop kills what is left.
+# relay_sigterm: the launcher's SIGTERM to every process under wait_all's running jobs (its
+# locals), once. No SIGKILL follows, unlike stop_workers': a trainer acts on it at its next step,
+# and a multi-host one may first compile for minutes; whoever sent the SIGTERM decides how long
+# to wait (timeout -k, a supervisor's own grace).
+relay_sigterm() {
+  [[ -n "$relayed" || -n "$stopped_at" ]] && return
+  relayed=1
+  echo "the launcher got SIGTERM: stopping the workers (SIGTERM; they save and exit)" >&2
+  local workers
+  read -r -a workers <<<"$(descendants "${running[@]+"${running[@]}"}" | tr '\n' ' ')"
+  signal TERM "${workers[@]+"${workers[@]}"}"
+}
+
+# stop_workers: after a worker failed, SIGTERM to every process under wait_all's running jobs
+# (its locals), once; STOP_GRACE later the loop kills what is left.
 stop_workers() {
   [[ -n "$stopped_at" ]] && return
-  [[ -n "${1:-}" ]] && echo "$1: stopping the workers (SIGTERM; they save and exit)" >&2
   stopped_at=$SECONDS
   # Every process under the jobs, listed before any is signalled (a shell that dies orphans its
   # children, which the tree would no longer show); not the jobs' own subshells, which end with

@@ -25,8 +25,8 @@ Environment (required: CONFIG, WORKDIR):
   COORDINATOR_HOST  ssh: the address the hosts reach the first one at (default: its ssh
                   destination without user@, an ~/.ssh/config alias resolved to its HostName)
   REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
-  PYTHON          the trainer's interpreter (default: the checkout's .venv/bin/python where it
-                  has one — on the hosts, REPO_DIR/.venv/bin/python — else python)
+  PYTHON          the trainer's interpreter, a path (default: the checkout's .venv/bin/python
+                  where it has one — on the hosts, REPO_DIR/.venv/bin/python — else python)
   WORKER_ENV      ssh: environment for the trainer on every host, e.g. "NCCL_DEBUG=WARN XLA_FLAGS=…"
                   (an ssh command sees none of this shell's)
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
@@ -36,12 +36,25 @@ Environment (required: CONFIG, WORKDIR):
   STOP_GRACE      when a worker fails, seconds between SIGTERM and SIGKILL for the others'
                   processes on this machine (default 10)
 
+The trainer starts in the checkout (ssh: REPO_DIR): a relative CONFIG, WORKDIR or DATA_DIR is
+read from there, not from where the launcher runs.
+A SIGTERM to the launcher reaches the trainers (host: the launcher becomes the trainer), which
+save and exit 75, the launcher's status.
+
 --dry-run (anywhere on the line) prints the exact commands instead of running them.
 USAGE
 }
 
 host() {
-  run bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
+  local cmd
+  cmd="cd $(printf '%q' "$HERE/..") && exec $(train_command)"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    run bash -c "$cmd"
+  else
+    # The launcher becomes the trainer: a SIGTERM sent to it reaches the trainer, which saves
+    # and exits 75, and the trainer's status is the launcher's.
+    exec bash -c "$cmd"
+  fi
 }
 
 # coordinator_host SSH_DESTINATION: the address the workers reach the first host at —
@@ -78,22 +91,24 @@ ssh_hosts() {
   local coordinator repo="${REPO_DIR:-$HERE/..}"
   coordinator="$(coordinator_host "${host_list[0]}"):${PORT:-12355}"
   # An ssh command runs outside any activated virtualenv: the checkout's own, where it has one.
-  local python=${PYTHON:-python}
-  if [[ -z "${PYTHON:-}" && -x "$HERE/../.venv/bin/python" ]]; then
-    python="$(remote_path "$repo/.venv/bin/python")"  # (one word, a space in the path or not)
+  local python=python  # (one word for the remote shell, a space in the path or not)
+  if [[ -n "${PYTHON:-}" ]]; then
+    python=$(remote_path "$PYTHON")
+  elif [[ -x "$HERE/../.venv/bin/python" ]]; then
+    python=$(remote_path "$repo/.venv/bin/python")
   fi
   local pids=() i
   for i in "${!host_list[@]}"; do
     local cmd
     cmd="cd $(remote_path "$repo") && ${WORKER_ENV:+$WORKER_ENV }COPE_DISTRIBUTED=1"
     cmd+=" COPE_COORDINATOR=$coordinator"
-    cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(PYTHON=$python train_command)"
+    cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(PYTHON_WORD=$python train_command)"
     if [[ "$DRY_RUN" == 1 ]]; then
       run ssh "${host_list[$i]}" "$cmd"
     else
       # The command is built here on purpose: each host gets its own process id.
       # shellcheck disable=SC2029
-      (ssh "${host_list[$i]}" "$cmd" 2>&1 | prefix "${host_list[$i]}") &
+      (trap : TERM; ssh "${host_list[$i]}" "$cmd" 2>&1 | prefix "${host_list[$i]}") &
       pids+=($!)
     fi
   done
@@ -133,7 +148,11 @@ local_processes() {
     if [[ "$DRY_RUN" == 1 ]]; then
       run env "${env[@]}" bash -c "cd $(printf '%q' "$HERE/..") && $(train_command)"
     else
-      ( (cd "$HERE/.." && env "${env[@]}" bash -c "$(train_command)") 2>&1 | prefix "process $i") &
+      (
+        trap : TERM  # (see wait_all)
+        (cd "$HERE/.." && exec env "${env[@]}" bash -c "exec $(train_command)") 2>&1 |
+          prefix "process $i"
+      ) &
       pids+=($!)
     fi
   done

@@ -133,8 +133,11 @@ train() {
       gcloud_tpu tpu-vm ssh "$TPU_NAME" --worker="$w" --command="$cmd"
       continue
     fi
-    (gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
-      --worker="$w" --command="$cmd" 2>&1 | prefix "worker $w") &
+    (
+      trap : TERM  # (see wait_all)
+      gcloud compute tpus tpu-vm ssh "$TPU_NAME" --project="$PROJECT" --zone="$ZONE" \
+        --worker="$w" --command="$cmd" 2>&1 | prefix "worker $w"
+    ) &
     pids+=($!)
   done
   wait_all "${pids[@]+"${pids[@]}"}"

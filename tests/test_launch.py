@@ -261,13 +261,15 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
   assert r.returncode == 3 and "[process 0] saving" in r.stdout, r.stdout + r.stderr
 
 
-def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path):
+@pytest.mark.parametrize("to_group", [False, True])
+def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path, to_group):
   """kill, timeout or a job supervisor stopped the launcher alone: the workers trained on,
   unsupervised, holding the coordinator's port. They now get it as a preemption: they save,
-  exit 75, and that is the launcher's status."""
+  exit 75, and that is the launcher's status. Sent to the whole process group (timeout, most
+  supervisors), it ended the jobs' subshells, and the launcher with them, at once."""
   fake = tmp_path / "python"
   fake.write_text('#!/usr/bin/env bash\n'
-                  'trap "echo saved; exit 75" TERM\n'
+                  'trap "sleep 1; echo saved; exit 75" TERM\n'
                   'echo started\n'
                   'for _ in $(seq 1 120); do sleep 0.2; done; echo finished\n')
   fake.chmod(0o755)
@@ -278,7 +280,10 @@ def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path):
   try:
     started = [launcher.stdout.readline() for _ in range(2)]
     assert all(line.endswith("started\n") for line in started), started
-    launcher.terminate()  # SIGTERM to the launcher's process only
+    if to_group:
+      os.killpg(launcher.pid, 15)
+    else:
+      launcher.terminate()  # SIGTERM to the launcher's process only
     out, err = launcher.communicate(timeout=60)
   finally:
     if launcher.poll() is None:
@@ -286,6 +291,56 @@ def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path):
   assert launcher.returncode == 75, out + err
   assert out.count("saved") == 2 and "finished" not in out, out
   assert "the launcher got SIGTERM: stopping the workers" in err
+
+
+def test_after_a_sigterm_to_the_launcher_no_sigkill_cuts_the_workers_short(tmp_path):
+  """A multi-process trainer acts on a SIGTERM at its next step, after its compilation (minutes
+  on a pod): the launcher killed it STOP_GRACE seconds later, before it could save. Only a
+  worker's failure starts that clock; a SIGTERM's sender decides how long to wait."""
+  fake = tmp_path / "python"
+  fake.write_text('#!/usr/bin/env bash\n'
+                  'trap "echo noted" TERM\n'
+                  'echo started\n'
+                  'for _ in $(seq 1 15); do sleep 0.2; done; echo "saved at its step"; exit 75\n')
+  fake.chmod(0o755)
+  launcher = subprocess.Popen([GPU, "local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True,
+                              env={**os.environ, "PYTHON": str(fake), "CONFIG": "c",
+                                   "WORKDIR": str(tmp_path), "PROCESSES": "2",
+                                   "STOP_GRACE": "1"})
+  try:
+    started = [launcher.stdout.readline() for _ in range(2)]
+    assert all(line.endswith("started\n") for line in started), started
+    os.killpg(launcher.pid, 15)
+    out, err = launcher.communicate(timeout=60)
+  finally:
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, 9)
+  assert launcher.returncode == 75 and out.count("saved at its step") == 2, out + err
+
+
+def test_host_mode_becomes_the_trainer(tmp_path):
+  """host ran the trainer as a child: a SIGTERM ended the launcher (143) and the trainer ran
+  on. A PYTHON path with a space was split into words."""
+  bin_dir = tmp_path / "my env"
+  bin_dir.mkdir()
+  fake = bin_dir / "python"
+  fake.write_text('#!/usr/bin/env bash\n'
+                  'trap "echo saved; exit 75" TERM\n'
+                  'echo "started $*"\n'
+                  'for _ in $(seq 1 150); do sleep 0.2; done; echo finished\n')
+  fake.chmod(0o755)
+  launcher = subprocess.Popen([GPU, "host"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHON": str(fake), "CONFIG": "c",
+                                              "WORKDIR": str(tmp_path)})
+  try:
+    assert launcher.stdout.readline().startswith("started -m cope_jax.train --config=c")
+    launcher.terminate()
+    out, err = launcher.communicate(timeout=60)
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()
+  assert launcher.returncode == 75 and "saved" in out and "finished" not in out, out + err
 
 
 def test_local_modes_run_the_checkouts_virtualenv_without_activating_it(tmp_path):
