@@ -48,6 +48,9 @@ def test_the_keyframe_gives_no_shortcut_and_no_answer_hides_after_the_last_look(
         assert min(s.bounces[0][0] for s in scene.sprites if s.bounces) <= last
       if q["family"] == "enters":  # (frame 0's objects would be ruled out by the keyframe)
         assert "no object enters" in options and not names & options, q
+        # nor an option in a colour frame 0 shows (the visitor's never is: one in three right)
+        shown = {s.color for s in scene.sprites}
+        assert not any(o.split()[1] in shown for o in options - {"no object enters"}), q
       s = next((s for s in scene.sprites if s.name in q["question"]), None)
       if q["family"] == "bounces":
         assert all(frame <= last for frame, _ in s.bounces), q
@@ -109,9 +112,9 @@ def test_answers_are_what_the_frames_sampled_a_second_apart_draw():
   1 % apart, were answers. Now, on the frames as drawn (whole pixels; 2 px to count): every
   count is seen, the first bounce's object turns first (no other turns by then, by a pixel
   either), the first mover is seen moving first, the faster object is seen 1.2× as fast, and
-  the direction asked is the first step's — at 64 px and at 16, where pixels are coarse."""
+  the direction asked is the first step's — at 64 px and at 32, where pixels are coarse."""
   from cope_jax.data.synthetic.questions import questions_for_scene  # pylint: disable=import-outside-toplevel
-  for size, scenes, least in ((64, 400, 40), (16, 300, 10)):
+  for size, scenes, least in ((64, 400, 40), (32, 300, 10)):
     rng, letters, asked = np.random.default_rng(3), iter(lambda: 0, 1), collections.Counter()
     checked = collections.Counter()
     for _ in range(scenes):
@@ -174,3 +177,59 @@ def test_no_option_text_is_a_prior_for_the_answer():
   enters = [q for q in seen if q["family"] == "enters"]
   share = sum(q["open_answer"] == "no object enters" for q in enters) / len(enters)
   assert 0.22 < share < 0.28 and all("no object enters" in q["options"] for q in enters), share
+
+
+def test_pans_move_at_most_half_the_frame_a_second_and_never_alias():
+  """The camera moved max(1, size // 64) px a frame: at 32 px a second crossed the whole frame
+  (two looks shared nothing), at 1024 px 480 px a second matched a shorter shift the other way
+  on the mirror-tiled background."""
+  from cope_jax.codec.synthetic_clips import texture  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.synthetic.scene import TEXTURES, pan_speed  # pylint: disable=import-outside-toplevel
+  assert pan_speed(64, 30, "coffee") == pan_speed(96, 30, "coffee") == 1  # (the demo's, as before)
+  for size in (32, 64, 96, 512, 1024, 2048):
+    for name in TEXTURES:
+      period = min(2 * side for side in texture(name).shape[:2])
+      per_second = pan_speed(size, 30, name) * 30
+      assert 0 < per_second <= min(size / 2, period / 4) + 1e-9, (size, name, per_second)
+  scene = sample_scene(np.random.default_rng(2), size=32)
+  while scene.pan == "none":
+    scene = sample_scene(np.random.default_rng(int(scene.camera.sum()) + 7), size=32)
+  moves = np.abs(np.diff(scene.camera[::30], axis=0)).max()
+  assert 0 < moves <= 16, scene.camera[::30]
+
+
+def _shown_pixels(scene, who: int, frames) -> list[int]:
+  """How many pixels of object ``who`` (the sprites, then the visitor) ``render`` draws at each
+  of ``frames``: those that change when the object is taken out of the scene."""
+  import copy  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.synthetic.scene import render  # pylint: disable=import-outside-toplevel
+  without = copy.deepcopy(scene)
+  gone = (without.sprites + [without.visitor])[who]
+  gone.positions = np.full_like(gone.positions, -10 * scene.size)
+  wanted = set(int(f) for f in frames)
+  pairs = zip(render(scene), render(without))
+  return [int(np.any(a != b, axis=-1).sum()) for t, (a, b) in enumerate(pairs) if t in wanted]
+
+
+def test_every_object_is_shown_at_the_looks():
+  """Sprites were placed without regard to each other: one hid the other in frame 0 (9 % of
+  scenes more than half), and at the look where a first mover moved; at 5 s a visitor could
+  arrive after the last look, so no sampled frame showed the answer of `enters`. Now, judged on
+  the rendered frames: frame 0 shows each sprite whole, every look each at least half, and a
+  visitor shows whole at some look after frame 0."""
+  from cope_jax.data.synthetic.scene import _mask, sampled_frames  # pylint: disable=import-outside-toplevel
+  visitors = 0
+  for size, seconds in ((32, 5.0), (64, 8.0)):
+    rng = np.random.default_rng(5)
+    for _ in range(12):
+      scene = sample_scene(rng, size=size, seconds=seconds)
+      looks = sampled_frames(scene)
+      for i, s in enumerate(scene.sprites):
+        area = int(_mask(s.shape, s.side).sum())
+        shown = _shown_pixels(scene, i, looks)
+        assert shown[0] == area and min(shown) >= 0.5 * area, (size, s.name, shown, area)
+      if scene.visitor is not None:
+        visitors += 1
+        area = int(_mask(scene.visitor.shape, scene.visitor.side).sum())
+        assert area in _shown_pixels(scene, len(scene.sprites), looks[1:]), (size, seconds)
+  assert visitors >= 6, visitors

@@ -249,7 +249,7 @@ def test_regenerating_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="too short.*at least 5 s"):
       synthetic.generate(str(tmp_path / "short"), 2, seconds=seconds, workers=1, progress=False)
   for kwargs, message in ((dict(videos=0), "number of videos must be from 1 to"),
-                          (dict(videos=2, size=8), "--size must be a multiple of 16 from 16"),
+                          (dict(videos=2, size=8), "--size must be a multiple of 16 from 32"),
                           (dict(videos=2, workers=0), "--workers must be from 1 to"),
                           (dict(videos=2, seconds=float("nan")), "finite"),
                           (dict(videos=2, seconds=float("inf")), "finite")):
@@ -291,10 +291,11 @@ def test_synth_cli(tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--out", ""], "--out is empty"),  # (it wrote the dataset into the current folder)
     # a frame side the codec refuses (it used to crash the worker pool half-way, or fill memory)
-    (["--size", "100000"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
-    (["--size", "4096"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
-    (["--size", "100"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
-    (["--size", "-16"], "--size must be a multiple of 16 from 16 to 2048 pixels"),
+    (["--size", "100000"], "--size must be a multiple of 16 from 32 to 2048 pixels"),
+    (["--size", "4096"], "--size must be a multiple of 16 from 32 to 2048 pixels"),
+    (["--size", "100"], "--size must be a multiple of 16 from 32 to 2048 pixels"),
+    (["--size", "-16"], "--size must be a multiple of 16 from 32 to 2048 pixels"),
+    (["--size", "16"], "at 16 px the two objects cannot both be shown whole"),
     # lengths: per-frame ground truth of 1e9 s asked for 447 GiB
     (["--seconds", "1e9"], "the video length must be at most 600 s, got 1e+09 s"),
     (["--seconds", "601"], "the video length must be at most 600 s, got 601 s"),
@@ -337,7 +338,7 @@ def test_synth_help_states_the_bounds(capsys):
   with pytest.raises(SystemExit):
     main(["synth", "--help"])
   text = " ".join(capsys.readouterr().out.split())
-  for bound in ("1 to 100000", "5 to 600", "from 16 to 2048", "1 to 1024", "1000000 s"):
+  for bound in ("1 to 100000", "5 to 600", "from 32 to 2048", "1 to 1024", "1000000 s"):
     assert bound in text, bound
 
 

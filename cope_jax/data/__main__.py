@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                  f"--videos x --seconds at most {synthetic.MAX_TOTAL_SECONDS} s of video")
   p.add_argument("--seed", type=int, default=0, help="scenes and splits, >= 0 (default 0)")
   p.add_argument("--size", type=int, default=96,
-                 help=f"frame side in pixels, a multiple of 16 from 16 to {MAX_SIZE}, as the "
-                 "codec's re-encode (default 96)")
+                 help=f"frame side in pixels, a multiple of 16 from {synthetic.MIN_SIZE} to "
+                 f"{MAX_SIZE}, as the codec's re-encode (default 96)")
   p.add_argument("--seconds", type=float, default=8.0,
                  help=f"video length in seconds, 5 to {MAX_SECONDS:g} (default 8 = 1 GOP)")
   p.add_argument("--workers", type=int, default=None,

@@ -34,12 +34,17 @@ MAX_VIDEOS = 100_000            # the demo uses 600; the ground truth of all is 
 MAX_TOTAL_SECONDS = 1_000_000   # video length summed over the dataset (~280 hours; ~13 GB of RAM)
 
 
+# At 16 px two 8 px objects cannot both be shown whole in frame 0 (``scene.objects_shown``).
+MIN_SIZE = 32
+
+
 def check_size(size: int) -> None:
   """The codec's size rule (``EncodeSpec``): the videos are written already conformant, so that
-  ``build --size`` (the same size) uses them as they are."""
-  if size < 16 or size % 16 or size > MAX_SIZE:
-    raise ConfigError(f"--size must be a multiple of 16 from 16 to {MAX_SIZE} pixels (the codec's "
-                      f"macroblock grid and motion-vector range), got {size}")
+  ``build --size`` (the same size) uses them as they are; and room for the objects apart."""
+  if size < MIN_SIZE or size % 16 or size > MAX_SIZE:
+    raise ConfigError(f"--size must be a multiple of 16 from {MIN_SIZE} to {MAX_SIZE} pixels (the "
+                      f"codec's macroblock grid and motion-vector range; at 16 px the two objects "
+                      f"cannot both be shown whole in the first frame), got {size}")
 
 
 def scene_for(seed: int, index: int, size: int, seconds: float) -> Scene:
@@ -191,4 +196,4 @@ def _training_conversations(video: str, text: str, qs: list[dict],
 
 
 __all__ = ["generate", "scene_for", "SPLITS", "FAMILIES", "MOTION_FAMILIES", "MAX_VIDEOS",
-           "MAX_TOTAL_SECONDS", "check_size"]
+           "MAX_TOTAL_SECONDS", "MIN_SIZE", "check_size"]

@@ -6,15 +6,16 @@ by motion that happens after frame 0, when everything is still (and a visitor is
 the frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them. So that the
 keyframe gives no shortcut, a question about objects frame 0 shows offers the scene's other
 objects among its distractors, and ``enters``, about an object frame 0 does not show, offers
-none of them (with "no object enters"). No answer depends on what one-per-second sampling
+none of them nor their colours (with "no object enters"). No answer depends on what one-per-second sampling
 (``Scene.last_seen_frame``, ``seen_reversals``) does not show, in the frames as drawn (whole
 pixels; ``SEEN_PX`` of displacement to count): ``bounces`` and ``first_bounce`` are asked where
 every bounce counted shows as the object turning back between sampled positions, ``first_mover``
 where the first mover is seen moving at an earlier sampled frame than the other, ``direction``
 where the first sampled step of motion shows that direction, ``faster`` where the sampled steps
 rank the objects alike by ``FASTER_RATIO`` or more. No option's text is a
-prior for the answer: ``bounces`` answers are balanced over the dataset (each count asked about
-as often as the rarest of 1, 2 and 3, or one count would be the answer two times in three), "no
+prior for the answer but ``bounces``' "0" (below): ``bounces`` answers are balanced over the
+dataset (each count asked about as often as the rarest of 1, 2 and 3, or one count would be the
+answer two times in three; "0" is the answer of few, so never picking it scores 31 %), "no
 object enters" is the answer of a quarter of ``enters`` questions (half the scenes have no
 visitor), and "no object bounces", which would never be right, is no option.
 """
@@ -25,7 +26,8 @@ import collections
 
 import numpy as np
 
-from cope_jax.data.synthetic.scene import COLORS, DIRECTIONS, Scene, direction_of
+from cope_jax.data.synthetic.scene import (COLORS, DIRECTIONS, Scene, direction_of,
+                                            sampled_frames)
 
 LETTERS = "ABCD"
 MOTION_FAMILIES = ("direction", "first_mover", "bounces", "camera_pan", "faster", "first_bounce",
@@ -54,17 +56,11 @@ def _question(family: str, text: str, answer: str, distractors, rng: np.random.G
           "answer": LETTERS[letter], "open_answer": str(answer)}
 
 
-def _absent_objects(scene: Scene, rng) -> list[str]:
+def _absent_objects(scene: Scene, rng, colors=tuple(COLORS)) -> list[str]:
   present = {s.name for s in scene.sprites + ([scene.visitor] if scene.visitor else [])}
-  candidates = [f"the {c} {s}" for c in COLORS for s in ("square", "circle", "triangle")
+  candidates = [f"the {c} {s}" for c in colors for s in ("square", "circle", "triangle")
                 if f"{c} {s}" not in present]
   return list(rng.permutation(candidates))
-
-
-def sampled_frames(scene: Scene) -> np.ndarray:
-  """The frames one-per-second sampling sees, to the last look (the positions a Δ-frame's fused
-  motion spans: one second of displacement each)."""
-  return np.arange(0, scene.last_seen_frame + 1, scene.fps)
 
 
 # Pixels of displacement a sampled step must show to count as motion (along an axis, for a turn
@@ -245,13 +241,15 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
         keep=[f"the {s.name}" for s in scene.sprites if s is not first]))
   # "no object enters" is an option of every such question and the answer of a quarter (half
   # the scenes have no visitor: left to chance, of half); the other options are objects frame 0
-  # does not show, as the visitor is not shown there (the scene's objects, ruled out by the
-  # keyframe, left a keyframe-only guess between two options).
+  # does not show, in colours it does not show, as the visitor's is not (the scene's objects,
+  # ruled out by the keyframe, left a keyframe-only guess between two options; an option in a
+  # colour frame 0 shows, one of three).
   if _balanced(asked, "enters", scene.visitor is None, {True: 0.25, False: 0.75}):
     entering = f"the {scene.visitor.name}" if scene.visitor else "no object enters"
+    unseen = [c for c in COLORS if c not in {s.color for s in scene.sprites}]
     qs.append(_question(
         "enters", "Which object enters the frame after the video starts?", entering,
-        _absent_objects(scene, rng), rng, next(letters), keep=["no object enters"]))
+        _absent_objects(scene, rng, unseen), rng, next(letters), keep=["no object enters"]))
   return qs
 
 

@@ -144,9 +144,24 @@ def check_seconds(seconds: float, num_sprites: int = 2, fps: int = 30) -> None:
                       f"{min_seconds(num_sprites, fps):g} s")
 
 
+# Drawn again until every object is shown (``objects_shown``): at most this many tries.
+MAX_DRAWS = 1000
+
+
 def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, seconds: float = 8.0,
                  num_sprites: int = 2) -> Scene:
-  """A random scene whose events are well separated in time (so questions are unambiguous)."""
+  """A random scene whose events are well separated in time (so questions are unambiguous) and
+  whose objects the sampled looks show (``objects_shown``; drawn again until they do)."""
+  for _ in range(MAX_DRAWS):
+    scene = _draw_scene(rng, size, fps, seconds, num_sprites)
+    if objects_shown(scene):
+      return scene
+  raise ConfigError(f"no scene of {num_sprites} objects at {size} px shows them apart in "
+                    f"{MAX_DRAWS} draws; use a larger size")
+
+
+def _draw_scene(rng: np.random.Generator, size: int, fps: int, seconds: float,
+                num_sprites: int) -> Scene:
   num_frames = int(round(seconds * fps))
   side = max(8, size // 4)
   colors = rng.choice(list(COLORS), num_sprites, replace=False)
@@ -169,10 +184,11 @@ def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, second
     sprites.append(Sprite(str(color), str(shape), side, int(start), positions, bounces))
   pan = str(rng.choice(["none"] + list(DIRECTIONS)))
   camera = np.zeros((num_frames, 2), np.int64)
+  background = str(rng.choice(TEXTURES))
   if pan != "none":
     pan_start = int(rng.integers(fps // 2, num_frames // 2))
-    step = np.array(DIRECTIONS[pan]) * max(1, size // 64)
-    camera[pan_start:] = np.arange(1, num_frames - pan_start + 1)[:, None] * step
+    step = np.array(DIRECTIONS[pan]) * pan_speed(size, fps, background)
+    camera[pan_start:] = np.rint(np.arange(1, num_frames - pan_start + 1)[:, None] * step)
   visitor = None
   if rng.random() < 0.5:  # a third object that enters after the start, crossing the frame
     color = str(rng.choice([c for c in COLORS if c not in colors]))
@@ -184,7 +200,61 @@ def sample_scene(rng: np.random.Generator, size: int = 96, fps: int = 30, second
     speed = rng.uniform(0.3, 0.5) * size / fps
     steps = np.clip(np.arange(num_frames) - start, 0, None)[:, None]
     visitor = Sprite(color, shape, side, start, pos + steps * speed * direction, [])
-  return Scene(size, fps, num_frames, str(rng.choice(TEXTURES)), camera, pan, sprites, visitor)
+  return Scene(size, fps, num_frames, background, camera, pan, sprites, visitor)
+
+
+def pan_speed(size: int, fps: int, background: str) -> float:
+  """The camera's px per frame: ``size // 64`` (at least 1), but at most half the frame and a
+  quarter of the mirror-tiled background's period per second, so that looks a second apart
+  share content and the pan cannot alias into the opposite direction (at 32 px one pixel a
+  frame crossed the whole frame in a second; at 1024 px, 480 px a second matched a shorter
+  shift the other way)."""
+  period = min(2 * side for side in texture(background).shape[:2])
+  return min(max(1, size // 64), size / 2 / fps, period / 4 / fps)
+
+
+def sampled_frames(scene: Scene) -> np.ndarray:
+  """The frames one-per-second sampling sees, to the last look (the positions a Δ-frame's fused
+  motion spans: one second of displacement each)."""
+  return np.arange(0, scene.last_seen_frame + 1, scene.fps)
+
+
+def shown_fractions(scene: Scene, frame: int) -> list[float]:
+  """Per object (the sprites, then any visitor), the share of its shape that ``render`` shows at
+  ``frame``: not outside the frame nor under an object drawn after it."""
+  everyone = scene.sprites + ([scene.visitor] if scene.visitor else [])
+  owner = np.full((scene.size, scene.size), -1, np.int16)
+  areas = []
+  for i, s in enumerate(everyone):
+    mask = _mask(s.shape, s.side)
+    areas.append(int(mask.sum()))
+    x, y = np.rint(s.positions[frame]).astype(int)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + s.side, scene.size), min(y + s.side, scene.size)
+    if x0 < x1 and y0 < y1:
+      owner[y0:y1, x0:x1][mask[y0 - y:y1 - y, x0 - x:x1 - x]] = i
+  counts = np.bincount(owner[owner >= 0].ravel(), minlength=len(everyone))
+  return [float(c) / a for c, a in zip(counts, areas)]
+
+
+# Of a sprite's shape, at least this share is shown at every look (under another object or not).
+MIN_SHOWN = 0.5
+
+
+def objects_shown(scene: Scene) -> bool:
+  """Whether the looks one-per-second sampling sees show every object: frame 0 (the keyframe)
+  each sprite whole, every later look each sprite at least ``MIN_SHOWN`` of it, and a visitor
+  whole at some look after frame 0 (one that arrived after the last look, or was hidden at it,
+  made an ``enters`` answer no frame shows; sprites placed on each other made a first mover
+  that frame 0 and the first look after its start hid)."""
+  frames = sampled_frames(scene)
+  first = shown_fractions(scene, 0)
+  if min(first[:len(scene.sprites)]) < 1.0:
+    return False
+  later = [shown_fractions(scene, int(t)) for t in frames[1:]]
+  if any(min(f[:len(scene.sprites)]) < MIN_SHOWN for f in later):
+    return False
+  return scene.visitor is None or any(f[-1] == 1.0 for f in later)
 
 
 def _mask(shape: str, side: int) -> np.ndarray:
