@@ -139,6 +139,14 @@ def test_rerunning_a_finished_run_says_so(tmp_path):
           "raise --config.total_steps to train further") in r.stdout
   assert "resumed" not in r.stdout and metrics(tmp_path) == logged
   assert os.listdir(tmp_path / "checkpoints") == ["2"]
+  # Nor did it write the settings it did not train with (inference and resumes read them), or
+  # a new, empty TensorBoard events file.
+  saved = (tmp_path / "train_config.json").read_text()
+  events = sorted(os.listdir(tmp_path / "tensorboard"))
+  r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=1", "--config.optim.lr=5e-3")
+  assert r.returncode == 0 and "nothing to train" in r.stdout, r.stderr[-3000:]
+  assert (tmp_path / "train_config.json").read_text() == saved
+  assert sorted(os.listdir(tmp_path / "tensorboard")) == events
 
 
 @pytest.mark.parametrize("recipe,override,message", [

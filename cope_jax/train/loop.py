@@ -244,10 +244,13 @@ def train(config, workdir: str) -> int:
   restored = ckpt.restore(program.abstract_state, iterator)
   if restored is not None:
     step0, state = restored
-    if step0 >= config.total_steps:  # (the loop below does not run)
+    if step0 >= config.total_steps:
       print(f"nothing to train: the run in {workdir} already finished at step {step0} "
             f"(total_steps {config.total_steps}); raise --config.total_steps to train further",
             flush=True)
+      # (its train_config.json stays the one it trained with: inference and resumes read it)
+      ckpt.close()
+      return 0
     else:
       print(f"resumed from step {step0} in {ckpt.directory} (the trained parts as saved there)",
             flush=True)
@@ -284,9 +287,13 @@ def train(config, workdir: str) -> int:
         tracing = True
       compiled_s = program.compile_s
       state, metrics = program.run(state, frozen, batch)
+      new_program = program.compile_s > compiled_s
       log.leave_out(program.compile_s - compiled_s)  # a rate, an ETA: of training, not compiling
       step += 1
-      if not counting:  # (once: the wait costs one step's overlap with the next batch)
+      # A program's first run (the run's first step, with the data pipeline's start; a new length
+      # bucket's) is slower than the next: the rates count from after it. (The wait costs one
+      # step's overlap with the next batch, once per program.)
+      if not counting or new_program:
         jax.block_until_ready(metrics)
         log.start_counting(step)
         counting = True

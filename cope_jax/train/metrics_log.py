@@ -59,9 +59,10 @@ class MetricsLog:
     self.last_time += seconds
 
   def start_counting(self, step: int) -> None:
-    """The run's first ``step`` is done: the rates count from here. Its time holds one-time
-    costs — the data pipeline's start, a new program's first run — seconds that would put the
-    first window's rate and ETA far off; it is the rate of a record at that step alone."""
+    """A program's first run is done at ``step`` (the run's first step, a new length bucket's):
+    the rates count from here. Its time holds one-time costs — the data pipeline's start, the
+    program's first run — seconds that would put the window's rate and ETA far off; a record
+    at that very step gives the rate up to it."""
     now = time.perf_counter()
     self.first = (max(now - self.last_time, 1e-9), step - self.last_step, self.tokens)
     self.last_time, self.last_step, self.tokens = now, step, 0
