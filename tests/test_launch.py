@@ -261,22 +261,17 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
   assert r.returncode == 3 and "[process 0] saving" in r.stdout, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("to_group", [False, True])
-def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path, to_group):
-  """kill, timeout or a job supervisor stopped the launcher alone: the workers trained on,
-  unsupervised, holding the coordinator's port. They now get it as a preemption: they save,
-  exit 75, and that is the launcher's status. Sent to the whole process group (timeout, most
-  supervisors), it ended the jobs' subshells, and the launcher with them, at once."""
+def _signal_two_local_workers(tmp_path, trainer: str, to_group: bool, **env):
+  """Starts `gpu.sh local` with two fake trainers (``trainer``: a bash script that prints
+  "started" once its SIGTERM trap is set), SIGTERMs the launcher (or its process group) once
+  both have started, and returns (status, stdout, stderr)."""
   fake = tmp_path / "python"
-  fake.write_text('#!/usr/bin/env bash\n'
-                  'trap "sleep 1; echo saved; exit 75" TERM\n'
-                  'echo started\n'
-                  'for _ in $(seq 1 120); do sleep 0.2; done; echo finished\n')
+  fake.write_text("#!/usr/bin/env bash\n" + trainer)
   fake.chmod(0o755)
   launcher = subprocess.Popen([GPU, "local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True,
                               env={**os.environ, "PYTHON": str(fake), "CONFIG": "c",
-                                   "WORKDIR": str(tmp_path), "PROCESSES": "2"})
+                                   "WORKDIR": str(tmp_path), "PROCESSES": "2", **env})
   try:
     started = [launcher.stdout.readline() for _ in range(2)]
     assert all(line.endswith("started\n") for line in started), started
@@ -288,7 +283,19 @@ def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path, to_group):
   finally:
     if launcher.poll() is None:
       os.killpg(launcher.pid, 9)
-  assert launcher.returncode == 75, out + err
+  return launcher.returncode, out, err
+
+
+@pytest.mark.parametrize("to_group", [False, True])
+def test_sigterm_to_the_launcher_reaches_the_workers(tmp_path, to_group):
+  """kill, timeout or a job supervisor stopped the launcher alone: the workers trained on,
+  unsupervised, holding the coordinator's port. They now get it as a preemption: they save,
+  exit 75, and that is the launcher's status. Sent to the whole process group (timeout, most
+  supervisors), it ended the jobs' subshells, and the launcher with them, at once."""
+  status, out, err = _signal_two_local_workers(
+      tmp_path, 'trap "sleep 1; echo saved; exit 75" TERM\necho started\n'
+      'for _ in $(seq 1 120); do sleep 0.2; done; echo finished\n', to_group)
+  assert status == 75, out + err
   assert out.count("saved") == 2 and "finished" not in out, out
   assert "the launcher got SIGTERM: stopping the workers" in err
 
@@ -297,26 +304,11 @@ def test_after_a_sigterm_to_the_launcher_no_sigkill_cuts_the_workers_short(tmp_p
   """A multi-process trainer acts on a SIGTERM at its next step, after its compilation (minutes
   on a pod): the launcher killed it STOP_GRACE seconds later, before it could save. Only a
   worker's failure starts that clock; a SIGTERM's sender decides how long to wait."""
-  fake = tmp_path / "python"
-  fake.write_text('#!/usr/bin/env bash\n'
-                  'trap "echo noted" TERM\n'
-                  'echo started\n'
-                  'for _ in $(seq 1 15); do sleep 0.2; done; echo "saved at its step"; exit 75\n')
-  fake.chmod(0o755)
-  launcher = subprocess.Popen([GPU, "local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True,
-                              env={**os.environ, "PYTHON": str(fake), "CONFIG": "c",
-                                   "WORKDIR": str(tmp_path), "PROCESSES": "2",
-                                   "STOP_GRACE": "1"})
-  try:
-    started = [launcher.stdout.readline() for _ in range(2)]
-    assert all(line.endswith("started\n") for line in started), started
-    os.killpg(launcher.pid, 15)
-    out, err = launcher.communicate(timeout=60)
-  finally:
-    if launcher.poll() is None:
-      os.killpg(launcher.pid, 9)
-  assert launcher.returncode == 75 and out.count("saved at its step") == 2, out + err
+  status, out, err = _signal_two_local_workers(
+      tmp_path, 'trap "echo noted" TERM\necho started\n'
+      'for _ in $(seq 1 15); do sleep 0.2; done; echo "saved at its step"; exit 75\n',
+      to_group=True, STOP_GRACE="1")
+  assert status == 75 and out.count("saved at its step") == 2, out + err
 
 
 def test_host_mode_becomes_the_trainer(tmp_path):
