@@ -94,6 +94,16 @@ def test_visualize(pan_clip, tmp_path):
   assert img[..., :3].std() > 0.1  # a picture, not a blank page
 
 
+def test_visualize_labels_tell_every_position_apart():
+  """Times were printed to a tenth of a second: at --fps 120 --fusion 10 two panels read
+  "t=0.2s"; at --fps 240 --fusion 8 the first Δ-frame read as the keyframe's "t=0.0s"."""
+  from cope_jax.codec.visualize import _seconds  # pylint: disable=import-outside-toplevel
+  for fps, fusion in ((120, 10), (240, 8), (240, 1), (30, 30), (25, 10)):
+    labels = [_seconds(k * fusion / fps) for k in range(240 // fusion)]
+    assert len(set(labels)) == len(labels), (fps, fusion, labels)
+  assert [_seconds(t) for t in (0, 1, 0.25, 7.0, 1 / 12)] == ["0", "1", "0.25", "7", "0.083"]
+
+
 # ---- bad input: exit 2, one `error:` line naming the file, no traceback, nothing written ----
 
 def _make_bad(kind, tmp_path):

@@ -60,6 +60,7 @@ def test_cached_decoding_equals_recomputing_every_token(setup):
   cfg, params, inputs, lengths = setup
   gen = Generator(cfg, params, eos_id=-1)  # no stop: compare every step
   tokens, timings, _ = gen.generate(inputs, SamplingOptions(max_new_tokens=6))
+  assert [len(t) for t in tokens] == [6, 6]  # (five of each from the cache, after the prefill's)
   assert timings["ttft_s"] > 0 and timings["e2e_s"] >= timings["ttft_s"]
   assert timings["compile_s"] > 0
   for b, n in enumerate(lengths):
@@ -73,6 +74,7 @@ def test_batched_generation_equals_one_by_one(setup):
   cfg, params, inputs, _ = setup
   gen = Generator(cfg, params, eos_id=-1)
   batched, _, _ = gen.generate(inputs, SamplingOptions(max_new_tokens=5))
+  assert [len(t) for t in batched] == [5, 5]
   for b in range(2):
     alone, _, _ = gen.generate(_row(inputs, b), SamplingOptions(max_new_tokens=5))
     assert alone[0] == batched[b]

@@ -26,33 +26,35 @@ def test_pool_workers_use_one_opencv_thread_each():
 
 
 def _slow_job(folder: str, swallow: bool = False) -> None:
-  """Makes a temporary folder, says where, and waits there (a long video's re-encode). Its
-  cleanup takes a second SIGTERM (the executor terminates the other workers again once one has
-  exited). ``swallow``: the stop's exception is lost (PyAV's error check turns one into its
-  own), and the job returns a moment later."""
+  """Makes a temporary folder, says where, and waits there (a long video's re-encode). Stopped,
+  it says so, and its cleanup takes a second SIGTERM (the executor terminates the other workers
+  again once one has exited); a job that was never stopped says nothing. ``swallow``: the
+  stop's exception is lost (PyAV's error check turns one into its own), and the job returns a
+  moment later."""
   with tempfile.TemporaryDirectory() as scratch:
     with open(os.path.join(folder, f"{os.getpid()}.started"), "w") as f:
       f.write(scratch)
     try:
-      time.sleep(60)
+      time.sleep(300)
     except SystemExit:
-      if not swallow:
-        raise
-      time.sleep(0.5)
-    finally:
-      os.kill(os.getpid(), signal.SIGTERM)
-      time.sleep(0.2)
-      open(os.path.join(folder, f"{os.getpid()}.unwound"), "w").close()
+      try:
+        if not swallow:
+          raise
+        time.sleep(0.5)
+      finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+        open(os.path.join(folder, f"{os.getpid()}.unwound"), "w").close()
 
 
-def _started(folder, n: int, start: float) -> list[str]:
+def _started(folder, n: int) -> list[str]:
   while len(glob.glob(os.path.join(folder, "*.started"))) < n:
-    assert time.perf_counter() - start < 120, "the workers did not start"
     time.sleep(0.05)
   return glob.glob(os.path.join(folder, "*.started"))
 
 
 def _cleaned_up(markers) -> None:
+  """Each job was stopped (not left to run its 300 s out) and unwound: no temporary folder."""
   for marker in markers:
     assert os.path.exists(marker.replace(".started", ".unwound"))
     with open(marker) as f:
@@ -64,14 +66,12 @@ def test_a_pool_left_by_an_exception_stops_its_workers_and_leaves_no_temporary_f
   every queued job; workers stopped by the pool were killed where they stood, leaving their
   temporary folders (re-encoded videos) behind. Now the queue is dropped, and each worker's job
   unwinds before it exits, a second SIGTERM notwithstanding."""
-  start = time.perf_counter()
   with pytest.raises(KeyboardInterrupt):
     with process_pool(2) as pool:
       for _ in range(6):
         pool.submit(_slow_job, str(tmp_path))
-      _started(tmp_path, 2, start)
+      _started(tmp_path, 2)
       raise KeyboardInterrupt
-  assert time.perf_counter() - start < 50  # (not the 60 s of a job, nor 3 × 60 s queued)
   markers = glob.glob(str(tmp_path / "*.started"))
   assert len(markers) == 2
   _cleaned_up(markers)
@@ -80,14 +80,12 @@ def test_a_pool_left_by_an_exception_stops_its_workers_and_leaves_no_temporary_f
 def test_a_worker_whose_stop_was_lost_takes_no_further_job(tmp_path):
   """The stop's exception lost, the job ran on to its end, and the worker took the next job
   from the executor's queue (which cancelling does not empty): the pool waited for it too."""
-  start = time.perf_counter()
   with pytest.raises(KeyboardInterrupt):
     with process_pool(1) as pool:
       pool.submit(_slow_job, str(tmp_path), True)
       pool.submit(_slow_job, str(tmp_path))
-      _started(tmp_path, 1, start)
+      _started(tmp_path, 1)
       raise KeyboardInterrupt
-  assert time.perf_counter() - start < 50
   markers = glob.glob(str(tmp_path / "*.started"))
   assert len(markers) == 1  # (the second job never started)
   _cleaned_up(markers)
@@ -96,22 +94,24 @@ def test_a_worker_whose_stop_was_lost_takes_no_further_job(tmp_path):
 def _stubborn_job(folder: str) -> None:
   with open(os.path.join(folder, f"{os.getpid()}.started"), "w"):
     pass
-  while True:  # every stop lost
+  for _ in range(5):  # every stop lost
     try:
       time.sleep(60)
     except SystemExit:
       pass
+  open(os.path.join(folder, f"{os.getpid()}.finished"), "w").close()  # (not killed)
 
 
 def test_a_worker_that_does_not_stop_is_killed(tmp_path, monkeypatch):
   monkeypatch.setattr(parallel, "STOP_GRACE_S", 1.0)
-  start = time.perf_counter()
   with pytest.raises(KeyboardInterrupt):
     with process_pool(1) as pool:
       pool.submit(_stubborn_job, str(tmp_path))
-      _started(tmp_path, 1, start)
+      (marker,) = _started(tmp_path, 1)
       raise KeyboardInterrupt
-  assert time.perf_counter() - start < 50
+  with pytest.raises(ProcessLookupError):  # (killed and reaped: the pool waited for no job)
+    os.kill(int(os.path.basename(marker).split(".")[0]), 0)
+  assert not glob.glob(str(tmp_path / "*.finished"))
 
 
 def test_a_one_process_pool_in_a_thread_stops_when_asked(tmp_path):
@@ -120,10 +120,9 @@ def test_a_one_process_pool_in_a_thread_stops_when_asked(tmp_path):
   stop, result = threading.Event(), []
   thread = threading.Thread(target=lambda: result.append(
       _alone(_slow_job, str(tmp_path), stop=stop)))
-  start = time.perf_counter()
   thread.start()
-  markers = _started(tmp_path, 1, start)
+  markers = _started(tmp_path, 1)
   stop.set()
-  thread.join(50)
-  assert not thread.is_alive() and result == [None]
+  thread.join()
+  assert result == [None]
   _cleaned_up(markers)

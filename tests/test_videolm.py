@@ -4,6 +4,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.extend.core  # (jaxprs_in_params)
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -302,6 +303,17 @@ def test_every_preset_builds():
     presets.video_lm("huge")
 
 
+def _equations(closed_jaxpr):
+  """Every equation of a jaxpr, those inside scans, remats and other sub-jaxprs too."""
+  stack = [closed_jaxpr.jaxpr]
+  while stack:
+    jaxpr = stack.pop()
+    for e in jaxpr.eqns:
+      yield e
+      for sub in jax.extend.core.jaxprs_in_params(e.params):
+        stack.append(sub)
+
+
 def test_bf16_compute_and_remat():
   cfg = presets.video_lm("tiny")
   batch = _tiny_batch(cfg, b=2)
@@ -310,12 +322,23 @@ def test_bf16_compute_and_remat():
   bf16 = presets.video_lm("tiny", dtype=jnp.bfloat16)
   out, _ = jax.jit(VideoLM(bf16).apply)({"params": params}, *batch)
   assert out.dtype == jnp.float32
-  assert np.abs(np.asarray(out) - np.asarray(ref)).mean() < 0.05 * np.abs(np.asarray(ref)).mean()
+  error = np.abs(np.asarray(out) - np.asarray(ref)).mean()
+  assert 0 < error < 0.05 * np.abs(np.asarray(ref)).mean()  # (0: bf16 not computed)
+  # the matrix products run in bfloat16 (float32 parameters, cast where used)
+  products = {str(e.invars[0].aval.dtype) for e in _equations(
+      jax.make_jaxpr(VideoLM(bf16).apply)({"params": params}, *batch)) if
+      e.primitive.name == "dot_general"}
+  assert "bfloat16" in products, products
   remat = presets.video_lm("tiny", remat=True)
 
   def loss(p, c):
     return VideoLM(c).apply({"params": p}, *batch)[0].mean()
 
+  def checkpoints(c) -> int:
+    jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, c)
+    return sum(e.primitive.name in ("remat2", "checkpoint") for e in _equations(jaxpr))
+
+  assert checkpoints(remat) > 0 and checkpoints(cfg) == 0  # (rematerialised only when asked)
   g_ref = jax.jit(jax.grad(loss), static_argnums=1)(params, cfg)
   g_remat = jax.jit(jax.grad(loss), static_argnums=1)(params, remat)
   for a, b in zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_remat)):

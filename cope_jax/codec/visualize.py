@@ -24,6 +24,12 @@ def flow_to_rgb(mv: np.ndarray, max_magnitude: float) -> np.ndarray:
   return hsv_to_rgb(hsv)
 
 
+def _seconds(t: float) -> str:
+  """A time to the millisecond, without trailing zeros ("0.25", "7", "0.083"): positions a
+  fusion window apart stay apart at any --fps (tenths merged 1/12 s steps at 120 fps)."""
+  return f"{t:.3f}".rstrip("0").rstrip(".")
+
+
 def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: str = "",
            residual_max: float = 48.0, arrow_step: int = 32) -> None:
   """Writes a PNG: per position, the RGB frame, the motion field and the |residual| heat map.
@@ -42,7 +48,9 @@ def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: s
   # would otherwise make every other field look black.
   speeds = [np.hypot(f.mv[..., 0], f.mv[..., 1]).ravel()[::7] for f in frames if f.mv is not None]
   max_mag = max(float(np.percentile(np.concatenate(speeds), 98)), 1.0) if speeds else 1.0
-  fig, axes = plt.subplots(3 * blocks, columns, figsize=(2.3 * columns + 1.5, 2.45 * 3 * blocks),
+  # (at least the title's width: one or two positions cut its settings off)
+  fig, axes = plt.subplots(3 * blocks, columns,
+                           figsize=(max(2.3 * columns + 1.5, 8.0), 2.45 * 3 * blocks),
                            squeeze=False)
   for ax in axes.ravel():
     ax.set_axis_off()
@@ -51,12 +59,12 @@ def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: s
     col, row = i % columns, 3 * (i // columns)
     # A Δ-frame spans the time since the previous position (longer ones: adaptive fusion).
     kind = ("keyframe" if f.kind == KEYFRAME else
-            f"Δ over {f.time_s - frames[i - 1].time_s:g}s" if i else "Δ-frame")
+            f"Δ over {_seconds(f.time_s - frames[i - 1].time_s)}s" if i else "Δ-frame")
     rgb = f.rgb if f.kind == KEYFRAME else f.target_rgb
     ax = axes[row, col]
     if rgb is not None:
       ax.imshow(rgb)
-    ax.set_title(f"t={f.time_s:.1f}s  {kind}", fontsize=9,
+    ax.set_title(f"t={_seconds(f.time_s)}s  {kind}", fontsize=9,
                  color="tab:blue" if f.kind == KEYFRAME else "black")
     if f.kind == KEYFRAME:
       axes[row + 1, col].text(0.5, 0.5, "keyframe:\nRGB to the\nvision encoder", ha="center",
@@ -92,7 +100,7 @@ def render(frames: Sequence[SampledFrame], out_path: str | os.PathLike, title: s
     wheel.set_title("direction\nof motion", fontsize=7)
     wheel.set_axis_off()
   fig.suptitle(title + "\narrows: where content moved since the previous position (−mv)",
-               fontsize=11)
+               fontsize=11, wrap=True)
   tmp = f"{out_path}.tmp-{os.getpid()}.png"
   try:
     fig.savefig(tmp, dpi=80)
