@@ -41,7 +41,9 @@ def test_pan_displacement_residual_and_reconstruction(pan_clip, fusion):
 
 def test_wrong_sign_would_be_worse(pan_clip):
   """The sign convention check: the opposite sign predicts far worse."""
-  for f in _delta_frames(pan_clip, 30):
+  frames = _delta_frames(pan_clip, 30)
+  assert len(frames) == 3
+  for f in frames:
     right = np.abs(f.residual).mean()
     wrong = np.abs(f.target_rgb.astype(np.int16) - warp_reference(f.reference_rgb, -f.mv)).mean()
     assert right < 0.5 * wrong
@@ -50,6 +52,7 @@ def test_wrong_sign_would_be_worse(pan_clip):
 @pytest.mark.parametrize("fusion", [1, 30])
 def test_moving_object(object_clip, fusion):
   frames = _delta_frames(object_clip, fusion)
+  assert [f.frame_index for f in frames] == (list(range(1, 61)) if fusion == 1 else [30, 60])
   vx, vy = 3 * fusion, 2 * fusion
   for f in frames:
     t = int(round(f.time_s * 30))

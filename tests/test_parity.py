@@ -261,8 +261,9 @@ def test_llava_next_layout_converts_identically(hf_root, tmp_path):
     with pytest.raises(CheckpointError, match=next(iter(change))):
       llava_convert.config_from_checkpoint({**flat, **change})
   next_params = llava_convert.convert(read_checkpoint(str(tmp_path)), cfg, str(tmp_path))
-  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(next_params)):
-    np.testing.assert_array_equal(a, b)
+  # (the same tree: zip over the leaves would pass a conversion that lost the last ones)
+  assert jax.tree_util.tree_structure(next_params) == jax.tree_util.tree_structure(params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, next_params)
   assert llava_convert.detect_layout(tensors) == "llava-next"
 
 
