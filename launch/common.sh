@@ -170,7 +170,12 @@ wait_all() {
 relay_sigterm() {
   [[ -n "$relayed" || -n "$stopped_at" ]] && return
   relayed=1
-  echo "the launcher got SIGTERM: stopping the workers (SIGTERM; they save and exit)" >&2
+  if [[ -n "${REMOTE_WORKERS:-}" ]]; then
+    echo "the launcher got SIGTERM: stopping the ssh clients (the remote trainers are not" \
+      "signalled; they end by JAX's timeouts once their connection is gone)" >&2
+  else
+    echo "the launcher got SIGTERM: stopping the workers (SIGTERM; they save and exit)" >&2
+  fi
   local workers
   read -r -a workers <<<"$(descendants "${running[@]+"${running[@]}"}" | tr '\n' ' ')"
   signal TERM "${workers[@]+"${workers[@]}"}"

@@ -38,8 +38,9 @@ Environment (required: CONFIG, WORKDIR):
 
 The trainer starts in the checkout (ssh: REPO_DIR): a relative CONFIG, WORKDIR or DATA_DIR is
 read from there, not from where the launcher runs.
-A SIGTERM to the launcher reaches the trainers (host: the launcher becomes the trainer), which
-save and exit 75, the launcher's status.
+A SIGTERM to the launcher reaches the trainers in host (the launcher becomes the trainer) and
+local, which save and exit 75, the launcher's status; in ssh it reaches only the ssh clients,
+and the remote trainers end by JAX's timeouts once their connection is gone.
 
 --dry-run (anywhere on the line) prints the exact commands instead of running them.
 USAGE
@@ -112,7 +113,7 @@ ssh_hosts() {
       pids+=($!)
     fi
   done
-  wait_all "${pids[@]+"${pids[@]}"}"
+  REMOTE_WORKERS=1 wait_all "${pids[@]+"${pids[@]}"}"
 }
 
 slurm() {

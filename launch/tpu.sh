@@ -140,7 +140,7 @@ train() {
     ) &
     pids+=($!)
   done
-  wait_all "${pids[@]+"${pids[@]}"}"
+  REMOTE_WORKERS=1 wait_all "${pids[@]+"${pids[@]}"}"
 }
 
 preempted() {

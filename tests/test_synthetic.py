@@ -379,3 +379,15 @@ def test_an_interrupted_video_write_leaves_no_video_named_file(tmp_path, monkeyp
   synthetic.generate(str(tmp_path), videos=1, seed=0, size=32, seconds=5.0, workers=1,
                      progress=False)
   assert sorted(os.listdir(tmp_path / "videos")) == ["00000.mp4", writing.name, "settings.json"]
+
+
+def test_the_scene_version_changes_with_the_scenes():
+  """The generator's scenes changed (drawn again until every object shows) while the version
+  recorded with the videos stayed 2: a folder of old videos was resumed and described by the new
+  scenes. Each version is held to a fingerprint of its first scenes: change the scenes, bump
+  SCENES_VERSION and record its fingerprint here."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  scenes = [synthetic.scene_for(0, i, 64, 8.0).to_json() for i in range(4)]
+  fingerprint = hashlib.sha256(json.dumps(scenes).encode()).hexdigest()[:16]
+  assert {3: "8842b162f7465bb7"}.get(synthetic.SCENES_VERSION) == fingerprint, (
+      synthetic.SCENES_VERSION, fingerprint)

@@ -30,6 +30,11 @@ from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
 from cope_jax.json_files import earlier_settings, write_json, write_jsonl
 
 SPLITS = ("train", "validation", "test")
+# The scene generator's version, recorded with the videos: a folder of another version's videos
+# is refused, not described by this version's scenes (2: textured backgrounds only,
+# 2026-12-06; 3: scenes drawn again until the sampled frames show every object, the pan's
+# speed capped, 2026-12-07). A test holds each version to its scenes.
+SCENES_VERSION = 3
 MAX_VIDEOS = 100_000            # the demo uses 600; the ground truth of all is held in memory
 MAX_TOTAL_SECONDS = 1_000_000   # video length summed over the dataset (~280 hours; ~13 GB of RAM)
 
@@ -115,9 +120,8 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
     raise ConfigError(f"{videos} videos of {seconds:g} s are {videos * seconds:.0f} s of video; "
                       f"at most {MAX_TOTAL_SECONDS} s (about 280 hours) in one dataset")
   check_size(size)
-  # "scenes": the scene generator's version (2: textured backgrounds only, 2026-12-06)
   folder = os.path.join(out, "videos")
-  settings = {"seed": seed, "size": size, "seconds": seconds, "scenes": 2}
+  settings = {"seed": seed, "size": size, "seconds": seconds, "scenes": SCENES_VERSION}
   os.makedirs(folder, exist_ok=True)
   made = earlier_settings(os.path.join(folder, "settings.json"), settings)
   if made is not None:

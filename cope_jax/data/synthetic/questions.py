@@ -16,8 +16,8 @@ rank the objects alike by ``FASTER_RATIO`` or more. No option's text is a
 prior for the answer but ``bounces``' "0" (below): ``bounces`` answers are balanced over the
 dataset (each count asked about as often as the rarest of 1, 2 and 3, or one count would be the
 answer two times in three; "0" is the answer of few, so never picking it scores 31 %), "no
-object enters" is the answer of a quarter of ``enters`` questions (half the scenes have no
-visitor), and "no object bounces", which would never be right, is no option.
+object enters" is the answer of a quarter of ``enters`` questions (about 55 % of the scenes have
+no visitor), and "no object bounces", which would never be right, is no option.
 """
 
 from __future__ import annotations
@@ -239,8 +239,8 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
         "first_bounce", "Which object bounces off the edge of the frame first?",
         f"the {first.name}", _absent_objects(scene, rng), rng, next(letters),
         keep=[f"the {s.name}" for s in scene.sprites if s is not first]))
-  # "no object enters" is an option of every such question and the answer of a quarter (half
-  # the scenes have no visitor: left to chance, of half); the other options are objects frame 0
+  # "no object enters" is an option of every such question and the answer of a quarter (about
+  # 55 % of the scenes have no visitor: left to chance, of more than half); the other options are objects frame 0
   # does not show, in colours it does not show, as the visitor's is not (the scene's objects,
   # ruled out by the keyframe, left a keyframe-only guess between two options; an option in a
   # colour frame 0 shows, one of three).
