@@ -9,6 +9,7 @@ are, never how they move.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -209,8 +210,14 @@ def pan_speed(size: int, fps: int, background: str) -> float:
   share content and the pan cannot alias into the opposite direction (at 32 px one pixel a
   frame crossed the whole frame in a second; at 1024 px, 480 px a second matched a shorter
   shift the other way)."""
-  period = min(2 * side for side in texture(background).shape[:2])
-  return min(max(1, size // 64), size / 2 / fps, period / 4 / fps)
+  return min(max(1, size // 64), size / 2 / fps, _period(background) / 4 / fps)
+
+
+@functools.lru_cache(maxsize=None)
+def _period(background: str) -> int:
+  """The mirror-tiled background's shorter period, px (read once: loading a picture costs more
+  than drawing a scene)."""
+  return min(2 * side for side in texture(background).shape[:2])
 
 
 def sampled_frames(scene: Scene) -> np.ndarray:
