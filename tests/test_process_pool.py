@@ -47,8 +47,11 @@ def _slow_job(folder: str, swallow: bool = False) -> None:
         open(os.path.join(folder, f"{os.getpid()}.unwound"), "w").close()
 
 
-def _started(folder, n: int) -> list[str]:
+def _started(folder, n: int, running) -> list[str]:
+  """The markers of ``n`` started jobs, once they are there; ``running()`` says whether the
+  jobs can still start (a worker that failed to start would otherwise be waited for ever)."""
   while len(glob.glob(os.path.join(folder, "*.started"))) < n:
+    assert running(), "a job ended before it started"
     time.sleep(0.05)
   return glob.glob(os.path.join(folder, "*.started"))
 
@@ -68,9 +71,8 @@ def test_a_pool_left_by_an_exception_stops_its_workers_and_leaves_no_temporary_f
   unwinds before it exits, a second SIGTERM notwithstanding."""
   with pytest.raises(KeyboardInterrupt):
     with process_pool(2) as pool:
-      for _ in range(6):
-        pool.submit(_slow_job, str(tmp_path))
-      _started(tmp_path, 2)
+      jobs = [pool.submit(_slow_job, str(tmp_path)) for _ in range(6)]
+      _started(tmp_path, 2, lambda: not any(j.done() for j in jobs))
       raise KeyboardInterrupt
   markers = glob.glob(str(tmp_path / "*.started"))
   assert len(markers) == 2
@@ -82,9 +84,8 @@ def test_a_worker_whose_stop_was_lost_takes_no_further_job(tmp_path):
   from the executor's queue (which cancelling does not empty): the pool waited for it too."""
   with pytest.raises(KeyboardInterrupt):
     with process_pool(1) as pool:
-      pool.submit(_slow_job, str(tmp_path), True)
-      pool.submit(_slow_job, str(tmp_path))
-      _started(tmp_path, 1)
+      jobs = [pool.submit(_slow_job, str(tmp_path), True), pool.submit(_slow_job, str(tmp_path))]
+      _started(tmp_path, 1, lambda: not any(j.done() for j in jobs))
       raise KeyboardInterrupt
   markers = glob.glob(str(tmp_path / "*.started"))
   assert len(markers) == 1  # (the second job never started)
@@ -106,8 +107,8 @@ def test_a_worker_that_does_not_stop_is_killed(tmp_path, monkeypatch):
   monkeypatch.setattr(parallel, "STOP_GRACE_S", 1.0)
   with pytest.raises(KeyboardInterrupt):
     with process_pool(1) as pool:
-      pool.submit(_stubborn_job, str(tmp_path))
-      (marker,) = _started(tmp_path, 1)
+      job = pool.submit(_stubborn_job, str(tmp_path))
+      (marker,) = _started(tmp_path, 1, lambda: not job.done())
       raise KeyboardInterrupt
   with pytest.raises(ProcessLookupError):  # (killed and reaped: the pool waited for no job)
     os.kill(int(os.path.basename(marker).split(".")[0]), 0)
@@ -121,7 +122,7 @@ def test_a_one_process_pool_in_a_thread_stops_when_asked(tmp_path):
   thread = threading.Thread(target=lambda: result.append(
       _alone(_slow_job, str(tmp_path), stop=stop)))
   thread.start()
-  markers = _started(tmp_path, 1)
+  markers = _started(tmp_path, 1, thread.is_alive)
   stop.set()
   thread.join()
   assert result == [None]
