@@ -301,3 +301,41 @@ def test_a_call_that_compiles_the_prefill_times_its_second_run(setup):
   assert 0 < cold["ttft_s"] <= cold["e2e_s"]
   again, warm, _ = gen.generate(row, SamplingOptions(max_new_tokens=3))
   assert len(runs) == 3 and warm["compile_s"] == 0.0 and again == first
+
+
+def test_attention_in_query_blocks_equals_all_at_once():
+  """attention_chunk: blocks of queries (a shorter last block, packed segments, padded keys;
+  causally truncated keys in training) give the same outputs and gradients as one block,
+  training and KV-cached prefill (into a larger cache, and in prefill mode)."""
+  from cope_jax.models.qwen2 import Qwen2  # pylint: disable=import-outside-toplevel
+  cfg = presets.QWEN2["tiny"]
+  b, length = 2, 45  # not a multiple of the block
+  ids = jax.random.randint(jax.random.key(1), (b, length), 0, cfg.vocab_size)
+  valid = jnp.arange(length)[None, :] < jnp.array([[45], [38]])
+  segments = (jnp.arange(length)[None, :] >= jnp.array([[20], [30]])).astype(jnp.int32)
+  whole, blocked = Qwen2(cfg), Qwen2(dataclasses.replace(cfg, attention_chunk=16))
+  params = whole.init(jax.random.key(0), ids)
+
+  def loss(model, p):
+    logits = model.apply(p, ids, valid=valid, segments=segments)[0]
+    return (jnp.where(valid[..., None], logits, 0.0) ** 2).mean(), logits
+
+  (l1, out1), g1 = jax.value_and_grad(lambda p: loss(whole, p), has_aux=True)(params)
+  (l2, out2), g2 = jax.value_and_grad(lambda p: loss(blocked, p), has_aux=True)(params)
+  np.testing.assert_allclose(out2, out1, atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(l2, l1, rtol=1e-5)
+  for a, c in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_allclose(c, a, atol=2e-6, rtol=2e-4)
+  # KV-cached prefill of the first sequence (decode mode) against the blocked training pass;
+  # a prefill-mode call (its own keys only, causally truncated blocks) writes the same cache.
+  blocked_cfg = dataclasses.replace(cfg, attention_chunk=16)
+  cached = Qwen2(blocked_cfg, decode=True)
+  cache = cached.init(jax.random.key(0), ids[:1, :64])["cache"]  # 24 slots left after 40
+  prefill, filled = cached.apply({**params, "cache": cache}, ids[:1, :40], mutable=["cache"])
+  np.testing.assert_allclose(prefill[0], whole.apply(params, ids[:1, :40])[0], atol=2e-5,
+                             rtol=2e-5)
+  fresh, filled_fresh = Qwen2(blocked_cfg, decode=True, prefill=True).apply(
+      {**params, "cache": cache}, ids[:1, :40], mutable=["cache"])
+  np.testing.assert_allclose(fresh[0], prefill[0], atol=2e-5, rtol=2e-5)
+  for a, c in zip(jax.tree_util.tree_leaves(filled), jax.tree_util.tree_leaves(filled_fresh)):
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=2e-5, rtol=2e-5)
