@@ -1,4 +1,5 @@
-"""Stage 2: fine-tune the VideoLM on interleaved keyframe and Δ-tokens (paper §3.3, §4.1, appendix C).
+"""Stage 2: fine-tune the VideoLM on interleaved keyframe and Δ-tokens (paper §3.3, §4.1,
+appendix C).
 
   python -m cope_jax.train --config=configs/finetune.py --workdir=/ckpt/stage2 \
       --config.data_dir=/data/shards --config.init_checkpoint=/ckpt/stage2_init \

@@ -103,7 +103,8 @@ ssh_hosts() {
     local cmd
     cmd="cd $(remote_path "$repo") && ${WORKER_ENV:+$WORKER_ENV }COPE_DISTRIBUTED=1"
     cmd+=" COPE_COORDINATOR=$coordinator"
-    cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i $(PYTHON_WORD=$python train_command)"
+    cmd+=" COPE_NUM_PROCESSES=${#host_list[@]} COPE_PROCESS_ID=$i"
+    cmd+=" $(PYTHON_WORD=$python train_command)"
     if [[ "$DRY_RUN" == 1 ]]; then
       run ssh "${host_list[$i]}" "$cmd"
     else

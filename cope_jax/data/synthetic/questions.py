@@ -6,8 +6,8 @@ by motion that happens after frame 0, when everything is still (and a visitor is
 the frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them. So that the
 keyframe gives no shortcut, a question about objects frame 0 shows offers the scene's other
 objects among its distractors, and ``enters``, about an object frame 0 does not show, offers
-none of them nor their colours (with "no object enters"). No answer depends on what one-per-second sampling
-(``Scene.last_seen_frame``, ``seen_reversals``) does not show, in the frames as drawn (whole
+none of them nor their colours (with "no object enters"). No answer depends on what
+one-per-second sampling (``Scene.last_seen_frame``, ``seen_reversals``) does not show, in the frames as drawn (whole
 pixels; ``SEEN_PX`` of displacement to count): ``bounces`` and ``first_bounce`` are asked where
 every bounce counted shows as the object turning back between sampled positions, ``first_mover``
 where the first mover is seen moving at an earlier sampled frame than the other, ``direction``
@@ -240,10 +240,10 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
         f"the {first.name}", _absent_objects(scene, rng), rng, next(letters),
         keep=[f"the {s.name}" for s in scene.sprites if s is not first]))
   # "no object enters" is an option of every such question and the answer of a quarter (about
-  # 55 % of the scenes have no visitor: left to chance, of more than half); the other options are objects frame 0
-  # does not show, in colours it does not show, as the visitor's is not (the scene's objects,
-  # ruled out by the keyframe, left a keyframe-only guess between two options; an option in a
-  # colour frame 0 shows, one of three).
+  # 55 % of the scenes have no visitor: left to chance, of more than half); the other options
+  # are objects frame 0 does not show, in colours it does not show, as the visitor's is not (the
+  # scene's objects, ruled out by the keyframe, left a keyframe-only guess between two options;
+  # an option in a colour frame 0 shows, one of three).
   if _balanced(asked, "enters", scene.visitor is None, {True: 0.25, False: 0.75}):
     entering = f"the {scene.visitor.name}" if scene.visitor else "no object enters"
     unseen = [c for c in COLORS if c not in {s.color for s in scene.sprites}]
