@@ -143,7 +143,9 @@ wait_all() {
       wait "$pid" || rc=$?
       if [[ $rc != 0 && ($status == 0 || ($status == 75 && $rc != 75)) ]]; then
         status=$rc
-        if [[ $rc != 75 && -z "$stopped_at" ]]; then
+        # (after a relayed SIGTERM, a worker ending otherwise than 75 — an ssh client, a
+        # trainer that does not save — ended by it: no failure, and no kill clock for the rest)
+        if [[ $rc != 75 && -z "$stopped_at" && -z "$relayed" ]]; then
           echo "error: a worker failed (status $rc); stopping the others" >&2
           stop_workers
         fi
