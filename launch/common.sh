@@ -178,9 +178,7 @@ relay_sigterm() {
   else
     echo "the launcher got SIGTERM: stopping the workers (SIGTERM; they save and exit)" >&2
   fi
-  local workers
-  read -r -a workers <<<"$(descendants "${running[@]+"${running[@]}"}" | tr '\n' ' ')"
-  signal TERM "${workers[@]+"${workers[@]}"}"
+  term_workers
 }
 
 # stop_workers: after a worker failed, SIGTERM to every process under wait_all's running jobs
@@ -188,9 +186,14 @@ relay_sigterm() {
 stop_workers() {
   [[ -n "$stopped_at" ]] && return
   stopped_at=$SECONDS
-  # Every process under the jobs, listed before any is signalled (a shell that dies orphans its
-  # children, which the tree would no longer show); not the jobs' own subshells, which end with
-  # their pipelines and give their statuses.
+  term_workers
+}
+
+# term_workers: SIGTERM to every process under wait_all's running jobs, listed (in its
+# `stopping`, which the STOP_GRACE kill also reads) before any is signalled — a shell that dies
+# orphans its children, which the tree would no longer show; not the jobs' own subshells, which
+# end with their pipelines and give their statuses.
+term_workers() {
   read -r -a stopping <<<"$(descendants "${running[@]+"${running[@]}"}" | tr '\n' ' ')"
   signal TERM "${stopping[@]+"${stopping[@]}"}"
 }

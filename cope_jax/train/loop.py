@@ -251,14 +251,13 @@ def train(config, workdir: str) -> int:
       # (its train_config.json stays the one it trained with: inference and resumes read it)
       ckpt.close()
       return 0
-    else:
-      print(f"resumed from step {step0} in {ckpt.directory} (the trained parts as saved there)",
-            flush=True)
-      saved = os.path.join(workdir, "train_config.json")
-      before = read_json(saved).get("total_steps") if os.path.exists(saved) else None
-      if main and isinstance(before, int) and (note := resumed_schedule_note(
-          config.optim.warmup_steps, before, config.total_steps, step0)):
-        print(note, flush=True)
+    print(f"resumed from step {step0} in {ckpt.directory} (the trained parts as saved there)",
+          flush=True)
+    saved = os.path.join(workdir, "train_config.json")
+    before = read_json(saved).get("total_steps") if os.path.exists(saved) else None
+    if main and isinstance(before, int) and (note := resumed_schedule_note(
+        config.optim.warmup_steps, before, config.total_steps, step0)):
+      print(note, flush=True)
   if main:  # what inference needs to rebuild the model: once the checkpoints fit this config
     from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
     config_io.save(task.cfg, os.path.join(workdir, "model_config.json"))

@@ -7,8 +7,8 @@ the frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them. S
 keyframe gives no shortcut, a question about objects frame 0 shows offers the scene's other
 objects among its distractors, and ``enters``, about an object frame 0 does not show, offers
 none of them nor their colours (with "no object enters"). No answer depends on what
-one-per-second sampling (``Scene.last_seen_frame``, ``seen_reversals``) does not show, in the frames as drawn (whole
-pixels; ``SEEN_PX`` of displacement to count): ``bounces`` and ``first_bounce`` are asked where
+one-per-second sampling (``Scene.last_seen_frame``, ``seen_reversals``) does not show, in the
+frames as drawn (whole pixels; ``SEEN_PX`` of displacement to count): ``bounces`` and ``first_bounce`` are asked where
 every bounce counted shows as the object turning back between sampled positions, ``first_mover``
 where the first mover is seen moving at an earlier sampled frame than the other, ``direction``
 where the first sampled step of motion shows that direction, ``faster`` where the sampled steps
@@ -57,7 +57,7 @@ def _question(family: str, text: str, answer: str, distractors, rng: np.random.G
 
 
 def _absent_objects(scene: Scene, rng, colors=tuple(COLORS)) -> list[str]:
-  present = {s.name for s in scene.sprites + ([scene.visitor] if scene.visitor else [])}
+  present = {s.name for s in scene.everyone}
   candidates = [f"the {c} {s}" for c in colors for s in ("square", "circle", "triangle")
                 if f"{c} {s}" not in present]
   return list(rng.permutation(candidates))
@@ -192,7 +192,7 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, letters,
   qs = []
   a, b = sorted(scene.sprites, key=lambda s: s.start_frame)[:2]
   s0 = scene.sprites[int(rng.integers(len(scene.sprites)))]
-  everyone = scene.sprites + ([scene.visitor] if scene.visitor else [])
+  everyone = scene.everyone
   qs.append(_question(
       "appearance", f"What color is the {s0.shape}?", s0.color,
       # not the color of another object of that shape (a second sprite, or the visitor)

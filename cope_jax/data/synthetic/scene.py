@@ -68,6 +68,11 @@ class Scene:
   visitor: Sprite | None = None  # enters the frame after the start (and may leave it)
 
   @property
+  def everyone(self) -> list[Sprite]:
+    """The objects in the order ``render`` draws them: the sprites, then any visitor."""
+    return self.sprites + ([self.visitor] if self.visitor else [])
+
+  @property
   def last_seen_frame(self) -> int:
     """The last frame at a whole second: the last one that sampling at one position per second
     (CoPE's default, and the keyframes mode) sees. Events after it are not asked about."""
@@ -226,22 +231,32 @@ def sampled_frames(scene: Scene) -> np.ndarray:
   return np.arange(0, scene.last_seen_frame + 1, scene.fps)
 
 
-def shown_fractions(scene: Scene, frame: int) -> list[float]:
+def _placement(sprite: Sprite, frame: int, size: int):
+  """Where ``render`` draws ``sprite`` at ``frame`` (whole pixels, clipped to the frame): the
+  frame's (rows, columns) slices and the matching ones of the sprite's own square, or None
+  where it is wholly outside."""
+  x, y = np.rint(sprite.positions[frame]).astype(int)
+  x0, y0 = max(x, 0), max(y, 0)
+  x1, y1 = min(x + sprite.side, size), min(y + sprite.side, size)
+  if x0 >= x1 or y0 >= y1:
+    return None
+  return (slice(y0, y1), slice(x0, x1)), (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+
+
+def shown_fractions(scene: Scene, frame: int, masks: list[np.ndarray] | None = None
+                    ) -> list[float]:
   """Per object (the sprites, then any visitor), the share of its shape that ``render`` shows at
-  ``frame``: not outside the frame nor under an object drawn after it."""
-  everyone = scene.sprites + ([scene.visitor] if scene.visitor else [])
+  ``frame``: not outside the frame nor under an object drawn after it. ``masks``: the objects'
+  shapes, where the caller has them already."""
+  everyone = scene.everyone
+  masks = masks or [_mask(s.shape, s.side) for s in everyone]
   owner = np.full((scene.size, scene.size), -1, np.int16)
-  areas = []
-  for i, s in enumerate(everyone):
-    mask = _mask(s.shape, s.side)
-    areas.append(int(mask.sum()))
-    x, y = np.rint(s.positions[frame]).astype(int)
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + s.side, scene.size), min(y + s.side, scene.size)
-    if x0 < x1 and y0 < y1:
-      owner[y0:y1, x0:x1][mask[y0 - y:y1 - y, x0 - x:x1 - x]] = i
+  for i, (s, mask) in enumerate(zip(everyone, masks)):
+    if (placed := _placement(s, frame, scene.size)) is not None:
+      where, inside = placed
+      owner[where][mask[inside]] = i
   counts = np.bincount(owner[owner >= 0].ravel(), minlength=len(everyone))
-  return [float(c) / a for c, a in zip(counts, areas)]
+  return [float(c) / int(m.sum()) for c, m in zip(counts, masks)]
 
 
 # Of a sprite's shape, at least this share is shown at every look (under another object or not).
@@ -255,10 +270,11 @@ def objects_shown(scene: Scene) -> bool:
   made an ``enters`` answer no frame shows; sprites placed on each other made a first mover
   that frame 0 and the first look after its start hid)."""
   frames = sampled_frames(scene)
-  first = shown_fractions(scene, 0)
+  masks = [_mask(s.shape, s.side) for s in scene.everyone]
+  first = shown_fractions(scene, 0, masks)
   if min(first[:len(scene.sprites)]) < 1.0:
     return False
-  later = [shown_fractions(scene, int(t)) for t in frames[1:]]
+  later = [shown_fractions(scene, int(t), masks) for t in frames[1:]]
   if any(min(f[:len(scene.sprites)]) < MIN_SHOWN for f in later):
     return False
   return scene.visitor is None or any(f[-1] == 1.0 for f in later)
@@ -278,7 +294,7 @@ def render(scene: Scene):
   canvas = mirror_tiled(texture(scene.texture))
   ph, pw = canvas.shape[:2]
   idx = np.arange(scene.size)
-  everyone = scene.sprites + ([scene.visitor] if scene.visitor else [])
+  everyone = scene.everyone
   shading = {}
   for s in everyone:  # a little texture inside sprites gives the codec something to track
     yy, xx = np.mgrid[0:s.side, 0:s.side]
@@ -289,11 +305,9 @@ def render(scene: Scene):
     cx, cy = scene.camera[t]
     frame = canvas[np.ix_((40 + cy + idx) % ph, (40 + cx + idx) % pw)].copy()
     for s in everyone:
-      x, y = np.rint(s.positions[t]).astype(int)
-      x0, y0 = max(x, 0), max(y, 0)  # clip sprites that are partly (or wholly) outside
-      x1, y1 = min(x + s.side, scene.size), min(y + s.side, scene.size)
-      if x0 >= x1 or y0 >= y1:
+      if (placed := _placement(s, t, scene.size)) is None:  # (wholly outside)
         continue
-      m = masks[s.name][y0 - y:y1 - y, x0 - x:x1 - x]
-      frame[y0:y1, x0:x1][m] = shading[s.name][y0 - y:y1 - y, x0 - x:x1 - x][m]
+      where, inside = placed
+      m = masks[s.name][inside]
+      frame[where][m] = shading[s.name][inside][m]
     yield frame
