@@ -2,22 +2,22 @@
 
 ``appearance`` is answerable from any keyframe. The motion families (``direction``,
 ``first_mover``, ``bounces``, ``camera_pan``, ``faster``, ``first_bounce``, ``enters``) are decided
-by motion that happens after frame 0, when everything is still (and a visitor is still outside
-the frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them. So that the
-keyframe gives no shortcut, a question about objects frame 0 shows offers the scene's other
-objects among its distractors, and ``enters``, about an object frame 0 does not show, offers
-none of them nor their colours (with "no object enters"). No answer depends on what
-one-per-second sampling (``Scene.last_seen_frame``, ``seen_reversals``) does not show, in the
-frames as drawn (whole pixels; ``SEEN_PX`` of displacement to count): ``bounces`` and ``first_bounce`` are asked where
+by motion that happens after frame 0, when everything is still (and a visitor is still outside the
+frame): with one keyframe per 8 s GOP, only the Δ-frames can answer them. So that the keyframe
+gives no shortcut, a question about objects frame 0 shows offers the scene's other objects among
+its distractors, and ``enters``, about an object frame 0 does not show, offers none of them nor
+their colours (with "no object enters"). No answer depends on what one-per-second sampling
+(``Scene.last_seen_frame``, ``seen_reversals``) does not show, in the frames as drawn (whole
+pixels; ``SEEN_PX`` of displacement to count): ``bounces`` and ``first_bounce`` are asked where
 every bounce counted shows as the object turning back between sampled positions, ``first_mover``
 where the first mover is seen moving at an earlier sampled frame than the other, ``direction``
 where the first sampled step of motion shows that direction, ``faster`` where the sampled steps
-rank the objects alike by ``FASTER_RATIO`` or more. No option's text is a
-prior for the answer but ``bounces``' "0" (below): ``bounces`` answers are balanced over the
-dataset (each count asked about as often as the rarest of 1, 2 and 3, or one count would be the
-answer two times in three; "0" is the answer of few, so never picking it scores 31 %), "no
-object enters" is the answer of a quarter of ``enters`` questions (about 55 % of the scenes have
-no visitor), and "no object bounces", which would never be right, is no option.
+rank the objects alike by ``FASTER_RATIO`` or more. No option's text is a prior for the answer but
+``bounces``' "0" (below): ``bounces`` answers are balanced over the dataset (each count asked about
+as often as the rarest of 1, 2 and 3, or one count would be the answer two times in three; "0" is
+the answer of few, so never picking it scores 31 %), "no object enters" is the answer of a quarter
+of ``enters`` questions (about 55 % of the scenes have no visitor), and "no object bounces", which
+would never be right, is no option.
 """
 
 from __future__ import annotations
