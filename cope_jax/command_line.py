@@ -58,6 +58,31 @@ def check_results_file(flag: str, path: str) -> None:
     raise IsADirectoryError(f"{flag} {path} is a folder; name the results file")
 
 
+_pending_stop: BaseException | None = None  # a SIGTERM's exception, until the process ends
+
+
+def stop_by_signal(exception: BaseException) -> NoReturn:
+  """Raises ``exception`` from a SIGTERM handler, and again at the next packet a decoding loop
+  reads (``raise_pending_stop``): PyAV drops an exception raised while its own error check runs
+  (about one SIGTERM in 50 during a re-encode), and the command would then finish its work."""
+  global _pending_stop  # pylint: disable=global-statement
+  _pending_stop = exception
+  raise exception
+
+
+def raise_pending_stop() -> None:
+  """Raises a SIGTERM's exception (see ``stop_by_signal``) if one was taken."""
+  if _pending_stop is not None:
+    raise _pending_stop
+
+
+def clear_pending_stop() -> None:
+  """For a process that goes on after its handler's exception was dealt with (the demo's
+  ``main``, called in-process by tests and notebooks)."""
+  global _pending_stop  # pylint: disable=global-statement
+  _pending_stop = None
+
+
 def exit_on_sigterm() -> None:
   """A SIGTERM (``kill``, ``timeout``, a scheduler) ends the command as Ctrl-C does, by an
   exception, so that its ``finally`` blocks run: temporary files (a re-encoded video, a results
@@ -68,6 +93,6 @@ def exit_on_sigterm() -> None:
   def stop(signum, _frame):
     signal.signal(signum, signal.SIG_DFL)
     print("stopped by SIGTERM", file=sys.stderr)
-    raise SystemExit(128 + signum)
+    stop_by_signal(SystemExit(128 + signum))
 
   signal.signal(signal.SIGTERM, stop)

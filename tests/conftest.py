@@ -60,6 +60,15 @@ def real_clip(name: str) -> str:
   return str(target)
 
 
+@pytest.fixture(autouse=True)
+def _no_pending_stop():
+  """A SIGTERM handler a test calls in-process leaves its stop pending (raised again at the next
+  packet read): it must not stop the next test's decoding."""
+  yield
+  from cope_jax import command_line  # pylint: disable=import-outside-toplevel
+  command_line.clear_pending_stop()
+
+
 @pytest.fixture(scope="session")
 def city_clip() -> str:
   return real_clip("cityCC0.mpg")

@@ -17,7 +17,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.motion import MotionGrid, to_pixels
-from cope_jax.codec.probe import decode_frames, open_video
+from cope_jax.codec.probe import decode_frames, open_video, packets
 from cope_jax.codec.reencode import EncodeSpec, conformant_video
 from cope_jax.codec.sampling import (DELTA, KEYFRAME, SamplingConfig, frame_change,
                                      plan_positions)
@@ -60,7 +60,7 @@ class Primitives:
 def count_frames(path: str) -> int:
   """Frames in a conformant stream, from packet headers (no decoding)."""
   with open_video(path) as (container, stream):
-    return sum(1 for p in container.demux(stream) if p.size)
+    return sum(1 for p in packets(container, stream) if p.size)
 
 
 def iter_sampled_frames(conformant_path: str, sampling: SamplingConfig,

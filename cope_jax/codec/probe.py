@@ -11,6 +11,7 @@ from typing import Iterator
 import av
 
 from cope_jax.codec.errors import VideoError
+from cope_jax.command_line import raise_pending_stop
 
 # Larger declared sizes are treated as corrupt headers, not as videos (8K is 7680×4320).
 MAX_SIDE = 16384
@@ -64,6 +65,15 @@ def open_video(path: str | os.PathLike,
     container.close()
 
 
+def packets(container: av.container.InputContainer,
+            stream: av.video.stream.VideoStream) -> Iterator[av.Packet]:
+  """The stream's packets; a SIGTERM taken meanwhile is raised here even where PyAV dropped it
+  (see ``command_line.stop_by_signal``)."""
+  for packet in container.demux(stream):
+    raise_pending_stop()
+    yield packet
+
+
 def decode_frames(path: str, container: av.container.InputContainer,
                   stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
   """Decodes the video stream, turning mid-stream corruption into a clean stop.
@@ -73,7 +83,7 @@ def decode_frames(path: str, container: av.container.InputContainer,
   """
   count = 0
   try:
-    for packet in container.demux(stream):
+    for packet in packets(container, stream):
       for frame in packet.decode():
         count += 1
         yield frame

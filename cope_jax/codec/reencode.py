@@ -22,7 +22,8 @@ import av.filter
 
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.motion import MAX_SIZE
-from cope_jax.codec.probe import decode_frames, display_rotation, open_video, stream_rate
+from cope_jax.codec.probe import (decode_frames, display_rotation, open_video, packets,
+                                  stream_rate)
 from cope_jax.codec.sampling import MAX_FPS, MAX_GOP
 
 # FFmpeg filter chains that turn a frame rotated by the key (degrees counter-clockwise, as PyAV
@@ -72,7 +73,7 @@ def conformance_problems(path: str | os.PathLike, spec: EncodeSpec) -> list[str]
       return problems  # no need to read packets
     keys, pts = [], []
     try:
-      for packet in container.demux(stream):
+      for packet in packets(container, stream):
         if packet.size == 0:
           continue
         keys.append(packet.is_keyframe)

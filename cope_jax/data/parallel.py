@@ -21,6 +21,7 @@ import time
 from typing import Iterator
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.command_line import stop_by_signal
 
 MAX_WORKERS = 1024  # more than any one machine's cores; a fork pool starts them all at once
 STOP_GRACE_S = 5.0  # a stopped worker's time to unwind its job before it is killed
@@ -86,7 +87,7 @@ def _on_sigterm(signum, _frame):
   if _stopping:  # once: a second SIGTERM (the executor terminates the others too, when one of
     return       # them has exited) must not break into the cleanup the first one started
   _stopping = True
-  raise _Stopped(128 + signum)
+  stop_by_signal(_Stopped(128 + signum))  # (again at the next packet, should PyAV drop it)
 
 
 def _stoppable(fn, *args, **kwargs):

@@ -15,7 +15,7 @@ import time
 import cope_jax.demo as demo_package
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.sampling import SamplingConfig
-from cope_jax.command_line import ArgumentParser
+from cope_jax.command_line import ArgumentParser, clear_pending_stop, stop_by_signal
 from cope_jax.demo.recipe import FULL, QUICK, Paths
 from cope_jax.demo.stages import StageStopped
 from cope_jax.train import PREEMPTED
@@ -137,8 +137,8 @@ def _stop(signum, frame) -> None:
   """SIGTERM outside a training loop (data, compiling, evaluation): the run's finished stages
   and time are saved on the way out, and the exit status says to run it again."""
   del signum, frame
-  raise StageStopped("SIGTERM: the finished stages and this run's time are saved; re-run the "
-                     "same command to resume", PREEMPTED)
+  stop_by_signal(StageStopped("SIGTERM: the finished stages and this run's time are saved; "
+                              "re-run the same command to resume", PREEMPTED))
 
 
 def _nothing_done(workdir: str) -> bool:
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     return e.status
   finally:
     signal.signal(signal.SIGTERM, previous)
+    clear_pending_stop()
   if args.min_change:
     print(f"\nadaptive fusion: --min-change {args.min_change:g} (the CoPE shards of stages 1 and "
           "2, and the cope modes)")

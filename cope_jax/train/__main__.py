@@ -50,10 +50,11 @@ def _stopped_outside_training(main_pid: int, signum, frame) -> None:
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     return
+  from cope_jax.command_line import stop_by_signal  # pylint: disable=import-outside-toplevel
   from cope_jax.train import PREEMPTED  # pylint: disable=import-outside-toplevel
   print("SIGTERM outside the training steps: nothing new to save; re-run the same command to "
         f"resume (exit status {PREEMPTED})", file=sys.stderr, flush=True)
-  sys.exit(PREEMPTED)
+  stop_by_signal(SystemExit(PREEMPTED))
 
 
 def main(argv) -> None:
