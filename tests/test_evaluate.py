@@ -25,6 +25,9 @@ from cope_jax.infer.answers import parse_letter
     # a lower-case letter alone or named as the answer, in each of the capital's forms
     ("(b)", "B"), ("b.", "B"), ("b)", "B"), ("answer: c", "C"), ("the answer is: (c)", "C"),
     ("The answer is a dog", None), ("answer is c, since it moves", None), ("(b", None),
+    # and with the punctuation a capital may have after it
+    ("(b).", "B"), ("b,", "B"), ("d!", "D"), ("The answer is d!", "D"), ("(B).", "B"),
+    ("answer: (c)!", "C"), ("b)!", "B"),
 ])
 def test_parse_letter(text, letter):
   assert parse_letter(text, 4) == letter

@@ -117,6 +117,28 @@ def test_follow_up_equals_recomputing_the_whole_conversation(setup):
       assert _recomputed_next(cfg, params, inputs, b, n, history + more[b][:t]) == token, (b, t)
 
 
+def test_a_sampled_follow_up_draws_new_noise_and_repeats_with_its_seeds(setup):
+  """With every logit equal (the LLM's final norm zeroed), a sampled token is the noise's pick
+  alone. A follow-up started again from the seed's key drew the first answer's noise, token for
+  token: its answer repeated the first one."""
+  cfg, params, inputs, _ = setup
+  params = jax.tree_util.tree_map(lambda x: x, params)
+  params["llm"]["norm"]["weight"] = jnp.zeros_like(params["llm"]["norm"]["weight"])
+  gen = Generator(cfg, params, eos_id=-1)
+  options = SamplingOptions(max_new_tokens=6, temperature=1.0, seed=3)
+
+  def conversation(seed):
+    first, _, chat = gen.generate(_row(inputs, 0), options, reserve=16)
+    more, _, _ = gen.follow_up(chat, np.array([[5, 6, 7]]),
+                               dataclasses.replace(options, seed=seed))
+    return first[0], more[0]
+
+  first, more = conversation(seed=3)
+  assert len(set(first)) > 1 and more != first
+  assert conversation(seed=3) == (first, more)
+  assert conversation(seed=4)[1] != more
+
+
 def test_generators_of_one_config_share_compiled_programs_with_their_own_weights(setup):
   """The weights are an argument of the jitted steps, not constants compiled into them: a second
   checkpoint of the same configuration, on the device or on the host, reuses the first one's

@@ -324,7 +324,7 @@ class Generator:
                "new_tokens": max(len(o) for o in out)}
     # The last step's tokens are not in the cache yet: a follow-up appends them first.
     return out, timings, Chat(self, cache, position, token.astype(jnp.int32),
-                              jnp.asarray(generating))
+                              jnp.asarray(generating), key)
 
   def follow_up(self, chat: "Chat", ids: np.ndarray, options: SamplingOptions = SamplingOptions()):
     """Appends the previous answer's last token and ``ids`` (B, L) text tokens to a
@@ -355,7 +355,10 @@ class Generator:
         [jnp.zeros((b, 1), jnp.int32), pending + jnp.arange(length)[None, :]], axis=1)
     valid = jnp.concatenate([chat.pending_valid[:, None], jnp.ones((b, length), bool)], axis=1)
     cache, chat.cache = chat.cache, None  # donated to the step below
-    step = self._continue(cache, ids, positions, valid, _seed_key(options.seed),
+    # The conversation's sampling key goes on (with this turn's seed folded in): a fresh key
+    # of the same seed would draw the first answer's noise again, token for token.
+    key = jax.random.fold_in(chat.key, options.seed)
+    step = self._continue(cache, ids, positions, valid, key,
                           temperature=options.temperature, top_p=options.top_p)
     return self._decode_loop(step, options, start, compiled_before)
 
@@ -364,10 +367,11 @@ class Generator:
 class Chat:
   """The state of a conversation after an answer: the Generator that made it (the one whose
   ``follow_up(chat, ids)`` continues it), its cache, the answer's last token (not in the cache
-  yet; ``pending_valid`` False for rows that had finished before it), and the next RoPE
-  positions."""
+  yet; ``pending_valid`` False for rows that had finished before it), the next RoPE
+  positions and the sampling key after the answer."""
   generator: Generator
   cache: dict
   position: jax.Array
   pending: jax.Array
   pending_valid: jax.Array
+  key: jax.Array
