@@ -102,6 +102,17 @@ def _finish(n: int, cfg: PipelineConfig, decode, batch_fn,
     ds = LengthGrouped(ds, sizes, cfg.batch_size * cfg.shard_count, cfg.group_by_length,
                        cfg.seed)
   if cfg.shard_count > 1:
+    # Every process must run as many steps on batches of one size (a collective waits for all):
+    # a finite pass's last, partial global batch is dropped whole, not split unevenly (one
+    # process's full block, another's short one or none).
+    whole = cfg.batch_size * cfg.shard_count
+    if cfg.num_epochs is not None and len(ds) % whole:
+      if not cfg.drop_remainder:
+        raise ValueError(f"{len(ds)} examples are not a whole number of global batches of "
+                         f"{whole} ({cfg.shard_count} processes × {cfg.batch_size}): the last "
+                         "one cannot be shared evenly; set drop_remainder, or a batch size "
+                         "that divides the examples")
+      ds = ds[:len(ds) // whole * whole]
     ds = ProcessPart(ds, cfg.batch_size, cfg.shard_index, cfg.shard_count)
   ds = ds.map(decode).batch(cfg.batch_size, drop_remainder=cfg.drop_remainder, batch_fn=batch_fn)
   # Batches are what is prefetched here: Grain's default of 500 elements ahead would decode
