@@ -135,14 +135,32 @@ def _make_bad(kind, tmp_path):
     synthetic_clips.write_clip(p, synthetic_clips.pan_frames(1, 96, 160), codec="libx264")
   elif kind == "shorter_than_fusion_window":
     synthetic_clips.write_clip(p, synthetic_clips.pan_frames(15, 96, 160), codec="libx264")
+  elif kind == "text_named_txt":  # FFmpeg's tty reader renders it as a 640×400 "video"
+    p = tmp_path / "bad_notes.txt"
+    p.write_text("hello world\n" * 1000)
+  elif kind == "conformant_damaged_first_frame":  # used as is: its first frame fails at decoding
+    import av  # pylint: disable=import-outside-toplevel
+    from test_reencode import mux_frames  # pylint: disable=import-outside-toplevel
+    p = tmp_path / "bad_first_frame.avi"
+    with av.open(str(p), "w") as out:
+      s = out.add_stream("mpeg4", rate=30)
+      s.width = s.height = 384
+      s.pix_fmt, s.codec_context.gop_size, s.codec_context.max_b_frames = "yuv420p", 240, 0
+      mux_frames(out, s, list(synthetic_clips.pan_frames(40, 384, 384)))
+    with av.open(str(p)) as c:
+      first = next(pk for pk in c.demux(video=0) if pk.size)
+    data = bytearray(p.read_bytes())
+    data[first.pos + 20:first.pos + first.size - 4] = np.random.default_rng(0).integers(
+        0, 256, first.size - 24, np.uint8).tobytes()
+    p.write_bytes(bytes(data))
   elif kind == "absurd_size":
     p = tmp_path / "bad_absurd.y4m"
     p.write_bytes(b"YUV4MPEG2 W100000 H100000 F30:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\0" * 1000)
   return p
 
 
-BAD = ["empty", "text", "truncated", "audio_only", "directory", "missing", "one_frame",
-       "shorter_than_fusion_window", "absurd_size"]
+BAD = ["empty", "text", "text_named_txt", "truncated", "audio_only", "directory", "missing",
+       "one_frame", "shorter_than_fusion_window", "absurd_size", "conformant_damaged_first_frame"]
 
 
 @pytest.mark.parametrize("command", ["extract", "visualize"])
@@ -161,8 +179,8 @@ def test_bad_input(kind, command, tmp_path):
   assert not out.exists()
 
 
-@pytest.mark.parametrize("kind", ["empty", "text", "audio_only", "directory", "missing",
-                                  "absurd_size"])
+@pytest.mark.parametrize("kind", ["empty", "text", "text_named_txt", "audio_only", "directory",
+                                  "missing", "absurd_size", "conformant_damaged_first_frame"])
 def test_inspect_bad_input(kind, tmp_path):
   video = _make_bad(kind, tmp_path)
   r = run_cli("inspect", video)

@@ -67,22 +67,69 @@ def test_any_input_becomes_conformant(tmp_path, private_tmp, name):
   assert os.listdir(private_tmp) == []  # the re-encoded file is gone
 
 
+def _frames_shown(video, frames, size=128) -> list[int]:
+  """Which of ``frames`` each frame of ``video`` (re-encoded at ``size``) shows: the nearest."""
+  import av  # pylint: disable=import-outside-toplevel
+  import cv2  # pylint: disable=import-outside-toplevel
+  small = [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+           for f in frames]
+  with av.open(str(video)) as container:
+    got = [f.to_ndarray(format="rgb24").astype(np.float32) for f in container.decode(video=0)]
+  return [int(np.argmin([np.abs(s - g).mean() for s in small])) for g in got]
+
+
 def test_b_frames_in_avi_keep_every_frame_in_order(tmp_path, private_tmp):
   """AVI stores no presentation times: H.264 with B-frames decodes with decode-order pts (1, 3, 4,
   2, …), and the re-encode dropped every B-frame and showed the frame before it twice."""
-  import cv2  # pylint: disable=import-outside-toplevel
   frames = list(synthetic_clips.pan_frames(60, 240, 320, (2, 1), "chelsea"))
   path = tmp_path / "bframes.avi"
   synthetic_clips.write_clip(path, iter(frames), fps=30, codec="libx264", b_frames=2)
-  small = [cv2.resize(f, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
-           for f in frames]
   with conformant_video(path, EncodeSpec(size=128, fps=30, gop=30)) as (out, reencoded):
-    import av  # pylint: disable=import-outside-toplevel
-    with av.open(out) as container:
-      got = [f.to_ndarray(format="rgb24").astype(np.float32) for f in container.decode(video=0)]
-  assert reencoded
-  shown = [int(np.argmin([np.abs(s - g).mean() for s in small])) for g in got]
-  assert shown == list(range(60))
+    assert reencoded and _frames_shown(out, frames) == list(range(60))
+
+
+def _write_segment(path, frames, first_pts, codec="libx264", fmt=None, opts=None, plain=0):
+  """``frames`` at 30 fps from ``first_pts`` (in frames); the first ``plain`` ones I and P."""
+  import av  # pylint: disable=import-outside-toplevel
+  with av.open(str(path), "w", format=fmt) as out:
+    s = out.add_stream(codec, rate=30)
+    s.height, s.width = frames[0].shape[:2]
+    s.pix_fmt, s.codec_context.gop_size, s.codec_context.max_b_frames = "yuv420p", 250, 2
+    s.codec_context.options = opts or {}
+    for i, rgb in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+      frame.pts = first_pts + i
+      if i < plain:
+        frame.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.P
+      for packet in s.encode(frame):
+        out.mux(packet)
+    for packet in s.encode(None):
+      out.mux(packet)
+
+
+def test_b_frames_that_start_late_in_avi(tmp_path, private_tmp):
+  """Whether to use the decoding times was decided on the first 8 frames: B-frames from frame 13
+  on lost every third frame and showed others twice."""
+  frames = list(synthetic_clips.pan_frames(60, 96, 160, (2, 1), "chelsea"))
+  path = tmp_path / "late.avi"
+  _write_segment(path, frames, 0, opts={"x264-params": "b-adapt=0:bframes=2"}, plain=12)
+  with conformant_video(path, EncodeSpec(size=128, fps=30, gop=30)) as (out, _):
+    assert _frames_shown(out, frames) == list(range(60))
+
+
+@pytest.mark.parametrize("second_part_pts", [0, 3000])
+def test_joined_mpeg_ts_keeps_every_frame(tmp_path, private_tmp, second_part_pts):
+  """Two MPEG-TS files joined end to end: the second's times start again (0) or jump 100 s on
+  (broadcasts, HLS segments). The first lost every frame of the second part, the second became
+  101 s of copies of one frame."""
+  frames = list(synthetic_clips.pan_frames(60, 96, 160, (2, 1), "chelsea"))
+  parts = [tmp_path / "a.ts", tmp_path / "b.ts"]
+  _write_segment(parts[0], frames[:30], 0, fmt="mpegts")
+  _write_segment(parts[1], frames[30:], second_part_pts, fmt="mpegts")
+  joined = tmp_path / "joined.ts"
+  joined.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+  with conformant_video(joined, EncodeSpec(size=128, fps=30, gop=30)) as (out, _):
+    assert _frames_shown(out, frames) == list(range(60))
 
 
 def test_variable_frame_rate(tmp_path, private_tmp):
@@ -135,7 +182,7 @@ def test_conformance_problems_name_the_reason(tmp_path):
   assert any("size" in p for p in conformance_problems(path, EncodeSpec(size=192, gop=12)))
 
 
-def _mux_frames(out, stream, frames):
+def mux_frames(out, stream, frames):
   """Encodes RGB ``frames`` (pts 0, 1, …) into ``stream`` of the open container ``out``."""
   import av  # pylint: disable=import-outside-toplevel
   for i, rgb in enumerate(frames):
@@ -153,7 +200,7 @@ def _write_raw(path, fmt, codec, frames, fps):
     s = out.add_stream(codec, rate=fps)
     s.height, s.width = frames[0].shape[:2]
     s.pix_fmt = "yuv420p"
-    _mux_frames(out, s, frames)
+    mux_frames(out, s, frames)
 
 
 @pytest.mark.parametrize("fmt,codec", [("h264", "libx264"), ("m4v", "mpeg4")])
@@ -193,8 +240,8 @@ def test_the_main_video_stream_is_read(tmp_path):
     cover.pix_fmt = "yuvj420p"
     video = out.add_stream("mpeg4", rate=30)
     video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
-    _mux_frames(out, cover, [np.full((64, 64, 3), 200, np.uint8)])
-    _mux_frames(out, video, synthetic_clips.pan_frames(45, 96, 160, (1, 0), "coffee"))
+    mux_frames(out, cover, [np.full((64, 64, 3), 200, np.uint8)])
+    mux_frames(out, video, synthetic_clips.pan_frames(45, 96, 160, (1, 0), "coffee"))
   info = inspect_video(path)
   assert (info["codec"], info["width"], info["height"]) == ("mpeg4", 160, 96)
   assert info["num_frames"] == 45

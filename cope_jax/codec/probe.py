@@ -45,6 +45,8 @@ def open_video(path: str | os.PathLike,
   except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as e:
     raise VideoError(path, f"not a readable video file ({_short(e)})") from None
   try:
+    if container.format.name == "tty":  # FFmpeg renders .txt/.nfo/.asc/… files as "video"
+      raise VideoError(path, "not a video file (a text file, which FFmpeg would render)")
     if not container.streams.video:
       kinds = sorted({s.type for s in container.streams}) or ["no"]
       raise VideoError(path, f"no video stream (has {', '.join(kinds)} streams only)")
