@@ -121,7 +121,7 @@ def test_b_frames_that_start_late_in_avi(tmp_path, private_tmp):
 def test_joined_mpeg_ts_keeps_every_frame(tmp_path, private_tmp, second_part_pts):
   """Two MPEG-TS files joined end to end: the second's times start again (0) or jump 100 s on
   (broadcasts, HLS segments). The first lost every frame of the second part, the second became
-  101 s of copies of one frame."""
+  101 s of copies of one frame; ``inspect`` said 1 s or 101 s."""
   frames = list(synthetic_clips.pan_frames(60, 96, 160, (2, 1), "chelsea"))
   parts = [tmp_path / "a.ts", tmp_path / "b.ts"]
   _write_segment(parts[0], frames[:30], 0, fmt="mpegts")
@@ -130,6 +130,8 @@ def test_joined_mpeg_ts_keeps_every_frame(tmp_path, private_tmp, second_part_pts
   joined.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
   with conformant_video(joined, EncodeSpec(size=128, fps=30, gop=30)) as (out, _):
     assert _frames_shown(out, frames) == list(range(60))
+  info = inspect_video(joined)  # (timed alike: it said 1 s, or 101 s)
+  assert info["num_frames"] == 60 and info["duration_s"] == pytest.approx(2.0)
 
 
 def test_variable_frame_rate(tmp_path, private_tmp):

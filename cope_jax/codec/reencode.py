@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fractions
-import itertools
 import os
 import tempfile
 from typing import Callable, Iterator
@@ -23,7 +22,7 @@ import av.filter
 from cope_jax.codec.errors import ConfigError, VideoError
 from cope_jax.codec.motion import MAX_SIZE
 from cope_jax.codec.probe import (decode_frames, display_rotation, open_video, packets,
-                                  stream_rate)
+                                  presentation_timed)
 from cope_jax.codec.sampling import MAX_FPS, MAX_GOP
 
 # FFmpeg filter chains that turn a frame rotated by the key (degrees counter-clockwise, as PyAV
@@ -122,8 +121,8 @@ def reencode(path: str | os.PathLike, out_path: str | os.PathLike, spec: EncodeS
       occ.options = {"sc_threshold": "1000000000", "flags": "+mv4"}
       written = 0
       graph = None
-      for frame in _presentation_timed(decode_frames(path, container, stream), stream, spec,
-                                       container.format):
+      for frame in presentation_timed(decode_frames(path, container, stream), stream,
+                                      container.format, spec.fps):
         if graph is None:
           graph = _build_graph(stream, frame, spec)
         graph.push(frame)
@@ -138,60 +137,6 @@ def reencode(path: str | os.PathLike, out_path: str | os.PathLike, spec: EncodeS
   if written == 0:
     raise VideoError(path, "no frames left after frame-rate conversion")
   return written
-
-
-_TIMING_WINDOW = 8  # frames read before the timestamps are chosen (B-frame reordering shows)
-_JUMP_S = 10  # FFmpeg's dts_delta_threshold: a longer forward step in MPEG-TS is a discontinuity
-
-
-def _backwards(values) -> int:
-  values = [v for v in values if v is not None]
-  return sum(b <= a for a, b in zip(values, values[1:]))
-
-
-def _presentation_timed(frames: Iterator[av.VideoFrame], stream, spec: EncodeSpec,
-                        container_format: av.format.ContainerFormat | None = None
-                        ) -> Iterator[av.VideoFrame]:
-  """The decoded frames, each ``pts`` its presentation time, in order.
-
-  Where the decoder's pts go backwards more often than the dts, the dts (FFmpeg's best-effort
-  timestamp does the same): AVI stores no presentation times, and an H.264 stream with B-frames
-  in it decodes with decode-order pts (1, 3, 4, 2, …), which the frame-rate filter took at their
-  word — every B-frame dropped, the frame before it shown twice. Decided over the first frames,
-  then as the counts go (B-frames may start late: one frame shown twice where it switches); in
-  AVI, which stores decoding times only, the dts throughout. A time that still goes back (files joined
-  end to end: the second part starts again at 0) or, in formats whose times may jump (MPEG-TS:
-  joined segments, broadcasts), forward by more than ``_JUMP_S``, goes on one frame after the
-  previous: the filter dropped every frame until the times caught up, or filled the gap with
-  copies of the last one. Raw streams without timestamps: the rate the stream declares."""
-  head = [f for _, f in zip(range(_TIMING_WINDOW), frames)]
-  faulty_pts, faulty_dts = _backwards(f.pts for f in head), _backwards(f.dts for f in head)
-  rate = stream_rate(stream) or spec.fps
-  tick = max(1, round(1 / (rate * stream.time_base)))
-  flags = container_format.flags if container_format is not None else 0
-  jump = round(_JUMP_S / stream.time_base) if flags & av.format.Flags.ts_discont.value else None
-  dts_only = container_format is not None and container_format.name == "avi"
-  last = previous_pts = previous_dts = None
-  offset = 0
-  for index, frame in enumerate(itertools.chain(head, frames)):
-    if index >= len(head):  # (the head's are counted)
-      faulty_pts += None not in (frame.pts, previous_pts) and frame.pts <= previous_pts
-      faulty_dts += None not in (frame.dts, previous_dts) and frame.dts <= previous_dts
-    previous_pts = frame.pts if frame.pts is not None else previous_pts
-    previous_dts = frame.dts if frame.dts is not None else previous_dts
-    use_dts = dts_only or faulty_pts > faulty_dts
-    t = frame.dts if use_dts else frame.pts
-    if t is not None:
-      t += offset
-      if last is not None and (t <= last or (jump is not None and t - last > jump)):
-        offset += last + tick - t
-        t = last + tick
-    elif last is not None and use_dts:  # the frames flushed at the end have no dts
-      t = last + tick
-    else:
-      t = int(index / (rate * stream.time_base))
-    frame.pts = last = t
-    yield frame
 
 
 def _build_graph(stream, first_frame: av.VideoFrame, spec: EncodeSpec) -> av.filter.Graph:
