@@ -51,8 +51,8 @@ def open_video(path: str | os.PathLike,
     if not container.streams.video:
       kinds = sorted({s.type for s in container.streams}) or ["no"]
       raise VideoError(path, f"no video stream (has {', '.join(kinds)} streams only)")
-    # FFmpeg's choice, as its command line makes it: not a cover picture or thumbnail stream
-    # that a file may list first.
+    # libavformat's choice (av_find_best_stream): not a cover picture or thumbnail stream that
+    # a file may list first. (FFmpeg's command line picks the largest picture instead.)
     stream = container.streams.best("video") or container.streams.video[0]
     w, h = stream.codec_context.width, stream.codec_context.height
     if w <= 0 or h <= 0:
