@@ -88,11 +88,17 @@ def exit_on_sigterm() -> None:
   exception, so that its ``finally`` blocks run: temporary files (a re-encoded video, a results
   file half written) are removed and worker processes stopped. By default it kills the process
   where it stands. Called by the commands' ``__main__`` blocks (not by ``main``, which tests and
-  notebooks call in their own process); a second SIGTERM kills."""
+  notebooks call in their own process); a second SIGTERM kills. Ctrl-C raises its
+  KeyboardInterrupt as before, and again should PyAV drop it (see ``stop_by_signal``)."""
 
   def stop(signum, _frame):
     signal.signal(signum, signal.SIG_DFL)
     print("stopped by SIGTERM", file=sys.stderr)
     stop_by_signal(SystemExit(128 + signum))
 
+  def interrupt(_signum, _frame):
+    stop_by_signal(KeyboardInterrupt())
+
   signal.signal(signal.SIGTERM, stop)
+  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where it is ignored)
+    signal.signal(signal.SIGINT, interrupt)

@@ -341,26 +341,27 @@ def test_a_sigterm_leaves_no_temporary_files(tmp_path, bunny_clip, command):
 
 # A command whose SIGTERM exception PyAV dropped (its error check loses an exception raised
 # while it runs: about one SIGTERM in 50 during a re-encode), simulated by catching it.
-_SIGTERM_DROPPED = """
+_SIGNAL_DROPPED = """
 import os, signal, sys, time
 from cope_jax.codec.__main__ import main
 from cope_jax.command_line import exit_on_sigterm
 exit_on_sigterm()
 try:
-  os.kill(os.getpid(), signal.SIGTERM)
+  os.kill(os.getpid(), getattr(signal, sys.argv.pop(1)))
   time.sleep(5)
-except SystemExit:
+except (SystemExit, KeyboardInterrupt):
   print("dropped", flush=True)
 main(sys.argv[1:])
 """
 
 
-def test_a_sigterm_pyav_dropped_still_stops_the_command(tmp_path, bunny_clip):
+@pytest.mark.parametrize("signame,status", [("SIGTERM", 143), ("SIGINT", -2)])
+def test_a_signal_pyav_dropped_still_stops_the_command(tmp_path, bunny_clip, signame, status):
   """The command went on and finished its work (exit 0, the .npz written); now the next packet
-  read raises the stop again."""
+  read raises the stop again (Ctrl-C: a KeyboardInterrupt, the process ended by SIGINT)."""
   out = tmp_path / "p.npz"
-  r = subprocess.run([sys.executable, "-c", _SIGTERM_DROPPED, "extract", bunny_clip, "--out",
-                      str(out)], capture_output=True, text=True, timeout=120,
+  r = subprocess.run([sys.executable, "-c", _SIGNAL_DROPPED, signame, "extract", bunny_clip,
+                      "--out", str(out)], capture_output=True, text=True, timeout=120,
                      env={**os.environ, "TMPDIR": str(tmp_path)})
-  assert r.stdout == "dropped\n" and r.returncode == 143, r.stderr[-2000:]
+  assert r.stdout == "dropped\n" and r.returncode == status, r.stderr[-2000:]
   assert not [n for _, _, names in os.walk(tmp_path) for n in names], list(os.walk(tmp_path))
