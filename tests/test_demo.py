@@ -20,6 +20,30 @@ def _demo(workdir):
   return r.stdout, json.loads((workdir / "results.json").read_text())
 
 
+def _sigterm_while_evaluating(workdir, results):
+  """A SIGTERM while a mode is evaluated (its first question compiling) ends the run with 75 —
+  one inside an XLA compile crashed the interpreter's teardown (139) — and the next run
+  evaluates that mode again."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  for name in ("cope.json", "cope.log.jsonl"):
+    (workdir / "evaluation" / name).unlink()
+  proc = subprocess.Popen([sys.executable, "-u", "-m", "cope_jax.demo", "--workdir",
+                           str(workdir), "--quick"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:
+    if "[evaluate] cope:" in line:
+      time.sleep(2)
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 75 and "stopped: SIGTERM" in out, out[-3000:]
+  stdout, again = _demo(workdir)
+  assert "[evaluate] cope:" in stdout
+  for key in ("n", "accuracy", "visual_tokens_mean", "families"):
+    assert again["evaluation"]["cope"][key] == results["evaluation"]["cope"][key], key
+
+
 # The heaviest test: it runs on the worker of the two-process tests, one after another, as it
 # would starve their CPU collectives (seen once: a two-process run timed out beside it).
 @pytest.mark.xdist_group("processes")
@@ -121,6 +145,7 @@ def test_demo_quick(tmp_path):
       results["elapsed_s_all_runs"] + again["elapsed_s"], abs=0.15)  # each rounded to 0.1 s
   assert "with the earlier runs it resumed" in stdout2
   assert again["training"]["stage2"]["last"] == results["training"]["stage2"]["last"]
+  _sigterm_while_evaluating(tmp_path, results)
 
   # The base model's workdir (RGB frames only, no Δ-encoder) answers in dense mode; the modes
   # that need a Δ-encoder are refused with one line.

@@ -208,4 +208,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  status = main()
+  if status == PREEMPTED:
+    # Stopped by SIGTERM with everything saved (results.json; checkpoints closed). One that
+    # landed inside an XLA compile leaves native state that crashed the interpreter's teardown
+    # (exit 139, not 75): leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)
