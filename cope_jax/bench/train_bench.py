@@ -5,9 +5,13 @@ time of the real step and the devices' peak.
 
   python -m cope_jax.bench train --config=configs/finetune.py:tiny --steps 5
   python -m cope_jax.bench train --config=configs/finetune.py --peak-tflops 989 \\
-      --config.model.preset=1.5b …     # on an H100/H200 (bf16 dense peak 989 TFLOP/s)
+      --config.model.preset=1.5b --config.model.delta=compact --config.batch_size=8
+      # on one H100/H200 (bf16 dense peak 989 TFLOP/s); not measured yet
 
-Batches are random arrays of the recipe's largest shapes (throughput does not depend on values).
+Batches are random arrays of the recipe's largest shapes (throughput does not depend on values),
+the whole global batch on the devices at once: the paper recipe's 128 sequences of 32K tokens
+with 128 frames each are 58 GiB of frames alone, so one GPU needs a smaller ``batch_size`` (8:
+3.7 GiB). ``paper_scale`` sets the appendix-B Δ-encoder; the 1.5b preset pairs with ``compact``.
 """
 
 from __future__ import annotations
@@ -69,14 +73,18 @@ def main(argv: list[str] | None = None) -> None:
   program = TrainProgram(config, task, mesh)
   shapes = abstract_batch(config, task)
   rng = np.random.default_rng(0)
+  gib = sum(np.prod(s.shape) * np.dtype(s.dtype).itemsize for s in shapes.values()) / 2**30
+  print(f"random batch of the recipe's largest shapes: {gib:.3f} GiB", flush=True)
   batch = {}
-  for k, s in shapes.items():
+  for k, s in shapes.items():  # (made in their own dtype: float64 first doubled the host's need)
     if s.dtype == np.bool_:
       batch[k] = np.ones(s.shape, bool)
     elif np.issubdtype(s.dtype, np.integer):
-      batch[k] = rng.integers(0, 8, s.shape).astype(s.dtype)
+      batch[k] = rng.integers(0, 8, s.shape, dtype=s.dtype)
+    elif s.dtype in (np.float32, np.float64):
+      batch[k] = rng.standard_normal(s.shape, dtype=s.dtype)
     else:
-      batch[k] = rng.standard_normal(s.shape).astype(s.dtype)
+      batch[k] = rng.standard_normal(s.shape, dtype=np.float32).astype(s.dtype)
   if "kinds" in batch:  # a valid interleaving: keyframes first, then Δ-frames
     k = config.max_keyframes
     batch["kinds"][:] = np.r_[np.zeros(k), np.ones(config.max_delta_frames)].astype(np.int32)
