@@ -138,11 +138,11 @@ def presentation_timed(frames: Iterator[av.VideoFrame], stream: av.video.stream.
   in it decodes with decode-order pts (1, 3, 4, 2, …), which the frame-rate filter took at their
   word — every B-frame dropped, the frame before it shown twice. Decided over the first frames,
   then as the counts go (B-frames may start late: one frame shown twice where it switches); in
-  AVI, which stores decoding times only, the dts throughout. A time that still goes back (files joined
-  end to end: the second part starts again at 0) or, in formats whose times may jump (MPEG-TS:
-  joined segments, broadcasts), forward by more than ``_JUMP_S``, goes on one frame after the
-  previous: the filter dropped every frame until the times caught up, or filled the gap with
-  copies of the last one. Raw streams without timestamps: the rate the stream declares (or
+  AVI, which stores decoding times only, the dts throughout. A time that still goes back (files
+  joined end to end: the second part starts again at 0) or, in formats whose times may jump
+  (MPEG-TS: joined segments, broadcasts), forward by more than ``_JUMP_S``, goes on one frame
+  after the previous: the filter dropped every frame until the times caught up, or filled the
+  gap with copies of the last one. Raw streams without timestamps: the rate the stream declares (or
   ``fallback_fps``)."""
   head = [f for _, f in zip(range(_TIMING_WINDOW), frames)]
   faulty_pts, faulty_dts = _backwards(f.pts for f in head), _backwards(f.dts for f in head)
