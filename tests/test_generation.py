@@ -139,6 +139,19 @@ def test_a_sampled_follow_up_draws_new_noise_and_repeats_with_its_seeds(setup):
   assert conversation(seed=4)[1] != more
 
 
+def test_a_sigterm_lost_inside_a_jax_call_stops_the_next_program_call(setup):
+  """An evaluation whose SIGTERM exception XLA's compiler lost went on to its end."""
+  from cope_jax import command_line  # pylint: disable=import-outside-toplevel
+  cfg, params, inputs, _ = setup
+  gen = Generator(cfg, params, eos_id=-1)
+  with pytest.raises(SystemExit):  # what the handler raised, lost on its way up
+    command_line.stop_by_signal(SystemExit(143))
+  for call in (lambda: gen.generate(_row(inputs, 0), SamplingOptions(max_new_tokens=2)),
+               lambda: gen.score(_row(inputs, 0), [[5], [6]])):
+    with pytest.raises(SystemExit):
+      call()
+
+
 def test_generators_of_one_config_share_compiled_programs_with_their_own_weights(setup):
   """The weights are an argument of the jitted steps, not constants compiled into them: a second
   checkpoint of the same configuration, on the device or on the host, reuses the first one's

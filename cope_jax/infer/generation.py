@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cope_jax.command_line import raise_pending_stop
 from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
 from cope_jax.infer import PromptTooLong
 from cope_jax.models.llava import VideoLM, VideoLMConfig
@@ -228,13 +229,18 @@ class Generator:
     self.cfg, self.params, self.eos_id = cfg, _on_device(params), eos_id
     self._programs = _Programs.of(cfg)
 
+  # Each program call first raises a SIGTERM's stop whose exception a JAX call lost (XLA's
+  # compiler takes signals while it runs): see command_line.stop_by_signal.
   def _prefill(self, inputs, key, **static):
+    raise_pending_stop()
     return self._programs.prefill(self.params, inputs, key, **static)
 
   def _continue(self, cache, ids, positions, valid, key, **static):
+    raise_pending_stop()
     return self._programs.continue_(self.params, cache, ids, positions, valid, key, **static)
 
   def _score(self, inputs, ids, valid, **static):
+    raise_pending_stop()
     return self._programs.score(self.params, inputs, ids, valid, **static)
 
   def score(self, inputs: tuple, continuations: list[list[int]],

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from cope_jax.codec.errors import ConfigError
+from cope_jax.command_line import raise_pending_stop
 from cope_jax.json_files import read_json, write_json
 from cope_jax.models.checkpoints import run_initialiser
 from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain,
@@ -267,6 +268,9 @@ def train(config, workdir: str) -> int:
   mesh = program.mesh
 
   profile = tuple(int(x) for x in config.profile_steps.split(":")) if config.profile_steps else ()
+  # A SIGTERM while the run started stops it here if its exception was lost inside a JAX call
+  # (XLA's compiler takes signals while it runs; the run went on and finished, status 0).
+  raise_pending_stop()
   preemption = Preemption(install=jax.process_count() == 1)
   step = int(jax.device_get(state["step"]))
   log = MetricsLog(workdir, config.total_steps, step, main)
