@@ -88,8 +88,10 @@ def test_b_frames_in_avi_keep_every_frame_in_order(tmp_path, private_tmp):
     assert reencoded and _frames_shown(out, frames) == list(range(60))
 
 
-def _write_segment(path, frames, first_pts, codec="libx264", fmt=None, opts=None, plain=0):
-  """``frames`` at 30 fps from ``first_pts`` (in frames); the first ``plain`` ones I and P."""
+def _write_segment(path, frames, first_pts, codec="libx264", fmt=None, opts=None, plain=0,
+                   times=None):
+  """``frames`` at 30 fps from ``first_pts`` (in frames), or at ``times`` (in frames); the first
+  ``plain`` ones I and P."""
   import av  # pylint: disable=import-outside-toplevel
   with av.open(str(path), "w", format=fmt) as out:
     s = out.add_stream(codec, rate=30)
@@ -98,7 +100,7 @@ def _write_segment(path, frames, first_pts, codec="libx264", fmt=None, opts=None
     s.codec_context.options = opts or {}
     for i, rgb in enumerate(frames):
       frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-      frame.pts = first_pts + i
+      frame.pts = first_pts + i if times is None else times[i]
       if i < plain:
         frame.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.P
       for packet in s.encode(frame):
@@ -115,6 +117,20 @@ def test_b_frames_that_start_late_in_avi(tmp_path, private_tmp):
   _write_segment(path, frames, 0, opts={"x264-params": "b-adapt=0:bframes=2"}, plain=12)
   with conformant_video(path, EncodeSpec(size=128, fps=30, gop=30)) as (out, _):
     assert _frames_shown(out, frames) == list(range(60))
+
+
+def test_duplicate_times_outside_mpeg_ts_keep_the_timeline(tmp_path, private_tmp):
+  """The joined-files rule, applied in every format, delayed every later frame by one at each
+  duplicate time (90 frames with 9 duplicates came out 3.3 s long); outside the formats whose
+  times may restart, the frame-rate filter drops the duplicate, as FFmpeg leaves it."""
+  frames = list(synthetic_clips.pan_frames(90, 96, 160, (2, 1), "chelsea"))
+  times = [i - (i % 10 == 9) for i in range(90)]  # every 10th frame at its predecessor's time
+  path = tmp_path / "duplicates.mkv"
+  _write_segment(path, frames, 0, times=times)
+  with conformant_video(path, EncodeSpec(size=128, fps=30, gop=30)) as (out, _):
+    shown = _frames_shown(out, frames)
+  assert len(shown) == 90 and shown == sorted(shown)
+  assert inspect_video(path)["duration_s"] == pytest.approx(3.0, abs=0.01)  # (1 ms ticks)
 
 
 @pytest.mark.parametrize("second_part_pts", [0, 3000])

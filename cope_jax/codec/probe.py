@@ -120,7 +120,10 @@ def stream_fps(stream: av.video.stream.VideoStream) -> float:
 
 
 _TIMING_WINDOW = 8  # frames read before the timestamps are chosen (B-frame reordering shows)
-_JUMP_S = 10  # FFmpeg's dts_delta_threshold: a longer forward step in MPEG-TS is a discontinuity
+# In formats whose times may restart or jump (FFmpeg's ts_discont: MPEG-TS and -PS, Ogg, live
+# FLV, HLS, …), a step back of more than _BACK_S or a jump of more than _JUMP_S is a
+# discontinuity, as FFmpeg's command line takes them (its dts_delta_threshold is 10 s).
+_BACK_S, _JUMP_S = 0.1, 10
 
 
 def _backwards(values) -> int:
@@ -138,18 +141,20 @@ def presentation_timed(frames: Iterator[av.VideoFrame], stream: av.video.stream.
   in it decodes with decode-order pts (1, 3, 4, 2, …), which the frame-rate filter took at their
   word — every B-frame dropped, the frame before it shown twice. Decided over the first frames,
   then as the counts go (B-frames may start late: one frame shown twice where it switches); in
-  AVI, which stores decoding times only, the dts throughout. A time that still goes back (files
-  joined end to end: the second part starts again at 0) or, in formats whose times may jump
-  (MPEG-TS: joined segments, broadcasts), forward by more than ``_JUMP_S``, goes on one frame
-  after the previous: the filter dropped every frame until the times caught up, or filled the
-  gap with copies of the last one. Raw streams without timestamps: the rate the stream declares (or
+  AVI, which stores decoding times only, the dts throughout. In formats whose times may restart
+  or jump (MPEG-TS and -PS: files joined end to end, broadcast segments), a time that goes back
+  by more than ``_BACK_S`` or on by more than ``_JUMP_S`` goes on one frame after the previous:
+  the filter dropped every frame until the times caught up, or filled the jump with copies of
+  the last one. Elsewhere a duplicate or backward time is left to the filter (which drops
+  that frame), as FFmpeg leaves it. Raw streams without timestamps: the rate the stream declares (or
   ``fallback_fps``)."""
   head = [f for _, f in zip(range(_TIMING_WINDOW), frames)]
   faulty_pts, faulty_dts = _backwards(f.pts for f in head), _backwards(f.dts for f in head)
   rate = stream_rate(stream) or fallback_fps
   tick = max(1, round(1 / (rate * stream.time_base)))
   flags = container_format.flags if container_format is not None else 0
-  jump = round(_JUMP_S / stream.time_base) if flags & av.format.Flags.ts_discont.value else None
+  discontinuous = bool(flags & av.format.Flags.ts_discont.value)
+  back, jump = round(_BACK_S / stream.time_base), round(_JUMP_S / stream.time_base)
   dts_only = container_format is not None and container_format.name == "avi"
   last = previous_pts = previous_dts = None
   offset = 0
@@ -163,7 +168,7 @@ def presentation_timed(frames: Iterator[av.VideoFrame], stream: av.video.stream.
     t = frame.dts if use_dts else frame.pts
     if t is not None:
       t += offset
-      if last is not None and (t <= last or (jump is not None and t - last > jump)):
+      if discontinuous and last is not None and (t < last - back or t - last > jump):
         offset += last + tick - t
         t = last + tick
     elif last is not None and use_dts:  # the frames flushed at the end have no dts
