@@ -137,6 +137,11 @@ def test_a_sampled_follow_up_draws_new_noise_and_repeats_with_its_seeds(setup):
   assert len(set(first)) > 1 and more != first
   assert conversation(seed=3) == (first, more)
   assert conversation(seed=4)[1] != more
+  # Another temperature or top-p is a value of the same programs: each one compiled them again.
+  for temperature, top_p in ((0.7, 1.0), (1.3, 0.9)):
+    _, timings, _ = gen.generate(_row(inputs, 0), dataclasses.replace(
+        options, temperature=temperature, top_p=top_p), reserve=16)
+    assert timings["compile_s"] == 0, (temperature, top_p)
 
 
 def test_a_sigterm_lost_inside_a_jax_call_stops_the_next_program_call(setup):
@@ -175,8 +180,8 @@ def test_generators_of_one_config_share_compiled_programs_with_their_own_weights
   assert again[0] == [_recomputed_next(cfg, other, inputs, 0, lengths[0], [])]
   assert answer != again[0]  # the seeds give different weights and here different tokens
   lowered = first._programs.prefill.lower(  # pylint: disable=protected-access
-      params, row, jax.random.key(0), zero_delta=False, cache_length=128, temperature=0.0,
-      top_p=1.0).as_text()
+      params, row, jax.random.key(0), zero_delta=False, cache_length=128, greedy=True,
+      temperature=0.0, top_p=1.0).as_text()
   biggest = max(x.size for x in jax.tree_util.tree_leaves(params))
   constants = re.findall(r"stablehlo.constant dense<[^>]*> : tensor<([^>]*)>", lowered)
   assert constants  # the pattern finds the program's small constants

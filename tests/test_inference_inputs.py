@@ -4,6 +4,7 @@ or data line as one ``error:`` line and exit status 2."""
 import glob
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def test_frames_of_another_mode_are_refused(tiny_workdir):
   its placeholder Δ-encoder as "keyframes")."""
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
   workdir, synth = tiny_workdir
-  model = CoPE.load(str(workdir))
+  # (paths as pathlib paths: a Path tokenizer was "not a tokenizers JSON file")
+  model = CoPE.load(workdir, tokenizer=pathlib.Path(synth) / "tokenizer.json")
   video = sorted(glob.glob(os.path.join(synth, "videos", "*.mp4")))[0]
   cope = model.video_inputs(str(video), "cope")
   dense = model.video_inputs(str(video), "dense", dense_frames=4)

@@ -61,3 +61,19 @@ def test_a_workdir_with_no_model_is_refused_unless_it_is_the_notebook_s_own(tmp_
   (tmp_path / "stopped" / "train_config.json").write_text("{}")  # (total_steps not needed)
   exec(_model_cell(), {})  # pylint: disable=exec-used
   assert len(calls) == 2
+
+
+def test_a_relative_workdir_is_trained_where_it_is_loaded_from(tmp_path, monkeypatch):
+  """Training runs in the source folder: a relative WORKDIR was trained there, then looked for
+  (and loaded) in the kernel's folder — not found, trained again on every run."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  calls = []
+  monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("COPE_NOTEBOOK_WORKDIR", "mine")
+  monkeypatch.setenv("COPE_NOTEBOOK_TRAIN", "1")
+  monkeypatch.setenv("COPE_REPO", ROOT)
+  scope = {}
+  exec(_model_cell(), scope)  # pylint: disable=exec-used
+  assert scope["WORKDIR"] == str(tmp_path / "mine")
+  assert f"--workdir={tmp_path / 'mine'}" in calls[0][0]

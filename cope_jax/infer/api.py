@@ -110,7 +110,7 @@ class CoPE:
     self.generator = Generator(cfg, params, tokenizer.token_to_id("<|im_end|>"))
 
   @classmethod
-  def load(cls, path: str, tokenizer: str | None = None,
+  def load(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
            codec_size: int | None = None) -> "CoPE":
     """A stage-2 workdir (newest checkpoint; frozen parts from its stage1_checkpoint (the
     Δ-encoder) and init_checkpoint (the rest), as training took them) or a folder
@@ -121,6 +121,8 @@ class CoPE:
     memory whatever devices trained them, then placed on the first device."""
     from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
     from cope_jax.models import checkpoints, config_io  # pylint: disable=import-outside-toplevel
+    path = os.fspath(path)  # (the tokenizers library takes str only)
+    tokenizer = os.fspath(tokenizer) if tokenizer else tokenizer
     untrained_delta = ""
     if os.path.exists(os.path.join(path, "model_config.json")):
       cfg = config_io.load(os.path.join(path, "model_config.json"))

@@ -51,10 +51,18 @@ class SamplingOptions:
       raise ValueError(f"seed must be from 0 to 2**32 - 1, got {self.seed}")
 
 
-def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) -> jax.Array:
-  """(B, V) logits → (B,) token ids: greedy, or temperature + nucleus (top-p) sampling."""
-  if temperature < np.finfo(np.float32).tiny:  # 0; or below float32's normals, which XLA:CPU
-    return jnp.argmax(logits, axis=-1)           # flushes to 0: greedy either way
+def is_greedy(temperature: float) -> bool:
+  """0, or below float32's normals, which XLA:CPU flushes to 0: greedy either way."""
+  return temperature < np.finfo(np.float32).tiny
+
+
+def sample(logits: jax.Array, key: jax.Array, temperature: float | jax.Array,
+           top_p: float | jax.Array, greedy: bool | None = None) -> jax.Array:
+  """(B, V) logits → (B,) token ids: greedy, or temperature + nucleus (top-p) sampling.
+  ``greedy``: given where ``temperature`` is traced (the jitted steps take it as a value, so
+  that another temperature or top-p compiles nothing), else decided from it."""
+  if is_greedy(temperature) if greedy is None else greedy:
+    return jnp.argmax(logits, axis=-1)
   # (the best logit made 0 first: a tiny temperature then sends the rest to -inf, not the best
   # to +inf, whose softmax is NaN and whose sample was token 0)
   logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature
@@ -65,6 +73,13 @@ def sample(logits: jax.Array, key: jax.Array, temperature: float, top_p: float) 
   sorted_logits = jnp.where(keep, sorted_logits, -jnp.inf)
   choice = jax.random.categorical(key, sorted_logits, axis=-1)
   return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+
+
+def _sampling(options: SamplingOptions) -> dict:
+  """The jitted steps' sampling arguments: greedy or not is static (another program), the
+  temperature and top-p are values (another one compiles nothing)."""
+  return {"greedy": is_greedy(options.temperature), "temperature": options.temperature,
+          "top_p": options.top_p}
 
 
 CACHE_ROUNDING = 64  # extra cache slots are rounded up to this: other max_new_tokens reuse it
@@ -162,8 +177,8 @@ class _Programs:
     # Each step samples its next token in the same jitted call, one dispatch per new token (on
     # the demo's model, 64 new tokens took 51 ms end to end, 60 ms with separate dispatches).
     self.prefill = jax.jit(self._prefill_impl,
-                           static_argnames=("zero_delta", "cache_length", "temperature", "top_p"))
-    self.continue_ = jax.jit(self._continue_impl, static_argnames=("temperature", "top_p"),
+                           static_argnames=("zero_delta", "cache_length", "greedy"))
+    self.continue_ = jax.jit(self._continue_impl, static_argnames=("greedy",),
                              donate_argnums=(1,))
     self.score = jax.jit(self._score_impl, static_argnames=("zero_delta", "cache_length"))
 
@@ -174,16 +189,19 @@ class _Programs:
         jax.random.key(0), ids, ids, jnp.ones_like(ids, bool), method=VideoLM.continue_text))
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
-  def _prefill_impl(self, params, inputs, key, zero_delta, cache_length, temperature, top_p):
+  def _prefill_impl(self, params, inputs, key, zero_delta, cache_length, greedy, temperature,
+                    top_p):
     cache = self._empty_cache(inputs[0].shape[0], cache_length)
     (logits, aux), mutated = self.prefill_model.apply(
         {"params": params, "cache": cache}, *inputs, zero_delta=zero_delta, last_only=True,
         mutable=["cache"])
     next_position = jnp.take_along_axis(aux["positions"], aux["last"][:, None], axis=1)[:, 0] + 1
     key, sub = jax.random.split(key)
-    return mutated["cache"], sample(logits[:, 0], sub, temperature, top_p), next_position, key
+    token = sample(logits[:, 0], sub, temperature, top_p, greedy)
+    return mutated["cache"], token, next_position, key
 
-  def _continue_impl(self, params, cache, ids, positions, valid, key, temperature, top_p):
+  def _continue_impl(self, params, cache, ids, positions, valid, key, greedy, temperature,
+                     top_p):
     """Appends ``ids`` (B, L) and samples the next token; a row with no valid token keeps its
     position."""
     (logits, _), mutated = self.model.apply({"params": params, "cache": cache}, ids,
@@ -194,7 +212,8 @@ class _Programs:
     rows = jnp.arange(ids.shape[0])
     next_position = jnp.where(valid.any(axis=1), positions[rows, last] + 1, positions[:, 0])
     key, sub = jax.random.split(key)
-    return (mutated["cache"], sample(next_logits, sub, temperature, top_p), next_position, key)
+    return (mutated["cache"], sample(next_logits, sub, temperature, top_p, greedy),
+            next_position, key)
 
   def _score_impl(self, params, inputs, ids, valid, zero_delta, cache_length):
     """Log-likelihood (N,) of N continuations ``ids`` (N, L) after one prompt (batch of one): the
@@ -287,7 +306,7 @@ class Generator:
     extra = -(-(options.max_new_tokens + reserve) // CACHE_ROUNDING) * CACHE_ROUNDING
     prefill = functools.partial(self._prefill, inputs, _seed_key(options.seed),
                                 zero_delta=zero_delta, cache_length=length + extra,
-                                temperature=options.temperature, top_p=options.top_p)
+                                **_sampling(options))
     before, compiled = time.perf_counter(), _CompileClock.seconds
     step = prefill()
     if _CompileClock.seconds > compiled:
@@ -322,8 +341,7 @@ class Generator:
         break
       cache, token, position, key = self._continue(
           cache, token[:, None].astype(jnp.int32), position[:, None],
-          jnp.asarray(generating)[:, None], key, temperature=options.temperature,
-          top_p=options.top_p)
+          jnp.asarray(generating)[:, None], key, **_sampling(options))
     compile_s = _CompileClock.seconds - compiled_before
     timings = {"ttft_s": ttft, "e2e_s": time.perf_counter() - start - compile_s,
                "compile_s": compile_s,
@@ -364,8 +382,7 @@ class Generator:
     # The conversation's sampling key goes on (with this turn's seed folded in): a fresh key
     # of the same seed would draw the first answer's noise again, token for token.
     key = jax.random.fold_in(chat.key, options.seed)
-    step = self._continue(cache, ids, positions, valid, key,
-                          temperature=options.temperature, top_p=options.top_p)
+    step = self._continue(cache, ids, positions, valid, key, **_sampling(options))
     return self._decode_loop(step, options, start, compiled_before)
 
 
