@@ -20,24 +20,32 @@ def _demo(workdir):
   return r.stdout, json.loads((workdir / "results.json").read_text())
 
 
+# The demo's command with a SIGTERM 0.2 s into its first answer (its prefill compiling).
+_SIGTERM_WHILE_ANSWERING = """
+import os, runpy, signal, sys, threading
+from cope_jax.infer.generation import Generator
+generate = Generator.generate
+def generate_then_signal(self, *args, **kwargs):
+  if not os.environ.get("SIGNALLED"):
+    os.environ["SIGNALLED"] = "1"
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+  return generate(self, *args, **kwargs)
+Generator.generate = generate_then_signal
+sys.argv = ["cope_jax.demo"] + sys.argv[1:]
+runpy.run_module("cope_jax.demo", run_name="__main__")
+"""
+
+
 def _sigterm_while_evaluating(workdir, results):
-  """A SIGTERM while a mode is evaluated (its first question compiling) ends the run with 75 —
-  one inside an XLA compile crashed the interpreter's teardown (139) — and the next run
-  evaluates that mode again."""
-  import signal  # pylint: disable=import-outside-toplevel
-  import time  # pylint: disable=import-outside-toplevel
+  """A SIGTERM while a mode is evaluated ends the run with 75 and the next run finishes with the
+  same results. (One that landed inside an XLA compile — by hand, 1.5–2 s into the first
+  question on an idle machine — crashed the interpreter's teardown, exit 139.)"""
   for name in ("cope.json", "cope.log.jsonl"):
     (workdir / "evaluation" / name).unlink()
-  proc = subprocess.Popen([sys.executable, "-u", "-m", "cope_jax.demo", "--workdir",
-                           str(workdir), "--quick"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  for line in proc.stdout:
-    if "[evaluate] cope:" in line:
-      time.sleep(2)
-      proc.send_signal(signal.SIGTERM)
-      break
-  out = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 75 and "stopped: SIGTERM" in out, out[-3000:]
+  r = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_ANSWERING, "--workdir", str(workdir),
+                      "--quick"], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 75 and "stopped: SIGTERM" in r.stderr, r.stderr[-3000:]
+  assert not (workdir / "evaluation" / "cope.json").exists()
   stdout, again = _demo(workdir)
   assert "[evaluate] cope:" in stdout
   for key in ("n", "accuracy", "visual_tokens_mean", "families"):
