@@ -126,9 +126,13 @@ _TIMING_WINDOW = 8  # frames read before the timestamps are chosen (B-frame reor
 _BACK_S, _JUMP_S = 0.1, 10
 
 
-def _backwards(values) -> int:
-  values = [v for v in values if v is not None]
-  return sum(b <= a for a, b in zip(values, values[1:]))
+def _count_steps_back(frame: av.VideoFrame, faults: dict, last: dict) -> None:
+  """Adds a frame to the counts of how often its stream's pts and dts went back (or stood)."""
+  for name in ("pts", "dts"):
+    value = getattr(frame, name)
+    if value is not None:
+      faults[name] += last[name] is not None and value <= last[name]
+      last[name] = value
 
 
 def presentation_timed(frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream,
@@ -149,22 +153,20 @@ def presentation_timed(frames: Iterator[av.VideoFrame], stream: av.video.stream.
   that frame), as FFmpeg leaves it. Raw streams without timestamps: the rate the stream declares (or
   ``fallback_fps``)."""
   head = [f for _, f in zip(range(_TIMING_WINDOW), frames)]
-  faulty_pts, faulty_dts = _backwards(f.pts for f in head), _backwards(f.dts for f in head)
+  faults, seen = {"pts": 0, "dts": 0}, {"pts": None, "dts": None}
+  for frame in head:
+    _count_steps_back(frame, faults, seen)
   rate = stream_rate(stream) or fallback_fps
   tick = max(1, round(1 / (rate * stream.time_base)))
   flags = container_format.flags if container_format is not None else 0
   discontinuous = bool(flags & av.format.Flags.ts_discont.value)
   back, jump = round(_BACK_S / stream.time_base), round(_JUMP_S / stream.time_base)
   dts_only = container_format is not None and container_format.name == "avi"
-  last = previous_pts = previous_dts = None
-  offset = 0
+  last, offset = None, 0
   for index, frame in enumerate(itertools.chain(head, frames)):
     if index >= len(head):  # (the head's are counted)
-      faulty_pts += None not in (frame.pts, previous_pts) and frame.pts <= previous_pts
-      faulty_dts += None not in (frame.dts, previous_dts) and frame.dts <= previous_dts
-    previous_pts = frame.pts if frame.pts is not None else previous_pts
-    previous_dts = frame.dts if frame.dts is not None else previous_dts
-    use_dts = dts_only or faulty_pts > faulty_dts
+      _count_steps_back(frame, faults, seen)
+    use_dts = dts_only or faults["pts"] > faults["dts"]
     t = frame.dts if use_dts else frame.pts
     if t is not None:
       t += offset

@@ -248,8 +248,7 @@ class Generator:
     self.cfg, self.params, self.eos_id = cfg, _on_device(params), eos_id
     self._programs = _Programs.of(cfg)
 
-  # Each program call first raises a SIGTERM's stop whose exception a JAX call lost (XLA's
-  # compiler takes signals while it runs): see command_line.stop_by_signal.
+  # Each call first raises a SIGTERM's stop that a JAX call lost (command_line.stop_by_signal).
   def _prefill(self, inputs, key, **static):
     raise_pending_stop()
     return self._programs.prefill(self.params, inputs, key, **static)
@@ -326,6 +325,7 @@ class Generator:
     """``step`` = (cache, first token (B,), its next position, key) from the prefill or a
     follow-up's first step."""
     cache, token, position, key = step
+    sampling = _sampling(options)  # (once, not per token)
     b = token.shape[0]
     out, done = [[] for _ in range(b)], np.zeros(b, bool)
     ttft = None
@@ -341,7 +341,7 @@ class Generator:
         break
       cache, token, position, key = self._continue(
           cache, token[:, None].astype(jnp.int32), position[:, None],
-          jnp.asarray(generating)[:, None], key, **_sampling(options))
+          jnp.asarray(generating)[:, None], key, **sampling)
     compile_s = _CompileClock.seconds - compiled_before
     timings = {"ttft_s": ttft, "e2e_s": time.perf_counter() - start - compile_s,
                "compile_s": compile_s,
