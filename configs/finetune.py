@@ -38,6 +38,9 @@ def get_config(arg: str = ""):
   # tokens, which fits the 32,768-token context with the text (build with --max-gops 32).
   c.max_keyframes = 32 * 4
   c.max_delta_frames = 32 * 4
+  # The keyframes per GOP the shards were built with (data build --keyframes-per-gop): shards of
+  # another K are refused (the build's default is 1). 0 takes the shards' own.
+  c.keyframes_per_gop = 4
   c.length_buckets = (8192, 16384, 32768)
   # > 0: batches of conversations of similar length (sorted within windows of this many global
   # batches), so short ones are not padded to the longest bucket. Off here: the padded frames
@@ -53,7 +56,8 @@ def get_config(arg: str = ""):
     c.total_steps, c.batch_size = 200, 8
     c.optim.warmup_steps = 20
     c.trainable = ml_collections.ConfigDict({k: 2e-3 for k in c.trainable})
-    c.max_keyframes, c.max_delta_frames = 1, 7
+    # K = 1, as in the paper's appendix H ablations; every part at one rate (trained from scratch)
+    c.max_keyframes, c.max_delta_frames, c.keyframes_per_gop = 1, 7, 1
     c.length_buckets = (256, 384, 512)
   else:
     raise ValueError(f"unknown variant {arg!r} (use :tiny or the default paper recipe)")

@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from typing import NoReturn
 
 
@@ -52,10 +53,23 @@ _HELP_PROG = "_cope_help_prog"  # the sub-command a parse used (removed before r
 def check_results_file(flag: str, path: str) -> None:
   """OSError unless ``path`` can be written as a results file: its folder exists and it is not
   a folder itself. Checked before any work, so that a typo does not cost the whole job."""
-  if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
     raise FileNotFoundError(f"{flag} {path}: its folder does not exist")
   if os.path.isdir(path):
     raise IsADirectoryError(f"{flag} {path} is a folder; name the results file")
+  check_writable_folder(flag, path, folder)
+
+
+def check_writable_folder(flag: str, path: str, folder: str) -> None:
+  """OSError unless a file can be made in ``folder`` (read-only mounts, permissions): tried, as
+  ``os.access`` says yes to root on a read-only file system."""
+  try:
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    raise PermissionError(f"{flag} {path}: cannot write in its folder {folder} "
+                          f"({e.strerror or e})") from None
 
 
 _pending_stop: BaseException | None = None  # a SIGTERM's exception, until the process ends

@@ -88,7 +88,7 @@ def test_the_report_and_index_travel_with_their_shards(tmp_path, pan_clip, monke
   """A rebuild interrupted after its shards were swapped in left the previous build's report:
   training checked 48 px shards against a report of 64. The report and the sequence index are
   now in the shard folder before it is renamed into place, and training reads that copy."""
-  from cope_jax.train import prepare  # pylint: disable=import-outside-toplevel
+  from cope_jax.train import shard_checks  # pylint: disable=import-outside-toplevel
   out = str(tmp_path / "o")
   items = _mcq(tmp_path, {"train": [pan_clip]})
   build("finetune", items, out, ExtractSettings(SIZE, SamplingConfig()), workers=1,
@@ -110,7 +110,7 @@ def test_the_report_and_index_travel_with_their_shards(tmp_path, pan_clip, monke
   # whatever the report beside the folder says, training reads the shards' own
   with open(os.path.join(out, "report_finetune.json"), "w") as f:
     json.dump({"stage": "finetune", "size": 64}, f)
-  assert prepare._build_report(out, "finetune")["size"] == 48  # pylint: disable=protected-access
+  assert shard_checks.build_report(out, "finetune")["size"] == 48
   build("finetune", items, out, ExtractSettings(SIZE, SamplingConfig()), workers=1,
         progress=False)  # the set-aside folder is cleared by the next build
   assert not os.path.exists(folder + ".previous")
@@ -129,7 +129,7 @@ def test_the_report_and_index_travel_with_their_shards(tmp_path, pan_clip, monke
           progress=False)
   monkeypatch.setattr(os, "replace", real_replace)
   assert sorted(os.listdir(os.path.dirname(folder))) == ["1.0.0"]
-  assert prepare._build_report(out, "finetune")["size"] == SIZE  # pylint: disable=protected-access
+  assert shard_checks.build_report(out, "finetune")["size"] == SIZE
 
 
 def test_eval_without_questions_is_refused_before_extracting(tmp_path):
@@ -205,7 +205,7 @@ def test_a_worker_that_dies_is_reported_and_the_build_goes_on(tmp_path, pan_clip
   assert not [n for n in os.listdir(tmp_path / "cache") if not n.endswith(".npz")]
   done, skipped = json.loads(r.stdout.strip().splitlines()[-1])
   assert done == sorted(v for v in videos if v != crash)
-  assert skipped == [{"video": crash, "reason": primitive_cache._DIED}]  # pylint: disable=protected-access
+  assert skipped == [{"video": crash, "reason": primitive_cache._DIED}]
   for v in done:
     assert np.load(os.path.join(tmp_path / "cache", ExtractSettings(
         SIZE, SamplingConfig()).key(v) + ".npz"))["kinds"].size

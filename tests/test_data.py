@@ -53,12 +53,12 @@ def test_report_and_storage_figures(synth_build):
 
 def test_training_checks_a_stage_against_its_own_build_report(tmp_path):
   """Shards of two stages at two sizes in one folder: each stage is checked against its own."""
-  from cope_jax.train.prepare import _build_report  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.shard_checks import build_report  # pylint: disable=import-outside-toplevel
   (tmp_path / "report.json").write_text(json.dumps({"stage": "finetune", "size": 32}))
-  assert _build_report(str(tmp_path), "pretrain") == {}  # (the last build was another stage's)
-  assert _build_report(str(tmp_path), "finetune")["size"] == 32
+  assert build_report(str(tmp_path), "pretrain") == {}  # (the last build was another stage's)
+  assert build_report(str(tmp_path), "finetune")["size"] == 32
   (tmp_path / "report_pretrain.json").write_text(json.dumps({"stage": "pretrain", "size": 64}))
-  assert _build_report(str(tmp_path), "pretrain")["size"] == 64
+  assert build_report(str(tmp_path), "pretrain")["size"] == 64
 
 
 def test_round_trip_matches_codec_extract(synth_build):

@@ -150,6 +150,10 @@ def test_dense_frames_below_one_are_refused_by_the_api(tiny_workdir):
   assert len(model.video_inputs(video, "dense", dense_frames=3).times) == 3
   with pytest.raises(ConfigError, match="dense_frames must be at least 1, got 0"):
     model.video_inputs(video, "dense", dense_frames=0)
+  # K is not dense mode's: one setting for every mode works, as on the command line (refused)
+  assert len(model.video_inputs(video, "dense", keyframes_per_gop=16, dense_frames=3).times) == 3
+  with pytest.raises(ConfigError, match="keyframes_per_gop"):
+    model.video_inputs(video, "cope", keyframes_per_gop=16)
 
 
 def test_ask_checks_its_sampling_values_before_the_video_and_rank_options_wants_a_list(

@@ -14,7 +14,7 @@ import pytest
 from cope_jax.codec.errors import ConfigError
 from cope_jax.data.build import shard_dir
 from cope_jax.demo.recipe import load_recipe
-from cope_jax.train import optim, prepare
+from cope_jax.train import optim, prepare, shard_checks
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
@@ -188,7 +188,7 @@ def test_a_damaged_json_file_a_run_reads_back_is_named(tmp_path, content, reason
   with pytest.raises(ConfigError, match=f"^{path}: {reason}"):
     check_same_data_order({"batch_size": 8}, str(tmp_path))
   with pytest.raises(ConfigError, match=f"report_finetune.json: {reason}"):
-    prepare._build_report(str(tmp_path), "finetune")  # pylint: disable=protected-access
+    shard_checks.build_report(str(tmp_path), "finetune")
   with pytest.raises(ConfigError, match=f"settings.json: {reason}"):
     earlier_settings(str(tmp_path / "settings.json"), {"seed": 0})
 
@@ -242,3 +242,28 @@ def test_a_folder_where_a_json_file_belongs_is_named(tmp_path):
   (tmp_path / "train_config.json").mkdir()
   with pytest.raises(ConfigError, match="train_config.json: not a readable JSON file"):
     read_json(str(tmp_path / "train_config.json"))
+
+
+def test_stage2_shards_of_another_k_than_the_recipe_names_are_refused(tmp_path):
+  """The paper recipe trains at K = 4 keyframes per GOP; shards built with the build's default
+  K = 1 trained it at K = 1 without a word. 0 takes the shards' own; the tiny recipe names 1."""
+  with open(tmp_path / "report_finetune.json", "w") as f:
+    json.dump({"stage": "finetune", "sampling": {"gop": 240, "fusion": 30,
+                                                  "keyframes_per_gop": 1}}, f)
+  config = load_recipe("finetune", "")
+  assert config.keyframes_per_gop == 4 and load_recipe("finetune", "tiny").keyframes_per_gop == 1
+  with config.unlocked():
+    config.data_dir = str(tmp_path)
+  shards = shard_dir(str(tmp_path), "finetune")
+  with pytest.raises(ConfigError, match=r"built with --keyframes-per-gop 1, the recipe trains at "
+                     r"K = 4: rebuild them with --keyframes-per-gop 4, or pass "
+                     r"--config.keyframes_per_gop=1 \(0 takes the shards' own\)"):
+    shard_checks.check_shards(config, shards)
+  for k in (1, 0):
+    with config.unlocked():
+      config.keyframes_per_gop = k
+    shard_checks.check_shards(config, shards)
+  with config.unlocked():
+    config.keyframes_per_gop = -1
+  with pytest.raises(ConfigError, match="keyframes_per_gop must be >= 0"):
+    prepare.check_settings(config, device_count=8)

@@ -105,6 +105,32 @@ def test_sigterm_at_the_last_step_is_not_lost(tmp_path):
   assert "2" in os.listdir(tmp_path / "checkpoints")
 
 
+# The trainer's command with a SIGTERM sent to itself as the train step starts compiling.
+_SIGTERM_WHILE_COMPILING = """
+import os, runpy, signal, sys
+from cope_jax.train.loop import TrainProgram
+compile = TrainProgram.compile
+def signal_then_compile(self, batch, verbose=True):
+  os.kill(os.getpid(), signal.SIGTERM)
+  return compile(self, batch, verbose)
+TrainProgram.compile = signal_then_compile
+sys.argv = ["cope_jax.train"] + sys.argv[1:]
+runpy.run_module("cope_jax.train", run_name="__main__")
+"""
+
+
+def test_a_sigterm_while_the_first_step_compiles_saves_that_step(tmp_path):
+  """The compilation is the first step's (in the loop): a SIGTERM then takes effect when the
+  compiler returns — that step runs and is saved, and the run exits with 75 (README says so)."""
+  cmd = train_cmd("pretrain.py:tiny", tmp_path, "--config.total_steps=4")
+  r = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_COMPILING, *cmd[3:]],
+                     capture_output=True, text=True, timeout=300,
+                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 75, r.stderr[-2000:]
+  assert "SIGTERM: saved step 1 and stopping" in r.stdout
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]
+
+
 def _two_processes(workdir, *overrides):
   """The multi-host path on one machine (launch/gpu.sh local): 2 processes × 4 CPU devices.
   With the demo's smaller Δ-encoder: process 1 compiles every run afresh (JAX writes only process

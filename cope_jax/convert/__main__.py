@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from cope_jax.command_line import ArgumentParser, exit_on_sigterm
+from cope_jax.command_line import ArgumentParser, check_writable_folder, exit_on_sigterm
 from cope_jax.convert.safetensors_io import CheckpointError, read_checkpoint, read_config
 
 
@@ -31,6 +31,7 @@ def check_npz_out(out: str) -> None:
   folder = os.path.dirname(os.path.abspath(out))
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"--out {out}: the folder {folder} does not exist")
+  check_writable_folder("--out", out, folder)
 
 
 def _hf_config(hf_dir: str):

@@ -198,10 +198,11 @@ class CoPE:
     self.check_mode(mode)
     if mode == "dense" and dense_frames < 1:  # (0 is "not uniform" to SamplingConfig)
       raise ConfigError(f"dense_frames must be at least 1, got {dense_frames}")
-    sampling = mode_sampling(mode, keyframes_per_gop, min_change)
     start = time.perf_counter()
-    if mode == "dense":
+    if mode == "dense":  # (no keyframes: K is not used, as the command line only warns)
+      mode_sampling(mode, 1, min_change)
       return self._dense(video, dense_frames, start)
+    sampling = mode_sampling(mode, keyframes_per_gop, min_change)
     from cope_jax.codec.extract import extract_primitives  # pylint: disable=import-outside-toplevel
     # min_frames=1: a clip shorter than one fusion window is one keyframe and no Δ-frame, as
     # the budget counts it, and every mode answers about the same videos

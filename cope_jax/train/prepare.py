@@ -10,6 +10,7 @@ import sys
 from cope_jax.codec.errors import ConfigError
 from cope_jax.json_files import read_json
 from cope_jax.data.tokenizer import cache_dir, qwen2_tokenizer_file
+from cope_jax.train.shard_checks import check_shards
 
 STAGE2_PARTS = ("vision_tower", "projector", "delta_encoder", "llm", "image_newline")
 
@@ -97,20 +98,6 @@ def check_local_path(name: str, path: str) -> None:
     raise ConfigError(f"{name}={path}: URLs are not supported; mount the bucket with Cloud "
                       "Storage FUSE on every host (gcsfuse --implicit-dirs BUCKET /gcs/BUCKET) and "
                       "pass the mounted path")
-
-
-def _check_sequence_lengths(config, shards: str) -> None:
-  """Every video of the split trained on has keyframes and Δ-frames that fit the batch's slots
-  (else the input pipeline would stop the run when it reaches the longest one)."""
-  from cope_jax.data.pipeline import read_sequence_index  # pylint: disable=import-outside-toplevel
-  rows = read_sequence_index(shards, config.split) or []  # [video, conversations, keyframes, Δ]
-  for column, name, key in ((2, "keyframes", "max_keyframes"),
-                            (3, "Δ-frames", "max_delta_frames")):
-    longest = max(rows, key=lambda row, c=column: row[c], default=None)
-    if longest is not None and longest[column] > config[key]:
-      raise ConfigError(f"{longest[0]} has {longest[column]} {name}, more than {key}="
-                        f"{config[key]}: raise --config.{key}, or rebuild the shards with fewer "
-                        "--max-gops")
 
 
 def check_mesh_and_batch(config, device_count: int, process_count: int = 1) -> None:
@@ -315,6 +302,9 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
   if config.max_keyframes < 1 or config.max_delta_frames < 0:
     raise ConfigError(f"max_keyframes must be >= 1 and max_delta_frames >= 0 (0: RGB frames "
                       f"only), got {config.max_keyframes} and {config.max_delta_frames}")
+  if config.get("keyframes_per_gop", 0) < 0:
+    raise ConfigError(f"keyframes_per_gop must be >= 0 (0: the shards' own), got "
+                      f"{config.keyframes_per_gop}")
   buckets = tuple(config.length_buckets)
   # The pipeline takes the first bucket that holds an example: out of order, it would cut
   # examples that a later, longer bucket holds.
@@ -336,21 +326,6 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
                       f"batches), got {config.group_by_length}")
 
 
-def _build_report(data_dir: str, stage: str) -> dict:
-  """The report of the build that wrote ``stage``'s shards: the copy in the shard folder (renamed
-  into place with them); for shards built before it was, ``report_<stage>.json``, or
-  ``report.json`` when the last build was that stage's; else {}."""
-  from cope_jax.data.build import BUILD_REPORT, shard_dir  # pylint: disable=import-outside-toplevel
-  for path in (os.path.join(shard_dir(data_dir, stage), BUILD_REPORT),
-               os.path.join(data_dir, f"report_{stage}.json"),
-               os.path.join(data_dir, "report.json")):
-    if os.path.exists(path):
-      r = read_json(path)
-      if r.get("stage", stage) == stage:
-        return r
-  return {}
-
-
 def check_inputs(config) -> None:
   """What the recipe reads — shards, checkpoints, stage 2's tokenizer — against it (ConfigError),
   after ``resolve``."""
@@ -370,15 +345,7 @@ def check_inputs(config) -> None:
   if config.split not in splits:
     raise ConfigError(f"split {config.split!r} is not in the shards in {config.data_dir}: they "
                       f"have {splits}")
-  r = _build_report(config.data_dir, config.stage)
-  if r:
-    sampling = r.get("sampling", {})
-    if sampling and sampling["gop"] % sampling["fusion"]:
-      raise ConfigError(f"shards in {config.data_dir}: GOP {sampling['gop']} is not divisible by "
-                        f"the fusion window {sampling['fusion']}")
-    if r.get("size") and r["size"] != config.codec_size:
-      raise ConfigError(f"shards in {config.data_dir} have frames of {r['size']} px but "
-                        f"codec_size is {config.codec_size}")
+  check_shards(config, shards)
   for key in ("vision_checkpoint", "init_checkpoint", "stage1_checkpoint"):
     path = config.get(key, "")
     if path and not os.path.isdir(path):
@@ -387,7 +354,6 @@ def check_inputs(config) -> None:
     raise ConfigError("stage 1 needs the frozen vision encoder: --config.vision_checkpoint=DIR "
                       "from `python -m cope_jax.convert llava-video` (or try :tiny)")
   if config.stage == "finetune":
-    _check_sequence_lengths(config, shards)
     if config.model.preset != "tiny" and not config.init_checkpoint:
       raise ConfigError("stage 2 starts from LLaVA-Video: --config.init_checkpoint=DIR from "
                         "`python -m cope_jax.convert llava-video` (or try :tiny)")
