@@ -14,8 +14,8 @@ from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
 from cope_jax.models import presets
 from cope_jax.models.delta_encoder import DeltaEncoder, Stage1Predictor, normalise_motion
 from cope_jax.models.llava import VideoLM, interleave, splice, spliced_targets
-from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, logical_shardings,
-                                      make_mesh)
+from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, devices_along,
+                                      logical_shardings, make_mesh)
 
 
 def test_interleave_follows_kinds():
@@ -233,7 +233,9 @@ def _tiny_batch(cfg, b=4, length=64, k=1, p=3, size=64):
           jnp.tile(jnp.array([[0, 1, 1, 1]], jnp.int32), (b, 1)))
 
 
-def test_forward_sharded_over_8_devices_equals_single_device():
+def test_forward_sharded_over_8_devices_equals_single_device(capfd):
+  """(And the token embedding's lookup compiles without XLA's "involuntary full
+  rematerialization" of the activation on a mesh with a tensor axis: see Qwen2.embed.)"""
   assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
   cfg = presets.video_lm("tiny")
   batch = _tiny_batch(cfg)
@@ -258,8 +260,19 @@ def test_forward_sharded_over_8_devices_equals_single_device():
     with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
       return model.apply({"params": p}, *args)[0]
 
+  @jax.jit
+  def gradient(p, *args):
+    with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+      return jax.grad(lambda p: jnp.mean(model.apply({"params": p}, *args)[0] ** 2))(p)
+
+  capfd.readouterr()
   with jax.set_mesh(mesh):
     sharded = forward(sharded_params, *sharded_batch)
+    gradient.lower(sharded_params, *sharded_batch).compile()
+    with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+      assert [devices_along(n) for n in ("vocab", "embed", "batch", "norm")] == [2, 2, 4, 1]
+  assert "Involuntary full rematerialization" not in capfd.readouterr().err
+  assert devices_along("vocab") == 1  # (outside a mesh)
   np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=2e-5, rtol=1e-5)
 
 

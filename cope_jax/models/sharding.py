@@ -75,6 +75,16 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   return nn.with_logical_constraint(x, names)
 
 
+def devices_along(name: str) -> int:
+  """How many devices the current mesh spreads the logical axis ``name`` over, by the rules in
+  context (1 outside a mesh): for the few places where the best program depends on it."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = nn.logical_to_mesh_axes((name,))[0]
+  if mesh.empty or axes is None:
+    return 1
+  return int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+
+
 def logical_shardings(abstract_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   """A NamedSharding per leaf of an abstract tree from ``jax.eval_shape`` (parameters, or a
   whole train state): by its logical names where it was created with them, else replicated."""
