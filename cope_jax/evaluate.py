@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                        "finds most likely (lm-eval-harness's scoring for base models; no TTFT)")
   parser.add_argument("--post-prompt", default=None,
                       help="the line after the lettered options (default lmms-eval's for "
-                      "PerceptionTest and VideoMME: \"Answer with the option's letter from the "
+                      "PerceptionTest: \"Answer with the option's letter from the "
                       "given choices directly.\"; \"\" for none; ignored, with a warning, with "
                       "--open-ended or --rank-options)")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")

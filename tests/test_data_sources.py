@@ -83,16 +83,19 @@ def test_llava_video_annotations(tmp_path, pan_clip):
   """Entries naming the same video become one item (decoded and stored once) with one training
   example per entry; only assistant turns carry loss."""
   shutil.copy(pan_clip, tmp_path / "clip.mp4")
-  ann = tmp_path / "ann.json"
+  ann, more = tmp_path / "ann.json", tmp_path / "more.jsonl"
   ann.write_text(json.dumps([
       {"id": "x1", "video": "clip.mp4", "conversations": [
           {"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "A pan."},
-          {"from": "human", "value": "Which way?"}, {"from": "gpt", "value": "Right."}]},
-      # the same video written another way, in the chat roles other datasets use
-      {"id": "x2", "video": "./clip.mp4", "conversations": [
-          {"from": "user", "value": "<image>\nDescribe it."},
-          {"from": "assistant", "value": "Grass."}]}]))
-  items = load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
+          {"from": "human", "value": "Which way?"}, {"from": "gpt", "value": "Right."}]}]))
+  # the same video written another way, in the chat roles other datasets use, in a second file
+  # of JSON Lines (LLaVA-Video-178K gives a bucket's kinds of entry in files of their own; of
+  # several --annotations only the last was read)
+  more.write_text(json.dumps({"id": "x2", "video": "./clip.mp4", "conversations": [
+      {"from": "user", "value": "<image>\nDescribe it."},
+      {"from": "assistant", "value": "Grass."}]}) + "\n\n")
+  items = load_items("llava_video", str(tmp_path), [str(ann), str(more)], str(tmp_path), 0, 0,
+                     64, 1, False)
   assert len(items) == 1 and len(items[0].conversations) == 2
   assert items[0].conversations[0][0] == ("user", "<image>\nWhat happens?")
   assert items[0].conversations[1] == [("user", "<image>\nDescribe it."), ("assistant", "Grass.")]
@@ -305,6 +308,13 @@ _LLAVA = [{"id": "x", "video": "a.mp4", "conversations": [{"from": "human", "val
      "--synth-videos does not apply to --source synthetic --annotations"),
     (["--source", "llava_video", "--annotations", "ok.json", "--videos", "videos", "--seed",
       "-1"], "--seed must be >= 0, got -1"),
+    # several files are LLaVA-Video's; LLaVA-NeXT's data YAML is named, not read as JSON
+    (["--source", "mcq", "--annotations", "ok.jsonl", "ok.jsonl"],
+     "--source mcq reads one --annotations file, got 2 (several are for --source llava_video)"),
+    (["--source", "llava_video", "--annotations", "ok.json", "exp.yaml", "--videos", "videos"],
+     "exp.yaml: LLaVA-NeXT's data YAML is not read here; pass the json_path files it lists"),
+    (["--source", "llava_video", "--annotations", "bad.jsonl", "--videos", "videos"],
+     "bad.jsonl:2: neither a JSON list nor JSON Lines"),
 ])
 def test_build_refuses_bad_annotations_and_videos_before_writing(tmp_path, monkeypatch, capsys,
                                                                  args, message):
@@ -318,6 +328,8 @@ def test_build_refuses_bad_annotations_and_videos_before_writing(tmp_path, monke
   (tmp_path / "empty.json").write_text("[]")
   (tmp_path / "empty.jsonl").write_text("\n")
   (tmp_path / "ok.json").write_text(json.dumps(_LLAVA))
+  (tmp_path / "exp.yaml").write_text("datasets:\n  - json_path: ok.json\n")
+  (tmp_path / "bad.jsonl").write_text(json.dumps(_LLAVA[0]) + "\n{not json\n")
   (tmp_path / "ok.jsonl").write_text(json.dumps({"video": "a.mp4", "question": "Q?",
                                                  "options": ["a", "b"], "answer": "A"}) + "\n")
   assert main(["build", "--stage", "finetune", "--out", "out", "--size", "64", "--quiet",
@@ -326,3 +338,18 @@ def test_build_refuses_bad_annotations_and_videos_before_writing(tmp_path, monke
   assert err == f"error: {message}\n" or (err.startswith(f"error: {message}")
                                           and err.count("\n") == 1), err
   assert not (tmp_path / "out").exists()
+
+
+def test_options_written_with_their_letters_are_lettered_once(tmp_path, capsys):
+  """Video-MME's options carry their letters ("A. Apples."): the prompt read "A. A. Apples.",
+  and the open-ended and ranked probes scored "C. Berries." — without a word."""
+  line = {"video": "a.mp4", "question": "Which is most?", "answer": "C",
+          "options": ["A. Apples.", "B. Candles.", "C. Berries.", "D. All the same."]}
+  plain = {**line, "options": ["A.I. tools", "B. one", "C. two", "D. three"]}  # (not all)
+  (tmp_path / "q.jsonl").write_text(json.dumps(line) + "\n" + json.dumps(plain) + "\n")
+  first, second = sources.read_mcq(str(tmp_path / "q.jsonl"))[0].questions
+  assert first["options"] == ["Apples.", "Candles.", "Berries.", "All the same."]
+  assert second["options"] == plain["options"]
+  prompt = sources.mcq_prompt(first["question"], first["options"])
+  assert prompt.splitlines()[1:3] == ["A. Apples.", "B. Candles."]
+  assert "the options of 1 question(s) start with their own letters" in capsys.readouterr().err

@@ -84,16 +84,34 @@ def test_loss_mask_covers_exactly_the_answers(qwen2, which):
   assert tok.decode(prompt[-3:].tolist(), skip_special_tokens=False).endswith("assistant\n")
 
 
+def _llava_next_first_turn(value: str, instruction: str) -> str:
+  """LLaVA-NeXT's llava/train/train.py (LazySupervisedDataset._get_item, video branch, with
+  add_time_instruction), word for word: the first human turn of a video entry."""
+  return f'{"<image>"}\n{instruction}\n{value.replace("<image>", "")}'
+
+
 def test_a_video_conversation_has_one_image_token_wherever_the_annotation_put_it():
-  """LLaVA-Video's prompt: ``<image>``, the time instruction, the first question. An ``<image>``
-  in a later turn used to become a second image-token id that no visual tokens filled."""
+  """LLaVA-Video's prompt: ``<image>``, the time instruction, the first question — the first
+  turn as LLaVA-NeXT's training builds it (LLaVA-Video-178K's "<image>\nQ" leaves a blank line;
+  a leading line break was taken off: one token off LLaVA-Video's training). An ``<image>`` in a
+  later turn used to become a second image-token id that no visual tokens filled."""
   from cope_jax.data.pipeline import with_video_prompt  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.tokenizer import time_instruction  # pylint: disable=import-outside-toplevel
   tok = train_small_tokenizer(["What is it? A red cat. And now? Gone."])
-  turns = with_video_prompt([("user", "What is it?"), ("assistant", "A red cat."),
-                             ("user", "<image>\nAnd now?"), ("assistant", "Gone.")], 8.0, [0.0, 1.0])
-  assert turns[0][1].startswith("<image>\nThe video lasts for 8.00 seconds, and 2 frames")
-  assert turns[0][1].endswith("\nWhat is it?") and turns[2] == ("user", "And now?")
-  assert np.sum(encode_conversation(tok, turns).ids == IMAGE_TOKEN_ID) == 1
+  instruction = time_instruction(8.0, [0.0, 1.0])
+  assert instruction.startswith("The video lasts for 8.00 seconds, and 2 frames")
+  for first in ("What is it?", "<image>\nWhat is it?", "<image>What is it?", "Is <image> it?",
+                "\nWhat is it?"):
+    turns = with_video_prompt([("user", first), ("assistant", "A red cat."),
+                               ("user", "<image>\nAnd now?"), ("assistant", "Gone."),
+                               ("user", "\nAnd then?"), ("assistant", "Nothing.")],
+                              8.0, [0.0, 1.0])
+    assert turns[0] == ("user", _llava_next_first_turn(first, instruction)), first
+    # a later <image> dropped with its line break; other text as LLaVA-NeXT keeps it
+    assert turns[2] == ("user", "And now?") and turns[4] == ("user", "\nAnd then?")
+    assert np.sum(encode_conversation(tok, turns).ids == IMAGE_TOKEN_ID) == 1
+  assert with_video_prompt([("user", "<image>\nQ?")], 8.0, [0.0, 1.0])[0][1].endswith(
+      f"{instruction}\n\nQ?")
 
 
 def test_length_grouping_sizes_follow_the_token_counts_across_video_lengths(qwen2):

@@ -2,7 +2,7 @@
 
   synth  --out DIR --videos N --seed S      the embedded synthetic temporal-QA dataset
   build  --stage {pretrain,finetune,eval} --source {llava_video,mcq,synthetic} --out DIR
-         [--annotations FILE] [--videos DIR] [--workers N] [--limit N]
+         [--annotations FILE …] [--videos DIR] [--workers N] [--limit N]
 
 ``python -m cope_jax.data COMMAND --help`` explains each command's options.
 """
@@ -114,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                  help="llava_video: LLaVA-Video-178K JSON + --videos; mcq: an MCQ JSONL "
                       "(video, question, options, answer per line); synthetic: the embedded "
                       "synthetic dataset")
-  p.add_argument("--annotations", help="LLaVA-Video JSON, or MCQ JSONL (synthetic: its "
-                                       "questions.jsonl, else one is generated in OUT/synthetic)")
+  p.add_argument("--annotations", nargs="+", action="extend", metavar="FILE",
+                 help="LLaVA-Video JSON or JSON Lines, one file or several (their entries in "
+                      "order: a bucket's caption, open-ended and multiple-choice files), or one "
+                      "MCQ JSONL (synthetic: its questions.jsonl, else one is generated in "
+                      "OUT/synthetic)")
   p.add_argument("--videos", help="folder of the videos named in LLaVA-Video annotations")
   p.add_argument("--out", required=True, help="output folder (shards, cache/, report.json)")
   p.add_argument("--workers", type=int, default=None,

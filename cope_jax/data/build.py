@@ -23,15 +23,20 @@ def check_limit(limit: int | None) -> None:
     raise ConfigError(f"--limit must be >= 1, got {limit}")
 
 
-def load_items(source: str, out: str, annotations: str | None, videos: str | None,
+def load_items(source: str, out: str, annotations: str | list[str] | None, videos: str | None,
                synth_videos: int, seed: int, size: int, workers: int | None,
                progress: bool, conversations: str = "question") -> list[sources.VideoItem]:
   """The videos of ``source`` with their conversations and questions. Bad annotations (missing,
   a folder, unreadable, malformed, empty) or a ``videos`` that is not a folder fail here, before
   anything is written under ``out``."""
+  if isinstance(annotations, (list, tuple)) and source != "llava_video":
+    if len(annotations) > 1:
+      raise ConfigError(f"--source {source} reads one --annotations file, got {len(annotations)} "
+                        "(several are for --source llava_video)")
+    annotations = annotations[0]
   if source == "llava_video":
     if not annotations or not videos:
-      raise ConfigError("--source llava_video needs --annotations FILE.json and --videos DIR")
+      raise ConfigError("--source llava_video needs --annotations FILE.json … and --videos DIR")
     items = sources.read_llava_video(annotations, videos)
   elif source == "mcq":
     if not annotations:
@@ -48,8 +53,8 @@ def load_items(source: str, out: str, annotations: str | None, videos: str | Non
   else:
     raise ConfigError(f"unknown source {source!r}")
   if not items:
-    raise ConfigError(f"{annotations}: no " + ("entries" if source == "llava_video" else
-                                               "questions"))
+    named = annotations if isinstance(annotations, str) else ", ".join(annotations)
+    raise ConfigError(f"{named}: no " + ("entries" if source == "llava_video" else "questions"))
   return items
 
 

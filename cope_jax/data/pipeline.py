@@ -48,14 +48,18 @@ def siglip_pixels(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def with_video_prompt(turns: list, duration_s: float, times) -> list:
-  """Puts ``<image>`` and LLaVA-Video's time instruction at the start of the first user turn.
+  """Puts ``<image>`` and LLaVA-Video's time instruction at the start of the first user turn, as
+  LLaVA-NeXT's training code does: its own text follows as it is, ``<image>`` taken out (so
+  LLaVA-Video-178K's ``"<image>\nQ"`` gives ``"{instruction}\n\nQ"``, as LLaVA-Video was trained).
 
-  An ``<image>`` anywhere else is dropped: one video has one place for its visual tokens (a
-  second one became an image-token id that nothing was spliced into)."""
-  turns = [(role, text.replace(IMAGE_PLACEHOLDER, "").lstrip("\n") if role == "user" else text)
-           for role, text in turns]
+  An ``<image>`` in a later user turn is dropped, with the line break after it: one video has one
+  place for its visual tokens (a second one became an image-token id that nothing filled)."""
+  turns = [(role, text.replace(IMAGE_PLACEHOLDER, "").lstrip("\n")
+            if i and role == "user" and IMAGE_PLACEHOLDER in text else text)
+           for i, (role, text) in enumerate(turns)]
   role, text = turns[0]
-  turns[0] = (role, f"{IMAGE_PLACEHOLDER}\n{time_instruction(duration_s, times)}\n{text}")
+  turns[0] = (role, f"{IMAGE_PLACEHOLDER}\n{time_instruction(duration_s, times)}\n"
+                    f"{text.replace(IMAGE_PLACEHOLDER, '')}")
   return turns
 
 

@@ -1,8 +1,8 @@
 """Reading the annotation formats into one list of videos with their conversations and questions.
 
-- ``llava_video``: LLaVA-Video-178K-style JSON (a list of ``{"id", "video", "conversations":
-  [{"from": "human"|"gpt", "value"}]}``, ``<image>`` in the first human turn), videos under a
-  folder.
+- ``llava_video``: LLaVA-Video-178K-style JSON or JSON Lines, one file or several (entries
+  ``{"id", "video", "conversations": [{"from": "human"|"gpt", "value"}]}``, ``<image>`` in the
+  first human turn), videos under a folder.
 - ``mcq``: the MCQ JSONL, ``{"video", "question", "options", "answer"}`` per line (video paths
   relative to the file's folder allowed; optional ``split``, ``family``, ``id``).
 """
@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from typing import Iterator
 
 LETTERS = "ABCDEFGHIJ"
@@ -30,7 +31,7 @@ class VideoItem:
 
 def mcq_prompt(question: str, options: list[str], post_prompt: str = MCQ_SUFFIX) -> str:
   """lmms-eval's multiple-choice prompt: the question, lettered options, and ``post_prompt``
-  (PerceptionTest's and VideoMME's answer-with-the-letter line by default; "" for none)."""
+  (lmms-eval PerceptionTest's answer-with-the-letter line by default; "" for none)."""
   lines = [question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
   return "\n".join(lines + ([post_prompt] if post_prompt else []))
 
@@ -80,6 +81,7 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
   """(line number, question) for each line of an MCQ JSONL, checked (ValueError naming the line),
   its video path made absolute (relative paths are relative to the file's folder)."""
   folder = os.path.dirname(os.path.abspath(path))
+  lettered = 0
   with open_text(path) as f:
     for n, line in _numbered_lines(f, path):
       if not line.strip():
@@ -97,6 +99,11 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
       if (not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS)
           or not all(isinstance(o, str) for o in options)):
         raise ValueError(f"{path}:{n}: options must be a list of 2 to {len(LETTERS)} strings")
+      # Video-MME writes each option with its letter ("A. Apples."): the prompt adds them again
+      own = [re.match(rf"\(?{LETTERS[i]}[.)]\s+", o) for i, o in enumerate(options)]
+      if all(own):
+        q["options"] = options = [o[m.end():] for o, m in zip(options, own)]
+        lettered += 1
       if not isinstance(answer, str) or len(answer) != 1 or answer not in LETTERS[:len(options)]:
         raise ValueError(f"{path}:{n}: answer {answer!r} is not one of the option letters "
                          f"{LETTERS[:len(options)]}")
@@ -113,6 +120,10 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
       # (normalised: one video written two ways, "a.mp4" and "./a.mp4", is one video)
       q["video"] = os.path.normpath(os.path.join(folder, q["video"]))
       yield n, q
+  if lettered:
+    print(f"note: {path}: the options of {lettered} question(s) start with their own letters "
+          "('A. …', as Video-MME writes them); taken off, as the prompt letters them",
+          file=sys.stderr)
 
 
 def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[VideoItem]:
@@ -147,23 +158,55 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
 ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
 
 
-def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
-  """LLaVA-Video-178K-style annotations (all in the train split): one item per video, holding the
-  conversations of all its entries in file order (the dataset annotates a video several times:
-  caption, open-ended and multiple-choice QA), so each video is decoded and stored once."""
-  with open_text(annotations) as f:
-    check_video_folder(video_dir)
+def _annotation_entries(path: str) -> list:
+  """The entries of one LLaVA-Video annotation file: a JSON list, or JSON Lines (one entry per
+  line, as LLaVA-NeXT also reads)."""
+  with open_text(path) as f:
     try:
-      entries = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{annotations}: not JSON ({e})") from None
+      text = f.read()
     except UnicodeDecodeError:
-      raise ValueError(f"{annotations}: not UTF-8 text") from None
+      raise ValueError(f"{path}: not UTF-8 text") from None
+  try:
+    entries = json.loads(text)
+  except json.JSONDecodeError as e:
+    if not text.lstrip().startswith("{"):
+      raise ValueError(f"{path}: not JSON ({e})") from None
+    entries = []
+    for n, line in enumerate(text.splitlines(), 1):
+      if line.strip():
+        try:
+          entries.append(json.loads(line))
+        except json.JSONDecodeError as e_line:
+          raise ValueError(f"{path}:{n}: neither a JSON list nor JSON Lines ({e_line})") from None
+  if isinstance(entries, dict) and "conversations" in entries:  # a JSONL file of one line
+    entries = [entries]
   if not isinstance(entries, list):
-    raise ValueError(f"{annotations}: expected a JSON list of entries, found a "
+    raise ValueError(f"{path}: expected a JSON list of entries, found a "
                      f"{type(entries).__name__}")
+  return entries
+
+
+def read_llava_video(annotations: str | list[str], video_dir: str) -> list[VideoItem]:
+  """LLaVA-Video-178K-style annotations (all in the train split), from one file or several (the
+  dataset gives each bucket's caption, open-ended and multiple-choice entries in files of their
+  own): one item per video, holding the conversations of all its entries in file order, so each
+  video is decoded and stored once."""
+  paths = [annotations] if isinstance(annotations, str) else list(annotations)
+  for path in paths:  # (a missing file is named before a missing folder of videos)
+    open_text(path).close()
+    if path.endswith((".yaml", ".yml")):
+      raise ValueError(f"{path}: LLaVA-NeXT's data YAML is not read here; pass the json_path "
+                       "files it lists to --annotations (all their entries are used, as "
+                       "sampling_strategy: all)")
+  check_video_folder(video_dir)
   items: dict[str, VideoItem] = {}
-  for n, e in enumerate(entries):
+  for path in paths:
+    _read_llava_video_file(path, video_dir, items)
+  return list(items.values())
+
+
+def _read_llava_video_file(annotations: str, video_dir: str, items: dict) -> None:
+  for n, e in enumerate(_annotation_entries(annotations)):
     try:
       turns = [(ROLES[t["from"]], t["value"]) for t in e["conversations"]]
       video = e["video"]
@@ -184,4 +227,3 @@ def read_llava_video(annotations: str, video_dir: str) -> list[VideoItem]:
                        f"object with human/gpt turns ({type(err).__name__}: {err})") from None
     path = os.path.normpath(os.path.join(video_dir, video))
     items.setdefault(path, VideoItem(path, "train")).conversations.append(turns)
-  return list(items.values())

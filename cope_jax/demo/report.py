@@ -103,7 +103,7 @@ def trained_letters(s: DemoSettings, p: Paths, frames: dict | None = None,
     from cope_jax.data.sources import mcq_prompt  # pylint: disable=import-outside-toplevel
     from cope_jax.evaluate import evaluate, read_questions  # pylint: disable=import-outside-toplevel
     with open(os.path.join(p.synthetic, "train_conversations.json")) as f:
-      asked = {(c["video"], t["value"].removeprefix("<image>\n")) for c in json.load(f)
+      asked = {(c["video"], t["value"].replace("<image>", "").lstrip("\n")) for c in json.load(f)
                for t in c["conversations"] if t["from"] == "human"}
     questions = read_questions(os.path.join(p.synthetic, "train.jsonl"))
     videos = sorted({q["video"] for q in questions})[:TRAINED_VIDEOS]

@@ -161,7 +161,10 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
   for split in SPLITS:
     write_jsonl(os.path.join(out, f"{split}.jsonl"), [q for q in questions if q["split"] == split])
   write_json(os.path.join(out, "train_conversations.json"), conversations, indent=None)
-  corpus = [t["value"] for c in conversations for t in c["conversations"]]
+  # (``<image>`` followed by a line break, as the prompt has it: the tokenizer, and so the demo's
+  # models, as before the entries dropped that line break)
+  corpus = [t["value"].replace("<image>", "<image>\n") for c in conversations
+            for t in c["conversations"]]
   corpus += [mcq_prompt(q["question"], q["options"]) for q in questions]
   corpus += [time_instruction(seconds, list(np.arange(k) * 1.0)) for k in range(1, 65)]
   train_small_tokenizer(corpus).save(os.path.join(out, "tokenizer.json"))
@@ -192,10 +195,12 @@ def _training_conversations(video: str, text: str, qs: list[dict],
       qa += [("human", q["question"]), ("gpt", q["open_answer"])]
     else:
       qa += [("human", mcq_prompt(q["question"], q["options"])), ("gpt", q["answer"])]
-  qa[0] = ("human", f"<image>\n{qa[0][1]}")
+  # ``<image>`` as the entries' first characters (LLaVA-Video-178K writes "<image>\n" there,
+  # which training keeps as a blank line after the time instruction, unlike inference's prompt)
+  qa[0] = ("human", f"<image>{qa[0][1]}")
   return [{"id": f"{video}#{kind}", "video": video,
            "conversations": [{"from": who, "value": value} for who, value in turns]}
-          for kind, turns in (("caption", [("human", f"<image>\n{DESCRIBE}"), ("gpt", text)]),
+          for kind, turns in (("caption", [("human", f"<image>{DESCRIBE}"), ("gpt", text)]),
                               ("qa", qa))]
 
 
