@@ -345,6 +345,9 @@ _SIGNAL_DROPPED = """
 import os, signal, sys, time
 from cope_jax.codec.__main__ import main
 from cope_jax.command_line import exit_on_sigterm
+# (Ctrl-C's handler as in a terminal: a shell's background job, as CI may run the tests in,
+# inherits SIGINT ignored, and exit_on_sigterm then leaves it so)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 exit_on_sigterm()
 try:
   os.kill(os.getpid(), getattr(signal, sys.argv.pop(1)))
