@@ -205,7 +205,7 @@ def test_a_worker_that_dies_is_reported_and_the_build_goes_on(tmp_path, pan_clip
   assert not [n for n in os.listdir(tmp_path / "cache") if not n.endswith(".npz")]
   done, skipped = json.loads(r.stdout.strip().splitlines()[-1])
   assert done == sorted(v for v in videos if v != crash)
-  assert skipped == [{"video": crash, "reason": primitive_cache._DIED}]
+  assert skipped == [{"video": crash, "reason": primitive_cache._DIED}]  # pylint: disable=protected-access
   for v in done:
     assert np.load(os.path.join(tmp_path / "cache", ExtractSettings(
         SIZE, SamplingConfig()).key(v) + ".npz"))["kinds"].size

@@ -93,12 +93,15 @@ def test_llava_video_annotations(tmp_path, pan_clip):
   # several --annotations only the last was read)
   more.write_text(json.dumps({"id": "x2", "video": "./clip.mp4", "conversations": [
       {"from": "user", "value": "<image>\nDescribe it."},
-      {"from": "assistant", "value": "Grass."}]}) + "\n\n")
+      {"from": "assistant", "value": "Grass.\u2028"}]}, ensure_ascii=False) + "\n\n")
   items = load_items("llava_video", str(tmp_path), [str(ann), str(more)], str(tmp_path), 0, 0,
                      64, 1, False)
+  assert len(sources.read_llava_video(ann, str(tmp_path))) == 1  # (a pathlib path)
   assert len(items) == 1 and len(items[0].conversations) == 2
   assert items[0].conversations[0][0] == ("user", "<image>\nWhat happens?")
-  assert items[0].conversations[1] == [("user", "<image>\nDescribe it."), ("assistant", "Grass.")]
+  # (U+2028 is text inside a JSON string, not the end of a JSON line)
+  assert items[0].conversations[1] == [("user", "<image>\nDescribe it."),
+                                       ("assistant", "Grass.\u2028")]
   report = build("finetune", items, str(tmp_path / "o"), ExtractSettings(64, SamplingConfig()),
                  workers=1, progress=False)
   assert report["written"] == 1 and report["records"] == {"train": 1}
@@ -115,7 +118,7 @@ def test_llava_video_annotations(tmp_path, pan_clip):
     learned.add(tok.decode(batch["input_ids"][0][batch["loss_mask"][0]].tolist(),
                            skip_special_tokens=False))
   # both conversations, their assistant turns and nothing else
-  assert learned == {"A pan.<|im_end|>Right.<|im_end|>", "Grass.<|im_end|>"}
+  assert learned == {"A pan.<|im_end|>Right.<|im_end|>", "Grass.\u2028<|im_end|>"}
 
 @pytest.mark.parametrize("line,named", [
     ({"answer": ""}, "answer ''"), ({"answer": "AB"}, "answer 'AB'"), ({"answer": 1}, "answer 1"),
@@ -315,6 +318,8 @@ _LLAVA = [{"id": "x", "video": "a.mp4", "conversations": [{"from": "human", "val
      "exp.yaml: LLaVA-NeXT's data YAML is not read here; pass the json_path files it lists"),
     (["--source", "llava_video", "--annotations", "bad.jsonl", "--videos", "videos"],
      "bad.jsonl:2: neither a JSON list nor JSON Lines"),
+    (["--source", "llava_video", "--annotations", "empty.json", "ok.json", "--videos", "videos"],
+     "empty.json: no entries"),
 ])
 def test_build_refuses_bad_annotations_and_videos_before_writing(tmp_path, monkeypatch, capsys,
                                                                  args, message):

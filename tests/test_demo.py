@@ -331,3 +331,9 @@ def test_a_workdir_that_cannot_be_made_or_a_clip_the_codec_refuses_leaves_nothin
   assert len(err) == 1 and err[0].startswith(
       f"error: {tmp_path / 'damaged' / 'settings.json'}: not a readable JSON file"), err
   assert os.listdir(tmp_path / "damaged") == ["settings.json"]
+  # a workdir of the demo before its data's format changed: refused, not trained on in a mix
+  from cope_jax.demo.recipe import QUICK  # pylint: disable=import-outside-toplevel
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "settings.json").write_text(json.dumps({"quick": True, **QUICK.recorded()}))
+  assert main(["--workdir", str(tmp_path / "old"), "--quick"]) == 2
+  assert "was made by an earlier version of the demo" in capsys.readouterr().err

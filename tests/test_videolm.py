@@ -268,7 +268,15 @@ def test_forward_sharded_over_8_devices_equals_single_device(capfd):
   capfd.readouterr()
   with jax.set_mesh(mesh):
     sharded = forward(sharded_params, *sharded_batch)
-    gradient.lower(sharded_params, *sharded_batch).compile()
+    # compiled here, not read from the tests' compilation cache (which prints nothing)
+    from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # (whether the cache is used is decided once, then kept)
+    try:
+      gradient.lower(sharded_params, *sharded_batch).compile()
+    finally:
+      jax.config.update("jax_enable_compilation_cache", True)
+      compilation_cache.reset_cache()
     with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
       assert [devices_along(n) for n in ("vocab", "embed", "batch", "norm")] == [2, 2, 4, 1]
   assert "Involuntary full rematerialization" not in capfd.readouterr().err

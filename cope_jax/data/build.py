@@ -29,6 +29,8 @@ def load_items(source: str, out: str, annotations: str | list[str] | None, video
   """The videos of ``source`` with their conversations and questions. Bad annotations (missing,
   a folder, unreadable, malformed, empty) or a ``videos`` that is not a folder fail here, before
   anything is written under ``out``."""
+  if isinstance(annotations, (list, tuple)) and not annotations:
+    annotations = None
   if isinstance(annotations, (list, tuple)) and source != "llava_video":
     if len(annotations) > 1:
       raise ConfigError(f"--source {source} reads one --annotations file, got {len(annotations)} "

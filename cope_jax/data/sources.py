@@ -172,7 +172,7 @@ def _annotation_entries(path: str) -> list:
     if not text.lstrip().startswith("{"):
       raise ValueError(f"{path}: not JSON ({e})") from None
     entries = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):  # (not splitlines: U+2028 is JSON text)
       if line.strip():
         try:
           entries.append(json.loads(line))
@@ -186,12 +186,13 @@ def _annotation_entries(path: str) -> list:
   return entries
 
 
-def read_llava_video(annotations: str | list[str], video_dir: str) -> list[VideoItem]:
+def read_llava_video(annotations: str | os.PathLike | list, video_dir: str) -> list[VideoItem]:
   """LLaVA-Video-178K-style annotations (all in the train split), from one file or several (the
   dataset gives each bucket's caption, open-ended and multiple-choice entries in files of their
   own): one item per video, holding the conversations of all its entries in file order, so each
   video is decoded and stored once."""
-  paths = [annotations] if isinstance(annotations, str) else list(annotations)
+  paths = ([os.fspath(annotations)] if isinstance(annotations, (str, os.PathLike))
+           else [os.fspath(a) for a in annotations])
   for path in paths:  # (a missing file is named before a missing folder of videos)
     open_text(path).close()
     if path.endswith((".yaml", ".yml")):
@@ -206,7 +207,10 @@ def read_llava_video(annotations: str | list[str], video_dir: str) -> list[Video
 
 
 def _read_llava_video_file(annotations: str, video_dir: str, items: dict) -> None:
-  for n, e in enumerate(_annotation_entries(annotations)):
+  entries = _annotation_entries(annotations)
+  if not entries:  # (one empty file among several: a wrong file named, most likely)
+    raise ValueError(f"{annotations}: no entries")
+  for n, e in enumerate(entries):
     try:
       turns = [(ROLES[t["from"]], t["value"]) for t in e["conversations"]]
       video = e["video"]

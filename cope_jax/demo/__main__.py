@@ -45,10 +45,20 @@ def _flags(settings: dict) -> str:
           + (f" and --min-change {settings['min_change']:g}" if settings.get("min_change") else ""))
 
 
+# The synthetic data's format, recorded with the settings (2: the entries start "<image>Q", not
+# "<image>\nQ", whose line break the training prompt now keeps as LLaVA-NeXT's does): a workdir
+# of another format would go on training on prompts its finished stages never saw.
+DATA_FORMAT = 2
+
+
 def _check_workdir(root: str, made_with: dict) -> None:
   """A workdir resumes only with the settings it was made with: stale data, checkpoints and
   cached evaluations of a --quick run must not show up in a full run's results."""
+  made_with = {**made_with, "data_format": DATA_FORMAT}
   earlier = earlier_settings(os.path.join(root, "settings.json"), made_with)
+  if earlier is not None and earlier.get("data_format", 1) != DATA_FORMAT:
+    raise ConfigError(f"{root} was made by an earlier version of the demo, whose training "
+                      "prompts differ from this one's: use another --workdir")
   if earlier is not None:
     was, now = _flags(earlier), _flags(made_with)
     raise ConfigError(f"{root} was made with {was}" + (" (other sizes)" if was == now else "")
