@@ -47,6 +47,13 @@ def test_sigterm_while_the_run_starts_exits_75(tmp_path):
   assert "Traceback" not in err and not os.path.exists(tmp_path / "metrics.jsonl")
 
 
+def _train_patched(script: str, workdir, *overrides) -> subprocess.CompletedProcess:
+  """The tiny stage-1 trainer's command run by ``script``, which patches it first."""
+  cmd = train_cmd("pretrain.py:tiny", workdir, *overrides)
+  return subprocess.run([sys.executable, "-c", script, *cmd[3:]], capture_output=True,
+                        text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
 # The trainer's command with a SIGTERM while it starts whose exception is lost, as inside an XLA
 # compile (the compiler takes signals while it runs).
 _SIGTERM_LOST_AT_THE_START = """
@@ -68,10 +75,7 @@ runpy.run_module("cope_jax.train", run_name="__main__")
 
 def test_a_sigterm_lost_while_the_run_starts_still_stops_it(tmp_path):
   """The run went on, trained every step and exited 0 (seen once in CI)."""
-  cmd = train_cmd("pretrain.py:tiny", tmp_path, "--config.total_steps=4")
-  r = subprocess.run([sys.executable, "-c", _SIGTERM_LOST_AT_THE_START, *cmd[3:]],
-                     capture_output=True, text=True, timeout=300,
-                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  r = _train_patched(_SIGTERM_LOST_AT_THE_START, tmp_path, "--config.total_steps=4")
   assert r.returncode == 75, r.stderr[-2000:]
   assert not os.path.exists(tmp_path / "metrics.jsonl")
 
@@ -95,10 +99,7 @@ def test_sigterm_at_the_last_step_is_not_lost(tmp_path):
   """The loop stops for a SIGTERM only before its last step: one at the last step or during the
   final save was swallowed (the demo ran on into its next stage). The run finishes and saves,
   then the signal reaches the handler before the loop's: here the command's, status 75."""
-  cmd = train_cmd("pretrain.py:tiny", tmp_path, "--config.total_steps=2")
-  r = subprocess.run([sys.executable, "-c", _SIGTERM_AT_THE_LAST_STEP, *cmd[3:]],
-                     capture_output=True, text=True, timeout=600,
-                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  r = _train_patched(_SIGTERM_AT_THE_LAST_STEP, tmp_path, "--config.total_steps=2")
   assert r.returncode == 75, r.stderr[-2000:]
   assert "SIGTERM outside the training steps: nothing new to save" in r.stderr
   assert [x["step"] for x in metrics(tmp_path)] == [1, 2]
@@ -122,10 +123,7 @@ runpy.run_module("cope_jax.train", run_name="__main__")
 def test_a_sigterm_while_the_first_step_compiles_saves_that_step(tmp_path):
   """The compilation is the first step's (in the loop): a SIGTERM then takes effect when the
   compiler returns — that step runs and is saved, and the run exits with 75 (README says so)."""
-  cmd = train_cmd("pretrain.py:tiny", tmp_path, "--config.total_steps=4")
-  r = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_COMPILING, *cmd[3:]],
-                     capture_output=True, text=True, timeout=300,
-                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  r = _train_patched(_SIGTERM_WHILE_COMPILING, tmp_path, "--config.total_steps=4")
   assert r.returncode == 75, r.stderr[-2000:]
   assert "SIGTERM: saved step 1 and stopping" in r.stdout
   assert os.listdir(tmp_path / "checkpoints") == ["1"]
