@@ -55,6 +55,14 @@ def test_activations_our_modules_do_not_compute_are_refused():
   with pytest.raises(CheckpointError, match="vision_feature_select_strategy='default': only"):
     llava_convert.config_from_checkpoint({**hf, "vision_feature_select_strategy": "default"},
                                          "tiny")
+  # a null text_config is the text model's defaults, as in transformers; other non-objects are
+  # one error line (they were AttributeError tracebacks)
+  assert llava_convert.config_from_checkpoint({**hf, "text_config": None}, "tiny").llm == (
+      llava_convert.config_from_checkpoint({**hf, "text_config": {}}, "tiny").llm)
+  with pytest.raises(CheckpointError, match="text_config is 'qwen2', not an object"):
+    llava_convert.config_from_checkpoint({**hf, "text_config": "qwen2"}, "tiny")
+  with pytest.raises(CheckpointError, match="rope_scaling 'linear': not an object"):
+    qwen2_convert.config_from_hf({"rope_scaling": "linear"})
 
 
 def test_fields_a_config_leaves_out_take_the_transformers_defaults():

@@ -52,6 +52,10 @@ INFERENCE_ATTENTION_CHUNK = 1024
 def config_from_checkpoint(hf: dict, delta: str = "paper") -> VideoLMConfig:
   """Our config from a llava config.json (llava-hf nested, or LLaVA-NeXT flat Qwen2 + mm_*)."""
   if "text_config" in hf:
+    if hf["text_config"] is None:  # (transformers: null is the text model's defaults)
+      hf = {**hf, "text_config": {}}
+    if not isinstance(hf["text_config"], dict):
+      raise CheckpointError(f"config.json's text_config is {hf['text_config']!r}, not an object")
     if not isinstance(hf.get("vision_config"), dict):  # (no default vision tower is assumed)
       raise CheckpointError("config.json has a text_config but no vision_config object: name "
                             "the SigLIP vision tower's settings there, as llava-hf's configs do")
@@ -120,7 +124,7 @@ def tied_embeddings(hf: dict) -> bool:
   ``lm_head.weight``): either flag, the top level's or the text model's (transformers 5 ties
   by the top-level one)."""
   return bool(hf.get("tie_word_embeddings") or
-              hf.get("text_config", {}).get("tie_word_embeddings"))
+              (hf.get("text_config") or {}).get("tie_word_embeddings"))
 
 
 def convert(tensors: dict, cfg: VideoLMConfig, what: str = "checkpoint") -> dict:
