@@ -215,3 +215,42 @@ def test_qwen2_config_json_is_read_as_transformers_reads_it(raw):
   ref, ours = Qwen2Config(**hf), qwen2_convert.config_from_hf(hf)
   assert (ours.num_kv_heads, ours.rope_theta) == (ref.num_key_value_heads,
                                                   ref.rope_parameters["rope_theta"])
+
+
+def test_converting_holds_the_model_about_once_in_memory():
+  """Every layer's float32 copy was kept in a list, then stacked: twice the converted model at
+  the peak (about 60 GB for LLaVA-Video-7B's LLM). Layers now fill the stacked arrays as they
+  are read: the peak is the result and a layer or two."""
+  import tracemalloc  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+  from cope_jax.convert.tree import TensorSource  # pylint: disable=import-outside-toplevel
+  d, f, kv, layers, vocab = 256, 1024, 64, 12, 512
+  cfg = qwen2_convert.config_from_hf({"vocab_size": vocab, "hidden_size": d,
+                                      "intermediate_size": f, "num_hidden_layers": layers,
+                                      "num_attention_heads": 4, "num_key_value_heads": 1})
+  rng = np.random.default_rng(0)
+  shapes = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,),
+            "lm_head.weight": (vocab, d)}
+  for i in range(layers):
+    p = f"model.layers.{i}."
+    shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+                   p + "self_attn.q_proj.weight": (d, d), p + "self_attn.q_proj.bias": (d,),
+                   p + "self_attn.k_proj.weight": (kv, d), p + "self_attn.k_proj.bias": (kv,),
+                   p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.v_proj.bias": (kv,),
+                   p + "self_attn.o_proj.weight": (d, d), p + "mlp.gate_proj.weight": (f, d),
+                   p + "mlp.up_proj.weight": (f, d), p + "mlp.down_proj.weight": (d, f)})
+  tensors = {k: rng.standard_normal(s, np.float32).astype(ml_dtypes.bfloat16)
+             for k, s in shapes.items()}
+  tracemalloc.start()
+  try:
+    params = qwen2_convert.convert(TensorSource(tensors, "synthetic"), cfg)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  result = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
+  assert peak < 1.25 * result, (peak, result)
+  one = params["layers"]["mlp"]["up_proj"]["kernel"]
+  assert one.shape == (layers, d, f)
+  np.testing.assert_array_equal(one[5], np.asarray(tensors["model.layers.5.mlp.up_proj.weight"],
+                                                   np.float32).T)

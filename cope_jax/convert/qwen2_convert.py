@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cope_jax.convert.safetensors_io import CheckpointError, check_activation, positive_ints
-from cope_jax.convert.tree import TensorSource, stack
+from cope_jax.convert.tree import TensorSource, stack_layers
 from cope_jax.models.qwen2 import Qwen2Config
 
 
@@ -76,10 +76,10 @@ def convert(src: TensorSource, cfg: Qwen2Config, prefix: str = "model.",
   """Our parameters; with ``cfg.tie_word_embeddings`` no ``lm_head`` (a stored one must equal the
   embedding: else the config and the weights disagree, and we would compute other logits)."""
   d, hd = cfg.hidden_size, cfg.head_dim
-  layers = []
-  for i in range(cfg.num_layers):
+
+  def layer(i: int) -> dict:
     p = f"{prefix}layers.{i}."
-    layers.append({
+    return {
         "input_layernorm": {"weight": src.get(p + "input_layernorm.weight", (d,))},
         "post_attention_layernorm": {"weight": src.get(p + "post_attention_layernorm.weight",
                                                        (d,))},
@@ -90,9 +90,10 @@ def convert(src: TensorSource, cfg: Qwen2Config, prefix: str = "model.",
             "o_proj": src.linear(p + "self_attn.o_proj", cfg.num_heads * hd, d, bias=False)},
         "mlp": {"gate_proj": src.linear(p + "mlp.gate_proj", d, cfg.intermediate_size, False),
                 "up_proj": src.linear(p + "mlp.up_proj", d, cfg.intermediate_size, False),
-                "down_proj": src.linear(p + "mlp.down_proj", cfg.intermediate_size, d, False)}})
+                "down_proj": src.linear(p + "mlp.down_proj", cfg.intermediate_size, d, False)}}
+
   embed = src.get(prefix + "embed_tokens.weight", (cfg.vocab_size, d))
-  params = {"embed_tokens": {"embedding": embed}, "layers": stack(layers),
+  params = {"embed_tokens": {"embedding": embed}, "layers": stack_layers(cfg.num_layers, layer),
             "norm": {"weight": src.get(prefix + "norm.weight", (d,))}}
   if not cfg.tie_word_embeddings:
     return {**params, "lm_head": {"kernel": src.get(lm_head, (cfg.vocab_size, d)).T}}

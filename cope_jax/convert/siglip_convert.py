@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cope_jax.convert.safetensors_io import CheckpointError, check_activation, positive_ints
-from cope_jax.convert.tree import TensorSource, stack
+from cope_jax.convert.tree import TensorSource, stack_layers
 from cope_jax.models.siglip import SiglipConfig
 
 
@@ -39,24 +39,25 @@ def find_prefix(tensors: dict, candidates: tuple[str, ...]) -> str:
 
 def convert(src: TensorSource, cfg: SiglipConfig, prefix: str) -> dict:
   d, p = cfg.hidden_size, cfg.patch_size
-  layers = []
-  for i in range(cfg.num_layers):  # LLaVA-Video drops the last of 27 layers: extra ones unused
+
+  def layer(i: int) -> dict:  # (LLaVA-Video drops the last of 27 layers: extra ones unused)
     q = f"{prefix}encoder.layers.{i}."
-    layer = {"layer_norm1": {"scale": src.get(q + "layer_norm1.weight", (d,)),
-                             "bias": src.get(q + "layer_norm1.bias", (d,))},
-             "layer_norm2": {"scale": src.get(q + "layer_norm2.weight", (d,)),
-                             "bias": src.get(q + "layer_norm2.bias", (d,))},
-             "mlp_fc1": src.linear(q + "mlp.fc1", d, cfg.intermediate_size),
-             "mlp_fc2": src.linear(q + "mlp.fc2", cfg.intermediate_size, d)}
+    out = {"layer_norm1": {"scale": src.get(q + "layer_norm1.weight", (d,)),
+                           "bias": src.get(q + "layer_norm1.bias", (d,))},
+           "layer_norm2": {"scale": src.get(q + "layer_norm2.weight", (d,)),
+                           "bias": src.get(q + "layer_norm2.bias", (d,))},
+           "mlp_fc1": src.linear(q + "mlp.fc1", d, cfg.intermediate_size),
+           "mlp_fc2": src.linear(q + "mlp.fc2", cfg.intermediate_size, d)}
     for name in ("q", "k", "v", "out"):
-      layer[f"self_attn_{name}_proj"] = src.linear(f"{q}self_attn.{name}_proj", d, d)
-    layers.append(layer)
+      out[f"self_attn_{name}_proj"] = src.linear(f"{q}self_attn.{name}_proj", d, d)
+    return out
+
   conv = src.get(prefix + "embeddings.patch_embedding.weight", (d, 3, p, p))
   params = {"patch_embedding": {"kernel": conv.transpose(2, 3, 1, 0),
                                 "bias": src.get(prefix + "embeddings.patch_embedding.bias", (d,))},
             "position_embedding": src.get(prefix + "embeddings.position_embedding.weight",
                                           (cfg.num_patches, d)),
-            "layers": stack(layers)}
+            "layers": stack_layers(cfg.num_layers, layer)}
   if cfg.post_layernorm:
     params["post_layernorm"] = {"scale": src.get(prefix + "post_layernorm.weight", (d,)),
                                 "bias": src.get(prefix + "post_layernorm.bias", (d,))}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from cope_jax.convert.safetensors_io import CheckpointError
@@ -34,8 +36,25 @@ class TensorSource:
     return out
 
 
-def stack(layers: list[dict]) -> dict:
-  """Per-layer trees → one tree with a leading layer axis (our scanned layout)."""
-  if isinstance(layers[0], dict):
-    return {k: stack([layer[k] for layer in layers]) for k in layers[0]}
-  return np.stack(layers)
+def stack_layers(count: int, layer: Callable[[int], dict]) -> dict:
+  """``layer(0)`` … ``layer(count - 1)`` → one tree with a leading layer axis (our scanned
+  layout), filled layer by layer: a list of every layer's float32 copy stacked at the end held
+  the model twice (about 60 GB for LLaVA-Video-7B's LLM)."""
+  def empty(tree):
+    if isinstance(tree, dict):
+      return {k: empty(v) for k, v in tree.items()}
+    return np.empty((count,) + tree.shape, tree.dtype)
+
+  def fill(out, tree, i):
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        fill(out[k], v, i)
+      else:
+        out[k][i] = v
+
+  first = layer(0)
+  out = empty(first)
+  fill(out, first, 0)
+  for i in range(1, count):
+    fill(out, layer(i), i)
+  return out
