@@ -327,6 +327,26 @@ def test_llava_video_command_writes_an_orbax_checkpoint(hf_root, tmp_path):
   assert load_params(str(out))[1].delta.width == 256 and sorted(os.listdir(out)) == [
       "config.json", "params"]
   assert sorted(os.listdir(tmp_path)) == sorted(["stage2_init", "other", "a_file"])
+  # --vocab-size keeps the first rows (llava-hf pads LLaVA-Video-7B's vocabulary past the
+  # recipe's, which stage 2 then refused with no way forward); more rows than stored: refused
+  rows = cfg.llm.vocab_size
+  for n, status in ((rows - 8, 0), (rows + 1, 2)):
+    r = subprocess.run([sys.executable, "-m", "cope_jax.convert", "llava-video", "--checkpoint",
+                        path, "--out", str(out), "--delta", "tiny", "--vocab-size", str(n)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == status, r.stderr
+  assert r.stderr.startswith(f"error: --vocab-size {rows + 1}: from 1 to the checkpoint's {rows}")
+  trimmed, trimmed_cfg = load_params(str(out))
+  assert trimmed_cfg.llm.vocab_size == rows - 8
+  np.testing.assert_array_equal(trimmed["llm"]["embed_tokens"]["embedding"],
+                                params["llm"]["embed_tokens"]["embedding"][:rows - 8])
+  for part in ("lm_head",) if "lm_head" in params["llm"] else ():
+    np.testing.assert_array_equal(trimmed["llm"][part]["kernel"],
+                                  params["llm"][part]["kernel"][:, :rows - 8])
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import check_same_model  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match=f"convert it again with --vocab-size {rows - 8}"):
+    check_same_model("init_checkpoint", "x", trimmed_cfg, cfg, ("llm",))
 
 
 @pytest.mark.parametrize("top,text,tied", [(None, True, True), (True, False, True),

@@ -6,6 +6,7 @@
                normalised → OUT: last_hidden_state (B, N, D), after post_layernorm) into our Flax
                modules and runs them.
   llava-video  --checkpoint DIR --out DIR [--delta paper|compact|tiny] [--seed 0]
+               [--vocab-size N]
                Turns a LLaVA-Video / LLaVA-OneVision checkpoint (llava-hf or LLaVA-NeXT layout)
                into an Orbax checkpoint (params + config.json) that stage-2 training starts
                from; the Δ-encoder is initialised from --seed (stage 2 loads stage 1 over it).
@@ -113,7 +114,8 @@ def hf_forward(hf_dir: str, inputs: str, out: str) -> None:
   print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in result.items()))
 
 
-def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
+def llava_video(checkpoint: str, out: str, delta: str, seed: int,
+                vocab_size: int | None = None) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from cope_jax.convert import llava_convert  # pylint: disable=import-outside-toplevel
   from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
@@ -132,7 +134,12 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int) -> None:
     cfg = llava_convert.config_from_checkpoint(hf, delta)
   except CheckpointError as e:  # (the config's own words; say which file)
     raise CheckpointError(f"{os.path.join(checkpoint, 'config.json')}: {e}") from None
+  if vocab_size is not None and not 1 <= vocab_size <= cfg.llm.vocab_size:
+    raise CheckpointError(f"--vocab-size {vocab_size}: from 1 to the checkpoint's "
+                          f"{cfg.llm.vocab_size} rows")
   params = llava_convert.convert(read_checkpoint(checkpoint), cfg, checkpoint)
+  if vocab_size is not None:  # (the rows past it: llava-hf's padding and its <video> token)
+    params, cfg = llava_convert.keep_vocabulary(params, cfg, vocab_size)
   params["delta_encoder"] = checkpoints.init_delta_encoder(cfg, jax.random.key(seed))
   checkpoints.save_params(out, params, cfg)
   print(f"wrote {out} (VideoLM parameters + config.json; Δ-encoder from seed {seed})")
@@ -157,12 +164,18 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--delta", default="paper", choices=["paper", "compact", "tiny"],
                  help="Δ-encoder size (default: paper, appendix B)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--vocab-size", type=int, default=None,
+                 help="keep the first N rows of the embedding and output head: llava-hf's "
+                      "LLaVA-Video-7B pads Qwen2's 152064 to 152128 (its <image> and <video> "
+                      "tokens), which the paper recipe (152064) refuses; our tokenizer never "
+                      "reaches the rows past it")
   args = parser.parse_args(argv)
   try:
     if args.command == "hf-forward":
       hf_forward(args.hf_dir, args.inputs, args.out)
     else:
-      llava_video(args.checkpoint, os.path.abspath(args.out), args.delta, args.seed)
+      llava_video(args.checkpoint, os.path.abspath(args.out), args.delta, args.seed,
+                  args.vocab_size)
   except (CheckpointError, OSError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -119,6 +119,16 @@ def check_llava_next_layout(hf: dict) -> None:
                           "supported (each frame's full grid only)")
 
 
+def keep_vocabulary(params: dict, cfg: VideoLMConfig, rows: int) -> tuple[dict, VideoLMConfig]:
+  """The first ``rows`` rows of the LLM's embedding and output head, and the config saying so."""
+  llm = {**params["llm"], "embed_tokens": {"embedding": params["llm"]["embed_tokens"]
+                                           ["embedding"][:rows]}}
+  if "lm_head" in llm:
+    llm["lm_head"] = {"kernel": llm["lm_head"]["kernel"][:, :rows]}
+  return ({**params, "llm": llm},
+          dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, vocab_size=rows)))
+
+
 def tied_embeddings(hf: dict) -> bool:
   """Whether the LLM's output head is its input embedding (then a checkpoint stores no
   ``lm_head.weight``): either flag, the top level's or the text model's (transformers 5 ties

@@ -44,8 +44,12 @@ def check_same_model(key: str, path: str, recipe, checkpoint, parts: tuple[str, 
             if f.name not in RUNTIME_FIELDS
             and getattr(getattr(recipe, part), f.name) != getattr(getattr(checkpoint, part), f.name)]
   if differ:
+    vocab = recipe.llm.vocab_size if "llm" in parts else None
+    hint = (f"convert it again with --vocab-size {vocab} (llava-hf pads the vocabulary)"
+            if len(differ) == 1 and vocab and checkpoint.llm.vocab_size > vocab
+            else "choose the --config.model.preset it was converted for")
     raise ConfigError(f"--config.{key}={path}: its model is not the recipe's: {'; '.join(differ)}"
-                      " — choose the --config.model.preset it was converted for")
+                      f" — {hint}")
 
 
 def model_config(config):
