@@ -23,9 +23,10 @@ def config_from_hf(hf: dict, **overrides) -> Qwen2Config:
   # RoPE scaling (transformers 4's rope_scaling, 5's rope_parameters) and sliding windows (off in
   # every released Qwen2 and LLaVA-Video).
   for key in ("rope_scaling", "rope_parameters"):
-    if not isinstance(hf.get(key) or {}, dict):
+    rope = hf.get(key) or {}
+    if not isinstance(rope, dict):
       raise CheckpointError(f"{key} {hf[key]!r}: not an object (rope_type and its settings)")
-    kind = (hf.get(key) or {}).get("rope_type", (hf.get(key) or {}).get("type", "default"))
+    kind = rope.get("rope_type", rope.get("type", "default"))
     if kind != "default":
       raise CheckpointError(f"{key} {hf[key]}: only plain RoPE (rope_type 'default') is "
                             "supported")

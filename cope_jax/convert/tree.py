@@ -40,21 +40,16 @@ def stack_layers(count: int, layer: Callable[[int], dict]) -> dict:
   """``layer(0)`` … ``layer(count - 1)`` → one tree with a leading layer axis (our scanned
   layout), filled layer by layer: a list of every layer's float32 copy stacked at the end held
   the model twice (about 60 GB for LLaVA-Video-7B's LLM)."""
-  def empty(tree):
-    if isinstance(tree, dict):
-      return {k: empty(v) for k, v in tree.items()}
-    return np.empty((count,) + tree.shape, tree.dtype)
-
-  def fill(out, tree, i):
+  def fill(out: dict, tree: dict, i: int) -> None:
     for k, v in tree.items():
       if isinstance(v, dict):
-        fill(out[k], v, i)
+        fill(out.setdefault(k, {}), v, i)
       else:
+        if i == 0:  # (the first layer gives every array's shape and dtype)
+          out[k] = np.empty((count,) + v.shape, v.dtype)
         out[k][i] = v
 
-  first = layer(0)
-  out = empty(first)
-  fill(out, first, 0)
-  for i in range(1, count):
+  out: dict = {}
+  for i in range(count):
     fill(out, layer(i), i)
   return out

@@ -29,13 +29,12 @@ def load_items(source: str, out: str, annotations: str | list[str] | None, video
   """The videos of ``source`` with their conversations and questions. Bad annotations (missing,
   a folder, unreadable, malformed, empty) or a ``videos`` that is not a folder fail here, before
   anything is written under ``out``."""
-  if isinstance(annotations, (list, tuple)) and not annotations:
-    annotations = None
-  if isinstance(annotations, (list, tuple)) and source != "llava_video":
-    if len(annotations) > 1:
+  if isinstance(annotations, (list, tuple)):  # (the command line's; several for llava_video)
+    if len(annotations) > 1 and source != "llava_video":
       raise ConfigError(f"--source {source} reads one --annotations file, got {len(annotations)} "
                         "(several are for --source llava_video)")
-    annotations = annotations[0]
+    if len(annotations) <= 1 or source != "llava_video":
+      annotations = annotations[0] if annotations else None
   if source == "llava_video":
     if not annotations or not videos:
       raise ConfigError("--source llava_video needs --annotations FILE.json … and --videos DIR")
