@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--delta", default="paper", choices=["paper", "compact", "tiny"],
                  help="Δ-encoder size (default: paper, appendix B)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--vocab-size", type=int, default=None,
+  p.add_argument("--vocab-size", type=int, default=None, metavar="N",
                  help="keep the first N rows of the embedding and output head: llava-hf's "
                       "LLaVA-Video-7B pads Qwen2's 152064 to 152128 (its <image> and <video> "
                       "tokens), which the paper recipe (152064) refuses; our tokenizer never "
