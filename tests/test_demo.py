@@ -337,3 +337,8 @@ def test_a_workdir_that_cannot_be_made_or_a_clip_the_codec_refuses_leaves_nothin
   (tmp_path / "old" / "settings.json").write_text(json.dumps({"quick": True, **QUICK.recorded()}))
   assert main(["--workdir", str(tmp_path / "old"), "--quick"]) == 2
   assert "was made by an earlier version of the demo" in capsys.readouterr().err
+  (tmp_path / "old2").mkdir()  # (format 2: the questions before they named "the first frame")
+  (tmp_path / "old2" / "settings.json").write_text(
+      json.dumps({"quick": True, **QUICK.recorded(), "data_format": 2}))
+  assert main(["--workdir", str(tmp_path / "old2"), "--quick"]) == 2
+  assert "was made by an earlier version of the demo" in capsys.readouterr().err

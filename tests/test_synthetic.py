@@ -41,7 +41,7 @@ def _recompute(q, scene):
   text = q["question"]
   name = next((n for n in sprites if n in text), None)
   if q["family"] == "appearance":
-    shape = text.split("the ")[-1].rstrip("?")
+    shape = text.split("the ")[1].split()[0]  # ("… the circle in the first frame?")
     return next(n.split()[0] for n in sprites if n.endswith(shape))
   if q["family"] == "direction":
     return _direction(moves[name][first_move[name]])
@@ -152,6 +152,11 @@ def test_captions_and_training_conversations(synth):
     assert pan in text
     v = scene["visitor"]
     assert (f"The {v['color']} {v['shape']} enters" if v else "No object enters") in text
+    # (which of frame 0's objects: "The red square is faster." left the visitor in doubt)
+    speed = {f"{s['color']} {s['shape']}": np.hypot(*np.diff(s["positions"], axis=0)[
+        s["start_frame"]:].T).mean() for s in scene["sprites"]}
+    fast, slow = sorted(speed, key=speed.get, reverse=True)
+    assert f"The {fast} moves faster than the {slow}." in text
   conversations = json.load(open(out / "train_conversations.json"))
   train_videos = {q["video"] for q in questions if q["split"] == "train"}
   assert collections.Counter(c["video"] for c in conversations) == {v: 2 for v in train_videos}
@@ -299,14 +304,14 @@ def test_synth_cli(tmp_path):
     (["--size", "-16"], "--size must be a multiple of 16 from 32 to 2048 pixels"),
     (["--size", "16"], "at 16 px the two objects cannot both be shown whole"),
     # lengths: per-frame ground truth of 1e9 s asked for 447 GiB
-    (["--seconds", "1e9"], "the video length must be at most 600 s, got 1e+09 s"),
-    (["--seconds", "601"], "the video length must be at most 600 s, got 601 s"),
+    (["--seconds", "1e9"], "the video length must be at most 512 s, got 1e+09 s"),
+    (["--seconds", "513"], "the video length must be at most 512 s, got 513 s"),
     (["--seconds", "nan"], "finite"), (["--seconds", "inf"], "finite"),
     (["--seconds", "-1"], "too short"), (["--seconds", "0"], "too short"),
     (["--videos", "0"], "the number of videos must be from 1 to 100000, got 0"),
     (["--videos", "-3"], "the number of videos must be from 1 to 100000, got -3"),
     (["--videos", "1000000"], "the number of videos must be from 1 to 100000, got 1000000"),
-    (["--videos", "100000", "--seconds", "600"], "at most 1000000 s (about 280 hours)"),
+    (["--videos", "100000", "--seconds", "500"], "at most 1000000 s (about 280 hours)"),
     (["--workers", "0"], "--workers must be from 1 to 1024, got 0"),
     (["--workers", "-2"], "--workers must be from 1 to 1024, got -2"),
     (["--workers", "1000000"], "--workers must be from 1 to 1024, got 1000000"),
@@ -340,7 +345,7 @@ def test_synth_help_states_the_bounds(capsys):
   with pytest.raises(SystemExit):
     main(["synth", "--help"])
   text = " ".join(capsys.readouterr().out.split())
-  for bound in ("1 to 100000", "5 to 600", "from 32 to 2048", "1 to 1024", "1000000 s"):
+  for bound in ("1 to 100000", "5 to 512", "from 32 to 2048", "1 to 1024", "1000000 s"):
     assert bound in text, bound
 
 

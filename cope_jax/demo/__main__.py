@@ -46,9 +46,10 @@ def _flags(settings: dict) -> str:
 
 
 # The synthetic data's format, recorded with the settings (2: the entries start "<image>Q", not
-# "<image>\nQ", whose line break the training prompt now keeps as LLaVA-NeXT's does): a workdir
-# of another format would go on training on prompts its finished stages never saw.
-DATA_FORMAT = 2
+# "<image>\nQ", whose line break the training prompt now keeps as LLaVA-NeXT's does; 3: questions
+# about frame 0's objects say so, `direction` asked with room every way): a workdir of another
+# format would go on training on prompts its finished stages never saw.
+DATA_FORMAT = 3
 
 
 def _check_workdir(root: str, made_with: dict) -> None:
