@@ -26,7 +26,8 @@ Environment (required: CONFIG, WORKDIR):
                   destination without user@, an ~/.ssh/config alias resolved to its HostName)
   REPO_DIR        ssh: the project on the hosts (default: this checkout's path)
   PYTHON          the trainer's interpreter, a path (default: the checkout's .venv/bin/python
-                  where it has one — on the hosts, REPO_DIR/.venv/bin/python — else python)
+                  where it has one, else python; ssh: REPO_DIR/.venv/bin/python where each host
+                  has one, else python)
   WORKER_ENV      ssh: environment for the trainer on every host, e.g. "NCCL_DEBUG=WARN XLA_FLAGS=…"
                   (an ssh command sees none of this shell's)
   NODES, GPUS_PER_NODE, PARTITION         slurm (defaults 2, 8, none)
@@ -91,12 +92,12 @@ ssh_hosts() {
   read -r -d '' -a host_list <<<"${HOSTS:?}" || true  # (require: not blank)
   local coordinator repo="${REPO_DIR:-$HERE/..}"
   coordinator="$(coordinator_host "${host_list[0]}"):${PORT:-12355}"
-  # An ssh command runs outside any activated virtualenv: the checkout's own, where it has one.
-  local python=python  # (one word for the remote shell, a space in the path or not)
+  # An ssh command runs outside any activated virtualenv: REPO_DIR's own, where the host has one
+  # (the host decides, after the cd: this machine's checkout may have one where it has not).
+  # shellcheck disable=SC2016  # (expanded by the remote shell)
+  local python='$(test -x .venv/bin/python && echo .venv/bin/python || echo python)'
   if [[ -n "${PYTHON:-}" ]]; then
-    python=$(remote_path "$PYTHON")
-  elif [[ -x "$HERE/../.venv/bin/python" ]]; then
-    python=$(remote_path "$repo/.venv/bin/python")
+    python=$(remote_path "$PYTHON")  # (one word for the remote shell, a space in it or not)
   fi
   local pids=() i
   for i in "${!host_list[@]}"; do

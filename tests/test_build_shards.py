@@ -209,3 +209,27 @@ def test_a_worker_that_dies_is_reported_and_the_build_goes_on(tmp_path, pan_clip
   for v in done:
     assert np.load(os.path.join(tmp_path / "cache", ExtractSettings(
         SIZE, SamplingConfig()).key(v) + ".npz"))["kinds"].size
+
+
+_WRITE_TWICE = """
+import sys
+import numpy as np
+import tensorflow_datasets as tfds
+from cope_jax.data import shard_writer
+features = {k: tfds.features.Tensor(shape=(None,), dtype=np.int32) for k in "abcdefghij"}
+examples = [{k: np.arange(i + j, dtype=np.int32) for j, k in enumerate("abcdefghij")}
+            for i in range(4)]
+shard_writer.write_dataset(sys.argv[1], "t", features, "", [("train", iter(examples))],
+                           progress=False)
+"""
+
+
+def test_the_same_examples_make_the_same_shard_bytes(tmp_path):
+  """A tf.train.Example's features are a map, serialized in the process's hash order: shards
+  rebuilt from the same videos had other bytes, and a resumed run refused them as other data."""
+  made = []
+  for run in ("one", "two"):
+    subprocess.run([sys.executable, "-c", _WRITE_TWICE, str(tmp_path / run)], check=True)
+    shard = next(f for f in os.listdir(tmp_path / run) if ".array_record-" in f)
+    made.append((tmp_path / run / shard).read_bytes())
+  assert made[0] == made[1]

@@ -77,3 +77,38 @@ def test_a_relative_workdir_is_trained_where_it_is_loaded_from(tmp_path, monkeyp
   exec(_model_cell(), scope)  # pylint: disable=exec-used
   assert scope["WORKDIR"] == str(tmp_path / "mine")
   assert f"--workdir={tmp_path / 'mine'}" in calls[0][0]
+
+
+def _install_cell() -> str:
+  nb = nbformat.read(os.path.join(ROOT, "launch", "colab_inference.ipynb"), as_version=4)
+  return next(c.source for c in nb.cells if c.cell_type == "code" and "REPO =" in c.source)
+
+
+def test_the_install_cell_installs_what_is_not_installed(tmp_path, monkeypatch):
+  """Cloned into Colab's working folder (/content/cope_jax), the source imported as a namespace
+  package: the install was skipped and the next cell failed. And a clone left by a run whose
+  install failed made every re-run fail at `git clone`."""
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  def not_installed(name):
+    raise importlib.metadata.PackageNotFoundError(name)
+
+  calls = []
+  monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
+  monkeypatch.setattr(importlib.metadata, "version", not_installed)
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  monkeypatch.setenv("COPE_REPO", "")
+  (tmp_path / "cope_jax" / "cope_jax").mkdir(parents=True)  # a clone, in the working folder
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("COPE_REPO_URL", str(tmp_path / "cope_jax"))
+  exec(_install_cell(), {})  # pylint: disable=exec-used
+  assert [c[3:] for c in calls] == [["install", "-q", "-e", str(tmp_path / "cope_jax")]]
+  calls.clear()  # a URL whose clone is there already (its install failed): installed, not cloned
+  real_isdir = os.path.isdir
+  monkeypatch.setattr(os.path, "isdir",
+                      lambda p: p == "/content/cope_jax_src/.git" or real_isdir(p))
+  monkeypatch.setenv("COPE_REPO_URL", "https://example.org/cope_jax.git")
+  exec(_install_cell(), {})  # pylint: disable=exec-used
+  assert [c[3:] for c in calls] == [["install", "-q", "-e", "/content/cope_jax_src"]]

@@ -43,7 +43,10 @@ def write_dataset(folder: str, name: str, features: dict, description: str,
     lengths, paths, num_bytes, writer, shard_bytes_now = [], [], 0, None, 0
     for example in tqdm(examples, desc=f"writing {name} {split}", unit=" records",
                         disable=not progress, leave=False):
-      record = serializer.serialize_example(features.encode_example(example))
+      # (deterministic: a map's entries in key order, not the process's hash order, so that the
+      # same examples make the same bytes, which resuming checks)
+      record = serializer.get_tf_example(features.encode_example(example)).SerializeToString(
+          deterministic=True)
       if writer is None or shard_bytes_now >= shard_bytes:
         if writer is not None:
           writer.close()

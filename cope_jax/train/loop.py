@@ -252,8 +252,10 @@ def train(config, workdir: str) -> int:
       # (its train_config.json stays the one it trained with: inference and resumes read it)
       ckpt.close()
       return 0
-    print(f"resumed from step {step0} in {ckpt.directory} (the trained parts as saved there)",
-          flush=True)
+    print(f"resumed from step {step0} in {ckpt.directory} (the trained parts as saved there)"
+          + (f"; checkpoint {', '.join(map(str, ckpt.moved_aside))} unreadable, moved to "
+             f"{os.path.dirname(ckpt.directory)}/checkpoints_unreadable" if ckpt.moved_aside
+             else ""), flush=True)
     saved = os.path.join(workdir, "train_config.json")
     before = read_json(saved).get("total_steps") if os.path.exists(saved) else None
     if main and isinstance(before, int) and (note := resumed_schedule_note(

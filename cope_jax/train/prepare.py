@@ -20,12 +20,13 @@ def synthetic_data(config) -> str:
   from cope_jax.codec.sampling import SamplingConfig  # pylint: disable=import-outside-toplevel
   from cope_jax.data.build import build, load_items, shard_dir  # pylint: disable=import-outside-toplevel
   from cope_jax.data.primitive_cache import ExtractSettings  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.synthetic import SCENES_VERSION  # pylint: disable=import-outside-toplevel
   s = config.synthetic
-  # v7: the synthetic scenes and questions of 2026-12-06 (textured backgrounds, the scene's
-  # other objects among the options, bounce counts balanced; only what one-per-second sampling
-  # shows in the frames as drawn asked, no option text a prior); older caches are rebuilt
-  out = os.path.join(cache_dir(), "synthetic",
-                     f"v7_videos{s.videos}_seed{s.seed}_size{config.codec_size}")
+  # v8: the synthetic questions of 2026-12-07 (frame 0's objects named so, `direction` with
+  # room every way); the scenes' own version is in the name too (a cache of version-2 scenes
+  # was used on after version 3): older caches are rebuilt
+  out = os.path.join(cache_dir(), "synthetic", f"v8_scenes{SCENES_VERSION}_videos{s.videos}"
+                                               f"_seed{s.seed}_size{config.codec_size}")
   done = lambda: all(os.path.exists(os.path.join(shard_dir(out, st), "dataset_info.json"))  # noqa: E731
                      for st in ("pretrain", "finetune"))
   if done():
