@@ -258,7 +258,8 @@ def test_where_frame_0_shows_an_object_is_no_prior_for_its_direction():
         guess = "down" if hi - y > y else "up"
       right += guess == q["open_answer"]
       n += 1
-  assert n >= 500 and 0.45 < right / n < 0.55, (n, right / n)  # (0.594 before, 0.478 now)
+  # (0.594 before, 0.478 now; 0.460-0.505 over ten seeds)
+  assert n >= 500 and 0.42 < right / n < 0.54, (n, right / n)
 
 
 def test_questions_about_frame_0_objects_say_so_and_the_longest_video_is_sampled_whole():

@@ -167,8 +167,8 @@ def test_bad_values_are_refused_before_any_data_is_made(tmp_path, recipe, overri
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path):
   """A checkpoint that lost a data file: the reads still in flight when the first one failed
-  printed some 17,000-28,000 lines of tracebacks, burying the warning; now a few hundred at
-  most (TensorStore's own, from its threads), and the resume line names what was set aside."""
+  printed some 17,000-28,000 lines of tracebacks, burying the warning; now only the warning,
+  and the resume line names what was set aside."""
   assert run("pretrain.py:tiny", tmp_path, "--config.total_steps=8").returncode == 0
   data = tmp_path / "checkpoints" / "8" / "state" / "ocdbt.process_0" / "d"
   os.remove(max(data.iterdir(), key=lambda f: f.stat().st_size))  # lost, or never written
@@ -178,8 +178,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   assert "trying an older one" in r.stderr and "resumed from step 4" in r.stdout
   assert "checkpoint 8 unreadable, moved to" in r.stdout
-  assert "Exception ignored" not in r.stderr and len(r.stderr.splitlines()) < 5000, (
-      len(r.stderr.splitlines()))
+  assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 50, r.stderr[-3000:]
   assert os.listdir(tmp_path / "checkpoints_unreadable") == ["8"]  # kept, out of the way
   assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["4", "8", "10"]
   # Steps 5–8 were trained again from step 4: metrics.jsonl keeps one record per step.

@@ -147,28 +147,27 @@ class Checkpointer:
 
 def _quiet_failed_reads() -> None:
   """Where one array's read fails, Orbax's restore raises while the others' reads are still in
-  flight: each then prints a traceback — TensorStore's callbacks into the closed event loop
-  (through ``sys.excepthook``), and the unfinished read coroutines when collected (through
-  ``sys.unraisablehook``, with the whole TensorStore spec): 17,000–28,000 lines for the tiny
-  recipe, burying the one warning that matters, and printed for a while after the restore
-  returns. From a failed restore on, those two kinds (and only they) are dropped."""
+  flight, and each prints a traceback through ``sys.unraisablehook``: TensorStore's callbacks
+  into the closed event loop, and the unfinished read coroutines when collected (with the whole
+  TensorStore spec) — 17,000–28,000 lines for the tiny recipe, burying the one warning that
+  matters, some printed while the restore runs and some after it returns. Installed before the
+  first restore (once), the hook drops those two kinds and passes every other on."""
   if getattr(sys.unraisablehook, "cope_jax_quiet", False):
     return
-  unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
+  previous = sys.unraisablehook
 
   def unraisable(info):
     code = getattr(info.object, "cr_code", None)
-    if not (code and code.co_name == "_read_array_index_and_device_put"):
-      unraisable_hook(info)
-
-  def excepthook(kind, value, tb):
-    frames = traceback.extract_tb(tb)
-    if not (kind is RuntimeError and str(value) == "Event loop is closed" and frames
-            and frames[0].name == "call_soon_threadsafe"):
-      except_hook(kind, value, tb)
+    if code is not None and code.co_name == "_read_array_index_and_device_put":
+      return
+    if (info.exc_type is RuntimeError and str(info.exc_value) == "Event loop is closed"
+        and (frames := traceback.extract_tb(info.exc_traceback))
+        and frames[0].name == "call_soon_threadsafe"):
+      return
+    previous(info)
 
   unraisable.cope_jax_quiet = True
-  sys.unraisablehook, sys.excepthook = unraisable, excepthook
+  sys.unraisablehook = unraisable
 
 
 def _on_every_host(ok: bool) -> bool:
