@@ -338,9 +338,8 @@ def test_host_mode_becomes_the_trainer(tmp_path):
   assert launcher.returncode == 75 and "saved" in out and "finished" not in out, out + err
 
 
-def test_local_modes_run_the_checkouts_virtualenv_without_activating_it(tmp_path):
-  """host, local and slurm ran a bare `python`: from a script or a scheduler, with no
-  virtualenv activated, it was not the one the project is installed in."""
+def test_launchers_run_the_checkouts_virtualenv_without_activating_it(tmp_path):
+  """host, local and slurm ran a bare `python` (a script or a scheduler activates no venv)."""
   repo = tmp_path / "a checkout"
   shutil.copytree(os.path.join(ROOT, "launch"), repo / "launch")
   venv = repo / ".venv" / "bin"
@@ -357,6 +356,18 @@ def test_local_modes_run_the_checkouts_virtualenv_without_activating_it(tmp_path
   r = subprocess.run([script, "--dry-run", "slurm"], capture_output=True, text=True, timeout=60,
                      env={**env, "CONFIG": "c", "WORKDIR": "/w"})
   assert f"{repo}/.venv/bin/python".replace(" ", "\\ ") in r.stdout, r.stdout
+  # ssh: each host decides, in REPO_DIR (this machine's checkout decided: one without .venv ran
+  # bare `python` on hosts that had one, and the reverse failed there)
+  (tmp_path / "ssh").write_text('#!/usr/bin/env bash\nexec bash -c "$2"\n')  # (host, command)
+  (tmp_path / "python").write_text('#!/usr/bin/env bash\necho "bare python: $*"\n')
+  for tool in ("ssh", "python"):
+    (tmp_path / tool).chmod(0o755)
+  (tmp_path / "bare").mkdir()
+  for repo_dir, which in ((repo, "venv"), (tmp_path / "bare", "bare")):  # (whatever ROOT has)
+    r = subprocess.run([GPU, "ssh"], capture_output=True, text=True, timeout=60, env={
+        **env, "CONFIG": "c", "WORKDIR": "/w", "HOSTS": "g1", "REPO_DIR": str(repo_dir),
+        "PATH": f"{tmp_path}:{env['PATH']}"})
+    assert f"{which} python: -m cope_jax.train --config=c" in r.stdout, r.stdout + r.stderr
 
 
 def test_shellcheck_clean():
@@ -387,28 +398,3 @@ def test_local_mode_trains_with_two_processes(tmp_path):
   steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")]
   assert steps == [1, 2, 3]
 
-
-def test_ssh_hosts_run_their_own_virtualenv_where_they_have_one(tmp_path):
-  """Which interpreter the hosts ran was decided by this machine's checkout: a launcher checkout
-  without .venv ran bare `python` on hosts that had REPO_DIR/.venv (and the reverse failed
-  there with "no such file"). Each host now decides, in REPO_DIR."""
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  (bin_dir / "ssh").write_text('#!/usr/bin/env bash\nexec bash -c "$2"\n')  # (host, command)
-  (bin_dir / "python").write_text('#!/usr/bin/env bash\necho "bare python: $*"\n')
-  for tool in ("ssh", "python"):
-    (bin_dir / tool).chmod(0o755)
-  repo = tmp_path / "a repo"
-  repo.mkdir()
-  path = f"{bin_dir}:{os.environ['PATH']}"
-  env = dict(CONFIG="c", WORKDIR="/w", HOSTS="g1", REPO_DIR=str(repo), PATH=path, PYTHON="")
-  r = sh(GPU, "ssh", **env)
-  assert r.returncode == 0 and "bare python: -m cope_jax.train --config=c" in r.stdout, (
-      r.stdout + r.stderr)
-  venv = repo / ".venv" / "bin"
-  venv.mkdir(parents=True)
-  (venv / "python").write_text('#!/usr/bin/env bash\necho "venv python: $*"\n')
-  (venv / "python").chmod(0o755)
-  r = sh(GPU, "ssh", **env)
-  assert r.returncode == 0 and "venv python: -m cope_jax.train --config=c" in r.stdout, (
-      r.stdout + r.stderr)

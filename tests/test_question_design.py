@@ -5,8 +5,10 @@ import collections
 
 import numpy as np
 
-from cope_jax.data.synthetic.questions import LETTERS, MOTION_FAMILIES
-from cope_jax.data.synthetic.scene import sample_scene
+from cope_jax.codec.sampling import SamplingConfig, plan_positions
+from cope_jax.data.synthetic.questions import (IN_FRAME_0, LETTERS, MOTION_FAMILIES,
+                                               questions_for_scene)
+from cope_jax.data.synthetic.scene import MAX_SECONDS, sample_scene, sampled_frames, visible
 
 
 def test_appearance_distractors_never_name_another_object_of_that_shape():
@@ -241,7 +243,6 @@ def test_where_frame_0_shows_an_object_is_no_prior_for_its_direction():
   from frame 0 alone was right 59-63 % of the time, not half; over all four directions 31 %, not
   25 %). Now it is asked only of objects with room for that second whichever way they went: the
   guess is right half the time."""
-  from cope_jax.data.synthetic.questions import questions_for_scene  # pylint: disable=import-outside-toplevel
   rng, letters = np.random.default_rng(6), iter(lambda: 0, 1)
   right = n = 0
   for _ in range(1500):
@@ -269,9 +270,6 @@ def test_questions_about_frame_0_objects_say_so_and_the_longest_video_is_sampled
   those objects differ in shape. And the longest video allowed is one whose every second the
   codec's default sampling (64 GOPs) looks at: at 600 s the answers were judged on 88 seconds
   no sampled frame showed."""
-  from cope_jax.codec.sampling import SamplingConfig, plan_positions  # pylint: disable=import-outside-toplevel
-  from cope_jax.data.synthetic.questions import IN_FRAME_0, questions_for_scene  # pylint: disable=import-outside-toplevel
-  from cope_jax.data.synthetic.scene import MAX_SECONDS, sampled_frames, visible  # pylint: disable=import-outside-toplevel
   rng, letters, visitors = np.random.default_rng(7), iter(lambda: 0, 1), 0
   for _ in range(200):
     scene = sample_scene(rng, size=64)

@@ -15,11 +15,12 @@ where the first sampled step of motion shows that direction (and the object had 
 second whichever way it went: no prior from where frame 0 shows it), ``faster`` where the sampled
 steps rank the objects alike by ``FASTER_RATIO`` or more. ``appearance``, ``first_mover`` and
 ``faster`` ask about the objects "in the first frame" (a visitor is not one of them). No
-option's text is a prior for the answer but ``bounces``' "0" (below): ``bounces`` answers are balanced over the dataset (each count asked about
-as often as the rarest of 1, 2 and 3, or one count would be the answer two times in three; "0" is
-the answer of few, so never picking it scores 31 %), "no object enters" is the answer of a quarter
-of ``enters`` questions (about 55 % of the scenes have no visitor), and "no object bounces", which
-would never be right, is no option.
+option's text is a prior for the answer but ``bounces``' "0" (below): ``bounces`` answers are
+balanced over the dataset (each count asked about as often as the rarest of 1, 2 and 3, or one
+count would be the answer two times in three; "0" is the answer of few, so never picking it
+scores 31 %), "no object enters" is the answer of a quarter of ``enters`` questions (about 55 %
+of the scenes have no visitor), and "no object bounces", which would never be right, is no
+option.
 """
 
 from __future__ import annotations
