@@ -50,6 +50,10 @@ def test_aot_flags_in_either_form(monkeypatch):
   assert _pop_flag("topology") == "8xh100" and _pop_flag("devices") == "4"
   assert sys.argv == ["aot", "--config=c.py", "--config.mesh.data=8"]
   assert _pop_flag("topology") is None
+  # with one dash, as absl takes flags (``-devices=2`` was left to absl: 8 devices planned)
+  monkeypatch.setattr(sys, "argv", ["aot", "-topology=v4-8", "-devices", "2", "-config=c.py"])
+  assert _pop_flag("topology") == "v4-8" and _pop_flag("devices") == "2"
+  assert sys.argv == ["aot", "-config=c.py"]
   # a flag without its value does not take the next flag as one (the topology "--config=…")
   monkeypatch.setattr(sys, "argv", ["aot", "--topology", "--config=c.py"])
   with pytest.raises(SystemExit) as stop:

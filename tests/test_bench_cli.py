@@ -122,7 +122,7 @@ def test_the_token_table_covers_every_setting_up_to_an_hour():
   assert rows[-1]["K=1 (all GOPs)"] > rows[-1]["K=1"]
 
 
-def test_a_video_length_past_eleven_days_or_a_trainer_refusal_is_one_error_line():
+def test_a_video_length_past_eleven_days_or_a_trainer_refusal_is_one_error_line(tmp_path):
   """inf and 1e300 seconds overflowed the sampler; bench train built any mesh and batch."""
   for args in (("flops", "--preset", "tiny", "--seconds", "inf"),
                ("ttft", "--seconds", "1e300")):
@@ -132,6 +132,25 @@ def test_a_video_length_past_eleven_days_or_a_trainer_refusal_is_one_error_line(
              "--config.batch_size=3")
   assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
   assert "batch_size 3" in r.stderr and "Traceback" not in r.stderr
+  # a prompt past the model's positions: refused before the settings before it were measured
+  r = _bench("ttft", "--seconds", "512", "--plot", str(tmp_path / "t.png"))
+  assert r.returncode == 2 and "K=4 needs 56464 positions" in r.stderr, r.stderr
+  assert r.stdout == "" and not (tmp_path / "t.png").exists()
+
+
+def test_flops_are_counted_where_the_backend_gives_no_cost_analysis(monkeypatch):
+  """JAX asks no PJRT plugin (CUDA, TPU) for a cost analysis: its None counted 0 FLOPs, and
+  `bench train` printed a negative MFU on the hardware its bar is about."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jax._src import stages  # pylint: disable=import-outside-toplevel
+  from cope_jax.bench.train_bench import step_flops  # pylint: disable=import-outside-toplevel
+  lowered = jax.jit(lambda a, b: jnp.tanh(a @ b)).lower(
+      jax.ShapeDtypeStruct((64, 128), jnp.float32), jax.ShapeDtypeStruct((128, 32), jnp.float32))
+  counted = step_flops(lowered)
+  assert counted >= 2 * 64 * 128 * 32
+  monkeypatch.setattr(stages.Lowered, "cost_analysis", lambda self: None)
+  assert step_flops(lowered) == counted
 
 
 def test_mfu_peaks_by_device_kind():

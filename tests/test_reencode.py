@@ -263,3 +263,15 @@ def test_the_main_video_stream_is_read(tmp_path):
   info = inspect_video(path)
   assert (info["codec"], info["width"], info["height"]) == ("mpeg4", 160, 96)
   assert info["num_frames"] == 45
+
+
+def test_a_variable_rate_clip_lasts_to_its_last_frame_s_end(tmp_path):
+  """The last frame was given 1 / the average rate: a GIF whose frames show 1.0, 0.5, 2.0, 0.1
+  and 0.1 s (3.7 s) was 4.34 s long to ``inspect``."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "slides.gif"
+  frames = [Image.fromarray(f) for f in synthetic_clips.pan_frames(5, 64, 64, (8, 0), "coffee")]
+  frames[0].save(path, save_all=True, append_images=frames[1:],
+                 duration=[1000, 500, 2000, 100, 100])
+  info = inspect_video(path)
+  assert info["num_frames"] == 5 and info["duration_s"] == pytest.approx(3.7), info

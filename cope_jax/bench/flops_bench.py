@@ -108,5 +108,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                 "projector", "llm_prefill"))
     bound = (f"; FLOP-bound TTFT {f['total'] / (args.peak_tflops * 1e12) * 1e3:.1f} ms"
              if args.peak_tflops else "")
+    past = (f" (past the model's {cfg.llm.max_positions} positions: it cannot take this prompt)"
+            if f["prompt_tokens"] > cfg.llm.max_positions else "")
     print(f"  {name:16s} {f['prompt_tokens']:6d} tokens  TFLOP: {parts}; total "
-          f"{f['total'] / 1e12:.3f} ({f['total'] / dense_total - 1:+.1%} vs dense){bound}")
+          f"{f['total'] / 1e12:.3f} ({f['total'] / dense_total - 1:+.1%} vs dense){bound}{past}")

@@ -58,6 +58,20 @@ def settings(seconds: float) -> dict[str, tuple[int, int, np.ndarray]]:
   return out
 
 
+PROMPT_TEXT_TOKENS = 80  # system prompt + time instruction + a question
+
+
+def too_long(cfg: VideoLMConfig, seconds: float, new_tokens: int) -> dict[str, int]:
+  """The settings whose prompt and answer do not fit the model's positions, with their lengths
+  (found out only after minutes of measuring the settings before them)."""
+  out = {}
+  for name, (k, p, _) in settings(seconds).items():
+    length = PROMPT_TEXT_TOKENS + k * cfg.keyframe_tokens + p * cfg.delta_tokens + new_tokens
+    if length > cfg.llm.max_positions:
+      out[name] = length
+  return out
+
+
 def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
             codec_size: int | None = None) -> list[dict]:
   """``codec_size``: the Δ-frames' side (default: the keyframes', as in the paper: 384 both)."""
@@ -67,11 +81,11 @@ def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
   rng = np.random.default_rng(0)
   s = cfg.vision.image_size
   c = codec_size or s
-  prompt = 80  # system prompt + time instruction + a question
+  prompt = PROMPT_TEXT_TOKENS
   rows, params = [], None
   for name, (k, p, kinds) in settings(seconds).items():
     visual = k * cfg.keyframe_tokens + p * cfg.delta_tokens
-    length = prompt + k * cfg.keyframe_tokens + p * cfg.delta_tokens
+    length = prompt + visual
     ids = rng.integers(0, 1000, (1, length)).astype(np.int32)
     ids[0, 10] = -200
     # The prompt's text fills the first slots; the splice moves what follows <image> past the
@@ -160,6 +174,11 @@ def main(argv: list[str] | None = None) -> None:
   dtype = compute_dtype(args.dtype)
   cfg = (bench_config(dtype) if args.preset == "bench" else
          presets.video_lm(args.preset, dtype=dtype))
+  if over := too_long(cfg, args.seconds, args.new_tokens):
+    parser.error(f"--seconds {args.seconds:g}: " + ", ".join(
+        f"{name} needs {n} positions" for name, n in over.items())
+        + f" (prompt and new tokens), past the model's {cfg.llm.max_positions}; use a shorter "
+        "video")
   table = token_table()
   print("visual tokens (Tab. 1 settings; dense = 64 frames × 210):")
   print("  " + " | ".join(f"{k:>14}" for k in table[0]))

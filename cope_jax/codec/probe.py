@@ -185,7 +185,7 @@ def inspect_video(path: str | os.PathLike) -> dict:
   """Describes a video: codec, size, rate, frame types and GOP structure (decodes every frame)."""
   path = os.fspath(path)
   with open_video(path) as (container, stream):
-    types, pts, rotation = [], [], 0
+    types, pts, durations, rotation = [], [], [], 0
     size = (stream.codec_context.width, stream.codec_context.height)
     # (timed as re-encoding times them: joined files, decode-order times)
     for frame in presentation_timed(decode_frames(path, container, stream), stream,
@@ -194,6 +194,7 @@ def inspect_video(path: str | os.PathLike) -> dict:
         rotation, size = display_rotation(frame), (frame.width, frame.height)
       types.append(_PICT.get(frame.pict_type, "?"))
       pts.append(frame.pts)
+      durations.append(frame.duration)
     fps = stream_fps(stream)
     frame_types = "".join(types)
     info = {
@@ -203,7 +204,7 @@ def inspect_video(path: str | os.PathLike) -> dict:
         "height": size[1],
         "fps": round(fps, 4),
         "num_frames": len(types),
-        "duration_s": round(_duration(stream, pts, fps, len(types)), 4),
+        "duration_s": round(_duration(stream, pts, durations, fps), 4),
         "has_b_frames": "B" in frame_types,
         "frame_types": frame_types,
         "gop_starts": [i for i, t in enumerate(frame_types) if t == "I"],
@@ -216,11 +217,16 @@ def inspect_video(path: str | os.PathLike) -> dict:
   return info
 
 
-def _duration(stream, pts: list, fps: float, n: int) -> float:
-  valid = [p for p in pts if p is not None]
-  if stream.time_base and len(valid) == n and n > 0:
-    span = (max(valid) - min(valid)) * stream.time_base
-    return float(span) + (1.0 / fps if fps else 0.0)
+def _duration(stream, pts: list, durations: list, fps: float) -> float:
+  """From the first frame's start to the last one's end: the last frame lasts its own duration
+  where the stream gives one (a variable-rate GIF's last frame is not 1 / the average rate)."""
+  n = len(pts)
+  if stream.time_base and n and None not in pts:
+    last = max(range(n), key=pts.__getitem__)
+    span = float((pts[last] - min(pts)) * stream.time_base)
+    if durations[last]:
+      return span + float(durations[last] * stream.time_base)
+    return span + (1.0 / fps if fps else 0.0)
   return n / fps if fps else 0.0
 
 

@@ -79,15 +79,17 @@ def main(argv, topology: str | None = None) -> None:
 
 
 def _pop_flag(name: str) -> str | None:
-  """``--name=value`` or ``--name value``, taken out of sys.argv before absl parses the rest (it
-  must be read before JAX starts: it decides XLA_FLAGS)."""
+  """``--name=value`` or ``--name value`` (or with one dash, as absl takes them), taken out of
+  sys.argv before absl parses the rest (it must be read before JAX starts: it decides
+  XLA_FLAGS; ``-devices=2``, left to absl, planned on 8 devices without a word)."""
   args, value, rest = sys.argv[1:], None, []
   while args:
     a = args.pop(0)
-    if a.startswith(f"--{name}="):
+    if a.startswith((f"--{name}=", f"-{name}=")):
       value = a.split("=", 1)[1]
-    elif a == f"--{name}":
-      if not args or args[0].startswith("--"):  # (not the next flag taken as its value)
+    elif a in (f"--{name}", f"-{name}"):
+      # (not the next flag taken as its value; "-3" is a value, refused as such below)
+      if not args or (args[0].startswith("-") and args[0].lstrip("-")[:1].isalpha()):
         _refuse(f"--{name} needs a value: --{name}=VALUE")
       value = args.pop(0)
     else:
