@@ -61,15 +61,16 @@ def settings(seconds: float) -> dict[str, tuple[int, int, np.ndarray]]:
 PROMPT_TEXT_TOKENS = 80  # system prompt + time instruction + a question
 
 
+def visual_tokens(cfg: VideoLMConfig, keyframes: int, delta_frames: int) -> int:
+  return keyframes * cfg.keyframe_tokens + delta_frames * cfg.delta_tokens
+
+
 def too_long(cfg: VideoLMConfig, seconds: float, new_tokens: int) -> dict[str, int]:
   """The settings whose prompt and answer do not fit the model's positions, with their lengths
   (found out only after minutes of measuring the settings before them)."""
-  out = {}
-  for name, (k, p, _) in settings(seconds).items():
-    length = PROMPT_TEXT_TOKENS + k * cfg.keyframe_tokens + p * cfg.delta_tokens + new_tokens
-    if length > cfg.llm.max_positions:
-      out[name] = length
-  return out
+  lengths = {name: PROMPT_TEXT_TOKENS + visual_tokens(cfg, k, p) + new_tokens
+             for name, (k, p, _) in settings(seconds).items()}
+  return {name: n for name, n in lengths.items() if n > cfg.llm.max_positions}
 
 
 def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
@@ -84,7 +85,7 @@ def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
   prompt = PROMPT_TEXT_TOKENS
   rows, params = [], None
   for name, (k, p, kinds) in settings(seconds).items():
-    visual = k * cfg.keyframe_tokens + p * cfg.delta_tokens
+    visual = visual_tokens(cfg, k, p)
     length = prompt + visual
     ids = rng.integers(0, 1000, (1, length)).astype(np.int32)
     ids[0, 10] = -200
@@ -154,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", default="bench", choices=["bench", *presets.PRESETS],
                       help="model size (default bench: the paper's token geometry, narrow layers)")
-  parser.add_argument("--seconds", type=float, default=64.0, help="video length (default 64)")
+  parser.add_argument("--seconds", type=float, default=64.0,
+                      help="video length (default 64; a length whose prompts and new tokens pass "
+                      "the model's positions is refused before anything is measured)")
   parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated (default 64)")
   parser.add_argument("--repeats", type=int, default=2,
                       help="timed runs per setting after a compiling one; the best is kept "

@@ -12,7 +12,8 @@ the memory per device that XLA plans (arguments, temporaries, outputs).
 ``--topology``: v4-8, v4-16, v4-32, v4-64, v4-128, v4-256, v4-512, v4-1024, v4:AxBxC (a TPU v4
 slice, one device per chip) or 8xh100 (one 8-GPU host; an H200 plans the same). The step is
 lowered for compile-only devices (``aot_targets``), so the figures are that accelerator
-compiler's plan. ``--devices`` emulates N CPU devices (XLA_FLAGS):
+compiler's plan (both flags are read with one dash too, as absl reads flags). ``--devices``
+emulates N CPU devices (XLA_FLAGS):
 the same sharded program, but CPU XLA's plan.
 """
 

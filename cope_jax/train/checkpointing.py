@@ -76,6 +76,7 @@ class Checkpointer:
     """(step, state) of the newest readable checkpoint, or None if there is none; ``iterator``
     is set to that checkpoint's data position."""
     unreadable, first_error = [], None
+    _quiet_failed_reads()
     for step in sorted(self.manager.all_steps(), reverse=True):
       # Hosts restore the state together (Orbax's restore has barriers): one that failed inside
       # it would leave the others waiting, then out of step. So each sets its own data position
@@ -86,7 +87,6 @@ class Checkpointer:
         error = error or "another host's data position does not restore"
       else:
         try:
-          _quiet_failed_reads()
           out = self.manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:  # pylint: disable=broad-except  (any damage: try the previous one)
@@ -150,8 +150,8 @@ def _quiet_failed_reads() -> None:
   flight, and each prints a traceback through ``sys.unraisablehook``: TensorStore's callbacks
   into the closed event loop, and the unfinished read coroutines when collected (with the whole
   TensorStore spec) — 17,000–28,000 lines for the tiny recipe, burying the one warning that
-  matters, some printed while the restore runs and some after it returns. Installed before the
-  first restore (once), the hook drops those two kinds and passes every other on."""
+  matters, some printed while the restore runs and some after it returns. Installed before
+  restoring (once a process), the hook drops those two kinds and passes every other on."""
   if getattr(sys.unraisablehook, "cope_jax_quiet", False):
     return
   previous = sys.unraisablehook
