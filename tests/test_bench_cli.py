@@ -35,6 +35,7 @@ def test_unknown_benchmark_or_flag_is_one_error_line():
   assert "python -m cope_jax.bench flops --help" in r.stderr
   r = _bench()
   assert r.returncode == 2 and "usage: python -m cope_jax.bench" in r.stderr
+  assert r.stderr.splitlines()[-1] == "error: name a benchmark"
 
 
 def test_a_benchmark_takes_its_own_help():
@@ -54,7 +55,10 @@ def test_bad_values_are_one_error_line_with_status_2(tmp_path):
                       "--steps")):
     r = _bench(*args)
     assert r.returncode == 2, (args, r.stderr)
-    assert f"error: {flag} must be > 0" in r.stderr.splitlines()[-1], (args, r.stderr)
+    assert f"error: {flag} must be " in r.stderr.splitlines()[-1], (args, r.stderr)
+  r = _bench("train", "--config", "configs/finetune.py:tiny", "--peak-tflops", "inf")
+  assert r.returncode == 2  # not an MFU of 0.0 % after the steps
+  assert "error: --peak-tflops must be a finite number > 0, got inf" in r.stderr.splitlines()[-1]
   r = _bench("adaptive", "--thresholds", "0,300")
   assert r.returncode == 2 and "grey levels within 0-255" in r.stderr.splitlines()[-1]
   r = _bench("adaptive", "--workdir", str(tmp_path), "--thresholds", "0")

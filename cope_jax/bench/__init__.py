@@ -2,15 +2,16 @@
 figures measured in one run."""
 
 import argparse
+import math
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace,
                      *names: str) -> None:
-  """``parser.error`` (one ``error:`` line, exit 2) unless each named flag is > 0."""
+  """``parser.error`` (one ``error:`` line, exit 2) unless each named flag is finite and > 0."""
   for name in names:
     value = getattr(args, name.lstrip("-").replace("-", "_"))
-    if value is not None and not value > 0:
-      parser.error(f"{name} must be > 0, got {value}")
+    if value is not None and not 0 < value < math.inf:
+      parser.error(f"{name} must be a finite number > 0, got {value}")
 
 
 def masked_attention_flops(llm, batch: int, length: int) -> float:

@@ -30,7 +30,7 @@ def main() -> None:
     print(_usage())
     return
   if len(sys.argv) < 2:
-    print(_usage(), file=sys.stderr)
+    print(_usage() + "\nerror: name a benchmark", file=sys.stderr)
     sys.exit(2)
   if sys.argv[1] not in BENCHMARKS:
     print(f"error: unknown benchmark {sys.argv[1]!r}; one of {', '.join(BENCHMARKS)} (see "
