@@ -137,8 +137,9 @@ def test_a_sampled_follow_up_draws_new_noise_and_repeats_with_its_seeds(setup):
   assert len(set(first)) > 1 and more != first
   assert conversation(seed=3) == (first, more)
   assert conversation(seed=4)[1] != more
-  # Another temperature or top-p is a value of the same programs: each one compiled them again.
-  for temperature, top_p in ((0.7, 1.0), (1.3, 0.9)):
+  # Another temperature or top-p is a value of the same programs: each one compiled them again;
+  # so did an int or numpy one (another argument type to jit)
+  for temperature, top_p in ((0.7, 1.0), (1.3, 0.9), (1, 1), (np.float64(0.7), np.float32(1))):
     _, timings, _ = gen.generate(_row(inputs, 0), dataclasses.replace(
         options, temperature=temperature, top_p=top_p), reserve=16)
     assert timings["compile_s"] == 0, (temperature, top_p)

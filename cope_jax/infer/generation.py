@@ -77,9 +77,9 @@ def sample(logits: jax.Array, key: jax.Array, temperature: float | jax.Array,
 
 def _sampling(options: SamplingOptions) -> dict:
   """The jitted steps' sampling arguments: greedy or not is static (another program), the
-  temperature and top-p are values (another one compiles nothing)."""
-  return {"greedy": is_greedy(options.temperature), "temperature": options.temperature,
-          "top_p": options.top_p}
+  temperature and top-p are Python floats (another one compiles nothing; an int would)."""
+  return {"greedy": is_greedy(options.temperature), "temperature": float(options.temperature),
+          "top_p": float(options.top_p)}
 
 
 CACHE_ROUNDING = 64  # extra cache slots are rounded up to this: other max_new_tokens reuse it
