@@ -267,3 +267,28 @@ def test_stage2_shards_of_another_k_than_the_recipe_names_are_refused(tmp_path):
     config.keyframes_per_gop = -1
   with pytest.raises(ConfigError, match="keyframes_per_gop must be >= 0"):
     prepare.check_settings(config, device_count=8)
+
+
+def test_a_resume_of_a_model_that_computes_otherwise_is_refused(tmp_path):
+  """The same shapes, another SigLIP eps: Orbax restores it, and the run trained on as another
+  model. Refused before anything is built, naming the setting; a config left unreadable is left
+  to the restore (as before)."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cope_jax.models import config_io, presets  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.resume_checks import (  # pylint: disable=import-outside-toplevel
+      check_same_model_config)
+  from cope_jax.train.tasks import PretrainTask  # pylint: disable=import-outside-toplevel
+  cfg = presets.video_lm("tiny")
+  task = type("Task", (), {"cfg": cfg, "model_parts": PretrainTask.model_parts})()
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+  other = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, eps=1e-3),
+                              llm=dataclasses.replace(cfg.llm, rope_theta=1.0))
+  config_io.save(other, str(tmp_path / "model_config.json"))
+  with pytest.raises(ConfigError, match=r"trained another model \(vision.eps 0.001 → 1e-06\): "):
+    check_same_model_config(task, str(tmp_path))  # (stage 1 has no LLM: its rope_theta is not)
+  config_io.save(dataclasses.replace(cfg, delta=dataclasses.replace(cfg.delta, remat=True)),
+                 str(tmp_path / "model_config.json"))
+  check_same_model_config(task, str(tmp_path))  # how it runs may change
+  (tmp_path / "model_config.json").write_text("{")
+  check_same_model_config(task, str(tmp_path))

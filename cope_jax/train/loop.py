@@ -30,7 +30,8 @@ from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
 from cope_jax.train.optim import make_optimizer, resumed_schedule_note, warmup_note
 from cope_jax.train.prepare import check_batch_layout
-from cope_jax.train.resume_checks import (DATA_ORDER, check_same_data_order, check_same_sources,
+from cope_jax.train.resume_checks import (DATA_ORDER, check_same_data_order,
+                                          check_same_model_config, check_same_sources,
                                           split_records)
 from cope_jax.data.build import shard_dir
 from cope_jax.train.tasks import TASKS
@@ -221,6 +222,7 @@ def train(config, workdir: str) -> int:
   except OSError as e:  # (check_folder cannot tell every case: root may write where none can)
     raise ConfigError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
   task = TASKS[config.stage](config, shard_dir(config.data_dir, config.stage))
+  check_same_model_config(task, workdir)
   mesh = make_mesh(dict(config.mesh))
   check_batch_layout(mesh, config.batch_size)
   main = jax.process_index() == 0

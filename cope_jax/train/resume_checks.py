@@ -1,5 +1,5 @@
-"""What a resumed training run must share with the run that saved its checkpoints: the data
-order (its saved data position is a batch count) and the checkpoints it started from."""
+"""What a resumed training run must share with the run that saved its checkpoints: the model,
+the data order (its saved data position is a batch count) and the checkpoints it started from."""
 
 from __future__ import annotations
 
@@ -69,6 +69,19 @@ def check_same_data_order(config, workdir: str) -> None:
                       "it read (they may move), or use another --workdir")
 
 
+def _saved_config(workdir: str) -> dict:
+  """The run's ``train_config.json``, or {} where it has none readable."""
+  try:
+    return read_json(os.path.join(workdir, "train_config.json"))
+  except (OSError, ValueError):
+    return {}
+
+
+def _has_steps(workdir: str) -> bool:
+  steps = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(steps) and any(n.isdigit() for n in os.listdir(steps))
+
+
 # Where a run's parts start from: on a resume its trained parts come from its own checkpoint,
 # only its frozen ones from these.
 SOURCE_KEYS = ("init_checkpoint", "stage1_checkpoint", "vision_checkpoint")
@@ -81,9 +94,7 @@ def check_same_sources(config, workdir: str) -> None:
   from stage 1"); a warning if a path differs (moved, or another checkpoint: the frozen parts
   come from the new path, the trained ones from the run's own)."""
   saved = os.path.join(workdir, "train_config.json")
-  steps = os.path.join(workdir, "checkpoints")
-  if not (os.path.exists(saved) and os.path.isdir(steps)
-          and any(n.isdigit() for n in os.listdir(steps))):
+  if not (os.path.exists(saved) and _has_steps(workdir)):
     return
   before = read_json(saved)
   if "trainable" in config and isinstance(before.get("trainable"), dict):
@@ -105,3 +116,29 @@ def check_same_sources(config, workdir: str) -> None:
       warnings.warn(f"{key}: the run in {workdir} started from {was}, resumed with {now} (moved? "
                     "frozen parts are loaded from it, trained ones from the run's checkpoint)",
                     RuntimeWarning)
+
+
+def check_same_model_config(task, workdir: str) -> None:
+  """Before anything is built, on a resume (a saved step in ``workdir``): ConfigError naming the
+  settings where the run's model (its ``model_config.json``) differs from this one's. Orbax
+  refused other shapes only after the model was built and compiled, without saying which; a
+  model of the same shapes that computes otherwise (another norm's eps) would train on."""
+  from cope_jax.models import config_io  # pylint: disable=import-outside-toplevel
+  from cope_jax.train.tasks import model_differences  # pylint: disable=import-outside-toplevel
+  saved = os.path.join(workdir, "model_config.json")
+  if not (_has_steps(workdir) and os.path.exists(saved)):
+    return
+  try:
+    before = config_io.load(saved)
+  except (OSError, ValueError):  # (left to the restore; rewritten once one fits)
+    return
+  differ = model_differences(task.cfg, before, task.model_parts)
+  if differ:
+    listed = "; ".join(f"{name} {theirs!r} → {ours!r}" for name, ours, theirs in differ[:6])
+    more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+    model = _saved_config(workdir).get("model") or {}
+    settings = " ".join(f"--config.model.{k}={model[k] or ''}" for k in ("preset", "delta")
+                        if k in model) or "its --config.model.*"
+    raise ConfigError(f"the run in {workdir} trained another model ({listed}{more}): its "
+                      f"checkpoints hold that one; resume with its settings ({settings}), or use "
+                      "another --workdir")

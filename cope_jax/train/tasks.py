@@ -34,15 +34,22 @@ def _read_checkpoint(key: str, read, path: str):
 RUNTIME_FIELDS = {"dtype", "remat", "scan", "attention_chunk"}
 
 
+def model_differences(recipe, other, parts: tuple[str, ...]) -> list[tuple[str, object, object]]:
+  """(``part.field``, the recipe's value, the other's) where two VideoLMConfigs' ``parts``
+  compute otherwise (``RUNTIME_FIELDS`` may differ)."""
+  return [(f"{part}.{f.name}", getattr(getattr(recipe, part), f.name),
+           getattr(getattr(other, part), f.name))
+          for part in parts for f in dataclasses.fields(getattr(recipe, part))
+          if f.name not in RUNTIME_FIELDS
+          and getattr(getattr(recipe, part), f.name) != getattr(getattr(other, part), f.name)]
+
+
 def check_same_model(key: str, path: str, recipe, checkpoint, parts: tuple[str, ...]) -> None:
   """ConfigError unless the checkpoint's config (its config.json) describes the recipe's model
   in ``parts``: only shapes are checked when the weights are placed, and a Qwen2 of the same
   shapes with another rope_theta or rms_eps would train and answer as another model."""
-  differ = [f"{part}.{f.name} {getattr(getattr(checkpoint, part), f.name)!r} (the recipe: "
-            f"{getattr(getattr(recipe, part), f.name)!r})"
-            for part in parts for f in dataclasses.fields(getattr(recipe, part))
-            if f.name not in RUNTIME_FIELDS
-            and getattr(getattr(recipe, part), f.name) != getattr(getattr(checkpoint, part), f.name)]
+  differ = [f"{name} {theirs!r} (the recipe: {ours!r})"
+            for name, ours, theirs in model_differences(recipe, checkpoint, parts)]
   if differ:
     vocab = recipe.llm.vocab_size if "llm" in parts else None
     hint = (f"convert it again with --vocab-size {vocab} (llava-hf pads the vocabulary)"
@@ -71,6 +78,7 @@ class PretrainTask:
   """Stage 1: frozen SigLIP; Δ-encoder + reference + warped transformers, patch-wise MSE."""
   stage = "pretrain"
   loss_weight = None  # every micro-batch has the same number of patches
+  model_parts = ("vision", "delta")  # (the model config's LLM is not used)
 
   def __init__(self, config, shards: str):
     self.config, self.shards = config, shards
@@ -140,6 +148,7 @@ class FinetuneTask:
   """Stage 2: the VideoLM, next-token loss on the answers; trained parts from the config."""
   stage = "finetune"
   loss_weight = "answer_tokens"  # the loss is a mean over them (see loop._accumulated)
+  model_parts = ("vision", "llm", "delta")
 
   def __init__(self, config, shards: str):
     self.config, self.shards = config, shards
