@@ -1,6 +1,7 @@
 """Generation: cached decoding equals full recomputation; batched equals one by one; sampling."""
 
 import dataclasses
+import functools
 import re
 
 import flax.linen as nn
@@ -44,14 +45,18 @@ def _row(inputs, b):
   return tuple(x[b:b + 1] for x in inputs)
 
 
+@functools.cache
+def _forward(cfg):
+  return jax.jit(VideoLM(cfg).apply)  # (one per config: traced once for every call's shapes)
+
+
 def _recomputed_next(cfg, params, inputs, b, n, appended):
   """The greedy next token of row ``b`` (``n`` prompt tokens) with ``appended`` text tokens after
   its prompt, recomputed from scratch without a cache."""
   ids, mask = np.array(inputs[0][b]), np.array(inputs[1][b])
   ids[n:n + len(appended)], mask[n:n + len(appended)] = appended, True
-  logits, aux = jax.jit(VideoLM(cfg).apply)({"params": params}, jnp.asarray(ids[None]),
-                                            jnp.asarray(mask[None]),
-                                            *[x[b:b + 1] for x in inputs[2:]])
+  logits, aux = _forward(cfg)({"params": params}, jnp.asarray(ids[None]),
+                             jnp.asarray(mask[None]), *[x[b:b + 1] for x in inputs[2:]])
   last = int(np.max(np.flatnonzero(np.asarray(aux["valid"][0]))))
   return int(jnp.argmax(logits[0, last]))
 

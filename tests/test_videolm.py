@@ -215,8 +215,8 @@ def test_stage1_predictor_starts_from_copying_the_reference():
   assert pred.shape == prev.shape
   np.testing.assert_allclose(pred, prev, atol=1e-6)
   target = prev + 1.0
-  loss = lambda p: jnp.mean((model.apply(p, *args)[0] - target) ** 2)  # noqa: E731
-  grads = jax.grad(loss)(params)
+  loss = jax.jit(lambda p: jnp.mean((model.apply(p, *args)[0] - target) ** 2))
+  grads = jax.jit(jax.grad(loss))(params)
   stepped = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
   assert float(loss(stepped)) < float(loss(params))
 
@@ -293,8 +293,8 @@ def test_keyframes_only_runs_no_delta_encoder():
   model = VideoLM(cfg)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, pixels, mv[:, :1],
                                              residual[:, :1], kinds)["params"])
-  padded, pv = model.apply({"params": params}, pixels, mv[:, :1], residual[:, :1], kinds,
-                           method=VideoLM.visual_tokens)
+  padded, pv = jax.jit(lambda p: model.apply({"params": p}, pixels, mv[:, :1], residual[:, :1],
+                                             kinds, method=VideoLM.visual_tokens))(params)
   without = {k: v for k, v in params.items() if k != "delta_encoder"}
   none, nv = jax.jit(lambda p: model.apply({"params": p}, pixels, mv[:, :0], residual[:, :0],
                                            kinds, method=VideoLM.visual_tokens))(without)
