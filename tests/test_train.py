@@ -199,12 +199,16 @@ def test_checkpoints_of_another_model_stop_the_run(tmp_path):
   # the refused run left the workdir as it was: inference still rebuilds the trained model
   assert (tmp_path / "model_config.json").read_text() == model_config
   # What the model config does not tell: none of the checkpoints restores (the saved data
-  # position's format follows the number of Grain workers), one error line too.
+  # position's format follows the number of Grain workers), one error line too; the configs
+  # inference and resumes read are written only once one restores.
+  train_config = (tmp_path / "train_config.json").read_text()
   r = run("pretrain.py:tiny", tmp_path, "--config.total_steps=8", "--config.worker_count=1")
   errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
   assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
   assert "restores into this config" in errors[0] and "Use its settings" in errors[0]
   assert "Traceback" not in r.stderr and os.listdir(tmp_path / "checkpoints") == ["4"]
+  assert (tmp_path / "train_config.json").read_text() == train_config
+  assert (tmp_path / "model_config.json").read_text() == model_config
 
 
 def test_nan_stops_the_run_naming_the_step(tmp_path):

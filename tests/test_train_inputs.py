@@ -271,24 +271,48 @@ def test_stage2_shards_of_another_k_than_the_recipe_names_are_refused(tmp_path):
 
 def test_a_resume_of_a_model_that_computes_otherwise_is_refused(tmp_path):
   """The same shapes, another SigLIP eps: Orbax restores it, and the run trained on as another
-  model. Refused before anything is built, naming the setting; a config left unreadable is left
-  to the restore (as before)."""
+  model. Refused before anything is built, naming the setting and what to do; a config left
+  unreadable is left to the restore (as before)."""
   import dataclasses  # pylint: disable=import-outside-toplevel
-  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from cope_jax.models import config_io, presets  # pylint: disable=import-outside-toplevel
   from cope_jax.train.resume_checks import (  # pylint: disable=import-outside-toplevel
       check_same_model_config)
   from cope_jax.train.tasks import PretrainTask  # pylint: disable=import-outside-toplevel
   cfg = presets.video_lm("tiny")
   task = type("Task", (), {"cfg": cfg, "model_parts": PretrainTask.model_parts})()
+  config = ml_collections.ConfigDict({"model": {"preset": "tiny", "delta": ""}})
   (tmp_path / "checkpoints" / "4").mkdir(parents=True)
-  other = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, eps=1e-3),
-                              llm=dataclasses.replace(cfg.llm, rope_theta=1.0))
-  config_io.save(other, str(tmp_path / "model_config.json"))
-  with pytest.raises(ConfigError, match=r"trained another model \(vision.eps 0.001 → 1e-06\): "):
-    check_same_model_config(task, str(tmp_path))  # (stage 1 has no LLM: its rope_theta is not)
-  config_io.save(dataclasses.replace(cfg, delta=dataclasses.replace(cfg.delta, remat=True)),
-                 str(tmp_path / "model_config.json"))
-  check_same_model_config(task, str(tmp_path))  # how it runs may change
+  (tmp_path / "train_config.json").write_text(json.dumps({"model": {"preset": "small",
+                                                                    "delta": "compact"}}))
+
+  def saved(**changes):
+    config_io.save(dataclasses.replace(cfg, **{part: dataclasses.replace(getattr(cfg, part), **c)
+                                               for part, c in changes.items()}),
+                   str(tmp_path / "model_config.json"))
+
+  saved(vision={"eps": 1e-3}, llm={"rope_theta": 1.0})  # (stage 1 has no LLM: not compared)
+  with pytest.raises(ConfigError, match=r"trained another model \(vision.eps 0.001 → 1e-06\): "
+                     r".* resume with its settings \(--config.model.preset=small "
+                     r"--config.model.delta=compact\), or use another --workdir"):
+    check_same_model_config(config, task, str(tmp_path))
+  # the same presets: their definitions changed (a workdir of an older version)
+  (tmp_path / "train_config.json").write_text(json.dumps({"model": {"preset": "tiny",
+                                                                    "delta": ""}}))
+  with pytest.raises(ConfigError, match="the version that trained it"):
+    check_same_model_config(config, task, str(tmp_path))
+  saved(delta={"scan": False})  # another parameter tree
+  with pytest.raises(ConfigError, match=r"delta.scan False → True"):
+    check_same_model_config(config, task, str(tmp_path))
+  saved(delta={"remat": True, "dtype": jnp.bfloat16})  # how it runs may change
+  check_same_model_config(config, task, str(tmp_path))
   (tmp_path / "model_config.json").write_text("{")
-  check_same_model_config(task, str(tmp_path))
+  check_same_model_config(config, task, str(tmp_path))
+  # A base model trained on RGB frames only neither runs nor trains its Δ-encoder: not compared.
+  from cope_jax.train.tasks import FinetuneTask  # pylint: disable=import-outside-toplevel
+  base = load_recipe("finetune", "tiny")
+  assert "delta" in FinetuneTask(base, "").model_parts
+  base.max_delta_frames = 0
+  base.trainable.delta_encoder = 0.0
+  assert FinetuneTask(base, "").model_parts == ("vision", "llm")

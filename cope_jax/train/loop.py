@@ -222,7 +222,7 @@ def train(config, workdir: str) -> int:
   except OSError as e:  # (check_folder cannot tell every case: root may write where none can)
     raise ConfigError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
   task = TASKS[config.stage](config, shard_dir(config.data_dir, config.stage))
-  check_same_model_config(task, workdir)
+  check_same_model_config(config, task, workdir)
   mesh = make_mesh(dict(config.mesh))
   check_batch_layout(mesh, config.batch_size)
   main = jax.process_index() == 0

@@ -118,7 +118,7 @@ def check_same_sources(config, workdir: str) -> None:
                     RuntimeWarning)
 
 
-def check_same_model_config(task, workdir: str) -> None:
+def check_same_model_config(config, task, workdir: str) -> None:
   """Before anything is built, on a resume (a saved step in ``workdir``): ConfigError naming the
   settings where the run's model (its ``model_config.json``) differs from this one's. Orbax
   refused other shapes only after the model was built and compiled, without saying which; a
@@ -132,13 +132,20 @@ def check_same_model_config(task, workdir: str) -> None:
     before = config_io.load(saved)
   except (OSError, ValueError):  # (left to the restore; rewritten once one fits)
     return
-  differ = model_differences(task.cfg, before, task.model_parts)
-  if differ:
-    listed = "; ".join(f"{name} {theirs!r} → {ours!r}" for name, ours, theirs in differ[:6])
-    more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
-    model = _saved_config(workdir).get("model") or {}
-    settings = " ".join(f"--config.model.{k}={model[k] or ''}" for k in ("preset", "delta")
-                        if k in model) or "its --config.model.*"
-    raise ConfigError(f"the run in {workdir} trained another model ({listed}{more}): its "
-                      f"checkpoints hold that one; resume with its settings ({settings}), or use "
-                      "another --workdir")
+  # (scanned layers are one stacked parameter each: not the checkpoint's tree unscanned)
+  differ = model_differences(task.cfg, before, task.model_parts,
+                             may_differ={"dtype", "remat", "attention_chunk"})
+  if not differ:
+    return
+  listed = "; ".join(f"{name} {theirs!r} → {ours!r}" for name, ours, theirs in differ[:6])
+  listed += f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+  model = _saved_config(workdir).get("model") or {}
+  presets = {k: model[k] or "" for k in ("preset", "delta") if k in model}
+  if presets and all(v == (config.model.get(k) or "") for k, v in presets.items()):
+    hint = ("its presets are this run's, so their definition changed since (an older cope_jax "
+            "wrote the run): resume it with the version that trained it")
+  else:
+    settings = " ".join(f"--config.model.{k}={v}" for k, v in presets.items())
+    hint = f"resume with its settings ({settings or 'its --config.model.*'})"
+  raise ConfigError(f"the run in {workdir} trained another model ({listed}): its checkpoints "
+                    f"hold that one; {hint}, or use another --workdir")

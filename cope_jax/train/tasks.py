@@ -34,13 +34,14 @@ def _read_checkpoint(key: str, read, path: str):
 RUNTIME_FIELDS = {"dtype", "remat", "scan", "attention_chunk"}
 
 
-def model_differences(recipe, other, parts: tuple[str, ...]) -> list[tuple[str, object, object]]:
+def model_differences(recipe, other, parts: tuple[str, ...],
+                      may_differ=RUNTIME_FIELDS) -> list[tuple[str, object, object]]:
   """(``part.field``, the recipe's value, the other's) where two VideoLMConfigs' ``parts``
-  compute otherwise (``RUNTIME_FIELDS`` may differ)."""
+  differ, but for the fields in ``may_differ``."""
   return [(f"{part}.{f.name}", getattr(getattr(recipe, part), f.name),
            getattr(getattr(other, part), f.name))
           for part in parts for f in dataclasses.fields(getattr(recipe, part))
-          if f.name not in RUNTIME_FIELDS
+          if f.name not in may_differ
           and getattr(getattr(recipe, part), f.name) != getattr(getattr(other, part), f.name)]
 
 
@@ -148,13 +149,15 @@ class FinetuneTask:
   """Stage 2: the VideoLM, next-token loss on the answers; trained parts from the config."""
   stage = "finetune"
   loss_weight = "answer_tokens"  # the loss is a mean over them (see loop._accumulated)
-  model_parts = ("vision", "llm", "delta")
-
   def __init__(self, config, shards: str):
     self.config, self.shards = config, shards
     self.cfg = model_config(config)
     self.model = VideoLM(self.cfg)
     self._told_padding = False
+    # (a model trained on RGB frames only neither runs nor trains its Δ-encoder)
+    self.model_parts = ("vision", "llm") + (
+        ("delta",) if config.max_delta_frames or "delta_encoder" in trained_part_names(
+            config.trainable) else ())
 
   def init_params(self, rng):
     c = self.config
