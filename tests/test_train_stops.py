@@ -207,3 +207,12 @@ def test_a_mesh_whose_batch_rows_span_hosts_is_refused(tmp_path):
             "the tensor axis within a host") in err
   assert not os.path.exists(tmp_path / "checkpoints")
   assert not os.path.exists(tmp_path / "train_config.json")
+
+
+@pytest.mark.xdist_group("processes")
+def test_the_two_process_tests_share_one_worker(request):
+  """The tests of two JAX processes each (and the quick demo) run one after another: two at once
+  on a 2-core machine starve the collectives. pytest-xdist's loadgroup does it by adding the
+  group to the node id, which pytest 9.2 ignored (the tests then ran on both workers at once)."""
+  if os.environ.get("PYTEST_XDIST_WORKER") and getattr(request.config.option, "loadgroup", False):
+    assert request.node.nodeid.endswith("@processes"), request.node.nodeid
