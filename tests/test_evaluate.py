@@ -13,7 +13,7 @@ import pytest
 from cope_jax.evaluate import evaluate, read_questions
 from cope_jax.evaluate import main as evaluate_main
 from cope_jax.infer.answers import parse_letter
-
+from in_process import run_main
 
 
 @pytest.mark.parametrize("text,letter", [
@@ -48,10 +48,9 @@ def test_evaluate_every_mode(tiny_workdir, tmp_path):
   tokens = {}
   for mode in ("cope", "keyframes", "dense", "cope_zero_delta"):
     out = tmp_path / f"{mode}.json"
-    r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
-                        "--data", os.path.join(synth, "test.jsonl"), "--mode", mode, "--out",
-                        str(out), "--limit", "3", "--quiet"], capture_output=True, text=True,
-                       timeout=600)
+    r = run_main("cope_jax.evaluate", "--workdir", str(workdir),
+                 "--data", os.path.join(synth, "test.jsonl"), "--mode", mode, "--out",
+                 str(out), "--limit", "3", "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     for key in ("accuracy", "n", "mode", "visual_tokens_mean", "families"):
@@ -82,9 +81,9 @@ def test_evaluate_cli_adaptive_fusion_counts_the_kept_delta_frames(tiny_workdir,
   data = tmp_path / "q.jsonl"
   data.write_text("".join(json.dumps(q) + "\n" for q, _ in chosen))
   out = tmp_path / "adaptive.json"
-  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
-                      "--data", str(data), "--mode", "cope", "--out", str(out), "--min-change",
-                      "4", "--quiet"], capture_output=True, text=True, timeout=600)
+  r = run_main("cope_jax.evaluate", "--workdir", str(workdir),
+               "--data", str(data), "--mode", "cope", "--out", str(out), "--min-change",
+               "4", "--quiet")
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads(out.read_text())
   assert res["min_change"] == 4 and res["n"] == len(chosen)
@@ -92,9 +91,9 @@ def test_evaluate_cli_adaptive_fusion_counts_the_kept_delta_frames(tiny_workdir,
   # 1 keyframe (20 tokens at tiny scale) and the kept Δ-frames (10 each).
   assert [row["visual_tokens"] for row in log] == [20 + 10 * kept for _, kept in chosen]
   # Adaptive fusion is for the modes that read Δ-frames: refused elsewhere, before loading.
-  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
-                      "--data", str(data), "--mode", "dense", "--out", str(tmp_path / "d.json"),
-                      "--min-change", "4"], capture_output=True, text=True, timeout=300)
+  r = run_main("cope_jax.evaluate", "--workdir", str(workdir),
+               "--data", str(data), "--mode", "dense", "--out", str(tmp_path / "d.json"),
+               "--min-change", "4")
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "min_change" in r.stderr
 
 
@@ -219,9 +218,8 @@ def test_evaluate_cli_lists_the_videos_it_skipped(tiny_workdir, tmp_path):
   good = os.path.join(synth, "videos", "00000.mp4")
   data.write_text("".join(json.dumps({"video": v, "question": "Q?", "options": ["a", "b"],
                                       "answer": "A"}) + "\n" for v in ("bad.mp4", good)))
-  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
-                      "--data", str(data), "--out", str(tmp_path / "r.json"), "--quiet"],
-                     capture_output=True, text=True, timeout=600)
+  r = run_main("cope_jax.evaluate", "--workdir", str(workdir),
+               "--data", str(data), "--out", str(tmp_path / "r.json"), "--quiet")
   assert r.returncode == 0, r.stderr[-2000:]
   assert "skipped 1 videos (1 questions)" in r.stderr
   assert f"  {tmp_path / 'bad.mp4'}: not a readable video file" in r.stderr
@@ -235,10 +233,9 @@ def test_evaluate_cli_refuses_bad_sampling_flags_before_loading(tmp_path):
                              ("--dense-frames", "0", "--dense-frames"),
                              ("--limit", "0", "--limit")):
     mode = "dense" if flag == "--dense-frames" else "cope"
-    r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir",
-                        str(tmp_path / "no_model"), "--data", str(tmp_path / "q.jsonl"),
-                        "--out", str(tmp_path / "r.json"), "--mode", mode, flag, value],
-                       capture_output=True, text=True, timeout=300)
+    r = run_main("cope_jax.evaluate", "--workdir",
+                 str(tmp_path / "no_model"), "--data", str(tmp_path / "q.jsonl"),
+                 "--out", str(tmp_path / "r.json"), "--mode", mode, flag, value)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and named in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
 
@@ -264,8 +261,7 @@ def test_a_flag_the_mode_would_ignore_is_said(tmp_path, cli, flags, named):
   stopped by its missing model)."""
   where = (("--data", str(tmp_path / "q.jsonl"), "--out", str(tmp_path / "r.json"))
            if cli == "evaluate" else ("--video", "v.mp4", "--question", "What moves?"))
-  r = subprocess.run([sys.executable, "-m", f"cope_jax.{cli}", "--workdir", str(tmp_path / "m"),
-                      *where, *flags], capture_output=True, text=True, timeout=300)
+  r = run_main(f"cope_jax.{cli}", "--workdir", str(tmp_path / "m"), *where, *flags)
   lines = r.stderr.strip().splitlines()
   assert r.returncode == 2 and lines[0].startswith(f"warning: {named}"), r.stderr
   assert len(lines) == 2 and lines[1].startswith("error: "), r.stderr
@@ -342,10 +338,9 @@ def test_evaluate_cli_names_a_bad_data_line_and_a_folder_as_out(tmp_path, capsys
 def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):
   workdir, synth = tiny_workdir
   out = tmp_path / "open.json"
-  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
-                      "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
-                      "--limit", "3", "--quiet", "--open-ended"], capture_output=True, text=True,
-                     timeout=600)
+  r = run_main("cope_jax.evaluate", "--workdir", str(workdir),
+               "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
+               "--limit", "3", "--quiet", "--open-ended")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "(open-ended)" in r.stdout
   res = json.loads(out.read_text())
@@ -357,10 +352,9 @@ def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):
                                             for q in questions]
 
   out = tmp_path / "ranked.json"
-  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
-                      "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
-                      "--limit", "3", "--quiet", "--rank-options"], capture_output=True,
-                     text=True, timeout=600)
+  r = run_main("cope_jax.evaluate", "--workdir", str(workdir),
+               "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
+               "--limit", "3", "--quiet", "--rank-options")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "(options ranked)" in r.stdout and "TTFT" not in r.stdout
   res = json.loads(out.read_text())
@@ -370,10 +364,9 @@ def test_evaluate_cli_open_ended_and_ranked_options(tiny_workdir, tmp_path):
     assert len(row["output"]) == len(q["options"]) and all(x < 0 for x in row["output"])
     assert row["predicted"] == "ABCD"[int(np.argmax(row["output"]))]
     assert row["answer"] == q["answer"]
-  r = subprocess.run([sys.executable, "-m", "cope_jax.evaluate", "--workdir", str(workdir),
-                      "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
-                      "--open-ended", "--rank-options"], capture_output=True, text=True,
-                     timeout=600)
+  r = run_main("cope_jax.evaluate", "--workdir", str(workdir),
+               "--data", os.path.join(synth, "test.jsonl"), "--out", str(out),
+               "--open-ended", "--rank-options")
   assert r.returncode == 2 and "not allowed with" in r.stderr
 
 

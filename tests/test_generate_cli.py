@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from in_process import run_main
+
 
 def test_generate_cli_json(tiny_workdir):
   workdir, synth = tiny_workdir
@@ -43,10 +45,9 @@ def test_a_workdir_trained_on_other_devices_answers(tiny_workdir):
 def test_generate_cli_samples_with_temperature_and_top_p(tiny_workdir):
   workdir, synth = tiny_workdir
   video = os.path.join(synth, "videos", "00000.mp4")
-  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
-                      "--video", video, "--question", "What moves?", "--json",
-                      "--max-new-tokens", "3", "--temperature", "0.8", "--top-p", "0.9"],
-                     capture_output=True, text=True, timeout=600)
+  r = run_main("cope_jax.generate", "--workdir", str(workdir), "--video", video, "--question",
+               "What moves?", "--json", "--max-new-tokens", "3", "--temperature", "0.8",
+               "--top-p", "0.9")
   assert r.returncode == 0, r.stderr[-3000:]
   assert isinstance(json.loads(r.stdout)["answer"], str)
 
@@ -54,10 +55,9 @@ def test_generate_cli_samples_with_temperature_and_top_p(tiny_workdir):
 def test_generate_cli_refuses_more_new_tokens_than_positions(tiny_workdir):
   """The KV cache holds every slot: an absurd --max-new-tokens is refused, not allocated."""
   workdir, synth = tiny_workdir
-  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir", str(workdir),
-                      "--video", os.path.join(synth, "videos", "00000.mp4"), "--question",
-                      "What moves?", "--max-new-tokens", "10000000"], capture_output=True,
-                     text=True, timeout=600)
+  r = run_main("cope_jax.generate", "--workdir", str(workdir), "--video",
+               os.path.join(synth, "videos", "00000.mp4"), "--question", "What moves?",
+               "--max-new-tokens", "10000000")
   assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr[-2000:]
   assert "max_new_tokens 10000000 exceed the model's" in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1
@@ -71,10 +71,8 @@ def test_generate_cli_refuses_more_new_tokens_than_positions(tiny_workdir):
     ("--min-change", "300", "min_change must be within 0-255"),
     ("--seed", "-1", "seed must be from 0 to 2**32 - 1")])
 def test_generate_cli_refuses_sampling_values_before_loading(tmp_path, flag, value, message):
-  r = subprocess.run([sys.executable, "-m", "cope_jax.generate", "--workdir",
-                      str(tmp_path / "no_model"), "--video", str(tmp_path / "no.mp4"),
-                      "--question", "What moves?", flag, value],
-                     capture_output=True, text=True, timeout=300)
+  r = run_main("cope_jax.generate", "--workdir", str(tmp_path / "no_model"), "--video",
+               str(tmp_path / "no.mp4"), "--question", "What moves?", flag, value)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
   assert len(r.stderr.strip().splitlines()) == 1
 

@@ -7,18 +7,17 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from cope_jax.codec import synthetic_clips
+from in_process import run_main
 
 MODES = ("cope", "keyframes", "dense", "cope_zero_delta")
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", f"cope_jax.{module}", *args], capture_output=True,
-                        text=True, timeout=600)
+  return run_main(f"cope_jax.{module}", *args)
 
 
 def _one_error_line(r: subprocess.CompletedProcess, *named: str) -> None:
