@@ -172,7 +172,7 @@ def read_questions(path: str, limit: int | None = None) -> list[dict]:
   per-question log's rows are joined back to the questions by them)."""
   out, lines = [], {}
   for n, q in mcq_lines(path):
-    q = {**q, "id": str(n) if q.get("id") is None else q["id"]}
+    q = {**q, "id": str(n) if q.get("id") is None else q["id"]}  # (sources.question_id's rule)
     key = str(q["id"])
     if key in lines:
       raise ValueError(f"{path}: lines {lines[key]} and {n} have one id, {key!r} (a line "

@@ -233,3 +233,20 @@ def test_the_same_examples_make_the_same_shard_bytes(tmp_path):
     shard = next(f for f in os.listdir(tmp_path / run) if ".array_record-" in f)
     made.append((tmp_path / run / shard).read_bytes())
   assert made[0] == made[1]
+
+
+def test_a_worker_killed_outright_leaves_no_part_written_cache_file(tmp_path):
+  """The out-of-memory killer or kill -9 runs no cleanup: a part-written extraction (up to a
+  video's primitives) stayed in the cache for good. The next build removes it, not the file of
+  a build still writing."""
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  (cache / f"0123abcd.npz.tmp{dead}").write_bytes(b"\x00" * 100)
+  writing = cache / f"4567ef01.npz.tmp{os.getpid()}"
+  writing.write_bytes(b"\x00" * 100)
+  done, skipped = primitive_cache.extract_all([], str(cache), ExtractSettings(SIZE,
+                                                                              SamplingConfig()),
+                                              workers=1, progress=False)
+  assert (done, skipped) == ({}, []) and os.listdir(cache) == [writing.name]

@@ -18,6 +18,7 @@ from cope_jax.data import sources
 from cope_jax.data.build import build, load_items, shard_dir
 from cope_jax.data.pipeline import PipelineConfig, finetune_dataset
 from cope_jax.data.primitive_cache import ExtractSettings
+from cope_jax.evaluate import read_questions
 
 
 def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
@@ -79,7 +80,7 @@ def test_llava_video_annotations_malformed(tmp_path, entries, named):
     load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
 
 
-def test_llava_video_annotations(tmp_path, pan_clip):
+def test_llava_video_annotations(tmp_path, pan_clip, monkeypatch):
   """Entries naming the same video become one item (decoded and stored once) with one training
   example per entry; only assistant turns carry loss."""
   shutil.copy(pan_clip, tmp_path / "clip.mp4")
@@ -97,6 +98,10 @@ def test_llava_video_annotations(tmp_path, pan_clip):
   items = load_items("llava_video", str(tmp_path), [str(ann), str(more)], str(tmp_path), 0, 0,
                      64, 1, False)
   assert len(sources.read_llava_video(ann, str(tmp_path))) == 1  # (a pathlib path)
+  # a relative --videos: the paths stay absolute (shards and reports named them relative to
+  # the folder the build ran in)
+  monkeypatch.chdir(tmp_path)
+  assert [i.video for i in sources.read_llava_video(str(ann), ".")] == [str(tmp_path / "clip.mp4")]
   assert len(items) == 1 and len(items[0].conversations) == 2
   assert items[0].conversations[0][0] == ("user", "<image>\nWhat happens?")
   # (U+2028 is text inside a JSON string, not the end of a JSON line)
@@ -129,6 +134,9 @@ def test_llava_video_annotations(tmp_path, pan_clip):
     ({"split": None}, "q.jsonl:1: split must be a name like train or test, got None"),
     ({"split": 5}, "split must be a name"), ({"split": ""}, "got ''"),
     ({"split": "my split"}, "got 'my split'"), ({"family": 5}, "q.jsonl:1: family must be a string"),
+    # (TFDS: a name without a letter or digit failed after every video was extracted; "all" was
+    # written, then read back as every split together — a RecursionError)
+    ({"split": "__"}, "got '__'"), ({"split": "all"}, "got 'all'"),
 ])
 def test_mcq_lines_are_checked(tmp_path, line, named):
   path = tmp_path / "q.jsonl"
@@ -136,6 +144,18 @@ def test_mcq_lines_are_checked(tmp_path, line, named):
                               "answer": "B", **line}) + "\n")
   with pytest.raises(ValueError, match=re.escape(named)):
     sources.read_mcq(str(path))
+
+
+def test_a_question_without_an_id_takes_its_line_number_as_evaluation_does(tmp_path):
+  """A null id was "None" in the eval shards (every such line one id), the line number in
+  evaluate's log: one question, two ids."""
+  path = tmp_path / "q.jsonl"
+  line = {"video": "a.mp4", "question": "Q?", "options": ["a", "b"], "answer": "B"}
+  path.write_text("".join(json.dumps({**line, **extra}) + "\n"
+                          for extra in ({"id": None}, {}, {"id": 7}, {"id": "x"})))
+  item, = sources.read_mcq(str(path))
+  assert [q["id"] for q in item.questions] == ["1", "2", "7", "x"]
+  assert [q["id"] for q in read_questions(str(path))] == ["1", "2", 7, "x"]
 
 
 def test_a_build_with_nothing_to_write_keeps_the_previous_shards(tmp_path, pan_clip):

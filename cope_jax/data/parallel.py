@@ -109,3 +109,30 @@ def _start_worker(scratch: str, one_opencv_thread: bool) -> None:
     import cv2  # pylint: disable=import-outside-toplevel
     cv2.setNumThreads(1)
   signal.signal(signal.SIGTERM, _on_sigterm)  # (last: until then SIGTERM kills, quietly)
+
+
+TMP_MARK = ".tmp"  # a file being written: NAME.tmpPID (or NAME.tmpPID.EXT)
+
+
+def _writer_alive(name: str) -> bool:
+  """Whether the process a temporary file's name holds (NAME.tmpPID…) still runs here."""
+  pid = name.rsplit(TMP_MARK, 1)[-1].split(".")[0]
+  if not pid.isdigit():
+    return False
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # (another user's process)
+    return True
+  return True
+
+
+def remove_orphaned_tmp_files(folder: str) -> None:
+  """Removes the temporary files in ``folder`` whose writers are gone: a process killed
+  outright (the out-of-memory killer, kill -9) runs no cleanup, and a cached extraction's can
+  be as large as the video's primitives."""
+  for name in os.listdir(folder):
+    if TMP_MARK in name and not _writer_alive(name):
+      with contextlib.suppress(FileNotFoundError):  # (another build's cleanup got there first)
+        os.remove(os.path.join(folder, name))

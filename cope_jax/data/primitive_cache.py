@@ -24,7 +24,7 @@ from cope_jax.codec.extract import iter_video
 from cope_jax.codec.reencode import EncodeSpec
 from cope_jax.codec.sampling import DELTA, SamplingConfig
 from cope_jax.data import storage
-from cope_jax.data.parallel import process_pool
+from cope_jax.data.parallel import TMP_MARK, process_pool, remove_orphaned_tmp_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _extract_one(job: tuple[str, str, ExtractSettings]) -> tuple[str, str | None
     if _readable(path):
       return video, None
     os.remove(path)  # (a crash before the data reached the disk): extracted again
-  tmp = f"{path}.tmp{os.getpid()}"
+  tmp = f"{path}{TMP_MARK}{os.getpid()}"
   try:
     # Each frame is encoded as it comes (a long video's raw frames never all sit in memory).
     info, arrays, kinds, times, d = {}, {}, [], [], 0
@@ -133,6 +133,7 @@ def extract_all(videos: list[str], cache_dir: str, settings: ExtractSettings,
                 ) -> tuple[dict[str, str], list[dict]]:
   """Extracts every video (skipping those cached); returns ({video: cache path}, skipped)."""
   os.makedirs(cache_dir, exist_ok=True)
+  remove_orphaned_tmp_files(cache_dir)  # (a worker killed outright left its part-written file)
   done, skipped, jobs = {}, [], []
   for video in dict.fromkeys(videos):
     if not os.path.isfile(video):

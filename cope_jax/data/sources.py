@@ -114,8 +114,10 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
       if not isinstance(q.get("open_answer", "-"), str) or not q.get("open_answer", "-").strip():
         raise ValueError(f"{path}:{n}: open_answer (the open-ended answer) must be a non-empty "
                          f"string, got {q['open_answer']!r}")
-      split = q.get("split", "train")  # (a shard split's name: letters, digits, underscores)
-      if not isinstance(split, str) or not re.fullmatch(r"\w+", split):
+      split = q.get("split", "train")  # (a shard split's name: letters, digits, underscores;
+      # TFDS refuses one without a letter or digit, and reads "all" as every split together)
+      if (not isinstance(split, str) or not re.fullmatch(r"\w+", split) or split == "all"
+          or not any(c.isalnum() for c in split)):
         raise ValueError(f"{path}:{n}: split must be a name like train or test, got {split!r}")
       # (normalised: one video written two ways, "a.mp4" and "./a.mp4", is one video)
       q["video"] = os.path.normpath(os.path.join(folder, q["video"]))
@@ -124,6 +126,11 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
     print(f"note: {path}: the options of {lettered} question(s) start with their own letters "
           "('A. …', as Video-MME writes them); taken off, as the prompt letters them",
           file=sys.stderr)
+
+
+def question_id(q: dict, line: int) -> str:
+  """A question's id: its own, or (none, or null) its line number — evaluation's rule too."""
+  return str(line) if q.get("id") is None else str(q["id"])
 
 
 def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[VideoItem]:
@@ -142,7 +149,7 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
     question, options, answer = q["question"], q["options"], q["answer"]
     split = q.get("split", "train")
     item = items.setdefault((q["video"], split), VideoItem(q["video"], split))
-    item.questions.append({"id": str(q.get("id", f"{n}")), "question": question,
+    item.questions.append({"id": question_id(q, n), "question": question,
                            "options": list(options), "answer": answer,
                            "family": q.get("family", "")})
     item.conversations.append([("user", mcq_prompt(question, options)), ("assistant", answer)])
@@ -229,5 +236,5 @@ def _read_llava_video_file(annotations: str, video_dir: str, items: dict) -> Non
       name = e.get("id", "?") if isinstance(e, dict) else type(e).__name__
       raise ValueError(f"{annotations}: entry {n} ({name}): not a {{video, conversations}} "
                        f"object with human/gpt turns ({type(err).__name__}: {err})") from None
-    path = os.path.normpath(os.path.join(video_dir, video))
+    path = os.path.abspath(os.path.join(video_dir, video))  # (VideoItem's paths are absolute)
     items.setdefault(path, VideoItem(path, "train")).conversations.append(turns)

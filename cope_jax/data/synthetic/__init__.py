@@ -24,7 +24,8 @@ from cope_jax.codec.motion import MAX_SIZE
 from cope_jax.data.sources import check_seed, mcq_prompt
 from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, caption,
                                                questions_for_scene)
-from cope_jax.data.parallel import check_workers, process_pool
+from cope_jax.data.parallel import (TMP_MARK, check_workers, process_pool,
+                                    remove_orphaned_tmp_files)
 from cope_jax.data.synthetic.scene import Scene, check_seconds, render, sample_scene
 from cope_jax.data.tokenizer import time_instruction, train_small_tokenizer
 from cope_jax.json_files import earlier_settings, write_json, write_jsonl
@@ -55,23 +56,6 @@ def check_size(size: int) -> None:
 def scene_for(seed: int, index: int, size: int, seconds: float) -> Scene:
   """The scene of video ``index``: a pure function of the seed, so workers can rebuild it."""
   return sample_scene(np.random.default_rng([seed, index]), size=size, seconds=seconds)
-
-
-TMP_MARK = ".tmp"  # a video being written: NAME.mp4.tmpPID.mp4
-
-
-def _writer_alive(name: str) -> bool:
-  """Whether the process a temporary video's name holds (NAME.mp4.tmpPID.mp4) still runs here."""
-  pid = name.rsplit(TMP_MARK, 1)[-1].split(".")[0]
-  if not pid.isdigit():
-    return False
-  try:
-    os.kill(int(pid), 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # (another user's process)
-    return True
-  return True
 
 
 def _write_video(args) -> str:
@@ -129,9 +113,7 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
                       "--out, or delete that folder to regenerate")
   jobs = [(seed, i, size, seconds, os.path.join(out, "videos", f"{i:05d}.mp4"))
           for i in range(videos)]
-  for name in os.listdir(folder):  # a run killed outright (no cleanup) left these
-    if TMP_MARK in name and not _writer_alive(name):
-      os.remove(os.path.join(folder, name))
+  remove_orphaned_tmp_files(folder)  # (a run killed outright left them)
   todo = [j for j in jobs if not os.path.exists(j[-1])]
   if todo:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
