@@ -20,6 +20,7 @@ from cope_jax.convert.tree import TensorSource
 from cope_jax.models.llava import VideoLM, add_row_newlines, pool_2x2
 from cope_jax.models.qwen2 import Qwen2
 from cope_jax.models.siglip import Siglip
+from in_process import run_main
 
 # float32 against torch's float32: what is seen is 1e-7 to 5e-6; 1e-4 let a tanh GELU in the
 # projector or a SigLIP eps ten times off through (SPEC §3 names both)
@@ -313,6 +314,13 @@ def test_llava_video_command_writes_an_orbax_checkpoint(hf_root, tmp_path):
                      timeout=300)
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
   assert r.stderr.startswith(f"error: --out {tmp_path / 'a_file'} is a file")
+  # a file on the way, or a folder no one can write: refused before converting (after it,
+  # "File exists" naming the file alone; Orbax hung 5 minutes on the unwritable one)
+  for bad, said in ((tmp_path / "a_file" / "x", f"{tmp_path / 'a_file'} is a file, not a folder"),
+                    ("/proc/cope_x/y", "cannot write in its folder /proc")):
+    r = run_main("cope_jax.convert.__main__", "llava-video", "--checkpoint", path, "--out", str(bad))
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --out {bad}: {said}"), r.stderr
+    assert len(r.stderr.splitlines()) == 1 and not os.path.exists(bad)
   # --out the checkpoint itself (its config.json was overwritten) or a workdir: refused; an
   # earlier conversion's folder is replaced whole
   before = sorted(os.listdir(path))

@@ -121,6 +121,14 @@ def llava_video(checkpoint: str, out: str, delta: str, seed: int,
   from cope_jax.models import checkpoints  # pylint: disable=import-outside-toplevel
   if os.path.exists(out) and not os.path.isdir(out):  # (Orbax would hang on it)
     raise NotADirectoryError(f"--out {out} is a file; name a folder for the checkpoint")
+  # Where it will be written, before minutes of converting (Orbax then hung for 5 minutes on an
+  # unwritable folder; a file on the way gave "File exists" naming that file alone).
+  made = os.path.dirname(os.path.abspath(out))
+  while not os.path.exists(made):  # (missing folders are made)
+    made = os.path.dirname(made)
+  if not os.path.isdir(made):
+    raise NotADirectoryError(f"--out {out}: {made} is a file, not a folder")
+  check_writable_folder("--out", out, made)
   # The folder is replaced whole: only one an earlier conversion wrote (an --out equal to
   # --checkpoint destroyed the Hugging Face checkpoint; a training workdir became unloadable).
   held = set(os.listdir(out)) if os.path.isdir(out) else set()
