@@ -318,7 +318,8 @@ def test_llava_video_command_writes_an_orbax_checkpoint(hf_root, tmp_path):
   # "File exists" naming the file alone; Orbax hung 5 minutes on the unwritable one)
   for bad, said in ((tmp_path / "a_file" / "x", f"{tmp_path / 'a_file'} is a file, not a folder"),
                     ("/proc/cope_x/y", "cannot write in its folder /proc")):
-    r = run_main("cope_jax.convert.__main__", "llava-video", "--checkpoint", path, "--out", str(bad))
+    r = run_main("cope_jax.convert.__main__", "llava-video", "--checkpoint", path,
+                 "--out", str(bad))
     assert r.returncode == 2 and r.stderr.startswith(f"error: --out {bad}: {said}"), r.stderr
     assert len(r.stderr.splitlines()) == 1 and not os.path.exists(bad)
   # --out the checkpoint itself (its config.json was overwritten) or a workdir: refused; an
