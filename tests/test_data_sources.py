@@ -158,6 +158,21 @@ def test_a_question_without_an_id_takes_its_line_number_as_evaluation_does(tmp_p
   assert [q["id"] for q in read_questions(str(path))] == ["1", "2", 7, "x"]
 
 
+def test_a_video_in_two_splits_is_warned_of(tmp_path, capsys):
+  path = tmp_path / "q.jsonl"
+  line = {"video": "a.mp4", "question": "Q?", "options": ["a", "b"], "answer": "B"}
+  path.write_text("".join(json.dumps({**line, **extra}) + "\n" for extra in (
+      {"split": "train"}, {"split": "test"}, {"video": "b.mp4", "split": "test"})))
+  assert len(sources.read_mcq(str(path))) == 3
+  assert capsys.readouterr().err == (
+      f"warning: {path}: 1 video(s) in more than one split (first: {tmp_path / 'a.mp4'}, in "
+      "train, test): what a model learns of a video in one split answers its questions in "
+      "another\n")
+  path.write_text(json.dumps(line) + "\n")
+  sources.read_mcq(str(path))
+  assert capsys.readouterr().err == ""
+
+
 def test_a_build_with_nothing_to_write_keeps_the_previous_shards(tmp_path, pan_clip):
   shutil.copy(pan_clip, tmp_path / "good.mp4")
   def items(video):

@@ -153,6 +153,13 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
                            "options": list(options), "answer": answer,
                            "family": q.get("family", "")})
     item.conversations.append([("user", mcq_prompt(question, options)), ("assistant", answer)])
+  splits: dict[str, list[str]] = {}
+  for video, split in items:
+    splits.setdefault(video, []).append(split)
+  if shared := [v for v, names in splits.items() if len(names) > 1]:
+    print(f"warning: {path}: {len(shared)} video(s) in more than one split (first: {shared[0]}, "
+          f"in {', '.join(splits[shared[0]])}): what a model learns of a video in one split "
+          "answers its questions in another", file=sys.stderr)
   if conversations == "video":
     import numpy as np  # pylint: disable=import-outside-toplevel
     for n, item in enumerate(items.values()):
