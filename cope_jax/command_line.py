@@ -80,8 +80,19 @@ def stop_by_signal(exception: BaseException) -> NoReturn:
   reads (``raise_pending_stop``): PyAV drops an exception raised while its own error check runs
   (about one SIGTERM in 50 during a re-encode), and the command would then finish its work."""
   global _pending_stop  # pylint: disable=global-statement
+  if _pending_stop is None and sys.unraisablehook is not _quiet_lost_stop:
+    _quiet_lost_stop.previous = sys.unraisablehook
+    sys.unraisablehook = _quiet_lost_stop
   _pending_stop = exception
   raise exception
+
+
+def _quiet_lost_stop(unraisable) -> None:
+  """A SIGTERM's exception raised where Python cannot raise it (a garbage-collection callback
+  of JAX's) was printed with a traceback; it is raised again at the next check
+  (``raise_pending_stop``), so it goes unsaid. Anything else goes to the hook before."""
+  if unraisable.exc_value is None or unraisable.exc_value is not _pending_stop:
+    _quiet_lost_stop.previous(unraisable)
 
 
 def raise_pending_stop() -> None:

@@ -216,3 +216,20 @@ def test_the_two_process_tests_share_one_worker(request):
   group to the node id, which pytest 9.2 ignored (the tests then ran on both workers at once)."""
   if os.environ.get("PYTEST_XDIST_WORKER") and getattr(request.config.option, "loadgroup", False):
     assert request.node.nodeid.endswith("@processes"), request.node.nodeid
+
+
+def test_a_stop_lost_in_a_garbage_collection_callback_is_raised_again_without_a_traceback():
+  """A SIGTERM while the run started landed in JAX's garbage-collection callback: Python printed
+  the exception it could not raise, a traceback, before the run stopped with status 75 anyway."""
+  script = ("import gc, sys\n"
+            "from cope_jax.command_line import raise_pending_stop, stop_by_signal\n"
+            "def callback(phase, info):\n"
+            "  if phase == 'start':\n"
+            "    gc.callbacks.remove(callback)\n"
+            "    stop_by_signal(SystemExit(75))\n"
+            "gc.callbacks.append(callback)\n"
+            "gc.collect()\n"
+            "print('went on')\n"
+            "raise_pending_stop()\n")
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+  assert r.returncode == 75 and r.stdout == "went on\n" and r.stderr == "", r.stderr
