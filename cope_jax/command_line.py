@@ -80,19 +80,37 @@ def stop_by_signal(exception: BaseException) -> NoReturn:
   reads (``raise_pending_stop``): PyAV drops an exception raised while its own error check runs
   (about one SIGTERM in 50 during a re-encode), and the command would then finish its work."""
   global _pending_stop  # pylint: disable=global-statement
-  if _pending_stop is None and sys.unraisablehook is not _quiet_lost_stop:
-    _quiet_lost_stop.previous = sys.unraisablehook
-    sys.unraisablehook = _quiet_lost_stop
+  drop_unraisable(_is_lost_stop)
   _pending_stop = exception
   raise exception
 
 
-def _quiet_lost_stop(unraisable) -> None:
+def _is_lost_stop(info) -> bool:
   """A SIGTERM's exception raised where Python cannot raise it (a garbage-collection callback
-  of JAX's) was printed with a traceback; it is raised again at the next check
-  (``raise_pending_stop``), so it goes unsaid. Anything else goes to the hook before."""
-  if unraisable.exc_value is None or unraisable.exc_value is not _pending_stop:
-    _quiet_lost_stop.previous(unraisable)
+  of JAX's): printed with a traceback, though raised again at the next check."""
+  return info.exc_value is not None and info.exc_value is _pending_stop
+
+
+_DROPPED_UNRAISABLE: list = []  # what drop_unraisable was asked to drop
+
+
+def drop_unraisable(predicate) -> None:
+  """Python prints an exception it cannot raise (in a finalizer, a garbage-collection callback)
+  through ``sys.unraisablehook``: the events ``predicate`` accepts are dropped, every other goes
+  to the hook before. One hook a process, however many ask (pytest puts its own back after each
+  test: installed again where it is missing)."""
+  if predicate not in _DROPPED_UNRAISABLE:
+    _DROPPED_UNRAISABLE.append(predicate)
+  if getattr(sys.unraisablehook, "cope_jax_drops", False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(info) -> None:
+    if not any(dropped(info) for dropped in _DROPPED_UNRAISABLE):
+      previous(info)
+
+  hook.cope_jax_drops = True
+  sys.unraisablehook = hook
 
 
 def raise_pending_stop() -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
 from cope_jax.command_line import ArgumentParser, check_results_file, exit_on_sigterm
-from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines
+from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines, question_id
 from cope_jax.infer import DENSE_FRAMES, MODES, mode_sampling, settle_mode_flags
 from cope_jax.json_files import write_json, write_jsonl
 
@@ -172,7 +172,7 @@ def read_questions(path: str, limit: int | None = None) -> list[dict]:
   per-question log's rows are joined back to the questions by them)."""
   out, lines = [], {}
   for n, q in mcq_lines(path):
-    q = {**q, "id": str(n) if q.get("id") is None else q["id"]}  # (sources.question_id's rule)
+    q = {**q, "id": question_id(q, n)}
     key = str(q["id"])
     if key in lines:
       raise ValueError(f"{path}: lines {lines[key]} and {n} have one id, {key!r} (a line "

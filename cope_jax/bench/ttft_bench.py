@@ -82,18 +82,17 @@ def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
   rng = np.random.default_rng(0)
   s = cfg.vision.image_size
   c = codec_size or s
-  prompt = PROMPT_TEXT_TOKENS
   rows, params = [], None
   for name, (k, p, kinds) in settings(seconds).items():
     visual = visual_tokens(cfg, k, p)
-    length = prompt + visual
+    length = PROMPT_TEXT_TOKENS + visual
     ids = rng.integers(0, 1000, (1, length)).astype(np.int32)
     ids[0, 10] = -200
     # The prompt's text fills the first slots; the splice moves what follows <image> past the
     # visual tokens, into the slots left free (a text mask over every slot claimed the visual
     # tokens' slots as text too: the length check then counted them twice).
     text_mask = np.zeros((1, length), bool)
-    text_mask[:, :prompt] = True
+    text_mask[:, :PROMPT_TEXT_TOKENS] = True
     host = (ids, text_mask, rng.standard_normal((1, k, s, s, 3), np.float32),
             rng.standard_normal((1, p, c, c, 2), np.float32),
             rng.integers(-30, 30, (1, p, c, c, 3)).astype(np.int16), kinds[None])

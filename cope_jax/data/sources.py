@@ -128,9 +128,9 @@ def mcq_lines(path: str) -> Iterator[tuple[int, dict]]:
           file=sys.stderr)
 
 
-def question_id(q: dict, line: int) -> str:
-  """A question's id: its own, or (none, or null) its line number — evaluation's rule too."""
-  return str(line) if q.get("id") is None else str(q["id"])
+def question_id(q: dict, line: int):
+  """A question's id: its own as written, or (none, or null) its line number as a string."""
+  return str(line) if q.get("id") is None else q["id"]
 
 
 def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[VideoItem]:
@@ -149,7 +149,7 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
     question, options, answer = q["question"], q["options"], q["answer"]
     split = q.get("split", "train")
     item = items.setdefault((q["video"], split), VideoItem(q["video"], split))
-    item.questions.append({"id": question_id(q, n), "question": question,
+    item.questions.append({"id": str(question_id(q, n)), "question": question,
                            "options": list(options), "answer": answer,
                            "family": q.get("family", "")})
     item.conversations.append([("user", mcq_prompt(question, options)), ("assistant", answer)])

@@ -149,6 +149,7 @@ class FinetuneTask:
   """Stage 2: the VideoLM, next-token loss on the answers; trained parts from the config."""
   stage = "finetune"
   loss_weight = "answer_tokens"  # the loss is a mean over them (see loop._accumulated)
+
   def __init__(self, config, shards: str):
     self.config, self.shards = config, shards
     self.cfg = model_config(config)
