@@ -19,10 +19,10 @@ slices of at least ``REPLICA_PARALLEL_MIN_BYTES``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
-import sys
 import traceback
 import warnings
 
@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cope_jax.codec.errors import ConfigError, one_line
+from cope_jax.command_line import drop_unraisable
 from cope_jax.models.checkpoints import orbax_warnings_muted
 
 REPLICA_PARALLEL_MIN_BYTES = 16 << 20
@@ -76,7 +77,8 @@ class Checkpointer:
     """(step, state) of the newest readable checkpoint, or None if there is none; ``iterator``
     is set to that checkpoint's data position."""
     unreadable, first_error = [], None
-    _quiet_failed_reads()
+    drop_unraisable(_is_failed_read)
+    _drop_failed_read_logs()
     for step in sorted(self.manager.all_steps(), reverse=True):
       # Hosts restore the state together (Orbax's restore has barriers): one that failed inside
       # it would leave the others waiting, then out of step. So each sets its own data position
@@ -145,29 +147,35 @@ class Checkpointer:
     self.manager.close()
 
 
-def _quiet_failed_reads() -> None:
+def _is_failed_read(info) -> bool:
   """Where one array's read fails, Orbax's restore raises while the others' reads are still in
   flight, and each prints a traceback through ``sys.unraisablehook``: TensorStore's callbacks
   into the closed event loop, and the unfinished read coroutines when collected (with the whole
   TensorStore spec) — 17,000–28,000 lines for the tiny recipe, burying the one warning that
-  matters, some printed while the restore runs and some after it returns. Installed before
-  restoring (once a process), the hook drops those two kinds and passes every other on."""
-  if getattr(sys.unraisablehook, "cope_jax_quiet", False):
-    return
-  previous = sys.unraisablehook
+  matters, some printed while the restore runs and some after it returns. Those two kinds are
+  dropped (``command_line.drop_unraisable``, asked before restoring)."""
+  code = getattr(info.object, "cr_code", None)
+  if code is not None and code.co_name == "_read_array_index_and_device_put":
+    return True
+  return bool(info.exc_type is RuntimeError and str(info.exc_value) == "Event loop is closed"
+              and (frames := traceback.extract_tb(info.exc_traceback))
+              and frames[0].name == "call_soon_threadsafe")
 
-  def unraisable(info):
-    code = getattr(info.object, "cr_code", None)
-    if code is not None and code.co_name == "_read_array_index_and_device_put":
-      return
-    if (info.exc_type is RuntimeError and str(info.exc_value) == "Event loop is closed"
-        and (frames := traceback.extract_tb(info.exc_traceback))
-        and frames[0].name == "call_soon_threadsafe"):
-      return
-    previous(info)
 
-  unraisable.cope_jax_quiet = True
-  sys.unraisablehook = unraisable
+class _FailedReadLogs(logging.Filter):
+  """The same reads' futures, logged by asyncio ("exception was never retrieved", each with its
+  TensorStore error, often the whole spec and a traceback) where the restore gave up first."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not ("exception was never retrieved" in text
+                and ("while reading array index" in text or "Error reading" in text))
+
+
+def _drop_failed_read_logs() -> None:
+  log = logging.getLogger("asyncio")
+  if not any(isinstance(f, _FailedReadLogs) for f in log.filters):
+    log.addFilter(_FailedReadLogs())
 
 
 def _on_every_host(ok: bool) -> bool:
