@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--config", required=True, help="configs/…py[:VARIANT]")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--peak-tflops", type=float, default=None,
-                      help="per-device peak (default: by device kind, if known)")
+                      help="per-device peak, TFLOP/s (default: by device kind, if known)")
   args, overrides = parser.parse_known_args(argv)
   require_positive(parser, args, "--steps", "--peak-tflops")
   import jax  # pylint: disable=import-outside-toplevel

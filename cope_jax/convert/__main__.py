@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--checkpoint", required=True, help="folder with config.json + safetensors")
   p.add_argument("--out", required=True,
                  help="output folder (Orbax params + config.json, written whole): new, empty, or "
-                 "an earlier conversion's, which it replaces")
+                 "an earlier conversion's, which it replaces; missing parent folders are made, and "
+                 "where it goes is checked writable before converting")
   p.add_argument("--delta", default="paper", choices=["paper", "compact", "tiny"],
                  help="Δ-encoder size (default: paper, appendix B)")
   p.add_argument("--seed", type=int, default=0)
