@@ -225,6 +225,10 @@ def test_demo_quick(tmp_path):
   r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(tmp_path),
                       "--quick", "--min-change", "4"], capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and "this run asks for --quick and --min-change 4" in r.stderr
+  # And another --seed (other videos, questions and models): a draw must not mix with another.
+  r = subprocess.run([sys.executable, "-m", "cope_jax.demo", "--workdir", str(tmp_path),
+                      "--quick", "--seed", "3"], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "this run asks for --quick and --seed 3" in r.stderr
 
 
 def test_demo_refuses_a_workdir_that_is_a_file(tmp_path):
@@ -234,6 +238,14 @@ def test_demo_refuses_a_workdir_that_is_a_file(tmp_path):
                      capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and r.stderr.startswith("error: ") and "is a file" in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1 and path.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**31)])
+def test_demo_refuses_a_seed_out_of_range(tmp_path, seed):
+  from in_process import run_main  # pylint: disable=import-outside-toplevel
+  r = run_main("cope_jax.demo.__main__", "--workdir", str(tmp_path / "w"), "--seed", seed)
+  assert r.returncode == 2 and r.stderr == f"error: --seed {seed}: a seed is from 0 to 2147483647\n"
+  assert not (tmp_path / "w").exists()
 
 
 def test_time_target_and_margins_exactly_at_the_line():

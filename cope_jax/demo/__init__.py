@@ -1,5 +1,5 @@
-"""``python -m cope_jax.demo --workdir DIR [--quick] [--min-change G]``: the paper's central claims,
-small, on a CPU.
+"""``python -m cope_jax.demo --workdir DIR [--quick] [--min-change G] [--seed N]``: the paper's
+central claims, small, on a CPU.
 
 1. codec: a clip with known motion → keyframes, motion vectors, residuals (exact reconstruction);
 2. data: synthetic temporal-QA videos → dense-frame shards and CoPE shards;
@@ -24,8 +24,9 @@ Writes ``DIR/results.json`` (after every stage), prints the table, saves ``DIR/l
 once its last step's checkpoint is written), training resumes from its newest checkpoint; a
 SIGTERM during training saves, ends the run with exit status 75, and the next run goes on from
 there. ``elapsed_s_all_runs`` adds every run's time, and the time target is judged on it. A
-workdir made with other settings (``--quick`` or not, another ``--min-change``) is refused with
-exit status 2 rather than mixed. ``--min-change G`` builds the CoPE shards with adaptive fusion
+workdir made with other settings (``--quick`` or not, another ``--min-change`` or ``--seed``) is
+refused with exit status 2 rather than mixed. ``--min-change G`` builds the CoPE shards with adaptive fusion
 (``codec extract --help``) and asks the cope modes with it: Δ positions that hardly changed are
-left out, and stages 1 and 2 train on the longer windows that follow.
+left out, and stages 1 and 2 train on the longer windows that follow. ``--seed N`` draws other
+videos, questions and splits, initialisations and data order: another sample of every figure.
 """

@@ -42,7 +42,8 @@ def _earlier_results(results_path: str) -> dict:
 
 def _flags(settings: dict) -> str:
   return (("--quick" if settings.get("quick") else "the full settings")
-          + (f" and --min-change {settings['min_change']:g}" if settings.get("min_change") else ""))
+          + (f" and --min-change {settings['min_change']:g}" if settings.get("min_change") else "")
+          + (f" and --seed {settings['seed']}" if settings.get("seed") else ""))
 
 
 # The synthetic data's format, recorded with the settings (2: the entries start "<image>Q", not
@@ -66,11 +67,12 @@ def _check_workdir(root: str, made_with: dict) -> None:
                       + f"; this run asks for {now}: use another --workdir")
 
 
-def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0) -> dict:
+def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0,
+        seed: int = 0) -> dict:
   from cope_jax.demo import report, stages  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.codec_stage import run_codec_stage  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.recipe import base_config, stage1_config, stage2_config  # pylint: disable=import-outside-toplevel
-  settings = dataclasses.replace(QUICK if quick else FULL, min_change=min_change)
+  settings = dataclasses.replace(QUICK if quick else FULL, min_change=min_change, seed=seed)
   paths = Paths(os.path.abspath(workdir))
   _check_workdir(paths.root, {"quick": quick, **settings.recorded()})
   out = os.path.join(paths.root, "results.json")
@@ -174,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="adaptive fusion (see codec extract --help) for the CoPE shards of "
                       "stages 1 and 2 and the cope modes' evaluations; a workdir resumes only "
                       "with the value it was made with (default 0: the paper's fixed fusion)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seeds the synthetic videos, their questions and split, every "
+                      "initialisation and the data order: another seed is another sample of the "
+                      "demo's figures (one run is one; a workdir resumes only with its own seed; "
+                      "default 0, the README's run of record)")
   args = parser.parse_args(argv)
   fresh = not os.path.exists(args.workdir)
   previous = signal.signal(signal.SIGTERM, _stop)  # (a training loop saves at its next step)
@@ -181,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if not fresh and not os.path.isdir(args.workdir):
       raise ConfigError(f"--workdir {args.workdir} is a file, not a folder")
     SamplingConfig(min_change=args.min_change).validate()
+    if not 0 <= args.seed < 2**31:
+      raise ConfigError(f"--seed {args.seed}: a seed is from 0 to {2**31 - 1}")
     if args.video:  # before the workdir is made: a typo leaves nothing behind
       from cope_jax.codec.probe import inspect_video  # pylint: disable=import-outside-toplevel
       inspect_video(args.video)
@@ -188,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
       os.makedirs(args.workdir, exist_ok=True)
     except OSError as e:
       raise ConfigError(f"--workdir {args.workdir}: cannot create it ({e.strerror})") from None
-    results = run(args.workdir, args.quick, args.video, args.min_change)
+    results = run(args.workdir, args.quick, args.video, args.min_change, args.seed)
   except (VideoError, ConfigError) as e:
     if fresh and _nothing_done(args.workdir):  # (a --video the codec refuses): leave nothing
       shutil.rmtree(args.workdir, ignore_errors=True)
