@@ -352,3 +352,41 @@ def _records_on_disk(out) -> dict:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   info = tfds.builder_from_directory(shard_dir(str(out), "pretrain")).info
   return {name: split.num_examples for name, split in info.splits.items()}
+
+
+def test_a_record_past_2_gib_is_refused_before_it_is_serialized(synth_build, monkeypatch):
+  """One record is one protobuf message (at most 2 GiB): past it, serializing failed with "Wire
+  format was corrupt" after holding several times the record in memory (a 2.2 GiB finetune
+  record: 10 GB). The build now names the video and the flags that make records smaller, and
+  keeps the shards it had."""
+  from cope_jax.codec.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from cope_jax.data import shard_writer  # pylint: disable=import-outside-toplevel
+  out, items, _ = synth_build
+  directory = shard_dir(str(out), "finetune")
+  before = sorted(os.listdir(directory))
+  monkeypatch.setattr(shard_writer, "MAX_RECORD_BYTES", 10_000)  # (a record here: ~100 KB)
+  with pytest.raises(ConfigError, match=r"^the \S+\.mp4 record of (train|validation|test) holds "
+                     r"0\.\d\d GiB, more than one record can \(2 GiB\): build with fewer "
+                     r"--max-gops \(now 64\), --keyframes-per-gop \(now 1\) or a smaller --size "
+                     r"\(now 64\); the previous shards, if any, are kept$"):
+    build("finetune", items, str(out), ExtractSettings(SIZE, SamplingConfig()), workers=2,
+          progress=False)
+  assert sorted(os.listdir(directory)) == before
+  assert not os.path.exists(directory + ".incomplete")
+
+
+def test_a_records_payload_is_what_it_serializes_to_but_its_framing():
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.builders import BUILDERS  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.shard_writer import _payload_bytes  # pylint: disable=import-outside-toplevel
+  frames = np.array([os.urandom(n) for n in (5000, 7000, 9000)], dtype=object)
+  example = {"video": "v.mp4", "kinds": np.zeros(40, np.uint8), "times": np.zeros(40, np.float32),
+             "duration_s": np.float32(8), "keyframes": frames, "mv": frames, "residual": frames,
+             "conversations": "é" * 100}
+  features = tfds.features.FeaturesDict(BUILDERS["finetune"].features)
+  serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+  record = serializer.get_tf_example(features.encode_example(example)).SerializeToString()
+  payload = _payload_bytes(example)
+  assert payload == 3 * 21000 + 40 + 160 + 4 + len("v.mp4") + 200  # (é: 2 bytes)
+  assert payload <= len(record) <= payload + 300

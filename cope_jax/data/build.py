@@ -14,7 +14,7 @@ from cope_jax.data.builders import BUILDERS, records
 from cope_jax.data.parallel import check_workers
 from cope_jax.data.pipeline import SEQUENCE_INDEX, example_characters
 from cope_jax.data.primitive_cache import ExtractSettings
-from cope_jax.data.shard_writer import write_dataset
+from cope_jax.data.shard_writer import RecordTooLarge, write_dataset
 from cope_jax.json_files import write_json
 
 
@@ -107,8 +107,14 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
     shutil.rmtree(stale, ignore_errors=True)
   kind = BUILDERS[stage]
   try:
-    counts = write_dataset(new, kind.name, kind.features, kind.description,
-                           ((s, examples(s)) for s in splits), kind.version, progress=progress)
+    try:
+      counts = write_dataset(new, kind.name, kind.features, kind.description,
+                             ((s, examples(s)) for s in splits), kind.version, progress=progress)
+    except RecordTooLarge as e:
+      s = settings.sampling
+      raise ConfigError(f"the {e}: build with fewer --max-gops (now {s.max_gops}), "
+                        f"--keyframes-per-gop (now {s.keyframes_per_gop}) or a smaller --size "
+                        f"(now {settings.size}); the previous shards, if any, are kept") from None
     if not any(counts.values()):
       first = f", the first: {skipped[0]['video']}: {skipped[0]['reason']}" if skipped else ""
       raise ConfigError(

@@ -13,12 +13,36 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator
 
+import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import example_serializer, naming
 
 SHARD_BYTES = 1 << 30  # a new shard after 1 GiB, as TFDS sizes them
 _SUFFIX = "array_record"
+# A record is one protobuf message, which cannot pass 2 GiB; past it, serializing fails with
+# "Wire format was corrupt" after using several times the record in memory. (Headroom for the
+# message's own framing, a few bytes per value.)
+MAX_RECORD_BYTES = (1 << 31) - (1 << 24)
+
+
+def _payload_bytes(example: dict) -> int:
+  """The bytes an example's values hold: its encoded frames, arrays and strings."""
+  def size(value) -> int:
+    if isinstance(value, str):
+      return len(value.encode())
+    if isinstance(value, bytes):
+      return len(value)
+    if isinstance(value, np.ndarray) and value.dtype == object:
+      return sum(size(v) for v in value.flat)
+    if isinstance(value, (list, tuple)):
+      return sum(size(v) for v in value)
+    return np.asarray(value).nbytes
+  return sum(size(v) for v in example.values())
+
+
+class RecordTooLarge(ValueError):
+  """An example that one record cannot hold."""
 
 
 def _template(folder: str, name: str, split: str | None = None) -> naming.ShardedFileTemplate:
@@ -45,6 +69,9 @@ def write_dataset(folder: str, name: str, features: dict, description: str,
                         disable=not progress, leave=False):
       # (deterministic: a map's entries in key order, not the process's hash order, so that the
       # same examples make the same bytes, which resuming checks)
+      if (size := _payload_bytes(example)) > MAX_RECORD_BYTES:
+        raise RecordTooLarge(f"{example.get('video', 'a')} record of {split} holds "
+                             f"{size / (1 << 30):.2f} GiB, more than one record can (2 GiB)")
       record = serializer.get_tf_example(features.encode_example(example)).SerializeToString(
           deterministic=True)
       if writer is None or shard_bytes_now >= shard_bytes:
