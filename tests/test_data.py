@@ -365,10 +365,16 @@ def test_a_record_past_2_gib_is_refused_before_it_is_serialized(synth_build, mon
   directory = shard_dir(str(out), "finetune")
   before = sorted(os.listdir(directory))
   monkeypatch.setattr(shard_writer, "MAX_RECORD_BYTES", 10_000)  # (a record here: ~100 KB)
+
+  def serialized(*args):
+    raise AssertionError("a record past the limit was serialized")
+  monkeypatch.setattr(shard_writer.example_serializer.ExampleSerializer, "get_tf_example",
+                      serialized)
   with pytest.raises(ConfigError, match=r"^the \S+\.mp4 record of (train|validation|test) holds "
-                     r"0\.\d\d GiB, more than one record can \(2 GiB\): build with fewer "
-                     r"--max-gops \(now 64\), --keyframes-per-gop \(now 1\) or a smaller --size "
-                     r"\(now 64\); the previous shards, if any, are kept$"):
+                     r"0\.\d\d GiB, more than one record can \(about 2 GiB\): build with fewer "
+                     r"--max-gops \(now 64\), a larger --fusion \(now 30: fewer positions per "
+                     r"GOP\) or a smaller --size \(now 64\); the previous shards, if any, are "
+                     r"kept$"):
     build("finetune", items, str(out), ExtractSettings(SIZE, SamplingConfig()), workers=2,
           progress=False)
   assert sorted(os.listdir(directory)) == before

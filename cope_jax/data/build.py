@@ -112,8 +112,8 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
                              ((s, examples(s)) for s in splits), kind.version, progress=progress)
     except RecordTooLarge as e:
       s = settings.sampling
-      raise ConfigError(f"the {e}: build with fewer --max-gops (now {s.max_gops}), "
-                        f"--keyframes-per-gop (now {s.keyframes_per_gop}) or a smaller --size "
+      raise ConfigError(f"the {e}: build with fewer --max-gops (now {s.max_gops}), a larger "
+                        f"--fusion (now {s.fusion}: fewer positions per GOP) or a smaller --size "
                         f"(now {settings.size}); the previous shards, if any, are kept") from None
     if not any(counts.values()):
       first = f", the first: {skipped[0]['video']}: {skipped[0]['reason']}" if skipped else ""

@@ -71,7 +71,7 @@ def write_dataset(folder: str, name: str, features: dict, description: str,
       # same examples make the same bytes, which resuming checks)
       if (size := _payload_bytes(example)) > MAX_RECORD_BYTES:
         raise RecordTooLarge(f"{example.get('video', 'a')} record of {split} holds "
-                             f"{size / (1 << 30):.2f} GiB, more than one record can (2 GiB)")
+                             f"{size / (1 << 30):.2f} GiB, more than one record can (about 2 GiB)")
       record = serializer.get_tf_example(features.encode_example(example)).SerializeToString(
           deterministic=True)
       if writer is None or shard_bytes_now >= shard_bytes:
