@@ -92,6 +92,12 @@ def test_demo_quick(tmp_path):
       assert r["answer_format"] == answer_format and r["n"] == n_test and not r["skipped"], name
       assert r["visual_tokens_mean"] == MODES[name], name
       assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["motion_accuracy"] <= 1.0
+  # The margins the targets are judged by, and the probes', by every way of asking.
+  margins, target = results["motion_margins"], results["targets"]["motion_cope_vs_keyframes"]
+  assert list(margins) == ["letter", "ranked", "open", "as_if_perfect"]
+  assert margins["letter"]["cope_vs_keyframes"] == pytest.approx(
+      100 * (target["cope"] - target["keyframes"]), abs=0.05)
+  assert "motion margins in points" in stdout
   # The letter step splits each run's multiple-choice answers by whether it answered right
   # open-ended: the two groups are every question, and their accuracies make up the whole.
   assert set(results["letter_step"]) == set(results["evaluation"])
@@ -246,6 +252,32 @@ def test_demo_refuses_a_seed_out_of_range(tmp_path, seed):
   r = run_main("cope_jax.demo.__main__", "--workdir", str(tmp_path / "w"), "--seed", seed)
   assert r.returncode == 2 and r.stderr == f"error: --seed {seed}: a seed is from 0 to 2147483647\n"
   assert not (tmp_path / "w").exists()
+
+
+def test_motion_margins_from_the_counts_for_every_way_of_asking():
+  from cope_jax.demo.margins import describe, motion_margins  # pylint: disable=import-outside-toplevel
+
+  def modes(kf, kf2, cope, zero):  # right answers of 40 camera_pan questions; appearance apart
+    return {m: {"families": {"camera_pan": {"accuracy": right / 40, "n": 40},
+                             "appearance": {"accuracy": 1.0, "n": 10}}}
+            for m, right in (("keyframes", kf), ("keyframes_stage2", kf2), ("cope", cope),
+                             ("cope_zero_delta", zero))}
+  m = motion_margins(modes(10, 12, 20, 14), modes(4, 16, 30, 18), modes(0, 0, 8, 4),
+                     ["camera_pan", "enters"])
+  assert m == {
+      "letter": {"cope_vs_keyframes": 20.0, "zero_delta_vs_cope": -15.0,
+                 "keyframe_run": "keyframes_stage2"},
+      "ranked": {"cope_vs_keyframes": 35.0, "zero_delta_vs_cope": -30.0,
+                 "keyframe_run": "keyframes_stage2"},
+      "open": {"cope_vs_keyframes": 20.0, "zero_delta_vs_cope": -10.0, "keyframe_run": "keyframes"},
+      # a right open answer, else a guess among 4: cope 0.4, keyframes 0.25, zeroed 0.325
+      "as_if_perfect": {"cope_vs_keyframes": 15.0, "zero_delta_vs_cope": -7.5,
+                        "keyframe_run": "keyframes"}}
+  assert describe(m).splitlines()[2:] == [
+      "by the letter (the targets)          +20.0 / -15.0",
+      "options ranked                       +35.0 / -30.0",
+      "open-ended                           +20.0 / -10.0",
+      "as if the letter step were perfect   +15.0 / -7.5"]
 
 
 def test_time_target_and_margins_exactly_at_the_line():

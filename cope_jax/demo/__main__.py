@@ -71,6 +71,8 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0,
         seed: int = 0) -> dict:
   from cope_jax.demo import report, stages  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.codec_stage import run_codec_stage  # pylint: disable=import-outside-toplevel
+  from cope_jax.demo.margins import describe as describe_margins  # pylint: disable=import-outside-toplevel
+  from cope_jax.demo.margins import motion_margins  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.recipe import base_config, stage1_config, stage2_config  # pylint: disable=import-outside-toplevel
   settings = dataclasses.replace(QUICK if quick else FULL, min_change=min_change, seed=seed)
   paths = Paths(os.path.abspath(workdir))
@@ -127,8 +129,10 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0,
     ttft = report.ttft_interleaved(settings, paths, frames, models)
     done("ttft", ttft)
     results["targets"] = report.targets(modes, ret, ttft)
+    results["motion_margins"] = motion_margins(modes, probes["ranked"], probes["open"], motion)
     results["plots"] = report.plots(training, modes, paths.root, probes)
-    table = report.table(modes, ret, probes, ttft, letter, trained)
+    table = (report.table(modes, ret, probes, ttft, letter, trained) + "\n\n"
+             + describe_margins(results["motion_margins"]))
     done("report", {"table": table.splitlines()})
     results["targets"]["time"] = report.time_target(results["elapsed_s_all_runs"], quick)
   finally:

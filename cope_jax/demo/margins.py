@@ -1,0 +1,50 @@
+"""The motion margins the demo's accuracy targets are judged by, for every way of asking: `cope`
+minus the better keyframe run and `cope_zero_delta` minus `cope`, in points on the motion
+families, from the counts. By the letter they are the targets (+15 / −10); options ranked,
+open-ended and as if the letter step were perfect (a right open-ended answer, else a uniform
+guess among the four options) they show what the Δ-tokens carry apart from the letter step."""
+
+from __future__ import annotations
+
+KEYFRAME_RUNS = ("keyframes", "keyframes_stage2")
+FORMATS = (("letter", "by the letter (the targets)"), ("ranked", "options ranked"),
+           ("open", "open-ended"), ("as_if_perfect", "as if the letter step were perfect"))
+OPTIONS = 4
+
+
+def motion_counts(result: dict, families) -> tuple[int, int]:
+  """(right, asked) over the questions of ``families`` in one evaluation's result."""
+  fams = [result["families"][f] for f in families if f in result["families"]]
+  return sum(round(f["accuracy"] * f["n"]) for f in fams), sum(f["n"] for f in fams)
+
+
+def _margins(score: dict[str, float]) -> dict:
+  best = max(KEYFRAME_RUNS, key=lambda m: score[m])
+  return {"cope_vs_keyframes": round(100 * (score["cope"] - score[best]), 1),
+          "zero_delta_vs_cope": round(100 * (score["cope_zero_delta"] - score["cope"]), 1),
+          "keyframe_run": best}
+
+
+def motion_margins(letter: dict, ranked: dict, open_ended: dict, families) -> dict:
+  """Each way of asking's margins (points, one decimal) and the better keyframe run: the
+  evaluations of the letter, options-ranked and open-ended runs, each {mode: result}."""
+  out = {}
+  for name, modes in (("letter", letter), ("ranked", ranked), ("open", open_ended)):
+    counts = {m: motion_counts(modes[m], families) for m in (*KEYFRAME_RUNS, "cope",
+                                                             "cope_zero_delta")}
+    out[name] = _margins({m: right / asked if asked else 0.0
+                          for m, (right, asked) in counts.items()})
+    if name == "open":
+      out["as_if_perfect"] = _margins({m: (right + (asked - right) / OPTIONS) / asked
+                                       if asked else 0.0 for m, (right, asked) in counts.items()})
+  return {name: out[name] for name, _ in FORMATS}
+
+
+def describe(margins: dict) -> str:
+  """The printed lines: one per way of asking."""
+  lines = ["motion margins in points: cope minus the better keyframe run / cope_zero_delta minus "
+           "cope", "(the targets: +15 / -10 by the letter; not targets, the other three)"]
+  for name, title in FORMATS:
+    m = margins[name]
+    lines.append(f"{title:<36}{m['cope_vs_keyframes']:+6.1f} / {m['zero_delta_vs_cope']:+.1f}")
+  return "\n".join(lines)
