@@ -96,7 +96,9 @@ def test_demo_quick(tmp_path):
   margins, target = results["motion_margins"], results["targets"]["motion_cope_vs_keyframes"]
   assert list(margins) == ["letter", "ranked", "open", "as_if_perfect"]
   assert margins["letter"]["cope_vs_keyframes"] == pytest.approx(
-      100 * (target["cope"] - target["keyframes"]), abs=0.05)
+      100 * (target["cope"] - target["keyframes"]), abs=0.005)
+  assert margins["letter"]["past_margins"] == [
+      target["met"], results["targets"]["motion_zero_delta_vs_cope"]["met"]]
   assert "motion margins in points" in stdout
   # The letter step splits each run's multiple-choice answers by whether it answered right
   # open-ended: the two groups are every question, and their accuracies make up the whole.
@@ -266,18 +268,25 @@ def test_motion_margins_from_the_counts_for_every_way_of_asking():
                      ["camera_pan", "enters"])
   assert m == {
       "letter": {"cope_vs_keyframes": 20.0, "zero_delta_vs_cope": -15.0,
-                 "keyframe_run": "keyframes_stage2"},
+                 "keyframe_run": "keyframes_stage2", "past_margins": [True, True]},
       "ranked": {"cope_vs_keyframes": 35.0, "zero_delta_vs_cope": -30.0,
-                 "keyframe_run": "keyframes_stage2"},
-      "open": {"cope_vs_keyframes": 20.0, "zero_delta_vs_cope": -10.0, "keyframe_run": "keyframes"},
+                 "keyframe_run": "keyframes_stage2", "past_margins": [True, True]},
+      "open": {"cope_vs_keyframes": 20.0, "zero_delta_vs_cope": -10.0, "keyframe_run": "keyframes",
+               "past_margins": [True, True]},  # (−10 exactly: on the line is past it)
       # a right open answer, else a guess among 4: cope 0.4, keyframes 0.25, zeroed 0.325
       "as_if_perfect": {"cope_vs_keyframes": 15.0, "zero_delta_vs_cope": -7.5,
-                        "keyframe_run": "keyframes"}}
+                        "keyframe_run": "keyframes", "past_margins": [True, False]}}
   assert describe(m).splitlines()[2:] == [
-      "by the letter (the targets)          +20.0 / -15.0",
-      "options ranked                       +35.0 / -30.0",
-      "open-ended                           +20.0 / -10.0",
-      "as if the letter step were perfect   +15.0 / -7.5"]
+      "by the letter (the targets)          +20.00 /  -15.00   (past +15, past -10)",
+      "options ranked                       +35.00 /  -30.00   (past +15, past -10)",
+      "open-ended                           +20.00 /  -10.00   (past +15, past -10)",
+      "as if the letter step were perfect   +15.00 /   -7.50   (past +15, short of -10)"]
+  # 45 of 301 questions is +14.95: short of +15, though it would print as +15.0 in one decimal.
+  short = motion_margins(*[modes(0, 0, 0, 0)] * 2, {
+      m: {"families": {"camera_pan": {"accuracy": right / 301, "n": 301}}}
+      for m, right in (("keyframes", 99), ("keyframes_stage2", 0), ("cope", 144),
+                       ("cope_zero_delta", 113))}, ["camera_pan"])["open"]
+  assert short["cope_vs_keyframes"] == 14.95 and short["past_margins"] == [False, True]
 
 
 def test_time_target_and_margins_exactly_at_the_line():
