@@ -25,8 +25,10 @@ once its last step's checkpoint is written), training resumes from its newest ch
 SIGTERM during training saves, ends the run with exit status 75, and the next run goes on from
 there. ``elapsed_s_all_runs`` adds every run's time, and the time target is judged on it. A
 workdir made with other settings (``--quick`` or not, another ``--min-change`` or ``--seed``) is
-refused with exit status 2 rather than mixed. ``--min-change G`` builds the CoPE shards with adaptive fusion
-(``codec extract --help``) and asks the cope modes with it: Δ positions that hardly changed are
-left out, and stages 1 and 2 train on the longer windows that follow. ``--seed N`` draws other
-videos, questions and splits, initialisations and data order: another sample of every figure.
+refused with exit status 2 rather than mixed. ``--min-change G`` builds the CoPE shards with
+adaptive fusion (``codec extract --help``) and asks the cope modes with it: Δ positions that
+hardly changed are left out, and stages 1 and 2 train on the longer windows that follow.
+``--seed N`` draws other videos, questions and splits, initialisations and data order: another
+sample of every figure. ``motion_margins`` in results.json has the targets' two margins by the
+letter and by each probe.
 """
