@@ -1,23 +1,21 @@
 """The motion margins the demo's accuracy targets are judged by, for every way of asking: `cope`
 minus the better keyframe run and `cope_zero_delta` minus `cope`, in points on the motion
-families, from the counts. By the letter they are the targets (+15 / −10); options ranked,
-open-ended and as if the letter step were perfect (a right open-ended answer, else a uniform
-guess among the four options) they show what the Δ-tokens carry apart from the letter step."""
+families. By the letter they are the targets (+15 / −10); options ranked, open-ended and as if
+the letter step were perfect (a right open-ended answer, else a uniform guess among the four
+options) they show what the Δ-tokens carry apart from the letter step."""
 
 from __future__ import annotations
 
+from cope_jax.evaluate import families_accuracy
+
 KEYFRAME_RUNS = ("keyframes", "keyframes_stage2")
 MARGINS = (0.15, -0.10)  # the targets': cope over the keyframe, cope_zero_delta under cope
-EPS = 1e-9  # (the targets' tolerance: a margin exactly on the line is met)
+# Accuracies are ratios of counts: a margin of exactly 10 points (4/30 vs 1/30) must not miss
+# by float rounding (the targets' tolerance, report.targets' too).
+EPS = 1e-9
 FORMATS = (("letter", "by the letter (the targets)"), ("ranked", "options ranked"),
            ("open", "open-ended"), ("as_if_perfect", "as if the letter step were perfect"))
 OPTIONS = 4
-
-
-def motion_counts(result: dict, families) -> tuple[int, int]:
-  """(right, asked) over the questions of ``families`` in one evaluation's result."""
-  fams = [result["families"][f] for f in families if f in result["families"]]
-  return sum(round(f["accuracy"] * f["n"]) for f in fams), sum(f["n"] for f in fams)
 
 
 def _margins(score: dict[str, float]) -> dict:
@@ -35,13 +33,12 @@ def motion_margins(letter: dict, ranked: dict, open_ended: dict, families) -> di
   and open-ended runs, each {mode: result}."""
   out = {}
   for name, modes in (("letter", letter), ("ranked", ranked), ("open", open_ended)):
-    counts = {m: motion_counts(modes[m], families) for m in (*KEYFRAME_RUNS, "cope",
-                                                             "cope_zero_delta")}
-    out[name] = _margins({m: right / asked if asked else 0.0
-                          for m, (right, asked) in counts.items()})
+    # (the motion accuracy the targets are judged on)
+    score = {m: families_accuracy(modes[m], families)
+             for m in (*KEYFRAME_RUNS, "cope", "cope_zero_delta")}
+    out[name] = _margins(score)
     if name == "open":
-      out["as_if_perfect"] = _margins({m: (right + (asked - right) / OPTIONS) / asked
-                                       if asked else 0.0 for m, (right, asked) in counts.items()})
+      out["as_if_perfect"] = _margins({m: s + (1 - s) / OPTIONS for m, s in score.items()})
   return {name: out[name] for name, _ in FORMATS}
 
 
