@@ -131,7 +131,8 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
     write_jsonl(log_path, rows)
   families = collections.defaultdict(list)
   for r in rows:
-    families[r["family"]].append(r["correct"])
+    if r["family"]:  # (a line without one counts in the overall accuracy alone)
+      families[r["family"]].append(r["correct"])
   def mean(key, reduce=np.mean):  # None when no question could be asked (or nothing generated)
     values = [r[key] for r in rows if r[key] is not None]
     return float(reduce(values)) if values else None

@@ -139,6 +139,13 @@ def test_evaluate_open_ended_asks_without_options_and_matches_the_right_option()
       "camera_pan": 1.0, "appearance": 1.0, "bounces": 0.0}
 
 
+def test_a_question_without_a_family_counts_in_the_overall_accuracy_alone():
+  untagged = [{k: v for k, v in q.items() if k != "family"} for q in QUESTIONS[:2]]
+  res = evaluate(_ScriptedModel(["B", "A", "A"]), untagged + QUESTIONS[2:], "cope", progress=False)
+  assert (res["n"], res["accuracy"], res["families"]) == (  # no "" family
+      3, pytest.approx(2 / 3), {"bounces": {"accuracy": 1.0, "n": 1}})
+
+
 def test_evaluate_ranked_options_asks_without_options_and_scores_the_best_option():
   model = _ScriptedModel([1, 0, 0])
   res = evaluate(model, QUESTIONS, "cope", answer_format="ranked", progress=False)
