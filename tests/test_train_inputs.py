@@ -114,8 +114,11 @@ def test_a_workdir_that_cannot_be_created_is_one_error_line(tmp_path):
 @pytest.mark.parametrize("key", ["stage1_checkpoint", "init_checkpoint"])
 def test_a_checkpoint_to_start_from_that_does_not_read_is_one_error_line(tmp_path, key):
   """The folder exists, so only reading it fails (Orbax raises many kinds of errors): one line
-  naming the setting, and the fresh workdir gets no config files a later run would trust."""
+  naming the setting, and nothing is left: a workdir the run made is removed (no config files a
+  later run would trust), one the user made is kept."""
   (tmp_path / "empty").mkdir()
+  if key == "init_checkpoint":
+    (tmp_path / "w").mkdir()
   r = subprocess.run([sys.executable, "-m", "cope_jax.train", "--config=configs/finetune.py:tiny",
                       f"--workdir={tmp_path / 'w'}", "--config.synthetic.videos=24",
                       "--config.total_steps=1", f"--config.{key}={tmp_path / 'empty'}"],
@@ -124,6 +127,7 @@ def test_a_checkpoint_to_start_from_that_does_not_read_is_one_error_line(tmp_pat
   assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
   assert f"--config.{key}={tmp_path / 'empty'}: not a readable checkpoint" in errors[0]
   assert "Traceback" not in r.stderr
+  assert sorted(os.listdir(tmp_path)) == (["empty", "w"] if key == "init_checkpoint" else ["empty"])
   assert not os.path.exists(tmp_path / "w" / "model_config.json")
 
 

@@ -8,6 +8,7 @@ the length buckets), and its memory use is printed per device.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -217,10 +218,21 @@ def memory_report(compiled) -> str:
 
 def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
-  try:
+  made = not os.path.isdir(workdir)
+  try:  # made first: a workdir that cannot be is refused before a long start
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:  # (check_folder cannot tell every case: root may write where none can)
     raise ConfigError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
+  try:
+    return _train(config, workdir)
+  except BaseException:
+    if made:  # a run refused (or stopped) before it wrote anything leaves no empty workdir
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)
+    raise
+
+
+def _train(config, workdir: str) -> int:
   task = TASKS[config.stage](config, shard_dir(config.data_dir, config.stage))
   check_same_model_config(config, task, workdir)
   mesh = make_mesh(dict(config.mesh))
