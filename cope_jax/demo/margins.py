@@ -6,6 +6,8 @@ options) they show what the Δ-tokens carry apart from the letter step."""
 
 from __future__ import annotations
 
+import math
+
 from cope_jax.evaluate import families_accuracy
 
 KEYFRAME_RUNS = ("keyframes", "keyframes_stage2")
@@ -16,6 +18,17 @@ EPS = 1e-9
 FORMATS = (("letter", "by the letter (the targets)"), ("ranked", "options ranked"),
            ("open", "open-ended"), ("as_if_perfect", "as if the letter step were perfect"))
 OPTIONS = 4
+
+
+def shown_missed(value: float, digits: int, line: float, up: bool) -> float:
+  """A missed target's value rounded to ``digits`` decimals for printing: as usual, unless that
+  lands on its ``line`` or past it; then up (or down), away from it — a ratio of 0.2504 beside
+  'ratio <= 0.25' prints 0.251, not 0.250."""
+  usual = round(value, digits)
+  if (usual > line) if up else (usual < line):
+    return usual
+  scaled = value * 10 ** digits  # (a value already on the printed grid stays as it is)
+  return (math.ceil(scaled - 1e-6) if up else math.floor(scaled + 1e-6)) / 10 ** digits
 
 
 def _margins(score: dict[str, float]) -> dict:

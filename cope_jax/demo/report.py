@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from cope_jax.demo.margins import EPS, MARGINS
+from cope_jax.demo.margins import EPS, MARGINS, shown_missed
 from cope_jax.demo.progress import log
 from cope_jax.demo.recipe import DemoSettings, Paths
 from cope_jax.json_files import read_json, write_json
@@ -188,6 +188,13 @@ def retrieval(p: Paths) -> dict:
   return read_json(path)
 
 
+def _ttft_change(ttft: dict) -> float:
+  """cope's TTFT against dense's in percent, as printed: short of the target's −60 %, never
+  shown at it (−59.96 % as −59.9, not −60.0)."""
+  change = 100 * (ttft["cope_s"] / ttft["dense_s"] - 1)
+  return shown_missed(change, 1, -60, up=True) if ttft["cope_s"] > 0.4 * ttft["dense_s"] else change
+
+
 def targets(modes: dict, ret: dict, ttft: dict) -> dict:
   """The issue's targets, each with the measured values and whether it is met (the time target
   is added when the demo ends: ``time_target``); ``ttft``: ``ttft_interleaved``'s medians."""
@@ -252,7 +259,7 @@ def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None,
     lines.append(f"TTFT, dense and cope asked in turn ({ttft['questions']} questions × "
                  f"{ttft['rounds']} rounds; the target's measurement): dense "
                  f"{1000 * ttft['dense_s']:.1f} ms, cope {1000 * ttft['cope_s']:.1f} ms "
-                 f"({ttft['cope_s'] / ttft['dense_s'] - 1:+.1%})")
+                 f"({_ttft_change(ttft):+.1f}%)")
   titles = {"open": "open-ended probe (the same questions without options; exact match with "
                     "the right option; not a target)",
             "ranked": "options-ranked probe (the same questions without options; the option "
