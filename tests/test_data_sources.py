@@ -47,37 +47,42 @@ def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
 
 @pytest.mark.parametrize("entries,named", [
     ({"id": "x1", "video": "clip.mp4"}, "expected a JSON list of entries, found a dict"),
-    (["clip.mp4"], "entry 0 (str)"),
+    (["clip.mp4"], "ann.json: entry 1 (str)"),
     ([{"id": "x1", "video": "clip.mp4", "conversations": [{"from": "system", "value": "hi"}]}],
-     "entry 0 (x1)"),
+     "ann.json: entry 1 (x1)"),
     ([{"id": "x2", "video": "clip.mp4", "conversations": [{"from": "gpt", "value": "<image>"}]}],
-     "entry 0 (x2)"),
-    ([{"id": "x3", "video": "clip.mp4", "conversations": []}], "entry 0 (x3)"),
+     "ann.json: entry 1 (x2)"),
+    ([{"id": "x3", "video": "clip.mp4", "conversations": []}], "ann.json: entry 1 (x3)"),
     ([{"id": "x4", "video": 5, "conversations": [{"from": "human", "value": "<image>"}]}],
-     "entry 0 (x4): not a {video, conversations} object with human/gpt turns (TypeError: video "
+     "ann.json: entry 1 (x4): not a {video, conversations} object with human/gpt turns (TypeError: video "
      "is 5"),
     ([{"id": "x5", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"},
                                                            {"from": "gpt", "value": None}]}],
-     "entry 0 (x5): not a {video, conversations} object with human/gpt turns (TypeError: a "
+     "ann.json: entry 1 (x5): not a {video, conversations} object with human/gpt turns (TypeError: a "
      "turn's value is not text"),
     # no answer (a step that trains nothing), an empty one (trains saying nothing), two in a row
     ([{"id": "x6", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"}]}],
-     "entry 0 (x6): not a {video, conversations} object with human/gpt turns (ValueError: turns "
+     "ann.json: entry 1 (x6): not a {video, conversations} object with human/gpt turns (ValueError: turns "
      "that are not human, gpt, human, gpt, … ending with gpt"),
     ([{"id": "x7", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"},
                                                            {"from": "gpt", "value": " "}]}],
-     "entry 0 (x7): not a {video, conversations} object with human/gpt turns (ValueError: an "
+     "ann.json: entry 1 (x7): not a {video, conversations} object with human/gpt turns (ValueError: an "
      "empty answer"),
     ([{"id": "x8", "video": "clip.mp4", "conversations": [
         {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"},
-        {"from": "gpt", "value": "b"}]}], "entry 0 (x8)"),
+        {"from": "gpt", "value": "b"}]}], "ann.json: entry 1 (x8)"),
 ])
 def test_llava_video_annotations_malformed(tmp_path, entries, named):
-  """(Also: a conversation that opens with the assistant, or has no turns.)"""
+  """(Also: a conversation opening with the assistant, or no turns; JSON Lines name the line.)"""
   ann = tmp_path / "ann.json"
   ann.write_text(json.dumps(entries))
   with pytest.raises(ValueError, match=re.escape(named)):
     load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
+  if isinstance(entries, list) and isinstance(entries[0], dict):
+    good = {"video": "a", "conversations": [{"from": r, "value": "a"} for r in ("human", "gpt")]}
+    ann.write_text("\n\n".join(json.dumps(e) for e in [good, good] + entries) + "\n")
+    with pytest.raises(ValueError, match=re.escape(named.replace(": entry 1", ":5"))):
+      load_items("llava_video", str(tmp_path), str(ann), str(tmp_path), 0, 0, 64, 1, False)
 
 
 def test_llava_video_annotations(tmp_path, pan_clip, monkeypatch):

@@ -172,9 +172,10 @@ def read_mcq(path: str, conversations: str = "question", seed: int = 0) -> list[
 ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
 
 
-def _annotation_entries(path: str) -> list:
-  """The entries of one LLaVA-Video annotation file: a JSON list, or JSON Lines (one entry per
-  line, as LLaVA-NeXT also reads)."""
+def _annotation_entries(path: str) -> list[tuple[str, object]]:
+  """The entries of one LLaVA-Video annotation file, each with where it is for errors: a JSON
+  list (``FILE: entry N``, from 1), or JSON Lines (``FILE:LINE``; one entry per line, as
+  LLaVA-NeXT also reads)."""
   with open_text(path) as f:
     try:
       text = f.read()
@@ -185,19 +186,20 @@ def _annotation_entries(path: str) -> list:
   except json.JSONDecodeError as e:
     if not text.lstrip().startswith("{"):
       raise ValueError(f"{path}: not JSON ({e})") from None
-    entries = []
+    lines = []
     for n, line in enumerate(text.split("\n"), 1):  # (not splitlines: U+2028 is JSON text)
       if line.strip():
         try:
-          entries.append(json.loads(line))
+          lines.append((f"{path}:{n}", json.loads(line)))
         except json.JSONDecodeError as e_line:
           raise ValueError(f"{path}:{n}: neither a JSON list nor JSON Lines ({e_line})") from None
+    return lines
   if isinstance(entries, dict) and "conversations" in entries:  # a JSONL file of one line
-    entries = [entries]
+    return [(f"{path}: entry 1", entries)]
   if not isinstance(entries, list):
     raise ValueError(f"{path}: expected a JSON list of entries, found a "
                      f"{type(entries).__name__}")
-  return entries
+  return [(f"{path}: entry {n}", e) for n, e in enumerate(entries, 1)]
 
 
 def read_llava_video(annotations: str | os.PathLike | list, video_dir: str) -> list[VideoItem]:
@@ -224,7 +226,7 @@ def _read_llava_video_file(annotations: str, video_dir: str, items: dict) -> Non
   entries = _annotation_entries(annotations)
   if not entries:  # (one empty file among several: a wrong file named, most likely)
     raise ValueError(f"{annotations}: no entries")
-  for n, e in enumerate(entries):
+  for where, e in entries:
     try:
       turns = [(ROLES[t["from"]], t["value"]) for t in e["conversations"]]
       video = e["video"]
@@ -241,7 +243,7 @@ def _read_llava_video_file(annotations: str, video_dir: str, items: dict) -> Non
         raise ValueError("an empty answer")
     except (KeyError, TypeError, ValueError) as err:
       name = e.get("id", "?") if isinstance(e, dict) else type(e).__name__
-      raise ValueError(f"{annotations}: entry {n} ({name}): not a {{video, conversations}} "
+      raise ValueError(f"{where} ({name}): not a {{video, conversations}} "
                        f"object with human/gpt turns ({type(err).__name__}: {err})") from None
     path = os.path.abspath(os.path.join(video_dir, video))  # (VideoItem's paths are absolute)
     items.setdefault(path, VideoItem(path, "train")).conversations.append(turns)
