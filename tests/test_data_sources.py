@@ -193,11 +193,11 @@ def test_a_build_with_nothing_to_write_keeps_the_previous_shards(tmp_path, pan_c
     build("eval", items("missing.mp4"), str(tmp_path / "o"), settings, workers=1,
           progress=False)
   assert sorted(os.listdir(shard_dir(str(tmp_path / "o"), "eval"))) == before
-  # a first build that writes nothing leaves no empty shard folder behind
+  # a first build that writes nothing leaves no empty folder behind: no --out, no cache
   with pytest.raises(ConfigError, match="no eval record"):
     build("eval", items("missing.mp4"), str(tmp_path / "fresh"), settings, workers=1,
           progress=False)
-  assert os.listdir(tmp_path / "fresh") == ["cache"]
+  assert not (tmp_path / "fresh").exists()
   r = subprocess.run([sys.executable, "-m", "cope_jax.data", "build", "--stage", "eval",
                       "--source", "mcq", "--annotations", str(tmp_path / "q.jsonl"), "--out",
                       str(tmp_path / "o"), "--size", "64", "--quiet"],

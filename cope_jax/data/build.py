@@ -85,6 +85,18 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   check_limit(limit)
   if limit is not None:
     items = items[:limit]
+  made = [d for d in (os.path.join(out, "cache"), out) if not os.path.isdir(d)]
+  try:
+    return _build(stage, items, out, settings, workers, progress)
+  except BaseException:  # a build that stops before writing anything leaves no empty folders
+    for folder in made:  # (the cache's entries stay: a rerun resumes from them)
+      if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+    raise
+
+
+def _build(stage: str, items: list[sources.VideoItem], out: str, settings: ExtractSettings,
+           workers: int | None, progress: bool) -> dict:
   done, skipped = primitive_cache.extract_all([it.video for it in items],
                                               os.path.join(out, "cache"), settings, workers,
                                               progress)
