@@ -85,12 +85,19 @@ coordinator_host() {
   printf '%s' "$host"
 }
 
+# check_port PORT: the coordinator's port, 1–65535.
+check_port() {
+  if ! [[ "$1" =~ ^[1-9][0-9]{0,4}$ ]] || (($1 > 65535)); then
+    die "PORT must be 1-65535, got '$1'"
+  fi
+}
+
 ssh_hosts() {
-  require HOSTS
   local host_list=()
   # Any whitespace separates hosts, newlines too (HOSTS=$(cat hostfile)).
-  read -r -d '' -a host_list <<<"${HOSTS:?}" || true  # (require: not blank)
+  read -r -d '' -a host_list <<<"${HOSTS:?}" || true  # (main's require: not blank)
   local coordinator repo="${REPO_DIR:-$HERE/..}"
+  check_port "${PORT:-12355}"
   coordinator="$(coordinator_host "${host_list[0]}"):${PORT:-12355}"
   # An ssh command runs outside any activated virtualenv: REPO_DIR's own, where the host has one
   # (the host decides, after the cd: this machine's checkout may have one where it has not).
@@ -143,6 +150,9 @@ SBATCH
 local_processes() {
   local n=${PROCESSES:-2} port=${PORT:-12355}
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "PROCESSES must be a whole number >= 1, got '$n'"
+  [[ "${DEVICES_PER_PROCESS:-4}" =~ ^[1-9][0-9]*$ ]] ||
+    die "DEVICES_PER_PROCESS must be a whole number >= 1, got '${DEVICES_PER_PROCESS}'"
+  check_port "$port"
   local pids=() i
   for ((i = 0; i < n; i++)); do
     local env=(COPE_DISTRIBUTED=1 "COPE_COORDINATOR=localhost:$port" "COPE_NUM_PROCESSES=$n"
@@ -171,7 +181,11 @@ main() {
       [[ -n "$command" ]] || exit 2
       ;;
     host | ssh | slurm | local)
-      require CONFIG WORKDIR
+      if [[ "$command" == ssh ]]; then
+        require CONFIG WORKDIR HOSTS  # (named with the others: one round, not two)
+      else
+        require CONFIG WORKDIR
+      fi
       local_paths WORKDIR DATA_DIR
       case "$command" in
         host) host ;;

@@ -119,7 +119,6 @@ install() {
 }
 
 train() {
-  require CONFIG WORKDIR
   local repo cmd
   repo=$(remote_path "${REPO_DIR:-~/cope_jax}")
   cmd="cd $repo && COPE_DISTRIBUTED=1 ${WORKER_ENV:+$WORKER_ENV }$(PYTHON=.venv/bin/python train_command)"
@@ -148,7 +147,6 @@ preempted() {
 }
 
 watch() {
-  require CONFIG WORKDIR
   local rc
   while true; do
     rc=0
@@ -199,7 +197,11 @@ main() {
       workers
       ;;
     create | install | train | watch | status | delete)
-      require PROJECT ZONE TPU_NAME ACCELERATOR
+      local needs=(PROJECT ZONE TPU_NAME ACCELERATOR)
+      if [[ "$command" == train || "$command" == watch ]]; then
+        needs+=(CONFIG WORKDIR)  # (named with the others: one round, not two)
+      fi
+      require "${needs[@]}"
       check_accelerator
       if [[ "$command" != status && "$command" != delete ]]; then
         local_paths WORKDIR DATA_DIR
