@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
   if not args.question.strip():
     parser.error("--question is empty")
   from cope_jax.infer.api import CoPE  # pylint: disable=import-outside-toplevel
-  from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.sampling import SamplingOptions  # pylint: disable=import-outside-toplevel
   try:
     # refused before loading
     SamplingOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed)

@@ -12,8 +12,8 @@ import pytest
 
 from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
 from cope_jax.infer import PromptTooLong
-from cope_jax.infer.generation import (Generator, SamplingOptions, cache_slots, prompt_positions,
-                                       sample)
+from cope_jax.infer.generation import Generator, cache_slots, prompt_positions
+from cope_jax.infer.sampling import SamplingOptions, sample
 from cope_jax.models import presets
 from cope_jax.models.llava import VideoLM
 
@@ -256,11 +256,18 @@ def test_a_prompt_longer_than_its_padded_text_is_refused(setup):
   gen = Generator(cfg, params, eos_id=-1)
   need = int(prompt_positions(cfg, inputs).max())
   short = (inputs[0][:, :need - 1], inputs[1][:, :need - 1]) + inputs[2:]
-  message = f"a prompt takes {need} positions .* input_ids hold {need - 1} slots"
+  message = f"a prompt takes {need} slots .* input_ids hold {need - 1}:"
   with pytest.raises(ValueError, match=message):
     gen.generate(short, SamplingOptions(max_new_tokens=1))
   with pytest.raises(ValueError, match=message):
     gen.score(_row(short, 0), [[5, 6]])  # (row 0 takes the most: 59 positions)
+  # row 1's padding frame takes no position but a slot: with 28 text tokens it takes 57
+  # positions and needs 67 slots (its text after <image> starts past all 40 visual slots)
+  ids, mask = np.array(inputs[0][:, :60]), np.array(inputs[1][:, :60])
+  ids[1, 13:28], mask[1, :28] = 7, True
+  assert list(prompt_positions(cfg, (ids, mask) + inputs[2:])) == [59, 57]
+  with pytest.raises(ValueError, match="a prompt takes 67 slots .* input_ids hold 60:"):
+    gen.generate((jnp.asarray(ids), jnp.asarray(mask)) + inputs[2:], SamplingOptions())
 
 
 def _recomputed_log_likelihood(cfg, params, inputs, b, n, continuation, zero_delta=False):

@@ -76,7 +76,8 @@ def too_long(cfg: VideoLMConfig, seconds: float, new_tokens: int) -> dict[str, i
 def measure(cfg: VideoLMConfig, seconds: float, new_tokens: int, repeats: int,
             codec_size: int | None = None) -> list[dict]:
   """``codec_size``: the Δ-frames' side (default: the keyframes', as in the paper: 384 both)."""
-  from cope_jax.infer.generation import Generator, SamplingOptions  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.generation import Generator  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.sampling import SamplingOptions  # pylint: disable=import-outside-toplevel
   from cope_jax.models.llava import VideoLM, init_inputs  # pylint: disable=import-outside-toplevel
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)

@@ -274,7 +274,7 @@ class CoPE:
     """Answers ``question`` about ``video`` (pass ``inputs`` to reuse extracted frames: then
     ``keyframes_per_gop``, ``min_change`` (adaptive fusion) and ``dense_frames`` are theirs).
     ``seed`` picks the sampling stream when ``temperature`` > 0."""
-    from cope_jax.infer.generation import SamplingOptions  # pylint: disable=import-outside-toplevel
+    from cope_jax.infer.sampling import SamplingOptions  # pylint: disable=import-outside-toplevel
     # (checked before the video is extracted: a long one took its time before a typo was said)
     sampling = SamplingOptions(max_new_tokens, temperature, top_p, seed)
     v = self._checked_inputs(video, mode, keyframes_per_gop, dense_frames, min_change, inputs)

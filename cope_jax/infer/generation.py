@@ -28,51 +28,8 @@ import numpy as np
 from cope_jax.command_line import raise_pending_stop
 from cope_jax.data.tokenizer import IMAGE_TOKEN_ID
 from cope_jax.infer import PromptTooLong
+from cope_jax.infer.sampling import SamplingOptions, is_greedy, sample
 from cope_jax.models.llava import VideoLM, VideoLMConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingOptions:
-  max_new_tokens: int = 64
-  temperature: float = 0.0   # 0: greedy
-  top_p: float = 1.0
-  seed: int = 0
-
-  def __post_init__(self):
-    if self.max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-    # (finite as a float32, which the logits are divided in: 1e308 became inf there)
-    if not 0 <= self.temperature <= float(np.finfo(np.float32).max):
-      raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got "
-                       f"{self.temperature}")
-    if not 0 < self.top_p <= 1:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-    if not 0 <= self.seed < 2**32:
-      raise ValueError(f"seed must be from 0 to 2**32 - 1, got {self.seed}")
-
-
-def is_greedy(temperature: float) -> bool:
-  """0, or below float32's normals, which XLA:CPU flushes to 0: greedy either way."""
-  return temperature < np.finfo(np.float32).tiny
-
-
-def sample(logits: jax.Array, key: jax.Array, temperature: float | jax.Array,
-           top_p: float | jax.Array, greedy: bool | None = None) -> jax.Array:
-  """(B, V) logits → (B,) token ids: greedy, or temperature + nucleus (top-p) sampling.
-  ``greedy``: given where ``temperature`` is traced (the jitted steps take it as a value, so
-  that another temperature or top-p compiles nothing), else decided from it."""
-  if is_greedy(temperature) if greedy is None else greedy:
-    return jnp.argmax(logits, axis=-1)
-  # (the best logit made 0 first: a tiny temperature then sends the rest to -inf, not the best
-  # to +inf, whose softmax is NaN and whose sample was token 0)
-  logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature
-  order = jnp.argsort(-logits, axis=-1)
-  sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-  cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-  keep = cumulative - jax.nn.softmax(sorted_logits, axis=-1) < top_p  # always keeps the best
-  sorted_logits = jnp.where(keep, sorted_logits, -jnp.inf)
-  choice = jax.random.categorical(key, sorted_logits, axis=-1)
-  return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
 
 
 def _sampling(options: SamplingOptions) -> dict:
@@ -141,14 +98,22 @@ def prompt_positions(cfg: VideoLMConfig, inputs: tuple) -> np.ndarray:
 
 
 def _check_room(cfg: VideoLMConfig, inputs: tuple) -> int:
-  """The most positions a row's prompt takes; ValueError if that is more than the slots of its
-  padded text, where the splice would drop the prompt's end (the question, the assistant's
-  turn) without a word."""
-  need = int(prompt_positions(cfg, inputs).max())
-  if need > inputs[0].shape[1]:
-    raise ValueError(f"a prompt takes {need} positions (its text and visual tokens) but its "
-                     f"input_ids hold {inputs[0].shape[1]} slots: pad them to at least {need}")
-  return need
+  """The most positions a row's prompt takes; ValueError if a row's prompt needs more slots than
+  its padded text has, where the splice would drop the prompt's end (the question, the
+  assistant's turn) without a word. A row's visual tokens take the slots of all the batch's
+  frames, its padding frames' too (they take no positions): its text after ``<image>`` starts
+  there."""
+  ids, mask = np.asarray(inputs[0]), np.asarray(inputs[1])
+  visual_slots = (inputs[2].shape[1] * cfg.keyframe_tokens
+                  + inputs[3].shape[1] * cfg.delta_tokens)
+  has_image = (ids == IMAGE_TOKEN_ID).any(axis=1)
+  last = np.where(mask.any(axis=1), ids.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1), -1)
+  slots = int(np.max(last + np.where(has_image, visual_slots, 1)))
+  if slots > ids.shape[1]:
+    raise ValueError(f"a prompt takes {slots} slots (its text and the batch's {visual_slots} "
+                     f"visual slots, padding frames' included) but its input_ids hold "
+                     f"{ids.shape[1]}: pad them to at least {slots}")
+  return int(prompt_positions(cfg, inputs).max())
 
 
 def _on_device(params: dict) -> dict:
