@@ -54,20 +54,20 @@ def test_bad_videos_are_skipped_and_reported(tmp_path, pan_clip):
      "ann.json: entry 1 (x2)"),
     ([{"id": "x3", "video": "clip.mp4", "conversations": []}], "ann.json: entry 1 (x3)"),
     ([{"id": "x4", "video": 5, "conversations": [{"from": "human", "value": "<image>"}]}],
-     "ann.json: entry 1 (x4): not a {video, conversations} object with human/gpt turns (TypeError: video "
-     "is 5"),
+     "ann.json: entry 1 (x4): not a {video, conversations} object with human/gpt "
+     "turns (TypeError: video is 5"),
     ([{"id": "x5", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"},
                                                            {"from": "gpt", "value": None}]}],
-     "ann.json: entry 1 (x5): not a {video, conversations} object with human/gpt turns (TypeError: a "
-     "turn's value is not text"),
+     "ann.json: entry 1 (x5): not a {video, conversations} object with human/gpt "
+     "turns (TypeError: a turn's value is not text"),
     # no answer (a step that trains nothing), an empty one (trains saying nothing), two in a row
     ([{"id": "x6", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"}]}],
-     "ann.json: entry 1 (x6): not a {video, conversations} object with human/gpt turns (ValueError: turns "
-     "that are not human, gpt, human, gpt, … ending with gpt"),
+     "ann.json: entry 1 (x6): not a {video, conversations} object with human/gpt "
+     "turns (ValueError: turns that are not human, gpt, human, gpt, … ending with gpt"),
     ([{"id": "x7", "video": "clip.mp4", "conversations": [{"from": "human", "value": "<image>"},
                                                            {"from": "gpt", "value": " "}]}],
-     "ann.json: entry 1 (x7): not a {video, conversations} object with human/gpt turns (ValueError: an "
-     "empty answer"),
+     "ann.json: entry 1 (x7): not a {video, conversations} object with human/gpt "
+     "turns (ValueError: an empty answer"),
     ([{"id": "x8", "video": "clip.mp4", "conversations": [
         {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"},
         {"from": "gpt", "value": "b"}]}], "ann.json: entry 1 (x8)"),
