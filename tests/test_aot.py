@@ -117,9 +117,14 @@ def test_aot_device_flags_are_checked_before_jax_starts(flags, message):
   assert len(r.stderr.strip().splitlines()) == 1 and not r.stdout
 
 
-def test_aot_help_lists_its_flags():
+def test_aot_help_lists_its_flags_and_help_is_a_success():
+  """(absl's --help exits with status 1: a `--help && …` step failed; the trainer's too)"""
   r = subprocess.run([sys.executable, "-m", "cope_jax.train.aot", "--help"], capture_output=True,
                      text=True, timeout=120, cwd=ROOT)
   listed = r.stdout.split("\nflags:\n", 1)[1]
   for flag in ("--config:", "--devices: emulate N CPU devices", "--topology: compile for"):
     assert flag in listed, r.stdout
+  assert r.returncode == 0
+  r = subprocess.run([sys.executable, "-m", "cope_jax.train", "-h"], capture_output=True,
+                     text=True, timeout=120, cwd=ROOT)
+  assert r.returncode == 0 and "--workdir" in r.stdout, r.stderr[-2000:]

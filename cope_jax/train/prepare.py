@@ -63,11 +63,16 @@ def parse_flags(argv: list[str]) -> list[str]:
   unknown variant or config key, or a bad value, as one ``error:`` line and exit status 2 rather
   than a traceback."""
   from absl import flags  # pylint: disable=import-outside-toplevel
+  argv = [argv[0]] + ["--help" if a == "-h" else a for a in argv[1:]]  # (as argparse CLIs take)
   try:
     rest = flags.FLAGS(argv)
     if "config" in flags.FLAGS and flags.FLAGS.config is not None:
       flags.FLAGS.config.keys()  # a recipe that did not load says so only when first read
     return rest
+  except SystemExit as e:  # absl's --help prints the usage, then exits with status 1
+    if e.code == 1 and set(argv[1:]) & {"--help", "--helpshort", "--helpfull"}:
+      sys.exit(0)
+    raise
   except Exception as e:  # pylint: disable=broad-except  (ml_collections raises several kinds)
     if isinstance(e.__context__, KeyError):  # an unknown field of the recipe
       message = f"unknown config field {e.__context__.args[0]}"
