@@ -194,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                       help='MCQ JSONL: one {"video", "question", "options", "answer"} object per '
                       'line (video paths may be relative to the file; optional "family")')
   parser.add_argument("--tokenizer", default=None,
-                      help="the tokenizers JSON file to use (default: the one the model was trained "
-                           "with, as its train_config.json names it — a path on the machine that "
-                           "trained it — or Qwen2's for a converted checkpoint)")
+                      help="the tokenizer.json (Hugging Face tokenizers' format) to use "
+                           "(default: the one the model was trained with, as its "
+                           "train_config.json names it — a path on the machine that trained it "
+                           "— or Qwen2's for a converted checkpoint)")
   parser.add_argument("--mode", default="cope", choices=MODES,
                       help="which frames the model sees (default cope; see above)")
   parser.add_argument("--keyframes-per-gop", type=int, default=None,

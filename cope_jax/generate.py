@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                       "keyframes modes)")
   parser.add_argument("--video", required=True, help="any video PyAV reads (re-encoded if needed)")
   parser.add_argument("--tokenizer", default=None,
-                      help="the tokenizers JSON file to use (default: the one the model was trained "
-                           "with, as its train_config.json names it — a path on the machine that "
-                           "trained it — or Qwen2's for a converted checkpoint)")
+                      help="the tokenizer.json (Hugging Face tokenizers' format) to use "
+                           "(default: the one the model was trained with, as its "
+                           "train_config.json names it — a path on the machine that trained it "
+                           "— or Qwen2's for a converted checkpoint)")
   parser.add_argument("--question", required=True, help="the user turn, asked after the video")
   parser.add_argument("--mode", default="cope", choices=MODES,
                       help="cope: keyframes + Δ-frames (default); keyframes: without the "

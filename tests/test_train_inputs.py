@@ -317,6 +317,8 @@ def test_a_resume_of_a_model_that_computes_otherwise_is_refused(tmp_path):
   from cope_jax.train.tasks import FinetuneTask  # pylint: disable=import-outside-toplevel
   base = load_recipe("finetune", "tiny")
   assert "delta" in FinetuneTask(base, "").model_parts
+  assert "the Δ-encoder starts from RANDOM" in FinetuneTask(base, "").pretrained()[2]
   base.max_delta_frames = 0
   base.trainable.delta_encoder = 0.0
   assert FinetuneTask(base, "").model_parts == ("vision", "llm")
+  assert "Δ-encoder" not in FinetuneTask(base, "").pretrained()[2]  # (said it starts RANDOM)

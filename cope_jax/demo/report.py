@@ -266,11 +266,13 @@ def table(modes: dict, ret: dict, probes: dict[str, dict] | None = None,
                       "the model finds most likely; not a target)"}
   for probe, results in (probes or {}).items():
     families = sorted({f for r in results.values() for f in r["families"]})
-    lines += ["", titles[probe],
-              f"{'mode':<18}{'all':>7}{'motion':>8}" + "".join(f"{f[:11]:>12}" for f in families)]
+    width = {f: max(13, len(f) + 1) for f in families}  # (each family's name whole)
+    lines += ["", titles[probe], f"{'mode':<18}{'all':>7}{'motion':>8}"
+              + "".join(f"{f:>{width[f]}}" for f in families)]
     for name, r in results.items():
       lines.append(f"{name:<18}{r['accuracy']:>7.1%}{r['motion_accuracy']:>8.1%}" + "".join(
-          f"{r['families'].get(f, {}).get('accuracy', float('nan')):>12.1%}" for f in families))
+          f"{r['families'].get(f, {}).get('accuracy', float('nan')):>{width[f]}.1%}"
+          for f in families))
   if letter:
     lines += ["", "letter step (multiple-choice accuracy on the questions answered right "
                   "open-ended, and on the rest; not a target)",

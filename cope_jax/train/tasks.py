@@ -195,7 +195,7 @@ class FinetuneTask:
           "stage1_checkpoint", lambda p: latest_params(p)["delta_encoder"],
           self.config.stage1_checkpoint)
       notes.append(f"Δ-encoder from stage 1 at {self.config.stage1_checkpoint}")
-    else:
+    elif "delta" in self.model_parts:  # (an RGB-only model neither runs nor trains one)
       notes.append("no stage1_checkpoint: the Δ-encoder starts from RANDOM weights")
     parts = trained_part_names(self.config.trainable)
     return ({k: v for k, v in loaded.items() if k in parts},
