@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable
 
 import numpy as np
@@ -17,7 +18,7 @@ class TensorSource:
 
   def get(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
     if key not in self.tensors:
-      near = [k for k in self.tensors if k.split(".")[-1] == key.split(".")[-1]][:3]
+      near = difflib.get_close_matches(key, list(self.tensors), n=3, cutoff=0.6)
       raise CheckpointError(f"{self.what}: missing tensor {key!r}"
                             + (f" (similar: {near})" if near else ""))
     t = self.tensors[key]
