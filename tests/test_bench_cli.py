@@ -76,6 +76,8 @@ def test_bad_values_are_one_error_line_with_status_2(tmp_path):
   assert r.stderr.startswith(f"error: {text}: not a readable video file")
   r = _bench("codec", "--size", "20")
   assert r.returncode == 2 and r.stderr.startswith("error: size must be a positive multiple of 16")
+  r = _bench("codec", "--fusion", "7", "--video", str(text))  # before any video is read
+  assert r.returncode == 2 and r.stderr.startswith("error: --fusion 7: gop (240) must be divisible")
 
 
 def test_ttft_computes_in_bfloat16_on_accelerators_only_by_default():

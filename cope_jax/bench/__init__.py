@@ -1,5 +1,5 @@
-"""Benchmarks: ``python -m cope_jax.bench {codec,data,ttft,flops,train,letter}``; each prints
-figures measured in one run."""
+"""Benchmarks: ``python -m cope_jax.bench {codec,data,ttft,flops,train,letter,adaptive}``; each
+prints figures measured in one run."""
 
 import argparse
 import math

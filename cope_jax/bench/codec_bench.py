@@ -18,6 +18,7 @@ from cope_jax.bench import require_positive, require_video_seconds
 from cope_jax.codec import synthetic_clips
 from cope_jax.codec.extract import iter_sampled_frames
 from cope_jax.codec.probe import open_video
+from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.reencode import EncodeSpec, conformant_video
 from cope_jax.codec.sampling import SamplingConfig
 from cope_jax.command_line import ArgumentParser
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   require_positive(parser, args, "--repeats")
   require_video_seconds(parser, args.seconds)
+  try:  # before the clip is made and re-encoded (seconds, or minutes for a long --video)
+    SamplingConfig(fusion=args.fusion).validate()
+  except ConfigError as e:
+    parser.error(f"--fusion {args.fusion}: {e}")
   r = run(args.video, args.seconds, args.size, args.fusion, args.repeats)
   print(f"codec benchmark on {r['video']} ({r['frames']} frames, {r['size']}x{r['size']}, "
         f"fusion {r['fusion']}; {r['machine']})")

@@ -98,17 +98,19 @@ def main(argv: list[str] | None = None) -> None:
                   else presets.video_lm(args.preset, args.delta))
   delta = args.delta or (presets.PRESETS[args.preset][2] if args.preset != "bench" else "tiny")
   print(f"prefill FLOPs per component, preset {args.preset} (Δ-encoder {delta}), "
-        f"{args.seconds:.0f} s video "
+        f"{args.seconds:g} s video "
         f"(XLA cost analysis of the lowered forward passes):")
-  dense_total = None
-  for name, (k, p, _) in settings(args.seconds).items():
-    f = component_flops(cfg, k, p, args.text_tokens)
-    dense_total = dense_total or f["total"]
-    parts = ", ".join(f"{key} {f[key] / 1e12:.3f}" for key in ("vision", "delta_encoder",
-                                                                "projector", "llm_prefill"))
-    bound = (f"; FLOP-bound TTFT {f['total'] / (args.peak_tflops * 1e12) * 1e3:.1f} ms"
+  rows = {name: component_flops(cfg, k, p, args.text_tokens)
+          for name, (k, p, _) in settings(args.seconds).items()}
+  dense_total = next(iter(rows.values()))["total"]
+  # (TFLOP for the paper's shapes; a small preset's would all print 0.000)
+  unit, scale = ("TFLOP", 1e12) if dense_total >= 1e12 else ("GFLOP", 1e9)
+  for name, f in rows.items():
+    parts = ", ".join(f"{key} {f[key] / scale:.3f}" for key in ("vision", "delta_encoder",
+                                                                 "projector", "llm_prefill"))
+    bound = (f"; FLOP-bound TTFT {f['total'] / (args.peak_tflops * 1e12) * 1e3:.3g} ms"
              if args.peak_tflops else "")
     past = (f" (past the model's {cfg.llm.max_positions} positions: it cannot take this prompt)"
             if f["prompt_tokens"] > cfg.llm.max_positions else "")
-    print(f"  {name:16s} {f['prompt_tokens']:6d} tokens  TFLOP: {parts}; total "
-          f"{f['total'] / 1e12:.3f} ({f['total'] / dense_total - 1:+.1%} vs dense){bound}{past}")
+    print(f"  {name:16s} {f['prompt_tokens']:6d} tokens  {unit}: {parts}; total "
+          f"{f['total'] / scale:.3f} ({f['total'] / dense_total - 1:+.1%} vs dense){bound}{past}")

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
   print(f"wrote {args.plot}")
   device = jax.devices()[0]
   print(f"\nTTFT on {device.device_kind} ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores), preset {args.preset}, {args.seconds:.0f} s video, "
+        f"{os.cpu_count()} cores), preset {args.preset}, {args.seconds:g} s video, "
         f"{args.new_tokens} new tokens, {dtype.name}, best of {args.repeats}:")
   for r in measure(cfg, args.seconds, args.new_tokens, args.repeats):
     print(f"  {r['setting']:16s} {r['visual_tokens']:6d} visual tokens  TTFT {r['ttft_s']:7.3f} s "
