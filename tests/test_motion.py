@@ -158,6 +158,13 @@ def test_blocks_off_their_grid_take_the_general_path_and_blocks_outside_the_fram
   field = to_pixels(grid.field_from_vectors(rect))
   np.testing.assert_array_equal(field[:8, :16], np.broadcast_to([1.5, -2.0], (8, 16, 2)))
   assert not field[8:].any() and not field[:, 16:].any()
+  # alone, or beside one reaching past the frame's edge: their sides alone chose 16-pixel cells,
+  # and y = 8 painted rows 0-15, x = -8 overwrote its neighbour's cell
+  field = to_pixels(grid.field_from_vectors(_vectors([(0, 8, 16, 1.0, 0, 2)])))
+  np.testing.assert_array_equal(field[8:24, :16, 0], np.ones((16, 16)))
+  assert not field[:8].any() and not field[:, 16:].any()
+  field = to_pixels(grid.field_from_vectors(_vectors([(-8, 0, 16, 2, 0, 2), (8, 0, 16, 3, 0, 2)])))
+  assert (field[:16, :8, 0] == 2).all() and (field[:16, 8:24, 0] == 3).all()
   zero_scale = _vectors([(0, 0, 16, 0, 0, 2)])
   zero_scale["motion_scale"] = 0  # a broken stream: no vector rather than a crash
   with np.errstate(divide="ignore"):

@@ -95,10 +95,12 @@ class MotionGrid:
         mvs, w, h, top, left = mvs[inside], w[inside], h[inside], top[inside], left[inside]
         if not len(mvs):
           return self.step_from_vectors(None)
-    # The largest power of two dividing every side and 16 is the lowest set bit of their OR (for
-    # power-of-two sides, the OR also has one bit per side that occurs).
+    # The largest power of two dividing every side, every corner and 16 is the lowest set bit of
+    # their OR (for power-of-two sides, the OR of the sides also has one bit per side that
+    # occurs). Corners count: a 16×16 block at y = 8 needs 8-pixel cells.
     sides = int(np.bitwise_or.reduce(w)) | int(np.bitwise_or.reduce(h))
-    cell = (sides | 16) & -(sides | 16)
+    align = sides | 16 | int(np.bitwise_or.reduce(top | left))
+    cell = align & -align
     packed = self._quarter_pel_pairs(mvs)
     if sides & (sides - 1):  # two or more block sizes
       square = ((w == h).all() and w.min() > 0 and not (w & (w - 1)).any()
