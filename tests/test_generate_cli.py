@@ -86,6 +86,25 @@ def test_loading_a_workdir_logs_no_orbax_warning(tiny_workdir, caplog):
   assert not [r for r in caplog.records if r.name == "absl"], caplog.text
 
 
+def test_a_damaged_newest_checkpoint_is_one_warning_and_the_one_before_loads(tiny_workdir,
+                                                                             tmp_path):
+  """The reads still in flight when one failed printed hundreds of lines of tracebacks (now and
+  then: a race), as training's restore did before it dropped them."""
+  workdir, _ = tiny_workdir
+  run = tmp_path / "w"
+  shutil.copytree(workdir, run)
+  shutil.copytree(run / "checkpoints" / "2", run / "checkpoints" / "1")  # an older one
+  data = run / "checkpoints" / "2" / "state" / "ocdbt.process_0" / "d"
+  with open(max(data.iterdir(), key=lambda f: f.stat().st_size), "r+b") as f:
+    f.truncate(f.seek(0, 2) // 2)
+  r = subprocess.run([sys.executable, "-c", "from cope_jax.infer.api import CoPE; "
+                      f"CoPE.load({str(run)!r}); print('loaded')"], capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0 and r.stdout == "loaded\n", r.stderr[-3000:]
+  assert "checkpoint 2 unreadable" in r.stderr and "trying an older one" in r.stderr
+  assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 10, r.stderr[-3000:]
+
+
 def test_a_delta_encoder_frozen_in_stage_2_is_loaded_from_stage_1(tiny_workdir, tmp_path,
                                                                    monkeypatch):
   """Not the init_checkpoint's (a random one, for a converted LLaVA-Video) nor a zero one."""

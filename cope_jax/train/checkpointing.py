@@ -195,6 +195,8 @@ def latest_params(workdir: str) -> dict:
                                     options=ocp.CheckpointManagerOptions(
                                         read_only=True, create=False, save_interval_steps=0),
                                     item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+  drop_unraisable(_is_failed_read)  # (as ``Checkpointer.restore``: a damaged checkpoint's
+  _drop_failed_read_logs()          # leftover reads printed hundreds of lines of tracebacks)
   try:
     for step in sorted(manager.all_steps(), reverse=True):
       try:
