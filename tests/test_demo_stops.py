@@ -94,3 +94,17 @@ def test_a_sigterm_outside_training_saves_the_run_and_exits_75(tmp_path, monkeyp
   again = json.loads((tmp_path / "w" / "results.json").read_text())
   assert again["stages_run"] == ["codec"] and again["codec"] == {"clip": "done"}
   assert again["elapsed_s_all_runs"] >= results["elapsed_s_all_runs"]
+  # stopped while JAX imports (the machine's description): the run's time is saved too
+  monkeypatch.setattr(demo_main, "_machine", terminated)
+  (tmp_path / "w" / "results.json").unlink()
+  assert demo_main.main(["--workdir", str(tmp_path / "w"), "--quick"]) == 75
+  assert json.loads((tmp_path / "w" / "results.json").read_text())["elapsed_s"] >= 0
+
+
+def test_a_workdir_this_user_cannot_write_in_is_one_error_line(capsys):
+  """(sysfs takes no new file, root's included) It was a PermissionError's traceback, status 1."""
+  from cope_jax.demo import __main__ as demo_main  # pylint: disable=import-outside-toplevel
+  assert demo_main.main(["--workdir", "/sys/kernel", "--quick"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --workdir /sys/kernel: cannot write there (")
+  assert err.count("\n") == 1

@@ -58,7 +58,10 @@ def _check_workdir(root: str, made_with: dict) -> None:
   """A workdir resumes only with the settings it was made with: stale data, checkpoints and
   cached evaluations of a --quick run must not show up in a full run's results."""
   made_with = {**made_with, "data_format": DATA_FORMAT}
-  earlier = earlier_settings(os.path.join(root, "settings.json"), made_with)
+  try:
+    earlier = earlier_settings(os.path.join(root, "settings.json"), made_with)
+  except OSError as e:  # a folder that is there but not this user's to write in (or read-only)
+    raise ConfigError(f"--workdir {root}: cannot write there ({e.strerror})") from None
   if earlier is not None and earlier.get("data_format", 1) != DATA_FORMAT:
     raise ConfigError(f"{root} was made by an earlier version of the demo, whose training "
                       "prompts differ from this one's: use another --workdir")
@@ -70,6 +73,7 @@ def _check_workdir(root: str, made_with: dict) -> None:
 
 def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0,
         seed: int = 0) -> dict:
+  start = time.perf_counter()  # (the imports' seconds are the run's too)
   from cope_jax.demo import report, stages  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.codec_stage import run_codec_stage  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.margins import describe as describe_margins  # pylint: disable=import-outside-toplevel
@@ -79,12 +83,12 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0,
   paths = Paths(os.path.abspath(workdir))
   _check_workdir(paths.root, {"quick": quick, **settings.recorded()})
   out = os.path.join(paths.root, "results.json")
-  start, earlier_results = time.perf_counter(), _earlier_results(out)
+  earlier_results = _earlier_results(out)
   earlier = float(earlier_results.get("elapsed_s_all_runs", earlier_results.get("elapsed_s", 0)))
   # A re-run starts from what the workdir holds, each stage replaced as it is done again: one
   # stopped early must not leave a finished workdir's results.json with its first stages only.
   results = {**earlier_results, "quick": quick, "settings": settings.__dict__,
-             "machine": _machine(), "stages_run": list(earlier_results.get("stages_run", []))}
+             "machine": None, "stages_run": list(earlier_results.get("stages_run", []))}
 
   def save() -> None:  # after every stage, so that a run stopped later still counts its time
     results["elapsed_s"] = round(time.perf_counter() - start, 1)  # this run
@@ -98,6 +102,7 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0,
     save()
 
   try:  # however the run stops (SIGTERM, Ctrl-C, an error), its time counts: saved
+    results["machine"] = _machine()  # (it imports JAX: a SIGTERM may land there)
     done("codec", run_codec_stage(paths.root, video, settings.codec_seconds,
                                   earlier_results.get("codec")))
     done("data", stages.make_data(settings, paths))
