@@ -105,6 +105,21 @@ def test_a_damaged_newest_checkpoint_is_one_warning_and_the_one_before_loads(tin
   assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 10, r.stderr[-3000:]
 
 
+def test_a_model_config_that_describes_another_model_is_one_error_line(tiny_workdir, tmp_path):
+  """(It loaded, then failed at the first question with Flax's or scan's error, status 1.)"""
+  workdir, synth = tiny_workdir
+  run = tmp_path / "w"
+  shutil.copytree(workdir, run)
+  config = json.loads((run / "model_config.json").read_text())
+  config["llm"]["num_layers"] += 1
+  (run / "model_config.json").write_text(json.dumps(config))
+  r = run_main("cope_jax.generate", "--workdir", str(run), "--video",
+               os.path.join(synth, "videos", "00000.mp4"), "--question", "What moves?")
+  assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-3000:]
+  assert r.stderr.startswith(f"error: {run}: its model_config.json describes another model than "
+                             "its checkpoint (llm.layers.")
+
+
 def test_a_delta_encoder_frozen_in_stage_2_is_loaded_from_stage_1(tiny_workdir, tmp_path,
                                                                    monkeypatch):
   """Not the init_checkpoint's (a random one, for a converted LLaVA-Video) nor a zero one."""

@@ -95,6 +95,29 @@ def _from_train_config(workdir: str, train: dict, key: str, what: str, load):
                             f"(train_config.json), which cannot be read: {e}") from None
 
 
+def check_params_fit(path: str, config_file: str, cfg, params: dict) -> None:
+  """ValueError naming the first parameter whose shape the model of ``cfg`` does not make (a
+  config edited, copied or left from another run): it failed only at the first question, with
+  Flax's or scan's error."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from cope_jax.models.llava import VideoLM, init_inputs  # pylint: disable=import-outside-toplevel
+  made = jax.eval_shape(lambda key: nn.meta.unbox(VideoLM(cfg).init(
+      key, *init_inputs(cfg, cfg.delta.patch))["params"]), jax.random.key(0))
+  held = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  for name, leaf in jax.tree_util.tree_flatten_with_path(made)[0]:
+    saved = held.pop(name, None)
+    if saved is None or tuple(np.shape(saved)) != leaf.shape:
+      where = jax.tree_util.keystr(name, simple=True, separator=".")
+      raise ValueError(f"{path}: its {config_file} describes another model than its checkpoint "
+                       f"({where}: " + ("not in the checkpoint" if saved is None else
+                       f"{tuple(np.shape(saved))} there, {leaf.shape} by the config") + ")")
+  if held:
+    extra = jax.tree_util.keystr(next(iter(held)), simple=True, separator=".")
+    raise ValueError(f"{path}: its {config_file} describes another model than its checkpoint "
+                     f"(the checkpoint holds {extra}, which that model has not)")
+
+
 class CoPE:
 
   def __init__(self, cfg, params, tokenizer, codec_size: int, untrained_delta: str = ""):
@@ -165,6 +188,8 @@ class CoPE:
     else:
       raise FileNotFoundError(f"{path}: neither a training workdir (model_config.json) nor a "
                               "converted checkpoint (config.json)")
+    check_params_fit(path, "model_config.json" if os.path.exists(
+        os.path.join(path, "model_config.json")) else "config.json", cfg, params)
     if not tokenizer:
       from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
       tokenizer = qwen2_tokenizer_file()
