@@ -15,6 +15,8 @@ def read_json(path: str, kind: type = dict):
   try:
     with open(path) as f:
       value = json.load(f)
+  except FileNotFoundError:  # (nothing to restore or remove)
+    raise ConfigError(f"{path}: no such file") from None
   except (OSError, ValueError) as e:  # a folder, no permission; (JSONDecodeError and
     raise ConfigError(f"{path}: not a readable JSON file ({one_line(e)}); restore or remove "
                       "it") from None  # UnicodeDecodeError are ValueErrors)

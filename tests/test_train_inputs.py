@@ -195,6 +195,9 @@ def test_a_damaged_json_file_a_run_reads_back_is_named(tmp_path, content, reason
     shard_checks.build_report(str(tmp_path), "finetune")
   with pytest.raises(ConfigError, match=f"settings.json: {reason}"):
     earlier_settings(str(tmp_path / "settings.json"), {"seed": 0})
+  from cope_jax.json_files import read_json  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match=f"^{tmp_path / 'gone.json'}: no such file$"):
+    read_json(str(tmp_path / "gone.json"))  # (not "restore or remove it")
 
 
 def test_a_resume_starts_from_the_checkpoints_its_run_started_from(tmp_path):
