@@ -59,6 +59,25 @@ def test_tied_frames_score_alike_however_the_queries_are_batched():
                                     abs=1e-12)
 
 
+def test_retrieve_queries_with_the_prediction_and_skips_an_unusable_video():
+  """The cope query is the stage-1 prediction of frame t, the baseline frame t−1 itself: with
+  distinct frames and a perfect predictor, 100 % against chance (every candidate as far from
+  frame t−1: a tie of 7). A retrieve that queried with the frames alone passed the driver test
+  below."""
+  from cope_jax.codec.errors import VideoError  # pylint: disable=import-outside-toplevel
+  from cope_jax.infer.retrieval import retrieve  # pylint: disable=import-outside-toplevel
+  frames, positions = np.eye(8), np.arange(1, 8)
+
+  def embed(video):
+    if video == "bad.mp4":
+      raise VideoError(video, "not a readable video file")
+    return {"frames": frames, "predicted": frames[positions], "positions": positions}
+  res = retrieve(embed, ["a.mp4", "bad.mp4"])
+  assert res["cope"]["recall@1"] == 1.0 and res["rgb_only"]["recall@1"] == pytest.approx(1 / 7)
+  assert res["videos"] == 1 and res["skipped"] == [{"video": "bad.mp4",
+                                                    "reason": "not a readable video file"}]
+
+
 def test_embeddings_are_float32_means_of_a_bfloat16_model(tmp_path):
   """The paper recipe runs in bfloat16: its 729 tokens a frame summed in bfloat16 stop growing
   (a mean of ~3 came out 2.1). The embeddings are the tokens' float32 means."""
