@@ -50,6 +50,12 @@ class ArgumentParser(argparse.ArgumentParser):
 _HELP_PROG = "_cope_help_prog"  # the sub-command a parse used (removed before returning)
 
 
+def bars_disabled(progress: bool) -> bool | None:
+  """tqdm's ``disable`` for a progress bar: None shows it on a terminal only (through a pipe its
+  carriage-return frames garbled the log and ran into the next line), True never."""
+  return None if progress else True
+
+
 def check_results_file(flag: str, path: str) -> None:
   """OSError unless ``path`` can be written as a results file: its folder exists and it is not
   a folder itself. Checked before any work, so that a typo does not cost the whole job."""

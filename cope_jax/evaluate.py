@@ -26,7 +26,8 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.sampling_flags import add_min_change_flag
-from cope_jax.command_line import ArgumentParser, check_results_file, exit_on_sigterm
+from cope_jax.command_line import (ArgumentParser, bars_disabled, check_results_file,
+                                   exit_on_sigterm)
 from cope_jax.data.sources import MCQ_SUFFIX, mcq_lines, question_id
 from cope_jax.infer import DENSE_FRAMES, MODES, mode_sampling, settle_mode_flags
 from cope_jax.json_files import write_json, write_jsonl
@@ -87,7 +88,7 @@ def evaluate(model, questions: list[dict], mode: str, keyframes_per_gop: int = 1
   ordered = sorted(questions, key=lambda q: first[q["video"]])
   desc = f"evaluate {label or mode}" + {"letter": "", "open": " (open-ended)",
                                "ranked": " (options ranked)"}[answer_format]
-  for q in tqdm(ordered, desc=desc, unit=" questions", disable=not progress):
+  for q in tqdm(ordered, desc=desc, unit=" questions", disable=bars_disabled(progress)):
     if q["video"] in unreadable:  # tried once
       skipped[q["video"]]["questions"] += 1
       continue

@@ -21,6 +21,7 @@ import numpy as np
 
 from cope_jax.codec.errors import VideoError
 from cope_jax.codec.extract import iter_video
+from cope_jax.command_line import bars_disabled
 from cope_jax.codec.reencode import EncodeSpec
 from cope_jax.codec.sampling import DELTA, SamplingConfig
 from cope_jax.data import storage
@@ -143,7 +144,8 @@ def extract_all(videos: list[str], cache_dir: str, settings: ExtractSettings,
     jobs.append((video, os.path.join(cache_dir, settings.key(video) + ".npz"), settings))
   paths = {video: path for video, path, _ in jobs}
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  with tqdm(total=len(jobs), desc="extract", unit=" videos", disable=not progress) as bar:
+  with tqdm(total=len(jobs), desc="extract", unit=" videos",
+            disable=bars_disabled(progress)) as bar:
     reasons = _run_jobs(jobs, workers, bar)
   for video, _, _ in jobs:  # in the videos' order, whichever finished first
     if reasons[video] is None:

@@ -18,6 +18,8 @@ import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import example_serializer, naming
 
+from cope_jax.command_line import bars_disabled
+
 SHARD_BYTES = 1 << 30  # a new shard after 1 GiB, as TFDS sizes them
 _SUFFIX = "array_record"
 # A record is one protobuf message, which cannot pass 2 GiB; past it, serializing fails with
@@ -66,7 +68,7 @@ def write_dataset(folder: str, name: str, features: dict, description: str,
   for split, examples in splits:
     lengths, paths, num_bytes, writer, shard_bytes_now = [], [], 0, None, 0
     for example in tqdm(examples, desc=f"writing {name} {split}", unit=" records",
-                        disable=not progress, leave=False):
+                        disable=bars_disabled(progress), leave=False):
       # (deterministic: a map's entries in key order, not the process's hash order, so that the
       # same examples make the same bytes, which resuming checks)
       if (size := _payload_bytes(example)) > MAX_RECORD_BYTES:

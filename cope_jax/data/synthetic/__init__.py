@@ -21,6 +21,7 @@ import numpy as np
 from cope_jax.codec import synthetic_clips
 from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.motion import MAX_SIZE
+from cope_jax.command_line import bars_disabled
 from cope_jax.data.sources import check_seed, mcq_prompt
 from cope_jax.data.synthetic.questions import (FAMILIES, MOTION_FAMILIES, caption,
                                                questions_for_scene)
@@ -119,7 +120,7 @@ def generate(out: str, videos: int, seed: int = 0, size: int = 96, seconds: floa
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     with process_pool(workers) as pool:
       for _ in tqdm(pool.map(_write_video, todo), total=len(todo), desc="synth videos",
-                    unit=" videos", disable=not progress):
+                    unit=" videos", disable=bars_disabled(progress)):
         pass
 
   rng = np.random.default_rng([seed, 1 << 30])
