@@ -232,6 +232,7 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
     (["--config.data_dir=/nonexistent", "--config.synthetic.videos=0"], "no pretrain shards"),
     (["--config.profile_steps=5"], "profile_steps"),
     (["--config.profile_steps=0:2"], "the steps as logged, with 1 <= FIRST <= LAST"),
+    (["--config.total_steps=3", "--config.profile_steps=2:5"], "2:5 runs past total_steps 3"),
     (["--config.stage=finetune"], "stage 'finetune' is not this recipe's"),
     (["--config.data_dir=gs://bucket/shards"], "gcsfuse"),
     (["--config.optim.lrr=1"], "lrr"),

@@ -274,6 +274,9 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
     if not 1 <= first <= last:
       raise ConfigError(f"profile_steps must be FIRST:LAST, the steps as logged, with 1 <= FIRST "
                         f"<= LAST (e.g. 5:8), got {config.profile_steps!r}")
+    if last > config.total_steps:  # (past the end: nothing traced, or the last save traced too)
+      raise ConfigError(f"profile_steps {config.profile_steps} runs past total_steps "
+                        f"{config.total_steps}: profile steps the run has")
   check_mesh_and_batch(config, device_count, process_count)
   _check_optimiser(config)
   _check_loader(config)
