@@ -273,7 +273,8 @@ def test_missing_or_misshaped_keys_give_clear_errors(hf_root):
   cfg = llava_convert.config_from_checkpoint(read_config(path))
   tensors = dict(read_checkpoint(path))
   missing = {k: v for k, v in tensors.items() if k != "language_model.model.layers.1.mlp.up_proj.weight"}
-  with pytest.raises(CheckpointError, match="missing tensor 'language_model.model.layers.1.mlp.up_proj.weight'") as info:
+  with pytest.raises(CheckpointError, match="missing tensor "
+                     "'language_model.model.layers.1.mlp.up_proj.weight'") as info:
     llava_convert.convert(missing, cfg)
   # the names nearest the missing one (it suggested any three '.weight's)
   assert "(similar: ['language_model.model.layers.0.mlp.up_proj.weight'," in str(info.value)
