@@ -179,6 +179,14 @@ def test_no_option_text_is_a_prior_for_the_answer():
   enters = [q for q in seen if q["family"] == "enters"]
   share = sum(q["open_answer"] == "no object enters" for q in enters) / len(enters)
   assert 0.22 < share < 0.28 and all("no object enters" in q["options"] for q in enters), share
+  # Nor the option least like the others: the absent objects were drawn from every unused name
+  # and often shared a colour or shape with another option, unlike the pictured pair (35–40 %).
+  def shared(o, q):  # how many of the other options share this one's colour or shape
+    return sum(w in p.split() for p in q["options"] if p != o for w in o.split()[1:])
+  objects = [q for q in seen if q["family"] in ("first_mover", "faster", "first_bounce")]
+  odd = sum(min(q["options"], key=lambda o, q=q: shared(o, q)) == q["open_answer"]
+            for q in objects)
+  assert len(objects) > 1000 and odd / len(objects) < 0.28, (len(objects), odd / len(objects))
 
 
 def test_pans_move_at_most_half_the_frame_a_second_and_never_alias():
