@@ -7,6 +7,7 @@ exit status 2 (argparse prints its whole usage block first; ``--help`` still sho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -54,6 +55,22 @@ def bars_disabled(progress: bool) -> bool | None:
   """tqdm's ``disable`` for a progress bar: None shows it on a terminal only (through a pipe its
   carriage-return frames garbled the log and ran into the next line), True never."""
   return None if progress else True
+
+
+@contextlib.contextmanager
+def new_folders_left_empty_removed(*folders: str):
+  """Of ``folders`` (innermost first), those that are not there yet are removed on the way out
+  of a job that stops with an exception while they are still empty: a run refused, or stopped,
+  before it wrote anything leaves no empty folder behind (what it did write stays)."""
+  made = [f for f in folders if not os.path.isdir(f)]
+  try:
+    yield
+  except BaseException:
+    for folder in made:
+      if os.path.isdir(folder) and not os.listdir(folder):
+        with contextlib.suppress(OSError):
+          os.rmdir(folder)
+    raise
 
 
 def check_results_file(flag: str, path: str) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 
 from cope_jax.codec.errors import ConfigError
 from cope_jax.codec.sampling import DELTA, KEYFRAME
+from cope_jax.command_line import new_folders_left_empty_removed
 from cope_jax.data import primitive_cache, sources
 from cope_jax.data.builders import BUILDERS, records
 from cope_jax.data.parallel import check_workers
@@ -85,14 +86,9 @@ def build(stage: str, items: list[sources.VideoItem], out: str, settings: Extrac
   check_limit(limit)
   if limit is not None:
     items = items[:limit]
-  made = [d for d in (os.path.join(out, "cache"), out) if not os.path.isdir(d)]
-  try:
+  # (a cache that holds entries stays: a rerun resumes from them)
+  with new_folders_left_empty_removed(os.path.join(out, "cache"), out):
     return _build(stage, items, out, settings, workers, progress)
-  except BaseException:  # a build that stops before writing anything leaves no empty folders
-    for folder in made:  # (the cache's entries stay: a rerun resumes from them)
-      if os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
-    raise
 
 
 def _build(stage: str, items: list[sources.VideoItem], out: str, settings: ExtractSettings,

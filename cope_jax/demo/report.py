@@ -188,11 +188,18 @@ def retrieval(p: Paths) -> dict:
   return read_json(path)
 
 
+TTFT_REDUCTION = 0.60  # the target's: cope's TTFT at least this much lower than dense's
+
+
+def _ttft_met(ttft: dict) -> bool:
+  return ttft["cope_s"] <= (1 - TTFT_REDUCTION) * ttft["dense_s"]
+
+
 def _ttft_change(ttft: dict) -> float:
   """cope's TTFT against dense's in percent, as printed: short of the target's −60 %, never
   shown at it (−59.96 % as −59.9, not −60.0)."""
   change = 100 * (ttft["cope_s"] / ttft["dense_s"] - 1)
-  return shown_missed(change, 1, -60, up=True) if ttft["cope_s"] > 0.4 * ttft["dense_s"] else change
+  return change if _ttft_met(ttft) else shown_missed(change, 1, -100 * TTFT_REDUCTION, up=True)
 
 
 def targets(modes: dict, ret: dict, ttft: dict) -> dict:
@@ -218,8 +225,8 @@ def targets(modes: dict, ret: dict, ttft: dict) -> dict:
           "met": cope["visual_tokens_mean"] <= 0.25 * dense["visual_tokens_mean"] + EPS},
       "ttft": {
           "cope_s": ttft["cope_s"], "dense_s": ttft["dense_s"],
-          "reduction": 1 - ttft["cope_s"] / ttft["dense_s"], "need": "reduction >= 0.60",
-          "met": ttft["cope_s"] <= 0.4 * ttft["dense_s"],
+          "reduction": 1 - ttft["cope_s"] / ttft["dense_s"],
+          "need": f"reduction >= {TTFT_REDUCTION:.2f}", "met": _ttft_met(ttft),
           "measured": f"medians of {ttft['questions']} held-out questions x {ttft['rounds']} "
                       "rounds, the two modes asked in turn"},
       "retrieval_recall@1": {

@@ -8,7 +8,6 @@ the length buckets), and its memory use is printed per device.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import optax
 
 from cope_jax.codec.errors import ConfigError
-from cope_jax.command_line import raise_pending_stop
+from cope_jax.command_line import new_folders_left_empty_removed, raise_pending_stop
 from cope_jax.json_files import read_json, write_json
 from cope_jax.models.checkpoints import run_initialiser
 from cope_jax.models.sharding import (LOGICAL_AXIS_RULES, batch_sharding, constrain,
@@ -218,18 +217,13 @@ def memory_report(compiled) -> str:
 
 def train(config, workdir: str) -> int:
   """Trains until ``total_steps``; returns a process exit status."""
-  made = not os.path.isdir(workdir)
-  try:  # made first: a workdir that cannot be is refused before a long start
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:  # (check_folder cannot tell every case: root may write where none can)
-    raise ConfigError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
-  try:
+  # A run refused (or stopped) before it wrote anything leaves no empty workdir.
+  with new_folders_left_empty_removed(workdir):
+    try:  # made first: a workdir that cannot be is refused before a long start
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:  # (check_folder cannot tell every case: root may write where none can)
+      raise ConfigError(f"--workdir={workdir}: cannot create it ({e.strerror})") from None
     return _train(config, workdir)
-  except BaseException:
-    if made:  # a run refused (or stopped) before it wrote anything leaves no empty workdir
-      with contextlib.suppress(OSError):
-        os.rmdir(workdir)
-    raise
 
 
 def _train(config, workdir: str) -> int:
