@@ -292,3 +292,24 @@ def test_questions_about_frame_0_objects_say_so_and_the_longest_video_is_sampled
   longest = sample_scene(np.random.default_rng(8), size=32, seconds=MAX_SECONDS)
   plan = plan_positions(longest.num_frames, SamplingConfig())
   assert np.array_equal(np.sort(plan.frames), sampled_frames(longest))
+
+
+def test_a_corner_hit_is_one_bounce_and_never_counted():
+  """Both walls in one frame is one bounce, named by its corner (it was two, one per wall: an
+  object that hit a corner once was asked about as bouncing twice); how many times such an object
+  bounces is not asked: off two edges at once, one bounce or two is a matter of reading."""
+  from cope_jax.data.synthetic.questions import questions_for_scene  # pylint: disable=import-outside-toplevel
+  from cope_jax.data.synthetic.scene import _simulate  # pylint: disable=import-outside-toplevel
+  _, bounces = _simulate(np.random.default_rng(123), 64, 8, 80, 0, "right", 3.0)
+  assert bounces[1] == (26, "top-left") and len({frame for frame, _ in bounces}) == len(bounces)
+  rng, letters, asked = np.random.default_rng(0), iter(lambda: 0, 1), collections.Counter()
+  cornered, counted = 0, 0
+  for _ in range(1000):
+    scene = sample_scene(rng, size=64)
+    hit = {s.name for s in scene.sprites if any("-" in wall for _, wall in s.bounces)}
+    cornered += len(hit)
+    for q in questions_for_scene(scene, rng, letters, asked):
+      if q["family"] == "bounces":
+        counted += 1
+        assert not any(name in q["question"] for name in hit), q
+  assert cornered >= 3 and counted >= 200, (cornered, counted)

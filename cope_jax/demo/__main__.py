@@ -50,9 +50,10 @@ def _flags(settings: dict) -> str:
 # The synthetic data's format, recorded with the settings (2: the entries start "<image>Q", not
 # "<image>\nQ", whose line break the training prompt now keeps as LLaVA-NeXT's does; 3: questions
 # about frame 0's objects say so, `direction` asked with room every way; 4: the absent objects
-# among the options drawn as the scene's pair is): a workdir of another format would go on
-# training on prompts its finished stages never saw.
-DATA_FORMAT = 4
+# among the options drawn as the scene's pair is; 5: a corner hit is one bounce, and its object
+# not asked how many times it bounced): a workdir of another format would go on training on
+# prompts its finished stages never saw.
+DATA_FORMAT = 5
 
 
 def _check_workdir(root: str, made_with: dict) -> None:

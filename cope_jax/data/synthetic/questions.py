@@ -166,9 +166,11 @@ def _bounces_subject(scene: Scene, asked: collections.Counter, turns: dict):
   three) is seen, the one whose count ``asked`` holds least, asked only while that count is not
   ahead of the rarest of 1, 2 and 3 — left to chance, "1" was the answer of 58–68 % (slow sprites
   in an 8 s video mostly bounce once), a prior every mode learns and no frame is needed for.
-  ("0", an option of every such question, is the answer of few: nearly every object bounces.)"""
+  ("0", an option of every such question, is the answer of few: nearly every object bounces.)
+  An object that hit a corner is not asked about: one bounce or two, off two edges at once."""
   seen = [s for s in scene.sprites
-          if len(s.bounces) <= 3 and len(turns[id(s)]) == len(s.bounces)]
+          if len(s.bounces) <= 3 and len(turns[id(s)]) == len(s.bounces)
+          and not any("-" in wall for _, wall in s.bounces)]
   if not seen:
     return None
   subject = min(seen, key=lambda s: asked["bounces", len(s.bounces)])

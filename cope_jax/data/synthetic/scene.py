@@ -34,7 +34,7 @@ class Sprite:
   side: int
   start_frame: int            # still before this frame
   positions: np.ndarray       # (T, 2) float, top-left corner (x, y) per frame
-  bounces: list[tuple[int, str]]  # (frame, wall) in order
+  bounces: list[tuple[int, str]]  # (frame, wall or corner: "top-left") in order
 
   @property
   def name(self) -> str:
@@ -106,11 +106,14 @@ def _simulate(rng: np.random.Generator, size: int, side: int, num_frames: int, s
   for t in range(num_frames):
     if t > start:
       pos = pos + velocity
+      walls = []
       for axis, (low_wall, high_wall) in enumerate((("left", "right"), ("top", "bottom"))):
         if pos[axis] < 0 or pos[axis] > hi:
           pos[axis] = -pos[axis] if pos[axis] < 0 else 2 * hi - pos[axis]
           velocity[axis] = -velocity[axis]
-          bounces.append((t, low_wall if pos[axis] < hi / 2 else high_wall))
+          walls.append(low_wall if pos[axis] < hi / 2 else high_wall)
+      if walls:  # both walls in one frame: a corner hit, one bounce ("top-left")
+        bounces.append((t, "-".join(reversed(walls))))
     positions[t] = pos
   return positions, bounces
 
