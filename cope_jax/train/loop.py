@@ -277,14 +277,13 @@ def _train(config, workdir: str) -> int:
     write_json(os.path.join(workdir, DATA_ORDER), split_records(config))
   mesh = program.mesh
 
-  profile = tuple(int(x) for x in config.profile_steps.split(":")) if config.profile_steps else ()
   # A SIGTERM while the run started stops it here if its exception was lost inside a JAX call
   # (XLA's compiler takes signals while it runs; the run went on and finished, status 0).
   raise_pending_stop()
   preemption = Preemption(install=jax.process_count() == 1)
   step = int(jax.device_get(state["step"]))
+  profile = _profiled_steps(config.profile_steps, step)
   log = MetricsLog(workdir, config.total_steps, step, main)
-  # (a run resumed inside the profiled steps traces nothing)
   status, tracing, counting = 0, False, False
   try:
     while step < config.total_steps:
@@ -356,3 +355,21 @@ def _train(config, workdir: str) -> int:
     os.kill(os.getpid(), signal.SIGTERM)
   return status
 
+
+def _profiled_steps(profile_steps: str, step: int) -> tuple[int, ...]:
+  """The steps to trace, as logged (``()``: none), of a run that starts after ``step``. Never the
+  run's first step: its compilation fills the profiler's buffer with a million Python events and
+  the steps' own are lost (a run resumed at FIRST − 1 or later traced nothing useful, or nothing
+  at all, and said nothing). Where that moves the range, it is said."""
+  if not profile_steps:
+    return ()
+  first, last = (int(x) for x in profile_steps.split(":"))
+  start = max(first, step + 2)
+  if start == first:
+    return first, last
+  begins = f"this run's first step ({step + 1}) compiles, which a trace cannot hold"
+  if start > last:
+    print(f"profile_steps {profile_steps}: nothing traced; {begins}", flush=True)
+    return ()
+  print(f"profile_steps {profile_steps}: tracing steps {start}–{last}; {begins}", flush=True)
+  return start, last
