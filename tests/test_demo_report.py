@@ -7,7 +7,8 @@ import pytest
 from cope_jax.demo import report
 from cope_jax.demo.__main__ import _measured
 from cope_jax.demo.margins import describe, motion_margins
-from cope_jax.demo.report import _ttft_change, trailing_mean
+from cope_jax.demo.plots import label_heights, trailing_mean
+from cope_jax.demo.report import _ttft_change
 
 
 def test_motion_margins_from_the_counts_for_every_way_of_asking():
@@ -90,3 +91,39 @@ def test_trailing_mean_is_the_mean_of_each_window():
   np.testing.assert_allclose(trailing_mean(values, 2), [2.0, 2.5, 4.0, 5.0])
   np.testing.assert_allclose(trailing_mean(values, 5), [3.2])
   np.testing.assert_allclose(trailing_mean(values, 1), values)
+
+
+def test_labels_at_one_x_are_pushed_apart_on_their_side_only():
+  """Points of one mode (one x) at close accuracies wrote their labels over each other."""
+  points = [(20, 0.27, True), (20, 0.26, True), (20, 0.40, True), (20, 0.265, False),
+            (90, 0.26, True)]
+  heights = label_heights(points, gap=0.02)
+  assert heights[1] == 0.26 and heights[0] == pytest.approx(0.28)  # the lower stays, in order
+  assert heights[2] == 0.40  # room enough: at its point
+  assert heights[3] == 0.265 and heights[4] == 0.26  # the other side, another x: untouched
+
+
+def test_the_pareto_plot_of_the_run_of_record_has_no_label_over_another(tmp_path, monkeypatch):
+  """The run of record's keyframe runs (26.6 and 25.9 % at 20 tokens) and open-ended probes
+  (16.5 and 16.8 % at 20 and 90 tokens) had labels written over each other."""
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from cope_jax.demo.plots import plots  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(os.path.dirname(__file__), "..", "docs", "demo_results.json")) as f:
+    results = json.load(f)
+  figures = []
+  monkeypatch.setattr(plt, "close", figures.append)
+  probes = {"open": results["open_ended"], "ranked": results["ranked_options"]}
+  plots(results["training"], results["evaluation"], str(tmp_path), probes)
+  pareto = figures[-1]
+  renderer = pareto.canvas.get_renderer()
+  boxes = [t.get_window_extent(renderer) for t in pareto.axes[0].texts]
+  assert len(boxes) == 15  # 5 modes, 5 open-ended, 5 ranked
+  texts = [t.get_text() for t in pareto.axes[0].texts]
+  overlapping = [(texts[i], texts[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+                 if boxes[i].overlaps(boxes[j])]
+  assert not overlapping, overlapping
+  monkeypatch.undo()
+  for fig in figures:
+    plt.close(fig)

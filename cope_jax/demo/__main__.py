@@ -76,7 +76,7 @@ def _check_workdir(root: str, made_with: dict) -> None:
 def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0,
         seed: int = 0) -> dict:
   start = time.perf_counter()  # (the imports' seconds are the run's too)
-  from cope_jax.demo import report, stages  # pylint: disable=import-outside-toplevel
+  from cope_jax.demo import plots, report, stages  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.codec_stage import run_codec_stage  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.margins import describe as describe_margins  # pylint: disable=import-outside-toplevel
   from cope_jax.demo.margins import motion_margins  # pylint: disable=import-outside-toplevel
@@ -138,7 +138,7 @@ def run(workdir: str, quick: bool, video: str | None, min_change: float = 0.0,
     done("ttft", ttft)
     results["targets"] = report.targets(modes, ret, ttft)
     results["motion_margins"] = motion_margins(modes, probes["ranked"], probes["open"], motion)
-    results["plots"] = report.plots(training, modes, paths.root, probes)
+    results["plots"] = plots.plots(training, modes, paths.root, probes)
     table = (report.table(modes, ret, probes, ttft, letter, trained) + "\n\n"
              + describe_margins(results["motion_margins"]))
     done("report", {"table": table.splitlines()})
