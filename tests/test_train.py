@@ -194,6 +194,13 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
   bad = int(r.stderr.split("NaN/inf at step ")[1].split(";")[0])
   kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
   assert bad > 1 and kept and kept[-1] == bad - 1, (bad, kept)
+  assert f"The last good checkpoint is kept in {tmp_path / 'checkpoints'}" in r.stderr
+  # Before the first save there is none to name (the line named the empty folder).
+  r = run("pretrain.py:tiny", tmp_path / "unsaved", "--config.total_steps=20",
+          "--config.optim.lr=1e30", "--config.optim.warmup_steps=1",
+          "--config.optim.clip_norm=1e30", "--config.checkpoint_every=20")
+  assert r.returncode == 1 and "No checkpoint was saved before (lower optim.lr" in r.stderr
+  assert not os.listdir(tmp_path / "unsaved" / "checkpoints")
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -211,7 +218,9 @@ def test_nan_stops_the_run_naming_the_step(tmp_path):
     (["--config.mesh.data=0"], "each axis is a size >= 1, or -1"),
     (["--config.mesh.fsdp=-1"], "data and fsdp are both -1"),  # (data is -1 unless set)
     (["--config.split=trian"], "split 'trian' is not in the shards"),
-    (["--config.optim.lr=-1e-3"], "optim.lr must be > 0, got -0.001"),
+    (["--config.optim.lr=-1e-3"], "optim.lr must be > 0 and finite, got -0.001"),
+    # (it compiled and stopped at the first NaN, naming a "last good checkpoint" never saved)
+    (["--config.optim.lr=inf"], "optim.lr must be > 0 and finite, got inf"),
     (["--config.optim.clip_norm=0"], "optim.clip_norm must be > 0"),
     (["--config.optim.b2=1.0"], "optim.b1 and b2 must be in [0, 1)"),
 ])
@@ -236,8 +245,12 @@ def _qwen2_tokenizer() -> str:
     ("--config.group_by_length=-1", "group_by_length must be >= 0"),
     # the pipeline takes the first bucket that fits: out of order, it would cut examples
     ("--config.length_buckets=(512,256)", "length_buckets must be positive and ascending"),
-    ("--config.trainable.projector=-1", "trainable.projector must be > 0 (a part's: or 0, "
-                                        "frozen), got -1"),
+    # (a traceback, status 1: compared with whole numbers; 256.5 failed after compiling)
+    ("--config.length_buckets=abc", "length_buckets must be whole numbers of positions"),
+    ("--config.length_buckets=(256.5,512)", "length_buckets must be whole numbers of positions"),
+    ("--config.trainable.projector=-1", "trainable.projector must be > 0 and finite (a part's: "
+                                        "or 0, frozen), got -1"),
+    ("--config.trainable.llm=inf", "trainable.llm must be > 0 and finite"),
     # stage 1's rate, unread in stage 2: it trained at the recipe's rates, silently
     ("--config.optim.lr=1e-9", "optim.lr (1e-09) is stage 1's learning rate; stage 2 trains each "
                                "part at its own: --config.trainable.PART=RATE for PART in"),

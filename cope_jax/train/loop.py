@@ -326,9 +326,10 @@ def _train(config, workdir: str) -> int:
         bad = int(jax.device_get(state["first_bad_step"]))
         if bad >= 0:
           rates = "optim.lr" if config.stage == "pretrain" else "the rates in trainable.*"
-          print(f"error: the loss or the gradients became NaN/inf at step {bad}; stopping. The "
-                f"last good checkpoint is kept in {ckpt.directory} (lower {rates} or check the "
-                "data)", file=sys.stderr, flush=True)
+          kept = (f"The last good checkpoint is kept in {ckpt.directory}"
+                  if ckpt.manager.latest_step() is not None else "No checkpoint was saved before")
+          print(f"error: the loss or the gradients became NaN/inf at step {bad}; stopping. "
+                f"{kept} (lower {rates} or check the data)", file=sys.stderr, flush=True)
           status = 1
           break
       if logging:

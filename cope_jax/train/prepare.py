@@ -218,9 +218,12 @@ def _check_optimiser(config) -> None:
   for key, value in {**rates, "optim.clip_norm": o.clip_norm}.items():
     if key.startswith("trainable.") and value == 0:  # (a part frozen from the command line)
       continue
-    if not value > 0:  # (nan too)
-      raise ConfigError(f"{key} must be > 0 (a part's: or 0, frozen), got {value}"
-                        if key.startswith("trainable.") else f"{key} must be > 0, got {value}")
+    # (nan too; an infinite rate too, clip_norm's inf being no clipping)
+    if not value > 0 or (key != "optim.clip_norm" and math.isinf(value)):
+      raise ConfigError(f"{key} must be > 0 and finite (a part's: or 0, frozen), got {value}"
+                        if key.startswith("trainable.") else
+                        f"{key} must be > 0{'' if key == 'optim.clip_norm' else ' and finite'}, "
+                        f"got {value}")
   if (config.stage == "finetune" and config.trainable
       and not any(v > 0 for v in config.trainable.values())):  # (none: check_settings says so)
     raise ConfigError("every trainable part's rate is 0 (frozen): nothing to train")
@@ -315,6 +318,9 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
     raise ConfigError(f"keyframes_per_gop must be >= 0 (0: the shards' own), got "
                       f"{config.keyframes_per_gop}")
   buckets = tuple(config.length_buckets)
+  if not all(isinstance(b, int) and not isinstance(b, bool) for b in buckets):
+    raise ConfigError(f"length_buckets must be whole numbers of positions, e.g. '(256,512)', "
+                      f"got {buckets}")
   # The pipeline takes the first bucket that holds an example: out of order, it would cut
   # examples that a later, longer bucket holds.
   if not buckets or buckets[0] < 1 or any(b <= a for a, b in zip(buckets, buckets[1:])):
