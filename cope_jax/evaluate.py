@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--mode", default="cope", choices=MODES,
                       help="which frames the model sees (default cope; see above)")
   parser.add_argument("--keyframes-per-gop", type=int, default=None,
-                      help="K, keyframes per GOP in the cope and keyframes modes (default 1; "
+                      help="K, keyframes per GOP in the cope, cope_zero_delta and keyframes modes "
+                      "(default 1; "
                       "--mode dense ignores it, with a warning)")
   add_min_change_flag(parser)
   parser.add_argument("--dense-frames", type=int, default=None,

@@ -84,6 +84,20 @@ class VideoInputs:
                        f"which reads {wanted!r} frames: pass video_inputs(video, {mode!r})")
 
 
+def _recorded_tokenizer(path: str, recorded: str) -> str:
+  """The tokenizer a workdir's train_config.json names, as a path on this machine: training
+  records cope_jax's Qwen2 build by its cache path on the machine that trained (a TPU host's
+  home), which is rebuilt here offline; any other file must be there or named."""
+  if os.path.isfile(recorded):
+    return recorded
+  if os.path.basename(recorded) == "qwen2_tokenizer.json":
+    from cope_jax.data.tokenizer import qwen2_tokenizer_file  # pylint: disable=import-outside-toplevel
+    return qwen2_tokenizer_file()
+  raise FileNotFoundError(f"{recorded}: the tokenizer {os.path.join(path, 'train_config.json')} "
+                          "names is not on this machine (--tokenizer FILE, or "
+                          "CoPE.load(..., tokenizer=FILE), names where it is)")
+
+
 def _from_train_config(workdir: str, train: dict, key: str, what: str, load):
   """``load(train[key])``: a part a training workdir's checkpoint lacks, from the checkpoint its
   train_config.json names (a path on the machine that trained, like the tokenizer); unreadable,
@@ -178,7 +192,8 @@ class CoPE:
                                      f"{missing} (parts the run did not train)",
                                      checkpoints.load_params)
         params = {**base, **params}
-      tokenizer = tokenizer or train.get("tokenizer")
+      if not tokenizer and train.get("tokenizer"):
+        tokenizer = _recorded_tokenizer(path, train["tokenizer"])
     elif os.path.exists(os.path.join(path, "config.json")):
       params, cfg = checkpoints.load_params(path)
       codec = codec_size or 384

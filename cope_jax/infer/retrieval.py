@@ -3,8 +3,8 @@
 Query (ours): the stage-1 model's prediction of frame t's vision tokens from frame t−1's tokens
 and the codec primitives to t. Query (baseline): frame t−1's own vision tokens (RGB only).
 Database: the vision tokens of every sampled frame of the video except t−1. Embeddings are the
-mean over tokens; similarity is cosine; Recall@k counts the queries whose frame t ranks in the
-top k.
+mean over tokens; similarity is cosine; Recall@k is the share of a video's queries whose frame t
+ranks in the top k, averaged over the videos (each video counts alike, however long).
 
   python -m cope_jax.infer.retrieval --workdir STAGE1_WORKDIR --videos a.mp4 b.mp4 …
 """
