@@ -101,6 +101,9 @@ def test_labels_at_one_x_are_pushed_apart_on_their_side_only():
   assert heights[1] == 0.26 and heights[0] == pytest.approx(0.28)  # the lower stays, in order
   assert heights[2] == 0.40  # room enough: at its point
   assert heights[3] == 0.265 and heights[4] == 0.26  # the other side, another x: untouched
+  # Under a ceiling: the highest moved down to it, the ones below as far as they must.
+  heights = label_heights([(20, 0.95, True), (20, 0.94, True), (20, 0.5, True)], 0.02, top=0.95)
+  assert heights == pytest.approx([0.95, 0.93, 0.5])
 
 
 def test_the_pareto_plot_of_the_run_of_record_has_no_label_over_another(tmp_path, monkeypatch):
@@ -124,6 +127,11 @@ def test_the_pareto_plot_of_the_run_of_record_has_no_label_over_another(tmp_path
   overlapping = [(texts[i], texts[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
                  if boxes[i].overlaps(boxes[j])]
   assert not overlapping, overlapping
+  # and inside the frame (one ran over the y tick labels, one past the right edge)
+  frame = pareto.axes[0].get_window_extent(renderer)
+  outside = [t for t, b in zip(texts, boxes) if b.x0 < frame.x0 or b.x1 > frame.x1
+             or b.y0 < frame.y0 or b.y1 > frame.y1]
+  assert not outside, outside
   monkeypatch.undo()
   for fig in figures:
     plt.close(fig)

@@ -101,6 +101,27 @@ def test_a_run_resumed_inside_or_past_its_profile_steps_says_what_it_traces(tmp_
           "cannot hold") in r.stdout
 
 
+def test_which_profile_steps_a_run_traces(capsys):
+  """The range as given where the run's first step lies before it; never that first step (it
+  compiles); nothing, saying why, where the range ended before the run."""
+  from cope_jax.train.loop import _profiled_steps  # pylint: disable=import-outside-toplevel
+  assert _profiled_steps("", 0) == () and _profiled_steps("5:8", 3) == (5, 8)
+  assert _profiled_steps("2:2", 0) == (2, 2) and capsys.readouterr().out == ""
+  assert _profiled_steps("5:8", 4) == (6, 8) and _profiled_steps("5:8", 6) == (8, 8)
+  assert _profiled_steps("1:1", 0) == () and _profiled_steps("5:8", 7) == ()
+  said = capsys.readouterr().out.splitlines()
+  assert said[-2:] == [
+      "profile_steps 1:1: nothing traced; this run's first step (1) compiles, which a trace "
+      "cannot hold",
+      "profile_steps 5:8: nothing traced; this run's first step (8) compiles, which a trace "
+      "cannot hold"], said
+  # (it said "compiles" here too, on every resume after the range)
+  assert _profiled_steps("5:8", 8) == () and _profiled_steps("5:8", 20) == ()
+  assert capsys.readouterr().out.splitlines() == [
+      "profile_steps 5:8: nothing traced, the range ends before this run's first step (9)",
+      "profile_steps 5:8: nothing traced, the range ends before this run's first step (21)"]
+
+
 def _vision_checkpoint(path, **vision) -> str:
   """A tiny VideoLM checkpoint whose vision tower is not the one a run initialises itself
   (``vision``: fields of its config.json's vision encoder changed)."""

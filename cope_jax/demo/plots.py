@@ -11,17 +11,38 @@ def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
   return np.convolve(values, np.ones(window) / window, "valid")
 
 
-def label_heights(points: list[tuple[float, float, bool]], gap: float) -> list[float]:
+def label_heights(points: list[tuple[float, float, bool]], gap: float,
+                  top: float = float("inf")) -> list[float]:
   """Where to write each point's label (``points``: x, y and whether its label is on the right):
-  at the point's height, but labels on one side of one x at least ``gap`` apart: each pushed up
-  past the one below where it would overlap it."""
+  at the point's height, but labels on one side of one x at least ``gap`` apart — each pushed up
+  past the one below where it would overlap it — and none above ``top`` (the highest moved down,
+  and the ones below it as far as they must)."""
   heights = [y for _, y, _ in points]
   for column in {(x, right) for x, _, right in points}:
     order = sorted((i for i, p in enumerate(points) if (p[0], p[2]) == column),
                    key=lambda i: points[i][1])
     for below, i in zip(order, order[1:]):
       heights[i] = max(heights[i], heights[below] + gap)
+    ceiling = top
+    for i in reversed(order):
+      heights[i] = min(heights[i], ceiling)
+      ceiling = heights[i] - gap
   return heights
+
+
+def _widen_for_labels(ax, texts, fig) -> None:
+  """Widen the (log) x axis until every label lies inside the axes: a label left of a point at
+  the axis' low end ran over the y tick labels, one right of its high end past the frame."""
+  for _ in range(8):
+    fig.canvas.draw()
+    frame = ax.get_window_extent()
+    boxes = [t.get_window_extent() for t in texts]
+    low, high = ax.get_xlim()
+    left = any(b.x0 < frame.x0 for b in boxes)
+    right = any(b.x1 > frame.x1 for b in boxes)
+    if not (left or right):
+      return
+    ax.set_xlim(low / (1.5 if left else 1), high * (1.5 if right else 1))
 
 
 def plots(training: dict, modes: dict, out_dir: str,
@@ -70,7 +91,7 @@ def plots(training: dict, modes: dict, out_dir: str,
   probes = probes or {}
   for name, r in probes.get("open", {}).items():
     ax.scatter(r["visual_tokens_mean"], r["motion_accuracy"], marker="^", color="black", s=30)
-    labels.append((r["visual_tokens_mean"], r["motion_accuracy"], f"{name} (open-ended)", 6, 7))
+    labels.append((r["visual_tokens_mean"], r["motion_accuracy"], f"{name} (open)", 6, 7))
   most = max(r["visual_tokens_mean"] for r in modes.values())
   for name, r in probes.get("ranked", {}).items():
     ax.scatter(r["visual_tokens_mean"], r["motion_accuracy"], marker="s", facecolors="none",
@@ -86,11 +107,13 @@ def plots(training: dict, modes: dict, out_dir: str,
   ax.set_xlim(ax.get_xlim()[0] / 2.5, ax.get_xlim()[1] * 2)  # room for the points' labels
   bottom, top = ax.get_ylim()
   ax.set_ylim(bottom, top)  # (labels placed from here on do not move the axes)
-  heights = label_heights([(x, y, dx > 0) for x, y, _, dx, _ in labels], 0.05 * (top - bottom))
-  for (x, _, text, dx, size), height in zip(labels, heights):
-    ax.text(x, height, text, fontsize=size, va="center", ha="left" if dx > 0 else "right",
-            color="black" if size == 8 else "dimgray",
-            transform=matplotlib.transforms.offset_copy(ax.transData, fig, x=dx, units="points"))
+  gap = 0.05 * (top - bottom)
+  heights = label_heights([(x, y, dx > 0) for x, y, _, dx, _ in labels], gap, top - gap / 2)
+  texts = [ax.text(x, height, text, fontsize=size, va="center",
+                   ha="left" if dx > 0 else "right", color="black" if size == 8 else "dimgray",
+                   transform=matplotlib.transforms.offset_copy(ax.transData, fig, x=dx,
+                                                               units="points"))
+           for (x, _, text, dx, size), height in zip(labels, heights)]
   ax.set_xlabel("visual tokens per video")
   ax.set_ylabel("accuracy")
   marks = [("o", "motion, multiple choice (the targets)"), ("x", "all, multiple choice")]
@@ -101,6 +124,7 @@ def plots(training: dict, modes: dict, out_dir: str,
   ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   ax.set_title("accuracy vs visual tokens (held-out split)", fontsize=10)
   fig.tight_layout()
+  _widen_for_labels(ax, texts, fig)
   pareto = os.path.join(out_dir, "pareto.png")
   fig.savefig(pareto, dpi=110)
   plt.close(fig)

@@ -368,6 +368,10 @@ def _profiled_steps(profile_steps: str, step: int) -> tuple[int, ...]:
   start = max(first, step + 2)
   if start == first:
     return first, last
+  if step >= last:  # (a run resumed after the range: traced before, or by no run)
+    print(f"profile_steps {profile_steps}: nothing traced, the range ends before this run's "
+          f"first step ({step + 1})", flush=True)
+    return ()
   begins = f"this run's first step ({step + 1}) compiles, which a trace cannot hold"
   if start > last:
     print(f"profile_steps {profile_steps}: nothing traced; {begins}", flush=True)
