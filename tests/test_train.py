@@ -1,7 +1,8 @@
 """Training end to end on the tiny recipes: losses fall, profiles, exact resume, NaN guard,
 validation errors. Checkpoints (damaged, another model's, the first save):
-tests/test_train_checkpoints.py; SIGTERM and two processes: tests/test_train_stops.py; the launcher's local mode: tests/test_launch.py; the train step's
-math in-process: tests/test_train_math.py; AOT: tests/test_aot.py."""
+tests/test_train_checkpoints.py; SIGTERM and two processes: tests/test_train_stops.py; the
+launcher's local mode: tests/test_launch.py; the train step's math in-process:
+tests/test_train_math.py; AOT: tests/test_aot.py."""
 
 import dataclasses
 import glob

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output folder (shards, cache/, report.json)")
   p.add_argument("--workers", type=int, default=None,
                  help=f"processes, 1 to {MAX_WORKERS} (default: all cores)")
-  p.add_argument("--limit", type=int, default=None, help="only the first N videos (each with all its annotations), >= 1")
+  p.add_argument("--limit", type=int, default=None,
+                 help="only the first N videos (each with all its annotations), >= 1")
   add_sampling_flags(p)
   p.add_argument("--synth-videos", type=int, default=None,
                  help="videos to generate for --source synthetic without --annotations "

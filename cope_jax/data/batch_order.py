@@ -12,8 +12,8 @@ in a random order (seeded per window). The windows are cut from the repeated str
 epoch is not a whole number of windows, the window across each epoch boundary mixes the end of
 one epoch with the start of the next (an example may move into the neighbouring epoch, by less
 than a window, and a batch there may hold one example twice, once from each epoch: sorted by
-size, the two copies sit side by side). Every example is still seen once per epoch everywhere else, and once per
-``len(data)`` examples on average.
+size, the two copies sit side by side). Every example is still seen once per epoch everywhere
+else, and once per ``len(data)`` examples on average.
 
 ``ProcessPart``: global batch ``g`` is positions ``g·B … g·B + B − 1`` of the order above, and
 process ``p`` of ``n`` takes its block of ``B / n`` of them. So processes see disjoint parts whose

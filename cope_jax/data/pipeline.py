@@ -53,7 +53,8 @@ def with_video_prompt(turns: list, duration_s: float, times) -> list:
   LLaVA-Video-178K's ``"<image>\nQ"`` gives ``"{instruction}\n\nQ"``, as LLaVA-Video was trained).
 
   An ``<image>`` in a later user turn is dropped (with the line breaks that start the turn after
-  it, where it starts the turn): one video has one place for its visual tokens (a second one became an image-token id that nothing filled)."""
+  it, where it starts the turn): one video has one place for its visual tokens (a second one
+  became an image-token id that nothing filled)."""
   turns = [(role, text.replace(IMAGE_PLACEHOLDER, "").lstrip("\n")
             if i and role == "user" and IMAGE_PLACEHOLDER in text else text)
            for i, (role, text) in enumerate(turns)]
