@@ -29,7 +29,7 @@ from cope_jax.train import PREEMPTED
 from cope_jax.train.checkpointing import Checkpointer, Preemption
 from cope_jax.train.metrics_log import MetricsLog
 from cope_jax.train.optim import make_optimizer, resumed_schedule_note, warmup_note
-from cope_jax.train.prepare import check_batch_layout
+from cope_jax.train.prepare import check_batch_layout, profile_range
 from cope_jax.train.resume_checks import (DATA_ORDER, check_same_data_order,
                                           check_same_model_config, check_same_sources,
                                           split_records)
@@ -364,7 +364,7 @@ def _profiled_steps(profile_steps: str, step: int) -> tuple[int, ...]:
   at all, and said nothing). Where that moves the range, it is said."""
   if not profile_steps:
     return ()
-  first, last = (int(x) for x in profile_steps.split(":"))
+  first, last = profile_range(profile_steps)
   start = max(first, step + 2)
   if start == first:
     return first, last

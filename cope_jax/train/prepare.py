@@ -220,10 +220,9 @@ def _check_optimiser(config) -> None:
       continue
     # (nan too; an infinite rate too, clip_norm's inf being no clipping)
     if not value > 0 or (key != "optim.clip_norm" and math.isinf(value)):
-      raise ConfigError(f"{key} must be > 0 and finite (a part's: or 0, frozen), got {value}"
-                        if key.startswith("trainable.") else
-                        f"{key} must be > 0{'' if key == 'optim.clip_norm' else ' and finite'}, "
-                        f"got {value}")
+      finite = "" if key == "optim.clip_norm" else " and finite"
+      frozen = " (a part's: or 0, frozen)" if key.startswith("trainable.") else ""
+      raise ConfigError(f"{key} must be > 0{finite}{frozen}, got {value}")
   if (config.stage == "finetune" and config.trainable
       and not any(v > 0 for v in config.trainable.values())):  # (none: check_settings says so)
     raise ConfigError("every trainable part's rate is 0 (frozen): nothing to train")
@@ -249,6 +248,18 @@ def _check_loader(config) -> None:
     raise ConfigError(f"model.dtype must be one of {DTYPES}, got {config.model.dtype!r}")
 
 
+def profile_range(profile_steps: str) -> tuple[int, int]:
+  """``profile_steps`` ("FIRST:LAST", the steps as logged) as (FIRST, LAST)."""
+  try:
+    first, last = (int(x) for x in profile_steps.split(":"))
+  except ValueError:
+    first = last = -1
+  if not 1 <= first <= last:
+    raise ConfigError(f"profile_steps must be FIRST:LAST, the steps as logged, with 1 <= FIRST "
+                      f"<= LAST (e.g. 5:8), got {profile_steps!r}")
+  return first, last
+
+
 def check_settings(config, device_count: int, process_count: int = 1) -> None:
   """The recipe's values alone, without its data (ConfigError): checked before any is made."""
   from cope_jax.train.tasks import model_config  # pylint: disable=import-outside-toplevel
@@ -270,13 +281,7 @@ def check_settings(config, device_count: int, process_count: int = 1) -> None:
               "tokenizer"):
     check_local_path(f"--config.{key}", str(config.get(key) or ""))
   if config.profile_steps:
-    try:
-      first, last = (int(x) for x in config.profile_steps.split(":"))
-    except ValueError:
-      first = last = -1
-    if not 1 <= first <= last:
-      raise ConfigError(f"profile_steps must be FIRST:LAST, the steps as logged, with 1 <= FIRST "
-                        f"<= LAST (e.g. 5:8), got {config.profile_steps!r}")
+    _, last = profile_range(config.profile_steps)
     if last > config.total_steps:  # (past the end: nothing traced, or the last save traced too)
       raise ConfigError(f"profile_steps {config.profile_steps} runs past total_steps "
                         f"{config.total_steps}: profile steps the run has")
