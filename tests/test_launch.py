@@ -185,7 +185,8 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
   fake.write_text('#!/usr/bin/env bash\n'
                   'if [[ $COPE_PROCESS_ID == 1 ]]; then sleep 2; exit "$FAIL_WITH"; fi\n'
                   'trap "echo stopped; exit 143" TERM\n'
-                  'for _ in $(seq 1 "$SECONDS_0"); do sleep 1; done; echo finished\n')
+                  # (steps of 0.1 s: bash runs a trap only once the sleep in progress ends)
+                  'for _ in $(seq 1 $((SECONDS_0 * 10))); do sleep 0.1; done; echo finished\n')
   fake.chmod(0o755)
   env = dict(PYTHON=str(fake), CONFIG="c", WORKDIR=str(tmp_path), PROCESSES="2")
   r = sh(GPU, "local", FAIL_WITH="3", SECONDS_0="120", **env)
@@ -201,7 +202,7 @@ def test_a_failing_worker_stops_the_others_and_its_status_is_returned(tmp_path):
   # a trainer that takes SIGTERM for a preemption and keeps going is killed after STOP_GRACE
   fake.write_text(fake.read_text().replace('trap "echo stopped; exit 143" TERM',
                                            'trap "echo saving" TERM'))
-  r = sh(GPU, "local", FAIL_WITH="3", SECONDS_0="120", STOP_GRACE="1", **env)
+  r = sh(GPU, "local", FAIL_WITH="3", SECONDS_0="120", STOP_GRACE="2", **env)
   assert r.returncode == 3 and "[process 0] saving" in r.stdout, r.stdout + r.stderr
 
 
